@@ -1,0 +1,234 @@
+//! The typed loops behind [`reduce_in_place`], [`reduce_into`] and [`scale_div`].
+
+use crate::error::{Error, Result};
+use crate::types::{DataType, ReduceOp};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+/// Elements of a half-precision block widened to f32 at a time (3 × 4 KiB of f32 in L1).
+const HALF_BLOCK: usize = 1024;
+
+trait Elem: Copy {
+    fn add(a: Self, b: Self) -> Self;
+    fn mul(a: Self, b: Self) -> Self;
+    fn min(a: Self, b: Self) -> Self;
+    fn max(a: Self, b: Self) -> Self;
+    fn div(a: Self, n: usize) -> Self;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            #[inline(always)] fn add(a: Self, b: Self) -> Self { a.wrapping_add(b) }
+            #[inline(always)] fn mul(a: Self, b: Self) -> Self { a.wrapping_mul(b) }
+            #[inline(always)] fn min(a: Self, b: Self) -> Self { Ord::min(a, b) }
+            #[inline(always)] fn max(a: Self, b: Self) -> Self { Ord::max(a, b) }
+            #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+        }
+    )*};
+}
+int_elem!(i8, u8, i32, u32, i64, u64);
+
+macro_rules! float_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            #[inline(always)] fn add(a: Self, b: Self) -> Self { a + b }
+            #[inline(always)] fn mul(a: Self, b: Self) -> Self { a * b }
+            // NaN-propagating min/max written as selects so they vectorize.
+            #[inline(always)] fn min(a: Self, b: Self) -> Self { if a < b || a.is_nan() { a } else { b } }
+            #[inline(always)] fn max(a: Self, b: Self) -> Self { if a > b || a.is_nan() { a } else { b } }
+            #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+        }
+    )*};
+}
+float_elem!(f32, f64);
+
+/// `dst[i] = f(dst[i], src[i])`, monomorphized per operator so the loop vectorizes.
+fn in_place<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
+    macro_rules! run {
+        ($f:expr) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = $f(*d, *s);
+            }
+        };
+    }
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => run!(T::add),
+        ReduceOp::Prod => run!(T::mul),
+        ReduceOp::Min => run!(T::min),
+        ReduceOp::Max => run!(T::max),
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])`.
+fn into<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+    macro_rules! run {
+        ($f:expr) => {
+            for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
+                *d = $f(*x, *y);
+            }
+        };
+    }
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => run!(T::add),
+        ReduceOp::Prod => run!(T::mul),
+        ReduceOp::Min => run!(T::min),
+        ReduceOp::Max => run!(T::max),
+    }
+}
+
+/// View bytes as `T`s. Fails (rather than misreading) when the length is not a multiple of
+/// the element size or the address is misaligned.
+fn typed<T>(b: &[u8]) -> Result<&[T]> {
+    // SAFETY: every bit pattern is a valid value of the integer and float types this is
+    // instantiated with; align_to only yields the aligned middle part.
+    let (pre, mid, post) = unsafe { b.align_to::<T>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return Err(Error::invalid(format!(
+            "buffer at {:p} of {} bytes is not aligned to or a multiple of its {}-byte element",
+            b.as_ptr(),
+            b.len(),
+            std::mem::size_of::<T>()
+        )));
+    }
+    Ok(mid)
+}
+
+fn typed_mut<T>(b: &mut [u8]) -> Result<&mut [T]> {
+    let (ptr, len) = (b.as_ptr(), b.len());
+    // SAFETY: as in `typed`.
+    let (pre, mid, post) = unsafe { b.align_to_mut::<T>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return Err(Error::invalid(format!(
+            "buffer at {ptr:p} of {len} bytes is not aligned to or a multiple of its {}-byte element",
+            std::mem::size_of::<T>()
+        )));
+    }
+    Ok(mid)
+}
+
+/// Half-precision `dst = a ⊕ b` (or `dst ⊕= b` when `a` is `None`) through f32 blocks.
+fn half_kernel<H>(op: ReduceOp, dst: &mut [H], a: Option<&[H]>, b: &[H])
+where
+    [H]: HalfFloatSliceExt,
+    H: Copy,
+{
+    let mut fa = [0f32; HALF_BLOCK];
+    let mut fb = [0f32; HALF_BLOCK];
+    let mut start = 0;
+    while start < dst.len() {
+        let n = (dst.len() - start).min(HALF_BLOCK);
+        let d = &mut dst[start..start + n];
+        match a {
+            Some(a) => a[start..start + n].convert_to_f32_slice(&mut fa[..n]),
+            None => d.convert_to_f32_slice(&mut fa[..n]),
+        }
+        b[start..start + n].convert_to_f32_slice(&mut fb[..n]);
+        in_place::<f32>(op, &mut fa[..n], &fb[..n]);
+        d.convert_from_f32_slice(&fa[..n]);
+        start += n;
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::invalid(format!(
+            "{what} has {got} bytes but the destination has {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// `dst[i] = dst[i] ⊕ src[i]` over byte buffers holding `dtype` elements.
+///
+/// Errors when the lengths differ or are not whole, aligned elements.
+pub fn reduce_in_place(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) -> Result<()> {
+    check_len("reduction source", src.len(), dst.len())?;
+    macro_rules! go {
+        ($t:ty) => {
+            in_place::<$t>(op, typed_mut::<$t>(dst)?, typed::<$t>(src)?)
+        };
+    }
+    match dtype {
+        DataType::Int8 => go!(i8),
+        DataType::Uint8 => go!(u8),
+        DataType::Int32 => go!(i32),
+        DataType::Uint32 => go!(u32),
+        DataType::Int64 => go!(i64),
+        DataType::Uint64 => go!(u64),
+        DataType::Float32 => go!(f32),
+        DataType::Float64 => go!(f64),
+        DataType::Float16 => half_kernel::<f16>(op, typed_mut(dst)?, None, typed(src)?),
+        DataType::Bfloat16 => half_kernel::<bf16>(op, typed_mut(dst)?, None, typed(src)?),
+    }
+    Ok(())
+}
+
+/// `dst[i] = a[i] ⊕ b[i]` over byte buffers holding `dtype` elements.
+pub fn reduce_into(
+    dtype: DataType,
+    op: ReduceOp,
+    dst: &mut [u8],
+    a: &[u8],
+    b: &[u8],
+) -> Result<()> {
+    check_len("first reduction operand", a.len(), dst.len())?;
+    check_len("second reduction operand", b.len(), dst.len())?;
+    macro_rules! go {
+        ($t:ty) => {
+            into::<$t>(op, typed_mut::<$t>(dst)?, typed::<$t>(a)?, typed::<$t>(b)?)
+        };
+    }
+    match dtype {
+        DataType::Int8 => go!(i8),
+        DataType::Uint8 => go!(u8),
+        DataType::Int32 => go!(i32),
+        DataType::Uint32 => go!(u32),
+        DataType::Int64 => go!(i64),
+        DataType::Uint64 => go!(u64),
+        DataType::Float32 => go!(f32),
+        DataType::Float64 => go!(f64),
+        DataType::Float16 => half_kernel::<f16>(op, typed_mut(dst)?, Some(typed(a)?), typed(b)?),
+        DataType::Bfloat16 => {
+            half_kernel::<bf16>(op, typed_mut(dst)?, Some(typed(a)?), typed(b)?)
+        }
+    }
+    Ok(())
+}
+
+/// Divide every element by `n` (the final step of [`ReduceOp::Avg`]); integer division
+/// truncates toward zero.
+pub fn scale_div(dtype: DataType, dst: &mut [u8], n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid("average over 0 ranks"));
+    }
+    macro_rules! go {
+        ($t:ty) => {
+            for x in typed_mut::<$t>(dst)? {
+                *x = <$t as Elem>::div(*x, n);
+            }
+        };
+    }
+    match dtype {
+        DataType::Int8 => go!(i8),
+        DataType::Uint8 => go!(u8),
+        DataType::Int32 => go!(i32),
+        DataType::Uint32 => go!(u32),
+        DataType::Int64 => go!(i64),
+        DataType::Uint64 => go!(u64),
+        DataType::Float32 => go!(f32),
+        DataType::Float64 => go!(f64),
+        DataType::Float16 => {
+            for x in typed_mut::<f16>(dst)? {
+                *x = f16::from_f32(x.to_f32() / n as f32);
+            }
+        }
+        DataType::Bfloat16 => {
+            for x in typed_mut::<bf16>(dst)? {
+                *x = bf16::from_f32(x.to_f32() / n as f32);
+            }
+        }
+    }
+    Ok(())
+}
+

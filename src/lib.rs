@@ -1,0 +1,1 @@
+//! dmsc facade (placeholder)
