@@ -26,6 +26,8 @@ pub enum BufId {
     Output,
     /// Engine-owned temporary memory of [`Schedule::scratch_elems`] elements.
     Scratch,
+    /// The i-th caller buffer of a grouped send/recv call (`dmscGroupStart`/`End`).
+    Group(u32),
 }
 
 /// A range of elements `[offset, offset + len)` of one buffer.
