@@ -1,1 +1,290 @@
-//! placeholder
+//! The alpha-beta(-gamma) cost model: predicted time of each algorithm, used to choose one
+//! and to extrapolate to scales we cannot run.
+//!
+//! A message of `m` bytes costs `α + β·m`; reducing `m` bytes costs `γ·m`. A step in which a
+//! rank sends to and receives from different peers costs as much as its largest transfer
+//! (full-duplex links). These are the formulas of Thakur, Rabenseifner and Gropp,
+//! "Optimization of collective communication operations in MPICH", International Journal of
+//! High Performance Computing Applications 19(1), 2005, applied to the schedules of
+//! [`crate::plan`]; with `p` ranks and `b` bytes:
+//!
+//! | algorithm | time |
+//! | --- | --- |
+//! | ring all-reduce | `2(p-1)α + 2(p-1)/p·bβ + (p-1)/p·bγ` |
+//! | double binary tree all-reduce, `K` segments of `s` bytes per tree | `(K + 3⌈log2 p⌉)·(α + 4sβ + 2sγ)` |
+//! | chain broadcast (reduce), `K` segments of `s` | `(p-2+K)·(α + sβ (+ sγ))` |
+//! | binomial broadcast (reduce) | `⌈log2 p⌉·(α + bβ (+ bγ))` |
+//! | ring reduce-scatter / all-gather, blocks of `c` bytes | `(p-1)·(α + cβ (+ cγ))` |
+//! | pairwise all-to-all, blocks of `c` | `(p-1)·(α + cβ)` |
+//! | dissemination barrier | `⌈log2 p⌉·α` |
+//!
+//! In a tree step a rank that is inner in one tree and a leaf in the other sends four
+//! segments (one up and two down in the first tree, one up in the second) and reduces two,
+//! which is where `4sβ + 2sγ` comes from; `3⌈log2 p⌉` is the pipeline's fill and drain (two
+//! time units per level up, because a node's two children are received one after the other,
+//! one per level down).
+
+use crate::types::{Algo, CollDesc, CollKind};
+
+/// Machine parameters of the model, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// Latency of one message (s).
+    pub alpha: f64,
+    /// Transfer time per byte (s/B): the inverse of the link bandwidth.
+    pub beta: f64,
+    /// Reduction time per byte (s/B).
+    pub gamma: f64,
+}
+
+impl Default for CostModel {
+    /// TCP over loopback: α = 20 µs, 3 GB/s links, 10 GB/s reductions.
+    fn default() -> Self {
+        CostModel {
+            alpha: 20e-6,
+            beta: 1.0 / 3e9,
+            gamma: 1.0 / 10e9,
+        }
+    }
+}
+
+/// `⌈log2 p⌉`.
+fn log2_ceil(p: usize) -> f64 {
+    f64::from(p.max(1).next_power_of_two().trailing_zeros())
+}
+
+/// `(K, s)`: number of segments and segment size for `bytes` in segments of `seg`.
+fn segments(bytes: usize, seg: usize) -> (f64, f64) {
+    let s = seg.max(1).min(bytes.max(1));
+    (bytes.div_ceil(s).max(1) as f64, s as f64)
+}
+
+impl CostModel {
+    /// Ring all-reduce of `bytes` per rank over `p` ranks.
+    pub fn ring_all_reduce(&self, bytes: usize, p: usize) -> f64 {
+        if p <= 1 {
+            return 0.0;
+        }
+        let block = bytes.div_ceil(p) as f64;
+        let steps = (p - 1) as f64;
+        2.0 * steps * (self.alpha + block * self.beta) + steps * block * self.gamma
+    }
+
+    /// Pipelined double-binary-tree all-reduce of `bytes` per rank over `p` ranks in
+    /// segments of `segment_bytes`.
+    pub fn tree_all_reduce(&self, bytes: usize, p: usize, segment_bytes: usize) -> f64 {
+        if p <= 1 {
+            return 0.0;
+        }
+        let (k, s) = segments(bytes.div_ceil(2), segment_bytes);
+        let steps = k + 3.0 * log2_ceil(p);
+        steps * (self.alpha + 4.0 * s * self.beta + 2.0 * s * self.gamma)
+    }
+
+    /// Pipelined chain broadcast of `bytes` over `p` ranks in segments of `segment_bytes`.
+    pub fn chain_broadcast(&self, bytes: usize, p: usize, segment_bytes: usize) -> f64 {
+        self.chain(bytes, p, segment_bytes, 0.0)
+    }
+
+    /// Pipelined chain reduce of `bytes` over `p` ranks in segments of `segment_bytes`.
+    pub fn chain_reduce(&self, bytes: usize, p: usize, segment_bytes: usize) -> f64 {
+        self.chain(bytes, p, segment_bytes, self.gamma)
+    }
+
+    fn chain(&self, bytes: usize, p: usize, segment_bytes: usize, gamma: f64) -> f64 {
+        if p <= 1 {
+            return 0.0;
+        }
+        let (k, s) = segments(bytes, segment_bytes);
+        (p as f64 - 2.0 + k) * (self.alpha + s * (self.beta + gamma))
+    }
+
+    /// Binomial-tree broadcast of `bytes` over `p` ranks.
+    pub fn binomial_broadcast(&self, bytes: usize, p: usize) -> f64 {
+        log2_ceil(p) * (self.alpha + bytes as f64 * self.beta)
+    }
+
+    /// Binomial-tree reduce of `bytes` over `p` ranks.
+    pub fn binomial_reduce(&self, bytes: usize, p: usize) -> f64 {
+        log2_ceil(p) * (self.alpha + bytes as f64 * (self.beta + self.gamma))
+    }
+
+    /// Ring reduce-scatter over `p` ranks, each receiving `block_bytes`.
+    pub fn ring_reduce_scatter(&self, block_bytes: usize, p: usize) -> f64 {
+        let c = block_bytes as f64;
+        p.saturating_sub(1) as f64 * (self.alpha + c * (self.beta + self.gamma))
+    }
+
+    /// Ring all-gather over `p` ranks, each contributing `block_bytes`.
+    pub fn ring_all_gather(&self, block_bytes: usize, p: usize) -> f64 {
+        p.saturating_sub(1) as f64 * (self.alpha + block_bytes as f64 * self.beta)
+    }
+
+    /// Pairwise all-to-all over `p` ranks with `block_bytes` per pair.
+    pub fn pairwise_all_to_all(&self, block_bytes: usize, p: usize) -> f64 {
+        p.saturating_sub(1) as f64 * (self.alpha + block_bytes as f64 * self.beta)
+    }
+
+    /// Dissemination barrier over `p` ranks.
+    pub fn barrier(&self, p: usize) -> f64 {
+        log2_ceil(p) * self.alpha
+    }
+
+    /// Predicted time of `desc` over `p` ranks with algorithm `algo` (meaning as in
+    /// [`crate::plan::choose_algo`]) and pipeline segments of `segment_bytes`. All-to-all-v
+    /// and send/recv have no count to predict from and are given 0.
+    pub fn predict(&self, desc: &CollDesc, p: usize, algo: Algo, segment_bytes: usize) -> f64 {
+        let bytes = desc.count.saturating_mul(desc.dtype.size());
+        let tree = algo == Algo::Tree;
+        match desc.kind {
+            CollKind::AllReduce if tree => self.tree_all_reduce(bytes, p, segment_bytes),
+            CollKind::AllReduce => self.ring_all_reduce(bytes, p),
+            CollKind::Broadcast if tree => self.binomial_broadcast(bytes, p),
+            CollKind::Broadcast => self.chain_broadcast(bytes, p, segment_bytes),
+            CollKind::Reduce if tree => self.binomial_reduce(bytes, p),
+            CollKind::Reduce => self.chain_reduce(bytes, p, segment_bytes),
+            CollKind::ReduceScatter => self.ring_reduce_scatter(bytes, p),
+            CollKind::AllGather => self.ring_all_gather(bytes, p),
+            CollKind::AllToAll => self.pairwise_all_to_all(bytes, p),
+            CollKind::Barrier => self.barrier(p),
+            CollKind::AllToAllV | CollKind::SendRecv => 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{choose_algo, PlanConfig};
+    use crate::types::{DataType, ReduceOp};
+
+    fn desc(kind: CollKind, count: usize) -> CollDesc {
+        CollDesc {
+            kind,
+            count,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+        }
+    }
+
+    #[test]
+    fn small_messages_at_scale_pick_tree() {
+        let cfg = PlanConfig::default();
+        for p in [16, 64, 1024] {
+            for count in [1, 16, 256] {
+                assert_eq!(
+                    choose_algo(&desc(CollKind::AllReduce, count), p, &cfg),
+                    Algo::Tree,
+                    "p={p} count={count}"
+                );
+                assert_eq!(
+                    choose_algo(&desc(CollKind::Broadcast, count), p, &cfg),
+                    Algo::Tree
+                );
+                assert_eq!(
+                    choose_algo(&desc(CollKind::Reduce, count), p, &cfg),
+                    Algo::Tree
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_messages_pick_ring_and_chain() {
+        let cfg = PlanConfig::default();
+        for p in [2, 4, 8, 16, 64] {
+            let count = 256 << 20; // 1 GiB of f32
+            assert_eq!(
+                choose_algo(&desc(CollKind::AllReduce, count), p, &cfg),
+                Algo::Ring,
+                "p={p}"
+            );
+            assert_eq!(
+                choose_algo(&desc(CollKind::Broadcast, count), p, &cfg),
+                Algo::Ring
+            );
+            assert_eq!(
+                choose_algo(&desc(CollKind::Reduce, count), p, &cfg),
+                Algo::Ring
+            );
+        }
+    }
+
+    #[test]
+    fn few_ranks_pick_ring() {
+        let cfg = PlanConfig::default();
+        for count in [1, 1000, 1 << 24] {
+            assert_eq!(
+                choose_algo(&desc(CollKind::AllReduce, count), 2, &cfg),
+                Algo::Ring
+            );
+        }
+    }
+
+    #[test]
+    fn forced_algorithm_wins() {
+        let cfg = PlanConfig {
+            algo: Some(Algo::Tree),
+            ..PlanConfig::default()
+        };
+        assert_eq!(
+            choose_algo(&desc(CollKind::AllReduce, 1 << 28), 4, &cfg),
+            Algo::Tree
+        );
+        // Collectives with a single algorithm report it.
+        assert_eq!(
+            choose_algo(&desc(CollKind::AllGather, 1), 64, &cfg),
+            Algo::Ring
+        );
+    }
+
+    #[test]
+    fn predictions_are_monotone_in_size() {
+        let m = CostModel::default();
+        let seg = 1 << 20;
+        for p in [1, 2, 3, 8, 17, 64, 1000] {
+            let mut prev = [0.0f64; 9];
+            for shift in 0..34 {
+                let b = 1usize << shift;
+                let now = [
+                    m.ring_all_reduce(b, p),
+                    m.tree_all_reduce(b, p, seg),
+                    m.chain_broadcast(b, p, seg),
+                    m.chain_reduce(b, p, seg),
+                    m.binomial_broadcast(b, p),
+                    m.binomial_reduce(b, p),
+                    m.ring_reduce_scatter(b, p),
+                    m.ring_all_gather(b, p),
+                    m.pairwise_all_to_all(b, p),
+                ];
+                for (i, (n, o)) in now.iter().zip(prev).enumerate() {
+                    assert!(*n >= o, "p={p} b={b} formula {i}: {n} < {o}");
+                    assert!(n.is_finite());
+                }
+                prev = now;
+            }
+        }
+    }
+
+    #[test]
+    fn predictions_grow_with_ranks_for_latency_bound_calls() {
+        let m = CostModel::default();
+        assert!(m.ring_all_reduce(8, 64) > m.ring_all_reduce(8, 8));
+        assert!(m.tree_all_reduce(8, 64, 1 << 20) > m.tree_all_reduce(8, 8, 1 << 20));
+        assert!(m.barrier(64) > m.barrier(8));
+        assert_eq!(m.barrier(1), 0.0);
+    }
+
+    #[test]
+    fn ring_bandwidth_term_matches_nccl_bus_factor() {
+        // With α = γ = 0, a ring all-reduce moves 2(p-1)/p of the data per rank.
+        let m = CostModel {
+            alpha: 0.0,
+            beta: 1.0,
+            gamma: 0.0,
+        };
+        let t = m.ring_all_reduce(1 << 20, 8);
+        assert!((t - 2.0 * 7.0 / 8.0 * (1 << 20) as f64).abs() < 1e-6);
+    }
+}

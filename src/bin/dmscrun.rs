@@ -1,1 +1,182 @@
-fn main(){}
+//! `dmscrun -n N [--] CMD ARGS...`: start N ranks of a program on this machine with the
+//! torchrun environment, prefix their output with `[rank] `, and stop them all when one
+//! fails. See `dmsc::launch` for the details.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+/// Exit code of command-line errors.
+const USAGE_ERROR: u8 = 2;
+
+const USAGE: &str = "\
+usage: dmscrun -n N [--] COMMAND [ARGS...]
+
+Starts N ranks of COMMAND on this machine for one dmsc job (like torchrun --standalone):
+each rank gets MASTER_ADDR=127.0.0.1, MASTER_PORT (a free port), RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE and DMSC_LAUNCHER=dmscrun. Output lines are prefixed with
+[rank]. When a rank fails, the others get SIGTERM, then SIGKILL after DMSC_KILL_GRACE
+seconds (default 3); the exit code is that of the first failing rank (128+signal).
+
+options:
+  -n, --np, --nproc-per-node, --nproc_per_node N   number of ranks (required)
+  -h, --help                                       this text
+  -V, --version                                    print the version
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Cmd {
+    Help,
+    Version,
+    Run { n: usize, program: OsString, args: Vec<OsString> },
+}
+
+fn parse(args: &[OsString]) -> Result<Cmd, String> {
+    let mut n: Option<usize> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let tok = args[i].as_bytes();
+        if tok == b"--" {
+            i += 1;
+            break;
+        }
+        if !tok.starts_with(b"-") || tok == b"-" {
+            break;
+        }
+        let text = String::from_utf8_lossy(tok).into_owned();
+        let (flag, inline) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ if text.starts_with("-n") && text.len() > 2 && !text.starts_with("--") => {
+                ("-n".to_string(), Some(text[2..].to_string()))
+            }
+            _ => (text.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Cmd::Help),
+            "-V" | "--version" => return Ok(Cmd::Version),
+            "-n" | "--np" | "--nproc-per-node" | "--nproc_per_node" => {
+                let value = match inline {
+                    Some(v) => v,
+                    None => {
+                        i += 1;
+                        match args.get(i) {
+                            Some(v) => v.to_string_lossy().into_owned(),
+                            None => return Err(format!("option {flag} needs a number of ranks")),
+                        }
+                    }
+                };
+                n = Some(parse_ranks(&flag, &value)?);
+            }
+            _ => return Err(format!("unknown option '{text}' (see --help)")),
+        }
+        i += 1;
+    }
+    let Some(n) = n else {
+        return Err("missing -n N: the number of ranks to start".into());
+    };
+    let Some(program) = args.get(i) else {
+        return Err("missing the command to run after the options".into());
+    };
+    Ok(Cmd::Run {
+        n,
+        program: program.clone(),
+        args: args[i + 1..].to_vec(),
+    })
+}
+
+fn parse_ranks(flag: &str, value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err(format!("{flag} must be at least 1, got 0")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "invalid value '{value}' for {flag}: expected a number of ranks"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (n, program, rest) = match parse(&args) {
+        Ok(Cmd::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cmd::Version) => {
+            println!("dmscrun {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cmd::Run { n, program, args }) => (n, program, args),
+        Err(e) => {
+            eprintln!("dmscrun: {e}\nTry 'dmscrun --help' for more information.");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    match dmsc::launch::launch(n, &program, &rest, &[]) {
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        Err(e) => {
+            let name = program.to_string_lossy();
+            let code = match &e {
+                dmsc::Error::System { errno: Some(libc::ENOENT), .. } => {
+                    eprintln!("dmscrun: {name}: command not found");
+                    127
+                }
+                dmsc::Error::System { errno: Some(libc::EACCES), .. } => {
+                    eprintln!("dmscrun: {name}: permission denied (not executable?)");
+                    126
+                }
+                _ => {
+                    eprintln!("dmscrun: {e}");
+                    1
+                }
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Cmd, String> {
+        let v: Vec<OsString> = args.iter().map(OsString::from).collect();
+        parse(&v)
+    }
+
+    fn run(n: usize, program: &str, args: &[&str]) -> Cmd {
+        Cmd::Run {
+            n,
+            program: program.into(),
+            args: args.iter().map(OsString::from).collect(),
+        }
+    }
+
+    #[test]
+    fn forms() {
+        assert_eq!(p(&["-n", "4", "python", "-u", "x.py"]).unwrap(), run(4, "python", &["-u", "x.py"]));
+        assert_eq!(p(&["-n2", "--", "-weird", "-n", "3"]).unwrap(), run(2, "-weird", &["-n", "3"]));
+        assert_eq!(p(&["--np=3", "sh"]).unwrap(), run(3, "sh", &[]));
+        assert_eq!(p(&["--nproc-per-node", "5", "a"]).unwrap(), run(5, "a", &[]));
+        assert_eq!(p(&["--nproc_per_node=6", "a", "--help"]).unwrap(), run(6, "a", &["--help"]));
+        assert_eq!(p(&["-h"]).unwrap(), Cmd::Help);
+        assert_eq!(p(&["-n", "2", "--version"]).unwrap(), Cmd::Version);
+    }
+
+    #[test]
+    fn errors() {
+        for (args, want) in [
+            (&["sh"][..], "missing -n"),
+            (&[], "missing -n"),
+            (&["-n", "0", "sh"], "at least 1"),
+            (&["-n", "x", "sh"], "invalid value 'x' for -n"),
+            (&["--np"], "--np needs a number"),
+            (&["-n", "2"], "missing the command"),
+            (&["-n", "2", "--"], "missing the command"),
+            (&["-q", "sh"], "unknown option '-q'"),
+        ] {
+            let e = p(args).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+}

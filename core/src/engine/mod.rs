@@ -1,1 +1,561 @@
-//! placeholder
+//! The engine: executes schedules over a [`Transport`], with deadlines, mismatch detection,
+//! error propagation to every rank, and abort.
+//!
+//! One [`Engine`] belongs to one communicator and is driven by whichever thread holds it
+//! (the caller of a blocking collective, or the one testing a request); it is never shared
+//! between threads at the same time. Operations run one after another in submission order,
+//! which is the order every rank must call them in. Waiting is spin-then-block: the engine
+//! polls the transport without blocking for a short while after the last progress (low
+//! latency for back-to-back calls), then blocks in the transport with a timeout, so that
+//! many ranks share a few cores without burning them.
+//!
+//! Errors are sticky: once an operation fails, the engine cancels all posted work (no
+//! pointer into caller memory survives the failed call), tells every other rank why through
+//! a control message, and fails every later call with the same error.
+
+mod config;
+pub mod control;
+mod exec;
+pub mod memory;
+mod staging;
+pub mod transport;
+
+pub use config::EngineConfig;
+pub use memory::{OpMemory, Region};
+pub use transport::{Completion, Token, Transport, Waker};
+
+use crate::error::{Error, Result};
+use crate::plan::P2p;
+use crate::schedule::Schedule;
+use crate::types::{CollDesc, CollKind, DataType, Rank, ReduceOp};
+use control::{ControlMsg, ErrorClass};
+use exec::{Exec, Labels};
+use staging::StagingPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// State shared with other threads: the abort flag and the transport's waker.
+pub struct AbortHandle {
+    aborted: AtomicBool,
+    waker: Arc<dyn Waker>,
+}
+
+impl AbortHandle {
+    /// Abort: every call in flight on the communicator returns [`Error::Aborted`] promptly,
+    /// and later calls fail at once.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// True once [`AbortHandle::abort`] was called.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+}
+
+/// Executes operations of one communicator over one transport.
+pub struct Engine {
+    transport: Box<dyn Transport>,
+    rank: Rank,
+    nranks: usize,
+    cfg: EngineConfig,
+    /// Sequence number of the last collective started.
+    started: u64,
+    /// Sequence number of the last collective completed.
+    completed: u64,
+    /// Point-to-point messages sent to / received from each peer so far.
+    p2p_sent: Vec<u64>,
+    p2p_recv: Vec<u64>,
+    failed: Option<Error>,
+    abort: Arc<AbortHandle>,
+    pool: StagingPool,
+    scratch: Vec<u64>,
+    epoch: u32,
+    completions: Vec<Completion>,
+    /// Status replies gathered while reporting a timeout: (peer, started, completed, current).
+    statuses: Vec<(Rank, u64, u64, Option<CollDesc>)>,
+    current: Option<CollDesc>,
+}
+
+impl Engine {
+    /// An engine for `rank` of `nranks` over `transport`.
+    pub fn new(transport: Box<dyn Transport>, rank: Rank, nranks: usize, cfg: EngineConfig) -> Engine {
+        let abort = Arc::new(AbortHandle {
+            aborted: AtomicBool::new(false),
+            waker: transport.waker(),
+        });
+        let slots = (cfg.window * nranks.max(2)).max(4);
+        Engine {
+            pool: StagingPool::new(cfg.chunk_bytes, slots),
+            transport,
+            rank,
+            nranks,
+            cfg,
+            started: 0,
+            completed: 0,
+            p2p_sent: vec![0; nranks],
+            p2p_recv: vec![0; nranks],
+            failed: None,
+            abort,
+            scratch: Vec::new(),
+            epoch: 0,
+            completions: Vec::new(),
+            statuses: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// The handle that aborts this engine from any thread.
+    pub fn abort_handle(&self) -> Arc<AbortHandle> {
+        self.abort.clone()
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn nranks(&self) -> usize {
+        self.nranks
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The transport's name.
+    pub fn transport_name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    /// Sequence number of the last collective started on this rank.
+    pub fn seq(&self) -> u64 {
+        self.started
+    }
+
+    /// The error that failed this engine, if any.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failed.as_ref()
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.abort.is_aborted() {
+            return Err(Error::Aborted {
+                detail: "the communicator was aborted".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Run one collective to completion.
+    ///
+    /// # Safety
+    /// The regions of `mem` must be valid (input for reads, output and group buffers for
+    /// writes) for the whole call and not be accessed by anyone else meanwhile.
+    pub unsafe fn run_collective(&mut self, desc: CollDesc, sched: Schedule, mem: OpMemory) -> Result<()> {
+        self.check_usable()?;
+        self.started += 1;
+        let seq = self.started;
+        let labels = Labels::Collective { seq, desc };
+        let r = self.execute(labels, desc, sched, mem);
+        if r.is_ok() {
+            self.completed = seq;
+        }
+        r
+    }
+
+    /// Run a group of point-to-point operations (its schedule from
+    /// [`crate::plan::plan_send_recv`]) to completion.
+    ///
+    /// # Safety
+    /// As for [`Engine::run_collective`].
+    pub unsafe fn run_p2p(
+        &mut self,
+        dtype: DataType,
+        ops: &[P2p],
+        tags: &[u32],
+        sched: Schedule,
+        mem: OpMemory,
+    ) -> Result<()> {
+        self.check_usable()?;
+        let mut per_action = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let tag = tags.get(i).copied().unwrap_or(0);
+            match *op {
+                P2p::Send { peer, .. } => {
+                    self.p2p_sent[peer] += 1;
+                    per_action.push((self.p2p_sent[peer], tag));
+                }
+                P2p::Recv { peer, .. } => {
+                    self.p2p_recv[peer] += 1;
+                    per_action.push((self.p2p_recv[peer], tag));
+                }
+            }
+        }
+        let desc = CollDesc {
+            kind: CollKind::SendRecv,
+            count: 0,
+            dtype,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.execute(Labels::P2p { per_action }, desc, sched, mem)
+    }
+
+    fn execute(&mut self, labels: Labels, desc: CollDesc, sched: Schedule, mem: OpMemory) -> Result<()> {
+        let started_at = Instant::now();
+        let need = sched.scratch_elems.saturating_mul(desc.dtype.size()).div_ceil(8);
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0);
+        }
+        let scratch = Region {
+            ptr: self.scratch.as_mut_ptr() as *mut u8,
+            len: need * 8,
+        };
+        if self.cfg.debug {
+            eprintln!("dmsc: rank {} start {} {desc}", self.rank, self.op_name(&labels, &desc));
+        }
+        self.current = Some(desc);
+        let mut ex = Exec::new(
+            labels,
+            desc,
+            self.nranks,
+            sched,
+            mem,
+            scratch,
+            self.cfg.chunk_bytes,
+            self.cfg.window,
+            self.epoch,
+        );
+        let r = self.drive(&mut ex, started_at);
+        self.epoch = ex.epoch();
+        self.current = None;
+        if let Err(e) = &r {
+            self.transport.cancel_all();
+            ex.release(&mut self.pool);
+            self.fail(e.clone(), &ex.labels);
+        } else if self.cfg.debug {
+            eprintln!(
+                "dmsc: rank {} end {} in {:.1} us",
+                self.rank,
+                self.op_name(&ex.labels, &desc),
+                started_at.elapsed().as_secs_f64() * 1e6
+            );
+        }
+        r
+    }
+
+    fn op_name(&self, labels: &Labels, desc: &CollDesc) -> String {
+        match labels {
+            Labels::Collective { seq, .. } => format!("{} #{seq}", desc.kind),
+            Labels::P2p { .. } => "send/recv group".to_string(),
+        }
+    }
+
+    /// Record a failure and tell every peer (unless it came from a peer).
+    fn fail(&mut self, e: Error, labels: &Labels) {
+        let seq = match labels {
+            Labels::Collective { seq, .. } => *seq,
+            Labels::P2p { .. } => 0,
+        };
+        let msg = match &e {
+            Error::Mismatch { ranks, detail, .. } => Some(ControlMsg::Failed {
+                seq,
+                class: ErrorClass::Mismatch,
+                ranks: ranks.iter().map(|&r| r as u32).collect(),
+                text: detail.clone(),
+            }),
+            Error::Aborted { .. } => Some(ControlMsg::Failed {
+                seq,
+                class: ErrorClass::Aborted,
+                ranks: vec![self.rank as u32],
+                text: format!("rank {} aborted", self.rank),
+            }),
+            Error::Remote { .. } | Error::Timeout { .. } => None,
+            other => Some(ControlMsg::Failed {
+                seq,
+                class: ErrorClass::Other,
+                ranks: vec![self.rank as u32],
+                text: other.to_string(),
+            }),
+        };
+        if let Some(m) = msg {
+            let bytes = m.encode();
+            for p in (0..self.nranks).filter(|&p| p != self.rank) {
+                self.transport.send_control(p, &bytes);
+            }
+            // Flush the control messages out before returning to the caller.
+            let mut sink = Vec::new();
+            let _ = self.transport.poll(&mut sink, Duration::ZERO);
+        }
+        self.failed = Some(e);
+    }
+
+    fn drive(&mut self, ex: &mut Exec, started_at: Instant) -> Result<()> {
+        let deadline = started_at + self.cfg.timeout;
+        ex.start(&mut *self.transport, &mut self.pool)?;
+        let mut last_progress = Instant::now();
+        while !ex.finished() {
+            if self.abort.is_aborted() {
+                return Err(Error::Aborted {
+                    detail: format!(
+                        "{} on rank {} was aborted",
+                        self.describe(ex),
+                        self.rank
+                    ),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout_error(ex, started_at));
+            }
+            let wait = if now.duration_since(last_progress) < self.cfg.spin {
+                Duration::ZERO
+            } else {
+                (deadline - now).min(Duration::from_millis(100))
+            };
+            let mut comps = std::mem::take(&mut self.completions);
+            comps.clear();
+            let r = self.transport.poll(&mut comps, wait);
+            let mut progressed = false;
+            let mut result = r;
+            for c in comps.drain(..) {
+                if result.is_err() {
+                    break;
+                }
+                match ex.complete(&c, &mut self.pool) {
+                    Ok(true) => progressed = true,
+                    Ok(false) => result = self.on_other(&c, ex),
+                    Err(e) => result = Err(e),
+                }
+            }
+            self.completions = comps;
+            result?;
+            if progressed {
+                ex.pump(&mut *self.transport, &mut self.pool)?;
+                last_progress = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, ex: &Exec) -> String {
+        match &ex.labels {
+            Labels::Collective { seq, desc } => format!("{desc} #{seq}"),
+            Labels::P2p { .. } => "send/recv group".into(),
+        }
+    }
+
+    /// Completions that are not chunk completions of the current operation.
+    fn on_other(&mut self, c: &Completion, ex: &Exec) -> Result<()> {
+        match c {
+            Completion::BadHeader { peer, got, .. } => Err(self.bad_header(*peer, got, ex)),
+            Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
+                peer: *peer,
+                detail: format!("during {} on rank {}: {error}", self.describe(ex), self.rank),
+            }),
+            Completion::Control { peer, payload } => self.on_control(*peer, payload),
+            Completion::Sent { token } | Completion::Received { token } => Err(Error::internal(
+                format!("completion for token {token:#x} of no operation in progress"),
+            )),
+        }
+    }
+
+    fn bad_header(&self, peer: Rank, got: &crate::wire::FrameHeader, ex: &Exec) -> Error {
+        match &ex.labels {
+            Labels::Collective { seq, desc } => {
+                let detail = if got.desc.kind == CollKind::SendRecv {
+                    format!(
+                        "rank {} called {desc} (#{seq}) while rank {peer} sent a point-to-point message",
+                        self.rank
+                    )
+                } else if got.seq != *seq {
+                    format!(
+                        "rank {} is at operation #{seq} ({desc}) while rank {peer} sent data of operation #{} ({}); the ranks called different numbers of collectives",
+                        self.rank, got.seq, got.desc
+                    )
+                } else if let Some(d) = desc.difference(&got.desc) {
+                    format!(
+                        "{d}: rank {} called {desc}, rank {peer} called {}",
+                        self.rank, got.desc
+                    )
+                } else {
+                    format!(
+                        "rank {peer} sent a message of {} bytes (message {}, chunk {}) where rank {} expected a different layout; per-rank counts or displacements disagree",
+                        got.len, got.msg, got.chunk, self.rank
+                    )
+                };
+                Error::Mismatch {
+                    seq: *seq,
+                    ranks: sorted(self.rank, peer),
+                    detail,
+                }
+            }
+            Labels::P2p { .. } => {
+                let detail = if got.desc.kind != CollKind::SendRecv {
+                    format!(
+                        "rank {} posted a receive from rank {peer}, which sent data of collective #{} ({})",
+                        self.rank, got.seq, got.desc
+                    )
+                } else {
+                    format!(
+                        "rank {peer} sent message #{} with tag {} and {} bytes ({}), which does not match rank {}'s receive (same order, tag, size and type are required)",
+                        got.seq, got.aux, got.len, got.desc.dtype, self.rank
+                    )
+                };
+                Error::Mismatch {
+                    seq: 0,
+                    ranks: sorted(self.rank, peer),
+                    detail,
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, peer: Rank, payload: &[u8]) -> Result<()> {
+        match ControlMsg::decode(payload)? {
+            ControlMsg::Failed {
+                seq,
+                class,
+                ranks,
+                text,
+            } => Err(match class {
+                ErrorClass::Mismatch => Error::Mismatch {
+                    seq,
+                    ranks: ranks.into_iter().map(|r| r as usize).collect(),
+                    detail: text,
+                },
+                ErrorClass::Aborted => Error::Remote {
+                    from: peer,
+                    detail: format!("rank {peer} aborted the communicator"),
+                },
+                ErrorClass::Other => Error::Remote { from: peer, detail: text },
+            }),
+            ControlMsg::StatusQuery => {
+                let reply = ControlMsg::Status {
+                    started: self.started,
+                    completed: self.completed,
+                    current: self.current,
+                };
+                self.transport.send_control(peer, &reply.encode());
+                Ok(())
+            }
+            ControlMsg::Status {
+                started,
+                completed,
+                current,
+            } => {
+                self.statuses.push((peer, started, completed, current));
+                Ok(())
+            }
+        }
+    }
+
+    /// Serve control traffic while no operation runs (status queries, errors from peers).
+    /// Never blocks longer than `wait`.
+    pub fn service(&mut self, wait: Duration) -> Result<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let mut comps = Vec::new();
+        self.transport.poll(&mut comps, wait)?;
+        for c in comps {
+            let r = match &c {
+                Completion::Control { peer, payload } => self.on_control(*peer, payload),
+                Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
+                    peer: *peer,
+                    detail: error.to_string(),
+                }),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                if self.failed.is_none() {
+                    self.failed = Some(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the timeout error: ask every peer where it is and name the ones not in this
+    /// operation.
+    fn timeout_error(&mut self, ex: &Exec, started_at: Instant) -> Error {
+        let (seq, op) = match &ex.labels {
+            Labels::Collective { seq, desc } => (*seq, format!("{desc} #{seq}")),
+            Labels::P2p { .. } => (0, "send/recv group".to_string()),
+        };
+        self.statuses.clear();
+        let q = ControlMsg::StatusQuery.encode();
+        for p in (0..self.nranks).filter(|&p| p != self.rank) {
+            self.transport.send_control(p, &q);
+        }
+        let grace = Instant::now() + self.cfg.status_grace;
+        let mut comps = Vec::new();
+        while self.statuses.len() + 1 < self.nranks && Instant::now() < grace {
+            comps.clear();
+            if self
+                .transport
+                .poll(&mut comps, Duration::from_millis(10))
+                .is_err()
+            {
+                break;
+            }
+            for c in comps.drain(..) {
+                if let Completion::Control { peer, payload } = c {
+                    let _ = self.on_control(peer, &payload);
+                }
+            }
+        }
+        let waiting = ex.waiting_on();
+        let mut missing = Vec::new();
+        let mut lines = Vec::new();
+        for p in (0..self.nranks).filter(|&p| p != self.rank) {
+            match self.statuses.iter().find(|s| s.0 == p) {
+                None => {
+                    missing.push(p);
+                    lines.push(format!("rank {p}: no answer"));
+                }
+                Some(&(_, started, completed, current)) => {
+                    let in_this = seq != 0 && started == seq && current.is_some();
+                    if seq != 0 && !in_this {
+                        missing.push(p);
+                    }
+                    lines.push(match current {
+                        Some(d) => format!("rank {p}: in {d} #{started}"),
+                        None => format!("rank {p}: idle after #{completed}"),
+                    });
+                }
+            }
+        }
+        if seq == 0 {
+            missing = waiting.clone();
+        }
+        Error::Timeout {
+            op: format!("{op} on rank {}", self.rank),
+            waited_s: started_at.elapsed().as_secs_f64(),
+            missing,
+            detail: format!(
+                "rank {} is at {} waiting on rank(s) {:?}; {}",
+                self.rank,
+                ex.where_am_i(),
+                waiting,
+                lines.join("; ")
+            ),
+        }
+    }
+}
+
+fn sorted(a: Rank, b: Rank) -> Vec<Rank> {
+    if a < b {
+        vec![a, b]
+    } else {
+        vec![b, a]
+    }
+}

@@ -1,0 +1,435 @@
+//! Execution of one operation's [`Schedule`] over a [`Transport`].
+//!
+//! Each transfer action of the current step is cut into chunks of at most `chunk_bytes`.
+//! Up to `window` chunks per peer and direction are posted at a time; a received chunk of a
+//! `RecvReduce` lands in a staging buffer and is reduced into its destination as soon as it
+//! completes, while the following chunks are still in flight. Plain receives land directly
+//! at their destination. The step ends when every chunk is done; local actions of the next
+//! step then run and its transfers start.
+
+use super::memory::{OpMemory, Region};
+use super::staging::StagingPool;
+use super::transport::{Completion, Token, Transport};
+use crate::error::{Error, Result};
+use crate::reduce;
+use crate::schedule::{Action, Schedule};
+use crate::types::{CollDesc, CollKind, Rank, ReduceOp};
+use crate::wire::{FrameHeader, FrameKind};
+use std::collections::VecDeque;
+
+/// How frames of this operation are labelled on the wire.
+#[derive(Clone, Debug)]
+pub(crate) enum Labels {
+    /// A collective: every frame carries the sequence number and the call.
+    Collective { seq: u64, desc: CollDesc },
+    /// Point-to-point messages, one per action of the single step: (sequence number between
+    /// the pair, tag) for each action in order.
+    P2p { per_action: Vec<(u64, u32)> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Send,
+    Recv,
+    RecvReduce,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    peer: Rank,
+    dir: Dir,
+    header: FrameHeader,
+    /// Source (send) or destination (receive).
+    ptr: *mut u8,
+    /// The local operand of a `RecvReduce`.
+    local: *const u8,
+    staging: Option<usize>,
+    posted: bool,
+    done: bool,
+}
+
+/// The state of one operation in progress.
+pub(crate) struct Exec {
+    pub(crate) labels: Labels,
+    desc: CollDesc,
+    nranks: usize,
+    sched: Schedule,
+    mem: OpMemory,
+    scratch: Region,
+    elem: usize,
+    /// Index of the current step (== steps.len() when finished).
+    step: usize,
+    /// Sequence of the current step's chunks; tokens are `epoch << 32 | index`.
+    epoch: u32,
+    chunks: Vec<Chunk>,
+    remaining: usize,
+    to_post_send: Vec<VecDeque<usize>>,
+    to_post_recv: Vec<VecDeque<usize>>,
+    inflight_send: Vec<usize>,
+    inflight_recv: Vec<usize>,
+    msg_send: Vec<u32>,
+    msg_recv: Vec<u32>,
+    chunk_bytes: usize,
+    window: usize,
+}
+
+impl Exec {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        labels: Labels,
+        desc: CollDesc,
+        nranks: usize,
+        sched: Schedule,
+        mem: OpMemory,
+        scratch: Region,
+        chunk_bytes: usize,
+        window: usize,
+        epoch: u32,
+    ) -> Exec {
+        Exec {
+            labels,
+            desc,
+            nranks,
+            sched,
+            mem,
+            scratch,
+            elem: desc.dtype.size(),
+            step: 0,
+            epoch,
+            chunks: Vec::new(),
+            remaining: 0,
+            to_post_send: vec![VecDeque::new(); nranks],
+            to_post_recv: vec![VecDeque::new(); nranks],
+            inflight_send: vec![0; nranks],
+            inflight_recv: vec![0; nranks],
+            msg_send: vec![0; nranks],
+            msg_recv: vec![0; nranks],
+            chunk_bytes: chunk_bytes.max(1),
+            window: window.max(1),
+        }
+    }
+
+    /// The epoch counter after this operation (tokens stay unique across operations).
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// True when every step is done.
+    pub(crate) fn finished(&self) -> bool {
+        self.step >= self.sched.steps.len()
+    }
+
+    /// Peers this rank still waits for in the current step (for timeout reports).
+    pub(crate) fn waiting_on(&self) -> Vec<Rank> {
+        let mut v: Vec<Rank> = self
+            .chunks
+            .iter()
+            .filter(|c| !c.done)
+            .map(|c| c.peer)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Progress description for timeout reports.
+    pub(crate) fn where_am_i(&self) -> String {
+        format!("step {} of {}", self.step + 1, self.sched.steps.len())
+    }
+
+    /// Start the first step (runs local actions; may finish operations without transfers).
+    pub(crate) fn start<T: Transport + ?Sized>(
+        &mut self,
+        t: &mut T,
+        pool: &mut StagingPool,
+    ) -> Result<()> {
+        self.step = 0;
+        self.begin_step()?;
+        self.pump(t, pool)
+    }
+
+    fn header(&self, action_index: usize, msg: u32, chunk: u32, offset: u64, len: u32) -> FrameHeader {
+        match &self.labels {
+            Labels::Collective { seq, desc } => FrameHeader {
+                kind: FrameKind::Data,
+                seq: *seq,
+                desc: *desc,
+                msg,
+                chunk,
+                offset,
+                len,
+                aux: 0,
+            },
+            Labels::P2p { per_action } => {
+                let (seq, tag) = per_action.get(action_index).copied().unwrap_or((0, 0));
+                FrameHeader {
+                    kind: FrameKind::Data,
+                    seq,
+                    desc: CollDesc {
+                        kind: CollKind::SendRecv,
+                        count: 0,
+                        dtype: self.desc.dtype,
+                        op: ReduceOp::Sum,
+                        root: 0,
+                    },
+                    msg: 0,
+                    chunk,
+                    offset,
+                    len,
+                    aux: tag,
+                }
+            }
+        }
+    }
+
+    /// Run the local actions of the current step and cut its transfers into chunks; skips
+    /// steps that have no transfers.
+    fn begin_step(&mut self) -> Result<()> {
+        loop {
+            if self.finished() {
+                return Ok(());
+            }
+            self.chunks.clear();
+            self.epoch = self.epoch.wrapping_add(1);
+            let actions = std::mem::take(&mut self.sched.steps[self.step].actions);
+            let result = self.setup_actions(&actions);
+            self.sched.steps[self.step].actions = actions;
+            result?;
+            self.remaining = self.chunks.len();
+            if self.remaining > 0 {
+                return Ok(());
+            }
+            self.step += 1;
+        }
+    }
+
+    fn setup_actions(&mut self, actions: &[Action]) -> Result<()> {
+        let elem = self.elem;
+        for a in actions.iter().filter(|a| a.is_local()) {
+            self.run_local(a)?;
+        }
+        for (i, a) in actions.iter().enumerate() {
+            let (peer, dir, main, local) = match *a {
+                Action::Send { peer, src } => (peer, Dir::Send, src, None),
+                Action::Recv { peer, dst } => (peer, Dir::Recv, dst, None),
+                Action::RecvReduce { peer, local, dst } => {
+                    (peer, Dir::RecvReduce, dst, Some(local))
+                }
+                _ => continue,
+            };
+            if peer >= self.nranks {
+                return Err(Error::internal(format!("schedule names peer {peer} of {}", self.nranks)));
+            }
+            let (ptr, len) = self.mem.resolve(main, elem, self.scratch)?;
+            let local_ptr = match local {
+                Some(l) => {
+                    let (p, n) = self.mem.resolve(l, elem, self.scratch)?;
+                    if n != len {
+                        return Err(Error::internal("RecvReduce operand lengths differ"));
+                    }
+                    p as *const u8
+                }
+                None => std::ptr::null(),
+            };
+            let msg = if dir == Dir::Send {
+                let m = self.msg_send[peer];
+                self.msg_send[peer] += 1;
+                m
+            } else {
+                let m = self.msg_recv[peer];
+                self.msg_recv[peer] += 1;
+                m
+            };
+            // Chunk size in whole elements.
+            let cb = (self.chunk_bytes / elem).max(1) * elem;
+            let n = len.div_ceil(cb).max(1);
+            for c in 0..n {
+                let off = c * cb;
+                let clen = cb.min(len - off.min(len));
+                let header = self.header(i, msg, c as u32, off as u64, clen as u32);
+                let idx = self.chunks.len();
+                // SAFETY (pointer arithmetic): off <= len, inside the resolved region.
+                let (p, lp) = unsafe {
+                    (
+                        ptr.add(off),
+                        if local_ptr.is_null() { local_ptr } else { local_ptr.add(off) },
+                    )
+                };
+                self.chunks.push(Chunk {
+                    peer,
+                    dir,
+                    header,
+                    ptr: p,
+                    local: lp,
+                    staging: None,
+                    posted: false,
+                    done: false,
+                });
+                match dir {
+                    Dir::Send => self.to_post_send[peer].push_back(idx),
+                    _ => self.to_post_recv[peer].push_back(idx),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_local(&mut self, a: &Action) -> Result<()> {
+        let (elem, dtype, op) = (self.elem, self.desc.dtype, self.desc.op.combiner());
+        match *a {
+            Action::Copy { src, dst } => {
+                let (s, n) = self.mem.resolve(src, elem, self.scratch)?;
+                let (d, m) = self.mem.resolve(dst, elem, self.scratch)?;
+                if n != m {
+                    return Err(Error::internal("Copy lengths differ"));
+                }
+                if s != d && n > 0 {
+                    // SAFETY: both ranges were bounds-checked against live regions; `copy`
+                    // tolerates overlap.
+                    unsafe { std::ptr::copy(s, d, n) };
+                }
+            }
+            Action::Reduce { src, dst } => {
+                let (s, n) = self.mem.resolve(src, elem, self.scratch)?;
+                let (d, m) = self.mem.resolve(dst, elem, self.scratch)?;
+                if n != m || overlaps(s, d, n) {
+                    return Err(Error::internal("Reduce operands differ in length or overlap"));
+                }
+                // SAFETY: bounds-checked, non-overlapping, valid for the operation.
+                unsafe {
+                    reduce::reduce_in_place(
+                        dtype,
+                        op,
+                        std::slice::from_raw_parts_mut(d, n),
+                        std::slice::from_raw_parts(s, n),
+                    )?
+                };
+            }
+            Action::Scale { dst } => {
+                let (d, n) = self.mem.resolve(dst, elem, self.scratch)?;
+                // SAFETY: bounds-checked, valid for the operation.
+                unsafe { reduce::scale_div(dtype, std::slice::from_raw_parts_mut(d, n), self.nranks)? };
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Post as many chunks as the windows allow.
+    pub(crate) fn pump<T: Transport + ?Sized>(&mut self, t: &mut T, pool: &mut StagingPool) -> Result<()> {
+        loop {
+            if self.finished() {
+                return Ok(());
+            }
+            for peer in 0..self.nranks {
+                while self.inflight_send[peer] < self.window {
+                    let Some(idx) = self.to_post_send[peer].pop_front() else { break };
+                    let token = self.token(idx);
+                    let c = &mut self.chunks[idx];
+                    // SAFETY: `c.ptr` points into a region the caller keeps alive and
+                    // unmodified for the whole operation; the engine cancels posted work
+                    // before an operation ends early.
+                    unsafe { t.post_send(peer, &c.header, c.ptr, token)? };
+                    c.posted = true;
+                    self.inflight_send[peer] += 1;
+                }
+                while self.inflight_recv[peer] < self.window {
+                    let Some(&idx) = self.to_post_recv[peer].front() else { break };
+                    let token = self.token(idx);
+                    let len = self.chunks[idx].header.len as usize;
+                    let dst = if self.chunks[idx].dir == Dir::RecvReduce {
+                        let Some(slot) = pool.take(len) else { break };
+                        self.chunks[idx].staging = Some(slot);
+                        pool.ptr(slot)
+                    } else {
+                        self.chunks[idx].ptr
+                    };
+                    self.to_post_recv[peer].pop_front();
+                    let c = &mut self.chunks[idx];
+                    // SAFETY: `dst` is either caller memory reserved for this chunk or a
+                    // staging slot taken from the pool for it; both outlive the receive.
+                    unsafe { t.post_recv(peer, &c.header, dst, token)? };
+                    c.posted = true;
+                    self.inflight_recv[peer] += 1;
+                }
+            }
+            if self.remaining > 0 {
+                return Ok(());
+            }
+            // Step done: next one.
+            self.step += 1;
+            self.begin_step()?;
+        }
+    }
+
+    fn token(&self, idx: usize) -> Token {
+        ((self.epoch as u64) << 32) | idx as u64
+    }
+
+    /// Apply one completion. Returns Ok(false) when the completion was not for this operation.
+    pub(crate) fn complete(&mut self, c: &Completion, pool: &mut StagingPool) -> Result<bool> {
+        let (token, sent) = match c {
+            Completion::Sent { token } => (*token, true),
+            Completion::Received { token } => (*token, false),
+            _ => return Ok(false),
+        };
+        if (token >> 32) as u32 != self.epoch {
+            return Ok(false);
+        }
+        let idx = (token & 0xffff_ffff) as usize;
+        let Some(ch) = self.chunks.get_mut(idx) else {
+            return Err(Error::internal(format!("completion for unknown chunk {idx}")));
+        };
+        if ch.done || !ch.posted || (ch.dir == Dir::Send) != sent {
+            return Err(Error::internal(format!("unexpected completion for chunk {idx}: {c:?}")));
+        }
+        ch.done = true;
+        self.remaining -= 1;
+        match ch.dir {
+            Dir::Send => self.inflight_send[ch.peer] -= 1,
+            Dir::Recv => self.inflight_recv[ch.peer] -= 1,
+            Dir::RecvReduce => {
+                self.inflight_recv[ch.peer] -= 1;
+                let n = ch.header.len as usize;
+                let slot = ch.staging.take().ok_or_else(|| Error::internal("no staging slot"))?;
+                let staged = pool.ptr(slot) as *const u8;
+                let (dtype, op) = (self.desc.dtype, self.desc.op.combiner());
+                // SAFETY: `ptr`/`local` are bounds-checked ranges of live regions of n bytes;
+                // the staging slot holds n received bytes and is distinct from both.
+                let r = unsafe {
+                    let recv = std::slice::from_raw_parts(staged, n);
+                    if ch.local == ch.ptr as *const u8 {
+                        reduce::reduce_in_place(dtype, op, std::slice::from_raw_parts_mut(ch.ptr, n), recv)
+                    } else if overlaps(ch.local, ch.ptr, n) {
+                        Err(Error::internal("RecvReduce operands overlap partially"))
+                    } else {
+                        reduce::reduce_into(
+                            dtype,
+                            op,
+                            std::slice::from_raw_parts_mut(ch.ptr, n),
+                            std::slice::from_raw_parts(ch.local, n),
+                            recv,
+                        )
+                    }
+                };
+                pool.give(slot);
+                r?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Release staging slots held by posted receives (after the transport was cancelled).
+    pub(crate) fn release(&mut self, pool: &mut StagingPool) {
+        for c in &mut self.chunks {
+            if let Some(s) = c.staging.take() {
+                pool.give(s);
+            }
+        }
+    }
+}
+
+fn overlaps(a: *const u8, b: *const u8, n: usize) -> bool {
+    let (a, b) = (a as usize, b as usize);
+    n > 0 && a < b + n && b < a + n
+}

@@ -1,0 +1,64 @@
+//! The memory an operation works on, and the translation of schedule [`Slice`]s to
+//! addresses with bounds checks.
+
+use crate::error::{Error, Result};
+use crate::schedule::{BufId, Slice};
+
+/// One caller buffer: a base address and its size in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    /// First byte.
+    pub ptr: *mut u8,
+    /// Size in bytes.
+    pub len: usize,
+}
+
+impl Region {
+    /// An empty region.
+    pub const EMPTY: Region = Region {
+        ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8,
+        len: 0,
+    };
+}
+
+/// The buffers of one operation. The engine only ever writes through `output`, `scratch`
+/// and `group` regions (and `input` when the call is in place, where it is the same memory).
+#[derive(Clone, Debug)]
+pub struct OpMemory {
+    /// The caller's input.
+    pub input: Region,
+    /// The caller's output.
+    pub output: Region,
+    /// Buffers of a grouped send/recv, indexed by `BufId::Group(i)`.
+    pub group: Vec<Region>,
+}
+
+// SAFETY: the regions are plain addresses; the caller of the engine guarantees they stay valid
+// and unaliased for the duration of the operation (the engine's `unsafe` entry points say so).
+unsafe impl Send for OpMemory {}
+
+impl OpMemory {
+    /// Resolve `s` (in elements of `elem` bytes) to an address and byte length.
+    pub(crate) fn resolve(&self, s: Slice, elem: usize, scratch: Region) -> Result<(*mut u8, usize)> {
+        let region = match s.buf {
+            BufId::Input => self.input,
+            BufId::Output => self.output,
+            BufId::Scratch => scratch,
+            BufId::Group(i) => *self.group.get(i as usize).ok_or_else(|| {
+                Error::internal(format!("schedule names group buffer {i} of {}", self.group.len()))
+            })?,
+        };
+        let off = s.offset.checked_mul(elem);
+        let len = s.len.checked_mul(elem);
+        match (off, len) {
+            (Some(off), Some(len)) if off.checked_add(len).is_some_and(|e| e <= region.len) => {
+                // SAFETY: off + len <= region.len, so the pointer stays inside the region.
+                Ok((unsafe { region.ptr.add(off) }, len))
+            }
+            _ => Err(Error::internal(format!(
+                "schedule slice {s:?} exceeds its buffer of {} bytes",
+                region.len
+            ))),
+        }
+    }
+}

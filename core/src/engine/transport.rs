@@ -1,0 +1,116 @@
+//! The contract between the engine and a transport.
+//!
+//! A transport moves frames between this rank and its peers. The engine posts sends and
+//! receives of whole frames (a [`FrameHeader`] plus a payload in caller or staging memory)
+//! and collects [`Completion`]s from [`Transport::poll`]. Frames to one peer are delivered in
+//! the order they were posted, and receives from one peer are matched in the order they were
+//! posted; the transport checks each arriving header against the one the receive expects and
+//! reports a difference instead of writing the payload where it does not belong.
+//!
+//! The shape fits the three transports dmsc targets: TCP (a byte stream per path), RDMA verbs
+//! (posted send/receive work requests on registered memory, completions from a CQ) and CUDA
+//! (device pointers, completions from events). Memory stays owned by the engine; a transport
+//! only holds raw pointers between post and completion, which is why the posting methods are
+//! `unsafe`.
+
+use crate::error::{Error, Result};
+use crate::types::Rank;
+use crate::wire::FrameHeader;
+use std::time::Duration;
+
+/// An opaque value the engine attaches to a posted operation and gets back on completion.
+pub type Token = u64;
+
+/// What a transport reports from [`Transport::poll`].
+#[derive(Debug)]
+pub enum Completion {
+    /// A posted send completed; its payload memory may be reused.
+    Sent {
+        /// The send's token.
+        token: Token,
+    },
+    /// A posted receive completed; its payload landed in full.
+    Received {
+        /// The receive's token.
+        token: Token,
+    },
+    /// A frame arrived from `peer` whose header differs from the one the receive expected.
+    /// Nothing was written to the receive's memory. The stream from `peer` is no longer usable.
+    BadHeader {
+        /// The receive's token.
+        token: Token,
+        /// The sender.
+        peer: Rank,
+        /// The header that arrived.
+        got: FrameHeader,
+    },
+    /// A control message arrived (out of band with the data frames).
+    Control {
+        /// The sender.
+        peer: Rank,
+        /// Its encoded payload (see [`super::control`]).
+        payload: Vec<u8>,
+    },
+    /// The connection to a peer failed; every operation posted to it is void.
+    PeerFailed {
+        /// The peer.
+        peer: Rank,
+        /// What happened.
+        error: Error,
+    },
+}
+
+/// Wakes a thread blocked in [`Transport::poll`] from any other thread (abort).
+pub trait Waker: Send + Sync {
+    /// Make the current or next `poll` return promptly.
+    fn wake(&self);
+}
+
+/// A transport connecting this rank to every other rank of a communicator.
+pub trait Transport: Send {
+    /// A short name for logs (`"tcp-uring"`, `"tcp-socket"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Post a data frame to `peer`: `header` followed by `header.len` bytes at `data`.
+    ///
+    /// # Safety
+    /// `data` must be valid for reads of `header.len` bytes and stay valid and unmodified
+    /// until the matching [`Completion::Sent`] is returned or [`Transport::cancel_all`]
+    /// returns.
+    unsafe fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()>;
+
+    /// Post the receive of the next data frame from `peer` into `dst` (`expect.len` bytes).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `expect.len` bytes, not be accessed by anyone else,
+    /// and stay valid until the matching completion is returned or
+    /// [`Transport::cancel_all`] returns.
+    unsafe fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()>;
+
+    /// Queue a control message to `peer`. Best effort: a failed peer is ignored.
+    fn send_control(&mut self, peer: Rank, payload: &[u8]);
+
+    /// Make progress and append completions to `out`, waiting at most `timeout` for the
+    /// first one (zero: do not block).
+    fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()>;
+
+    /// Withdraw every posted operation. When this returns, the transport holds no pointer
+    /// into engine or caller memory. Streams with partially transferred frames are left
+    /// unusable; the engine fails the communicator after calling this.
+    fn cancel_all(&mut self);
+
+    /// A handle that interrupts [`Transport::poll`] from another thread.
+    fn waker(&self) -> std::sync::Arc<dyn Waker>;
+}

@@ -1,0 +1,340 @@
+//! The [`Communicator`]: joining a job, and running operations in call order on a
+//! progress engine shared by blocking and non-blocking calls.
+//!
+//! A blocking call runs the engine on the calling thread when nothing is queued (no thread
+//! hand-off on the latency path); a non-blocking call queues the operation for the
+//! communicator's worker thread, and later blocking calls queue behind it, so operations
+//! always execute in the order they were called — the order every rank must agree on. While
+//! idle, the worker answers peers' status queries, which is what lets a timed-out rank name
+//! the ranks that never arrived.
+
+use crate::config::Config;
+use crate::request::{Request, Slot};
+use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
+use dmsc_core::engine::{AbortHandle, Engine, OpMemory};
+use dmsc_core::plan::P2p;
+use dmsc_core::schedule::Schedule;
+use dmsc_core::{CollDesc, DataType, Error, Rank, Result};
+use dmsc_transports::ifaddr;
+use dmsc_transports::store::{serve_or_connect, StoreClient, StoreServer};
+use dmsc_transports::tcp::{connect_mesh, MeshOptions};
+use std::collections::VecDeque;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// One unit of work for the engine.
+pub(crate) enum Job {
+    Collective {
+        desc: CollDesc,
+        sched: Schedule,
+        mem: OpMemory,
+    },
+    P2p {
+        dtype: DataType,
+        ops: Vec<P2p>,
+        tags: Vec<u32>,
+        sched: Schedule,
+        mem: OpMemory,
+    },
+}
+
+impl Job {
+    fn run(self, e: &mut Engine) -> Result<()> {
+        // SAFETY: the memory regions were built from borrows that the caller holds until the
+        // job's result is delivered (blocking call, or a Request that waits on drop).
+        unsafe {
+            match self {
+                Job::Collective { desc, sched, mem } => e.run_collective(desc, sched, mem),
+                Job::P2p {
+                    dtype,
+                    ops,
+                    tags,
+                    sched,
+                    mem,
+                } => e.run_p2p(dtype, &ops, &tags, sched, mem),
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<(Job, Arc<Slot>)>,
+    running: bool,
+    shutdown: bool,
+}
+
+pub(crate) struct Shared {
+    engine: Mutex<Engine>,
+    queue: Mutex<Queue>,
+    cond: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A group of ranks that run collectives together (NCCL's `ncclComm_t`, torch's
+/// `ProcessGroup`). Create one per process with [`Communicator::from_env`] or
+/// [`Communicator::init`]; every rank must then call the same collectives in the same order.
+pub struct Communicator {
+    rank: Rank,
+    nranks: usize,
+    pub(crate) config: Config,
+    shared: Arc<Shared>,
+    abort: Arc<AbortHandle>,
+    worker: Option<JoinHandle<()>>,
+    _store: Option<StoreServer>,
+}
+
+/// How to reach the other ranks.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// This rank.
+    pub rank: Rank,
+    /// Number of ranks.
+    pub nranks: usize,
+    /// `host:port` of the rendezvous store.
+    pub store_addr: String,
+    /// Rank 0 serves the store itself (false: a standalone `dmsc-store` is running there).
+    pub serve_store: bool,
+    /// Settings.
+    pub config: Config,
+}
+
+impl Communicator {
+    /// Join the communicator described by the environment: dmscrun and torchrun (`RANK`,
+    /// `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Open MPI (`OMPI_COMM_WORLD_*`) or Slurm
+    /// (`SLURM_PROCID`, `SLURM_NTASKS`) with `DMSC_STORE_ADDR` or `MASTER_ADDR`/`MASTER_PORT`.
+    pub fn from_env() -> Result<Communicator> {
+        let info = detect_from_process_env()?;
+        let config = Config::from_env()?;
+        Communicator::init(options_from_launch(&info, config))
+    }
+
+    /// Join with explicit settings.
+    pub fn init(opts: InitOptions) -> Result<Communicator> {
+        if opts.nranks == 0 {
+            return Err(Error::invalid("nranks must be at least 1"));
+        }
+        if opts.rank >= opts.nranks {
+            return Err(Error::invalid(format!(
+                "rank {} is out of range for {} ranks",
+                opts.rank, opts.nranks
+            )));
+        }
+        let timeout = opts.config.engine.timeout;
+        let (host, port) = split_host_port(&opts.store_addr)?;
+        let (server, mut client) = if opts.serve_store {
+            serve_or_connect(opts.rank, &host, port, timeout)?
+        } else {
+            (None, StoreClient::connect(&opts.store_addr, timeout)?)
+        };
+        let store_ip = resolve(&opts.store_addr)?;
+        let iface = ifaddr::select(opts.config.socket_ifname.as_deref(), store_ip.is_loopback())?;
+        let comm_id = agree_on_id(&mut client, opts.rank, opts.nranks, timeout)?;
+        let mesh = MeshOptions {
+            rank: opts.rank,
+            nranks: opts.nranks,
+            bind_ip: iface.addr,
+            timeout,
+            backend: opts.config.backend,
+            comm_id,
+        };
+        let prefix = format!("dmsc/{comm_id:016x}/addr");
+        let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
+            client.exchange(&prefix, opts.rank, opts.nranks, mine, timeout)
+        })?;
+        Ok(Communicator::with_engine(
+            Engine::new(transport, opts.rank, opts.nranks, opts.config.engine.clone()),
+            opts.config,
+            server,
+        ))
+    }
+
+    fn with_engine(engine: Engine, config: Config, store: Option<StoreServer>) -> Communicator {
+        let (rank, nranks) = (engine.rank(), engine.nranks());
+        let abort = engine.abort_handle();
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+        });
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("dmsc-progress-{rank}"))
+            .spawn(move || worker_loop(&s))
+            .ok();
+        Communicator {
+            rank,
+            nranks,
+            config,
+            shared,
+            abort,
+            worker,
+            _store: store,
+        }
+    }
+
+    /// This process's rank, `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.nranks
+    }
+
+    /// The settings this communicator runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Name of the transport backend in use (`tcp-uring` or `tcp-socket`).
+    pub fn transport_name(&self) -> &'static str {
+        lock(&self.shared.engine).transport_name()
+    }
+
+    /// Abort: every call in flight on this communicator returns promptly with an error, and
+    /// later calls fail at once. Safe to call from any thread, any number of times.
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// A handle that can abort this communicator from another thread.
+    pub fn abort_handle(&self) -> Arc<AbortHandle> {
+        self.abort.clone()
+    }
+
+    /// Run a job to completion, on this thread when nothing is queued ahead of it.
+    pub(crate) fn run_blocking(&self, job: Job) -> Result<()> {
+        let q = lock(&self.shared.queue);
+        if q.jobs.is_empty() && !q.running {
+            let mut e = lock(&self.shared.engine);
+            drop(q);
+            return job.run(&mut e);
+        }
+        drop(q);
+        let slot = self.enqueue(job);
+        slot.wait_until(None).unwrap_or(Ok(()))
+    }
+
+    /// Queue a job for the worker thread.
+    pub(crate) fn run_async<'a>(&self, job: Job) -> Request<'a> {
+        Request::new(self.enqueue(job))
+    }
+
+    fn enqueue(&self, job: Job) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        let mut q = lock(&self.shared.queue);
+        q.jobs.push_back((job, slot.clone()));
+        self.shared.cond.notify_all();
+        slot
+    }
+}
+
+fn worker_loop(s: &Shared) {
+    let mut q = lock(&s.queue);
+    loop {
+        if let Some((job, slot)) = q.jobs.pop_front() {
+            q.running = true;
+            let mut e = lock(&s.engine);
+            drop(q);
+            let r = job.run(&mut e);
+            drop(e);
+            slot.finish(r);
+            q = lock(&s.queue);
+            q.running = false;
+            continue;
+        }
+        if q.shutdown {
+            return;
+        }
+        let (g, t) = s
+            .cond
+            .wait_timeout(q, Duration::from_millis(50))
+            .unwrap_or_else(|p| p.into_inner());
+        q = g;
+        if t.timed_out() && q.jobs.is_empty() {
+            // Idle: answer peers' status queries (do not wait for the engine).
+            if let Ok(mut e) = s.engine.try_lock() {
+                let _ = e.service(Duration::ZERO);
+            }
+        }
+    }
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        {
+            let mut q = lock(&self.shared.queue);
+            q.shutdown = true;
+            self.shared.cond.notify_all();
+        }
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn split_host_port(addr: &str) -> Result<(String, u16)> {
+    dmsc_core::bootstrap::env::parse_host_port("store address", addr)
+}
+
+fn resolve(addr: &str) -> Result<IpAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving the store address {addr}"), &e))?
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| Error::invalid(format!("store address {addr} resolves to nothing")))
+}
+
+/// Rank 0 draws a random communicator id and publishes it; the others read it.
+fn agree_on_id(client: &mut StoreClient, rank: Rank, nranks: usize, timeout: Duration) -> Result<u64> {
+    let _ = nranks;
+    let key = "dmsc/world/id";
+    if rank == 0 {
+        let id = random_u64()?;
+        client.set(key, &id.to_le_bytes())?;
+        Ok(id)
+    } else {
+        let v = client.get(key, timeout)?;
+        let b: [u8; 8] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::protocol("communicator id in the store is not 8 bytes"))?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+/// 64 random bits from the kernel.
+pub(crate) fn random_u64() -> Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::io("reading /dev/urandom", &e))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Map a detected launch to init options. Under torchrun the agent's own TCPStore holds
+/// MASTER_PORT, so dmsc's store takes the next port.
+fn options_from_launch(info: &LaunchInfo, config: Config) -> InitOptions {
+    let (host, mut port) = info.store.clone();
+    let torchrun_agent = info.launcher == Launcher::Torchrun
+        && std::env::var_os("TORCHELASTIC_RUN_ID").is_some()
+        && std::env::var_os("DMSC_STORE_ADDR").is_none();
+    if torchrun_agent {
+        port = port.wrapping_add(1);
+    }
+    InitOptions {
+        rank: info.rank,
+        nranks: info.world_size,
+        store_addr: dmsc_core::bootstrap::env::join_host_port(&host, port),
+        serve_store: std::env::var_os("DMSC_STORE_EXTERNAL").is_none(),
+        config,
+    }
+}

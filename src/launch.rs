@@ -1,0 +1,613 @@
+//! Start the ranks of a single-node job, as `dmscrun` (and `dmsc-perf --np N`) do.
+//!
+//! [`launch`] plays the part torchrun's `--standalone` mode plays for PyTorch: it picks a free
+//! TCP port on 127.0.0.1 for the rendezvous store, starts `n` copies of a program with the
+//! torchrun environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+//! `LOCAL_WORLD_SIZE`) plus `DMSC_LAUNCHER=dmscrun`, prefixes every line the ranks print with
+//! `[rank] `, and waits for all of them.
+//!
+//! # Failure handling
+//!
+//! When a rank exits with a non-zero code or is killed by a signal, the launcher prints
+//! `dmscrun: rank R exited with code C; terminating the other ranks`, sends SIGTERM to the
+//! others and SIGKILL to those still alive after a grace period (3 s, or `DMSC_KILL_GRACE`
+//! seconds). Its own result is the exit code of that first failing rank (128 + signal number
+//! for a signal). SIGINT and SIGTERM received by the launcher are forwarded to the ranks (with
+//! the same grace period before SIGKILL) and the result is then 128 + that signal.
+//!
+//! # Process hygiene
+//!
+//! Every rank runs in its own process group and signals go to the whole group, so the helpers
+//! a rank starts (the `sleep` under `sh -c "...; sleep 9"`) go with it. Once every rank has
+//! exited, whatever is left in their process groups is killed, and every rank is reaped: no
+//! zombie and no orphan outlives `launch`. On Linux each rank also gets `PR_SET_PDEATHSIG`, so
+//! the ranks die with the launcher even if the launcher is SIGKILLed. The ranks' stdin is
+//! `/dev/null` (a rank outside the terminal's foreground group must not read from it).
+//!
+//! Inherited `DMSC_RANK`, `DMSC_WORLD_SIZE`, `DMSC_LOCAL_RANK`, `DMSC_LOCAL_WORLD_SIZE` and
+//! `DMSC_STORE_ADDR` are removed from the ranks' environment, since they would take precedence
+//! over the launcher's variables (pass them in `extra_env` to set them on purpose).
+//!
+//! The launcher installs process-wide SIGINT and SIGTERM handlers while [`launch`] runs and
+//! restores the previous ones before it returns; calls to [`launch`] from several threads are
+//! serialized.
+
+use crate::{Error, Result};
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Default time between SIGTERM and SIGKILL when ranks are being terminated.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// Environment variable overriding [`DEFAULT_KILL_GRACE`], in (fractional) seconds.
+pub const KILL_GRACE_ENV: &str = "DMSC_KILL_GRACE";
+
+/// How often the wait loop looks at the signal flag when no rank has exited.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Longest line kept whole; longer output is forwarded in pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Variables that would override the launcher's rendezvous in `dmsc_core::bootstrap::env`.
+const OVERRIDING_VARS: [&str; 5] = [
+    "DMSC_RANK",
+    "DMSC_WORLD_SIZE",
+    "DMSC_LOCAL_RANK",
+    "DMSC_LOCAL_WORLD_SIZE",
+    "DMSC_STORE_ADDR",
+];
+
+/// The last SIGINT/SIGTERM received while a launch runs (0: none). Written by the signal
+/// handler, swapped to 0 by the wait loop.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Serializes [`launch`] calls: the signal handlers and [`RECEIVED`] are process-wide.
+static LAUNCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// How [`launch_with`] presents the ranks' output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// Prefix the ranks' stdout lines with `[rank] ` (default true). `dmsc-perf --np` turns
+    /// it off so that rank 0's table reads as nccl-tests' does.
+    pub prefix_stdout: bool,
+    /// Prefix the ranks' stderr lines with `[rank] ` (default true).
+    pub prefix_stderr: bool,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> LaunchOptions {
+        LaunchOptions {
+            prefix_stdout: true,
+            prefix_stderr: true,
+        }
+    }
+}
+
+/// Run `n` ranks of `program args...` on this machine and wait for all of them.
+///
+/// Returns the job's exit code: 0 when every rank exited with 0, else the code of the first
+/// rank that failed (128 + signal number when it was killed by a signal), or 128 + the signal
+/// that interrupted the launcher. `extra_env` is set in every rank's environment after the
+/// launcher's own variables (so it may override them).
+///
+/// Errors when `n` is 0, when no free port can be found, or when a rank cannot be started
+/// ([`Error::System`] whose `errno` is `ENOENT` when the program does not exist and `EACCES`
+/// when it is not executable); ranks already started are killed and reaped first.
+pub fn launch(
+    n: usize,
+    program: &OsStr,
+    args: &[OsString],
+    extra_env: &[(String, String)],
+) -> Result<i32> {
+    launch_with(n, program, args, extra_env, &LaunchOptions::default())
+}
+
+/// [`launch`] with output options.
+pub fn launch_with(
+    n: usize,
+    program: &OsStr,
+    args: &[OsString],
+    extra_env: &[(String, String)],
+    opts: &LaunchOptions,
+) -> Result<i32> {
+    if n == 0 {
+        return Err(Error::invalid("the number of ranks must be at least 1"));
+    }
+    let _serial = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let grace = kill_grace();
+    let port = free_port()?;
+    let signals = SignalGuard::install()?;
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = rank_command(program, args, extra_env, rank, n, port);
+        match cmd.spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                abandon(children);
+                drop(signals);
+                return Err(Error::io(
+                    format!("starting `{}` for rank {rank}", program.to_string_lossy()),
+                    &e,
+                ));
+            }
+        }
+    }
+    let code = supervise(children, grace, opts);
+    drop(signals);
+    Ok(code)
+}
+
+/// The grace period between SIGTERM and SIGKILL: `DMSC_KILL_GRACE` seconds, else 3 s.
+fn kill_grace() -> Duration {
+    let Some(raw) = std::env::var_os(KILL_GRACE_ENV) else {
+        return DEFAULT_KILL_GRACE;
+    };
+    match raw.to_str().and_then(|s| s.trim().parse::<f64>().ok()) {
+        Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Duration::from_secs_f64(s),
+        _ => {
+            eprintln!(
+                "dmscrun: ignoring {KILL_GRACE_ENV}={}: expected seconds between 0 and 86400; \
+                 using {} s",
+                raw.to_string_lossy(),
+                DEFAULT_KILL_GRACE.as_secs()
+            );
+            DEFAULT_KILL_GRACE
+        }
+    }
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| Error::io("binding 127.0.0.1:0 to find a free port", &e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the port bound on 127.0.0.1", &e))?;
+    Ok(addr.port())
+}
+
+/// The command line and environment of one rank.
+fn rank_command(
+    program: &OsStr,
+    args: &[OsString],
+    extra_env: &[(String, String)],
+    rank: usize,
+    n: usize,
+    port: u16,
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for var in OVERRIDING_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", n.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", n.to_string())
+        .env("DMSC_LAUNCHER", "dmscrun");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    unix_setup(&mut cmd);
+    cmd
+}
+
+/// Own process group per rank; on Linux, die with the launcher.
+fn unix_setup(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getpid has no preconditions.
+        let launcher = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The launcher may have died between fork and prctl.
+                if libc::getppid() != launcher {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Send `sig` to the process group led by `pid` (a rank and the processes it started).
+fn signal_group(pid: u32, sig: libc::c_int) {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill has no memory-safety preconditions; a negative pid names a process group.
+    // ESRCH (the group is gone) is expected and ignored.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+/// Kill and reap ranks started before a later rank failed to start.
+fn abandon(children: Vec<Child>) {
+    for mut child in children {
+        signal_group(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+/// What the wait loop hears about.
+enum Event {
+    /// A rank's process ended (and has been reaped).
+    Exited(usize, io::Result<ExitStatus>),
+}
+
+/// Forward output, wait for every rank, terminate the rest on the first failure; returns the
+/// job's exit code.
+fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> i32 {
+    let n = children.len();
+    let (tx, rx) = mpsc::channel();
+    let (out_tx, out_rx) = mpsc::channel();
+    let mut pids = Vec::with_capacity(n);
+    let mut waiters = Vec::with_capacity(n);
+    for (rank, mut child) in children.into_iter().enumerate() {
+        pids.push(child.id());
+        if let Some(out) = child.stdout.take() {
+            spawn_forwarder(rank, out, false, opts.prefix_stdout, out_tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_forwarder(rank, err, true, opts.prefix_stderr, out_tx.clone());
+        }
+        waiters.push(spawn_waiter(rank, child, tx.clone()));
+    }
+    drop(tx);
+    drop(out_tx);
+    let code = wait_all(&pids, &rx, grace);
+    for w in waiters {
+        let _ = w.join();
+    }
+    // Stragglers in the ranks' process groups (background jobs of a rank) would keep the
+    // output pipes open and become orphans: no process outlives the job.
+    for &pid in &pids {
+        signal_group(pid, libc::SIGKILL);
+    }
+    drain_forwarders(&out_rx, grace.max(Duration::from_secs(1)));
+    code
+}
+
+/// The wait loop: returns the job's exit code once every rank has exited.
+fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration) -> i32 {
+    let n = pids.len();
+    let mut alive = vec![true; n];
+    let mut remaining = n;
+    let mut first_failure: Option<i32> = None;
+    let mut interrupted: Option<i32> = None;
+    let mut kill_at: Option<Instant> = None;
+    let signal_alive = |alive: &[bool], sig| {
+        for (rank, _) in alive.iter().enumerate().filter(|(_, a)| **a) {
+            signal_group(pids[rank], sig);
+        }
+    };
+    while remaining > 0 {
+        let sig = RECEIVED.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            if interrupted.is_none() {
+                eprintln!(
+                    "dmscrun: received {}; forwarding it to the ranks",
+                    signal_name(sig)
+                );
+            }
+            interrupted.get_or_insert(sig);
+            signal_alive(&alive, sig);
+            kill_at.get_or_insert(Instant::now() + grace);
+        }
+        let mut timeout = POLL;
+        if let Some(at) = kill_at {
+            let now = Instant::now();
+            if now >= at {
+                signal_alive(&alive, libc::SIGKILL);
+                kill_at = Some(now + POLL.max(grace));
+            } else {
+                timeout = timeout.min(at - now);
+            }
+        }
+        let (rank, status) = match rx.recv_timeout(timeout) {
+            Ok(Event::Exited(rank, status)) => (rank, status),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        alive[rank] = false;
+        remaining -= 1;
+        let code = match status {
+            Ok(status) => exit_code(status),
+            Err(e) => {
+                eprintln!("dmscrun: waiting for rank {rank} failed: {e}");
+                1
+            }
+        };
+        if code != 0 && first_failure.is_none() && interrupted.is_none() {
+            first_failure = Some(code);
+            if remaining > 0 {
+                eprintln!(
+                    "dmscrun: rank {rank} exited with code {code}; terminating the other ranks"
+                );
+                signal_alive(&alive, libc::SIGTERM);
+                kill_at.get_or_insert(Instant::now() + grace);
+            } else {
+                eprintln!("dmscrun: rank {rank} exited with code {code}");
+            }
+        }
+    }
+    first_failure
+        .or(interrupted.map(|s| 128 + s))
+        .unwrap_or(0)
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that killed the process.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        s => format!("signal {s}"),
+    }
+}
+
+/// A thread that reaps one rank and reports its status.
+fn spawn_waiter(rank: usize, mut child: Child, tx: Sender<Event>) -> JoinHandle<()> {
+    thread::Builder::new()
+        .name(format!("dmscrun-wait-{rank}"))
+        .spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(Event::Exited(rank, status));
+        })
+        .unwrap_or_else(|e| panic!("cannot start a thread to wait for rank {rank}: {e}"))
+}
+
+/// A thread that copies one pipe of a rank to our stdout or stderr, line by line, each line
+/// prefixed with `[rank] ` if `prefix`; it sends `()` on `done` at end of file.
+fn spawn_forwarder<R: Read + Send + 'static>(
+    rank: usize,
+    pipe: R,
+    to_stderr: bool,
+    prefix: bool,
+    done: Sender<()>,
+) {
+    let name = format!("dmscrun-{}-{rank}", if to_stderr { "err" } else { "out" });
+    let spawned = thread::Builder::new().name(name).spawn(move || {
+        forward_lines(rank, pipe, to_stderr, prefix);
+        let _ = done.send(());
+    });
+    if let Err(e) = spawned {
+        eprintln!("dmscrun: cannot forward the output of rank {rank}: {e}");
+    }
+}
+
+/// Copy `pipe` to stdout or stderr, each line (prefixed with `[rank] ` if `prefix`) written
+/// whole, so that lines of different ranks never interleave.
+fn forward_lines<R: Read>(rank: usize, pipe: R, to_stderr: bool, prefix: bool) {
+    let skip = if prefix { 0 } else { format!("[{rank}] ").len() };
+    prefix_lines(rank, pipe, |line| {
+        let line = &line[skip..];
+        // Errors (a closed stdout, say) are ignored: the pipe keeps being drained so that
+        // the rank never blocks on a full pipe.
+        if to_stderr {
+            let mut e = io::stderr().lock();
+            let _ = e.write_all(line).and_then(|_| e.flush());
+        } else {
+            let mut o = io::stdout().lock();
+            let _ = o.write_all(line).and_then(|_| o.flush());
+        }
+    });
+}
+
+/// Split `pipe` into lines and hand each to `emit` as `[rank] line\n`. Bytes are passed
+/// through as they are (no UTF-8 decoding); a last line without a newline gets one; lines
+/// over 64 KiB are split.
+fn prefix_lines<R: Read>(rank: usize, pipe: R, mut emit: impl FnMut(&[u8])) {
+    let prefix = format!("[{rank}] ");
+    let p = prefix.len();
+    let mut reader = BufReader::new(pipe);
+    let mut line = prefix.into_bytes();
+    let mut flush = |line: &mut Vec<u8>| {
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        emit(line);
+        line.truncate(p);
+    };
+    loop {
+        let (used, complete) = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(buf) => {
+                let room = MAX_LINE - (line.len() - p);
+                match buf.iter().take(room).position(|&b| b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&buf[..=i]);
+                        (i + 1, true)
+                    }
+                    None => {
+                        let k = buf.len().min(room);
+                        line.extend_from_slice(&buf[..k]);
+                        (k, line.len() - p >= MAX_LINE)
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        reader.consume(used);
+        if complete {
+            flush(&mut line);
+        }
+    }
+    if line.len() > p {
+        flush(&mut line);
+    }
+}
+
+/// Wait until every forwarder has seen end of file, at most `limit` (a process that left the
+/// ranks' process groups may hold a pipe open forever; its forwarder is then left behind).
+fn drain_forwarders(done: &Receiver<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done.recv_timeout(left) {
+            Ok(()) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "dmscrun: a process outside the ranks' process groups still holds their \
+                     output open; not waiting for it"
+                );
+                return;
+            }
+        }
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    RECEIVED.store(sig, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM handlers installed for the duration of a launch; the previous
+/// dispositions come back on drop.
+struct SignalGuard {
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl SignalGuard {
+    fn install() -> Result<SignalGuard> {
+        RECEIVED.store(0, Ordering::SeqCst);
+        let mut guard = SignalGuard { old: Vec::new() };
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: sigaction structs are plain data for which all-zero is valid; the
+            // handler only performs an atomic store, which is async-signal-safe.
+            unsafe {
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                new.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut new.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &new, &mut old) != 0 {
+                    let e = io::Error::last_os_error();
+                    drop(guard);
+                    return Err(Error::io(format!("installing a handler for signal {sig}"), &e));
+                }
+                guard.old.push((sig, old));
+            }
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for (sig, old) in self.old.drain(..).rev() {
+            // SAFETY: `old` was filled in by sigaction for this signal.
+            unsafe {
+                libc::sigaction(sig, &old, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> (OsString, Vec<OsString>) {
+        ("sh".into(), vec!["-c".into(), script.into()])
+    }
+
+    #[test]
+    fn zero_ranks_is_an_error() {
+        let (p, a) = sh("true");
+        let e = launch(0, &p, &a, &[]).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn success_is_zero() {
+        let (p, a) = sh("exit 0");
+        assert_eq!(launch(3, &p, &a, &[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn first_failure_code_and_extra_env() {
+        let (p, a) = sh(r#"if [ "$RANK" = 1 ]; then exit "$CODE"; fi; exec sleep 30"#);
+        let env = [("CODE".to_string(), "9".to_string())];
+        let t = Instant::now();
+        assert_eq!(launch(3, &p, &a, &env).unwrap(), 9);
+        assert!(t.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn missing_program_names_it() {
+        let e = launch(2, OsStr::new("dmsc-no-such-program-xyz"), &[], &[]).unwrap_err();
+        match &e {
+            Error::System { errno, context, .. } => {
+                assert_eq!(*errno, Some(libc::ENOENT));
+                assert!(context.contains("dmsc-no-such-program-xyz"), "{e}");
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    fn lines_of(rank: usize, input: &[u8]) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        prefix_lines(rank, input, |l| got.push(l.to_vec()));
+        got
+    }
+
+    #[test]
+    fn prefixes_lines_and_keeps_raw_bytes() {
+        assert_eq!(
+            lines_of(3, b"a\n\xff\xfe\nlast"),
+            vec![b"[3] a\n".to_vec(), b"[3] \xff\xfe\n".to_vec(), b"[3] last\n".to_vec()]
+        );
+        assert!(lines_of(0, b"").is_empty());
+        assert_eq!(lines_of(1, b"\n"), vec![b"[1] \n".to_vec()]);
+    }
+
+    #[test]
+    fn splits_very_long_lines() {
+        let input = vec![b'x'; MAX_LINE * 2 + 10];
+        let got = lines_of(0, &input);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].len(), 4 + MAX_LINE + 1);
+        assert_eq!(got[2], [b"[0] ".as_slice(), &[b'x'; 10], b"\n"].concat());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+    }
+}

@@ -1,0 +1,516 @@
+//! The command line of dmsc-perf: nccl-tests' flags (short `-b 8`/`-b8`, long `--minbytes 8`
+//! or `--minbytes=8`), the collective as a positional argument, plus `--np N` (start N ranks
+//! through [`crate::launch`]) and `--json PATH`.
+
+use super::sizes::{parse_size, Step};
+use super::PerfOp;
+use crate::{DataType, ReduceOp};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// What to measure: one table of rows over every (type, operator, root) combination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// The collective.
+    pub op: PerfOp,
+    /// Smallest message size in bytes (`-b`).
+    pub min_bytes: u64,
+    /// Largest message size in bytes (`-e`).
+    pub max_bytes: u64,
+    /// Growth from one size to the next (`-f` or `-i`).
+    pub step: Step,
+    /// Timed iterations per row (`-n`).
+    pub iters: u32,
+    /// Untimed iterations before the timed loop (`-w`).
+    pub warmup: u32,
+    /// Correctness checks per row (`-c`; 0 disables the `#wrong` column).
+    pub check: u32,
+    /// Element types (`-d`, `all` for every type).
+    pub dtypes: Vec<DataType>,
+    /// Reduction operators (`-o`, `all` for every operator); ignored by collectives that do
+    /// not reduce.
+    pub redops: Vec<ReduceOp>,
+    /// Root of broadcast and reduce (`-r`); `None` (`-r -1` or `-r all`) runs every rank as
+    /// root in turn, as nccl-tests does.
+    pub root: Option<usize>,
+    /// Where rank 0 writes the JSON report (`--json`).
+    pub json: Option<PathBuf>,
+    /// Start this many ranks on this machine (`--np`); `None` joins the job described by the
+    /// environment.
+    pub np: Option<usize>,
+}
+
+impl Options {
+    /// nccl-tests' defaults (32 MiB, factor 2, 20 iterations, float sum, root 0) for `op`;
+    /// warm-up is 5 iterations (nccl-tests 2.13 and older; newer ones use 1).
+    pub fn defaults(op: PerfOp) -> Options {
+        Options {
+            op,
+            min_bytes: 32 << 20,
+            max_bytes: 32 << 20,
+            step: Step::Factor(2),
+            iters: 20,
+            warmup: 5,
+            check: 1,
+            dtypes: vec![DataType::Float32],
+            redops: vec![ReduceOp::Sum],
+            root: Some(0),
+            json: None,
+            np: None,
+        }
+    }
+
+    /// The arguments that make a rank re-create these options (everything but `--np`).
+    pub fn to_rank_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![self.op.name().into()];
+        let mut push = |k: &str, v: String| {
+            a.push(k.into());
+            a.push(v.into());
+        };
+        push("-b", self.min_bytes.to_string());
+        push("-e", self.max_bytes.to_string());
+        match self.step {
+            Step::Factor(f) => push("-f", f.to_string()),
+            Step::Bytes(b) => {
+                push("-f", "1".into());
+                push("-i", b.to_string());
+            }
+        }
+        push("-n", self.iters.to_string());
+        push("-w", self.warmup.to_string());
+        push("-c", self.check.to_string());
+        let names = |v: Vec<&str>| v.join(",");
+        push("-d", names(self.dtypes.iter().map(|d| d.name()).collect()));
+        push("-o", names(self.redops.iter().map(|o| o.name()).collect()));
+        push("-r", self.root.map_or("-1".into(), |r| r.to_string()));
+        if let Some(p) = &self.json {
+            a.push("--json".into());
+            a.push(p.clone().into_os_string());
+        }
+        a
+    }
+}
+
+/// The outcome of parsing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed {
+    /// Run with these options.
+    Run(Options),
+    /// `-h`/`--help`: print [`usage`].
+    Help,
+}
+
+/// A command-line error; its message names the offending flag or argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgError(pub String);
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ArgError> {
+    Err(ArgError(msg.into()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    MinBytes,
+    MaxBytes,
+    StepFactor,
+    StepBytes,
+    Iters,
+    Warmup,
+    Check,
+    Datatype,
+    Op,
+    Root,
+    Ngpus,
+    Nthreads,
+    Json,
+    Np,
+    Help,
+}
+
+/// (short, long, key); long names are matched with `-` and `_` alike.
+const FLAGS: &[(Option<u8>, &str, Key)] = &[
+    (Some(b'b'), "minbytes", Key::MinBytes),
+    (Some(b'e'), "maxbytes", Key::MaxBytes),
+    (Some(b'f'), "stepfactor", Key::StepFactor),
+    (Some(b'i'), "stepbytes", Key::StepBytes),
+    (Some(b'n'), "iters", Key::Iters),
+    (Some(b'w'), "warmup_iters", Key::Warmup),
+    (Some(b'c'), "check", Key::Check),
+    (Some(b'd'), "datatype", Key::Datatype),
+    (Some(b'o'), "op", Key::Op),
+    (Some(b'r'), "root", Key::Root),
+    (Some(b'g'), "ngpus", Key::Ngpus),
+    (Some(b't'), "nthreads", Key::Nthreads),
+    (None, "json", Key::Json),
+    (None, "np", Key::Np),
+    (Some(b'h'), "help", Key::Help),
+];
+
+/// `-b/--minbytes`, as error messages name a flag.
+fn flag_name(key: Key) -> String {
+    match FLAGS.iter().find(|f| f.2 == key) {
+        Some((Some(s), l, _)) => format!("-{}/--{l}", *s as char),
+        Some((None, l, _)) => format!("--{l}"),
+        None => format!("{key:?}"),
+    }
+}
+
+/// The usage text.
+pub fn usage() -> String {
+    let ops: Vec<&str> = PerfOp::ALL.iter().map(|o| o.name()).collect();
+    let types: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
+    let redops: Vec<&str> = ReduceOp::ALL.iter().map(|o| o.name()).collect();
+    format!(
+        "usage: dmsc-perf [--np N] OP [options]\n\
+         \n\
+         Measures a dmsc collective the way nccl-tests does and prints its table.\n\
+         OP: {}\n\
+         \n\
+         options (nccl-tests' flags):\n\
+         \x20 -b, --minbytes SIZE       smallest size in bytes, K/M/G suffixes (default 32M)\n\
+         \x20 -e, --maxbytes SIZE       largest size (default 32M)\n\
+         \x20 -f, --stepfactor F        multiply the size by F (default 2)\n\
+         \x20 -i, --stepbytes SIZE      add SIZE instead (with -f 1; default 1M)\n\
+         \x20 -n, --iters N             timed iterations per size (default 20)\n\
+         \x20 -w, --warmup_iters N      warm-up iterations per size (default 5)\n\
+         \x20 -c, --check N             correctness checks per size, 0 to skip (default 1)\n\
+         \x20 -d, --datatype T          {}, a comma list or all (default float)\n\
+         \x20 -o, --op OP               {}, a comma list or all (default sum)\n\
+         \x20 -r, --root R              root of broadcast and reduce, -1 for each rank (default 0)\n\
+         \x20 -g, --ngpus 1, -t, --nthreads 1   accepted for compatibility (one rank per process)\n\
+         \x20     --np N                start N ranks on this machine (else join via dmscrun/env)\n\
+         \x20     --json PATH           rank 0 writes the results as JSON to PATH\n\
+         \x20 -h, --help                this text\n",
+        ops.join(", "),
+        types.join(", "),
+        redops.join(", ")
+    )
+}
+
+/// Parse the arguments (without the program name).
+pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
+    let mut values: Vec<(Key, OsString)> = Vec::new();
+    let mut positional: Vec<&OsStr> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let tok = args[i].as_bytes();
+        i += 1;
+        let (key, inline) = if tok == b"--" {
+            positional.extend(args[i..].iter().map(|a| a.as_os_str()));
+            break;
+        } else if let Some(long) = tok.strip_prefix(b"--") {
+            let (name, inline) = match long.iter().position(|&b| b == b'=') {
+                Some(eq) => (&long[..eq], Some(&long[eq + 1..])),
+                None => (long, None),
+            };
+            let name = String::from_utf8_lossy(name).replace('-', "_");
+            match FLAGS.iter().find(|f| f.1 == name) {
+                Some(f) => (f.2, inline),
+                None => return err(format!("unknown option '--{name}' (see --help)")),
+            }
+        } else if tok.len() >= 2 && tok[0] == b'-' && !tok[1].is_ascii_digit() {
+            match FLAGS.iter().find(|f| f.0 == Some(tok[1])) {
+                Some(f) => (f.2, (tok.len() > 2).then(|| &tok[2..])),
+                None => {
+                    let shown = String::from_utf8_lossy(tok);
+                    return err(format!("unknown option '{shown}' (see --help)"));
+                }
+            }
+        } else {
+            positional.push(args[i - 1].as_os_str());
+            continue;
+        };
+        if key == Key::Help {
+            if inline.is_some() {
+                return err("-h/--help takes no value");
+            }
+            return Ok(Parsed::Help);
+        }
+        let value = match inline {
+            Some(v) => OsStr::from_bytes(v).to_os_string(),
+            None if i < args.len() => {
+                i += 1;
+                args[i - 1].clone()
+            }
+            None => return err(format!("option {} needs a value", flag_name(key))),
+        };
+        values.push((key, value));
+    }
+    let op = match positional.as_slice() {
+        [] => {
+            return err(format!(
+                "missing the collective to measure: one of {}",
+                op_names()
+            ))
+        }
+        [op] => {
+            let s = op.to_string_lossy();
+            PerfOp::parse(&s).ok_or_else(|| {
+                ArgError(format!("unknown collective '{s}': expected one of {}", op_names()))
+            })?
+        }
+        [_, extra, ..] => {
+            return err(format!(
+                "unexpected argument '{}' (only one collective per run)",
+                extra.to_string_lossy()
+            ))
+        }
+    };
+    let mut o = Options::defaults(op);
+    let (mut factor, mut step_bytes) = (None, None);
+    for (key, raw) in values {
+        apply(&mut o, key, &raw, &mut factor, &mut step_bytes)?;
+    }
+    o.step = match (factor, step_bytes) {
+        (Some(0), _) => return err("-f/--stepfactor must be at least 1"),
+        (Some(f), _) if f > 1 => Step::Factor(f),
+        (_, Some(0)) => return err("-i/--stepbytes must be at least 1 byte"),
+        (_, Some(b)) => Step::Bytes(b),
+        (Some(_), None) => Step::Bytes(1 << 20),
+        (None, None) => Step::Factor(2),
+    };
+    validate(&o)?;
+    Ok(Parsed::Run(o))
+}
+
+fn op_names() -> String {
+    let v: Vec<&str> = PerfOp::ALL.iter().map(|o| o.name()).collect();
+    v.join(", ")
+}
+
+/// Store one flag's value in `o`.
+fn apply(
+    o: &mut Options,
+    key: Key,
+    raw: &OsStr,
+    factor: &mut Option<u64>,
+    step_bytes: &mut Option<u64>,
+) -> Result<(), ArgError> {
+    if key == Key::Json {
+        if raw.is_empty() {
+            return err("--json needs a file path");
+        }
+        o.json = Some(PathBuf::from(raw));
+        return Ok(());
+    }
+    let name = flag_name(key);
+    let Some(v) = raw.to_str() else {
+        return err(format!(
+            "invalid value {raw:?} for {name}: not valid UTF-8"
+        ));
+    };
+    let bad = |what: &str| ArgError(format!("invalid value '{v}' for {name}: expected {what}"));
+    let size = || parse_size(v).ok_or_else(|| bad("a size in bytes such as 8, 64K, 1M or 2G"));
+    let uint = || v.trim().parse::<u32>().map_err(|_| bad("a whole number"));
+    match key {
+        Key::MinBytes => o.min_bytes = size()?,
+        Key::MaxBytes => o.max_bytes = size()?,
+        Key::StepBytes => *step_bytes = Some(size()?),
+        Key::StepFactor => {
+            *factor = Some(v.trim().parse::<u64>().map_err(|_| bad("a whole factor >= 1"))?)
+        }
+        Key::Iters => o.iters = uint()?,
+        Key::Warmup => o.warmup = uint()?,
+        Key::Check => o.check = uint()?,
+        Key::Datatype => o.dtypes = parse_list(v, DataType::ALL.as_slice(), DataType::parse)
+            .map_err(|()| bad(&format!("a data type ({}), a comma list or all", type_names())))?,
+        Key::Op => o.redops = parse_list(v, ReduceOp::ALL.as_slice(), ReduceOp::parse)
+            .map_err(|()| bad(&format!("a reduction ({}), a comma list or all", redop_names())))?,
+        Key::Root => {
+            o.root = match v.trim() {
+                "-1" | "all" => None,
+                r => Some(r.parse::<usize>().map_err(|_| bad("a rank, or -1 for every rank"))?),
+            }
+        }
+        Key::Np => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => o.np = Some(n),
+            _ => return Err(bad("a number of ranks >= 1")),
+        },
+        Key::Ngpus | Key::Nthreads => {
+            if v.trim() != "1" {
+                return Err(bad(
+                    "1: dmsc runs one rank per process; use --np N or dmscrun -n N for more ranks",
+                ));
+            }
+        }
+        Key::Json | Key::Help => {}
+    }
+    Ok(())
+}
+
+fn type_names() -> String {
+    let v: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
+    v.join(", ")
+}
+
+fn redop_names() -> String {
+    let v: Vec<&str> = ReduceOp::ALL.iter().map(|d| d.name()).collect();
+    v.join(", ")
+}
+
+/// `all`, or a comma-separated list of names.
+fn parse_list<T: Copy>(v: &str, all: &[T], one: fn(&str) -> Option<T>) -> Result<Vec<T>, ()> {
+    if v.trim().eq_ignore_ascii_case("all") {
+        return Ok(all.to_vec());
+    }
+    v.split(',').map(|s| one(s.trim()).ok_or(())).collect()
+}
+
+/// Checks between flags.
+fn validate(o: &Options) -> Result<(), ArgError> {
+    if o.min_bytes > o.max_bytes {
+        return err(format!(
+            "-b/--minbytes ({}) is larger than -e/--maxbytes ({})",
+            o.min_bytes, o.max_bytes
+        ));
+    }
+    if matches!(o.step, Step::Factor(_)) && o.min_bytes == 0 {
+        return err("-b/--minbytes must be at least 1 when sizes grow by a factor (-f)");
+    }
+    if o.iters == 0 {
+        return err("-n/--iters must be at least 1");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, ArgError> {
+        let v: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match parse(&v)? {
+            Parsed::Run(o) => Ok(o),
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        run(args).unwrap_err().0
+    }
+
+    #[test]
+    fn defaults_follow_nccl_tests() {
+        let o = run(&["all_reduce"]).unwrap();
+        assert_eq!(o, Options::defaults(PerfOp::AllReduce));
+        assert_eq!((o.min_bytes, o.max_bytes), (32 << 20, 32 << 20));
+        assert_eq!((o.iters, o.warmup, o.check), (20, 5, 1));
+        assert_eq!(o.step, Step::Factor(2));
+    }
+
+    #[test]
+    fn short_long_and_attached_forms() {
+        let o = run(&[
+            "-b", "8", "-e128M", "--stepfactor=4", "--iters", "7", "--warmup-iters=2", "-c0",
+            "all_gather", "-d", "half", "--op", "max", "-r", "3", "--json", "/tmp/x.json",
+            "--np", "4", "-g", "1", "-t1",
+        ])
+        .unwrap();
+        assert_eq!(o.op, PerfOp::AllGather);
+        assert_eq!((o.min_bytes, o.max_bytes, o.step), (8, 128 << 20, Step::Factor(4)));
+        assert_eq!((o.iters, o.warmup, o.check), (7, 2, 0));
+        assert_eq!(o.dtypes, [DataType::Float16]);
+        assert_eq!(o.redops, [ReduceOp::Max]);
+        assert_eq!(o.root, Some(3));
+        assert_eq!(o.json, Some(PathBuf::from("/tmp/x.json")));
+        assert_eq!(o.np, Some(4));
+    }
+
+    #[test]
+    fn all_lists_and_roots() {
+        let o = run(&["reduce", "-d", "all", "-o", "all", "-r", "-1"]).unwrap();
+        assert_eq!(o.dtypes, DataType::ALL);
+        assert_eq!(o.redops, ReduceOp::ALL);
+        assert_eq!(o.root, None);
+        let o = run(&["reduce", "-d", "int32,bf16", "-o", "min, avg"]).unwrap();
+        assert_eq!(o.dtypes, [DataType::Int32, DataType::Bfloat16]);
+        assert_eq!(o.redops, [ReduceOp::Min, ReduceOp::Avg]);
+    }
+
+    #[test]
+    fn stepping_by_bytes() {
+        assert_eq!(run(&["all_reduce", "-f", "1"]).unwrap().step, Step::Bytes(1 << 20));
+        assert_eq!(
+            run(&["all_reduce", "-i", "4K"]).unwrap().step,
+            Step::Bytes(4096)
+        );
+        assert_eq!(
+            run(&["all_reduce", "-i", "4K", "-f", "3"]).unwrap().step,
+            Step::Factor(3)
+        );
+    }
+
+    #[test]
+    fn help() {
+        let v: Vec<OsString> = vec!["all_reduce".into(), "--help".into()];
+        assert_eq!(parse(&v).unwrap(), Parsed::Help);
+        assert_eq!(parse(&["-h".into()]).unwrap(), Parsed::Help);
+        assert!(usage().contains("--minbytes"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["all_reduce", "-b", "12Q"], "-b/--minbytes"),
+            (&["all_reduce", "--maxbytes=x"], "-e/--maxbytes"),
+            (&["all_reduce", "-n", "-3"], "-n/--iters"),
+            (&["all_reduce", "-n", "0"], "-n/--iters"),
+            (&["all_reduce", "-w", "many"], "-w/--warmup_iters"),
+            (&["all_reduce", "-d", "float128"], "-d/--datatype"),
+            (&["all_reduce", "-o", "mulsum"], "-o/--op"),
+            (&["all_reduce", "-r", "x"], "-r/--root"),
+            (&["all_reduce", "-f", "0"], "-f/--stepfactor"),
+            (&["all_reduce", "-f", "1", "-i", "0"], "-i/--stepbytes"),
+            (&["all_reduce", "--np", "0"], "--np"),
+            (&["all_reduce", "-g", "2"], "-g/--ngpus"),
+            (&["all_reduce", "-b"], "-b/--minbytes needs a value"),
+            (&["all_reduce", "--frobnicate"], "--frobnicate"),
+            (&["all_reduce", "-z", "1"], "'-z'"),
+            (&["all_reduce", "-b", "2M", "-e", "1M"], "-b/--minbytes (2097152)"),
+            (&["all_reduce", "-b", "0"], "-b/--minbytes must be at least 1"),
+            (&[], "missing the collective"),
+            (&["all_gatherv"], "unknown collective 'all_gatherv'"),
+            (&["all_reduce", "broadcast"], "unexpected argument 'broadcast'"),
+        ];
+        for (args, want) in cases {
+            let e = error(args);
+            assert!(e.contains(want), "{args:?}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn zero_min_with_additive_steps_is_fine() {
+        let o = run(&["all_reduce", "-b", "0", "-e", "8", "-f", "1", "-i", "4"]).unwrap();
+        assert_eq!((o.min_bytes, o.step), (0, Step::Bytes(4)));
+    }
+
+    #[test]
+    fn rank_args_round_trip() {
+        for args in [
+            &["all_reduce"][..],
+            &["--np", "3", "reduce", "-b", "1K", "-e", "1M", "-d", "all", "-o", "avg,prod"],
+            &["broadcast", "-r", "-1", "-f", "1", "-i", "3", "-c", "2", "--json", "o.json"],
+        ] {
+            let mut o = run(args).unwrap();
+            let strs: Vec<String> = o
+                .to_rank_args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let refs: Vec<&str> = strs.iter().map(String::as_str).collect();
+            assert!(!refs.contains(&"--np"));
+            o.np = None;
+            assert_eq!(run(&refs).unwrap(), o);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `dmsc-perf`: end-to-end bandwidth of the collectives, measured and printed the way
+//! [nccl-tests](https://github.com/NVIDIA/nccl-tests) does it, so that its figures can be read
+//! next to NCCL's.
+//!
+//! * [`args`]: the command line (nccl-tests' flags, plus `--np` and `--json`).
+//! * [`sizes`]: message sizes, element counts per collective and bus-bandwidth factors
+//!   (nccl-tests' `getCollByteCount` and `getBw`, see its `doc/PERFORMANCE.md`).
+//! * [`check`]: deterministic rank-dependent inputs and the expected results, to count wrong
+//!   elements (the `#wrong` column).
+//! * [`report`]: the table, the footer and the JSON report.
+//! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
+//!
+//! Only rank 0 prints; every rank prints its own errors.
+
+pub mod args;
+pub mod check;
+pub mod report;
+pub mod run;
+pub mod sizes;
+
+#[cfg(test)]
+mod fake;
+
+use crate::CollKind;
+use std::fmt;
+
+/// The collectives dmsc-perf measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PerfOp {
+    /// `all_reduce` (nccl-tests' all_reduce_perf).
+    AllReduce,
+    /// `all_gather` (all_gather_perf).
+    AllGather,
+    /// `reduce_scatter` (reduce_scatter_perf).
+    ReduceScatter,
+    /// `broadcast` (broadcast_perf).
+    Broadcast,
+    /// `reduce` (reduce_perf).
+    Reduce,
+    /// `all_to_all` (alltoall_perf).
+    AllToAll,
+    /// `sendrecv` (sendrecv_perf): every rank sends to rank+1 and receives from rank-1.
+    SendRecv,
+}
+
+impl PerfOp {
+    /// Every collective, in the order of the usage text.
+    pub const ALL: [PerfOp; 7] = [
+        PerfOp::AllReduce,
+        PerfOp::AllGather,
+        PerfOp::ReduceScatter,
+        PerfOp::Broadcast,
+        PerfOp::Reduce,
+        PerfOp::AllToAll,
+        PerfOp::SendRecv,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PerfOp::AllReduce => "all_reduce",
+            PerfOp::AllGather => "all_gather",
+            PerfOp::ReduceScatter => "reduce_scatter",
+            PerfOp::Broadcast => "broadcast",
+            PerfOp::Reduce => "reduce",
+            PerfOp::AllToAll => "all_to_all",
+            PerfOp::SendRecv => "sendrecv",
+        }
+    }
+
+    /// Parse a name: ours, nccl-tests' binary names (`all_reduce_perf`, `alltoall_perf`,
+    /// `sendrecv_perf`), with `-` or `_` and in any case.
+    pub fn parse(s: &str) -> Option<PerfOp> {
+        let s = s.to_ascii_lowercase().replace('-', "_");
+        let s = s.strip_suffix("_perf").unwrap_or(&s);
+        Some(match s {
+            "all_reduce" | "allreduce" => PerfOp::AllReduce,
+            "all_gather" | "allgather" => PerfOp::AllGather,
+            "reduce_scatter" | "reducescatter" => PerfOp::ReduceScatter,
+            "broadcast" | "bcast" => PerfOp::Broadcast,
+            "reduce" => PerfOp::Reduce,
+            "all_to_all" | "alltoall" => PerfOp::AllToAll,
+            "sendrecv" | "send_recv" => PerfOp::SendRecv,
+            _ => return None,
+        })
+    }
+
+    /// The collective kind passed to the communicator.
+    pub const fn kind(self) -> CollKind {
+        match self {
+            PerfOp::AllReduce => CollKind::AllReduce,
+            PerfOp::AllGather => CollKind::AllGather,
+            PerfOp::ReduceScatter => CollKind::ReduceScatter,
+            PerfOp::Broadcast => CollKind::Broadcast,
+            PerfOp::Reduce => CollKind::Reduce,
+            PerfOp::AllToAll => CollKind::AllToAll,
+            PerfOp::SendRecv => CollKind::SendRecv,
+        }
+    }
+
+    /// True when the collective applies a reduction operator (`-o` matters).
+    pub const fn reduces(self) -> bool {
+        matches!(
+            self,
+            PerfOp::AllReduce | PerfOp::ReduceScatter | PerfOp::Reduce
+        )
+    }
+
+    /// True when the collective has a root (`-r` matters).
+    pub const fn has_root(self) -> bool {
+        matches!(self, PerfOp::Broadcast | PerfOp::Reduce)
+    }
+
+    /// True when dmsc-perf measures an in-place variant. `sendrecv` has none: a send and a
+    /// receive cannot share one buffer safely (nccl-tests does not check it either).
+    pub const fn has_in_place(self) -> bool {
+        !matches!(self, PerfOp::SendRecv)
+    }
+}
+
+impl fmt::Display for PerfOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_nccl_aliases() {
+        for op in PerfOp::ALL {
+            assert_eq!(PerfOp::parse(op.name()), Some(op));
+        }
+        assert_eq!(PerfOp::parse("all_reduce_perf"), Some(PerfOp::AllReduce));
+        assert_eq!(PerfOp::parse("alltoall"), Some(PerfOp::AllToAll));
+        assert_eq!(PerfOp::parse("Reduce-Scatter"), Some(PerfOp::ReduceScatter));
+        assert_eq!(PerfOp::parse("sendrecv_perf"), Some(PerfOp::SendRecv));
+        assert_eq!(PerfOp::parse("gather"), None);
+    }
+}

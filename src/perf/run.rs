@@ -1,0 +1,600 @@
+//! The driver: for every (type, operator, root) and size, time the out-of-place and in-place
+//! variants over a [`PerfComm`], check them, and print nccl-tests' table on rank 0.
+//!
+//! One row's measurement: the buffers are filled (see [`super::check`]), `-w` warm-up calls
+//! run, all ranks meet in a barrier, then `-n` calls run back to back; the row's time is the
+//! loop's time divided by `-n`, the maximum over ranks (an all-reduce of an `f64`). With
+//! `-c N`, the call then runs N more times on freshly filled buffers and the wrong elements,
+//! summed over ranks (an all-reduce of a `u64`), fill the `#wrong` column.
+
+use super::args::{self, Options, Parsed};
+use super::check::CheckSpec;
+use super::report::{self, Row, Run};
+use super::sizes::{bandwidths, layout, sizes, Layout, Step};
+use super::PerfOp;
+use crate::launch::{launch_with, LaunchOptions};
+use crate::{CollKind, Communicator, DataType, Error, ReduceOp, Result};
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::time::Instant;
+
+/// What dmsc-perf needs of a communicator (implemented by [`Communicator`]; tests use an
+/// in-memory one). The methods mirror [`Communicator`]'s.
+pub trait PerfComm {
+    /// This process's rank.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// See [`Communicator::collective_bytes`].
+    #[allow(clippy::too_many_arguments)]
+    fn collective_bytes(
+        &self,
+        kind: CollKind,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()>;
+    /// See [`Communicator::send_recv_bytes`].
+    fn send_recv_bytes(&self, send: &[u8], to: usize, recv: &mut [u8], from: usize) -> Result<()>;
+    /// See [`Communicator::barrier`].
+    fn barrier(&self) -> Result<()>;
+}
+
+impl PerfComm for Communicator {
+    fn rank(&self) -> usize {
+        Communicator::rank(self)
+    }
+    fn size(&self) -> usize {
+        Communicator::size(self)
+    }
+    fn collective_bytes(
+        &self,
+        kind: CollKind,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        Communicator::collective_bytes(self, kind, input, output, count, dtype, op, root)
+    }
+    fn send_recv_bytes(&self, send: &[u8], to: usize, recv: &mut [u8], from: usize) -> Result<()> {
+        Communicator::send_recv_bytes(self, send, to, recv, from)
+    }
+    fn barrier(&self) -> Result<()> {
+        Communicator::barrier(self)
+    }
+}
+
+/// A zeroed byte buffer aligned to 64 bytes (so that every element type is aligned, as the
+/// reduction kernels require).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Alignment of the first byte.
+    pub const ALIGN: usize = 64;
+
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + Self::ALIGN];
+        let off = raw.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        AlignedBuf { raw, off, len }
+    }
+
+    /// A copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::new(bytes.len());
+        b.bytes_mut().copy_from_slice(bytes);
+        b
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
+
+    /// The bytes, mutably.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// A failed run: the error and what was being measured.
+#[derive(Debug)]
+pub struct RunError {
+    /// E.g. `all_reduce of 1024 bytes (float, sum), in place`.
+    pub during: String,
+    /// The communicator's error.
+    pub error: Error,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.during.is_empty() {
+            write!(f, "{}", self.error)
+        } else {
+            write!(f, "during {}: {}", self.during, self.error)
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Everything a finished benchmark produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// One entry per (type, operator, root).
+    pub runs: Vec<Run>,
+    /// Wrong elements over every row and rank.
+    pub wrong_total: u64,
+    /// Measurements (rows halves) with at least one wrong element.
+    pub wrong_rows: u64,
+    /// Mean bus bandwidth of all measurements (nccl-tests' `Avg bus bandwidth`).
+    pub avg_busbw: f64,
+}
+
+/// One call's parameters, shared by the timed loop and the checks.
+struct Call {
+    spec: CheckSpec,
+    layout: Layout,
+}
+
+impl Call {
+    fn describe(&self, in_place: bool) -> String {
+        let s = &self.spec;
+        let mut d = format!("{} of {} bytes ({}", s.op, self.layout.size_bytes, s.dtype);
+        if s.op.reduces() {
+            d += &format!(", {}", s.redop);
+        }
+        if s.op.has_root() {
+            d += &format!(", root {}", s.root);
+        }
+        d += if in_place { "), in place" } else { "), out of place" };
+        d
+    }
+
+    fn run(&self, comm: &dyn PerfComm, input: Option<&[u8]>, output: &mut [u8]) -> Result<()> {
+        let s = &self.spec;
+        match s.op {
+            PerfOp::SendRecv => {
+                let (n, r) = (s.nranks, s.rank);
+                comm.send_recv_bytes(input.unwrap_or(&[]), (r + 1) % n, output, (r + n - 1) % n)
+            }
+            op => comm.collective_bytes(
+                op.kind(),
+                input,
+                output,
+                s.count,
+                s.dtype,
+                s.redop,
+                s.root,
+            ),
+        }
+    }
+}
+
+/// Time and check one half of a row; returns (seconds per iteration, wrong elements).
+fn measure(
+    comm: &dyn PerfComm,
+    o: &Options,
+    call: &mut Call,
+    in_place: bool,
+    seed: &mut u64,
+) -> Result<(f64, Option<u64>)> {
+    let e = call.spec.dtype.size();
+    let l = call.layout;
+    let mut input = AlignedBuf::new(if in_place { 0 } else { l.send * e });
+    let mut output = AlignedBuf::new(if in_place { l.in_place() } else { l.recv } * e);
+    let fill = |spec: &CheckSpec, input: &mut AlignedBuf, output: &mut AlignedBuf| {
+        if in_place {
+            spec.fill_in_place(output.bytes_mut());
+        } else {
+            spec.fill_input(input.bytes_mut());
+            spec.fill_output(output.bytes_mut());
+        }
+    };
+    fill(&call.spec, &mut input, &mut output);
+    for _ in 0..o.warmup {
+        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+    }
+    comm.barrier()?;
+    let start = Instant::now();
+    for _ in 0..o.iters {
+        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+    }
+    let secs = start.elapsed().as_secs_f64() / f64::from(o.iters.max(1));
+    let secs = max_over_ranks(comm, secs)?;
+    if o.check == 0 {
+        return Ok((secs, None));
+    }
+    let mut wrong = 0;
+    for _ in 0..o.check {
+        *seed += 1;
+        call.spec.seed = *seed;
+        fill(&call.spec, &mut input, &mut output);
+        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+        wrong += call.spec.count_wrong(output.bytes(), in_place);
+    }
+    Ok((secs, Some(sum_over_ranks(comm, wrong)?)))
+}
+
+/// The maximum of `x` over all ranks.
+pub fn max_over_ranks(comm: &dyn PerfComm, x: f64) -> Result<f64> {
+    let mut out = AlignedBuf::new(8);
+    let input = AlignedBuf::from_bytes(&x.to_ne_bytes());
+    let kind = CollKind::AllReduce;
+    let (dt, op) = (DataType::Float64, ReduceOp::Max);
+    comm.collective_bytes(kind, Some(input.bytes()), out.bytes_mut(), 1, dt, op, 0)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(out.bytes());
+    Ok(f64::from_ne_bytes(b))
+}
+
+/// The sum of `x` over all ranks.
+pub fn sum_over_ranks(comm: &dyn PerfComm, x: u64) -> Result<u64> {
+    let mut out = AlignedBuf::new(8);
+    let input = AlignedBuf::from_bytes(&x.to_ne_bytes());
+    let kind = CollKind::AllReduce;
+    let (dt, op) = (DataType::Uint64, ReduceOp::Sum);
+    comm.collective_bytes(kind, Some(input.bytes()), out.bytes_mut(), 1, dt, op, 0)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(out.bytes());
+    Ok(u64::from_ne_bytes(b))
+}
+
+/// The settings line printed above the table.
+fn settings(o: &Options) -> String {
+    let step = match o.step {
+        Step::Factor(f) => format!("{f}(factor)"),
+        Step::Bytes(b) => format!("{b}(bytes)"),
+    };
+    format!(
+        "minBytes {} maxBytes {} step: {step} warmup iters: {} iters: {} validation: {}",
+        o.min_bytes, o.max_bytes, o.warmup, o.iters, o.check
+    )
+}
+
+/// Run the whole benchmark on this rank. Rank 0 should pass stdout as `out` (it receives the
+/// table as it is measured); other ranks a sink.
+pub fn benchmark(
+    comm: &dyn PerfComm,
+    o: &Options,
+    out: &mut dyn Write,
+) -> std::result::Result<Summary, RunError> {
+    let (n, rank) = (comm.size(), comm.rank());
+    let plain = |error| RunError {
+        during: String::new(),
+        error,
+    };
+    if let (true, Some(r)) = (o.op.has_root(), o.root) {
+        if r >= n {
+            let what = format!("-r/--root {r} is not a rank of this {n}-rank job");
+            return Err(plain(Error::invalid(what)));
+        }
+    }
+    let roots: Vec<Option<usize>> = match (o.op.has_root(), o.root) {
+        (false, _) => vec![None],
+        (true, Some(r)) => vec![Some(r)],
+        (true, None) => (0..n).map(Some).collect(),
+    };
+    let redops: Vec<Option<ReduceOp>> = if o.op.reduces() {
+        o.redops.iter().copied().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let _ = write!(out, "{}", report::header(o.op, n, &settings(o)));
+    let _ = out.flush();
+    let mut summary = Summary {
+        runs: Vec::new(),
+        wrong_total: 0,
+        wrong_rows: 0,
+        avg_busbw: 0.0,
+    };
+    let (mut bw_sum, mut bw_count) = (0.0, 0u32);
+    let mut seed = 0u64;
+    for &dtype in &o.dtypes {
+        for &redop in &redops {
+            for &root in &roots {
+                let mut run = Run {
+                    op: o.op,
+                    nranks: n,
+                    dtype,
+                    redop,
+                    root,
+                    rows: Vec::new(),
+                };
+                for size in sizes(o.min_bytes, o.max_bytes, o.step) {
+                    let l = layout(o.op, size, dtype, n);
+                    let spec = CheckSpec {
+                        op: o.op,
+                        dtype,
+                        redop: redop.unwrap_or(ReduceOp::Sum),
+                        nranks: n,
+                        rank,
+                        root: root.unwrap_or(0),
+                        count: l.count,
+                        seed,
+                    };
+                    let mut call = Call { spec, layout: l };
+                    let mut line = report::row_prefix(
+                        l.size_bytes,
+                        l.count,
+                        dtype,
+                        report::redop_name(redop),
+                        report::root_value(root),
+                    );
+                    for in_place in [false, true] {
+                        if in_place && !o.op.has_in_place() {
+                            line += &report::row_half_absent();
+                            continue;
+                        }
+                        let (secs, wrong) = measure(comm, o, &mut call, in_place, &mut seed)
+                            .map_err(|error| RunError {
+                                during: call.describe(in_place),
+                                error,
+                            })?;
+                        let (algbw, busbw) = bandwidths(o.op, l.size_bytes, secs, n);
+                        let time_us = secs * 1e6;
+                        line += &report::row_half(time_us, algbw, busbw, wrong);
+                        bw_sum += busbw;
+                        bw_count += 1;
+                        let w = wrong.unwrap_or(0);
+                        summary.wrong_total += w;
+                        summary.wrong_rows += u64::from(w > 0);
+                        run.rows.push(Row {
+                            size: l.size_bytes,
+                            count: l.count,
+                            inplace: in_place,
+                            time_us,
+                            algbw,
+                            busbw,
+                            wrong,
+                        });
+                    }
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+                summary.runs.push(run);
+            }
+        }
+    }
+    if bw_count > 0 {
+        summary.avg_busbw = bw_sum / f64::from(bw_count);
+    }
+    let _ = write!(out, "{}", report::footer(summary.wrong_rows, summary.avg_busbw));
+    let _ = out.flush();
+    Ok(summary)
+}
+
+/// Run the benchmark as one rank of a job: rank 0 prints the table and writes the JSON
+/// report. Returns the exit code (1 on wrong results or any error).
+pub fn run_rank(comm: &dyn PerfComm, o: &Options) -> i32 {
+    let rank = comm.rank();
+    let result = if rank == 0 {
+        benchmark(comm, o, &mut io::stdout().lock())
+    } else {
+        benchmark(comm, o, &mut io::sink())
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dmsc-perf: rank {rank}: {e}");
+            return 1;
+        }
+    };
+    if rank == 0 {
+        if let Some(path) = &o.json {
+            if let Err(e) = std::fs::write(path, report::json(&summary.runs)) {
+                eprintln!("dmsc-perf: cannot write --json {}: {e}", path.display());
+                return 1;
+            }
+        }
+    }
+    if summary.wrong_total > 0 {
+        if rank == 0 {
+            eprintln!(
+                "dmsc-perf: {} wrong element(s) in {} measurement(s)",
+                summary.wrong_total, summary.wrong_rows
+            );
+        }
+        return 1;
+    }
+    0
+}
+
+/// The program: parse `args` (without the program name); with `--np N` start N ranks of this
+/// executable through [`launch_with`], else join the job described by the environment.
+/// Returns the exit code (2 for usage errors).
+pub fn main(args: &[OsString]) -> i32 {
+    let o = match args::parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            print!("{}", args::usage());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("dmsc-perf: {e}\nTry 'dmsc-perf --help' for more information.");
+            return 2;
+        }
+    };
+    if let Some(np) = o.np {
+        return launch_ranks(np, &o);
+    }
+    let comm = match Communicator::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            let rank = std::env::var("RANK").map_or(String::new(), |r| format!("rank {r}: "));
+            eprintln!(
+                "dmsc-perf: {rank}cannot join the job: {e}\n\
+                 (start the ranks with dmscrun -n N dmsc-perf ..., or pass --np N)"
+            );
+            return 1;
+        }
+    };
+    run_rank(&comm, &o)
+}
+
+/// Start `np` ranks of this executable with the same options; rank 0's table goes to stdout
+/// unprefixed, errors keep their `[rank]` prefix.
+fn launch_ranks(np: usize, o: &Options) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dmsc-perf: cannot find its own executable to start the ranks: {e}");
+            return 1;
+        }
+    };
+    let opts = LaunchOptions {
+        prefix_stdout: false,
+        ..LaunchOptions::default()
+    };
+    match launch_with(np, exe.as_os_str(), &o.to_rank_args(), &[], &opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dmsc-perf: cannot start {np} ranks: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perf::fake;
+    use std::thread;
+
+    /// Run `o` on `n` fake ranks; returns rank 0's output and every rank's summary.
+    fn run_fake(n: usize, o: &Options, corrupt: Option<usize>) -> (String, Vec<Summary>) {
+        let results: Vec<(Vec<u8>, Summary)> = thread::scope(|s| {
+            let handles: Vec<_> = fake::group(n)
+                .into_iter()
+                .map(|mut comm| {
+                    comm.corrupt = corrupt == Some(comm.rank());
+                    s.spawn(move || {
+                        let mut out = Vec::new();
+                        let summary = benchmark(&comm, o, &mut out).expect("benchmark");
+                        (out, summary)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("rank")).collect()
+        });
+        let text = String::from_utf8(results[0].0.clone()).expect("utf8");
+        (text, results.into_iter().map(|r| r.1).collect())
+    }
+
+    fn opts(op: PerfOp) -> Options {
+        Options {
+            min_bytes: 8,
+            max_bytes: 256,
+            step: Step::Factor(4),
+            iters: 2,
+            warmup: 1,
+            ..Options::defaults(op)
+        }
+    }
+
+    #[test]
+    fn every_op_type_and_reduction_checks_clean() {
+        for op in PerfOp::ALL {
+            for n in [1, 3, 4] {
+                let o = Options {
+                    dtypes: DataType::ALL.to_vec(),
+                    redops: ReduceOp::ALL.to_vec(),
+                    root: if n > 1 { None } else { Some(0) },
+                    ..opts(op)
+                };
+                let (text, summaries) = run_fake(n, &o, None);
+                for s in &summaries {
+                    assert_eq!(s.wrong_total, 0, "{op} n={n}:\n{text}");
+                    // Times are maxima over ranks: every rank agrees on everything.
+                    assert_eq!(s, &summaries[0]);
+                }
+                let s = &summaries[0];
+                let combos = DataType::ALL.len()
+                    * if op.reduces() { ReduceOp::ALL.len() } else { 1 }
+                    * if op.has_root() && n > 1 { n } else { 1 };
+                assert_eq!(s.runs.len(), combos, "{op} n={n}");
+                let halves = if op.has_in_place() { 2 } else { 1 };
+                assert!(s.runs.iter().all(|r| r.rows.len() == 3 * halves));
+                assert!(text.contains("# Out of bounds values : 0 OK"), "{text}");
+                let table_rows = text.lines().filter(|l| !l.starts_with('#')).count();
+                assert_eq!(table_rows, combos * 3);
+            }
+        }
+    }
+
+    #[test]
+    fn corruption_is_reported() {
+        for op in PerfOp::ALL {
+            let o = Options {
+                min_bytes: 1024,
+                max_bytes: 1024,
+                ..opts(op)
+            };
+            let (text, summaries) = run_fake(3, &o, Some(1));
+            for s in &summaries {
+                assert!(s.wrong_total > 0, "{op}:\n{text}");
+                assert!(s.wrong_rows > 0);
+            }
+            assert!(text.contains("FAILED"), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_check_prints_na() {
+        let o = Options {
+            check: 0,
+            ..opts(PerfOp::AllReduce)
+        };
+        let (text, s) = run_fake(2, &o, Some(0));
+        assert_eq!(s[0].wrong_total, 0);
+        assert!(text.lines().filter(|l| !l.starts_with('#')).all(|l| l.ends_with("N/A")));
+        assert!(s[0].runs[0].rows.iter().all(|r| r.wrong.is_none()));
+    }
+
+    #[test]
+    fn rows_follow_the_layout() {
+        let o = Options {
+            min_bytes: 1000,
+            max_bytes: 1000,
+            ..opts(PerfOp::AllGather)
+        };
+        let (text, s) = run_fake(3, &o, None);
+        let row = &s[0].runs[0].rows[0];
+        // 250 floats / 3 ranks = 83 -> 80 per rank (16-byte multiple); 240 floats printed.
+        assert_eq!((row.size, row.count), (960, 80));
+        assert!(text.contains("         960            80     float    none      -1"), "{text}");
+        let bus = row.algbw * 2.0 / 3.0;
+        assert!((row.busbw - bus).abs() <= 1e-9 * bus.max(1.0));
+    }
+
+    #[test]
+    fn root_out_of_range_names_the_flag() {
+        let o = Options {
+            root: Some(5),
+            ..opts(PerfOp::Broadcast)
+        };
+        let comm = fake::group(1).pop().expect("rank");
+        let e = benchmark(&comm, &o, &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("-r/--root 5"), "{e}");
+    }
+
+    #[test]
+    fn aligned_buffers() {
+        for len in [0, 1, 7, 100] {
+            let b = AlignedBuf::new(len);
+            assert_eq!(b.bytes().len(), len);
+            assert_eq!(b.bytes().as_ptr() as usize % AlignedBuf::ALIGN, 0);
+        }
+    }
+}

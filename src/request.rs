@@ -1,0 +1,109 @@
+//! Handles of non-blocking operations.
+
+use dmsc_core::{Error, Result};
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a queued operation leaves its result.
+#[derive(Default)]
+pub(crate) struct Slot {
+    result: Mutex<Option<Result<()>>>,
+    cond: Condvar,
+}
+
+impl Slot {
+    pub(crate) fn finish(&self, r: Result<()>) {
+        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(r);
+        self.cond.notify_all();
+    }
+
+    fn peek(&self) -> Option<Result<()>> {
+        self.result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Wait until finished or `deadline`; `None` on timeout.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Option<Result<()>> {
+        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.as_ref() {
+                return Some(r.clone());
+            }
+            match deadline {
+                None => g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    g = self
+                        .cond
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking operation in progress (like `MPI_Request`, or rsmpi's scoped requests).
+///
+/// The buffers the operation uses stay borrowed for `'a`; dropping a request that has not
+/// completed waits for it, so memory is never released while dmsc still reads or writes it.
+#[must_use = "a request must be waited on (dropping it waits too)"]
+pub struct Request<'a> {
+    slot: Arc<Slot>,
+    _buffers: PhantomData<&'a mut ()>,
+}
+
+impl<'a> Request<'a> {
+    pub(crate) fn new(slot: Arc<Slot>) -> Request<'a> {
+        Request {
+            slot,
+            _buffers: PhantomData,
+        }
+    }
+
+    /// A request that already finished with `r` (e.g. a call rejected up front).
+    pub(crate) fn done(r: Result<()>) -> Request<'a> {
+        let slot = Arc::new(Slot::default());
+        slot.finish(r);
+        Request::new(slot)
+    }
+
+    /// True once the operation has finished (successfully or not); never blocks.
+    pub fn test(&self) -> bool {
+        self.slot.peek().is_some()
+    }
+
+    /// Block until the operation finishes and return its result. The operation's own
+    /// deadline (`DMSC_TIMEOUT`) bounds the wait.
+    pub fn wait(self) -> Result<()> {
+        self.slot.wait_until(None).unwrap_or(Ok(()))
+    }
+
+    /// Wait at most `timeout`. On expiry returns [`Error::Timeout`] and the request stays
+    /// pending (call `wait` again or drop it, which waits).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        match self.slot.wait_until(Some(Instant::now() + timeout)) {
+            Some(r) => r,
+            None => Err(Error::Timeout {
+                op: "waiting on a request".into(),
+                waited_s: timeout.as_secs_f64(),
+                missing: vec![],
+                detail: "the operation is still in progress".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        let _ = self.slot.wait_until(None);
+    }
+}

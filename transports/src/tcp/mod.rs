@@ -1,0 +1,102 @@
+//! TCP transport: one data and one control connection per peer, driven through io_uring
+//! (crate `io-uring`) or, when io_uring is refused, plain nonblocking sockets and `poll(2)`.
+//!
+//! Backend choice: `DMSC_TRANSPORT=uring|socket` forces one; otherwise io_uring is tried and
+//! the socket backend is taken when creating a ring fails with `EPERM` (a container's
+//! seccomp policy) or `ENOSYS` (a kernel without io_uring), logged once per process.
+
+mod conn;
+mod mesh;
+mod socket;
+mod uring;
+mod wake;
+
+pub use mesh::{connect_mesh, MeshOptions};
+pub use socket::SocketTransport;
+pub use uring::UringTransport;
+
+use conn::Conn;
+use dmsc_core::engine::Transport;
+use dmsc_core::error::{Error, Result};
+use dmsc_core::Rank;
+use std::sync::Once;
+
+/// Which I/O backend drives the sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring if the kernel allows it, else plain sockets.
+    Auto,
+    /// io_uring only (an error when refused).
+    Uring,
+    /// Plain nonblocking sockets with poll(2).
+    Socket,
+}
+
+impl Backend {
+    /// Parse `DMSC_TRANSPORT` (`uring`, `socket`, `auto`; `tcp` means auto).
+    pub fn parse(s: &str) -> Result<Backend> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "auto" | "tcp" => Ok(Backend::Auto),
+            "uring" | "io_uring" | "iouring" => Ok(Backend::Uring),
+            "socket" | "sockets" | "poll" => Ok(Backend::Socket),
+            other => Err(Error::invalid(format!(
+                "DMSC_TRANSPORT={other} is not one of uring, socket, auto"
+            ))),
+        }
+    }
+}
+
+/// The connections of one rank to all its peers.
+pub(crate) struct Mesh {
+    conns: Vec<Box<Conn>>,
+    data_of: Vec<Option<usize>>,
+    control_of: Vec<Option<usize>>,
+}
+
+impl Mesh {
+    fn data(&mut self, peer: Rank) -> Result<&mut Conn> {
+        let i = self
+            .data_of
+            .get(peer)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::internal(format!("no data connection to rank {peer}")))?;
+        Ok(&mut self.conns[i])
+    }
+
+    fn control(&mut self, peer: Rank) -> Result<&mut Conn> {
+        let i = self
+            .control_of
+            .get(peer)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::internal(format!("no control connection to rank {peer}")))?;
+        Ok(&mut self.conns[i])
+    }
+}
+
+static FALLBACK_LOGGED: Once = Once::new();
+
+/// Wrap an established mesh into the chosen backend.
+pub(crate) fn make_transport(mesh: Mesh, backend: Backend) -> Result<Box<dyn Transport>> {
+    let entries = ((mesh.conns.len() * 2 + 16) as u32).next_power_of_two();
+    match backend {
+        Backend::Socket => Ok(Box::new(SocketTransport::new(mesh)?)),
+        Backend::Uring => {
+            let ring = uring::probe_ring(entries).map_err(|e| {
+                Error::io("creating an io_uring (DMSC_TRANSPORT=uring forces it)", &e)
+            })?;
+            Ok(Box::new(UringTransport::new(mesh, ring)?))
+        }
+        Backend::Auto => match uring::probe_ring(entries) {
+            Ok(ring) => Ok(Box::new(UringTransport::new(mesh, ring)?)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS)) => {
+                FALLBACK_LOGGED.call_once(|| {
+                    eprintln!("dmsc: io_uring is not available ({e}); using plain sockets with poll(2)");
+                });
+                Ok(Box::new(SocketTransport::new(mesh)?))
+            }
+            Err(e) => Err(Error::io("creating an io_uring", &e)),
+        },
+    }
+}

@@ -1,0 +1,162 @@
+//! The plain-socket backend: nonblocking sockets multiplexed with `poll(2)`.
+//!
+//! Taken when io_uring is refused (a container's seccomp answers `EPERM`, old kernels
+//! `ENOSYS`) or forced with `DMSC_TRANSPORT=socket`.
+
+use super::wake::EventFd;
+use super::Mesh;
+use dmsc_core::engine::{Completion, Token, Transport, Waker};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::wire::FrameHeader;
+use dmsc_core::Rank;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// TCP over nonblocking sockets and `poll(2)`.
+pub struct SocketTransport {
+    mesh: Mesh,
+    wake: Arc<EventFd>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl SocketTransport {
+    pub(crate) fn new(mesh: Mesh) -> Result<SocketTransport> {
+        for c in &mesh.conns {
+            set_nonblocking(c.fd(), true)?;
+        }
+        Ok(SocketTransport {
+            mesh,
+            wake: Arc::new(EventFd::new()?),
+            pollfds: Vec::new(),
+        })
+    }
+
+    /// Move bytes on every connection until the kernel would block.
+    fn pump(&mut self, out: &mut Vec<Completion>) {
+        for c in self.mesh.conns.iter_mut() {
+            while c.has_send() && c.prepare_send() {
+                // SAFETY: send_msg describes iovecs into memory valid per the post_send
+                // contract or owned by the connection.
+                let n = unsafe { libc::sendmsg(c.fd(), &c.send_msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    let e = errno();
+                    if e == libc::EAGAIN || e == libc::EINTR {
+                        break;
+                    }
+                    c.on_error(e, "sendmsg", out);
+                    break;
+                }
+                c.on_sent(n as usize, out);
+            }
+            loop {
+                let (ready, _) = c.prepare_recv();
+                if !ready {
+                    break;
+                }
+                // SAFETY: recv_msg describes iovecs into a validated destination or the
+                // connection's own header buffer.
+                let n = unsafe { libc::recvmsg(c.fd(), &mut c.recv_msg, libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    let e = errno();
+                    if e == libc::EAGAIN || e == libc::EINTR {
+                        break;
+                    }
+                    c.on_error(e, "recvmsg", out);
+                    break;
+                }
+                c.on_received(n as usize, out);
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub(crate) fn set_nonblocking(fd: i32, on: bool) -> Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+        if libc::fcntl(fd, libc::F_SETFL, fl) < 0 {
+            return Err(Error::io("setting O_NONBLOCK", &std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+impl Transport for SocketTransport {
+    fn name(&self) -> &'static str {
+        "tcp-socket"
+    }
+
+    unsafe fn post_send(&mut self, peer: Rank, header: &FrameHeader, data: *const u8, token: Token) -> Result<()> {
+        self.mesh.data(peer)?.push_send(header, data, token);
+        Ok(())
+    }
+
+    unsafe fn post_recv(&mut self, peer: Rank, expect: &FrameHeader, dst: *mut u8, token: Token) -> Result<()> {
+        self.mesh.data(peer)?.push_recv(expect, dst, token);
+        Ok(())
+    }
+
+    fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        if let Ok(c) = self.mesh.control(peer) {
+            c.push_control(payload);
+        }
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
+        let before = out.len();
+        self.pump(out);
+        if out.len() > before || timeout.is_zero() {
+            return Ok(());
+        }
+        self.pollfds.clear();
+        self.pollfds.push(libc::pollfd {
+            fd: self.wake.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for c in &self.mesh.conns {
+            let mut ev = 0;
+            if c.wants_recv() {
+                ev |= libc::POLLIN;
+            }
+            if c.has_send() {
+                ev |= libc::POLLOUT;
+            }
+            self.pollfds.push(libc::pollfd {
+                fd: if ev == 0 { -1 } else { c.fd() },
+                events: ev,
+                revents: 0,
+            });
+        }
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: pollfds is a valid array of pollfd of the given length.
+        let r = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as _, ms) };
+        if r < 0 && errno() != libc::EINTR {
+            return Err(Error::io("poll", &std::io::Error::last_os_error()));
+        }
+        if self.pollfds[0].revents != 0 {
+            self.wake.drain();
+        }
+        self.pump(out);
+        Ok(())
+    }
+
+    fn cancel_all(&mut self) {
+        // Nothing is in the kernel's hands between calls: dropping the queues is enough.
+        for c in self.mesh.conns.iter_mut() {
+            c.clear();
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Waker> {
+        self.wake.clone()
+    }
+}

@@ -1,0 +1,248 @@
+//! The io_uring backend: `sendmsg`/`recvmsg` submitted through an io_uring.
+//!
+//! Each connection has at most one send and one receive in the kernel at a time (a TCP
+//! stream is ordered, so more would only race), and an eventfd read is kept armed so that
+//! another thread can interrupt a blocking wait. `user_data` packs the connection index and
+//! the operation kind, in the manner of tokio's io_uring driver keeping a slab index there.
+//! The iovecs and `msghdr`s the kernel reads live in the boxed connections, which stay put
+//! until every submitted operation has completed: [`Transport::cancel_all`] and `Drop`
+//! cancel in-flight operations and wait for their completions before releasing anything.
+
+use super::wake::EventFd;
+use super::Mesh;
+use dmsc_core::engine::{Completion, Token, Transport, Waker};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::wire::FrameHeader;
+use dmsc_core::Rank;
+use io_uring::{opcode, types, IoUring};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KIND_SEND: u64 = 0;
+const KIND_RECV: u64 = 1;
+const KIND_WAKE: u64 = 2;
+const KIND_CANCEL: u64 = 3;
+
+/// TCP over io_uring.
+pub struct UringTransport {
+    ring: IoUring,
+    mesh: Mesh,
+    send_busy: Vec<bool>,
+    recv_busy: Vec<bool>,
+    wake: Arc<EventFd>,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+}
+
+/// Try to create a ring; `Err` carries the errno when the kernel refuses.
+pub(crate) fn probe_ring(entries: u32) -> std::io::Result<IoUring> {
+    IoUring::builder().build(entries)
+}
+
+impl UringTransport {
+    pub(crate) fn new(mesh: Mesh, ring: IoUring) -> Result<UringTransport> {
+        for c in &mesh.conns {
+            super::socket::set_nonblocking(c.fd(), false)?;
+        }
+        let n = mesh.conns.len();
+        Ok(UringTransport {
+            ring,
+            mesh,
+            send_busy: vec![false; n],
+            recv_busy: vec![false; n],
+            wake: Arc::new(EventFd::new()?),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+        })
+    }
+
+    fn push(&mut self, sqe: &io_uring::squeue::Entry) -> Result<()> {
+        // SAFETY: every entry pushed references memory that outlives its completion
+        // (connection-owned msghdr/iovecs, engine-owned payloads, the boxed wake buffer).
+        unsafe {
+            while self.ring.submission().push(sqe).is_err() {
+                self.ring
+                    .submit()
+                    .map_err(|e| Error::io("io_uring submit", &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submit a send and/or receive for every idle connection with work.
+    fn arm(&mut self) -> Result<()> {
+        if !self.wake_armed {
+            let e = opcode::Read::new(types::Fd(self.wake.raw()), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
+                .build()
+                .user_data(KIND_WAKE);
+            self.push(&e)?;
+            self.wake_armed = true;
+        }
+        for i in 0..self.mesh.conns.len() {
+            if !self.send_busy[i] && self.mesh.conns[i].has_send() && self.mesh.conns[i].prepare_send() {
+                let c = &self.mesh.conns[i];
+                let e = opcode::SendMsg::new(types::Fd(c.fd()), &c.send_msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(((i as u64) << 2) | KIND_SEND);
+                self.push(&e)?;
+                self.send_busy[i] = true;
+            }
+            if !self.recv_busy[i] {
+                let (ready, waitall) = self.mesh.conns[i].prepare_recv();
+                if ready {
+                    let c = &mut self.mesh.conns[i];
+                    let flags = if waitall { libc::MSG_WAITALL } else { 0 };
+                    let e = opcode::RecvMsg::new(types::Fd(c.fd()), &mut c.recv_msg)
+                        .flags(flags as u32)
+                        .build()
+                        .user_data(((i as u64) << 2) | KIND_RECV);
+                    self.push(&e)?;
+                    self.recv_busy[i] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let r = if timeout.is_zero() {
+            self.ring.submit()
+        } else {
+            let ts = types::Timespec::new()
+                .sec(timeout.as_secs())
+                .nsec(timeout.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(Error::io("io_uring_enter", &e)),
+        }
+    }
+
+    /// Apply every completion in the queue.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            let kind = ud & 3;
+            let i = (ud >> 2) as usize;
+            match kind {
+                KIND_WAKE => {
+                    self.wake_armed = false;
+                }
+                KIND_CANCEL => {}
+                KIND_SEND => {
+                    self.send_busy[i] = false;
+                    let c = &mut self.mesh.conns[i];
+                    if res >= 0 {
+                        c.on_sent(res as usize, out);
+                    } else if !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                        c.on_error(-res, "sendmsg", out);
+                    }
+                }
+                _ => {
+                    self.recv_busy[i] = false;
+                    let c = &mut self.mesh.conns[i];
+                    if res >= 0 {
+                        c.on_received(res as usize, out);
+                    } else if !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                        c.on_error(-res, "recvmsg", out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancel everything in the kernel and wait (bounded) until it has all completed.
+    fn quiesce(&mut self) {
+        let mut sink = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..self.mesh.conns.len() {
+            if self.send_busy[i] {
+                ids.push(((i as u64) << 2) | KIND_SEND);
+            }
+            if self.recv_busy[i] {
+                ids.push(((i as u64) << 2) | KIND_RECV);
+            }
+        }
+        if self.wake_armed {
+            ids.push(KIND_WAKE);
+        }
+        for id in ids {
+            let e = opcode::AsyncCancel::new(id).build().user_data(KIND_CANCEL);
+            if self.push(&e).is_err() {
+                break;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (self.send_busy.iter().any(|&b| b) || self.recv_busy.iter().any(|&b| b) || self.wake_armed)
+            && Instant::now() < deadline
+        {
+            if self.wait(Duration::from_millis(10)).is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+        }
+    }
+}
+
+impl Transport for UringTransport {
+    fn name(&self) -> &'static str {
+        "tcp-uring"
+    }
+
+    unsafe fn post_send(&mut self, peer: Rank, header: &FrameHeader, data: *const u8, token: Token) -> Result<()> {
+        self.mesh.data(peer)?.push_send(header, data, token);
+        Ok(())
+    }
+
+    unsafe fn post_recv(&mut self, peer: Rank, expect: &FrameHeader, dst: *mut u8, token: Token) -> Result<()> {
+        self.mesh.data(peer)?.push_recv(expect, dst, token);
+        Ok(())
+    }
+
+    fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        if let Ok(c) = self.mesh.control(peer) {
+            c.push_control(payload);
+        }
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
+        let before = out.len();
+        self.reap(out);
+        self.arm()?;
+        if out.len() > before {
+            self.ring.submit().map_err(|e| Error::io("io_uring submit", &e))?;
+            return Ok(());
+        }
+        self.wait(timeout)?;
+        self.reap(out);
+        // Re-arm right away so the kernel keeps working while the engine computes.
+        self.arm()?;
+        self.ring.submit().map_err(|e| Error::io("io_uring submit", &e))?;
+        Ok(())
+    }
+
+    fn cancel_all(&mut self) {
+        self.quiesce();
+        for c in self.mesh.conns.iter_mut() {
+            c.clear();
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Waker> {
+        self.wake.clone()
+    }
+}
+
+impl Drop for UringTransport {
+    fn drop(&mut self) {
+        self.quiesce();
+    }
+}
