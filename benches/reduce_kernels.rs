@@ -54,8 +54,13 @@ fn in_place(c: &mut Criterion) {
             // Avg combines as Sum: re-measuring it tells nothing new, but keeps the grid whole.
             g.bench_function(BenchmarkId::new(dtype.name(), op.name()), |b| {
                 b.iter(|| {
-                    reduce_in_place(dtype, op, black_box(dst.bytes_mut()), black_box(src.bytes()))
-                        .expect("reduce")
+                    reduce_in_place(
+                        dtype,
+                        op,
+                        black_box(dst.bytes_mut()),
+                        black_box(src.bytes()),
+                    )
+                    .expect("reduce")
                 })
             });
         }

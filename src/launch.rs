@@ -354,9 +354,7 @@ fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration) -> i32 {
             }
         }
     }
-    first_failure
-        .or(interrupted.map(|s| 128 + s))
-        .unwrap_or(0)
+    first_failure.or(interrupted.map(|s| 128 + s)).unwrap_or(0)
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that killed the process.
@@ -410,7 +408,11 @@ fn spawn_forwarder<R: Read + Send + 'static>(
 /// Copy `pipe` to stdout or stderr, each line (prefixed with `[rank] ` if `prefix`) written
 /// whole, so that lines of different ranks never interleave.
 fn forward_lines<R: Read>(rank: usize, pipe: R, to_stderr: bool, prefix: bool) {
-    let skip = if prefix { 0 } else { format!("[{rank}] ").len() };
+    let skip = if prefix {
+        0
+    } else {
+        format!("[{rank}] ").len()
+    };
     prefix_lines(rank, pipe, |line| {
         let line = &line[skip..];
         // Errors (a closed stdout, say) are ignored: the pipe keeps being drained so that
@@ -517,7 +519,10 @@ impl SignalGuard {
                 if libc::sigaction(sig, &new, &mut old) != 0 {
                     let e = io::Error::last_os_error();
                     drop(guard);
-                    return Err(Error::io(format!("installing a handler for signal {sig}"), &e));
+                    return Err(Error::io(
+                        format!("installing a handler for signal {sig}"),
+                        &e,
+                    ));
                 }
                 guard.old.push((sig, old));
             }
@@ -589,7 +594,11 @@ mod tests {
     fn prefixes_lines_and_keeps_raw_bytes() {
         assert_eq!(
             lines_of(3, b"a\n\xff\xfe\nlast"),
-            vec![b"[3] a\n".to_vec(), b"[3] \xff\xfe\n".to_vec(), b"[3] last\n".to_vec()]
+            vec![
+                b"[3] a\n".to_vec(),
+                b"[3] \xff\xfe\n".to_vec(),
+                b"[3] last\n".to_vec()
+            ]
         );
         assert!(lines_of(0, b"").is_empty());
         assert_eq!(lines_of(1, b"\n"), vec![b"[1] \n".to_vec()]);

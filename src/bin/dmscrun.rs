@@ -29,7 +29,11 @@ options:
 enum Cmd {
     Help,
     Version,
-    Run { n: usize, program: OsString, args: Vec<OsString> },
+    Run {
+        n: usize,
+        program: OsString,
+        args: Vec<OsString>,
+    },
 }
 
 fn parse(args: &[OsString]) -> Result<Cmd, String> {
@@ -117,11 +121,17 @@ fn main() -> ExitCode {
         Err(e) => {
             let name = program.to_string_lossy();
             let code = match &e {
-                dmsc::Error::System { errno: Some(libc::ENOENT), .. } => {
+                dmsc::Error::System {
+                    errno: Some(libc::ENOENT),
+                    ..
+                } => {
                     eprintln!("dmscrun: {name}: command not found");
                     127
                 }
-                dmsc::Error::System { errno: Some(libc::EACCES), .. } => {
+                dmsc::Error::System {
+                    errno: Some(libc::EACCES),
+                    ..
+                } => {
                     eprintln!("dmscrun: {name}: permission denied (not executable?)");
                     126
                 }
@@ -154,11 +164,23 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(p(&["-n", "4", "python", "-u", "x.py"]).unwrap(), run(4, "python", &["-u", "x.py"]));
-        assert_eq!(p(&["-n2", "--", "-weird", "-n", "3"]).unwrap(), run(2, "-weird", &["-n", "3"]));
+        assert_eq!(
+            p(&["-n", "4", "python", "-u", "x.py"]).unwrap(),
+            run(4, "python", &["-u", "x.py"])
+        );
+        assert_eq!(
+            p(&["-n2", "--", "-weird", "-n", "3"]).unwrap(),
+            run(2, "-weird", &["-n", "3"])
+        );
         assert_eq!(p(&["--np=3", "sh"]).unwrap(), run(3, "sh", &[]));
-        assert_eq!(p(&["--nproc-per-node", "5", "a"]).unwrap(), run(5, "a", &[]));
-        assert_eq!(p(&["--nproc_per_node=6", "a", "--help"]).unwrap(), run(6, "a", &["--help"]));
+        assert_eq!(
+            p(&["--nproc-per-node", "5", "a"]).unwrap(),
+            run(5, "a", &[])
+        );
+        assert_eq!(
+            p(&["--nproc_per_node=6", "a", "--help"]).unwrap(),
+            run(6, "a", &["--help"])
+        );
         assert_eq!(p(&["-h"]).unwrap(), Cmd::Help);
         assert_eq!(p(&["-n", "2", "--version"]).unwrap(), Cmd::Version);
     }

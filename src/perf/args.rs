@@ -189,7 +189,8 @@ pub fn usage() -> String {
          \x20 -r, --root R              root of broadcast and reduce, -1 for each rank (default 0)\n\
          \x20 -g, --ngpus 1, -t, --nthreads 1   accepted for compatibility (one rank per process)\n\
          \x20     --np N                start N ranks on this machine (else join via dmscrun/env)\n\
-         \x20     --json PATH           rank 0 writes the results as JSON to PATH\n\
+         \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\
+         \x20                           or an array of them for several types/ops/roots)\n\
          \x20 -h, --help                this text\n",
         ops.join(", "),
         types.join(", "),
@@ -256,7 +257,10 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
         [op] => {
             let s = op.to_string_lossy();
             PerfOp::parse(&s).ok_or_else(|| {
-                ArgError(format!("unknown collective '{s}': expected one of {}", op_names()))
+                ArgError(format!(
+                    "unknown collective '{s}': expected one of {}",
+                    op_names()
+                ))
             })?
         }
         [_, extra, ..] => {
@@ -305,9 +309,7 @@ fn apply(
     }
     let name = flag_name(key);
     let Some(v) = raw.to_str() else {
-        return err(format!(
-            "invalid value {raw:?} for {name}: not valid UTF-8"
-        ));
+        return err(format!("invalid value {raw:?} for {name}: not valid UTF-8"));
     };
     let bad = |what: &str| ArgError(format!("invalid value '{v}' for {name}: expected {what}"));
     let size = || parse_size(v).ok_or_else(|| bad("a size in bytes such as 8, 64K, 1M or 2G"));
@@ -317,19 +319,38 @@ fn apply(
         Key::MaxBytes => o.max_bytes = size()?,
         Key::StepBytes => *step_bytes = Some(size()?),
         Key::StepFactor => {
-            *factor = Some(v.trim().parse::<u64>().map_err(|_| bad("a whole factor >= 1"))?)
+            *factor = Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("a whole factor >= 1"))?,
+            )
         }
         Key::Iters => o.iters = uint()?,
         Key::Warmup => o.warmup = uint()?,
         Key::Check => o.check = uint()?,
-        Key::Datatype => o.dtypes = parse_list(v, DataType::ALL.as_slice(), DataType::parse)
-            .map_err(|()| bad(&format!("a data type ({}), a comma list or all", type_names())))?,
-        Key::Op => o.redops = parse_list(v, ReduceOp::ALL.as_slice(), ReduceOp::parse)
-            .map_err(|()| bad(&format!("a reduction ({}), a comma list or all", redop_names())))?,
+        Key::Datatype => {
+            o.dtypes = parse_list(v, DataType::ALL.as_slice(), DataType::parse).map_err(|()| {
+                bad(&format!(
+                    "a data type ({}), a comma list or all",
+                    type_names()
+                ))
+            })?
+        }
+        Key::Op => {
+            o.redops = parse_list(v, ReduceOp::ALL.as_slice(), ReduceOp::parse).map_err(|()| {
+                bad(&format!(
+                    "a reduction ({}), a comma list or all",
+                    redop_names()
+                ))
+            })?
+        }
         Key::Root => {
             o.root = match v.trim() {
                 "-1" | "all" => None,
-                r => Some(r.parse::<usize>().map_err(|_| bad("a rank, or -1 for every rank"))?),
+                r => Some(
+                    r.parse::<usize>()
+                        .map_err(|_| bad("a rank, or -1 for every rank"))?,
+                ),
             }
         }
         Key::Np => match v.trim().parse::<usize>() {
@@ -411,13 +432,35 @@ mod tests {
     #[test]
     fn short_long_and_attached_forms() {
         let o = run(&[
-            "-b", "8", "-e128M", "--stepfactor=4", "--iters", "7", "--warmup-iters=2", "-c0",
-            "all_gather", "-d", "half", "--op", "max", "-r", "3", "--json", "/tmp/x.json",
-            "--np", "4", "-g", "1", "-t1",
+            "-b",
+            "8",
+            "-e128M",
+            "--stepfactor=4",
+            "--iters",
+            "7",
+            "--warmup-iters=2",
+            "-c0",
+            "all_gather",
+            "-d",
+            "half",
+            "--op",
+            "max",
+            "-r",
+            "3",
+            "--json",
+            "/tmp/x.json",
+            "--np",
+            "4",
+            "-g",
+            "1",
+            "-t1",
         ])
         .unwrap();
         assert_eq!(o.op, PerfOp::AllGather);
-        assert_eq!((o.min_bytes, o.max_bytes, o.step), (8, 128 << 20, Step::Factor(4)));
+        assert_eq!(
+            (o.min_bytes, o.max_bytes, o.step),
+            (8, 128 << 20, Step::Factor(4))
+        );
         assert_eq!((o.iters, o.warmup, o.check), (7, 2, 0));
         assert_eq!(o.dtypes, [DataType::Float16]);
         assert_eq!(o.redops, [ReduceOp::Max]);
@@ -439,7 +482,10 @@ mod tests {
 
     #[test]
     fn stepping_by_bytes() {
-        assert_eq!(run(&["all_reduce", "-f", "1"]).unwrap().step, Step::Bytes(1 << 20));
+        assert_eq!(
+            run(&["all_reduce", "-f", "1"]).unwrap().step,
+            Step::Bytes(1 << 20)
+        );
         assert_eq!(
             run(&["all_reduce", "-i", "4K"]).unwrap().step,
             Step::Bytes(4096)
@@ -476,11 +522,20 @@ mod tests {
             (&["all_reduce", "-b"], "-b/--minbytes needs a value"),
             (&["all_reduce", "--frobnicate"], "--frobnicate"),
             (&["all_reduce", "-z", "1"], "'-z'"),
-            (&["all_reduce", "-b", "2M", "-e", "1M"], "-b/--minbytes (2097152)"),
-            (&["all_reduce", "-b", "0"], "-b/--minbytes must be at least 1"),
+            (
+                &["all_reduce", "-b", "2M", "-e", "1M"],
+                "-b/--minbytes (2097152)",
+            ),
+            (
+                &["all_reduce", "-b", "0"],
+                "-b/--minbytes must be at least 1",
+            ),
             (&[], "missing the collective"),
             (&["all_gatherv"], "unknown collective 'all_gatherv'"),
-            (&["all_reduce", "broadcast"], "unexpected argument 'broadcast'"),
+            (
+                &["all_reduce", "broadcast"],
+                "unexpected argument 'broadcast'",
+            ),
         ];
         for (args, want) in cases {
             let e = error(args);
@@ -498,8 +553,22 @@ mod tests {
     fn rank_args_round_trip() {
         for args in [
             &["all_reduce"][..],
-            &["--np", "3", "reduce", "-b", "1K", "-e", "1M", "-d", "all", "-o", "avg,prod"],
-            &["broadcast", "-r", "-1", "-f", "1", "-i", "3", "-c", "2", "--json", "o.json"],
+            &[
+                "--np", "3", "reduce", "-b", "1K", "-e", "1M", "-d", "all", "-o", "avg,prod",
+            ],
+            &[
+                "broadcast",
+                "-r",
+                "-1",
+                "-f",
+                "1",
+                "-i",
+                "3",
+                "-c",
+                "2",
+                "--json",
+                "o.json",
+            ],
         ] {
             let mut o = run(args).unwrap();
             let strs: Vec<String> = o

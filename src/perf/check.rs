@@ -88,7 +88,7 @@ impl CheckSpec {
         match self.redop {
             ReduceOp::Sum | ReduceOp::Avg => (h % 4) as i64 + 1,
             ReduceOp::Prod => {
-                if r.wrapping_add(i).wrapping_add(s) % 8 == 0 {
+                if r.wrapping_add(i).wrapping_add(s) & 7 == 0 {
                     2
                 } else {
                     1
@@ -332,13 +332,26 @@ mod tests {
     #[test]
     fn reference_results_pass_and_corruption_is_counted() {
         for op in PerfOp::ALL {
-            let redops: &[ReduceOp] = if op.reduces() { &ReduceOp::ALL } else { &[ReduceOp::Sum] };
+            let redops: &[ReduceOp] = if op.reduces() {
+                &ReduceOp::ALL
+            } else {
+                &[ReduceOp::Sum]
+            };
             for &redop in redops {
                 for dtype in DataType::ALL {
                     for nranks in [1, 2, 3, 5, 8] {
                         for (seed, count) in [(0, 0), (1, 1), (2, 37)] {
                             let root = nranks / 2;
-                            let base = CheckSpec { op, dtype, redop, nranks, rank: 0, root, count, seed };
+                            let base = CheckSpec {
+                                op,
+                                dtype,
+                                redop,
+                                nranks,
+                                rank: 0,
+                                root,
+                                count,
+                                seed,
+                            };
                             check_all_ranks(base, false);
                             check_all_ranks(base, true);
                         }
@@ -383,10 +396,19 @@ mod tests {
         // Rank 2's block is in place at elements 8..12 and right; the rest is sentinel.
         let wrong = base.count_wrong(&buf, true);
         assert_eq!(wrong, 8);
-        let rs = CheckSpec { op: PerfOp::ReduceScatter, nranks: 1, rank: 0, ..base };
+        let rs = CheckSpec {
+            op: PerfOp::ReduceScatter,
+            nranks: 1,
+            rank: 0,
+            ..base
+        };
         let mut buf = vec![0u8; 4 * 4];
         rs.fill_in_place(&mut buf);
-        assert_eq!(rs.count_wrong(&buf, true), 0, "one rank: the input is the result");
+        assert_eq!(
+            rs.count_wrong(&buf, true),
+            0,
+            "one rank: the input is the result"
+        );
     }
 
     #[test]
@@ -420,7 +442,12 @@ mod tests {
         assert!(f(f64::INFINITY, f64::INFINITY));
         assert!(!f(1.0, f64::NAN));
         assert!(!matches(DataType::Int8, 2, Value::Int(1), Value::Int(2)));
-        assert!(!matches(DataType::Int8, 2, Value::Int(1), Value::Float(1.0)));
+        assert!(!matches(
+            DataType::Int8,
+            2,
+            Value::Int(1),
+            Value::Float(1.0)
+        ));
     }
 
     #[test]

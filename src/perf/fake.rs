@@ -78,8 +78,16 @@ pub fn reference(
             reduce_blocks(&mine, dtype, op, reverse)
         }
         CollKind::Broadcast => AlignedBuf::from_bytes(contribs[root]),
-        CollKind::AllGather => AlignedBuf::from_bytes(&(0..n).flat_map(|r| block(r, 0).to_vec()).collect::<Vec<u8>>()),
-        CollKind::AllToAll => AlignedBuf::from_bytes(&(0..n).flat_map(|r| block(r, me).to_vec()).collect::<Vec<u8>>()),
+        CollKind::AllGather => AlignedBuf::from_bytes(
+            &(0..n)
+                .flat_map(|r| block(r, 0).to_vec())
+                .collect::<Vec<u8>>(),
+        ),
+        CollKind::AllToAll => AlignedBuf::from_bytes(
+            &(0..n)
+                .flat_map(|r| block(r, me).to_vec())
+                .collect::<Vec<u8>>(),
+        ),
         CollKind::SendRecv => AlignedBuf::from_bytes(contribs[(me + n - 1) % n]),
         other => panic!("the fake has no {other}"),
     })
@@ -90,7 +98,12 @@ impl FakeComm {
     fn exchange<T>(&self, mine: &[u8], f: impl FnOnce(&[&[u8]]) -> T) -> T {
         *self.group.slots[self.rank].lock().expect("slot") = AlignedBuf::from_bytes(mine);
         self.group.barrier.wait();
-        let guards: Vec<_> = self.group.slots.iter().map(|s| s.lock().expect("slot")).collect();
+        let guards: Vec<_> = self
+            .group
+            .slots
+            .iter()
+            .map(|s| s.lock().expect("slot"))
+            .collect();
         let all: Vec<&[u8]> = guards.iter().map(|g| g.bytes()).collect();
         let out = f(&all);
         drop(guards);
@@ -140,8 +153,16 @@ impl PerfComm for FakeComm {
                 i.to_vec()
             }
             None => {
-                assert_eq!(output.len(), send.max(recv), "rank {me}: {kind} in-place length");
-                let at = if kind == CollKind::AllGather { me * b } else { 0 };
+                assert_eq!(
+                    output.len(),
+                    send.max(recv),
+                    "rank {me}: {kind} in-place length"
+                );
+                let at = if kind == CollKind::AllGather {
+                    me * b
+                } else {
+                    0
+                };
                 output[at..at + send].to_vec()
             }
         };

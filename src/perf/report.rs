@@ -285,7 +285,7 @@ mod tests {
             (0.0001, "0.0001"),
             (0.00001234, "1.234e-05"),
             (12.5, "12.5"),
-            (3.14159265, "3.14159"),
+            (1.23456789, "1.23457"),
             (100.0, "100"),
             (f64::INFINITY, "inf"),
         ] {
@@ -319,8 +319,14 @@ mod tests {
         );
         // Every column ends where its header ends.
         assert_eq!(row.len(), lines[n - 2].len());
-        assert_eq!(row_half(1.0, 1.0, 1.0, None), "     1.00    1.00    1.00    N/A");
-        assert_eq!(row_half(1.0, 1.0, 1.0, Some(1234567)), "     1.00    1.00    1.00  1.23457e+06");
+        assert_eq!(
+            row_half(1.0, 1.0, 1.0, None),
+            "     1.00    1.00    1.00    N/A"
+        );
+        assert_eq!(
+            row_half(1.0, 1.0, 1.0, Some(1234567)),
+            "     1.00    1.00    1.00  1.23457e+06"
+        );
         assert_eq!(row_half_absent().len(), row_half(1.0, 1.0, 1.0, None).len());
     }
 

@@ -158,7 +158,11 @@ impl Call {
         if s.op.has_root() {
             d += &format!(", root {}", s.root);
         }
-        d += if in_place { "), in place" } else { "), out of place" };
+        d += if in_place {
+            "), in place"
+        } else {
+            "), out of place"
+        };
         d
     }
 
@@ -169,15 +173,9 @@ impl Call {
                 let (n, r) = (s.nranks, s.rank);
                 comm.send_recv_bytes(input.unwrap_or(&[]), (r + 1) % n, output, (r + n - 1) % n)
             }
-            op => comm.collective_bytes(
-                op.kind(),
-                input,
-                output,
-                s.count,
-                s.dtype,
-                s.redop,
-                s.root,
-            ),
+            op => {
+                comm.collective_bytes(op.kind(), input, output, s.count, s.dtype, s.redop, s.root)
+            }
         }
     }
 }
@@ -204,12 +202,20 @@ fn measure(
     };
     fill(&call.spec, &mut input, &mut output);
     for _ in 0..o.warmup {
-        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+        call.run(
+            comm,
+            (!in_place).then_some(input.bytes()),
+            output.bytes_mut(),
+        )?;
     }
     comm.barrier()?;
     let start = Instant::now();
     for _ in 0..o.iters {
-        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+        call.run(
+            comm,
+            (!in_place).then_some(input.bytes()),
+            output.bytes_mut(),
+        )?;
     }
     let secs = start.elapsed().as_secs_f64() / f64::from(o.iters.max(1));
     let secs = max_over_ranks(comm, secs)?;
@@ -221,7 +227,11 @@ fn measure(
         *seed += 1;
         call.spec.seed = *seed;
         fill(&call.spec, &mut input, &mut output);
-        call.run(comm, (!in_place).then_some(input.bytes()), output.bytes_mut())?;
+        call.run(
+            comm,
+            (!in_place).then_some(input.bytes()),
+            output.bytes_mut(),
+        )?;
         wrong += call.spec.count_wrong(output.bytes(), in_place);
     }
     Ok((secs, Some(sum_over_ranks(comm, wrong)?)))
@@ -370,7 +380,11 @@ pub fn benchmark(
     if bw_count > 0 {
         summary.avg_busbw = bw_sum / f64::from(bw_count);
     }
-    let _ = write!(out, "{}", report::footer(summary.wrong_rows, summary.avg_busbw));
+    let _ = write!(
+        out,
+        "{}",
+        report::footer(summary.wrong_rows, summary.avg_busbw)
+    );
     let _ = out.flush();
     Ok(summary)
 }
@@ -486,7 +500,10 @@ mod tests {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("rank")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank"))
+                .collect()
         });
         let text = String::from_utf8(results[0].0.clone()).expect("utf8");
         (text, results.into_iter().map(|r| r.1).collect())
@@ -539,6 +556,7 @@ mod tests {
             let o = Options {
                 min_bytes: 1024,
                 max_bytes: 1024,
+                root: Some(1), // reduce delivers only to the root: corrupt the root
                 ..opts(op)
             };
             let (text, summaries) = run_fake(3, &o, Some(1));
@@ -558,7 +576,10 @@ mod tests {
         };
         let (text, s) = run_fake(2, &o, Some(0));
         assert_eq!(s[0].wrong_total, 0);
-        assert!(text.lines().filter(|l| !l.starts_with('#')).all(|l| l.ends_with("N/A")));
+        assert!(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.ends_with("N/A")));
         assert!(s[0].runs[0].rows.iter().all(|r| r.wrong.is_none()));
     }
 
@@ -573,7 +594,10 @@ mod tests {
         let row = &s[0].runs[0].rows[0];
         // 250 floats / 3 ranks = 83 -> 80 per rank (16-byte multiple); 240 floats printed.
         assert_eq!((row.size, row.count), (960, 80));
-        assert!(text.contains("         960            80     float    none      -1"), "{text}");
+        assert!(
+            text.contains("         960            80     float    none      -1"),
+            "{text}"
+        );
         let bus = row.algbw * 2.0 / 3.0;
         assert!((row.busbw - bus).abs() <= 1e-9 * bus.max(1.0));
     }

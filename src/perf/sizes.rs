@@ -142,7 +142,17 @@ mod tests {
         assert_eq!(parse_size("1.5K"), Some(1536));
         assert_eq!(parse_size("0.3"), Some(0));
         assert_eq!(parse_size(" 16 M"), Some(16 << 20));
-        for bad in ["", "K", "-8", "8T", "1e3", "abc", "8KB", "1.2.3", "99999999999G"] {
+        for bad in [
+            "",
+            "K",
+            "-8",
+            "8T",
+            "1e3",
+            "abc",
+            "8KB",
+            "1.2.3",
+            "99999999999G",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
         assert_eq!(parse_size("17179869184G"), None, "2^64 overflows");
@@ -158,7 +168,10 @@ mod tests {
         assert_eq!(sizes(0, 3, Step::Bytes(1)), [0, 1, 2, 3]);
         assert_eq!(sizes(1, 0, Step::Bytes(1)), Vec::<u64>::new());
         assert_eq!(sizes(0, 8, Step::Factor(2)), [0], "0 never grows");
-        assert_eq!(sizes(u64::MAX - 1, u64::MAX, Step::Bytes(5)), [u64::MAX - 1]);
+        assert_eq!(
+            sizes(u64::MAX - 1, u64::MAX, Step::Bytes(5)),
+            [u64::MAX - 1]
+        );
         assert_eq!(sizes(1 << 63, u64::MAX, Step::Factor(2)), [1 << 63]);
     }
 
@@ -174,7 +187,10 @@ mod tests {
         assert_eq!(l.size_bytes, 262140 * 4);
         // reduce_scatter of int8: per-rank count a multiple of 16.
         let l = layout(PerfOp::ReduceScatter, 1000, Int8, 3);
-        assert_eq!((l.count, l.send, l.recv, l.size_bytes), (320, 960, 320, 960));
+        assert_eq!(
+            (l.count, l.send, l.recv, l.size_bytes),
+            (320, 960, 320, 960)
+        );
         // all_to_all of double: per-rank count even.
         let l = layout(PerfOp::AllToAll, 1024, Float64, 5);
         assert_eq!((l.count, l.send, l.recv, l.size_bytes), (24, 120, 120, 960));
@@ -185,7 +201,10 @@ mod tests {
         // broadcast / reduce / sendrecv: the total.
         for op in [PerfOp::Broadcast, PerfOp::Reduce, PerfOp::SendRecv] {
             let l = layout(op, 1001, Float16, 8);
-            assert_eq!((l.count, l.send, l.recv, l.size_bytes), (500, 500, 500, 1000));
+            assert_eq!(
+                (l.count, l.send, l.recv, l.size_bytes),
+                (500, 500, 500, 1000)
+            );
         }
         let l = layout(PerfOp::ReduceScatter, 4096, Bfloat16, 4);
         assert_eq!(l.in_place(), 2048);

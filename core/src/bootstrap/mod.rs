@@ -3,7 +3,7 @@
 //! Two ways in, both ending at a small key-value store served by rank 0 (or by a standalone
 //! `dmsc-store` process):
 //!
-//! * **From the environment** ([`env`]): a launcher (dmscrun, torchrun, Open MPI's `mpirun`,
+//! * **From the environment** ([`mod@env`]): a launcher (dmscrun, torchrun, Open MPI's `mpirun`,
 //!   Slurm's `srun`, or explicit `DMSC_*` variables) tells every process its rank, the world
 //!   size and the store's `host:port`; rank 0 serves the store, everyone connects. This is
 //!   torch.distributed's `env://` init with its `TCPStore`.

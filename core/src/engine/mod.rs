@@ -337,6 +337,13 @@ impl Engine {
                 }
             }
             self.completions = comps;
+            if let Err(Error::PeerLost { .. }) = &result {
+                // A peer that failed first tells everyone why, then exits: prefer its reason
+                // to the bare loss of its connection.
+                if let Some(cause) = self.root_cause(Duration::from_millis(100)) {
+                    return Err(cause);
+                }
+            }
             result?;
             if progressed {
                 ex.pump(&mut *self.transport, &mut self.pool)?;
@@ -344,6 +351,26 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Wait up to `grace` for a peer's `Failed` control message and return it as an error.
+    fn root_cause(&mut self, grace: Duration) -> Option<Error> {
+        let until = Instant::now() + grace;
+        let mut comps = Vec::new();
+        while Instant::now() < until {
+            comps.clear();
+            if self.transport.poll(&mut comps, Duration::from_millis(5)).is_err() {
+                return None;
+            }
+            for c in comps.drain(..) {
+                if let Completion::Control { peer, payload } = c {
+                    if let Err(e) = self.on_control(peer, &payload) {
+                        return Some(e);
+                    }
+                }
+            }
+        }
+        None
     }
 
     fn describe(&self, ex: &Exec) -> String {

@@ -70,7 +70,11 @@ pub fn broadcast(rank: Rank, n: usize, root: Rank, count: usize, inplace: bool) 
 pub fn reduce(rank: Rank, n: usize, root: Rank, count: usize, avg: bool) -> Schedule {
     let v = sub(rank, root, n);
     let all = |buf| Slice::new(buf, 0, count);
-    let acc = if v == 0 { BufId::Output } else { BufId::Scratch };
+    let acc = if v == 0 {
+        BufId::Output
+    } else {
+        BufId::Scratch
+    };
     // v receives in rounds below its lowest set bit (all rounds for the root), then sends.
     let last_round = if v == 0 {
         rounds(n)

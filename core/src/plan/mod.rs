@@ -131,7 +131,7 @@ pub fn plan(
             Algo::Ring => ring_all_reduce::plan(rank, nranks, count, avg),
             Algo::Tree => tree::plan(rank, nranks, count, seg, avg),
         },
-        CollKind::ReduceScatter => reduce_scatter::plan(rank, nranks, count, inplace),
+        CollKind::ReduceScatter => reduce_scatter::plan(rank, nranks, count, inplace, avg),
         CollKind::AllGather => all_gather::plan(rank, nranks, count, inplace),
         CollKind::Broadcast => match algo {
             Algo::Ring => chain::broadcast(rank, nranks, desc.root, count, seg, inplace),
@@ -264,8 +264,9 @@ pub fn plan_all_to_all_v(
 /// given order. `P2p::Send` sends `Group(buf)[0..len]` to `peer`; `P2p::Recv` receives
 /// `len` elements from `peer` into `Group(buf)[0..len]`.
 ///
-/// Operations of length 0 are dropped (both sides must agree on lengths anyway); sends to
-/// and receives from `rank` itself are paired in order and become local copies.
+/// Action `i` of the step is the `i`-th operation whose peer is not `rank` (zero-length ones
+/// included); sends to and receives from `rank` itself are paired in order and become local
+/// copies after the transfers. An empty group (or one of self copies only) has no transfers.
 ///
 /// # Errors
 ///

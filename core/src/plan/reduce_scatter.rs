@@ -10,14 +10,17 @@
 //! blocks they belong to, as NCCL does. Out of place `Input` is never written: each step's
 //! partial sum goes alternately to `Output` and to a scratch block (`count` elements, when
 //! `n >= 3`), arranged so that the last step lands in `Output`.
+//!
+//! Steps: `n-1`, plus one local step dividing the result for `Avg`.
 
-use super::timeline::Timeline;
 use super::sub;
+use super::timeline::Timeline;
 use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::Rank;
 
-/// Rank `rank`'s ring reduce-scatter of blocks of `count` elements over `n >= 2` ranks.
-pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
+/// Rank `rank`'s ring reduce-scatter of blocks of `count` elements over `n >= 2` ranks;
+/// `avg` divides the result in a final local step.
+pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool, avg: bool) -> Schedule {
     let (next, prev) = ((rank + 1) % n, sub(rank, 1, n));
     let input = |b: usize| Slice::new(BufId::Input, b * count, count);
     // Where the partial sum received at step s lives.
@@ -48,6 +51,14 @@ pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
                 peer: prev,
                 local: input(recv_b),
                 dst: slot(s, recv_b),
+            },
+        );
+    }
+    if avg {
+        t.at(
+            n - 1,
+            Action::Scale {
+                dst: Slice::new(BufId::Output, 0, count),
             },
         );
     }

@@ -4,8 +4,13 @@
 //! A group becomes a single step holding all its transfers, so they proceed concurrently
 //! and two ranks that send to each other cannot deadlock, whatever the order in which each
 //! listed its operations. Messages between a pair are matched in the order the operations
-//! were listed. Zero-length operations are dropped; sends to and receives from the rank
-//! itself are paired in order and become local copies.
+//! were listed.
+//!
+//! Layout of the step, which the engine relies on to label frames per operation: action `i`
+//! is the `i`-th operation whose peer is not the rank itself, in the given order (zero-length
+//! operations included: they are messages the caller asked for, and the peer has the
+//! matching one). Sends to and receives from the rank itself are paired in order and become
+//! local copies, placed after all transfers.
 
 use crate::error::{Error, Result};
 use crate::schedule::{Action, BufId, Schedule, Slice};
@@ -46,9 +51,6 @@ pub(crate) fn plan(rank: Rank, n: usize, ops: &[P2p]) -> Result<Schedule> {
                 "peer {peer} of send/recv operation #{i} is out of range for {n} ranks"
             )));
         }
-        if len == 0 {
-            continue;
-        }
         let slice = Slice::new(BufId::Group(buf), 0, len);
         match *op {
             P2p::Send { .. } if peer == rank => self_sends.push(slice),
@@ -72,10 +74,10 @@ pub(crate) fn plan(rank: Rank, n: usize, ops: &[P2p]) -> Result<Schedule> {
                 src.len, dst.len
             )));
         }
-        actions.push(Action::Copy { src, dst });
+        if src.len > 0 {
+            actions.push(Action::Copy { src, dst });
+        }
     }
-    // Local copies first: the order in which the step runs them anyway.
-    actions.sort_by_key(|a| !a.is_local());
     let mut s = Schedule::default();
     s.push(actions);
     Ok(s)

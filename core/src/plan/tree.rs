@@ -125,7 +125,10 @@ fn btree_node(n: usize, r: Rank) -> (Option<Rank>, Vec<Rank>) {
 pub fn double_tree(n: usize) -> [Tree; 2] {
     let t0 = Tree::from_fn(n, |r| btree_node(n, r));
     let (to, from): (Box<dyn Fn(Rank) -> Rank>, Box<dyn Fn(Rank) -> Rank>) = if n % 2 == 1 {
-        (Box::new(move |r| (r + 1) % n), Box::new(move |r| (r + n - 1) % n))
+        (
+            Box::new(move |r| (r + 1) % n),
+            Box::new(move |r| (r + n - 1) % n),
+        )
     } else {
         (Box::new(move |r| n - 1 - r), Box::new(move |r| n - 1 - r))
     };
@@ -211,7 +214,14 @@ fn place(
         for (i, &c) in kids.iter().enumerate() {
             let local = if i == 0 { input(s) } else { output(s) };
             let dst = output(s);
-            t.at(tm.up[c] + k, Action::RecvReduce { peer: c, local, dst });
+            t.at(
+                tm.up[c] + k,
+                Action::RecvReduce {
+                    peer: c,
+                    local,
+                    dst,
+                },
+            );
         }
         let partial = if kids.is_empty() { input(s) } else { output(s) };
         match tree.parent[v] {

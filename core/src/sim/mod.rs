@@ -333,7 +333,9 @@ impl<'a> Run<'a> {
                 .checked_add(slice.len)
                 .and_then(|end| Some((slice.offset.checked_mul(esize)?, end.checked_mul(esize)?)));
             match (available, range) {
-                (Some(have), Some((start, end))) if end <= have => Ok(mem.loc(slice.buf, start, end)),
+                (Some(have), Some((start, end))) if end <= have => {
+                    Ok(mem.loc(slice.buf, start, end))
+                }
                 _ => Err(SimError::OutOfBounds {
                     rank: r,
                     step: s,
@@ -427,7 +429,9 @@ impl<'a> Run<'a> {
         let Action::Send { src, .. } = self.ranks[sender].schedule.steps[sstep].actions[sa] else {
             return Ok(false);
         };
-        let data = self.ranks[sender].mem.read(self.cur[sender].touch[sa].reads[0]);
+        let data = self.ranks[sender]
+            .mem
+            .read(self.cur[sender].touch[sa].reads[0]);
         self.deliver(receiver, ra, sender, seq, &data, src.len, sstep)?;
         self.cur[r].pending.retain(|&x| x != a);
         self.cur[peer].pending.retain(|&x| x != b);

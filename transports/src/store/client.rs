@@ -59,21 +59,11 @@ impl StoreClient {
         let mut last = String::from("the deadline passed before a connection was tried");
         loop {
             match try_connect(&addr, deadline) {
-                Ok(stream) => {
-                    let mut c = StoreClient::new(stream, timeout)?;
-                    let now = Instant::now();
-                    let ping = deadline.min(after(now, MAX_PING)).max(after(now, MIN_PING));
-                    match c.call_until(&Request::Check { keys: Vec::new() }, ping) {
-                        Ok(Response::Bool(_)) => return Ok(c),
-                        Ok(other) => return Err(c.unexpected("check", &other)),
-                        // Garbage, or silence: something else listens there.
-                        Err(e @ (Error::Protocol { .. } | Error::Timeout { .. })) => {
-                            return Err(not_a_store(&addr, e))
-                        }
-                        // Refused (e.g. too many connections) or reset: try again.
-                        Err(e) => last = e.to_string(),
-                    }
-                }
+                Ok(stream) => match StoreClient::greet(stream, timeout, deadline) {
+                    Ok(c) => return Ok(c),
+                    Err(Greeting::Retry(why)) => last = why,
+                    Err(Greeting::NotAStore(e)) => return Err(not_a_store(&addr, e)),
+                },
                 Err(Some(e)) => last = e,
                 Err(None) => {}
             }
@@ -95,18 +85,35 @@ impl StoreClient {
         }
     }
 
-    fn new(stream: TcpStream, timeout: Duration) -> Result<StoreClient> {
+    /// Check that a fresh connection leads to a dmsc store, with a no-op request.
+    fn greet(
+        stream: TcpStream,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> std::result::Result<StoreClient, Greeting> {
         let addr = stream
             .peer_addr()
-            .map_err(|e| Error::io("reading the store connection's address", &e))?;
+            .map_err(|e| Greeting::Retry(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        Ok(StoreClient {
+        let mut c = StoreClient {
             stream,
             addr,
             timeout,
             broken: None,
             buf: Vec::new(),
-        })
+        };
+        let now = Instant::now();
+        let ping = deadline.min(after(now, MAX_PING)).max(after(now, MIN_PING));
+        match c.call_until(&Request::Check { keys: Vec::new() }, ping) {
+            Ok(Response::Bool(_)) => Ok(c),
+            Ok(other) => Err(Greeting::NotAStore(c.unexpected("check", &other))),
+            // Garbage, or silence: something else listens there.
+            Err(e @ (Error::Protocol { .. } | Error::Timeout { .. })) => {
+                Err(Greeting::NotAStore(e))
+            }
+            // Refused (e.g. too many connections) or reset: worth another try.
+            Err(e) => Err(Greeting::Retry(e.to_string())),
+        }
     }
 
     /// The store's address.
@@ -391,6 +398,14 @@ impl StoreClient {
 fn after(start: Instant, d: Duration) -> Instant {
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
     start.checked_add(d.min(YEAR)).unwrap_or(start)
+}
+
+/// How a fresh connection's check went wrong.
+enum Greeting {
+    /// Try again after a pause, with this reason.
+    Retry(String),
+    /// Something that is not a dmsc store answered.
+    NotAStore(Error),
 }
 
 /// A duration in whole milliseconds, rounded up so a short positive wait is not zero.

@@ -268,11 +268,11 @@ mod tests {
         let run = |ranks: Vec<usize>, timeout: Duration| {
             let threads: Vec<_> = ranks
                 .into_iter()
-                .map(|r| {
-                    thread::spawn(move || {
-                        let mut c = StoreClient::connect(addr, LONG).unwrap();
-                        c.exchange("ex", r, 4, &[r as u8; 3], timeout)
-                    })
+                .map(|r| (r, StoreClient::connect(addr, LONG).unwrap()))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|(r, mut c)| {
+                    thread::spawn(move || c.exchange("ex", r, 4, &[r as u8; 3], timeout))
                 })
                 .collect();
             threads
@@ -289,7 +289,7 @@ mod tests {
         for r in 0..4 {
             c.delete(&format!("ex/{r}")).unwrap();
         }
-        for res in run(vec![0, 1, 3], Duration::from_millis(300)) {
+        for res in run(vec![0, 1, 3], Duration::from_secs(1)) {
             match res {
                 Err(Error::Timeout { missing, .. }) => assert_eq!(missing, vec![2]),
                 other => panic!("{other:?}"),
@@ -418,13 +418,16 @@ mod tests {
     fn shutdown_wakes_waiters_and_hung_up_waits_end() {
         let s = server();
         let addr = s.local_addr();
-        // A client that asks for a long wait and hangs up: its server thread must notice.
+        // A client that asks for a long wait, sends one more request and hangs up: its
+        // server thread must notice, though an unread request precedes the FIN.
         let mut raw = TcpStream::connect(addr).unwrap();
         let wait = Request::Wait {
             keys: vec!["never".into()],
             timeout_ms: 3_600_000,
         };
         raw.write_all(&wait.encode().unwrap()).unwrap();
+        let check = Request::Check { keys: vec![] };
+        raw.write_all(&check.encode().unwrap()).unwrap();
         eventually("connection counted", || s.connections() == 1);
         drop(raw);
         eventually("hung-up wait ended", || s.connections() == 0);

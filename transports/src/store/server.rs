@@ -35,6 +35,8 @@ const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stack of a connection thread: the handler is shallow.
 const CONN_STACK: usize = 256 << 10;
+/// Longest wait for the connection that wakes the accept thread at shutdown.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Receive buffers larger than this are released after their frame.
 const KEEP_BUF: usize = 64 << 10;
 
@@ -155,6 +157,11 @@ impl StoreServer {
         // shutdown(2) on a listening socket makes a blocked accept(2) return EINVAL on Linux;
         // it closes nothing, so the fd stays valid for the accept thread.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        // Belt and braces for kernels (or sandboxes) where that does not wake accept: a
+        // connection does, and the accept thread then sees `stop`.
+        if !accept.is_finished() {
+            let _ = TcpStream::connect_timeout(&super::reachable(self.addr), WAKE_TIMEOUT);
+        }
         let _ = accept.join();
         // Taking the lock orders this after any waiter's check of `stop`, so none misses the
         // notification.
@@ -481,19 +488,17 @@ fn wait_for<'a>(
     }
 }
 
-/// Has the client closed (or reset) its connection? Peeks without consuming.
+/// Has the client closed (or reset) its connection? `POLLRDHUP` reports the peer's FIN even
+/// when unread bytes are queued before it.
 fn peer_closed(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut b = [0u8; 1];
-    let closed = match stream.peek(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
+    let mut p = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
     };
-    stream.set_nonblocking(false).is_err() || closed
+    // SAFETY: one valid pollfd whose fd is owned by `stream` for the whole call; a zero
+    // timeout makes poll(2) return at once.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    n > 0 && p.revents & hung_up != 0
 }

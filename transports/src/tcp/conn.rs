@@ -62,6 +62,8 @@ pub(crate) struct Conn {
     scatter: bool,
     ctrl_buf: Vec<u8>,
     pub(crate) dead: bool,
+    /// The peer closed its end cleanly while nothing was expected from it.
+    eof: bool,
     pub(crate) send_iov: [libc::iovec; 2],
     pub(crate) recv_iov: [libc::iovec; 2],
     pub(crate) send_msg: libc::msghdr,
@@ -93,6 +95,7 @@ impl Conn {
             scatter: false,
             ctrl_buf: Vec::new(),
             dead: false,
+            eof: false,
             send_iov: [zero_iov; 2],
             recv_iov: [zero_iov; 2],
             send_msg: zero_msg,
@@ -150,7 +153,8 @@ impl Conn {
     /// True when the connection wants bytes: always for control, when a receive is posted
     /// (or a frame is half read) for data.
     pub(crate) fn wants_recv(&self) -> bool {
-        !self.dead && (self.role == Role::Control || self.rgot > 0 || !self.recvq.is_empty())
+        !self.dead
+            && ((self.role == Role::Control && !self.eof) || self.rgot > 0 || !self.recvq.is_empty())
     }
 
     /// Fill `send_iov`/`send_msg` for the next bytes to send. Returns false when idle.
@@ -265,7 +269,13 @@ impl Conn {
     /// Account `n` bytes received (0 = end of stream).
     pub(crate) fn on_received(&mut self, n: usize, out: &mut Vec<Completion>) {
         if n == 0 {
-            self.fail(out, "connection closed by the peer".into());
+            // A peer that finished and exited closes its connections; that is only an error
+            // when something is still expected from it.
+            if self.rgot == 0 && self.recvq.is_empty() {
+                self.eof = true;
+            } else {
+                self.fail(out, "connection closed by the peer".into());
+            }
             return;
         }
         let before = self.rgot;

@@ -212,7 +212,11 @@ fn compare_reduction(c: &Case, what: &str, got: &[u8], parts: &[&[u8]]) -> Resul
     let vals: Vec<Vec<f64>> = parts.iter().map(|p| decode_float(c.dtype, p)).collect();
     let got = decode_float(c.dtype, got);
     if got.len() != vals[0].len() {
-        return Err(format!("{what}: {} elements, want {}", got.len(), vals[0].len()));
+        return Err(format!(
+            "{what}: {} elements, want {}",
+            got.len(),
+            vals[0].len()
+        ));
     }
     let u = unit_roundoff(c.dtype);
     for (i, g) in got.iter().enumerate() {
@@ -269,11 +273,15 @@ fn check_static(c: &Case, rank: usize, s: &Schedule) -> Result<(), String> {
         if c.count == 0 && !s.steps.is_empty() {
             return Err(format!("rank {rank}: count 0 but {} steps", s.steps.len()));
         }
-        if let Some(a) = actions().find(|a| !a.is_local() && a.reads().chain(a.writes()).any(|x| x.len == 0)) {
+        if let Some(a) =
+            actions().find(|a| !a.is_local() && a.reads().chain(a.writes()).any(|x| x.len == 0))
+        {
             return Err(format!("rank {rank}: zero-length transfer {a:?}"));
         }
     }
-    if let Some(a) = actions().find(|a| a.reads().chain(a.writes()).any(|x| x.len == 0) && a.is_local()) {
+    if let Some(a) =
+        actions().find(|a| a.reads().chain(a.writes()).any(|x| x.len == 0) && a.is_local())
+    {
         return Err(format!("rank {rank}: zero-length local action {a:?}"));
     }
     if !c.inplace {
@@ -286,7 +294,9 @@ fn check_static(c: &Case, rank: usize, s: &Schedule) -> Result<(), String> {
             a.writes()
                 .is_some_and(|w| w.buf == BufId::Output || (c.inplace && w.buf == BufId::Input))
         }) {
-            return Err(format!("rank {rank}: non-root reduce writes the user buffer: {a:?}"));
+            return Err(format!(
+                "rank {rank}: non-root reduce writes the user buffer: {a:?}"
+            ));
         }
     }
     if s.scratch_elems > in_elems.max(out_elems) {
@@ -307,13 +317,14 @@ pub(super) fn check(c: &Case) -> Result<(), String> {
         check_static(c, r, &s)?;
     }
     let ins = inputs(c);
-    let run = run_collective(&desc, c.n, c.inplace, &cfg, &ins, c.mode)
-        .map_err(|e| e.to_string())?;
+    let run =
+        run_collective(&desc, c.n, c.inplace, &cfg, &ins, c.mode).map_err(|e| e.to_string())?;
     if !c.inplace && run.inputs != ins {
         return Err("out of place, but an input changed".into());
     }
     let w = c.dtype.size();
-    let blk = |b: &Vec<u8>, i: usize| -> Vec<u8> { b[i * c.count * w..(i + 1) * c.count * w].to_vec() };
+    let blk =
+        |b: &Vec<u8>, i: usize| -> Vec<u8> { b[i * c.count * w..(i + 1) * c.count * w].to_vec() };
     for (r, out) in run.outputs.iter().enumerate() {
         let what = format!("rank {r} output");
         match c.kind {
@@ -361,7 +372,12 @@ pub(super) fn check_all(cases: impl IntoIterator<Item = Case>) -> usize {
         failures.is_empty(),
         "{} of {n} cases failed; first ones:\n{}",
         failures.len(),
-        failures.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     n
 }

@@ -6,9 +6,14 @@ use crate::sim::SendMode;
 use crate::types::{DataType, ReduceOp};
 use proptest::prelude::*;
 
+/// `cases` random cases, or `PROPTEST_CASES` of them when set (for long release runs:
+/// `PROPTEST_CASES=20000 cargo test --release -p dmsc-core --lib plan::tests::props`).
 fn config(cases: u32) -> ProptestConfig {
+    let env = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     ProptestConfig {
-        cases,
+        cases: env.unwrap_or(cases),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -23,13 +28,13 @@ fn mode(eager: bool) -> SendMode {
 }
 
 proptest! {
-    #![proptest_config(config(128))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn random_collectives(
         which in 0..ALGOS.len(),
         n in 1usize..=16,
-        count in prop_oneof![0usize..20, 0usize..400],
+        count in prop_oneof![0usize..20, 0usize..1200],
         dtype in 0..DataType::ALL.len(),
         op in 0..ReduceOp::ALL.len(),
         root in 0usize..16,
@@ -61,9 +66,7 @@ proptest! {
 }
 
 fn count_matrix() -> impl Strategy<Value = Vec<Vec<usize>>> {
-    (1usize..=10).prop_flat_map(|n| {
-        prop::collection::vec(prop::collection::vec(0usize..7, n), n)
-    })
+    (1usize..=10).prop_flat_map(|n| prop::collection::vec(prop::collection::vec(0usize..7, n), n))
 }
 
 fn messages() -> impl Strategy<Value = (usize, Vec<(usize, usize, usize)>)> {
@@ -76,7 +79,7 @@ fn messages() -> impl Strategy<Value = (usize, Vec<(usize, usize, usize)>)> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(256))]
 
     #[test]
     fn random_all_to_all_v(

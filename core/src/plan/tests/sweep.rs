@@ -34,6 +34,27 @@ fn every_algorithm_world_size_and_count() {
     check_all(cases);
 }
 
+/// World sizes past 16: powers of two and their neighbours.
+#[test]
+fn larger_worlds() {
+    let mut cases = Vec::new();
+    for (kind, algo) in ALGOS {
+        for n in [17, 24, 31, 32, 33, 64] {
+            for count in [1, n - 1, 2 * n + 1, 100] {
+                for inplace in [false, true] {
+                    let mut c = Case::new(kind, n, count);
+                    c.algo = algo;
+                    c.inplace = inplace;
+                    c.op = ReduceOp::Avg;
+                    c.root = n - 1 - count % n;
+                    cases.push(c);
+                }
+            }
+        }
+    }
+    check_all(cases);
+}
+
 /// Every type and operator through every reducing algorithm, with exact small-integer data.
 #[test]
 fn every_type_and_operator() {
@@ -49,13 +70,15 @@ fn every_type_and_operator() {
         for dtype in DataType::ALL {
             for op in ReduceOp::ALL {
                 for (n, count) in [(1, 3), (2, 5), (3, 1), (5, 13), (8, 6), (13, 29)] {
-                    let mut c = Case::new(kind, n, count);
-                    c.algo = algo;
-                    c.dtype = dtype;
-                    c.op = op;
-                    c.inplace = (n + count) % 2 == 0;
-                    c.seg_bytes = 3 * dtype.size();
-                    cases.push(c);
+                    for inplace in [false, true] {
+                        let mut c = Case::new(kind, n, count);
+                        c.algo = algo;
+                        c.dtype = dtype;
+                        c.op = op;
+                        c.inplace = inplace;
+                        c.seg_bytes = 3 * dtype.size();
+                        cases.push(c);
+                    }
                 }
             }
         }

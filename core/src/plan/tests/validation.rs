@@ -1,8 +1,7 @@
 //! Bad arguments are refused with `InvalidArgument` naming the argument, never a panic.
 
 use crate::plan::{
-    buffer_elems, extent, plan, plan_all_to_all_v, plan_send_recv, PlanConfig, P2p,
-    MAX_SEGMENTS,
+    buffer_elems, extent, plan, plan_all_to_all_v, plan_send_recv, P2p, PlanConfig, MAX_SEGMENTS,
 };
 use crate::schedule::BufId;
 use crate::types::{Algo, CollDesc, CollKind, DataType, ReduceOp};
@@ -45,14 +44,29 @@ fn plan_refuses_bad_arguments() {
         CollKind::ReduceScatter,
         CollKind::AllToAll,
     ] {
-        invalid(plan(&desc(kind, usize::MAX / 3), 0, 4, false, &cfg), "overflow");
+        invalid(
+            plan(&desc(kind, usize::MAX / 3), 0, 4, false, &cfg),
+            "overflow",
+        );
     }
     invalid(
-        plan(&desc(CollKind::AllReduce, usize::MAX / 2), 0, 4, false, &cfg),
+        plan(
+            &desc(CollKind::AllReduce, usize::MAX / 2),
+            0,
+            4,
+            false,
+            &cfg,
+        ),
         "overflow",
     );
-    invalid(plan(&desc(CollKind::AllToAllV, 1), 0, 4, false, &cfg), "all_to_all_v");
-    invalid(plan(&desc(CollKind::SendRecv, 1), 0, 4, false, &cfg), "send_recv");
+    invalid(
+        plan(&desc(CollKind::AllToAllV, 1), 0, 4, false, &cfg),
+        "all_to_all_v",
+    );
+    invalid(
+        plan(&desc(CollKind::SendRecv, 1), 0, 4, false, &cfg),
+        "send_recv",
+    );
     let zero = PlanConfig {
         segment_bytes: 0,
         ..cfg
@@ -86,15 +100,30 @@ fn all_to_all_v_refuses_bad_arguments() {
         "send_displs[1]",
     );
     invalid(
-        plan_all_to_all_v(0, 3, dt, &ok, &displs, &[1, usize::MAX / 2, 0], &displs, false),
+        plan_all_to_all_v(
+            0,
+            3,
+            dt,
+            &ok,
+            &displs,
+            &[1, usize::MAX / 2, 0],
+            &displs,
+            false,
+        ),
         "recv_displs[1]",
     );
     invalid(
         plan_all_to_all_v(1, 3, dt, &ok, &displs, &[1, 5, 3], &displs, false),
         "send_counts[1]",
     );
-    invalid(plan_all_to_all_v(3, 3, dt, &ok, &displs, &ok, &displs, false), "rank 3");
-    invalid(plan_all_to_all_v(0, 0, dt, &[], &[], &[], &[], false), "nranks");
+    invalid(
+        plan_all_to_all_v(3, 3, dt, &ok, &displs, &ok, &displs, false),
+        "rank 3",
+    );
+    invalid(
+        plan_all_to_all_v(0, 0, dt, &[], &[], &[], &[], false),
+        "nranks",
+    );
 }
 
 #[test]
@@ -104,13 +133,25 @@ fn send_recv_refuses_bad_arguments() {
     invalid(plan_send_recv(0, 2, &[send(2, 1)]), "peer 2");
     invalid(plan_send_recv(0, 2, &[recv(7, 0)]), "peer 7");
     invalid(plan_send_recv(1, 2, &[send(1, 3)]), "itself");
-    invalid(plan_send_recv(1, 2, &[send(1, 3), recv(1, 4)]), "self send #0");
+    invalid(
+        plan_send_recv(1, 2, &[send(1, 3), recv(1, 4)]),
+        "self send #0",
+    );
     invalid(plan_send_recv(2, 2, &[]), "rank 2");
-    // Zero-length operations vanish; an empty group is an empty schedule.
-    assert!(plan_send_recv(0, 2, &[send(1, 0), recv(1, 0)])
-        .unwrap()
-        .steps
-        .is_empty());
+    // Operations keep their order (zero-length ones too); self pairs become copies at the end.
+    let s = plan_send_recv(0, 2, &[recv(0, 2), send(1, 0), send(0, 2), recv(1, 3)]).unwrap();
+    let a = &s.steps[0].actions;
+    assert_eq!(a.len(), 3);
+    assert!(matches!(
+        a[0],
+        crate::schedule::Action::Send { peer: 1, .. }
+    ));
+    assert!(matches!(
+        a[1],
+        crate::schedule::Action::Recv { peer: 1, .. }
+    ));
+    assert!(matches!(a[2], crate::schedule::Action::Copy { .. }));
+    assert!(plan_send_recv(0, 2, &[]).unwrap().steps.is_empty());
 }
 
 #[test]
@@ -124,10 +165,16 @@ fn zero_count_is_empty_and_single_rank_is_local() {
         CollKind::Reduce,
         CollKind::AllToAll,
     ] {
-        assert_eq!(plan(&desc(kind, 0), 1, 3, false, &cfg).unwrap().steps.len(), 0);
+        assert_eq!(
+            plan(&desc(kind, 0), 1, 3, false, &cfg).unwrap().steps.len(),
+            0
+        );
         let one = plan(&desc(kind, 5), 0, 1, false, &cfg).unwrap();
         assert_eq!(one.transfers(), 0);
-        assert_eq!(plan(&desc(kind, 5), 0, 1, true, &cfg).unwrap().steps.len(), 0);
+        assert_eq!(
+            plan(&desc(kind, 5), 0, 1, true, &cfg).unwrap().steps.len(),
+            0
+        );
     }
     let mut avg = desc(CollKind::AllReduce, 5);
     avg.op = ReduceOp::Avg;
@@ -143,10 +190,16 @@ fn step_counts() {
     let cfg = PlanConfig::default();
     let steps = |kind, count, n, algo| {
         let c = PlanConfig { algo, ..cfg };
-        plan(&desc(kind, count), 1, n, false, &c).unwrap().steps.len()
+        plan(&desc(kind, count), 1, n, false, &c)
+            .unwrap()
+            .steps
+            .len()
     };
     for n in [2, 5, 8, 16] {
-        assert_eq!(steps(CollKind::AllReduce, 1000, n, Some(Algo::Ring)), 2 * (n - 1));
+        assert_eq!(
+            steps(CollKind::AllReduce, 1000, n, Some(Algo::Ring)),
+            2 * (n - 1)
+        );
         assert_eq!(steps(CollKind::ReduceScatter, 10, n, None), n - 1);
         assert_eq!(steps(CollKind::AllGather, 10, n, None), n - 1);
         assert_eq!(steps(CollKind::AllToAll, 10, n, None), n - 1);
