@@ -35,7 +35,7 @@
 use crate::error::{Error, Result};
 use crate::model::CostModel;
 use crate::schedule::{Action, BufId, Schedule, Slice};
-use crate::types::{Algo, CollDesc, CollKind, DataType, Rank};
+use crate::types::{Algo, CollDesc, CollKind, DataType, Rank, ReduceOp};
 
 pub mod all_gather;
 pub mod all_to_all;
@@ -124,7 +124,7 @@ pub fn plan(
         return Ok(single_rank(desc, inplace));
     }
     let seg = cfg.segment_elems(desc.dtype, count);
-    let avg = desc.op == crate::ReduceOp::Avg;
+    let avg = desc.op == ReduceOp::Avg;
     let algo = choose_algo(desc, nranks, cfg);
     Ok(match desc.kind {
         CollKind::AllReduce => match algo {
@@ -338,7 +338,7 @@ fn single_rank(desc: &CollDesc, inplace: bool) -> Schedule {
         desc.kind,
         CollKind::AllReduce | CollKind::ReduceScatter | CollKind::Reduce
     );
-    if reduces && desc.op == crate::ReduceOp::Avg {
+    if reduces && desc.op == ReduceOp::Avg {
         s.push(vec![Action::Scale {
             dst: Slice::new(BufId::Output, 0, c),
         }]);

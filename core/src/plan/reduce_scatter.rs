@@ -29,7 +29,7 @@ pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool, avg: bool) -> Sch
             Slice::new(BufId::Output, 0, count)
         } else if inplace {
             input(b)
-        } else if (n - 2 - s) % 2 == 0 {
+        } else if (n - 2 - s).is_multiple_of(2) {
             Slice::new(BufId::Output, 0, count)
         } else {
             Slice::new(BufId::Scratch, 0, count)

@@ -124,17 +124,16 @@ fn btree_node(n: usize, r: Rank) -> (Option<Rank>, Vec<Rank>) {
 /// shifted by one rank (odd `n`).
 pub fn double_tree(n: usize) -> [Tree; 2] {
     let t0 = Tree::from_fn(n, |r| btree_node(n, r));
-    let (to, from): (Box<dyn Fn(Rank) -> Rank>, Box<dyn Fn(Rank) -> Rank>) = if n % 2 == 1 {
-        (
-            Box::new(move |r| (r + 1) % n),
-            Box::new(move |r| (r + n - 1) % n),
-        )
-    } else {
-        (Box::new(move |r| n - 1 - r), Box::new(move |r| n - 1 - r))
+    // Rank r of tree 1 plays the part of rank `relabel(r, false)` of tree 0.
+    let relabel = |r: Rank, into_tree1: bool| match (n % 2 == 1, into_tree1) {
+        (true, true) => (r + 1) % n,
+        (true, false) => (r + n - 1) % n,
+        (false, _) => n - 1 - r,
     };
     let t1 = Tree::from_fn(n, |r| {
-        let (p, c) = btree_node(n, from(r));
-        (p.map(&to), c.into_iter().map(&to).collect())
+        let (p, c) = btree_node(n, relabel(r, false));
+        let to = |x| relabel(x, true);
+        (p.map(to), c.into_iter().map(to).collect())
     });
     [t0, t1]
 }

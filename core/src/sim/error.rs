@@ -54,9 +54,9 @@ pub enum SimError {
         /// Step index.
         step: usize,
         /// The first action.
-        first: Action,
+        first: Box<Action>,
         /// The second action.
-        second: Action,
+        second: Box<Action>,
     },
     /// The n-th message from `from` to `to` has a different length at the two ends.
     LengthMismatch {
@@ -86,6 +86,13 @@ pub enum SimError {
     Unreceived {
         /// The messages left over.
         messages: Vec<(Rank, Rank, usize, usize)>,
+    },
+    /// A schedule declares more scratch memory than the simulator allocates (1 GiB).
+    ScratchTooLarge {
+        /// The rank.
+        rank: Rank,
+        /// Elements declared.
+        elems: usize,
     },
     /// A reduction kernel refused its operands.
     Reduce {
@@ -170,6 +177,10 @@ impl fmt::Display for SimError {
                 }
                 Ok(())
             }
+            SimError::ScratchTooLarge { rank, elems } => write!(
+                f,
+                "rank {rank}: a scratch buffer of {elems} elements is too large to simulate"
+            ),
             SimError::Reduce { rank, step, detail } => {
                 write!(f, "rank {rank} step {step}: reduction failed: {detail}")
             }

@@ -43,6 +43,9 @@ use std::collections::{BTreeMap, HashMap};
 /// Byte pattern of fresh scratch memory: reading scratch before writing it gives garbage.
 const SCRATCH_FILL: u8 = 0xA5;
 
+/// Largest scratch allocation the simulator makes for one rank (1 GiB).
+const MAX_SCRATCH_BYTES: usize = 1 << 30;
+
 /// When a send completes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SendMode {
@@ -168,15 +171,11 @@ impl<'a> Run<'a> {
         let n = ranks.len();
         let mut seq = Vec::with_capacity(n);
         for (rank, r) in ranks.iter_mut().enumerate() {
-            let bytes = r.schedule.scratch_elems.checked_mul(sim.dtype.size());
-            let bytes = bytes.ok_or_else(|| SimError::Malformed {
-                rank,
-                step: 0,
-                action: Action::Scale {
-                    dst: Slice::new(crate::schedule::BufId::Scratch, 0, 0),
-                },
-                detail: "scratch_elems overflows".into(),
-            })?;
+            let elems = r.schedule.scratch_elems;
+            let bytes = elems
+                .checked_mul(sim.dtype.size())
+                .filter(|&b| b <= MAX_SCRATCH_BYTES)
+                .ok_or(SimError::ScratchTooLarge { rank, elems })?;
             r.mem.scratch = Aligned::filled(bytes, SCRATCH_FILL);
             let mut counters: HashMap<(bool, Rank), usize> = HashMap::new();
             let mut per_step = Vec::with_capacity(r.schedule.steps.len());
@@ -545,8 +544,8 @@ fn check_conflicts(r: Rank, s: usize, actions: &[Action], touch: &[Touch]) -> Re
                 return Err(SimError::Conflict {
                     rank: r,
                     step: s,
-                    first: actions[i],
-                    second: actions[j],
+                    first: Box::new(actions[i]),
+                    second: Box::new(actions[j]),
                 });
             }
         }

@@ -350,3 +350,17 @@ fn scratch_starts_as_garbage() {
     let w = run(SendMode::Rendezvous, vec![sc]).unwrap();
     assert_eq!(w[0].mem.output()[..4], [SCRATCH_FILL; 4]);
 }
+
+#[test]
+fn absurd_scratch_is_an_error() {
+    let mut sc = sched(vec![]);
+    sc.scratch_elems = usize::MAX / 2;
+    let e = run(SendMode::Rendezvous, vec![sc]).unwrap_err();
+    assert_eq!(
+        e,
+        SimError::ScratchTooLarge {
+            rank: 0,
+            elems: usize::MAX / 2
+        }
+    );
+}

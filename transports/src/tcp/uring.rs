@@ -35,8 +35,21 @@ pub struct UringTransport {
 }
 
 /// Try to create a ring; `Err` carries the errno when the kernel refuses.
+///
+/// Task work (the completion of a receive whose data arrived) is run cooperatively at our next
+/// `io_uring_enter`, flagged in the SQ ring, rather than by interrupting the thread: the engine
+/// enters the kernel on every poll anyway, and interrupts cost latency on busy cores. Kernels
+/// older than 5.19 reject the flags; the ring is then created without them.
 pub(crate) fn probe_ring(entries: u32) -> std::io::Result<IoUring> {
-    IoUring::builder().build(entries)
+    match IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
+        Ok(r) => Ok(r),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().build(entries),
+        Err(e) => Err(e),
+    }
 }
 
 impl UringTransport {

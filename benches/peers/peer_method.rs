@@ -1,0 +1,89 @@
+//! dmsc measured with the method of `../shared/peers` (common.py), so its figures sit in the
+//! same tables as Gloo's and Open MPI's: per size, one correctness check on patterned data,
+//! warmup, then timed iterations of `barrier; t0; op; t1`; the time of an iteration is the
+//! max across ranks. Rank 0 prints one JSON object per (op, size) with the per-iteration
+//! times; `dmsc_allreduce.py` turns them into the peers' JSON schema.
+//!
+//! Run under dmscrun: `dmscrun -n 2 target/release/examples/peer_method allreduce 8,1M 4 5 200`
+//! (ops, sizes in bytes, budget seconds, min iters, max iters).
+
+use dmsc::{Communicator, ReduceOp};
+use std::time::Instant;
+
+fn parse_size(s: &str) -> usize {
+    dmsc::size::parse_size(s).unwrap_or_else(|| panic!("bad size {s}"))
+}
+
+fn main() -> dmsc::Result<()> {
+    let a: Vec<String> = std::env::args().collect();
+    let ops: Vec<&str> = a[1].split(',').collect();
+    let sizes: Vec<usize> = a[2].split(',').map(parse_size).collect();
+    let budget: f64 = a[3].parse().expect("budget");
+    let min_iters: usize = a[4].parse().expect("min iters");
+    let max_iters: usize = a[5].parse().expect("max iters");
+    let c = Communicator::from_env()?;
+    let (r, w) = (c.rank(), c.size());
+    for op in &ops {
+        for &nbytes in &sizes {
+            let mut n = (nbytes / 4).max(1);
+            if *op == "allgather" {
+                n = (n / w).max(1);
+            }
+            let out_len = if *op == "allgather" { n * w } else { n };
+            let input: Vec<f32> = (0..n).map(|i| (r + 1) as f32 + (i % 13) as f32).collect();
+            let mut out = vec![0f32; out_len];
+            let run = |c: &Communicator, out: &mut [f32]| -> dmsc::Result<()> {
+                match *op {
+                    "allreduce" => c.all_reduce(&input, out, ReduceOp::Sum),
+                    "allgather" => c.all_gather(&input, out),
+                    "broadcast" => {
+                        out.copy_from_slice(&input);
+                        c.broadcast(out, 0)
+                    }
+                    other => panic!("unknown op {other}"),
+                }
+            };
+            run(&c, &mut out)?;
+            let correct = match *op {
+                "allreduce" => out.iter().enumerate().all(|(i, &v)| {
+                    v == (1..=w).map(|k| k as f32 + (i % 13) as f32).sum::<f32>()
+                }),
+                "allgather" => out
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v == ((i / n) + 1) as f32 + ((i % n) % 13) as f32),
+                _ => out.iter().enumerate().all(|(i, &v)| v == 1.0 + (i % 13) as f32),
+            };
+            let warmup = if nbytes <= 64 << 10 { 20 } else if nbytes <= 16 << 20 { 5 } else { 2 };
+            let mut est = f64::MAX;
+            for _ in 0..warmup {
+                c.barrier()?;
+                let t = Instant::now();
+                run(&c, &mut out)?;
+                est = est.min(t.elapsed().as_secs_f64());
+            }
+            // Same iteration count on every rank: the max of the estimates.
+            let mut e = [est];
+            c.all_reduce_in_place(&mut e, ReduceOp::Max)?;
+            let iters = ((budget / e[0]) as usize).clamp(min_iters, max_iters);
+            let mut times = vec![0f64; iters];
+            for t in times.iter_mut() {
+                c.barrier()?;
+                let t0 = Instant::now();
+                run(&c, &mut out)?;
+                *t = t0.elapsed().as_secs_f64();
+            }
+            let mine = times.clone();
+            c.all_reduce_in_place(&mut times, ReduceOp::Max)?;
+            if r == 0 {
+                let f = |v: &[f64]| v.iter().map(|x| format!("{x:.9}")).collect::<Vec<_>>().join(",");
+                println!(
+                    "{{\"op\":\"{op}\",\"bytes\":{nbytes},\"warmup\":{warmup},\"correct\":{correct},\"max\":[{}],\"rank0\":[{}]}}",
+                    f(&times),
+                    f(&mine)
+                );
+            }
+        }
+    }
+    Ok(())
+}
