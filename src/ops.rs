@@ -20,14 +20,14 @@ fn region(b: &[u8]) -> Region {
 }
 
 fn check_align(what: &str, b: &[u8], dtype: DataType) -> Result<()> {
-    if b.len() % dtype.size() != 0 {
+    if !b.len().is_multiple_of(dtype.size()) {
         return Err(Error::invalid(format!(
             "{what} has {} bytes, not a whole number of {dtype} elements ({} bytes each)",
             b.len(),
             dtype.size()
         )));
     }
-    if (b.as_ptr() as usize) % dtype.size() != 0 && !b.is_empty() {
+    if !(b.as_ptr() as usize).is_multiple_of(dtype.size()) && !b.is_empty() {
         return Err(Error::invalid(format!(
             "{what} at {:p} is not aligned to its {}-byte {dtype} elements",
             b.as_ptr(),
@@ -456,11 +456,6 @@ impl<'b> Group<'_, 'b> {
                 self.comm.size()
             )));
         }
-        if peer == self.comm.rank() {
-            return Err(Error::invalid(format!(
-                "peer {peer} is this rank; send/recv to self is not supported"
-            )));
-        }
         Ok(())
     }
 
@@ -518,7 +513,53 @@ impl<'b> Group<'_, 'b> {
         Ok(())
     }
 
-    fn job(self) -> Result<Option<(Job, &'b ())>> {
+    /// Perform the sends to this rank itself: each is matched, in order, with a receive from
+    /// this rank in the same group (as NCCL allows), and copied locally.
+    fn take_self_ops(&mut self) -> Result<()> {
+        let me = self.comm.rank();
+        let is_self = |o: &P2p| match *o {
+            P2p::Send { peer, .. } | P2p::Recv { peer, .. } => peer == me,
+        };
+        if !self.ops.iter().any(is_self) {
+            return Ok(());
+        }
+        let (mut sends, mut recvs) = (vec![], vec![]);
+        for (i, o) in self.ops.iter().enumerate().filter(|(_, o)| is_self(o)) {
+            match *o {
+                P2p::Send { buf, len, .. } => sends.push((i, buf, len)),
+                P2p::Recv { buf, len, .. } => recvs.push((i, buf, len)),
+            }
+        }
+        if sends.len() != recvs.len() {
+            return Err(Error::invalid(format!(
+                "a group has {} send(s) to this rank ({me}) but {} receive(s) from it; they must pair up",
+                sends.len(),
+                recvs.len()
+            )));
+        }
+        let es = self.dtype.map_or(1, |d| d.size());
+        for ((si, sb, sl), (ri, rb, rl)) in sends.iter().zip(&recvs) {
+            if sl != rl || self.tags[*si] != self.tags[*ri] {
+                return Err(Error::invalid(format!(
+                    "send to self of {sl} elements (tag {}) meets a receive of {rl} elements (tag {})",
+                    self.tags[*si], self.tags[*ri]
+                )));
+            }
+            let (src, dst) = (self.bufs[*sb as usize], self.bufs[*rb as usize]);
+            // SAFETY: both regions come from live borrows held by this group for 'b, of at
+            // least sl * es bytes; `copy` tolerates overlap.
+            unsafe { std::ptr::copy(src.ptr, dst.ptr, sl * es) };
+        }
+        let keep: Vec<bool> = self.ops.iter().map(|o| !is_self(o)).collect();
+        let mut k = keep.iter();
+        self.ops.retain(|_| *k.next().unwrap_or(&true));
+        let mut k = keep.iter();
+        self.tags.retain(|_| *k.next().unwrap_or(&true));
+        Ok(())
+    }
+
+    fn job(mut self) -> Result<Option<(Job, &'b ())>> {
+        self.take_self_ops()?;
         if self.ops.is_empty() {
             return Ok(None);
         }
@@ -561,7 +602,7 @@ impl<'b> Group<'_, 'b> {
 }
 
 fn check_blocks(what: &str, len: usize, n: usize) -> Result<()> {
-    if len % n != 0 {
+    if !len.is_multiple_of(n) {
         return Err(Error::invalid(format!(
             "{what} has {len} elements, not a multiple of the {n} ranks"
         )));

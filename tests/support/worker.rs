@@ -224,6 +224,13 @@ fn case_p2p(c: &Communicator) {
     g.recv(&mut got, left, 11).unwrap();
     g.end().unwrap_or_else(|e| fail(format!("group send/recv: {e}")));
     check("ring shift", &got, |i| (left * 7 + i) as f64, false);
+    // Send to self inside a group, as NCCL allows.
+    let mut me = vec![0f32; COUNT];
+    let mut g = c.group();
+    g.send(&mine, r, 3).unwrap();
+    g.recv(&mut me, r, 3).unwrap();
+    g.end().unwrap_or_else(|e| fail(format!("send to self: {e}")));
+    check("self send", &me, |i| (r * 7 + i) as f64, false);
     // Blocking send/recv between ranks 0 and 1 with two tags in order.
     if r == 0 {
         c.send(&[1u8, 2, 3], 1, 5).unwrap_or_else(|e| fail(format!("send: {e}")));

@@ -398,7 +398,7 @@ impl Exec {
                 // the staging slot holds n received bytes and is distinct from both.
                 let r = unsafe {
                     let recv = std::slice::from_raw_parts(staged, n);
-                    if ch.local == ch.ptr as *const u8 {
+                    if std::ptr::eq(ch.local, ch.ptr) {
                         reduce::reduce_in_place(dtype, op, std::slice::from_raw_parts_mut(ch.ptr, n), recv)
                     } else if overlaps(ch.local, ch.ptr, n) {
                         Err(Error::internal("RecvReduce operands overlap partially"))

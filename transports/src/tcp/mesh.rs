@@ -106,11 +106,14 @@ fn read_hello(s: &mut TcpStream, opts: &MeshOptions, deadline: Instant) -> Resul
     Ok((peer, role))
 }
 
+/// Publishes this rank's listening address and returns every rank's, indexed by rank.
+pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
+
 /// Build the full mesh for `opts.rank`. `exchange` publishes this rank's listening address
 /// and returns every rank's (indexed by rank), e.g. through the rendezvous store.
 pub fn connect_mesh(
     opts: &MeshOptions,
-    exchange: &mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>,
+    exchange: Exchange<'_>,
 ) -> Result<Box<dyn Transport>> {
     let deadline = Instant::now() + opts.timeout;
     let listener = TcpListener::bind((opts.bind_ip, 0))

@@ -11,7 +11,7 @@ mod socket;
 mod uring;
 mod wake;
 
-pub use mesh::{connect_mesh, MeshOptions};
+pub use mesh::{connect_mesh, Exchange, MeshOptions};
 pub use socket::SocketTransport;
 pub use uring::UringTransport;
 
@@ -48,6 +48,9 @@ impl Backend {
 
 /// The connections of one rank to all its peers.
 pub(crate) struct Mesh {
+    /// Boxed so that each connection's `msghdr`/iovecs keep their address while the kernel
+    /// holds them, whatever happens to the vector.
+    #[allow(clippy::vec_box)]
     conns: Vec<Box<Conn>>,
     data_of: Vec<Option<usize>>,
     control_of: Vec<Option<usize>>,
