@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every test of dmsc, from a fresh clone: formatting, lints, unit and property tests,
+# multi-process tests over TCP, and the dmsc-perf correctness sweep on 1-8 local ranks.
+# Needs only the Rust toolchain (cargo); installs nothing else today.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)"; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test (release: the property tests and multi-process runs are compute-heavy)"
+cargo test --workspace --release
+echo "== dmsc-perf correctness sweep (every op, 1/2/3/4/5/8 ranks, all types and ops)"
+bash benches/sweep.sh
+echo "== criterion benches compile"
+cargo bench --workspace --no-run -q
+echo "ALL TESTS PASSED"
