@@ -31,7 +31,10 @@ fn comms(n: usize) -> Vec<Communicator> {
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect()
 }
 
 fn loopback(c: &mut Criterion) {
@@ -44,7 +47,8 @@ fn loopback(c: &mut Criterion) {
         while let Ok((count, iters)) = rx.recv() {
             let mut buf = vec![1f32; count];
             for _ in 0..iters {
-                peer.all_reduce_in_place(&mut buf, ReduceOp::Sum).expect("rank 1 all_reduce");
+                peer.all_reduce_in_place(&mut buf, ReduceOp::Sum)
+                    .expect("rank 1 all_reduce");
             }
             let _ = done_tx.send(());
         }
@@ -62,7 +66,8 @@ fn loopback(c: &mut Criterion) {
                 tx.send((count, iters)).expect("rank 1 alive");
                 let t = Instant::now();
                 for _ in 0..iters {
-                    me.all_reduce_in_place(&mut buf, ReduceOp::Sum).expect("rank 0 all_reduce");
+                    me.all_reduce_in_place(&mut buf, ReduceOp::Sum)
+                        .expect("rank 0 all_reduce");
                 }
                 let el = t.elapsed();
                 done_rx.recv().expect("rank 1 done");

@@ -21,7 +21,11 @@ fn schedules(c: &mut Criterion) {
         for nranks in [8usize, 64] {
             let desc = CollDesc {
                 kind,
-                count: if kind == CollKind::Barrier { 0 } else { 16 << 20 },
+                count: if kind == CollKind::Barrier {
+                    0
+                } else {
+                    16 << 20
+                },
                 dtype: DataType::Float32,
                 op: ReduceOp::Sum,
                 root: 0,
@@ -30,7 +34,11 @@ fn schedules(c: &mut Criterion) {
                 algo,
                 ..PlanConfig::default()
             };
-            let name = format!("{}{}", kind.name(), algo.map(|a| format!("/{a:?}")).unwrap_or_default());
+            let name = format!(
+                "{}{}",
+                kind.name(),
+                algo.map(|a| format!("/{a:?}")).unwrap_or_default()
+            );
             g.bench_with_input(BenchmarkId::new(name, nranks), &nranks, |b, &n| {
                 b.iter(|| plan(black_box(&desc), n / 2, n, false, &cfg).expect("plan"))
             });

@@ -12,7 +12,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (release: the property tests and multi-process runs are compute-heavy)"
-cargo test --workspace --release
+PROPTEST_CASES="${PROPTEST_CASES:-4096}" cargo test --workspace --release
 echo "== dmsc-perf correctness sweep (every op, 1/2/3/4/5/8 ranks, all types and ops)"
 bash benches/sweep.sh
 echo "== criterion benches compile"

@@ -148,7 +148,12 @@ impl Communicator {
             client.exchange(&prefix, opts.rank, opts.nranks, mine, timeout)
         })?;
         Ok(Communicator::with_engine(
-            Engine::new(transport, opts.rank, opts.nranks, opts.config.engine.clone()),
+            Engine::new(
+                transport,
+                opts.rank,
+                opts.nranks,
+                opts.config.engine.clone(),
+            ),
             opts.config,
             server,
         ))
@@ -293,7 +298,12 @@ fn resolve(addr: &str) -> Result<IpAddr> {
 }
 
 /// Rank 0 draws a random communicator id and publishes it; the others read it.
-fn agree_on_id(client: &mut StoreClient, rank: Rank, nranks: usize, timeout: Duration) -> Result<u64> {
+fn agree_on_id(
+    client: &mut StoreClient,
+    rank: Rank,
+    nranks: usize,
+    timeout: Duration,
+) -> Result<u64> {
     let _ = nranks;
     let key = "dmsc/world/id";
     if rank == 0 {

@@ -40,7 +40,9 @@ fn bytes_var(name: &str, default: usize) -> Result<usize> {
         None => Ok(default),
         Some(v) => crate::size::parse_size(&v)
             .filter(|&n| n > 0)
-            .ok_or_else(|| Error::invalid(format!("{name}={v} is not a positive size (e.g. 512K, 4M)"))),
+            .ok_or_else(|| {
+                Error::invalid(format!("{name}={v} is not a positive size (e.g. 512K, 4M)"))
+            }),
     }
 }
 
@@ -61,16 +63,23 @@ impl Config {
                 .parse::<usize>()
                 .ok()
                 .filter(|&w| (1..=64).contains(&w))
-                .ok_or_else(|| Error::invalid(format!("DMSC_WINDOW={v} is not a number in 1..=64")))?,
+                .ok_or_else(|| {
+                    Error::invalid(format!("DMSC_WINDOW={v} is not a number in 1..=64"))
+                })?,
         };
         if let Some(v) = var("DMSC_SPIN_US") {
-            let us: u64 = v
-                .parse()
-                .map_err(|_| Error::invalid(format!("DMSC_SPIN_US={v} is not a whole number of microseconds")))?;
+            let us: u64 = v.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "DMSC_SPIN_US={v} is not a whole number of microseconds"
+                ))
+            })?;
             c.engine.spin = Duration::from_micros(us);
         }
         if let Some(v) = var("DMSC_DEBUG") {
-            c.engine.debug = matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "DEBUG" | "1");
+            c.engine.debug = matches!(
+                v.to_ascii_uppercase().as_str(),
+                "INFO" | "TRACE" | "DEBUG" | "1"
+            );
         }
         if let Some(v) = var("DMSC_ALGO") {
             c.plan.algo = Some(Algo::parse(&v).ok_or_else(|| {

@@ -27,6 +27,6 @@ pub use config::Config;
 pub use dmsc_core::engine::AbortHandle;
 pub use dmsc_core::{Algo, CollDesc, CollKind, DataType, Error, Rank, ReduceOp, Result};
 pub use element::Element;
+pub use half::{bf16, f16};
 pub use ops::Group;
 pub use request::Request;
-pub use half::{bf16, f16};

@@ -70,7 +70,10 @@ impl Communicator {
     ) -> Result<Job> {
         let n = self.size();
         if matches!(desc.kind, CollKind::AllToAllV | CollKind::SendRecv) {
-            return Err(Error::invalid(format!("{} has its own entry point", desc.kind)));
+            return Err(Error::invalid(format!(
+                "{} has its own entry point",
+                desc.kind
+            )));
         }
         if matches!(desc.kind, CollKind::Broadcast | CollKind::Reduce) {
             self.check_root(desc.root)?;
@@ -191,7 +194,15 @@ impl Communicator {
         root: usize,
     ) -> Result<()> {
         let count = count_of(kind, input.map(|i| i.len()), output.len(), self.size());
-        self.collective_bytes(kind, input.map(bytes), bytes_mut(output), count, T::DTYPE, op, root)
+        self.collective_bytes(
+            kind,
+            input.map(bytes),
+            bytes_mut(output),
+            count,
+            T::DTYPE,
+            op,
+            root,
+        )
     }
 
     fn typed_async<'a, T: Element>(
@@ -203,11 +214,24 @@ impl Communicator {
         root: usize,
     ) -> Request<'a> {
         let count = count_of(kind, input.map(|i| i.len()), output.len(), self.size());
-        self.immediate_collective_bytes(kind, input.map(bytes), bytes_mut(output), count, T::DTYPE, op, root)
+        self.immediate_collective_bytes(
+            kind,
+            input.map(bytes),
+            bytes_mut(output),
+            count,
+            T::DTYPE,
+            op,
+            root,
+        )
     }
 
     /// `output = input` reduced with `op` across all ranks.
-    pub fn all_reduce<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn all_reduce<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         if input.len() != output.len() {
             return Err(Error::invalid(format!(
                 "all_reduce input has {} elements but output has {}",
@@ -224,20 +248,36 @@ impl Communicator {
     }
 
     /// Non-blocking all-reduce in place.
-    pub fn immediate_all_reduce_in_place<'a, T: Element>(&self, buf: &'a mut [T], op: ReduceOp) -> Request<'a> {
+    pub fn immediate_all_reduce_in_place<'a, T: Element>(
+        &self,
+        buf: &'a mut [T],
+        op: ReduceOp,
+    ) -> Request<'a> {
         self.typed_async(CollKind::AllReduce, None, buf, op, 0)
     }
 
     /// Non-blocking out-of-place all-reduce.
-    pub fn immediate_all_reduce<'a, T: Element>(&self, input: &'a [T], output: &'a mut [T], op: ReduceOp) -> Request<'a> {
+    pub fn immediate_all_reduce<'a, T: Element>(
+        &self,
+        input: &'a [T],
+        output: &'a mut [T],
+        op: ReduceOp,
+    ) -> Request<'a> {
         if input.len() != output.len() {
-            return Request::done(Err(Error::invalid("all_reduce input and output lengths differ")));
+            return Request::done(Err(Error::invalid(
+                "all_reduce input and output lengths differ",
+            )));
         }
         self.typed_async(CollKind::AllReduce, Some(input), output, op, 0)
     }
 
     /// Reduce `input` (`size()` blocks of `output.len()`) and keep block `rank()`.
-    pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         if Some(input.len()) != output.len().checked_mul(self.size()) {
             return Err(Error::invalid(format!(
                 "reduce_scatter input has {} elements, expected size() * output = {} * {}",
@@ -280,21 +320,53 @@ impl Communicator {
     }
 
     /// Broadcast out of place: the root's `input` lands in every rank's `output`.
-    pub fn broadcast_into<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
-        self.typed(CollKind::Broadcast, Some(input), output, ReduceOp::Sum, root)
+    pub fn broadcast_into<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        root: usize,
+    ) -> Result<()> {
+        self.typed(
+            CollKind::Broadcast,
+            Some(input),
+            output,
+            ReduceOp::Sum,
+            root,
+        )
     }
 
     /// Reduce every rank's `input` into `output` on `root` (other ranks' output untouched).
-    pub fn reduce<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
+    pub fn reduce<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
         if self.rank() == root && input.len() != output.len() {
-            return Err(Error::invalid("reduce input and output lengths differ on the root"));
+            return Err(Error::invalid(
+                "reduce input and output lengths differ on the root",
+            ));
         }
         let count = input.len();
-        self.collective_bytes(CollKind::Reduce, Some(bytes(input)), bytes_mut(output), count, T::DTYPE, op, root)
+        self.collective_bytes(
+            CollKind::Reduce,
+            Some(bytes(input)),
+            bytes_mut(output),
+            count,
+            T::DTYPE,
+            op,
+            root,
+        )
     }
 
     /// Reduce in place onto `root`.
-    pub fn reduce_in_place<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
+    pub fn reduce_in_place<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
         self.typed(CollKind::Reduce, None, buf, op, root)
     }
 
@@ -345,7 +417,13 @@ impl Communicator {
         self.run_blocking(job)
     }
 
-    fn all_to_all_v_job(&self, dtype: DataType, input: Option<&[u8]>, output: &[u8], v: [&[usize]; 4]) -> Result<Job> {
+    fn all_to_all_v_job(
+        &self,
+        dtype: DataType,
+        input: Option<&[u8]>,
+        output: &[u8],
+        v: [&[usize]; 4],
+    ) -> Result<Job> {
         let names = ["send_counts", "send_displs", "recv_counts", "recv_displs"];
         for (a, name) in v.iter().zip(names) {
             if a.len() != self.size() {
@@ -371,7 +449,16 @@ impl Communicator {
         check_align("input buffer", inp, dtype)?;
         need("input buffer", inp.len(), in_end, dtype)?;
         need("output buffer", output.len(), out_end, dtype)?;
-        let sched = plan::plan_all_to_all_v(self.rank(), self.size(), dtype, v[0], v[1], v[2], v[3], inplace)?;
+        let sched = plan::plan_all_to_all_v(
+            self.rank(),
+            self.size(),
+            dtype,
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            inplace,
+        )?;
         let desc = CollDesc {
             kind: CollKind::AllToAllV,
             count: 0,
@@ -418,7 +505,13 @@ impl Communicator {
     }
 
     /// Send `send` to rank `to` and receive `recv` from rank `from` concurrently.
-    pub fn send_recv_bytes(&self, send: &[u8], to: usize, recv: &mut [u8], from: usize) -> Result<()> {
+    pub fn send_recv_bytes(
+        &self,
+        send: &[u8],
+        to: usize,
+        recv: &mut [u8],
+        from: usize,
+    ) -> Result<()> {
         let mut g = self.group();
         g.send_bytes(send, to, 0, DataType::Uint8)?;
         g.recv_bytes(recv, from, 0, DataType::Uint8)?;
@@ -484,7 +577,13 @@ impl<'b> Group<'_, 'b> {
     }
 
     /// Add a send of raw bytes holding `dtype` elements.
-    pub fn send_bytes(&mut self, buf: &'b [u8], peer: usize, tag: u32, dtype: DataType) -> Result<()> {
+    pub fn send_bytes(
+        &mut self,
+        buf: &'b [u8],
+        peer: usize,
+        tag: u32,
+        dtype: DataType,
+    ) -> Result<()> {
         self.check_peer(peer)?;
         check_align("send buffer", buf, dtype)?;
         self.set_dtype(dtype)?;
@@ -499,7 +598,13 @@ impl<'b> Group<'_, 'b> {
     }
 
     /// Add a receive into raw bytes holding `dtype` elements.
-    pub fn recv_bytes(&mut self, buf: &'b mut [u8], peer: usize, tag: u32, dtype: DataType) -> Result<()> {
+    pub fn recv_bytes(
+        &mut self,
+        buf: &'b mut [u8],
+        peer: usize,
+        tag: u32,
+        dtype: DataType,
+    ) -> Result<()> {
         self.check_peer(peer)?;
         check_align("receive buffer", buf, dtype)?;
         self.set_dtype(dtype)?;

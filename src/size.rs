@@ -4,7 +4,10 @@
 /// optional trailing `B` or `iB` accepted). `None` when malformed or overflowing.
 pub fn parse_size(s: &str) -> Option<usize> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mul) = match t.chars().last()? {
         'k' | 'K' => (&t[..t.len() - 1], 1usize << 10),
         'm' | 'M' => (&t[..t.len() - 1], 1 << 20),

@@ -20,7 +20,13 @@ fn launch(n: usize, case: &str, env: &[(&str, &str)], limit: Duration) -> (i32, 
         .arg(n.to_string())
         .arg("--")
         .arg(exe)
-        .args(["--ignored", "--exact", "worker::entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "worker::entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DMSC_TEST_CASE", case)
         .env("DMSC_TIMEOUT", "20")
         .env("DMSC_KILL_GRACE", "1")
@@ -48,9 +54,15 @@ fn launch(n: usize, case: &str, env: &[(&str, &str)], limit: Duration) -> (i32, 
         Ok(Err(e)) => panic!("waiting for dmscrun: {e}"),
         Err(_) => {
             // SAFETY-free: plain kill of the launcher we started (it forwards to its ranks).
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
             std::thread::sleep(Duration::from_secs(2));
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
             panic!("case {case} on {n} ranks hung for {:?}", start.elapsed());
         }
     }
@@ -60,7 +72,10 @@ fn ok(n: usize, case: &str, env: &[(&str, &str)]) {
     let (code, out) = launch(n, case, env, Duration::from_secs(120));
     assert_eq!(code, 0, "case {case} on {n} ranks failed:\n{out}");
     let passes = out.matches("CASE-OK").count();
-    assert_eq!(passes, n, "case {case}: expected {n} ranks to report CASE-OK:\n{out}");
+    assert_eq!(
+        passes, n,
+        "case {case}: expected {n} ranks to report CASE-OK:\n{out}"
+    );
 }
 
 #[test]
@@ -130,7 +145,13 @@ fn timeout_names_the_missing_rank() {
 
 #[test]
 fn mismatches_are_named_on_every_rank() {
-    for case in ["mismatch_count", "mismatch_op", "mismatch_dtype", "mismatch_root", "mismatch_redop"] {
+    for case in [
+        "mismatch_count",
+        "mismatch_op",
+        "mismatch_dtype",
+        "mismatch_root",
+        "mismatch_redop",
+    ] {
         ok(3, case, &[]);
     }
 }

@@ -45,16 +45,26 @@ fn main() -> dmsc::Result<()> {
             };
             run(&c, &mut out)?;
             let correct = match *op {
-                "allreduce" => out.iter().enumerate().all(|(i, &v)| {
-                    v == (1..=w).map(|k| k as f32 + (i % 13) as f32).sum::<f32>()
-                }),
+                "allreduce" => out
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v == (1..=w).map(|k| k as f32 + (i % 13) as f32).sum::<f32>()),
                 "allgather" => out
                     .iter()
                     .enumerate()
                     .all(|(i, &v)| v == ((i / n) + 1) as f32 + ((i % n) % 13) as f32),
-                _ => out.iter().enumerate().all(|(i, &v)| v == 1.0 + (i % 13) as f32),
+                _ => out
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| v == 1.0 + (i % 13) as f32),
             };
-            let warmup = if nbytes <= 64 << 10 { 20 } else if nbytes <= 16 << 20 { 5 } else { 2 };
+            let warmup = if nbytes <= 64 << 10 {
+                20
+            } else if nbytes <= 16 << 20 {
+                5
+            } else {
+                2
+            };
             let mut est = f64::MAX;
             for _ in 0..warmup {
                 c.barrier()?;
@@ -76,7 +86,12 @@ fn main() -> dmsc::Result<()> {
             let mine = times.clone();
             c.all_reduce_in_place(&mut times, ReduceOp::Max)?;
             if r == 0 {
-                let f = |v: &[f64]| v.iter().map(|x| format!("{x:.9}")).collect::<Vec<_>>().join(",");
+                let f = |v: &[f64]| {
+                    v.iter()
+                        .map(|x| format!("{x:.9}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 println!(
                     "{{\"op\":\"{op}\",\"bytes\":{nbytes},\"warmup\":{warmup},\"correct\":{correct},\"max\":[{}],\"rank0\":[{}]}}",
                     f(&times),

@@ -171,7 +171,11 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Mismatch { seq, ranks: r, detail } => write!(
+            Error::Mismatch {
+                seq,
+                ranks: r,
+                detail,
+            } => write!(
                 f,
                 "mismatch: ranks {} called different collectives at operation #{seq}: {detail}",
                 ranks(r)

@@ -282,7 +282,11 @@ pub struct CollDesc {
 
 impl fmt::Display for CollDesc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}(count={}, dtype={}", self.kind, self.count, self.dtype)?;
+        write!(
+            f,
+            "{}(count={}, dtype={}",
+            self.kind, self.count, self.dtype
+        )?;
         if matches!(
             self.kind,
             CollKind::AllReduce | CollKind::ReduceScatter | CollKind::Reduce

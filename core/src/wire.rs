@@ -113,7 +113,11 @@ impl FrameHeader {
         let op = ReduceOp::from_code(b[8])
             .ok_or_else(|| Error::protocol(format!("unknown reduce op code {}", b[8])))?;
         let len = u32_at(44);
-        let max = if kind == FrameKind::Data { MAX_CHUNK } else { MAX_CONTROL };
+        let max = if kind == FrameKind::Data {
+            MAX_CHUNK
+        } else {
+            MAX_CONTROL
+        };
         if len > max {
             return Err(Error::protocol(format!(
                 "frame payload of {len} bytes exceeds the limit of {max}"

@@ -57,7 +57,11 @@ fn expected(op: ReduceOp, n: usize, i: usize) -> f64 {
 }
 
 fn close<T: TestElem>(got: T, want: f64, is_int: bool) -> bool {
-    let want_t = if is_int { T::from_f64(want.trunc()) } else { T::from_f64(want) };
+    let want_t = if is_int {
+        T::from_f64(want.trunc())
+    } else {
+        T::from_f64(want)
+    };
     if is_int {
         got == want_t
     } else {
@@ -86,11 +90,23 @@ fn all_reduce_typed<T: TestElem>(c: &Communicator, is_int: bool, count: usize) {
     for op in ReduceOp::ALL {
         let input: Vec<T> = (0..count).map(|i| T::from_f64(value(op, r, i))).collect();
         let mut out = vec![T::from_f64(0.0); count];
-        c.all_reduce(&input, &mut out, op).unwrap_or_else(|e| fail(format!("all_reduce {op}: {e}")));
-        check(&format!("all_reduce {op} {}", T::DTYPE), &out, |i| expected(op, n, i), is_int);
+        c.all_reduce(&input, &mut out, op)
+            .unwrap_or_else(|e| fail(format!("all_reduce {op}: {e}")));
+        check(
+            &format!("all_reduce {op} {}", T::DTYPE),
+            &out,
+            |i| expected(op, n, i),
+            is_int,
+        );
         let mut buf = input.clone();
-        c.all_reduce_in_place(&mut buf, op).unwrap_or_else(|e| fail(format!("in-place all_reduce {op}: {e}")));
-        check(&format!("in-place all_reduce {op} {}", T::DTYPE), &buf, |i| expected(op, n, i), is_int);
+        c.all_reduce_in_place(&mut buf, op)
+            .unwrap_or_else(|e| fail(format!("in-place all_reduce {op}: {e}")));
+        check(
+            &format!("in-place all_reduce {op} {}", T::DTYPE),
+            &buf,
+            |i| expected(op, n, i),
+            is_int,
+        );
     }
 }
 
@@ -116,11 +132,23 @@ fn case_reduce_scatter(c: &Communicator) {
     for op in ReduceOp::ALL {
         let input: Vec<i64> = (0..COUNT * n).map(|i| value(op, r, i) as i64).collect();
         let mut out = vec![0i64; COUNT];
-        c.reduce_scatter(&input, &mut out, op).unwrap_or_else(|e| fail(format!("reduce_scatter: {e}")));
-        check("reduce_scatter", &out, |i| expected(op, n, r * COUNT + i), true);
+        c.reduce_scatter(&input, &mut out, op)
+            .unwrap_or_else(|e| fail(format!("reduce_scatter: {e}")));
+        check(
+            "reduce_scatter",
+            &out,
+            |i| expected(op, n, r * COUNT + i),
+            true,
+        );
         let mut buf = input.clone();
-        c.reduce_scatter_in_place(&mut buf, op).unwrap_or_else(|e| fail(format!("reduce_scatter in place: {e}")));
-        check("in-place reduce_scatter", &buf[r * COUNT..(r + 1) * COUNT], |i| expected(op, n, r * COUNT + i), true);
+        c.reduce_scatter_in_place(&mut buf, op)
+            .unwrap_or_else(|e| fail(format!("reduce_scatter in place: {e}")));
+        check(
+            "in-place reduce_scatter",
+            &buf[r * COUNT..(r + 1) * COUNT],
+            |i| expected(op, n, r * COUNT + i),
+            true,
+        );
     }
 }
 
@@ -128,24 +156,40 @@ fn case_all_gather(c: &Communicator) {
     let (r, n) = (c.rank(), c.size());
     let input: Vec<f32> = (0..COUNT).map(|i| (r * 10000 + i) as f32).collect();
     let mut out = vec![0f32; COUNT * n];
-    c.all_gather(&input, &mut out).unwrap_or_else(|e| fail(format!("all_gather: {e}")));
-    check("all_gather", &out, |i| ((i / COUNT) * 10000 + i % COUNT) as f64, true);
+    c.all_gather(&input, &mut out)
+        .unwrap_or_else(|e| fail(format!("all_gather: {e}")));
+    check(
+        "all_gather",
+        &out,
+        |i| ((i / COUNT) * 10000 + i % COUNT) as f64,
+        true,
+    );
     let mut buf = vec![0f32; COUNT * n];
     buf[r * COUNT..(r + 1) * COUNT].copy_from_slice(&input);
-    c.all_gather_in_place(&mut buf).unwrap_or_else(|e| fail(format!("all_gather in place: {e}")));
-    check("in-place all_gather", &buf, |i| ((i / COUNT) * 10000 + i % COUNT) as f64, true);
+    c.all_gather_in_place(&mut buf)
+        .unwrap_or_else(|e| fail(format!("all_gather in place: {e}")));
+    check(
+        "in-place all_gather",
+        &buf,
+        |i| ((i / COUNT) * 10000 + i % COUNT) as f64,
+        true,
+    );
 }
 
 fn case_broadcast(c: &Communicator) {
     let r = c.rank();
     for root in [0, 1, c.size() - 1] {
         for count in [COUNT, 3 << 18] {
-            let mut buf: Vec<u32> = (0..count).map(|i| if r == root { (i * 3 + root) as u32 } else { 7 }).collect();
-            c.broadcast(&mut buf, root).unwrap_or_else(|e| fail(format!("broadcast: {e}")));
+            let mut buf: Vec<u32> = (0..count)
+                .map(|i| if r == root { (i * 3 + root) as u32 } else { 7 })
+                .collect();
+            c.broadcast(&mut buf, root)
+                .unwrap_or_else(|e| fail(format!("broadcast: {e}")));
             check("broadcast", &buf, |i| (i * 3 + root) as f64, true);
             let input: Vec<u32> = (0..count).map(|i| (i + 5 * root) as u32).collect();
             let mut out = vec![0u32; count];
-            c.broadcast_into(&input, &mut out, root).unwrap_or_else(|e| fail(format!("broadcast_into: {e}")));
+            c.broadcast_into(&input, &mut out, root)
+                .unwrap_or_else(|e| fail(format!("broadcast_into: {e}")));
             check("broadcast_into", &out, |i| (i + 5 * root) as f64, true);
         }
     }
@@ -157,14 +201,16 @@ fn case_reduce(c: &Communicator) {
         for op in ReduceOp::ALL {
             let input: Vec<f64> = (0..COUNT).map(|i| value(op, r, i)).collect();
             let mut out = vec![-1f64; COUNT];
-            c.reduce(&input, &mut out, op, root).unwrap_or_else(|e| fail(format!("reduce: {e}")));
+            c.reduce(&input, &mut out, op, root)
+                .unwrap_or_else(|e| fail(format!("reduce: {e}")));
             if r == root {
                 check("reduce", &out, |i| expected(op, n, i), false);
             } else {
                 check("reduce (non-root output untouched)", &out, |_| -1.0, false);
             }
             let mut buf = input.clone();
-            c.reduce_in_place(&mut buf, op, root).unwrap_or_else(|e| fail(format!("reduce in place: {e}")));
+            c.reduce_in_place(&mut buf, op, root)
+                .unwrap_or_else(|e| fail(format!("reduce in place: {e}")));
             if r == root {
                 check("in-place reduce", &buf, |i| expected(op, n, i), false);
             }
@@ -178,10 +224,12 @@ fn case_all_to_all(c: &Communicator) {
     // Block i of the output comes from rank i: its block r, element k.
     let want = |i: usize| ((i / COUNT) * 1_000_000 + r * COUNT + i % COUNT) as f64;
     let mut out = vec![0i32; COUNT * n];
-    c.all_to_all(&input, &mut out).unwrap_or_else(|e| fail(format!("all_to_all: {e}")));
+    c.all_to_all(&input, &mut out)
+        .unwrap_or_else(|e| fail(format!("all_to_all: {e}")));
     check("all_to_all", &out, want, true);
     let mut buf = input.clone();
-    c.all_to_all_in_place(&mut buf).unwrap_or_else(|e| fail(format!("all_to_all in place: {e}")));
+    c.all_to_all_in_place(&mut buf)
+        .unwrap_or_else(|e| fail(format!("all_to_all in place: {e}")));
     check("in-place all_to_all", &buf, want, true);
 }
 
@@ -190,9 +238,23 @@ fn case_all_to_all_v(c: &Communicator) {
     // Rank s sends (s + d + 1) * 3 elements to rank d, valued s*1000 + d*100 + k.
     let cnt = |s: usize, d: usize| (s + d + 1) * 3;
     let send_counts: Vec<usize> = (0..n).map(|d| cnt(r, d)).collect();
-    let send_displs: Vec<usize> = send_counts.iter().scan(0, |a, &c| { let d = *a; *a += c + 1; Some(d) }).collect();
+    let send_displs: Vec<usize> = send_counts
+        .iter()
+        .scan(0, |a, &c| {
+            let d = *a;
+            *a += c + 1;
+            Some(d)
+        })
+        .collect();
     let recv_counts: Vec<usize> = (0..n).map(|s| cnt(s, r)).collect();
-    let recv_displs: Vec<usize> = recv_counts.iter().scan(0, |a, &c| { let d = *a; *a += c; Some(d) }).collect();
+    let recv_displs: Vec<usize> = recv_counts
+        .iter()
+        .scan(0, |a, &c| {
+            let d = *a;
+            *a += c;
+            Some(d)
+        })
+        .collect();
     let mut input = vec![0u64; send_displs[n - 1] + send_counts[n - 1]];
     for d in 0..n {
         for k in 0..send_counts[d] {
@@ -200,14 +262,23 @@ fn case_all_to_all_v(c: &Communicator) {
         }
     }
     let mut out = vec![0u64; recv_displs[n - 1] + recv_counts[n - 1]];
-    c.all_to_all_v(&input, &send_counts, &send_displs, &mut out, &recv_counts, &recv_displs)
-        .unwrap_or_else(|e| fail(format!("all_to_all_v: {e}")));
+    c.all_to_all_v(
+        &input,
+        &send_counts,
+        &send_displs,
+        &mut out,
+        &recv_counts,
+        &recv_displs,
+    )
+    .unwrap_or_else(|e| fail(format!("all_to_all_v: {e}")));
     for s in 0..n {
         for k in 0..recv_counts[s] {
             let got = out[recv_displs[s] + k];
             let want = (s * 1000 + r * 100 + k) as u64;
             if got != want {
-                fail(format!("all_to_all_v from {s} element {k}: {got} != {want}"));
+                fail(format!(
+                    "all_to_all_v from {s} element {k}: {got} != {want}"
+                ));
             }
         }
     }
@@ -215,49 +286,60 @@ fn case_all_to_all_v(c: &Communicator) {
 
 fn case_p2p(c: &Communicator) {
     let (r, n) = (c.rank(), c.size());
-    c.barrier().unwrap_or_else(|e| fail(format!("barrier: {e}")));
+    c.barrier()
+        .unwrap_or_else(|e| fail(format!("barrier: {e}")));
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
     let mine: Vec<f32> = (0..COUNT).map(|i| (r * 7 + i) as f32).collect();
     let mut got = vec![0f32; COUNT];
     let mut g = c.group();
     g.send(&mine, right, 11).unwrap();
     g.recv(&mut got, left, 11).unwrap();
-    g.end().unwrap_or_else(|e| fail(format!("group send/recv: {e}")));
+    g.end()
+        .unwrap_or_else(|e| fail(format!("group send/recv: {e}")));
     check("ring shift", &got, |i| (left * 7 + i) as f64, false);
     // Send to self inside a group, as NCCL allows.
     let mut me = vec![0f32; COUNT];
     let mut g = c.group();
     g.send(&mine, r, 3).unwrap();
     g.recv(&mut me, r, 3).unwrap();
-    g.end().unwrap_or_else(|e| fail(format!("send to self: {e}")));
+    g.end()
+        .unwrap_or_else(|e| fail(format!("send to self: {e}")));
     check("self send", &me, |i| (r * 7 + i) as f64, false);
     // Blocking send/recv between ranks 0 and 1 with two tags in order.
     if r == 0 {
-        c.send(&[1u8, 2, 3], 1, 5).unwrap_or_else(|e| fail(format!("send: {e}")));
-        c.send(&[9u8; 100_000], 1, 6).unwrap_or_else(|e| fail(format!("send: {e}")));
+        c.send(&[1u8, 2, 3], 1, 5)
+            .unwrap_or_else(|e| fail(format!("send: {e}")));
+        c.send(&[9u8; 100_000], 1, 6)
+            .unwrap_or_else(|e| fail(format!("send: {e}")));
     } else if r == 1 {
         let mut a = [0u8; 3];
         let mut b = vec![0u8; 100_000];
-        c.recv(&mut a, 0, 5).unwrap_or_else(|e| fail(format!("recv: {e}")));
-        c.recv(&mut b, 0, 6).unwrap_or_else(|e| fail(format!("recv: {e}")));
+        c.recv(&mut a, 0, 5)
+            .unwrap_or_else(|e| fail(format!("recv: {e}")));
+        c.recv(&mut b, 0, 6)
+            .unwrap_or_else(|e| fail(format!("recv: {e}")));
         if a != [1, 2, 3] || b.iter().any(|&x| x != 9) {
             fail("send/recv payload".into());
         }
     }
     for _ in 0..20 {
-        c.barrier().unwrap_or_else(|e| fail(format!("barrier: {e}")));
+        c.barrier()
+            .unwrap_or_else(|e| fail(format!("barrier: {e}")));
     }
 }
 
 fn case_non_blocking(c: &Communicator) {
     let n = c.size();
-    let mut a: Vec<f32> = (0..COUNT).map(|i| value(ReduceOp::Sum, c.rank(), i) as f32).collect();
+    let mut a: Vec<f32> = (0..COUNT)
+        .map(|i| value(ReduceOp::Sum, c.rank(), i) as f32)
+        .collect();
     let mut b = a.clone();
     let ra = c.immediate_all_reduce_in_place(&mut a, ReduceOp::Sum);
     let rb = c.immediate_all_reduce_in_place(&mut b, ReduceOp::Max);
     // A blocking call queues behind the two requests.
     let mut x = [c.rank() as i32];
-    c.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap_or_else(|e| fail(format!("blocking after async: {e}")));
+    c.all_reduce_in_place(&mut x, ReduceOp::Sum)
+        .unwrap_or_else(|e| fail(format!("blocking after async: {e}")));
     if !ra.test() || !rb.test() {
         fail("requests must be complete once a later blocking call returned".into());
     }
@@ -280,7 +362,10 @@ fn expect_err(what: &str, r: dmsc::Result<()>, must: &[&str]) -> Error {
                     fail(format!("{what}: error {s:?} does not mention {m:?}"));
                 }
             }
-            println!("rank {}: {what}: {s}", std::env::var("RANK").unwrap_or_default());
+            println!(
+                "rank {}: {what}: {s}",
+                std::env::var("RANK").unwrap_or_default()
+            );
             e
         }
     }
@@ -289,17 +374,24 @@ fn expect_err(what: &str, r: dmsc::Result<()>, must: &[&str]) -> Error {
 fn case_timeout(c: &Communicator) {
     let r = c.rank();
     let mut buf = vec![1f32; COUNT];
-    c.all_reduce_in_place(&mut buf, ReduceOp::Sum).unwrap_or_else(|e| fail(format!("first all_reduce: {e}")));
+    c.all_reduce_in_place(&mut buf, ReduceOp::Sum)
+        .unwrap_or_else(|e| fail(format!("first all_reduce: {e}")));
     if r == 2 {
         // Stay alive but never call the second collective.
         std::thread::sleep(std::time::Duration::from_secs(3));
         return;
     }
     let t = std::time::Instant::now();
-    let e = expect_err("timeout", c.all_reduce_in_place(&mut buf, ReduceOp::Sum), &["timeout", "2"]);
+    let e = expect_err(
+        "timeout",
+        c.all_reduce_in_place(&mut buf, ReduceOp::Sum),
+        &["timeout", "2"],
+    );
     match e {
         Error::Timeout { missing, .. } if missing == vec![2] => {}
-        other => fail(format!("timeout should name exactly rank 2 as missing: {other:?}")),
+        other => fail(format!(
+            "timeout should name exactly rank 2 as missing: {other:?}"
+        )),
     }
     if t.elapsed() > std::time::Duration::from_secs(5) {
         fail(format!("timeout took {:?}", t.elapsed()));
@@ -315,7 +407,10 @@ fn case_mismatch(c: &Communicator, which: &str) {
     let (res, must): (dmsc::Result<()>, &[&str]) = match which {
         "mismatch_count" => {
             let n = if odd { COUNT + 1 } else { COUNT };
-            (c.all_reduce_in_place(&mut buf[..n], ReduceOp::Sum), &["mismatch", "count"])
+            (
+                c.all_reduce_in_place(&mut buf[..n], ReduceOp::Sum),
+                &["mismatch", "count"],
+            )
         }
         "mismatch_op" => {
             let res = if odd {
@@ -336,7 +431,10 @@ fn case_mismatch(c: &Communicator, which: &str) {
         }
         "mismatch_redop" => {
             let op = if odd { ReduceOp::Max } else { ReduceOp::Sum };
-            (c.all_reduce_in_place(&mut buf[..COUNT], op), &["mismatch", "reduce op"])
+            (
+                c.all_reduce_in_place(&mut buf[..COUNT], op),
+                &["mismatch", "reduce op"],
+            )
         }
         _ => {
             let root = if odd { 2 } else { 0 };
@@ -359,7 +457,11 @@ fn case_bad_args(c: &Communicator) {
     let mut b = vec![0f32; 10];
     expect_err("root", c.broadcast(&mut b, 7), &["root 7"]);
     let mut o = vec![0f32; 3];
-    expect_err("lengths", c.all_reduce(&b, &mut o, ReduceOp::Sum), &["10", "3"]);
+    expect_err(
+        "lengths",
+        c.all_reduce(&b, &mut o, ReduceOp::Sum),
+        &["10", "3"],
+    );
     expect_err("gather", c.all_gather(&b, &mut o), &["all_gather output"]);
     let mut g = c.group();
     if let Err(e) = g.send(&b, 9, 0) {
@@ -370,7 +472,8 @@ fn case_bad_args(c: &Communicator) {
     }
     drop(g);
     // The communicator still works after rejected arguments.
-    c.all_reduce_in_place(&mut b, ReduceOp::Sum).unwrap_or_else(|e| fail(format!("after bad args: {e}")));
+    c.all_reduce_in_place(&mut b, ReduceOp::Sum)
+        .unwrap_or_else(|e| fail(format!("after bad args: {e}")));
 }
 
 /// The rank entry point; run by the parent tests through dmscrun.

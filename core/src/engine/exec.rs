@@ -148,7 +148,14 @@ impl Exec {
         self.pump(t, pool)
     }
 
-    fn header(&self, action_index: usize, msg: u32, chunk: u32, offset: u64, len: u32) -> FrameHeader {
+    fn header(
+        &self,
+        action_index: usize,
+        msg: u32,
+        chunk: u32,
+        offset: u64,
+        len: u32,
+    ) -> FrameHeader {
         match &self.labels {
             Labels::Collective { seq, desc } => FrameHeader {
                 kind: FrameKind::Data,
@@ -218,7 +225,10 @@ impl Exec {
                 _ => continue,
             };
             if peer >= self.nranks {
-                return Err(Error::internal(format!("schedule names peer {peer} of {}", self.nranks)));
+                return Err(Error::internal(format!(
+                    "schedule names peer {peer} of {}",
+                    self.nranks
+                )));
             }
             let (ptr, len) = self.mem.resolve(main, elem, self.scratch)?;
             let local_ptr = match local {
@@ -252,7 +262,11 @@ impl Exec {
                 let (p, lp) = unsafe {
                     (
                         ptr.add(off),
-                        if local_ptr.is_null() { local_ptr } else { local_ptr.add(off) },
+                        if local_ptr.is_null() {
+                            local_ptr
+                        } else {
+                            local_ptr.add(off)
+                        },
                     )
                 };
                 self.chunks.push(Chunk {
@@ -293,7 +307,9 @@ impl Exec {
                 let (s, n) = self.mem.resolve(src, elem, self.scratch)?;
                 let (d, m) = self.mem.resolve(dst, elem, self.scratch)?;
                 if n != m || overlaps(s, d, n) {
-                    return Err(Error::internal("Reduce operands differ in length or overlap"));
+                    return Err(Error::internal(
+                        "Reduce operands differ in length or overlap",
+                    ));
                 }
                 // SAFETY: bounds-checked, non-overlapping, valid for the operation.
                 unsafe {
@@ -308,7 +324,9 @@ impl Exec {
             Action::Scale { dst } => {
                 let (d, n) = self.mem.resolve(dst, elem, self.scratch)?;
                 // SAFETY: bounds-checked, valid for the operation.
-                unsafe { reduce::scale_div(dtype, std::slice::from_raw_parts_mut(d, n), self.nranks)? };
+                unsafe {
+                    reduce::scale_div(dtype, std::slice::from_raw_parts_mut(d, n), self.nranks)?
+                };
             }
             _ => {}
         }
@@ -316,14 +334,20 @@ impl Exec {
     }
 
     /// Post as many chunks as the windows allow.
-    pub(crate) fn pump<T: Transport + ?Sized>(&mut self, t: &mut T, pool: &mut StagingPool) -> Result<()> {
+    pub(crate) fn pump<T: Transport + ?Sized>(
+        &mut self,
+        t: &mut T,
+        pool: &mut StagingPool,
+    ) -> Result<()> {
         loop {
             if self.finished() {
                 return Ok(());
             }
             for peer in 0..self.nranks {
                 while self.inflight_send[peer] < self.window {
-                    let Some(idx) = self.to_post_send[peer].pop_front() else { break };
+                    let Some(idx) = self.to_post_send[peer].pop_front() else {
+                        break;
+                    };
                     let token = self.token(idx);
                     let c = &mut self.chunks[idx];
                     // SAFETY: `c.ptr` points into a region the caller keeps alive and
@@ -334,7 +358,9 @@ impl Exec {
                     self.inflight_send[peer] += 1;
                 }
                 while self.inflight_recv[peer] < self.window {
-                    let Some(&idx) = self.to_post_recv[peer].front() else { break };
+                    let Some(&idx) = self.to_post_recv[peer].front() else {
+                        break;
+                    };
                     let token = self.token(idx);
                     let len = self.chunks[idx].header.len as usize;
                     let dst = if self.chunks[idx].dir == Dir::RecvReduce {
@@ -378,10 +404,14 @@ impl Exec {
         }
         let idx = (token & 0xffff_ffff) as usize;
         let Some(ch) = self.chunks.get_mut(idx) else {
-            return Err(Error::internal(format!("completion for unknown chunk {idx}")));
+            return Err(Error::internal(format!(
+                "completion for unknown chunk {idx}"
+            )));
         };
         if ch.done || !ch.posted || (ch.dir == Dir::Send) != sent {
-            return Err(Error::internal(format!("unexpected completion for chunk {idx}: {c:?}")));
+            return Err(Error::internal(format!(
+                "unexpected completion for chunk {idx}: {c:?}"
+            )));
         }
         ch.done = true;
         self.remaining -= 1;
@@ -391,7 +421,10 @@ impl Exec {
             Dir::RecvReduce => {
                 self.inflight_recv[ch.peer] -= 1;
                 let n = ch.header.len as usize;
-                let slot = ch.staging.take().ok_or_else(|| Error::internal("no staging slot"))?;
+                let slot = ch
+                    .staging
+                    .take()
+                    .ok_or_else(|| Error::internal("no staging slot"))?;
                 let staged = pool.ptr(slot) as *const u8;
                 let (dtype, op) = (self.desc.dtype, self.desc.op.combiner());
                 // SAFETY: `ptr`/`local` are bounds-checked ranges of live regions of n bytes;
@@ -399,7 +432,12 @@ impl Exec {
                 let r = unsafe {
                     let recv = std::slice::from_raw_parts(staged, n);
                     if std::ptr::eq(ch.local, ch.ptr) {
-                        reduce::reduce_in_place(dtype, op, std::slice::from_raw_parts_mut(ch.ptr, n), recv)
+                        reduce::reduce_in_place(
+                            dtype,
+                            op,
+                            std::slice::from_raw_parts_mut(ch.ptr, n),
+                            recv,
+                        )
                     } else if overlaps(ch.local, ch.ptr, n) {
                         Err(Error::internal("RecvReduce operands overlap partially"))
                     } else {

@@ -39,13 +39,21 @@ unsafe impl Send for OpMemory {}
 
 impl OpMemory {
     /// Resolve `s` (in elements of `elem` bytes) to an address and byte length.
-    pub(crate) fn resolve(&self, s: Slice, elem: usize, scratch: Region) -> Result<(*mut u8, usize)> {
+    pub(crate) fn resolve(
+        &self,
+        s: Slice,
+        elem: usize,
+        scratch: Region,
+    ) -> Result<(*mut u8, usize)> {
         let region = match s.buf {
             BufId::Input => self.input,
             BufId::Output => self.output,
             BufId::Scratch => scratch,
             BufId::Group(i) => *self.group.get(i as usize).ok_or_else(|| {
-                Error::internal(format!("schedule names group buffer {i} of {}", self.group.len()))
+                Error::internal(format!(
+                    "schedule names group buffer {i} of {}",
+                    self.group.len()
+                ))
             })?,
         };
         let off = s.offset.checked_mul(elem);

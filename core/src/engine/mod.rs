@@ -81,7 +81,12 @@ pub struct Engine {
 
 impl Engine {
     /// An engine for `rank` of `nranks` over `transport`.
-    pub fn new(transport: Box<dyn Transport>, rank: Rank, nranks: usize, cfg: EngineConfig) -> Engine {
+    pub fn new(
+        transport: Box<dyn Transport>,
+        rank: Rank,
+        nranks: usize,
+        cfg: EngineConfig,
+    ) -> Engine {
         let abort = Arc::new(AbortHandle {
             aborted: AtomicBool::new(false),
             waker: transport.waker(),
@@ -159,7 +164,12 @@ impl Engine {
     /// # Safety
     /// The regions of `mem` must be valid (input for reads, output and group buffers for
     /// writes) for the whole call and not be accessed by anyone else meanwhile.
-    pub unsafe fn run_collective(&mut self, desc: CollDesc, sched: Schedule, mem: OpMemory) -> Result<()> {
+    pub unsafe fn run_collective(
+        &mut self,
+        desc: CollDesc,
+        sched: Schedule,
+        mem: OpMemory,
+    ) -> Result<()> {
         self.check_usable()?;
         self.started += 1;
         let seq = self.started;
@@ -209,9 +219,18 @@ impl Engine {
         self.execute(Labels::P2p { per_action }, desc, sched, mem)
     }
 
-    fn execute(&mut self, labels: Labels, desc: CollDesc, sched: Schedule, mem: OpMemory) -> Result<()> {
+    fn execute(
+        &mut self,
+        labels: Labels,
+        desc: CollDesc,
+        sched: Schedule,
+        mem: OpMemory,
+    ) -> Result<()> {
         let started_at = Instant::now();
-        let need = sched.scratch_elems.saturating_mul(desc.dtype.size()).div_ceil(8);
+        let need = sched
+            .scratch_elems
+            .saturating_mul(desc.dtype.size())
+            .div_ceil(8);
         if self.scratch.len() < need {
             self.scratch.resize(need, 0);
         }
@@ -220,7 +239,11 @@ impl Engine {
             len: need * 8,
         };
         if self.cfg.debug {
-            eprintln!("dmsc: rank {} start {} {desc}", self.rank, self.op_name(&labels, &desc));
+            eprintln!(
+                "dmsc: rank {} start {} {desc}",
+                self.rank,
+                self.op_name(&labels, &desc)
+            );
         }
         self.current = Some(desc);
         let mut ex = Exec::new(
@@ -305,11 +328,7 @@ impl Engine {
         while !ex.finished() {
             if self.abort.is_aborted() {
                 return Err(Error::Aborted {
-                    detail: format!(
-                        "{} on rank {} was aborted",
-                        self.describe(ex),
-                        self.rank
-                    ),
+                    detail: format!("{} on rank {} was aborted", self.describe(ex), self.rank),
                 });
             }
             let now = Instant::now();
@@ -359,7 +378,11 @@ impl Engine {
         let mut comps = Vec::new();
         while Instant::now() < until {
             comps.clear();
-            if self.transport.poll(&mut comps, Duration::from_millis(5)).is_err() {
+            if self
+                .transport
+                .poll(&mut comps, Duration::from_millis(5))
+                .is_err()
+            {
                 return None;
             }
             for c in comps.drain(..) {
@@ -386,7 +409,11 @@ impl Engine {
             Completion::BadHeader { peer, got, .. } => Err(self.bad_header(*peer, got, ex)),
             Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
                 peer: *peer,
-                detail: format!("during {} on rank {}: {error}", self.describe(ex), self.rank),
+                detail: format!(
+                    "during {} on rank {}: {error}",
+                    self.describe(ex),
+                    self.rank
+                ),
             }),
             Completion::Control { peer, payload } => self.on_control(*peer, payload),
             Completion::Sent { token } | Completion::Received { token } => Err(Error::internal(
@@ -463,7 +490,10 @@ impl Engine {
                     from: peer,
                     detail: format!("rank {peer} aborted the communicator"),
                 },
-                ErrorClass::Other => Error::Remote { from: peer, detail: text },
+                ErrorClass::Other => Error::Remote {
+                    from: peer,
+                    detail: text,
+                },
             }),
             ControlMsg::StatusQuery => {
                 let reply = ControlMsg::Status {

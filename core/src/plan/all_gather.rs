@@ -11,7 +11,7 @@ use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::Rank;
 
 /// Rank `rank`'s ring all-gather of blocks of `count` elements over `n >= 2` ranks.
-pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
     let (next, prev) = ((rank + 1) % n, sub(rank, 1, n));
     let out = |b: usize| Slice::new(BufId::Output, b * count, count);
     let mut t = Timeline::default();

@@ -22,7 +22,7 @@ use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::{DataType, Rank};
 
 /// Rank `rank`'s all-to-all of blocks of `count` elements over `n >= 2` ranks.
-pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize, count: usize, inplace: bool) -> Schedule {
     if inplace {
         return plan_in_place(rank, n, count);
     }

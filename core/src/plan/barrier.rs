@@ -16,7 +16,7 @@ use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::Rank;
 
 /// Rank `rank`'s dissemination barrier over `n` ranks (empty for one rank).
-pub fn plan(rank: Rank, n: usize) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize) -> Schedule {
     let empty = Slice::new(BufId::Scratch, 0, 0);
     let mut s = Schedule::default();
     for k in 0..rounds(n) {

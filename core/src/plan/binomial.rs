@@ -23,7 +23,7 @@ pub(crate) fn rounds(n: usize) -> usize {
 }
 
 /// Rank `rank`'s binomial broadcast of `count` elements from `root` over `n >= 2` ranks.
-pub fn broadcast(rank: Rank, n: usize, root: Rank, count: usize, inplace: bool) -> Schedule {
+pub(crate) fn broadcast(rank: Rank, n: usize, root: Rank, count: usize, inplace: bool) -> Schedule {
     let v = sub(rank, root, n);
     let all = |buf| Slice::new(buf, 0, count);
     let mut t = Timeline::default();
@@ -67,7 +67,7 @@ pub fn broadcast(rank: Rank, n: usize, root: Rank, count: usize, inplace: bool) 
 
 /// Rank `rank`'s binomial reduce of `count` elements to `root` over `n >= 2` ranks; `avg`
 /// divides the result at the root.
-pub fn reduce(rank: Rank, n: usize, root: Rank, count: usize, avg: bool) -> Schedule {
+pub(crate) fn reduce(rank: Rank, n: usize, root: Rank, count: usize, avg: bool) -> Schedule {
     let v = sub(rank, root, n);
     let all = |buf| Slice::new(buf, 0, count);
     let acc = if v == 0 {

@@ -22,7 +22,7 @@ use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::Rank;
 
 /// Rank `rank`'s chain broadcast of `count` elements from `root` over `n >= 2` ranks.
-pub fn broadcast(
+pub(crate) fn broadcast(
     rank: Rank,
     n: usize,
     root: Rank,
@@ -76,7 +76,14 @@ pub fn broadcast(
 
 /// Rank `rank`'s chain reduce of `count` elements to `root` over `n >= 2` ranks; `avg`
 /// divides the result at the root.
-pub fn reduce(rank: Rank, n: usize, root: Rank, count: usize, seg: usize, avg: bool) -> Schedule {
+pub(crate) fn reduce(
+    rank: Rank,
+    n: usize,
+    root: Rank,
+    count: usize,
+    seg: usize,
+    avg: bool,
+) -> Schedule {
     let pos = sub(rank, root, n);
     let (toward_root, from) = (sub(rank, 1, n), add(rank, 1, n));
     let last = pos + 1 == n;

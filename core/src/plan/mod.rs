@@ -5,6 +5,9 @@
 //! The simulator ([`crate::sim`]) runs the schedules of all ranks in memory and is the oracle
 //! of every algorithm test (see `plan/tests.rs`).
 //!
+//! The entry points are [`plan`], [`plan_all_to_all_v`] and [`plan_send_recv`], which
+//! validate their arguments; the algorithm modules document how each schedule is built.
+//!
 //! | collective | algorithm | module |
 //! | --- | --- | --- |
 //! | all_reduce | ring reduce-scatter + ring all-gather, or pipelined double binary tree | [`ring_all_reduce`], [`tree`] |

@@ -20,7 +20,7 @@ use crate::types::Rank;
 
 /// Rank `rank`'s ring reduce-scatter of blocks of `count` elements over `n >= 2` ranks;
 /// `avg` divides the result in a final local step.
-pub fn plan(rank: Rank, n: usize, count: usize, inplace: bool, avg: bool) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize, count: usize, inplace: bool, avg: bool) -> Schedule {
     let (next, prev) = ((rank + 1) % n, sub(rank, 1, n));
     let input = |b: usize| Slice::new(BufId::Input, b * count, count);
     // Where the partial sum received at step s lives.

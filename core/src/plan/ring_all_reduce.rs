@@ -25,7 +25,7 @@ use crate::schedule::{Action, BufId, Schedule};
 use crate::types::Rank;
 
 /// Rank `rank`'s ring all-reduce of `count` elements over `n >= 2` ranks.
-pub fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
     let (next, prev) = ((rank + 1) % n, sub(rank, 1, n));
     let blk = |i: usize| block(count, n, i);
     let mut t = Timeline::default();

@@ -68,7 +68,10 @@ impl Tree {
 
     /// Ranks in breadth-first order from the root.
     fn bfs(&self) -> Vec<Rank> {
-        let mut order = vec![self.root];
+        let mut order: Vec<Rank> = (!self.parent.is_empty())
+            .then_some(self.root)
+            .into_iter()
+            .collect();
         let mut i = 0;
         while i < order.len() {
             order.extend_from_slice(&self.children[order[i]]);
@@ -179,7 +182,7 @@ fn timing(tree: &Tree, avg: bool) -> Timing {
 
 /// Rank `rank`'s double-binary-tree all-reduce of `count` elements over `n >= 2` ranks in
 /// segments of `seg` elements.
-pub fn plan(rank: Rank, n: usize, count: usize, seg: usize, avg: bool) -> Schedule {
+pub(crate) fn plan(rank: Rank, n: usize, count: usize, seg: usize, avg: bool) -> Schedule {
     let half = count - count / 2;
     let ranges = [(0, half), (half, count - half)];
     let mut t = Timeline::default();
@@ -278,6 +281,8 @@ mod tests {
 
     #[test]
     fn trees_span_and_agree() {
+        let [a, _] = double_tree(0);
+        assert_eq!(a.depth(), 0);
         for n in 1..=200 {
             let [a, b] = double_tree(n);
             check_tree(&a, n);

@@ -189,9 +189,7 @@ pub fn reduce_into(
         DataType::Float32 => go!(f32),
         DataType::Float64 => go!(f64),
         DataType::Float16 => half_kernel::<f16>(op, typed_mut(dst)?, Some(typed(a)?), typed(b)?),
-        DataType::Bfloat16 => {
-            half_kernel::<bf16>(op, typed_mut(dst)?, Some(typed(a)?), typed(b)?)
-        }
+        DataType::Bfloat16 => half_kernel::<bf16>(op, typed_mut(dst)?, Some(typed(a)?), typed(b)?),
     }
     Ok(())
 }
@@ -231,4 +229,3 @@ pub fn scale_div(dtype: DataType, dst: &mut [u8], n: usize) -> Result<()> {
     }
     Ok(())
 }
-

@@ -154,7 +154,9 @@ impl Conn {
     /// (or a frame is half read) for data.
     pub(crate) fn wants_recv(&self) -> bool {
         !self.dead
-            && ((self.role == Role::Control && !self.eof) || self.rgot > 0 || !self.recvq.is_empty())
+            && ((self.role == Role::Control && !self.eof)
+                || self.rgot > 0
+                || !self.recvq.is_empty())
     }
 
     /// Fill `send_iov`/`send_msg` for the next bytes to send. Returns false when idle.
@@ -356,7 +358,11 @@ impl Conn {
     }
 
     fn fail(&mut self, out: &mut Vec<Completion>, what: String) {
-        let kind = if self.role == Role::Data { "data" } else { "control" };
+        let kind = if self.role == Role::Data {
+            "data"
+        } else {
+            "control"
+        };
         self.fail_with(
             out,
             Error::System {

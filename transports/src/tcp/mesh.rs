@@ -49,7 +49,9 @@ fn connect_retry(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpS
     let mut last = None;
     let mut backoff = Duration::from_millis(5);
     while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
@@ -67,12 +69,33 @@ fn connect_retry(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpS
 
 fn tune(s: &TcpStream) -> Result<()> {
     s.set_nodelay(true)
-        .map_err(|e| Error::io("setting TCP_NODELAY", &e))
+        .map_err(|e| Error::io("setting TCP_NODELAY", &e))?;
+    if let Some(bytes) = std::env::var("DMSC_SOCKET_BUF")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        use std::os::fd::AsRawFd;
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: setsockopt with a pointer to a local int of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &bytes as *const i32 as *const libc::c_void,
+                    4,
+                )
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Read and check a peer's hello; returns (peer rank, role).
 fn read_hello(s: &mut TcpStream, opts: &MeshOptions, deadline: Instant) -> Result<(Rank, Role)> {
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(10));
     s.set_read_timeout(Some(left.min(Duration::from_secs(5))))
         .map_err(|e| Error::io("setting a read timeout", &e))?;
     let mut b = [0u8; HEADER_LEN];
@@ -111,10 +134,7 @@ pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
 
 /// Build the full mesh for `opts.rank`. `exchange` publishes this rank's listening address
 /// and returns every rank's (indexed by rank), e.g. through the rendezvous store.
-pub fn connect_mesh(
-    opts: &MeshOptions,
-    exchange: Exchange<'_>,
-) -> Result<Box<dyn Transport>> {
+pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dyn Transport>> {
     let deadline = Instant::now() + opts.timeout;
     let listener = TcpListener::bind((opts.bind_ip, 0))
         .map_err(|e| Error::io(format!("listening on {}", opts.bind_ip), &e))?;
@@ -131,7 +151,8 @@ pub fn connect_mesh(
     }
     let mut addrs = Vec::with_capacity(all.len());
     for (r, a) in all.iter().enumerate() {
-        let s = std::str::from_utf8(a).map_err(|_| Error::protocol(format!("rank {r} published a non-UTF-8 address")))?;
+        let s = std::str::from_utf8(a)
+            .map_err(|_| Error::protocol(format!("rank {r} published a non-UTF-8 address")))?;
         let sa: SocketAddr = s
             .parse()
             .map_err(|_| Error::protocol(format!("rank {r} published a bad address {s:?}")))?;
@@ -146,7 +167,11 @@ pub fn connect_mesh(
             tune(&s)?;
             s.write_all(&hello(opts, role))
                 .map_err(|e| Error::io(format!("sending hello to rank {peer}"), &e))?;
-            let slot = if role == Role::Data { &mut data_of } else { &mut control_of };
+            let slot = if role == Role::Data {
+                &mut data_of
+            } else {
+                &mut control_of
+            };
             slot[peer] = Some(conns.len());
             conns.push(Conn::new(OwnedFd::from(s), peer, role));
         }
@@ -173,7 +198,11 @@ pub fn connect_mesh(
                     .map_err(|e| Error::io("setting a socket blocking", &e))?;
                 match read_hello(&mut s, opts, deadline) {
                     Ok((peer, role)) => {
-                        let slot = if role == Role::Data { &mut data_of } else { &mut control_of };
+                        let slot = if role == Role::Data {
+                            &mut data_of
+                        } else {
+                            &mut control_of
+                        };
                         if slot[peer].is_some() {
                             eprintln!("dmsc: rank {}: refusing a duplicate {role:?} connection claiming rank {peer} from {from}", opts.rank);
                             continue;
@@ -184,7 +213,10 @@ pub fn connect_mesh(
                         expected -= 1;
                     }
                     Err(e) => {
-                        eprintln!("dmsc: rank {}: refused a connection from {from}: {e}", opts.rank);
+                        eprintln!(
+                            "dmsc: rank {}: refused a connection from {from}: {e}",
+                            opts.rank
+                        );
                     }
                 }
             }

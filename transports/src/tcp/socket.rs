@@ -37,7 +37,9 @@ impl SocketTransport {
             while c.has_send() && c.prepare_send() {
                 // SAFETY: send_msg describes iovecs into memory valid per the post_send
                 // contract or owned by the connection.
-                let n = unsafe { libc::sendmsg(c.fd(), &c.send_msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+                let n = unsafe {
+                    libc::sendmsg(c.fd(), &c.send_msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                };
                 if n < 0 {
                     let e = errno();
                     if e == libc::EAGAIN || e == libc::EINTR {
@@ -81,9 +83,16 @@ pub(crate) fn set_nonblocking(fd: i32, on: bool) -> Result<()> {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
-        let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+        let fl = if on {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
         if libc::fcntl(fd, libc::F_SETFL, fl) < 0 {
-            return Err(Error::io("setting O_NONBLOCK", &std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "setting O_NONBLOCK",
+                &std::io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())
@@ -94,12 +103,24 @@ impl Transport for SocketTransport {
         "tcp-socket"
     }
 
-    unsafe fn post_send(&mut self, peer: Rank, header: &FrameHeader, data: *const u8, token: Token) -> Result<()> {
+    unsafe fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()> {
         self.mesh.data(peer)?.push_send(header, data, token);
         Ok(())
     }
 
-    unsafe fn post_recv(&mut self, peer: Rank, expect: &FrameHeader, dst: *mut u8, token: Token) -> Result<()> {
+    unsafe fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()> {
         self.mesh.data(peer)?.push_recv(expect, dst, token);
         Ok(())
     }

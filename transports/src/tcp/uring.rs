@@ -85,14 +85,21 @@ impl UringTransport {
     /// Submit a send and/or receive for every idle connection with work.
     fn arm(&mut self) -> Result<()> {
         if !self.wake_armed {
-            let e = opcode::Read::new(types::Fd(self.wake.raw()), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
-                .build()
-                .user_data(KIND_WAKE);
+            let e = opcode::Read::new(
+                types::Fd(self.wake.raw()),
+                &mut *self.wake_buf as *mut u64 as *mut u8,
+                8,
+            )
+            .build()
+            .user_data(KIND_WAKE);
             self.push(&e)?;
             self.wake_armed = true;
         }
         for i in 0..self.mesh.conns.len() {
-            if !self.send_busy[i] && self.mesh.conns[i].has_send() && self.mesh.conns[i].prepare_send() {
+            if !self.send_busy[i]
+                && self.mesh.conns[i].has_send()
+                && self.mesh.conns[i].prepare_send()
+            {
                 let c = &self.mesh.conns[i];
                 let e = opcode::SendMsg::new(types::Fd(c.fd()), &c.send_msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
@@ -130,7 +137,14 @@ impl UringTransport {
         };
         match r {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Error::io("io_uring_enter", &e)),
         }
     }
@@ -194,7 +208,9 @@ impl UringTransport {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while (self.send_busy.iter().any(|&b| b) || self.recv_busy.iter().any(|&b| b) || self.wake_armed)
+        while (self.send_busy.iter().any(|&b| b)
+            || self.recv_busy.iter().any(|&b| b)
+            || self.wake_armed)
             && Instant::now() < deadline
         {
             if self.wait(Duration::from_millis(10)).is_err() {
@@ -210,12 +226,24 @@ impl Transport for UringTransport {
         "tcp-uring"
     }
 
-    unsafe fn post_send(&mut self, peer: Rank, header: &FrameHeader, data: *const u8, token: Token) -> Result<()> {
+    unsafe fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()> {
         self.mesh.data(peer)?.push_send(header, data, token);
         Ok(())
     }
 
-    unsafe fn post_recv(&mut self, peer: Rank, expect: &FrameHeader, dst: *mut u8, token: Token) -> Result<()> {
+    unsafe fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()> {
         self.mesh.data(peer)?.push_recv(expect, dst, token);
         Ok(())
     }
@@ -231,14 +259,18 @@ impl Transport for UringTransport {
         self.reap(out);
         self.arm()?;
         if out.len() > before {
-            self.ring.submit().map_err(|e| Error::io("io_uring submit", &e))?;
+            self.ring
+                .submit()
+                .map_err(|e| Error::io("io_uring submit", &e))?;
             return Ok(());
         }
         self.wait(timeout)?;
         self.reap(out);
         // Re-arm right away so the kernel keeps working while the engine computes.
         self.arm()?;
-        self.ring.submit().map_err(|e| Error::io("io_uring submit", &e))?;
+        self.ring
+            .submit()
+            .map_err(|e| Error::io("io_uring submit", &e))?;
         Ok(())
     }
 

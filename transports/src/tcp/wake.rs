@@ -12,7 +12,10 @@ impl EventFd {
         // SAFETY: plain system call; the returned descriptor is owned below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
-            return Err(Error::io("creating an eventfd", &std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "creating an eventfd",
+                &std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: fd is a fresh descriptor owned by nobody else.
         Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
