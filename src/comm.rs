@@ -11,12 +11,13 @@
 use crate::config::Config;
 use crate::request::{Request, Slot};
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
+use dmsc_core::bootstrap::UniqueId;
 use dmsc_core::engine::{AbortHandle, Engine, OpMemory};
 use dmsc_core::plan::P2p;
 use dmsc_core::schedule::Schedule;
 use dmsc_core::{CollDesc, DataType, Error, Rank, Result};
 use dmsc_transports::ifaddr;
-use dmsc_transports::store::{serve_or_connect, StoreClient, StoreServer};
+use dmsc_transports::store::{random_nonce, serve_or_connect, StoreClient, StoreServer};
 use dmsc_transports::tcp::{connect_mesh, MeshOptions};
 use std::collections::VecDeque;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -116,47 +117,34 @@ impl Communicator {
 
     /// Join with explicit settings.
     pub fn init(opts: InitOptions) -> Result<Communicator> {
-        if opts.nranks == 0 {
-            return Err(Error::invalid("nranks must be at least 1"));
-        }
-        if opts.rank >= opts.nranks {
-            return Err(Error::invalid(format!(
-                "rank {} is out of range for {} ranks",
-                opts.rank, opts.nranks
-            )));
-        }
+        check_world(opts.rank, opts.nranks)?;
         let timeout = opts.config.engine.timeout;
         let (host, port) = split_host_port(&opts.store_addr)?;
-        let (server, mut client) = if opts.serve_store {
+        let (server, client) = if opts.serve_store {
             serve_or_connect(opts.rank, &host, port, timeout)?
         } else {
             (None, StoreClient::connect(&opts.store_addr, timeout)?)
         };
         let store_ip = resolve(&opts.store_addr)?;
-        let iface = ifaddr::select(opts.config.socket_ifname.as_deref(), store_ip.is_loopback())?;
-        let comm_id = agree_on_id(&mut client, opts.rank, opts.nranks, timeout)?;
-        let mesh = MeshOptions {
-            rank: opts.rank,
-            nranks: opts.nranks,
-            bind_ip: iface.addr,
-            timeout,
-            backend: opts.config.backend,
-            comm_id,
+        join(opts.rank, opts.nranks, client, server, store_ip, "dmsc/world", opts.config)
+    }
+
+    /// Join through a [`UniqueId`] made by [`new_unique_id`] on one process and passed to
+    /// every rank by the program itself (like `ncclCommInitRank`).
+    pub fn init_with_id(id: &UniqueId, rank: Rank, nranks: usize, config: Config) -> Result<Communicator> {
+        check_world(rank, nranks)?;
+        let client = StoreClient::connect(id.store_addr(), config.engine.timeout)?;
+        // The process that made the id hands its store to the communicator it joins, so the
+        // store lives exactly as long as that communicator.
+        let server = {
+            let mut servers = lock(&ID_SERVERS);
+            servers
+                .iter()
+                .position(|(n, _)| *n == id.nonce())
+                .map(|i| servers.swap_remove(i).1)
         };
-        let prefix = format!("dmsc/{comm_id:016x}/addr");
-        let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
-            client.exchange(&prefix, opts.rank, opts.nranks, mine, timeout)
-        })?;
-        Ok(Communicator::with_engine(
-            Engine::new(
-                transport,
-                opts.rank,
-                opts.nranks,
-                opts.config.engine.clone(),
-            ),
-            opts.config,
-            server,
-        ))
+        let prefix = format!("dmsc/id-{:016x}", id.nonce());
+        join(rank, nranks, client, server, id.store_addr().ip(), &prefix, config)
     }
 
     fn with_engine(engine: Engine, config: Config, store: Option<StoreServer>) -> Communicator {
@@ -285,6 +273,65 @@ impl Drop for Communicator {
     }
 }
 
+/// Stores started by [`new_unique_id`], waiting for this process to join with their id.
+static ID_SERVERS: Mutex<Vec<(u64, StoreServer)>> = Mutex::new(Vec::new());
+
+/// Make a unique id (like `ncclGetUniqueId`): starts a rendezvous store in this process on the
+/// interface `DMSC_SOCKET_IFNAME` selects (default: the first non-loopback IPv4 interface).
+/// Pass the id's 128 bytes ([`UniqueId::to_bytes`]) to every rank, then call
+/// [`Communicator::init_with_id`] on each.
+pub fn new_unique_id() -> Result<UniqueId> {
+    let spec = std::env::var("DMSC_SOCKET_IFNAME").ok().filter(|s| !s.is_empty());
+    let iface = ifaddr::select(spec.as_deref(), false)?;
+    let (id, server) = dmsc_transports::store::new_unique_id(iface.addr)?;
+    lock(&ID_SERVERS).push((id.nonce(), server));
+    Ok(id)
+}
+
+fn check_world(rank: Rank, nranks: usize) -> Result<()> {
+    if nranks == 0 {
+        return Err(Error::invalid("nranks must be at least 1"));
+    }
+    if rank >= nranks {
+        return Err(Error::invalid(format!(
+            "rank {rank} is out of range for {nranks} ranks"
+        )));
+    }
+    Ok(())
+}
+
+/// Agree on a communicator id, connect the mesh and start the engine.
+fn join(
+    rank: Rank,
+    nranks: usize,
+    mut client: StoreClient,
+    server: Option<StoreServer>,
+    store_ip: IpAddr,
+    prefix: &str,
+    config: Config,
+) -> Result<Communicator> {
+    let timeout = config.engine.timeout;
+    let iface = ifaddr::select(config.socket_ifname.as_deref(), store_ip.is_loopback())?;
+    let comm_id = agree_on_id(&mut client, prefix, rank, timeout)?;
+    let mesh = MeshOptions {
+        rank,
+        nranks,
+        bind_ip: iface.addr,
+        timeout,
+        backend: config.backend,
+        comm_id,
+    };
+    let key = format!("{prefix}/{comm_id:016x}/addr");
+    let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
+        client.exchange(&key, rank, nranks, mine, timeout)
+    })?;
+    Ok(Communicator::with_engine(
+        Engine::new(transport, rank, nranks, config.engine.clone()),
+        config,
+        server,
+    ))
+}
+
 fn split_host_port(addr: &str) -> Result<(String, u16)> {
     dmsc_core::bootstrap::env::parse_host_port("store address", addr)
 }
@@ -300,14 +347,13 @@ fn resolve(addr: &str) -> Result<IpAddr> {
 /// Rank 0 draws a random communicator id and publishes it; the others read it.
 fn agree_on_id(
     client: &mut StoreClient,
+    prefix: &str,
     rank: Rank,
-    nranks: usize,
     timeout: Duration,
 ) -> Result<u64> {
-    let _ = nranks;
-    let key = "dmsc/world/id";
+    let key = &format!("{prefix}/id");
     if rank == 0 {
-        let id = random_u64()?;
+        let id = random_nonce()?;
         client.set(key, &id.to_le_bytes())?;
         Ok(id)
     } else {
@@ -318,16 +364,6 @@ fn agree_on_id(
             .map_err(|_| Error::protocol("communicator id in the store is not 8 bytes"))?;
         Ok(u64::from_le_bytes(b))
     }
-}
-
-/// 64 random bits from the kernel.
-pub(crate) fn random_u64() -> Result<u64> {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::io("reading /dev/urandom", &e))?;
-    Ok(u64::from_le_bytes(b))
 }
 
 /// Map a detected launch to init options. Under torchrun the agent's own TCPStore holds

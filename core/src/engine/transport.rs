@@ -35,7 +35,10 @@ pub enum Completion {
         token: Token,
     },
     /// A frame arrived from `peer` whose header differs from the one the receive expected.
-    /// Nothing was written to the receive's memory. The stream from `peer` is no longer usable.
+    /// Payloads of large frames are never read before their header is checked; a small frame
+    /// (read together with its header in one system call) may have left bytes in the
+    /// receive's memory, which is why the operation then fails. The stream from `peer` is no
+    /// longer usable.
     BadHeader {
         /// The receive's token.
         token: Token,
