@@ -126,12 +126,25 @@ impl Communicator {
             (None, StoreClient::connect(&opts.store_addr, timeout)?)
         };
         let store_ip = resolve(&opts.store_addr)?;
-        join(opts.rank, opts.nranks, client, server, store_ip, "dmsc/world", opts.config)
+        join(
+            opts.rank,
+            opts.nranks,
+            client,
+            server,
+            store_ip,
+            "dmsc/world",
+            opts.config,
+        )
     }
 
     /// Join through a [`UniqueId`] made by [`new_unique_id`] on one process and passed to
     /// every rank by the program itself (like `ncclCommInitRank`).
-    pub fn init_with_id(id: &UniqueId, rank: Rank, nranks: usize, config: Config) -> Result<Communicator> {
+    pub fn init_with_id(
+        id: &UniqueId,
+        rank: Rank,
+        nranks: usize,
+        config: Config,
+    ) -> Result<Communicator> {
         check_world(rank, nranks)?;
         let client = StoreClient::connect(id.store_addr(), config.engine.timeout)?;
         // The process that made the id hands its store to the communicator it joins, so the
@@ -144,7 +157,15 @@ impl Communicator {
                 .map(|i| servers.swap_remove(i).1)
         };
         let prefix = format!("dmsc/id-{:016x}", id.nonce());
-        join(rank, nranks, client, server, id.store_addr().ip(), &prefix, config)
+        join(
+            rank,
+            nranks,
+            client,
+            server,
+            id.store_addr().ip(),
+            &prefix,
+            config,
+        )
     }
 
     fn with_engine(engine: Engine, config: Config, store: Option<StoreServer>) -> Communicator {
@@ -281,7 +302,9 @@ static ID_SERVERS: Mutex<Vec<(u64, StoreServer)>> = Mutex::new(Vec::new());
 /// Pass the id's 128 bytes ([`UniqueId::to_bytes`]) to every rank, then call
 /// [`Communicator::init_with_id`] on each.
 pub fn new_unique_id() -> Result<UniqueId> {
-    let spec = std::env::var("DMSC_SOCKET_IFNAME").ok().filter(|s| !s.is_empty());
+    let spec = std::env::var("DMSC_SOCKET_IFNAME")
+        .ok()
+        .filter(|s| !s.is_empty());
     let iface = ifaddr::select(spec.as_deref(), false)?;
     let (id, server) = dmsc_transports::store::new_unique_id(iface.addr)?;
     lock(&ID_SERVERS).push((id.nonce(), server));

@@ -23,8 +23,8 @@ mod request;
 pub mod size;
 
 pub use comm::{new_unique_id, Communicator, InitOptions};
-pub use dmsc_core::bootstrap::UniqueId;
 pub use config::Config;
+pub use dmsc_core::bootstrap::UniqueId;
 pub use dmsc_core::engine::AbortHandle;
 pub use dmsc_core::{Algo, CollDesc, CollKind, DataType, Error, Rank, ReduceOp, Result};
 pub use element::Element;

@@ -577,18 +577,45 @@ impl<'b> Group<'_, 'b> {
     }
 
     /// Add a send of raw bytes holding `dtype` elements.
-    pub fn send_bytes(&mut self, buf: &'b [u8], peer: usize, tag: u32, dtype: DataType) -> Result<()> {
+    pub fn send_bytes(
+        &mut self,
+        buf: &'b [u8],
+        peer: usize,
+        tag: u32,
+        dtype: DataType,
+    ) -> Result<()> {
         self.push(true, buf, peer, tag, dtype)
     }
 
     /// Add a receive into raw bytes holding `dtype` elements.
-    pub fn recv_bytes(&mut self, buf: &'b mut [u8], peer: usize, tag: u32, dtype: DataType) -> Result<()> {
+    pub fn recv_bytes(
+        &mut self,
+        buf: &'b mut [u8],
+        peer: usize,
+        tag: u32,
+        dtype: DataType,
+    ) -> Result<()> {
         self.push(false, buf, peer, tag, dtype)
     }
 
-    fn push(&mut self, send: bool, buf: &[u8], peer: usize, tag: u32, dtype: DataType) -> Result<()> {
+    fn push(
+        &mut self,
+        send: bool,
+        buf: &[u8],
+        peer: usize,
+        tag: u32,
+        dtype: DataType,
+    ) -> Result<()> {
         self.check_peer(peer)?;
-        check_align(if send { "send buffer" } else { "receive buffer" }, buf, dtype)?;
+        check_align(
+            if send {
+                "send buffer"
+            } else {
+                "receive buffer"
+            },
+            buf,
+            dtype,
+        )?;
         self.set_dtype(dtype)?;
         let (b, len) = (self.bufs.len() as u32, buf.len() / dtype.size());
         self.ops.push(if send {

@@ -20,7 +20,8 @@ fn ranks_join_through_a_unique_id() {
                 cfg.engine.timeout = std::time::Duration::from_secs(20);
                 let c = Communicator::init_with_id(&id, rank, n, cfg).expect("init");
                 let mut v = vec![rank as i64 + 1; 1001];
-                c.all_reduce_in_place(&mut v, ReduceOp::Sum).expect("all_reduce");
+                c.all_reduce_in_place(&mut v, ReduceOp::Sum)
+                    .expect("all_reduce");
                 assert!(v.iter().all(|&x| x == 6), "{:?}", &v[..4]);
                 c.barrier().expect("barrier");
             })
