@@ -15,8 +15,10 @@ fn ranks_join_through_a_unique_id() {
         .map(|rank| {
             std::thread::spawn(move || {
                 let id = UniqueId::from_bytes(&bytes).expect("decode id");
-                let mut cfg = Config::default();
-                cfg.socket_ifname = Some("lo".into());
+                let mut cfg = Config {
+                    socket_ifname: Some("lo".into()),
+                    ..Config::default()
+                };
                 cfg.engine.timeout = std::time::Duration::from_secs(20);
                 let c = Communicator::init_with_id(&id, rank, n, cfg).expect("init");
                 let mut v = vec![rank as i64 + 1; 1001];
