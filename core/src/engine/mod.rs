@@ -367,6 +367,10 @@ impl Engine {
             if progressed {
                 ex.pump(&mut *self.transport, &mut self.pool)?;
                 last_progress = Instant::now();
+            } else if wait.is_zero() {
+                // Spinning: let another runnable rank on this core go first (ranks often
+                // outnumber cores), so the peer we wait for can make the progress we need.
+                std::thread::yield_now();
             }
         }
         Ok(())
