@@ -16,8 +16,9 @@ pub use socket::SocketTransport;
 pub use uring::UringTransport;
 
 use conn::Conn;
-use dmsc_core::engine::Transport;
+use dmsc_core::engine::{Token, Transport};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::wire::FrameHeader;
 use dmsc_core::Rank;
 use std::sync::Once;
 
@@ -57,6 +58,37 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
+    /// Queue a data frame to `peer` (the body of every backend's `Transport::post_send`).
+    fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()> {
+        self.data(peer)?.push_send(header, data, token);
+        Ok(())
+    }
+
+    /// Queue a receive from `peer` (the body of every backend's `Transport::post_recv`).
+    fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()> {
+        self.data(peer)?.push_recv(expect, dst, token);
+        Ok(())
+    }
+
+    /// Queue a control message to `peer`; a peer without a control connection is ignored.
+    fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        if let Ok(c) = self.control(peer) {
+            c.push_control(payload);
+        }
+    }
+
     fn data(&mut self, peer: Rank) -> Result<&mut Conn> {
         let i = self
             .data_of

@@ -110,8 +110,7 @@ impl Transport for SocketTransport {
         data: *const u8,
         token: Token,
     ) -> Result<()> {
-        self.mesh.data(peer)?.push_send(header, data, token);
-        Ok(())
+        self.mesh.post_send(peer, header, data, token)
     }
 
     unsafe fn post_recv(
@@ -121,14 +120,11 @@ impl Transport for SocketTransport {
         dst: *mut u8,
         token: Token,
     ) -> Result<()> {
-        self.mesh.data(peer)?.push_recv(expect, dst, token);
-        Ok(())
+        self.mesh.post_recv(peer, expect, dst, token)
     }
 
     fn send_control(&mut self, peer: Rank, payload: &[u8]) {
-        if let Ok(c) = self.mesh.control(peer) {
-            c.push_control(payload);
-        }
+        self.mesh.send_control(peer, payload);
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
