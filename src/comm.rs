@@ -87,6 +87,8 @@ pub struct Communicator {
     shared: Arc<Shared>,
     abort: Arc<AbortHandle>,
     worker: Option<JoinHandle<()>>,
+    /// Local address the mesh listens on; communicators split from this one use it too.
+    pub(crate) bind_ip: IpAddr,
     _store: Option<StoreServer>,
 }
 
@@ -168,7 +170,12 @@ impl Communicator {
         )
     }
 
-    fn with_engine(engine: Engine, config: Config, store: Option<StoreServer>) -> Communicator {
+    pub(crate) fn with_engine(
+        engine: Engine,
+        config: Config,
+        store: Option<StoreServer>,
+        bind_ip: IpAddr,
+    ) -> Communicator {
         let (rank, nranks) = (engine.rank(), engine.nranks());
         let abort = engine.abort_handle();
         let shared = Arc::new(Shared {
@@ -188,6 +195,7 @@ impl Communicator {
             shared,
             abort,
             worker,
+            bind_ip,
             _store: store,
         }
     }
@@ -216,6 +224,23 @@ impl Communicator {
     /// later calls fail at once. Safe to call from any thread, any number of times.
     pub fn abort(&self) {
         self.abort.abort();
+    }
+
+    /// The error that failed this communicator, if any (`ncclCommGetAsyncError`). Once set,
+    /// every later call fails with it at once. Does not wait for an operation in progress:
+    /// while one runs, this reports the state before it.
+    pub fn async_error(&self) -> Option<Error> {
+        if let Ok(e) = self.shared.engine.try_lock() {
+            if let Some(err) = e.failure() {
+                return Some(err.clone());
+            }
+        }
+        if self.abort.is_aborted() {
+            return Some(Error::Aborted {
+                detail: "the communicator was aborted".into(),
+            });
+        }
+        None
     }
 
     /// A handle that can abort this communicator from another thread.
@@ -352,6 +377,7 @@ fn join(
         Engine::new(transport, rank, nranks, config.engine.clone()),
         config,
         server,
+        iface.addr,
     ))
 }
 

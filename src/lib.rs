@@ -21,6 +21,7 @@ mod ops;
 pub mod perf;
 mod request;
 pub mod size;
+mod split;
 
 pub use comm::{new_unique_id, Communicator, InitOptions};
 pub use config::Config;

@@ -76,6 +76,21 @@ impl<'a> Request<'a> {
         Request::new(slot)
     }
 
+    /// Detach the request from the borrows of its buffers, for front ends (C, Python) whose
+    /// callers keep the memory alive by contract instead of by the borrow checker.
+    ///
+    /// # Safety
+    /// Every buffer passed to the operation must stay valid, and must not be accessed in a
+    /// way that conflicts with the operation (written while dmsc reads it, or accessed at
+    /// all while dmsc writes it), until the returned request has completed: `wait` returned,
+    /// `test` returned true, or the request was dropped.
+    pub unsafe fn detach(self) -> Request<'static> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so moving its slot out leaves no double drop.
+        let slot = unsafe { std::ptr::read(&this.slot) };
+        Request::new(slot)
+    }
+
     /// True once the operation has finished (successfully or not); never blocks.
     pub fn test(&self) -> bool {
         self.slot.peek().is_some()

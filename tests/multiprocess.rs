@@ -114,6 +114,11 @@ fn broadcast_5_ranks() {
 }
 
 #[test]
+fn split_5_ranks() {
+    ok(5, "split", &[]);
+}
+
+#[test]
 fn reduce_3_ranks() {
     ok(3, "reduce", &[]);
 }

@@ -476,6 +476,55 @@ fn case_bad_args(c: &Communicator) {
         .unwrap_or_else(|e| fail(format!("after bad args: {e}")));
 }
 
+/// Split 5 ranks into evens and odds (keys reverse the order) and rank 2 into nothing; each
+/// sub-communicator runs a collective of its own, then the parent still works.
+fn case_split(c: &Communicator) {
+    let (r, n) = (c.rank(), c.size());
+    let color = if r == 2 { None } else { Some((r % 2) as u32) };
+    let sub = c
+        .split(color, -(r as i64))
+        .unwrap_or_else(|e| fail(format!("split: {e}")));
+    match (color, &sub) {
+        (None, None) => {}
+        (Some(col), Some(s)) => {
+            let members: Vec<usize> = (0..n)
+                .rev()
+                .filter(|&p| p != 2 && p % 2 == col as usize)
+                .collect();
+            let want_rank = members.iter().position(|&p| p == r).unwrap();
+            if s.size() != members.len() || s.rank() != want_rank {
+                fail(format!(
+                    "split gave rank {}/{}, expected {want_rank}/{}",
+                    s.rank(),
+                    s.size(),
+                    members.len()
+                ));
+            }
+            let mut b = vec![r as i64; 1001];
+            s.all_reduce_in_place(&mut b, ReduceOp::Sum)
+                .unwrap_or_else(|e| fail(format!("sub all_reduce: {e}")));
+            let want: i64 = members.iter().map(|&p| p as i64).sum();
+            if b.iter().any(|&x| x != want) {
+                fail(format!("sub all_reduce gave {}, expected {want}", b[0]));
+            }
+        }
+        _ => fail(format!(
+            "split with color {color:?} returned {}",
+            sub.is_some()
+        )),
+    }
+    drop(sub);
+    let mut b = vec![1u32; 7];
+    c.all_reduce_in_place(&mut b, ReduceOp::Sum)
+        .unwrap_or_else(|e| fail(format!("parent after split: {e}")));
+    if b[0] != n as u32 {
+        fail(format!("parent after split gave {}", b[0]));
+    }
+    if c.split(Some(u32::MAX), 0).is_ok() {
+        fail("split accepted color u32::MAX".into());
+    }
+}
+
 /// The rank entry point; run by the parent tests through dmscrun.
 #[test]
 #[ignore = "entry point of the ranks launched by the multi-process tests"]
@@ -495,6 +544,7 @@ fn entry() {
         "non_blocking" => case_non_blocking(&c),
         "timeout" => case_timeout(&c),
         "bad_args" => case_bad_args(&c),
+        "split" => case_split(&c),
         m if m.starts_with("mismatch") => case_mismatch(&c, m),
         other => fail(format!("unknown case {other}")),
     }
