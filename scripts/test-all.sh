@@ -15,6 +15,10 @@ echo "== cargo test (release: the property tests and multi-process runs are comp
 PROPTEST_CASES="${PROPTEST_CASES:-4096}" cargo test --workspace --release
 echo "== dmsc-perf correctness sweep (every op, 1/2/3/4/5/8 ranks, all types and ops)"
 bash benches/sweep.sh
+echo "== C API: libdmsc.so/.a, header up to date and warning-free, exports, 4-rank C test (shared and static)"
+bash tests/c/run.sh
+echo "== Python package: wheel built with maturin, installed into a fresh venv, pytest on 1-5 ranks"
+bash tests/python/run.sh
 echo "== criterion benches compile"
 cargo bench --workspace --no-run -q
 echo "ALL TESTS PASSED"
