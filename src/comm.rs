@@ -117,6 +117,14 @@ impl Communicator {
         Communicator::init(options_from_launch(&info, config))
     }
 
+    /// Join the communicator described by the environment, like [`Communicator::from_env`],
+    /// but with the given settings instead of reading the `DMSC_*` variables (front ends
+    /// whose callers pass a configuration, e.g. the C API's `dmscCommInitFromEnv`).
+    pub fn from_env_with_config(config: Config) -> Result<Communicator> {
+        let info = detect_from_process_env()?;
+        Communicator::init(options_from_launch(&info, config))
+    }
+
     /// Join with explicit settings.
     pub fn init(opts: InitOptions) -> Result<Communicator> {
         check_world(opts.rank, opts.nranks)?;
@@ -368,6 +376,7 @@ fn join(
         timeout,
         backend: config.backend,
         comm_id,
+        cma: config.cma,
     };
     let key = format!("{prefix}/{comm_id:016x}/addr");
     let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {

@@ -18,6 +18,9 @@ pub struct Config {
     pub backend: Backend,
     /// Interface selection (`DMSC_SOCKET_IFNAME`).
     pub socket_ifname: Option<String>,
+    /// Single-copy transfer of large chunks between ranks on one host by cross-memory
+    /// attach (`DMSC_CMA`, default on; `0` keeps every byte on the sockets).
+    pub cma: bool,
 }
 
 impl Default for Config {
@@ -27,6 +30,7 @@ impl Default for Config {
             plan: PlanConfig::default(),
             backend: Backend::Auto,
             socket_ifname: None,
+            cma: true,
         }
     }
 }
@@ -91,6 +95,17 @@ impl Config {
             c.backend = Backend::parse(&v)?;
         }
         c.socket_ifname = var("DMSC_SOCKET_IFNAME");
+        if let Some(v) = var("DMSC_CMA") {
+            c.cma = match v.to_ascii_lowercase().as_str() {
+                "1" | "on" | "yes" | "true" => true,
+                "0" | "off" | "no" | "false" => false,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "DMSC_CMA={v} is not one of 1, 0, on, off"
+                    )))
+                }
+            };
+        }
         Ok(c)
     }
 }

@@ -84,6 +84,18 @@ impl Communicator {
     /// a collective. The new communicator inherits this one's settings and is independent
     /// of it afterwards.
     pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
+        self.split_with_config(color, key, self.config.clone())
+    }
+
+    /// [`Communicator::split`] with settings for the new communicator instead of this one's
+    /// (NCCL's `config` argument of `ncclCommSplit`). The new communicator listens on this
+    /// one's interface whatever `config.socket_ifname` says.
+    pub fn split_with_config(
+        &self,
+        color: Option<u32>,
+        key: i64,
+        config: crate::config::Config,
+    ) -> Result<Option<Communicator>> {
         if color == Some(u32::MAX) {
             return Err(Error::invalid(
                 "split color must be below 4294967295 (pass None for no color)",
@@ -112,7 +124,6 @@ impl Communicator {
             .iter()
             .position(|&r| r == self.rank())
             .ok_or_else(|| Error::internal("this rank is missing from its own split color"))?;
-        let config = self.config.clone();
         let opts = MeshOptions {
             rank: new_rank,
             nranks: members.len(),
@@ -120,6 +131,7 @@ impl Communicator {
             timeout: config.engine.timeout,
             backend: config.backend,
             comm_id: comm_id(&records, &members, color),
+            cma: config.cma,
         };
         let transport = connect_mesh(&opts, &mut |addr: &[u8]| {
             let slots = self.exchange_addresses(addr)?;

@@ -99,6 +99,13 @@ fn all_reduce_large_chunked_3_ranks() {
 }
 
 #[test]
+fn all_reduce_large_sockets_only_3_ranks() {
+    // Large chunks between local ranks normally pass by memory attach; keep the pure
+    // socket data path covered too.
+    ok(3, "all_reduce_large", &[("DMSC_CMA", "0")]);
+}
+
+#[test]
 fn reduce_scatter_3_ranks() {
     ok(3, "reduce_scatter", &[]);
 }

@@ -31,6 +31,10 @@ pub enum FrameKind {
     Control = 2,
     /// The first frame on a new connection: identifies the sender.
     Hello = 3,
+    /// A chunk passed by reference between processes of one host: the payload is a small
+    /// descriptor of where the chunk lies in the sender's memory, and the receiver copies it
+    /// across with `process_vm_readv` (see the transports' `cma` module).
+    DataRef = 4,
 }
 
 /// A decoded frame header.
@@ -104,6 +108,7 @@ impl FrameHeader {
             1 => FrameKind::Data,
             2 => FrameKind::Control,
             3 => FrameKind::Hello,
+            4 => FrameKind::DataRef,
             k => return Err(Error::protocol(format!("unknown frame kind {k}"))),
         };
         let ckind = CollKind::from_code(b[6])

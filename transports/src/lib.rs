@@ -4,6 +4,7 @@
 //! rendezvous store with network-interface selection.
 #![warn(missing_docs)]
 
+mod cma;
 pub mod ifaddr;
 pub mod store;
 pub mod tcp;

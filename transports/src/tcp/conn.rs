@@ -302,7 +302,7 @@ impl Conn {
                 self.ctrl_buf.resize(h.len as usize, 0);
                 // Bytes read beyond the header in scatter mode cannot happen on control.
             }
-            (Role::Data, FrameKind::Data) => {
+            (Role::Data, FrameKind::Data | FrameKind::DataRef) => {
                 let r = self
                     .recvq
                     .front()

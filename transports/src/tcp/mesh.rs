@@ -7,6 +7,7 @@
 
 use super::conn::{Conn, Role};
 use super::{make_transport, Backend, Mesh};
+use crate::cma;
 use dmsc_core::engine::Transport;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
@@ -14,6 +15,7 @@ use dmsc_core::Rank;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 /// How to build the mesh.
@@ -31,6 +33,8 @@ pub struct MeshOptions {
     pub backend: Backend,
     /// The communicator's id (every rank must pass the same).
     pub comm_id: u64,
+    /// Offer single-copy transfer to peers on this host (`DMSC_CMA`, see `crate::cma`).
+    pub cma: bool,
 }
 
 fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
@@ -160,7 +164,7 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
     }
     let mut data_of = vec![None; opts.nranks];
     let mut control_of = vec![None; opts.nranks];
-    let mut conns: Vec<Box<Conn>> = Vec::new();
+    let mut conns: Vec<(TcpStream, Rank, Role)> = Vec::new();
     for (peer, &addr) in addrs.iter().enumerate().take(opts.rank) {
         for role in [Role::Data, Role::Control] {
             let mut s = connect_retry(addr, deadline, peer)?;
@@ -173,7 +177,7 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
                 &mut control_of
             };
             slot[peer] = Some(conns.len());
-            conns.push(Conn::new(OwnedFd::from(s), peer, role));
+            conns.push((s, peer, role));
         }
     }
     let mut expected = 2 * (opts.nranks - 1 - opts.rank);
@@ -209,7 +213,7 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
                         }
                         tune(&s)?;
                         slot[peer] = Some(conns.len());
-                        conns.push(Conn::new(OwnedFd::from(s), peer, role));
+                        conns.push((s, peer, role));
                         expected -= 1;
                     }
                     Err(e) => {
@@ -226,12 +230,39 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
             Err(e) => return Err(Error::io("accepting a connection", &e)),
         }
     }
-    make_transport(
+    // Which peers can pass chunks by reference (same host, memory readable both ways).
+    let epoch = cma::new_epoch();
+    let (peers, mut streams): (Vec<Rank>, Vec<&mut TcpStream>) = conns
+        .iter_mut()
+        .filter(|(_, _, role)| *role == Role::Data)
+        .map(|(s, peer, _)| (*peer, s))
+        .unzip();
+    let verdicts = cma::negotiate(
+        &mut streams,
+        &peers,
+        opts.cma,
+        &*epoch as *const AtomicU64 as u64,
+        deadline,
+    )?;
+    let mut memory = vec![None; opts.nranks];
+    for (&peer, v) in peers.iter().zip(verdicts) {
+        memory[peer] = v;
+    }
+    let conns = conns
+        .into_iter()
+        .map(|(s, peer, role)| Conn::new(OwnedFd::from(s), peer, role))
+        .collect();
+    let inner = make_transport(
         Mesh {
             conns,
             data_of,
             control_of,
         },
         opts.backend,
-    )
+    )?;
+    if memory.iter().any(Option::is_some) {
+        Ok(Box::new(cma::CmaTransport::new(inner, memory, epoch)))
+    } else {
+        Ok(inner)
+    }
 }

@@ -1,0 +1,634 @@
+//! Single-copy transfer between ranks on one host: large chunks pass by reference and the
+//! receiver copies them straight out of the sender's memory with `process_vm_readv(2)`
+//! (cross-memory attach, as in Open MPI's `vader` BTL and MPICH's `nemesis` LMT).
+//!
+//! Over loopback TCP every byte is copied twice (into the sender's socket buffer, out of the
+//! receiver's) and walks the TCP stack in between; on a two-core host that copy work, not
+//! the link, bounds bandwidth. [`CmaTransport`] wraps a transport: for peers that passed the
+//! [`handshake`] it replaces each data frame of at least [`REF_MIN`] bytes with a
+//! [`FrameKind::DataRef`] frame carrying a 32-byte descriptor (address, length, id, epoch),
+//! sent in the same order on the same connection, so matching and header checks are those of
+//! the wrapped transport. The receiver copies the chunk to its destination and acknowledges
+//! it on the control connection; only then is the sender's chunk complete and its memory free
+//! for reuse.
+//!
+//! Withdrawal: when the sender's operation fails, `cancel_all` bumps the sender's epoch
+//! before returning, and the caller may then free the memory. A receiver reads the epoch
+//! *after* copying and fails the chunk when it moved, so a chunk copied from withdrawn memory
+//! is never delivered as data.
+
+mod handshake;
+mod remote;
+
+pub(crate) use handshake::{negotiate, PeerMemory};
+
+use dmsc_core::engine::{Completion, Token, Transport, Waker};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::wire::{FrameHeader, FrameKind};
+use dmsc_core::Rank;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Smallest chunk passed by reference; smaller ones are cheaper to copy through the socket
+/// than to acknowledge. Both ends use this constant, so they always agree.
+pub const REF_MIN: u32 = 64 << 10;
+/// Bytes of a descriptor.
+const DESC_LEN: usize = 32;
+/// First byte of an acknowledgement on the control connection (the engine's control
+/// messages use tags below 0x80).
+const ACK_TAG: u8 = 0xC1;
+
+/// One posted operation of the wrapped transport.
+enum Op {
+    /// Passed through unchanged.
+    Plain { token: Token },
+    /// A chunk sent by reference: complete once the descriptor left and the peer acked.
+    RefSend {
+        token: Token,
+        _desc: Box<[u8; DESC_LEN]>,
+        sent: bool,
+        acked: bool,
+    },
+    /// A chunk received by reference: the descriptor lands in `desc`, the data at `dst`.
+    RefRecv {
+        token: Token,
+        peer: Rank,
+        desc: Box<[u8; DESC_LEN]>,
+        dst: *mut u8,
+        len: usize,
+    },
+}
+
+/// A transport whose large same-host chunks move by cross-memory attach.
+pub(crate) struct CmaTransport {
+    inner: Box<dyn Transport>,
+    /// Per rank: how to reach its memory, when the pair agreed on CMA.
+    peers: Vec<Option<PeerMemory>>,
+    /// Bumped when this side withdraws its posted sends; read remotely by receivers.
+    epoch: Box<AtomicU64>,
+    next: u64,
+    ops: HashMap<u64, Op>,
+    scratch: Vec<Completion>,
+    /// Acks queued so far (to know when one must be flushed).
+    acks: u64,
+    name: &'static str,
+}
+
+// SAFETY: the raw destination pointers in `ops` are lent by the engine under the
+// `Transport` contract (valid until completion or `cancel_all`) and are only used by the
+// thread that owns the transport.
+unsafe impl Send for CmaTransport {}
+
+/// A fresh epoch word for [`negotiate`]: its address goes to the peers.
+pub(crate) fn new_epoch() -> Box<AtomicU64> {
+    Box::new(AtomicU64::new(1))
+}
+
+impl CmaTransport {
+    /// Wrap `inner`; `peers[r]` says how to reach rank `r`'s memory (`None`: by socket).
+    pub(crate) fn new(
+        inner: Box<dyn Transport>,
+        peers: Vec<Option<PeerMemory>>,
+        epoch: Box<AtomicU64>,
+    ) -> CmaTransport {
+        let name = match inner.name() {
+            "tcp-uring" => "tcp-uring+cma",
+            "tcp-socket" => "tcp-socket+cma",
+            _ => "tcp+cma",
+        };
+        CmaTransport {
+            inner,
+            peers,
+            epoch,
+            next: 0,
+            ops: HashMap::new(),
+            scratch: Vec::new(),
+            acks: 0,
+            name,
+        }
+    }
+
+    fn by_ref(&self, peer: Rank, h: &FrameHeader) -> bool {
+        h.kind == FrameKind::Data
+            && h.len >= REF_MIN
+            && self.peers.get(peer).is_some_and(|p| p.is_some())
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Copy a chunk announced by `desc` from `peer` to `dst`, then acknowledge it.
+    fn pull(&mut self, peer: Rank, desc: &[u8; DESC_LEN], dst: *mut u8, len: usize) -> Result<()> {
+        let word = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&desc[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let (addr, dlen, id, epoch) = (word(0), word(8), word(16), word(24));
+        if dlen != len as u64 {
+            return Err(Error::protocol(format!(
+                "rank {peer} announced a chunk of {dlen} bytes where {len} were expected"
+            )));
+        }
+        let mem = self.peers[peer].ok_or_else(|| Error::internal("pull from a socket peer"))?;
+        // SAFETY: `dst` was lent for `len` bytes by the engine with the receive.
+        unsafe { remote::read(mem.pid, addr, dst, len) }.map_err(|e| {
+            Error::io(
+                format!(
+                    "copying a {len}-byte chunk from rank {peer} (pid {})",
+                    mem.pid
+                ),
+                &e,
+            )
+        })?;
+        let now = remote::read_u64(mem.pid, mem.epoch_addr).map_err(|e| {
+            Error::io(
+                format!("reading the epoch of rank {peer} (pid {})", mem.pid),
+                &e,
+            )
+        })?;
+        if now != epoch {
+            return Err(Error::PeerLost {
+                peer,
+                detail: "it withdrew a chunk while this rank was copying it (its operation failed)"
+                    .into(),
+            });
+        }
+        let mut ack = [0u8; 9];
+        ack[0] = ACK_TAG;
+        ack[1..].copy_from_slice(&id.to_le_bytes());
+        self.inner.send_control(peer, &ack);
+        self.acks += 1;
+        Ok(())
+    }
+
+    fn on_completion(&mut self, c: Completion, out: &mut Vec<Completion>) {
+        match c {
+            Completion::Sent { token: t } => match self.ops.remove(&t) {
+                Some(Op::Plain { token }) => out.push(Completion::Sent { token }),
+                Some(Op::RefSend {
+                    token,
+                    _desc,
+                    acked,
+                    ..
+                }) => {
+                    if acked {
+                        out.push(Completion::Sent { token });
+                    } else {
+                        self.ops.insert(
+                            t,
+                            Op::RefSend {
+                                token,
+                                _desc,
+                                sent: true,
+                                acked,
+                            },
+                        );
+                    }
+                }
+                Some(other) => {
+                    self.ops.insert(t, other);
+                }
+                None => {}
+            },
+            Completion::Received { token: t } => match self.ops.remove(&t) {
+                Some(Op::Plain { token }) => out.push(Completion::Received { token }),
+                Some(Op::RefRecv {
+                    token,
+                    peer,
+                    desc,
+                    dst,
+                    len,
+                }) => match self.pull(peer, &desc, dst, len) {
+                    Ok(()) => out.push(Completion::Received { token }),
+                    Err(error) => out.push(Completion::PeerFailed { peer, error }),
+                },
+                Some(other) => {
+                    self.ops.insert(t, other);
+                }
+                None => {}
+            },
+            Completion::BadHeader {
+                token: t,
+                peer,
+                got,
+            } => {
+                let token = match self.ops.remove(&t) {
+                    Some(Op::Plain { token })
+                    | Some(Op::RefRecv { token, .. })
+                    | Some(Op::RefSend { token, .. }) => token,
+                    None => return,
+                };
+                out.push(Completion::BadHeader { token, peer, got });
+            }
+            Completion::Control { peer, payload } if payload.first() == Some(&ACK_TAG) => {
+                let Some(id) = payload
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                else {
+                    out.push(Completion::PeerFailed {
+                        peer,
+                        error: Error::protocol(format!("rank {peer} sent a malformed chunk ack")),
+                    });
+                    return;
+                };
+                // An ack for an operation withdrawn by `cancel_all` is stale: ignore it
+                // (ids are never reused).
+                match self.ops.remove(&id) {
+                    Some(Op::RefSend {
+                        token,
+                        _desc,
+                        sent: true,
+                        ..
+                    }) => out.push(Completion::Sent { token }),
+                    Some(Op::RefSend { token, _desc, .. }) => {
+                        self.ops.insert(
+                            id,
+                            Op::RefSend {
+                                token,
+                                _desc,
+                                sent: false,
+                                acked: true,
+                            },
+                        );
+                    }
+                    Some(other) => {
+                        self.ops.insert(id, other);
+                        out.push(Completion::PeerFailed {
+                            peer,
+                            error: Error::protocol(format!(
+                                "rank {peer} acknowledged a chunk that was not sent by reference"
+                            )),
+                        });
+                    }
+                    None => {}
+                }
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+impl Transport for CmaTransport {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    unsafe fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()> {
+        let id = self.id();
+        if !self.by_ref(peer, header) {
+            self.ops.insert(id, Op::Plain { token });
+            // SAFETY: forwarded under the caller's contract.
+            return unsafe { self.inner.post_send(peer, header, data, id) };
+        }
+        let mut desc = Box::new([0u8; DESC_LEN]);
+        desc[0..8].copy_from_slice(&(data as u64).to_le_bytes());
+        desc[8..16].copy_from_slice(&u64::from(header.len).to_le_bytes());
+        desc[16..24].copy_from_slice(&id.to_le_bytes());
+        desc[24..32].copy_from_slice(&self.epoch.load(Ordering::SeqCst).to_le_bytes());
+        let mut h = *header;
+        h.kind = FrameKind::DataRef;
+        h.len = DESC_LEN as u32;
+        let ptr = desc.as_ptr();
+        self.ops.insert(
+            id,
+            Op::RefSend {
+                token,
+                _desc: desc,
+                sent: false,
+                acked: false,
+            },
+        );
+        // SAFETY: the descriptor is boxed in `ops` and outlives the send; `data` stays valid
+        // until the ack under the caller's contract.
+        unsafe { self.inner.post_send(peer, &h, ptr, id) }
+    }
+
+    unsafe fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()> {
+        let id = self.id();
+        if !self.by_ref(peer, expect) {
+            self.ops.insert(id, Op::Plain { token });
+            // SAFETY: forwarded under the caller's contract.
+            return unsafe { self.inner.post_recv(peer, expect, dst, id) };
+        }
+        let mut desc = Box::new([0u8; DESC_LEN]);
+        let ptr = desc.as_mut_ptr();
+        let mut h = *expect;
+        h.kind = FrameKind::DataRef;
+        h.len = DESC_LEN as u32;
+        self.ops.insert(
+            id,
+            Op::RefRecv {
+                token,
+                peer,
+                desc,
+                dst,
+                len: expect.len as usize,
+            },
+        );
+        // SAFETY: the descriptor buffer is boxed in `ops` until the receive completes or is
+        // cancelled.
+        unsafe { self.inner.post_recv(peer, &h, ptr, id) }
+    }
+
+    fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        self.inner.send_control(peer, payload);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
+        let mut got = std::mem::take(&mut self.scratch);
+        got.clear();
+        let mut r = self.inner.poll(&mut got, timeout);
+        // Acks queued while handling completions must reach the wire now: the engine may
+        // not poll again before its next operation, and the sender waits for them.
+        while r.is_ok() {
+            let before = self.acks;
+            for c in got.drain(..) {
+                self.on_completion(c, out);
+            }
+            if self.acks == before {
+                break;
+            }
+            r = self.inner.poll(&mut got, Duration::ZERO);
+        }
+        got.clear();
+        self.scratch = got;
+        r
+    }
+
+    fn cancel_all(&mut self) {
+        // Withdraw first: a receiver that copies after this sees the new epoch and fails.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.cancel_all();
+        self.ops.clear();
+    }
+
+    fn waker(&self) -> Arc<dyn Waker> {
+        self.inner.waker()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmsc_core::{CollDesc, CollKind, DataType, ReduceOp};
+    use std::sync::Mutex;
+
+    /// What the wrapped fake transport saw, and what it will report next.
+    #[derive(Default)]
+    struct Seen {
+        /// (peer, header, data address, token)
+        sends: Vec<(Rank, FrameHeader, usize, Token)>,
+        recvs: Vec<(Rank, FrameHeader, usize, Token)>,
+        controls: Vec<(Rank, Vec<u8>)>,
+        next: Vec<Completion>,
+        cancelled: bool,
+    }
+
+    struct Fake(Arc<Mutex<Seen>>);
+
+    struct NoWake;
+    impl Waker for NoWake {
+        fn wake(&self) {}
+    }
+
+    impl Transport for Fake {
+        fn name(&self) -> &'static str {
+            "tcp-socket"
+        }
+        unsafe fn post_send(
+            &mut self,
+            p: Rank,
+            h: &FrameHeader,
+            d: *const u8,
+            t: Token,
+        ) -> Result<()> {
+            self.0.lock().unwrap().sends.push((p, *h, d as usize, t));
+            Ok(())
+        }
+        unsafe fn post_recv(
+            &mut self,
+            p: Rank,
+            h: &FrameHeader,
+            d: *mut u8,
+            t: Token,
+        ) -> Result<()> {
+            self.0.lock().unwrap().recvs.push((p, *h, d as usize, t));
+            Ok(())
+        }
+        fn send_control(&mut self, p: Rank, payload: &[u8]) {
+            self.0.lock().unwrap().controls.push((p, payload.to_vec()));
+        }
+        fn poll(&mut self, out: &mut Vec<Completion>, _: Duration) -> Result<()> {
+            out.append(&mut self.0.lock().unwrap().next);
+            Ok(())
+        }
+        fn cancel_all(&mut self) {
+            self.0.lock().unwrap().cancelled = true;
+        }
+        fn waker(&self) -> Arc<dyn Waker> {
+            Arc::new(NoWake)
+        }
+    }
+
+    fn header(len: u32) -> FrameHeader {
+        FrameHeader {
+            kind: FrameKind::Data,
+            seq: 1,
+            desc: CollDesc {
+                kind: CollKind::AllReduce,
+                count: 1 << 20,
+                dtype: DataType::Float32,
+                op: ReduceOp::Sum,
+                root: 0,
+            },
+            msg: 0,
+            chunk: 0,
+            offset: 0,
+            len,
+            aux: 0,
+        }
+    }
+
+    /// A CMA transport whose only peer (rank 1) is this very process.
+    fn setup() -> (CmaTransport, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let epoch = new_epoch();
+        let me = PeerMemory {
+            pid: std::process::id() as i32,
+            epoch_addr: &*epoch as *const AtomicU64 as u64,
+        };
+        let t = CmaTransport::new(Box::new(Fake(seen.clone())), vec![None, Some(me)], epoch);
+        (t, seen)
+    }
+
+    fn poll(t: &mut CmaTransport) -> Vec<Completion> {
+        let mut out = vec![];
+        t.poll(&mut out, Duration::ZERO).unwrap();
+        out
+    }
+
+    fn ack_for(id: u64) -> Completion {
+        let mut p = vec![ACK_TAG];
+        p.extend_from_slice(&id.to_le_bytes());
+        Completion::Control {
+            peer: 1,
+            payload: p,
+        }
+    }
+
+    #[test]
+    fn small_frames_and_socket_peers_pass_through() {
+        let (mut t, seen) = setup();
+        let buf = vec![0u8; 1 << 20];
+        // SAFETY: buf outlives the transport's use of it in this test.
+        unsafe {
+            t.post_send(1, &header(100), buf.as_ptr(), 7).unwrap();
+            t.post_send(0, &header(1 << 20), buf.as_ptr(), 8).unwrap();
+        }
+        let s = seen.lock().unwrap().sends.clone();
+        assert_eq!(s[0].1.kind, FrameKind::Data);
+        assert_eq!(s[1].1, header(1 << 20));
+        let ids = (s[0].3, s[1].3);
+        seen.lock().unwrap().next = vec![
+            Completion::Sent { token: ids.1 },
+            Completion::Sent { token: ids.0 },
+        ];
+        let got = poll(&mut t);
+        assert!(matches!(
+            got[..],
+            [Completion::Sent { token: 8 }, Completion::Sent { token: 7 }]
+        ));
+    }
+
+    #[test]
+    fn a_send_by_reference_completes_after_both_the_descriptor_and_the_ack() {
+        for ack_first in [false, true] {
+            let (mut t, seen) = setup();
+            let buf = vec![5u8; REF_MIN as usize];
+            // SAFETY: buf outlives the operation.
+            unsafe { t.post_send(1, &header(REF_MIN), buf.as_ptr(), 42).unwrap() };
+            let (_, h, desc_addr, id) = seen.lock().unwrap().sends[0];
+            assert_eq!((h.kind, h.len), (FrameKind::DataRef, DESC_LEN as u32));
+            // SAFETY: the descriptor is boxed inside the transport and still alive.
+            let desc = unsafe { std::slice::from_raw_parts(desc_addr as *const u8, DESC_LEN) };
+            assert_eq!(&desc[0..8], &(buf.as_ptr() as u64).to_le_bytes());
+            assert_eq!(&desc[8..16], &u64::from(REF_MIN).to_le_bytes());
+            let (first, second) = if ack_first {
+                (ack_for(id), Completion::Sent { token: id })
+            } else {
+                (Completion::Sent { token: id }, ack_for(id))
+            };
+            seen.lock().unwrap().next.push(first);
+            assert!(poll(&mut t).is_empty(), "complete before both events");
+            seen.lock().unwrap().next.push(second);
+            assert!(matches!(poll(&mut t)[..], [Completion::Sent { token: 42 }]));
+        }
+    }
+
+    /// Post a by-reference receive of `src` and deliver a descriptor for it; returns the
+    /// completions and the destination.
+    fn receive(
+        src: &[u8],
+        epoch: u64,
+        announced_len: u64,
+    ) -> (Vec<Completion>, Vec<u8>, Arc<Mutex<Seen>>) {
+        let (mut t, seen) = setup();
+        let mut dst = vec![0u8; src.len()];
+        // SAFETY: dst outlives the operation.
+        unsafe {
+            t.post_recv(1, &header(src.len() as u32), dst.as_mut_ptr(), 9)
+                .unwrap()
+        };
+        let (_, h, desc_addr, id) = seen.lock().unwrap().recvs[0];
+        assert_eq!(h.kind, FrameKind::DataRef);
+        let mut d = [0u8; DESC_LEN];
+        d[0..8].copy_from_slice(&(src.as_ptr() as u64).to_le_bytes());
+        d[8..16].copy_from_slice(&announced_len.to_le_bytes());
+        d[16..24].copy_from_slice(&77u64.to_le_bytes());
+        d[24..32].copy_from_slice(&epoch.to_le_bytes());
+        // SAFETY: the descriptor buffer is boxed inside the transport, 32 bytes long.
+        unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), desc_addr as *mut u8, DESC_LEN) };
+        seen.lock()
+            .unwrap()
+            .next
+            .push(Completion::Received { token: id });
+        let got = poll(&mut t);
+        (got, dst, seen)
+    }
+
+    #[test]
+    fn a_receive_by_reference_copies_the_chunk_and_acks_it() {
+        let src: Vec<u8> = (0..REF_MIN as usize * 3).map(|i| (i % 251) as u8).collect();
+        let (got, dst, seen) = receive(&src, 1, src.len() as u64);
+        assert!(matches!(got[..], [Completion::Received { token: 9 }]));
+        assert_eq!(dst, src);
+        let c = seen.lock().unwrap().controls.clone();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].1[0], ACK_TAG);
+        assert_eq!(&c[0].1[1..], &77u64.to_le_bytes());
+    }
+
+    #[test]
+    fn a_withdrawn_chunk_is_never_delivered() {
+        let src = vec![1u8; REF_MIN as usize];
+        // The announced epoch (5) is not the sender's current one (1): withdrawn.
+        let (got, _, seen) = receive(&src, 5, src.len() as u64);
+        assert!(matches!(
+            &got[..],
+            [Completion::PeerFailed {
+                peer: 1,
+                error: Error::PeerLost { .. }
+            }]
+        ));
+        assert!(
+            seen.lock().unwrap().controls.is_empty(),
+            "no ack for a withdrawn chunk"
+        );
+    }
+
+    #[test]
+    fn a_wrong_length_is_a_protocol_error() {
+        let src = vec![1u8; REF_MIN as usize];
+        let (got, _, _) = receive(&src, 1, 12);
+        assert!(matches!(
+            &got[..],
+            [Completion::PeerFailed {
+                error: Error::Protocol { .. },
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn cancel_bumps_the_epoch_and_stale_acks_are_ignored() {
+        let (mut t, seen) = setup();
+        let buf = vec![0u8; REF_MIN as usize];
+        // SAFETY: buf outlives the operation (cancelled below).
+        unsafe { t.post_send(1, &header(REF_MIN), buf.as_ptr(), 1).unwrap() };
+        let id = seen.lock().unwrap().sends[0].3;
+        let before = t.epoch.load(Ordering::SeqCst);
+        t.cancel_all();
+        assert!(seen.lock().unwrap().cancelled);
+        assert_eq!(t.epoch.load(Ordering::SeqCst), before + 1);
+        seen.lock().unwrap().next = vec![Completion::Sent { token: id }, ack_for(id)];
+        assert!(poll(&mut t).is_empty());
+    }
+}
