@@ -417,6 +417,21 @@ impl Communicator {
         self.run_blocking(job)
     }
 
+    /// Non-blocking [`Communicator::all_to_all_v_bytes`]. The counts and displacements are
+    /// only read during the call; the buffers stay borrowed until the request completes.
+    pub fn immediate_all_to_all_v_bytes<'a>(
+        &self,
+        dtype: DataType,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        v: [&[usize]; 4],
+    ) -> Request<'a> {
+        match self.all_to_all_v_job(dtype, input, output, v) {
+            Ok(job) => self.run_async(job),
+            Err(e) => Request::done(Err(e)),
+        }
+    }
+
     fn all_to_all_v_job(
         &self,
         dtype: DataType,

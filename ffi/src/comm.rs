@@ -1,0 +1,144 @@
+//! Communicator handles: the registry of live communicators, and the calls that query or
+//! release one (`ncclCommDestroy`, `ncclCommAbort`, `ncclCommCount`, `ncclCommUserRank`,
+//! `ncclCommGetAsyncError` in NCCL's `nccl.h`).
+
+use crate::args::out;
+use crate::group;
+use crate::guard::{guard, FfiError, Res};
+use crate::handle::{id_of, Registry};
+use crate::last_error;
+use crate::result::{code_of, dmscResult_t};
+use dmsc_rs::Communicator;
+use std::ffi::c_int;
+use std::sync::Arc;
+
+pub use crate::handle::dmscComm_t;
+
+/// Live communicators by handle id.
+pub(crate) static COMMS: Registry<Communicator> = Registry::new("communicator");
+
+/// The communicator argument `comm` of function `f`, with its id.
+pub(crate) fn comm_arg(f: &str, comm: dmscComm_t) -> Res<(usize, Arc<Communicator>)> {
+    let id = id_of(comm);
+    Ok((id, COMMS.lookup(f, "comm", id)?))
+}
+
+/// Destroy `comm` (`ncclCommDestroy`): wait for the operations still in flight on it
+/// (non-blocking requests included), close its connections and free it. The handle is dead
+/// afterwards: every call with it returns `dmscInvalidUsage`. Like every rank's
+/// operations, destroy is expected on all ranks; a rank that destroys while its peers still
+/// run operations with it makes those fail with `dmscPeerLost` or `dmscRemoteError`.
+///
+/// Requests made on `comm` stay valid (their operations have completed) until
+/// `dmscRequestFree`. To make in-flight operations fail promptly instead of waiting for
+/// them, use `dmscCommAbort`.
+///
+/// Errors: `dmscInvalidArgument` if `comm` is NULL; `dmscInvalidUsage` if it is not a live
+/// communicator, or if called between `dmscGroupStart` and `dmscGroupEnd`.
+/// Thread safety: no other thread may be using `comm`.
+#[no_mangle]
+pub extern "C" fn dmscCommDestroy(comm: dmscComm_t) -> dmscResult_t {
+    const F: &str = "dmscCommDestroy";
+    guard(F, || {
+        if group::depth() > 0 {
+            return Err(FfiError::usage(
+                F,
+                "cannot destroy a communicator between dmscGroupStart and dmscGroupEnd",
+            ));
+        }
+        let c = COMMS.take(F, "comm", id_of(comm))?;
+        // The last reference's drop drains the queue of operations and joins the
+        // communicator's progress thread.
+        drop(c);
+        Ok(())
+    })
+}
+
+/// Abort `comm` and free it (`ncclCommAbort`): every operation in flight on it, in any
+/// thread or request, returns promptly with `dmscAborted`, peers learn of the abort, and
+/// the handle is released as by `dmscCommDestroy` (dead afterwards: `dmscInvalidUsage`).
+/// Memory of requests still pending is safe: their operations fail instead of completing,
+/// and `dmscWait` reports it.
+///
+/// Errors: `dmscInvalidArgument` if `comm` is NULL; `dmscInvalidUsage` if it is not a live
+/// communicator.
+/// Thread safety: callable from any thread, also while another thread is blocked in an
+/// operation on `comm` (that call returns `dmscAborted`).
+#[no_mangle]
+pub extern "C" fn dmscCommAbort(comm: dmscComm_t) -> dmscResult_t {
+    const F: &str = "dmscCommAbort";
+    guard(F, || {
+        let c = COMMS.take(F, "comm", id_of(comm))?;
+        c.abort();
+        // Freed here, or by the last thread still inside an operation on it.
+        drop(c);
+        Ok(())
+    })
+}
+
+/// Store the number of ranks of `comm` in `*count` (`ncclCommCount`).
+///
+/// Errors: `dmscInvalidArgument` if `comm` or `count` is NULL; `dmscInvalidUsage` if
+/// `comm` is not a live communicator.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommCount(comm: dmscComm_t, count: *mut c_int) -> dmscResult_t {
+    const F: &str = "dmscCommCount";
+    guard(F, || {
+        let (_, c) = comm_arg(F, comm)?;
+        let count = out(F, "count", count)?;
+        // SAFETY: non-NULL; the caller passes a writable int. Sizes fit: ranks are ints in C.
+        unsafe { count.write(c.size() as c_int) };
+        Ok(())
+    })
+}
+
+/// Store this process's rank in `comm`, `0 ... count-1`, in `*rank` (`ncclCommUserRank`).
+///
+/// Errors: `dmscInvalidArgument` if `comm` or `rank` is NULL; `dmscInvalidUsage` if `comm`
+/// is not a live communicator.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommUserRank(comm: dmscComm_t, rank: *mut c_int) -> dmscResult_t {
+    const F: &str = "dmscCommUserRank";
+    guard(F, || {
+        let (_, c) = comm_arg(F, comm)?;
+        let rank = out(F, "rank", rank)?;
+        // SAFETY: non-NULL; the caller passes a writable int.
+        unsafe { rank.write(c.rank() as c_int) };
+        Ok(())
+    })
+}
+
+/// Store the error that failed `comm` in `*asyncError` (`ncclCommGetAsyncError`):
+/// `dmscSuccess` while healthy, else the code every later operation on `comm` will return
+/// (a communicator stays failed after an error, e.g. `dmscMismatch`, `dmscTimeout`,
+/// `dmscPeerLost`, `dmscAborted`). When there is an error, its message becomes this
+/// thread's `dmscGetLastError`. Does not wait for an operation in progress: while one runs,
+/// this reports the state before it.
+///
+/// Errors (of the call itself): `dmscInvalidArgument` if `comm` or `asyncError` is NULL;
+/// `dmscInvalidUsage` if `comm` is not a live communicator.
+/// Thread safety: callable from any thread, also while another thread runs an operation on
+/// `comm`.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommGetAsyncError(
+    comm: dmscComm_t,
+    asyncError: *mut dmscResult_t,
+) -> dmscResult_t {
+    const F: &str = "dmscCommGetAsyncError";
+    guard(F, || {
+        let (_, c) = comm_arg(F, comm)?;
+        let slot = out(F, "asyncError", asyncError)?;
+        let code = match c.async_error() {
+            None => dmscResult_t::dmscSuccess,
+            Some(e) => {
+                last_error::set(&format!("{F}: {e}"));
+                code_of(&e)
+            }
+        };
+        // SAFETY: non-NULL; the caller passes a writable dmscResult_t.
+        unsafe { slot.write(code) };
+        Ok(())
+    })
+}

@@ -1,0 +1,73 @@
+//! The common path of every operation call: look up the communicator, refuse device
+//! streams, validate the arguments into an [`Op`], then run it now, record it into the
+//! thread's group, or post it and return a request.
+
+use crate::args::{no_stream, out};
+use crate::comm::comm_arg;
+use crate::group;
+use crate::guard::{guard, Ctx, FfiError, Res};
+use crate::handle::{dmscComm_t, dmscRequest_t};
+use crate::op::Op;
+use crate::request;
+use crate::result::dmscResult_t;
+use dmsc_rs::Communicator;
+use std::ffi::c_void;
+
+/// A blocking call of function `f`: inside a group the operation is recorded, otherwise it
+/// runs to completion on this thread.
+///
+/// # Safety
+/// The buffers that `build` captures are valid for the call, or until `dmscGroupEnd`
+/// returns when recorded.
+pub(crate) unsafe fn blocking(
+    f: &'static str,
+    comm: dmscComm_t,
+    stream: *mut c_void,
+    build: impl FnOnce(&Communicator) -> Res<Op>,
+) -> dmscResult_t {
+    guard(f, || {
+        let (id, c) = comm_arg(f, comm)?;
+        no_stream(f, stream)?;
+        let op = build(&c)?;
+        if let Some(op) = group::record(f, id, &c, op) {
+            // SAFETY: the caller's contract: the buffers are valid for this call.
+            unsafe { op.run(&c) }.ctx(f)?;
+        }
+        Ok(())
+    })
+}
+
+/// A non-blocking call of function `f`: posts the operation and stores its request in
+/// `*request` (NULL on failure).
+///
+/// # Safety
+/// `request` is NULL or writable; the buffers that `build` captures stay valid until the
+/// request completes (dmscTest reports done, dmscWait returns, or dmscRequestFree).
+pub(crate) unsafe fn nonblocking(
+    f: &'static str,
+    comm: dmscComm_t,
+    stream: *mut c_void,
+    request: *mut dmscRequest_t,
+    build: impl FnOnce(&Communicator) -> Res<Op>,
+) -> dmscResult_t {
+    guard(f, || {
+        let slot = out(f, "request", request)?;
+        // SAFETY: non-NULL and writable by the caller's contract.
+        unsafe { slot.write(std::ptr::null_mut()) };
+        let (_, c) = comm_arg(f, comm)?;
+        no_stream(f, stream)?;
+        if group::depth() > 0 {
+            return Err(FfiError::usage(
+                f,
+                "non-blocking calls cannot be made between dmscGroupStart and dmscGroupEnd \
+                 (the group records the blocking calls and runs them together)",
+            ));
+        }
+        let op = build(&c)?;
+        // SAFETY: the caller's contract keeps the buffers valid until the request completes.
+        let req = unsafe { op.post(&c) }.ctx(f)?;
+        // SAFETY: as above, slot is writable.
+        unsafe { slot.write(request::register(f, req)) };
+        Ok(())
+    })
+}

@@ -1,0 +1,247 @@
+//! Making communicators: unique ids, init from an id or from the launcher's environment,
+//! and split (`ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitRankConfig`,
+//! `ncclCommSplit` in NCCL's `nccl.h`).
+
+use crate::args::{out, rank_arg};
+use crate::comm::{comm_arg, COMMS};
+use crate::config::{dmscConfig_t, resolve, Base};
+use crate::group;
+use crate::guard::{guard, Ctx, FfiError, Res};
+use crate::handle::{dmscComm_t, handle_of};
+use crate::result::dmscResult_t;
+use dmsc_rs::{Communicator, UniqueId};
+use std::ffi::{c_char, c_int};
+
+/// Bytes of a `dmscUniqueId` (NCCL's `NCCL_UNIQUE_ID_BYTES`).
+pub const DMSC_UNIQUE_ID_BYTES: usize = 128;
+
+/// `color` for `dmscCommSplit` meaning "join no new communicator" (`NCCL_SPLIT_NOCOLOR`).
+pub const DMSC_SPLIT_NOCOLOR: c_int = -1;
+
+const _: () = assert!(DMSC_UNIQUE_ID_BYTES == UniqueId::SIZE);
+
+/// A job's rendezvous token (NCCL's `ncclUniqueId`): made once by `dmscGetUniqueId`, copied
+/// to every rank by the program (an MPI broadcast, a file, a socket...), and passed to
+/// `dmscCommInitRank` on each. Plain bytes: copy it freely. It names the rendezvous store
+/// that the process which made it serves, plus a random job nonce; it is versioned and
+/// checksummed, so a corrupted id is `dmscInvalidArgument`, not a hang.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct dmscUniqueId {
+    /// The encoded id.
+    pub internal: [c_char; DMSC_UNIQUE_ID_BYTES],
+}
+
+/// Make a unique id for a new job (`ncclGetUniqueId`): starts a rendezvous store in this
+/// process, listening on the interface `DMSC_SOCKET_IFNAME` selects (default: the first
+/// non-loopback IPv4 interface). Call it on one process, give the id to every rank, then
+/// call `dmscCommInitRank` on each; the making process must take part (its store lives
+/// until the communicator it joins with this id is destroyed).
+///
+/// Errors: `dmscInvalidArgument` if `uniqueId` is NULL or no interface matches;
+/// `dmscSystemError` if the store cannot listen.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscGetUniqueId(uniqueId: *mut dmscUniqueId) -> dmscResult_t {
+    const F: &str = "dmscGetUniqueId";
+    guard(F, || {
+        let slot = out(F, "uniqueId", uniqueId)?;
+        let bytes = dmsc_rs::new_unique_id().ctx(F)?.to_bytes();
+        let id = dmscUniqueId {
+            internal: bytes.map(|b| b as c_char),
+        };
+        // SAFETY: non-NULL; the caller passes a writable dmscUniqueId.
+        unsafe { slot.write(id) };
+        Ok(())
+    })
+}
+
+/// Register a new communicator and store its handle in `*comm`.
+///
+/// # Safety
+/// `comm` is a writable `dmscComm_t` (checked non-NULL).
+unsafe fn publish(comm: *mut dmscComm_t, c: Communicator) {
+    let id = COMMS.insert(c);
+    // SAFETY: the caller's contract.
+    unsafe { comm.write(handle_of(id)) };
+}
+
+/// The output argument `comm` of function `f`, set to NULL until the call succeeds.
+///
+/// # Safety
+/// `comm` is NULL or a writable `dmscComm_t`.
+unsafe fn comm_out(f: &str, comm: *mut dmscComm_t) -> Res<*mut dmscComm_t> {
+    let p = out(f, "comm", comm)?;
+    // SAFETY: non-NULL and writable by the caller's contract.
+    unsafe { p.write(std::ptr::null_mut()) };
+    Ok(p)
+}
+
+/// Join the communicator of `nranks` ranks named by `commId` as rank `rank`
+/// (`ncclCommInitRank`), with settings from the `DMSC_*` environment variables: the same
+/// as `dmscCommInitRankConfig` with a NULL config.
+///
+/// Errors: see `dmscCommInitRankConfig`.
+/// Thread safety: as `dmscCommInitRankConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommInitRank(
+    comm: *mut dmscComm_t,
+    nranks: c_int,
+    commId: dmscUniqueId,
+    rank: c_int,
+) -> dmscResult_t {
+    // SAFETY: forwarded contract; a NULL config is allowed.
+    unsafe {
+        init_rank(
+            "dmscCommInitRank",
+            comm,
+            nranks,
+            commId,
+            rank,
+            std::ptr::null(),
+        )
+    }
+}
+
+/// Join the communicator of `nranks` ranks named by `commId` as rank `rank`, with settings
+/// `config` (`ncclCommInitRankConfig`; NULL: all from the environment). Collective over the
+/// `nranks` processes: every rank calls it with the same id, and it returns once all have
+/// joined and connected, or the config's timeout passed. On success `*comm` is the new
+/// communicator, on failure NULL.
+///
+/// Errors: `dmscInvalidArgument` if `comm` is NULL, `nranks` < 1, `rank` is not in
+/// `0 ... nranks-1`, `commId` is not a valid id, or the config is invalid (the message names
+/// the field); `dmscTimeout` if the other ranks did not arrive in time; `dmscSystemError`
+/// on a network failure.
+/// Thread safety: callable from any thread; concurrent calls for different communicators
+/// are fine.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommInitRankConfig(
+    comm: *mut dmscComm_t,
+    nranks: c_int,
+    commId: dmscUniqueId,
+    rank: c_int,
+    config: *const dmscConfig_t,
+) -> dmscResult_t {
+    // SAFETY: forwarded contract.
+    unsafe { init_rank("dmscCommInitRankConfig", comm, nranks, commId, rank, config) }
+}
+
+/// # Safety
+/// As `dmscCommInitRankConfig`.
+unsafe fn init_rank(
+    f: &str,
+    comm: *mut dmscComm_t,
+    nranks: c_int,
+    commId: dmscUniqueId,
+    rank: c_int,
+    config: *const dmscConfig_t,
+) -> dmscResult_t {
+    guard(f, || {
+        // SAFETY: the caller's contract: comm is NULL or writable.
+        let comm = unsafe { comm_out(f, comm) }?;
+        if nranks < 1 {
+            return Err(FfiError::invalid(
+                f,
+                format_args!("nranks {nranks} must be at least 1"),
+            ));
+        }
+        let rank = rank_arg(f, "rank", rank, nranks as usize)?;
+        let id = UniqueId::from_bytes(&commId.internal.map(|b| b as u8))
+            .map_err(|e| FfiError::invalid(f, format_args!("commId: {e}")))?;
+        // SAFETY: the caller's contract: config is NULL or a readable dmscConfig_t.
+        let cfg = unsafe { resolve(f, config, Base::Env) }?;
+        let c = Communicator::init_with_id(&id, rank, nranks as usize, cfg).ctx(f)?;
+        // SAFETY: comm is non-NULL and writable.
+        unsafe { publish(comm, c) };
+        Ok(())
+    })
+}
+
+/// Join the communicator described by the launcher's environment: dmscrun and torchrun
+/// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Open MPI (`OMPI_COMM_WORLD_RANK`,
+/// `OMPI_COMM_WORLD_SIZE`) or Slurm (`SLURM_PROCID`, `SLURM_NTASKS`), with the store at
+/// `DMSC_STORE_ADDR` or `MASTER_ADDR:MASTER_PORT`. No unique id is needed: rank 0 serves the
+/// rendezvous store. `config` as for `dmscCommInitRankConfig` (NULL: all from the
+/// environment). Collective over all ranks of the job. On success `*comm` is the new
+/// communicator, on failure NULL. (NCCL has no equivalent; this is dmsc's usual entry
+/// point.)
+///
+/// Errors: `dmscInvalidArgument` if `comm` is NULL, the environment describes no job or is
+/// inconsistent, or the config is invalid; `dmscTimeout` if the other ranks did not arrive
+/// in time; `dmscSystemError` on a network failure.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommInitFromEnv(
+    comm: *mut dmscComm_t,
+    config: *const dmscConfig_t,
+) -> dmscResult_t {
+    const F: &str = "dmscCommInitFromEnv";
+    guard(F, || {
+        // SAFETY: the caller's contract: comm is NULL or writable.
+        let comm = unsafe { comm_out(F, comm) }?;
+        // SAFETY: the caller's contract: config is NULL or a readable dmscConfig_t.
+        let cfg = unsafe { resolve(F, config, Base::Env) }?;
+        let c = Communicator::from_env_with_config(cfg).ctx(F)?;
+        // SAFETY: comm is non-NULL and writable.
+        unsafe { publish(comm, c) };
+        Ok(())
+    })
+}
+
+/// Split `comm` into new communicators by `color` (`ncclCommSplit`): ranks passing the same
+/// color form one, ordered by `key` and then by rank in `comm`. A rank passing
+/// `DMSC_SPLIT_NOCOLOR` joins none and gets `*newcomm = NULL`. Collective over all ranks of
+/// `comm` (like an operation on it). `config`: NULL inherits `comm`'s settings; otherwise
+/// its set fields override them (`socketIfname` must stay unset: the new communicator
+/// listens on `comm`'s interface). The new communicator is independent of `comm` and must
+/// be destroyed on its own.
+///
+/// Errors: `dmscInvalidArgument` if `newcomm` is NULL, `color` is negative other than
+/// `DMSC_SPLIT_NOCOLOR`, or the config is invalid; `dmscInvalidUsage` if `comm` is not a
+/// live communicator or inside a group; and the errors of an operation on `comm`.
+/// Thread safety: as an operation on `comm`.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommSplit(
+    comm: dmscComm_t,
+    color: c_int,
+    key: c_int,
+    newcomm: *mut dmscComm_t,
+    config: *const dmscConfig_t,
+) -> dmscResult_t {
+    const F: &str = "dmscCommSplit";
+    guard(F, || {
+        let newcomm = out(F, "newcomm", newcomm)?;
+        // SAFETY: non-NULL and writable by the caller's contract.
+        unsafe { newcomm.write(std::ptr::null_mut()) };
+        let (_, parent) = comm_arg(F, comm)?;
+        if group::depth() > 0 {
+            return Err(FfiError::usage(
+                F,
+                "cannot split between dmscGroupStart and dmscGroupEnd",
+            ));
+        }
+        let color = match color {
+            DMSC_SPLIT_NOCOLOR => None,
+            c if c >= 0 => Some(c as u32),
+            c => {
+                return Err(FfiError::invalid(
+                    F,
+                    format_args!(
+                        "color {c} is negative; use a color >= 0, or DMSC_SPLIT_NOCOLOR (-1)"
+                    ),
+                ))
+            }
+        };
+        // SAFETY: the caller's contract: config is NULL or a readable dmscConfig_t.
+        let cfg = unsafe { resolve(F, config, Base::Parent(parent.config().clone())) }?;
+        if let Some(c) = parent
+            .split_with_config(color, i64::from(key), cfg)
+            .ctx(F)?
+        {
+            // SAFETY: newcomm is non-NULL and writable.
+            unsafe { publish(newcomm, c) };
+        }
+        Ok(())
+    })
+}

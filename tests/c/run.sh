@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The C API suite: builds libdmsc.so / libdmsc.a and dmscrun, checks the shared library's
+# SONAME and exported symbols, compiles the header as C99 and C++17 with warnings as errors,
+# and runs tests/c/dmsc_test.c as 4 ranks under dmscrun, linked shared and then static.
+# Called by scripts/test-all.sh; runnable alone:  bash tests/c/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+REL=$ROOT/target/release
+OUT=$ROOT/target/c-test
+NP=${DMSC_C_TEST_NP:-4}
+CC=${CC:-cc}
+CXX=${CXX:-c++}
+CFLAGS=(-std=c99 -Wall -Wextra -Werror -pedantic -O1 -g -I"$ROOT/include")
+CXXFLAGS=(-std=c++17 -Wall -Wextra -Werror -pedantic -O1 -g -I"$ROOT/include")
+# `rustc --print native-static-libs` for libdmsc.a on Linux (glibc).
+STATIC_LIBS=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+
+die() { echo "tests/c/run.sh: FAILED: $*" >&2; exit 1; }
+step() { echo "-- $*"; }
+for tool in cargo "$CC" "$CXX" nm readelf; do
+    command -v "$tool" >/dev/null || die "'$tool' not found (needed: cargo, a C and a C++ compiler, binutils)"
+done
+
+step "cargo build --release -p dmsc-ffi; cargo build --release --bin dmscrun"
+cargo build --release -p dmsc-ffi || die "building libdmsc (cargo build --release -p dmsc-ffi)"
+cargo build --release --bin dmscrun || die "building dmscrun"
+for f in libdmsc.so libdmsc.a dmscrun; do
+    [ -e "$REL/$f" ] || die "target/release/$f was not built"
+done
+
+step "SONAME is libdmsc.so.0"
+soname=$(readelf -d "$REL/libdmsc.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+[ "$soname" = libdmsc.so.0 ] || die "SONAME of libdmsc.so is '$soname', expected libdmsc.so.0"
+
+step "exported symbols: only dmsc*, and every function of the header"
+exported=$(nm -D --defined-only "$REL/libdmsc.so" | awk '{print $3}' | sort)
+stray=$(grep -v '^dmsc' <<<"$exported" || true)
+[ -z "$stray" ] || die "libdmsc.so exports symbols outside the dmsc* API:
+$stray"
+declared=$(grep -oE '^[a-zA-Z_ ]+\*? ?(dmsc[A-Za-z]+)\(' include/dmsc.h | grep -oE 'dmsc[A-Za-z]+\($' | tr -d '(' | sort)
+missing=$(comm -23 <(echo "$declared") <(echo "$exported"))
+[ -z "$missing" ] || die "functions declared in include/dmsc.h but not exported: $missing"
+extra=$(comm -13 <(echo "$declared") <(echo "$exported"))
+[ -z "$extra" ] || die "symbols exported but not declared in include/dmsc.h: $extra"
+echo "   $(wc -l <<<"$exported") symbols exported, all declared in include/dmsc.h"
+
+step "include/dmsc.h is up to date (cargo test -p dmsc-ffi --test header)"
+cargo test --release -q -p dmsc-ffi --test header >/dev/null 2>&1 \
+    || die "include/dmsc.h is stale: run  DMSC_BLESS=1 cargo test -p dmsc-ffi --test header"
+
+rm -rf "$OUT"
+mkdir -p "$OUT/lib"
+# Programs record the SONAME; give the loader that name next to the library.
+cp "$REL/libdmsc.so" "$OUT/lib/libdmsc.so"
+ln -s libdmsc.so "$OUT/lib/libdmsc.so.0"
+
+step "header compiles alone: $CC ${CFLAGS[*]} and $CXX ${CXXFLAGS[*]}"
+"$CC" "${CFLAGS[@]}" -fsyntax-only -x c include/dmsc.h || die "include/dmsc.h does not compile as C99"
+"$CXX" "${CXXFLAGS[@]}" -fsyntax-only -x c++ include/dmsc.h || die "include/dmsc.h does not compile as C++17"
+"$CXX" "${CXXFLAGS[@]}" tests/c/header_check.cpp -L"$OUT/lib" -ldmsc -Wl,-rpath,"$OUT/lib" \
+    -o "$OUT/header_check" || die "tests/c/header_check.cpp does not build"
+"$OUT/header_check" || die "tests/c/header_check.cpp failed"
+
+step "build tests/c/dmsc_test.c against libdmsc.so and libdmsc.a"
+"$CC" "${CFLAGS[@]}" tests/c/dmsc_test.c -L"$OUT/lib" -ldmsc -Wl,-rpath,"$OUT/lib" -lpthread -lm \
+    -o "$OUT/dmsc_test_shared" || die "dmsc_test.c does not build against libdmsc.so"
+"$CC" "${CFLAGS[@]}" tests/c/dmsc_test.c "$REL/libdmsc.a" "${STATIC_LIBS[@]}" \
+    -o "$OUT/dmsc_test_static" || die "dmsc_test.c does not link against libdmsc.a"
+if readelf -d "$OUT/dmsc_test_static" | grep -q 'libdmsc'; then
+    die "the static test program still needs libdmsc.so"
+fi
+readelf -d "$OUT/dmsc_test_shared" | grep -q 'NEEDED.*\[libdmsc.so.0\]' \
+    || die "the shared test program does not record libdmsc.so.0"
+
+# Loopback only: the test must not depend on the machine's network interfaces.
+export DMSC_SOCKET_IFNAME=${DMSC_SOCKET_IFNAME:-lo}
+export DMSC_TIMEOUT=${DMSC_TIMEOUT:-120}
+for kind in shared static; do
+    step "dmscrun -n $NP -- dmsc_test_$kind"
+    timeout 600 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_$kind" \
+        || die "dmsc_test_$kind failed under dmscrun -n $NP (exit $?)"
+done
+echo "C API tests passed (shared and static, $NP ranks)"
