@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The Python package's tests, from a fresh clone: lint the python/ crate (it is outside the
+# Cargo workspace), build the wheel with maturin, install it into a fresh venv
+# (target/pyenv) with numpy, pytest and mypy, check the type stubs, and run tests/python on
+# 1-5 ranks.
+# Needs the Rust toolchain and python3 >= 3.11 with venv (installed with apt-get when missing
+# and running as root). torch is not installed: its tests skip with a message.
+# Set DMSC_PYENV_REUSE=1 to keep an existing target/pyenv (faster local reruns).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+VENV=$ROOT/target/pyenv
+export CARGO_TERM_COLOR=never
+
+have_venv() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
+if ! command -v python3 >/dev/null || ! have_venv; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing python3 and python3-venv with apt-get"
+        apt-get update -qq
+        ver=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || true)
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv ${ver:+python$ver-venv} >/dev/null
+    else
+        echo "python3 with the venv module is required (apt-get install python3-venv)"; exit 1
+    fi
+fi
+python3 -c 'import sys; assert sys.version_info >= (3, 11), "dmsc needs Python >= 3.11 (abi3-py311)"'
+
+if [ "${DMSC_PYENV_REUSE:-0}" != 1 ] || [ ! -x "$VENV/bin/python" ]; then
+    echo "== fresh venv in $VENV: maturin, numpy, pytest"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" numpy pytest mypy
+fi
+PY=$VENV/bin/python
+export PYO3_PYTHON=$PY
+
+echo "== python/ crate: cargo fmt --check, clippy -D warnings"
+cargo fmt --manifest-path python/Cargo.toml -- --check
+cargo clippy -q --manifest-path python/Cargo.toml --release --all-targets -- -D warnings
+
+echo "== maturin build --release (abi3 wheel) and install into the venv"
+rm -f target/wheels/dmsc-*.whl
+"$VENV/bin/maturin" build --release -m python/Cargo.toml -o target/wheels
+"$PY" -m pip install -q --force-reinstall --no-deps target/wheels/dmsc-*.whl
+
+echo "== type stubs match the module (mypy stubtest)"
+(cd "$ROOT/target" && "$PY" -m mypy.stubtest dmsc)
+
+echo "== pytest tests/python"
+cd "$ROOT"
+# Import the installed wheel, never the source tree.
+timeout 900 "$PY" -m pytest -q -rs -p no:cacheprovider tests/python "$@"
