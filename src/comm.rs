@@ -86,6 +86,8 @@ pub struct Communicator {
     pub(crate) config: Config,
     shared: Arc<Shared>,
     abort: Arc<AbortHandle>,
+    failure: Arc<Mutex<Option<Error>>>,
+    transport_name: &'static str,
     worker: Option<JoinHandle<()>>,
     /// Local address the mesh listens on; communicators split from this one use it too.
     pub(crate) bind_ip: IpAddr,
@@ -183,9 +185,11 @@ impl Communicator {
         config: Config,
         store: Option<StoreServer>,
         bind_ip: IpAddr,
-    ) -> Communicator {
+    ) -> Result<Communicator> {
         let (rank, nranks) = (engine.rank(), engine.nranks());
         let abort = engine.abort_handle();
+        let failure = engine.failure_slot();
+        let transport_name = engine.transport_name();
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
             queue: Mutex::new(Queue::default()),
@@ -195,17 +199,19 @@ impl Communicator {
         let worker = std::thread::Builder::new()
             .name(format!("dmsc-progress-{rank}"))
             .spawn(move || worker_loop(&s))
-            .ok();
-        Communicator {
+            .map_err(|e| Error::io("starting the communicator's progress thread", &e))?;
+        Ok(Communicator {
             rank,
             nranks,
             config,
             shared,
             abort,
-            worker,
+            failure,
+            transport_name,
+            worker: Some(worker),
             bind_ip,
             _store: store,
-        }
+        })
     }
 
     /// This process's rank, `0..size()`.
@@ -225,7 +231,7 @@ impl Communicator {
 
     /// Name of the transport backend in use (`tcp-uring` or `tcp-socket`).
     pub fn transport_name(&self) -> &'static str {
-        lock(&self.shared.engine).transport_name()
+        self.transport_name
     }
 
     /// Abort: every call in flight on this communicator returns promptly with an error, and
@@ -235,13 +241,10 @@ impl Communicator {
     }
 
     /// The error that failed this communicator, if any (`ncclCommGetAsyncError`). Once set,
-    /// every later call fails with it at once. Does not wait for an operation in progress:
-    /// while one runs, this reports the state before it.
+    /// every later call fails with it at once. Never waits for an operation in progress.
     pub fn async_error(&self) -> Option<Error> {
-        if let Ok(e) = self.shared.engine.try_lock() {
-            if let Some(err) = e.failure() {
-                return Some(err.clone());
-            }
+        if let Some(e) = lock(&self.failure).clone() {
+            return Some(e);
         }
         if self.abort.is_aborted() {
             return Some(Error::Aborted {
@@ -290,7 +293,9 @@ fn worker_loop(s: &Shared) {
             q.running = true;
             let mut e = lock(&s.engine);
             drop(q);
-            let r = job.run(&mut e);
+            // Whatever happens, the slot gets a result: a waiter must never hang.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&mut e)))
+                .unwrap_or_else(|_| Err(Error::internal("panic while running a queued operation")));
             drop(e);
             slot.finish(r);
             q = lock(&s.queue);
@@ -382,12 +387,12 @@ fn join(
     let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
         client.exchange(&key, rank, nranks, mine, timeout)
     })?;
-    Ok(Communicator::with_engine(
+    Communicator::with_engine(
         Engine::new(transport, rank, nranks, config.engine.clone()),
         config,
         server,
         iface.addr,
-    ))
+    )
 }
 
 fn split_host_port(addr: &str) -> Result<(String, u16)> {

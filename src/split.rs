@@ -138,12 +138,7 @@ impl Communicator {
             Ok(members.iter().map(|&r| slots[r].clone()).collect())
         })?;
         let engine = Engine::new(transport, new_rank, members.len(), config.engine.clone());
-        Ok(Some(Communicator::with_engine(
-            engine,
-            config,
-            None,
-            self.bind_ip,
-        )))
+        Communicator::with_engine(engine, config, None, self.bind_ip).map(Some)
     }
 
     /// All-gather one address per parent rank (empty for ranks joining nothing).

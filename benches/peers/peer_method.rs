@@ -30,8 +30,14 @@ fn main() -> dmsc::Result<()> {
                 n = (n / w).max(1);
             }
             let out_len = if *op == "allgather" { n * w } else { n };
-            let input: Vec<f32> = (0..n).map(|i| (r + 1) as f32 + (i % 13) as f32).collect();
+            // Huge pages from 4 MiB, as numpy (and so mpi4py in the peers' runs) gets them.
+            let mut input = vec![0f32; n];
+            dmsc::perf::huge::advise(bytes_of(&mut input));
+            for (i, x) in input.iter_mut().enumerate() {
+                *x = (r + 1) as f32 + (i % 13) as f32;
+            }
             let mut out = vec![0f32; out_len];
+            dmsc::perf::huge::advise(bytes_of(&mut out));
             let run = |c: &Communicator, out: &mut [f32]| -> dmsc::Result<()> {
                 match *op {
                     "allreduce" => c.all_reduce(&input, out, ReduceOp::Sum),
@@ -101,4 +107,10 @@ fn main() -> dmsc::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bytes of an `f32` slice (for huge-page advice).
+fn bytes_of(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: any f32 memory is valid as bytes; the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
 }

@@ -117,10 +117,48 @@ impl Op {
             // SAFETY: forwarded contract.
             Op::P2p(p) => return unsafe { post_p2p(comm, &[*p]) },
         };
+        rejected_at_once(&req)?;
         // SAFETY: the C contract keeps the buffers valid until the request completes, which
         // is what `detach` requires.
         Ok(unsafe { req.detach() })
     }
+}
+
+/// A receive buffer that overlaps another buffer of the same batch would be written while
+/// the other operation reads or writes it (and, between ranks of one host, while a peer
+/// copies from it): an argument error, never a race.
+fn check_receive_overlaps(ops: &[P2pOp]) -> Result<()> {
+    let what = |p: &P2pOp| {
+        if p.send {
+            format!("the send to rank {}", p.peer)
+        } else {
+            format!("the receive from rank {}", p.peer)
+        }
+    };
+    for (i, a) in ops.iter().enumerate() {
+        if a.send || a.buf.len == 0 {
+            continue;
+        }
+        for (j, b) in ops.iter().enumerate() {
+            if i != j && b.buf.len != 0 && a.buf.overlaps(&b.buf) {
+                return Err(dmsc_rs::Error::invalid(format!(
+                    "the buffer of {} overlaps the buffer of {} in the same group",
+                    what(a),
+                    what(b)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An operation the core rejected before starting (bad arguments it checks itself) is an
+/// error of the call, not of a request the caller must wait for.
+fn rejected_at_once(req: &Request<'_>) -> Result<()> {
+    if req.test() {
+        req.wait_timeout(std::time::Duration::ZERO)?;
+    }
+    Ok(())
 }
 
 /// Sends and receives as one dmsc group: they progress concurrently, so two ranks that both
@@ -148,9 +186,42 @@ unsafe fn p2p_group<'c>(comm: &'c Communicator, ops: &[P2pOp]) -> Result<Group<'
 /// # Safety
 /// As [`Op::post`], for every buffer in `ops`.
 pub(crate) unsafe fn post_p2p(comm: &Communicator, ops: &[P2pOp]) -> Result<Request<'static>> {
+    check_receive_overlaps(ops)?;
     // SAFETY: forwarded contract.
     let req = unsafe { p2p_group(comm, ops) }?.immediate_end();
+    rejected_at_once(&req)?;
     // SAFETY: the C contract keeps the buffers valid until the request completes, which is
     // what `detach` requires.
     Ok(unsafe { req.detach() })
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    fn op(send: bool, buf: &mut [u8], off: usize, len: usize, peer: usize) -> P2pOp {
+        P2pOp {
+            send,
+            buf: Span::at(buf.as_mut_ptr() as *const _, off, len),
+            peer,
+        }
+    }
+
+    #[test]
+    fn a_receive_overlapping_another_buffer_is_rejected() {
+        let mut b = vec![0u8; 64];
+        let swap = [op(true, &mut b, 0, 32, 1), op(false, &mut b, 16, 32, 1)];
+        let e = check_receive_overlaps(&swap).unwrap_err().to_string();
+        assert!(
+            e.contains("receive from rank 1") && e.contains("send to rank 1"),
+            "{e}"
+        );
+        // Disjoint halves, and one buffer sent to two peers, are fine.
+        let ok = [
+            op(true, &mut b, 0, 32, 1),
+            op(true, &mut b, 0, 32, 2),
+            op(false, &mut b, 32, 32, 1),
+        ];
+        check_receive_overlaps(&ok).unwrap();
+    }
 }

@@ -32,6 +32,21 @@ pub struct Communicator {
     size: usize,
 }
 
+impl Drop for Communicator {
+    /// A communicator collected without `destroy()` still finishes the operations in flight
+    /// on it; do that without holding the GIL, so other Python threads keep running.
+    fn drop(&mut self) {
+        let c = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = c {
+            Python::attach(move |py| py.detach(move || drop(c)));
+        }
+    }
+}
+
 impl Communicator {
     /// Wrap a joined communicator.
     pub fn wrap(c: dmsc::Communicator) -> Communicator {

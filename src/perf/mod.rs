@@ -7,6 +7,7 @@
 //!   (nccl-tests' `getCollByteCount` and `getBw`, see its `doc/PERFORMANCE.md`).
 //! * [`check`]: deterministic rank-dependent inputs and the expected results, to count wrong
 //!   elements (the `#wrong` column).
+//! * [`huge`]: huge-page advice for large buffers, as numpy gives its arrays.
 //! * [`report`]: the table, the footer and the JSON report.
 //! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
 //!
@@ -14,6 +15,7 @@
 
 pub mod args;
 pub mod check;
+pub mod huge;
 pub mod report;
 pub mod run;
 pub mod sizes;

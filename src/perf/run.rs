@@ -83,9 +83,10 @@ impl AlignedBuf {
     /// Alignment of the first byte.
     pub const ALIGN: usize = 64;
 
-    /// `len` zero bytes.
+    /// `len` zero bytes (huge pages advised from 4 MiB, see [`super::huge`]).
     pub fn new(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + Self::ALIGN];
+        let mut raw = vec![0u8; len + Self::ALIGN];
+        super::huge::advise(&mut raw);
         let off = raw.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
         AlignedBuf { raw, off, len }
     }

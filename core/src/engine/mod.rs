@@ -32,7 +32,7 @@ use control::{ControlMsg, ErrorClass};
 use exec::{Exec, Labels};
 use staging::StagingPool;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// State shared with other threads: the abort flag and the transport's waker.
@@ -69,6 +69,8 @@ pub struct Engine {
     p2p_sent: Vec<u64>,
     p2p_recv: Vec<u64>,
     failed: Option<Error>,
+    /// A copy of `failed` readable from other threads without the engine's lock.
+    published: Arc<Mutex<Option<Error>>>,
     abort: Arc<AbortHandle>,
     pool: StagingPool,
     scratch: Vec<u64>,
@@ -103,6 +105,7 @@ impl Engine {
             p2p_sent: vec![0; nranks],
             p2p_recv: vec![0; nranks],
             failed: None,
+            published: Arc::new(Mutex::new(None)),
             abort,
             scratch: Vec::new(),
             epoch: 0,
@@ -145,6 +148,18 @@ impl Engine {
     /// The error that failed this engine, if any.
     pub fn failure(&self) -> Option<&Error> {
         self.failed.as_ref()
+    }
+
+    /// A shared copy of [`Engine::failure`], updated when the engine fails, for readers on
+    /// other threads that must not wait for an operation in progress
+    /// (`ncclCommGetAsyncError`).
+    pub fn failure_slot(&self) -> Arc<Mutex<Option<Error>>> {
+        self.published.clone()
+    }
+
+    fn set_failed(&mut self, e: Error) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        self.failed = Some(e);
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -257,7 +272,19 @@ impl Engine {
             self.cfg.window,
             self.epoch,
         );
-        let r = self.drive(&mut ex, started_at);
+        // A panic must not unwind past posted operations: the transport would keep pointers
+        // into memory the caller frees. Treat it as a failure like any other.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.drive(&mut ex, started_at)
+        }))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::internal(format!("panic in the engine: {what}")))
+        });
         self.epoch = ex.epoch();
         self.current = None;
         if let Err(e) = &r {
@@ -318,7 +345,7 @@ impl Engine {
             let mut sink = Vec::new();
             let _ = self.transport.poll(&mut sink, Duration::ZERO);
         }
-        self.failed = Some(e);
+        self.set_failed(e);
     }
 
     fn drive(&mut self, ex: &mut Exec, started_at: Instant) -> Result<()> {
@@ -538,7 +565,7 @@ impl Engine {
             };
             if let Err(e) = r {
                 if self.failed.is_none() {
-                    self.failed = Some(e);
+                    self.set_failed(e);
                 }
             }
         }

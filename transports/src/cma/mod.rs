@@ -55,6 +55,7 @@ enum Op {
     RefRecv {
         token: Token,
         peer: Rank,
+        expect: FrameHeader,
         desc: Box<[u8; DESC_LEN]>,
         dst: *mut u8,
         len: usize,
@@ -66,8 +67,10 @@ pub(crate) struct CmaTransport {
     inner: Box<dyn Transport>,
     /// Per rank: how to reach its memory, when the pair agreed on CMA.
     peers: Vec<Option<PeerMemory>>,
-    /// Bumped when this side withdraws its posted sends; read remotely by receivers.
-    epoch: Box<AtomicU64>,
+    /// Bumped when this side withdraws its posted sends; read remotely by receivers. Leaked
+    /// on purpose (8 bytes per communicator): a receiver may read it after this transport is
+    /// gone, and must then find a value that still means "withdrawn", never reused memory.
+    epoch: &'static AtomicU64,
     next: u64,
     ops: HashMap<u64, Op>,
     scratch: Vec<Completion>,
@@ -81,9 +84,18 @@ pub(crate) struct CmaTransport {
 // thread that owns the transport.
 unsafe impl Send for CmaTransport {}
 
-/// A fresh epoch word for [`negotiate`]: its address goes to the peers.
-pub(crate) fn new_epoch() -> Box<AtomicU64> {
-    Box::new(AtomicU64::new(1))
+/// The little-endian `u64` at byte `i` of a descriptor.
+fn desc_word(desc: &[u8; DESC_LEN], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&desc[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// A fresh epoch word for [`negotiate`]: its address goes to the peers. It starts at a
+/// random value and is never freed (see [`CmaTransport`]'s `epoch`).
+pub(crate) fn new_epoch() -> &'static AtomicU64 {
+    let seed = crate::store::random_nonce().unwrap_or(0x005e_ed0f_d15c_0001);
+    Box::leak(Box::new(AtomicU64::new(seed)))
 }
 
 impl CmaTransport {
@@ -91,7 +103,7 @@ impl CmaTransport {
     pub(crate) fn new(
         inner: Box<dyn Transport>,
         peers: Vec<Option<PeerMemory>>,
-        epoch: Box<AtomicU64>,
+        epoch: &'static AtomicU64,
     ) -> CmaTransport {
         let name = match inner.name() {
             "tcp-uring" => "tcp-uring+cma",
@@ -123,11 +135,7 @@ impl CmaTransport {
 
     /// Copy a chunk announced by `desc` from `peer` to `dst`, then acknowledge it.
     fn pull(&mut self, peer: Rank, desc: &[u8; DESC_LEN], dst: *mut u8, len: usize) -> Result<()> {
-        let word = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&desc[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let word = |i: usize| desc_word(desc, i);
         let (addr, dlen, id, epoch) = (word(0), word(8), word(16), word(24));
         if dlen != len as u64 {
             return Err(Error::protocol(format!(
@@ -200,13 +208,25 @@ impl CmaTransport {
                 Some(Op::RefRecv {
                     token,
                     peer,
+                    expect,
                     desc,
                     dst,
                     len,
-                }) => match self.pull(peer, &desc, dst, len) {
-                    Ok(()) => out.push(Completion::Received { token }),
-                    Err(error) => out.push(Completion::PeerFailed { peer, error }),
-                },
+                }) => {
+                    let announced = desc_word(&desc, 8);
+                    if announced != len as u64 {
+                        // The same frame with another length: report it as the header
+                        // difference it is (a mismatch between the ranks' calls).
+                        let mut got = expect;
+                        got.len = u32::try_from(announced).unwrap_or(u32::MAX);
+                        out.push(Completion::BadHeader { token, peer, got });
+                        return;
+                    }
+                    match self.pull(peer, &desc, dst, len) {
+                        Ok(()) => out.push(Completion::Received { token }),
+                        Err(error) => out.push(Completion::PeerFailed { peer, error }),
+                    }
+                }
                 Some(other) => {
                     self.ops.insert(t, other);
                 }
@@ -274,6 +294,13 @@ impl CmaTransport {
     }
 }
 
+impl Drop for CmaTransport {
+    fn drop(&mut self) {
+        // Whatever a peer still reads after this is withdrawn memory.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 impl Transport for CmaTransport {
     fn name(&self) -> &'static str {
         self.name
@@ -338,6 +365,7 @@ impl Transport for CmaTransport {
             Op::RefRecv {
                 token,
                 peer,
+                expect: *expect,
                 desc,
                 dst,
                 len: expect.len as usize,
@@ -358,12 +386,12 @@ impl Transport for CmaTransport {
         let mut r = self.inner.poll(&mut got, timeout);
         // Acks queued while handling completions must reach the wire now: the engine may
         // not poll again before its next operation, and the sender waits for them.
-        while r.is_ok() {
+        loop {
             let before = self.acks;
             for c in got.drain(..) {
                 self.on_completion(c, out);
             }
-            if self.acks == before {
+            if r.is_err() || self.acks == before {
                 break;
             }
             r = self.inner.poll(&mut got, Duration::ZERO);
@@ -473,7 +501,7 @@ mod tests {
         let epoch = new_epoch();
         let me = PeerMemory {
             pid: std::process::id() as i32,
-            epoch_addr: &*epoch as *const AtomicU64 as u64,
+            epoch_addr: epoch as *const AtomicU64 as u64,
         };
         let t = CmaTransport::new(Box::new(Fake(seen.clone())), vec![None, Some(me)], epoch);
         (t, seen)
@@ -547,7 +575,7 @@ mod tests {
     /// completions and the destination.
     fn receive(
         src: &[u8],
-        epoch: u64,
+        stale: bool,
         announced_len: u64,
     ) -> (Vec<Completion>, Vec<u8>, Arc<Mutex<Seen>>) {
         let (mut t, seen) = setup();
@@ -563,6 +591,7 @@ mod tests {
         d[0..8].copy_from_slice(&(src.as_ptr() as u64).to_le_bytes());
         d[8..16].copy_from_slice(&announced_len.to_le_bytes());
         d[16..24].copy_from_slice(&77u64.to_le_bytes());
+        let epoch = t.epoch.load(Ordering::SeqCst) + u64::from(stale);
         d[24..32].copy_from_slice(&epoch.to_le_bytes());
         // SAFETY: the descriptor buffer is boxed inside the transport, 32 bytes long.
         unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), desc_addr as *mut u8, DESC_LEN) };
@@ -577,7 +606,7 @@ mod tests {
     #[test]
     fn a_receive_by_reference_copies_the_chunk_and_acks_it() {
         let src: Vec<u8> = (0..REF_MIN as usize * 3).map(|i| (i % 251) as u8).collect();
-        let (got, dst, seen) = receive(&src, 1, src.len() as u64);
+        let (got, dst, seen) = receive(&src, false, src.len() as u64);
         assert!(matches!(got[..], [Completion::Received { token: 9 }]));
         assert_eq!(dst, src);
         let c = seen.lock().unwrap().controls.clone();
@@ -589,8 +618,8 @@ mod tests {
     #[test]
     fn a_withdrawn_chunk_is_never_delivered() {
         let src = vec![1u8; REF_MIN as usize];
-        // The announced epoch (5) is not the sender's current one (1): withdrawn.
-        let (got, _, seen) = receive(&src, 5, src.len() as u64);
+        // The announced epoch is not the sender's current one: withdrawn.
+        let (got, _, seen) = receive(&src, true, src.len() as u64);
         assert!(matches!(
             &got[..],
             [Completion::PeerFailed {
@@ -605,16 +634,15 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_length_is_a_protocol_error() {
+    fn a_wrong_length_is_reported_as_a_header_difference() {
         let src = vec![1u8; REF_MIN as usize];
-        let (got, _, _) = receive(&src, 1, 12);
+        let (got, _, seen) = receive(&src, false, 12);
         assert!(matches!(
             &got[..],
-            [Completion::PeerFailed {
-                error: Error::Protocol { .. },
-                ..
-            }]
+            [Completion::BadHeader { token: 9, peer: 1, got }]
+                if got.len == 12 && got.kind == FrameKind::Data
         ));
+        assert!(seen.lock().unwrap().controls.is_empty());
     }
 
     #[test]

@@ -241,7 +241,7 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
         &mut streams,
         &peers,
         opts.cma,
-        &*epoch as *const AtomicU64 as u64,
+        epoch as *const AtomicU64 as u64,
         deadline,
     )?;
     let mut memory = vec![None; opts.nranks];
