@@ -10,8 +10,9 @@ Method (src/perf/run.rs): per size, float32 buffers filled once, -w warm-up call
 then -n calls back to back; the time is the loop's time divided by -n, the maximum over ranks.
 Out of place (``all_reduce(x, out=y)``) and in place (``all_reduce(x)``) are timed separately,
 then one checked call counts wrong elements (outside the timing). busbw = size / time *
-2(n-1)/n. numpy's huge-page madvise is turned off so that the buffers are like dmsc-perf's
-(``--numpy-hugepages`` keeps it: about 20% faster at 64 MiB, for dmsc and MPI alike). The defaults (-f 2 -n 20 -w 5) are dmsc-perf's, so the rows line up with
+2(n-1)/n. numpy's huge-page madvise for arrays from 4 MiB is kept, as dmsc-perf gives its
+buffers the same advice (``--no-numpy-hugepages`` turns it off; it is worth about 20% at
+64 MiB, for dmsc and MPI alike). The defaults (-f 2 -n 20 -w 5) are dmsc-perf's, so the rows line up with
 
     target/release/dmsc-perf --np 2 all_reduce -b 8 -e 64M
 
@@ -168,7 +169,7 @@ def table(title: str, nranks: int, rows) -> str:
 
 def worker_args(a, perf: bool = False) -> list[str]:
     args = ["-b", str(a.min_bytes), "-e", str(a.max_bytes), "-f", str(a.factor), "-n", str(a.iters), "-w", str(a.warmup)]
-    return args if perf or not a.numpy_hugepages else args + ["--numpy-hugepages"]
+    return args if perf or a.numpy_hugepages else args + ["--no-numpy-hugepages"]
 
 
 def json_line(out: str):
@@ -237,9 +238,8 @@ def main() -> int:
     ap.add_argument("-n", "--iters", type=int, default=20)
     ap.add_argument("-w", "--warmup_iters", dest="warmup", type=int, default=5)
     ap.add_argument("--no-mpi", action="store_true", help="skip the mpi4py comparison")
-    ap.add_argument("--numpy-hugepages", action="store_true",
-                    help="let numpy madvise huge pages for its arrays (its default); off by default so "
-                    "that buffers are like dmsc-perf's")
+    ap.add_argument("--no-numpy-hugepages", dest="numpy_hugepages", action="store_false",
+                    help="turn off numpy's huge-page madvise (dmsc-perf advises huge pages too)")
     ap.add_argument("--compare", action="store_true", help="also run target/release/dmsc-perf and diff")
     ap.add_argument("--json", help="write every backend's rows here")
     ap.add_argument("--timeout", type=float, default=900)
