@@ -21,4 +21,9 @@ echo "== Python package: wheel built with maturin, installed into a fresh venv, 
 bash tests/python/run.sh
 echo "== criterion benches compile"
 cargo bench --workspace --no-run -q
+echo "== fuzzing: every wire decoder, 60 s per target (stable toolchain, fuzz/target)"
+bash scripts/fuzz.sh 60
+echo "== loom: model checks of the atomics and lock hand-offs (core/src/sync.rs; own target dir)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test --release -p dmsc-core -p dmsc-transports -p dmsc --lib loom
 echo "ALL TESTS PASSED"

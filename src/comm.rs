@@ -132,10 +132,14 @@ impl Communicator {
         check_world(opts.rank, opts.nranks)?;
         let timeout = opts.config.engine.timeout;
         let (host, port) = split_host_port(&opts.store_addr)?;
+        let secret = opts.config.secret.as_ref();
         let (server, client) = if opts.serve_store {
-            serve_or_connect(opts.rank, &host, port, timeout)?
+            serve_or_connect(opts.rank, &host, port, timeout, secret)?
         } else {
-            (None, StoreClient::connect(&opts.store_addr, timeout)?)
+            (
+                None,
+                StoreClient::connect(&opts.store_addr, timeout, secret)?,
+            )
         };
         let store_ip = resolve(&opts.store_addr)?;
         join(
@@ -150,15 +154,18 @@ impl Communicator {
     }
 
     /// Join through a [`UniqueId`] made by [`new_unique_id`] on one process and passed to
-    /// every rank by the program itself (like `ncclCommInitRank`).
+    /// every rank by the program itself (like `ncclCommInitRank`). Connections authenticate
+    /// with the secret the id carries, whatever `config.secret` says.
     pub fn init_with_id(
         id: &UniqueId,
         rank: Rank,
         nranks: usize,
-        config: Config,
+        mut config: Config,
     ) -> Result<Communicator> {
         check_world(rank, nranks)?;
-        let client = StoreClient::connect(id.store_addr(), config.engine.timeout)?;
+        config.secret = Some(dmsc_core::auth::Secret::new(id.secret())?);
+        let timeout = config.engine.timeout;
+        let client = StoreClient::connect(id.store_addr(), timeout, config.secret.as_ref())?;
         // The process that made the id hands its store to the communicator it joins, so the
         // store lives exactly as long as that communicator.
         let server = {
@@ -196,9 +203,10 @@ impl Communicator {
             cond: Condvar::new(),
         });
         let s = shared.clone();
+        let period = config.engine.idle_period();
         let worker = std::thread::Builder::new()
             .name(format!("dmsc-progress-{rank}"))
-            .spawn(move || worker_loop(&s))
+            .spawn(move || worker_loop(&s, period))
             .map_err(|e| Error::io("starting the communicator's progress thread", &e))?;
         Ok(Communicator {
             rank,
@@ -286,7 +294,9 @@ impl Communicator {
     }
 }
 
-fn worker_loop(s: &Shared) {
+/// Run queued jobs; while idle, serve the engine every `period` (heartbeats, peers' status
+/// queries and errors) without ever waiting for it.
+fn worker_loop(s: &Shared, period: Duration) {
     let mut q = lock(&s.queue);
     loop {
         if let Some((job, slot)) = q.jobs.pop_front() {
@@ -307,14 +317,18 @@ fn worker_loop(s: &Shared) {
         }
         let (g, t) = s
             .cond
-            .wait_timeout(q, Duration::from_millis(50))
+            .wait_timeout(q, period)
             .unwrap_or_else(|p| p.into_inner());
         q = g;
         if t.timed_out() && q.jobs.is_empty() {
-            // Idle: answer peers' status queries (do not wait for the engine).
+            // Idle: serve the engine unless a caller holds it (then that caller's operation
+            // does the same). The queue stays unlocked meanwhile, so that no caller waits on
+            // it; a job queued in between is seen at the top of the loop.
+            drop(q);
             if let Ok(mut e) = s.engine.try_lock() {
                 let _ = e.service(Duration::ZERO);
             }
+            q = lock(&s.queue);
         }
     }
 }
@@ -382,6 +396,7 @@ fn join(
         backend: config.backend,
         comm_id,
         cma: config.cma,
+        secret: config.secret.clone(),
     };
     let key = format!("{prefix}/{comm_id:016x}/addr");
     let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {

@@ -1,5 +1,6 @@
 //! Settings read from `DMSC_*` environment variables (see the README's table).
 
+use dmsc_core::auth::{Secret, MIN_ADVISED_SECRET};
 use dmsc_core::bootstrap::env::env_duration;
 use dmsc_core::engine::EngineConfig;
 use dmsc_core::plan::PlanConfig;
@@ -21,6 +22,11 @@ pub struct Config {
     /// Single-copy transfer of large chunks between ranks on one host by cross-memory
     /// attach (`DMSC_CMA`, default on; `0` keeps every byte on the sockets).
     pub cma: bool,
+    /// The job's secret (`DMSC_SECRET`): every connection, to the store and between ranks,
+    /// proves knowledge of it before anything else is read. `None`: connections are not
+    /// authenticated (every rank and the store must then have none). Its `Debug` never
+    /// shows it. A communicator joined through a unique id uses the id's secret instead.
+    pub secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -31,6 +37,7 @@ impl Default for Config {
             backend: Backend::Auto,
             socket_ifname: None,
             cma: true,
+            secret: None,
         }
     }
 }
@@ -50,6 +57,64 @@ fn bytes_var(name: &str, default: usize) -> Result<usize> {
     }
 }
 
+/// An on/off variable: `1`, `on`, `yes`, `true` or `0`, `off`, `no`, `false`.
+fn flag_var(name: &str, default: bool) -> Result<bool> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "on" | "yes" | "true" => Ok(true),
+            "0" | "off" | "no" | "false" => Ok(false),
+            _ => Err(Error::invalid(format!(
+                "{name}={v} is not one of 1, 0, on, off"
+            ))),
+        },
+    }
+}
+
+/// The job's secret from `DMSC_SECRET` (its bytes as given; unset, empty or blank: none).
+/// A secret shorter than 16 bytes works but is warned about once per process.
+pub fn secret_from_env() -> Result<Option<Secret>> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(raw) = std::env::var_os("DMSC_SECRET") else {
+        return Ok(None);
+    };
+    let bytes = raw.as_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if bytes.len() < MIN_ADVISED_SECRET {
+        static SHORT: std::sync::Once = std::sync::Once::new();
+        SHORT.call_once(|| {
+            eprintln!(
+                "dmsc: DMSC_SECRET has only {} bytes; use at least {MIN_ADVISED_SECRET} random \
+                 bytes (e.g. `openssl rand -hex 32`)",
+                bytes.len()
+            )
+        });
+    }
+    Secret::new(bytes).map(Some)
+}
+
+/// `DMSC_HEARTBEAT_TIMEOUT`: seconds within which a silent peer is declared lost; `0` turns
+/// heartbeats off.
+fn heartbeat_var(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Duration>> {
+    let t = env_duration(
+        get,
+        "DMSC_HEARTBEAT_TIMEOUT",
+        EngineConfig::DEFAULT_HEARTBEAT_TIMEOUT,
+    )?;
+    if t.is_zero() {
+        return Ok(None);
+    }
+    if t < Duration::from_millis(50) {
+        return Err(Error::invalid(format!(
+            "DMSC_HEARTBEAT_TIMEOUT={} s is below the 0.05 s minimum (0 turns heartbeats off)",
+            t.as_secs_f64()
+        )));
+    }
+    Ok(Some(t))
+}
+
 impl Config {
     /// Read the `DMSC_*` variables of this process, with defaults for the unset ones.
     pub fn from_env() -> Result<Config> {
@@ -59,6 +124,7 @@ impl Config {
         if c.engine.timeout.is_zero() {
             return Err(Error::invalid("DMSC_TIMEOUT must be positive"));
         }
+        c.engine.heartbeat_timeout = heartbeat_var(&get)?;
         c.engine.chunk_bytes = bytes_var("DMSC_CHUNK_BYTES", c.engine.chunk_bytes)?
             .min(dmsc_core::wire::MAX_CHUNK as usize);
         c.engine.window = match var("DMSC_WINDOW") {
@@ -95,17 +161,9 @@ impl Config {
             c.backend = Backend::parse(&v)?;
         }
         c.socket_ifname = var("DMSC_SOCKET_IFNAME");
-        if let Some(v) = var("DMSC_CMA") {
-            c.cma = match v.to_ascii_lowercase().as_str() {
-                "1" | "on" | "yes" | "true" => true,
-                "0" | "off" | "no" | "false" => false,
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "DMSC_CMA={v} is not one of 1, 0, on, off"
-                    )))
-                }
-            };
-        }
+        c.cma = flag_var("DMSC_CMA", c.cma)?;
+        c.secret = secret_from_env()?;
+        c.engine.checksum = flag_var("DMSC_CHECKSUM", c.engine.checksum)?;
         Ok(c)
     }
 }

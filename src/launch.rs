@@ -4,7 +4,9 @@
 //! TCP port on 127.0.0.1 for the rendezvous store, starts `n` copies of a program with the
 //! torchrun environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `LOCAL_WORLD_SIZE`) plus `DMSC_LAUNCHER=dmscrun`, prefixes every line the ranks print with
-//! `[rank] `, and waits for all of them.
+//! `[rank] `, and waits for all of them. Unless `DMSC_SECRET` is set (in the launcher's
+//! environment or `extra_env`), every rank also gets a fresh random `DMSC_SECRET` (64 hex
+//! digits), so the job's connections are authenticated with a secret only its ranks know.
 //!
 //! # Failure handling
 //!
@@ -123,6 +125,7 @@ pub fn launch_with(
     let _serial = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let grace = kill_grace();
     let port = free_port()?;
+    let extra_env = &with_job_secret(extra_env)?;
     let signals = SignalGuard::install()?;
     let mut children = Vec::with_capacity(n);
     for rank in 0..n {
@@ -161,6 +164,22 @@ fn kill_grace() -> Duration {
             DEFAULT_KILL_GRACE
         }
     }
+}
+
+/// `extra_env` plus a fresh random `DMSC_SECRET` when neither it nor this process's
+/// environment sets one.
+fn with_job_secret(extra_env: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    const SECRET: &str = "DMSC_SECRET";
+    let set = |v: &OsStr| !v.to_string_lossy().trim().is_empty();
+    let given = extra_env
+        .iter()
+        .any(|(k, v)| k == SECRET && set(v.as_ref()))
+        || std::env::var_os(SECRET).is_some_and(|v| set(&v));
+    let mut env = extra_env.to_vec();
+    if !given {
+        env.push((SECRET.into(), dmsc_transports::auth::new_secret_hex()?));
+    }
+    Ok(env)
 }
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close).
@@ -561,6 +580,31 @@ mod tests {
     fn success_is_zero() {
         let (p, a) = sh("exit 0");
         assert_eq!(launch(3, &p, &a, &[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn every_rank_gets_the_same_job_secret() {
+        // Each rank checks that it has a 64-digit secret and that it is the one rank 0 saw.
+        let dir = std::env::temp_dir().join(format!("dmscrun-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            r#"[ ${{#DMSC_SECRET}} -ge 16 ] || exit 3; echo "$DMSC_SECRET" > {0}/$RANK"#,
+            dir.display()
+        );
+        let (p, a) = sh(&script);
+        assert_eq!(launch(3, &p, &a, &[]).unwrap(), 0);
+        let read = |r: usize| std::fs::read_to_string(dir.join(r.to_string())).unwrap();
+        assert_eq!(read(0), read(1));
+        assert_eq!(read(0), read(2));
+        // A secret given to the launcher is passed on, not replaced.
+        let given = [(
+            "DMSC_SECRET".to_string(),
+            "given secret, 16+ bytes".to_string(),
+        )];
+        assert_eq!(launch(2, &p, &a, &given).unwrap(), 0);
+        assert_eq!(read(1).trim(), "given secret, 16+ bytes");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

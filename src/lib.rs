@@ -25,6 +25,7 @@ mod split;
 
 pub use comm::{new_unique_id, Communicator, InitOptions};
 pub use config::Config;
+pub use dmsc_core::auth::Secret;
 pub use dmsc_core::bootstrap::UniqueId;
 pub use dmsc_core::engine::AbortHandle;
 pub use dmsc_core::{Algo, CollDesc, CollKind, DataType, Error, Rank, ReduceOp, Result};

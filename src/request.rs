@@ -1,8 +1,9 @@
 //! Handles of non-blocking operations.
 
+use dmsc_core::sync::{Condvar, Mutex};
 use dmsc_core::{Error, Result};
 use std::marker::PhantomData;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where a queued operation leaves its result.
@@ -120,5 +121,55 @@ impl<'a> Request<'a> {
 impl Drop for Request<'_> {
     fn drop(&mut self) {
         let _ = self.slot.wait_until(None);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::thread;
+
+    /// The worker finishes a slot while a blocked waiter and a polling `test` look at it:
+    /// the waiter always wakes with the result (a lost notification would be a deadlock),
+    /// and `test` never reports completion before the result is there.
+    #[test]
+    fn loom_a_finished_slot_wakes_its_waiter_with_the_result() {
+        loom::model(|| {
+            let slot = Arc::new(Slot::default());
+            let worker = {
+                let slot = slot.clone();
+                thread::spawn(move || slot.finish(Err(Error::usage("boom"))))
+            };
+            let req = Request::new(slot.clone());
+            if req.test() {
+                assert!(slot.peek().is_some_and(|r| r.is_err()));
+            }
+            assert_eq!(req.wait(), Err(Error::usage("boom")));
+            worker.join().unwrap();
+        });
+    }
+
+    /// Dropping a request waits for the operation: the buffer it lent (written by the worker
+    /// thread, as the engine writes a receive buffer) is never accessed by the caller
+    /// concurrently; loom reports such an access as a data race.
+    #[test]
+    fn loom_a_dropped_request_waits_before_its_buffer_is_reused() {
+        loom::model(|| {
+            let buffer = Arc::new(UnsafeCell::new(0u64));
+            let slot = Arc::new(Slot::default());
+            let worker = {
+                let (slot, buffer) = (slot.clone(), buffer.clone());
+                thread::spawn(move || {
+                    // SAFETY: the request lends the buffer to the operation until finished.
+                    buffer.with_mut(|p| unsafe { *p = 42 });
+                    slot.finish(Ok(()));
+                })
+            };
+            drop(Request::new(slot));
+            // SAFETY: the request was dropped, which waited for the operation.
+            assert_eq!(buffer.with(|p| unsafe { *p }), 42);
+            worker.join().unwrap();
+        });
     }
 }

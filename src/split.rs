@@ -89,13 +89,15 @@ impl Communicator {
 
     /// [`Communicator::split`] with settings for the new communicator instead of this one's
     /// (NCCL's `config` argument of `ncclCommSplit`). The new communicator listens on this
-    /// one's interface whatever `config.socket_ifname` says.
+    /// one's interface whatever `config.socket_ifname` says, and authenticates its
+    /// connections with this one's secret whatever `config.secret` says.
     pub fn split_with_config(
         &self,
         color: Option<u32>,
         key: i64,
-        config: crate::config::Config,
+        mut config: crate::config::Config,
     ) -> Result<Option<Communicator>> {
+        config.secret.clone_from(&self.config.secret);
         if color == Some(u32::MAX) {
             return Err(Error::invalid(
                 "split color must be below 4294967295 (pass None for no color)",
@@ -132,6 +134,7 @@ impl Communicator {
             backend: config.backend,
             comm_id: comm_id(&records, &members, color),
             cma: config.cma,
+            secret: config.secret.clone(),
         };
         let transport = connect_mesh(&opts, &mut |addr: &[u8]| {
             let slots = self.exchange_addresses(addr)?;

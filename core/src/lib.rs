@@ -9,6 +9,7 @@
 //! This crate performs no I/O of its own: transports implement its traits.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bootstrap;
 pub mod engine;
 pub mod error;
@@ -17,6 +18,8 @@ pub mod plan;
 pub mod reduce;
 pub mod schedule;
 pub mod sim;
+#[doc(hidden)]
+pub mod sync;
 pub mod types;
 pub mod wire;
 

@@ -3,8 +3,9 @@
 //! Every frame starts with a fixed [`HEADER_LEN`]-byte header: a magic, a version, the frame
 //! kind, the sender's collective sequence number and call description (so a receiver detects a
 //! mismatched call from the first header it reads), the message and chunk indices, the byte
-//! offset of the chunk within its message and the payload length. All integers are little
-//! endian. [`FrameHeader::decode`] validates every field and never panics: a malformed header
+//! offset of the chunk within its message, the payload length and, when the sender checksums
+//! its chunks (`DMSC_CHECKSUM=1`), the payload's CRC32C (flag bit [`FLAG_CRC`] of byte 9, the
+//! value in bytes 56..60). All integers are little endian. [`FrameHeader::decode`] validates every field and never panics: a malformed header
 //! is an [`Error::Protocol`].
 
 use crate::error::{Error, Result};
@@ -20,6 +21,8 @@ pub const VERSION: u8 = 1;
 pub const MAX_CHUNK: u32 = 64 << 20;
 /// Largest payload of one control frame.
 pub const MAX_CONTROL: u32 = 64 << 10;
+/// Bit of the flags byte (byte 9): the header carries the payload's CRC32C.
+pub const FLAG_CRC: u8 = 1;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +59,10 @@ pub struct FrameHeader {
     pub len: u32,
     /// Free-form field: the sender's rank in `Hello`, the tag of a point-to-point message.
     pub aux: u32,
+    /// CRC32C (Castagnoli) of the payload, when the sender checksums its chunks. In the
+    /// header a receive expects, only whether it is `Some` matters (see
+    /// [`FrameHeader::matches`]).
+    pub crc: Option<u32>,
 }
 
 impl FrameHeader {
@@ -68,6 +75,10 @@ impl FrameHeader {
         out[6] = self.desc.kind as u8;
         out[7] = self.desc.dtype as u8;
         out[8] = self.desc.op as u8;
+        if let Some(crc) = self.crc {
+            out[9] = FLAG_CRC;
+            out[56..60].copy_from_slice(&crc.to_le_bytes());
+        }
         out[12..16].copy_from_slice(&self.aux.to_le_bytes());
         out[16..24].copy_from_slice(&self.seq.to_le_bytes());
         out[24..32].copy_from_slice(&(self.desc.count as u64).to_le_bytes());
@@ -117,6 +128,13 @@ impl FrameHeader {
             .ok_or_else(|| Error::protocol(format!("unknown data type code {}", b[7])))?;
         let op = ReduceOp::from_code(b[8])
             .ok_or_else(|| Error::protocol(format!("unknown reduce op code {}", b[8])))?;
+        if b[9] & !FLAG_CRC != 0 {
+            return Err(Error::protocol(format!(
+                "unknown frame flags {:#04x} (a newer peer?)",
+                b[9]
+            )));
+        }
+        let crc = (b[9] & FLAG_CRC != 0).then(|| u32_at(56));
         let len = u32_at(44);
         let max = if kind == FrameKind::Data {
             MAX_CHUNK
@@ -145,7 +163,21 @@ impl FrameHeader {
             offset: u64_at(48),
             len,
             aux: u32_at(12),
+            crc,
         })
+    }
+
+    /// True when `self` (an arriving header) is the frame a receive expecting `expect` waits
+    /// for: every field equal, except the CRC value, which the receiver cannot know in
+    /// advance. Whether a CRC is present must agree (both ranks checksum, or neither).
+    pub fn matches(&self, expect: &FrameHeader) -> bool {
+        FrameHeader {
+            crc: self.crc.map(|_| 0),
+            ..*self
+        } == FrameHeader {
+            crc: expect.crc.map(|_| 0),
+            ..*expect
+        }
     }
 
     /// A header carrying no collective (hello and control frames).
@@ -165,6 +197,7 @@ impl FrameHeader {
             offset: 0,
             len,
             aux,
+            crc: None,
         }
     }
 }
@@ -189,6 +222,7 @@ mod tests {
             offset: 123456789,
             len: 4096,
             aux: 5,
+            crc: None,
         }
     }
 
@@ -198,6 +232,42 @@ mod tests {
         let mut b = [0u8; HEADER_LEN];
         h.encode(&mut b);
         assert_eq!(FrameHeader::decode(&b).unwrap(), h);
+        let h = FrameHeader {
+            crc: Some(0xdead_beef),
+            ..sample()
+        };
+        h.encode(&mut b);
+        assert_eq!(FrameHeader::decode(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn matching_ignores_the_crc_value_but_not_its_presence() {
+        let sent = FrameHeader {
+            crc: Some(0x1234_5678),
+            ..sample()
+        };
+        let expect = FrameHeader {
+            crc: Some(0),
+            ..sample()
+        };
+        assert!(sent.matches(&expect));
+        assert!(!sent.matches(&sample()));
+        assert!(!sample().matches(&expect));
+        assert!(sample().matches(&sample()));
+        let other = FrameHeader {
+            chunk: 10,
+            ..expect
+        };
+        assert!(!sent.matches(&other));
+    }
+
+    #[test]
+    fn rejects_unknown_flags() {
+        let mut b = [0u8; HEADER_LEN];
+        sample().encode(&mut b);
+        b[9] = 0x80;
+        let e = FrameHeader::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("flags"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Prints the address it listens on and serves until SIGINT or SIGTERM. Point the ranks at it
-//! with `DMSC_STORE_ADDR=host:29500`.
+//! with `DMSC_STORE_ADDR=host:29500`. Clients must prove knowledge of `DMSC_SECRET` (give the
+//! store and every rank the same); without it, the store is open to anyone who connects.
 
 use dmsc_transports::store::StoreServer;
 use std::io::Write;
@@ -61,8 +62,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let secret = match dmsc::config::secret_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dmsc-store: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if secret.is_none() {
+        dmsc_transports::auth::warn_unauthenticated();
+    }
     let set = block_signals();
-    let server = match StoreServer::bind(addr) {
+    let server = match StoreServer::bind(addr, secret) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dmsc-store: {e}");

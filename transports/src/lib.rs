@@ -4,7 +4,13 @@
 //! rendezvous store with network-interface selection.
 #![warn(missing_docs)]
 
+pub mod auth;
 mod cma;
 pub mod ifaddr;
 pub mod store;
 pub mod tcp;
+
+/// Entry points of the fuzz targets in `fuzz/` (not a stable API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -5,44 +5,51 @@
 //! in NCCL's bootstrap, the id carries the address of a listening socket (here: the store)
 //! and a random magic that tells this job from any other (here: the 64-bit `nonce`, also a
 //! good key prefix). Unlike NCCL's, our id is versioned, checksummed and validated, so a
-//! truncated or corrupted id is an error instead of a connection to nowhere.
+//! truncated or corrupted id is an error instead of a connection to nowhere. It also carries
+//! a random 32-byte job secret: every connection of a job joined through the id (store and
+//! data) authenticates with it ([`crate::auth`]), so whoever holds the id is in the job and
+//! nobody else is. Treat the id as a credential.
 //!
 //! Layout (integers little-endian):
 //!
 //! ```text
 //! 0..4    magic "DMSU"          24..28  IPv6 scope id (0 for IPv4)
-//! 4       version (1)           28..32  zero
+//! 4       version (2)           28..32  zero
 //! 5       family (4 or 6)       32..40  nonce
-//! 6..8    store port            40..48  FNV-1a 64 checksum of bytes 0..40
-//! 8..24   store IP (IPv4 in 8..12, the rest zero)    48..128  zero (reserved)
+//! 6..8    store port            40..48  FNV-1a 64 checksum of bytes 0..40 and 48..80
+//! 8..24   store IP (IPv4 in 8..12, the rest zero)    48..80  job secret
+//!                                                    80..128 zero (reserved)
 //! ```
 //!
-//! The nonce must come from a real random source (`/dev/urandom`); that is I/O, so this pure
-//! crate takes it as a parameter and `dmsc-transports` generates it.
+//! The nonce and the secret must come from a real random source; that is I/O, so this pure
+//! crate takes them as parameters and `dmsc-transports` generates them.
 
 use crate::error::{Error, Result};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 const MAGIC: [u8; 4] = *b"DMSU";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const CHECKED: usize = 40;
+const SECRET: std::ops::Range<usize> = 48..80;
 
-/// A job's rendezvous token: the store's address plus a random job nonce, 128 bytes on the
-/// wire.
+/// A job's rendezvous token: the store's address, a random job nonce and the job's secret,
+/// 128 bytes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UniqueId {
     store: SocketAddr,
     nonce: u64,
+    secret: [u8; 32],
 }
 
 impl UniqueId {
     /// Size of the encoded id in bytes, as NCCL's `NCCL_UNIQUE_ID_BYTES`.
     pub const SIZE: usize = 128;
 
-    /// An id naming the store at `store`, for the job identified by `nonce`. The address must
-    /// be one other hosts can connect to: neither unspecified (`0.0.0.0`, `::`) nor port 0.
-    pub fn new(store: SocketAddr, nonce: u64) -> Result<UniqueId> {
+    /// An id naming the store at `store`, for the job identified by `nonce` whose connections
+    /// authenticate with `secret`. The address must be one other hosts can connect to:
+    /// neither unspecified (`0.0.0.0`, `::`) nor port 0.
+    pub fn new(store: SocketAddr, nonce: u64, secret: [u8; 32]) -> Result<UniqueId> {
         if store.port() == 0 {
             return Err(Error::invalid(format!(
                 "unique id store address {store} has port 0"
@@ -54,7 +61,11 @@ impl UniqueId {
                  should connect to"
             )));
         }
-        Ok(UniqueId { store, nonce })
+        Ok(UniqueId {
+            store,
+            nonce,
+            secret,
+        })
     }
 
     /// The store's address.
@@ -65,6 +76,11 @@ impl UniqueId {
     /// The random job nonce.
     pub fn nonce(&self) -> u64 {
         self.nonce
+    }
+
+    /// The job's secret: every connection of the job proves knowledge of it.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
     }
 
     /// Encode into the 128-byte form.
@@ -85,7 +101,8 @@ impl UniqueId {
             }
         }
         b[32..40].copy_from_slice(&self.nonce.to_le_bytes());
-        let sum = fnv1a(&b[..CHECKED]);
+        b[SECRET].copy_from_slice(&self.secret);
+        let sum = checksum(&b);
         b[40..48].copy_from_slice(&sum.to_le_bytes());
         b
     }
@@ -112,10 +129,14 @@ impl UniqueId {
             )));
         }
         let sum = u64::from_le_bytes(arr(&bytes[40..48]));
-        if sum != fnv1a(&bytes[..CHECKED]) {
+        if sum != checksum(bytes) {
             return Err(bad("checksum mismatch (corrupted in transit?)".into()));
         }
-        if bytes[28..32].iter().chain(&bytes[48..]).any(|&b| b != 0) {
+        if bytes[28..32]
+            .iter()
+            .chain(&bytes[SECRET.end..])
+            .any(|&b| b != 0)
+        {
             return Err(bad("reserved bytes are not zero".into()));
         }
         let port = u16::from_le_bytes(arr(&bytes[6..8]));
@@ -135,7 +156,7 @@ impl UniqueId {
             f => return Err(bad(format!("address family {f} is neither 4 nor 6"))),
         };
         let nonce = u64::from_le_bytes(arr(&bytes[32..40]));
-        UniqueId::new(store, nonce).map_err(|e| bad(e.to_string()))
+        UniqueId::new(store, nonce, arr(&bytes[SECRET])).map_err(|e| bad(e.to_string()))
     }
 
     /// The 128 bytes as 256 lower-case hex digits, for environment variables and logs.
@@ -155,13 +176,18 @@ impl UniqueId {
         }
         let mut bytes = [0u8; Self::SIZE];
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| {
-                Error::invalid(format!(
-                    "not a valid dmsc unique id: {:?} at offset {} is not hex",
-                    &s[2 * i..2 * i + 2],
-                    2 * i
-                ))
-            })?;
+            let pair = &s.as_bytes()[2 * i..2 * i + 2];
+            // Not `u8::from_str_radix`, which also takes a sign ("+f").
+            *b = hex_digit(pair[0])
+                .zip(hex_digit(pair[1]))
+                .map(|(hi, lo)| (hi << 4) | lo)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "not a valid dmsc unique id: {:?} at offset {} is not hex",
+                        &s[2 * i..2 * i + 2],
+                        2 * i
+                    ))
+                })?;
         }
         UniqueId::from_bytes(&bytes)
     }
@@ -183,6 +209,16 @@ impl fmt::Display for UniqueId {
     }
 }
 
+/// The value of one hexadecimal digit (either case).
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Copy a slice of known length into an array (the callers' ranges are constant).
 fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
     let mut a = [0u8; N];
@@ -190,9 +226,14 @@ fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
     a
 }
 
+/// The checksum of an encoded id (bytes 0..40 and the secret).
+fn checksum(b: &[u8]) -> u64 {
+    fnv1a(b[..CHECKED].iter().chain(&b[SECRET]))
+}
+
 /// 64-bit FNV-1a: a checksum against corruption, not an authenticator.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+fn fnv1a<'a>(data: impl Iterator<Item = &'a u8>) -> u64 {
+    data.fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -203,8 +244,13 @@ mod tests {
 
     fn ids() -> [UniqueId; 2] {
         [
-            UniqueId::new("10.1.2.3:29500".parse().unwrap(), 0xdead_beef_0123_4567).unwrap(),
-            UniqueId::new("[fe80::1%3]:1".parse().unwrap(), u64::MAX).unwrap(),
+            UniqueId::new(
+                "10.1.2.3:29500".parse().unwrap(),
+                0xdead_beef_0123_4567,
+                [0x5a; 32],
+            )
+            .unwrap(),
+            UniqueId::new("[fe80::1%3]:1".parse().unwrap(), u64::MAX, [0xff; 32]).unwrap(),
         ]
     }
 
@@ -222,8 +268,8 @@ mod tests {
 
     #[test]
     fn rejects_unusable_addresses() {
-        assert!(UniqueId::new("0.0.0.0:5".parse().unwrap(), 1).is_err());
-        assert!(UniqueId::new("1.2.3.4:0".parse().unwrap(), 1).is_err());
+        assert!(UniqueId::new("0.0.0.0:5".parse().unwrap(), 1, [1; 32]).is_err());
+        assert!(UniqueId::new("1.2.3.4:0".parse().unwrap(), 1, [1; 32]).is_err());
     }
 
     #[test]
@@ -243,5 +289,10 @@ mod tests {
         assert!(UniqueId::from_hex("zz").is_err());
         assert!(UniqueId::from_hex(&"g".repeat(256)).is_err());
         assert!(UniqueId::from_hex(&"\u{e9}".repeat(128)).is_err());
+        // A sign is not a hex digit (u8::from_str_radix would take "+f").
+        let mut hex = ids()[0].to_hex();
+        hex.replace_range(0..2, "+4");
+        let e = UniqueId::from_hex(&hex).unwrap_err().to_string();
+        assert!(e.contains("\"+4\" at offset 0 is not hex"), "{e}");
     }
 }

@@ -18,6 +18,27 @@ pub struct EngineConfig {
     pub status_grace: Duration,
     /// Log every operation's start and end (`DMSC_DEBUG=INFO`).
     pub debug: bool,
+    /// Put a CRC32C of every chunk's payload in its frame header and check it on arrival
+    /// (`DMSC_CHECKSUM=1`). Must be the same on every rank.
+    pub checksum: bool,
+    /// A peer that stops talking is declared lost within this time
+    /// (`DMSC_HEARTBEAT_TIMEOUT`; `None` turns heartbeats off). See `super::liveness`.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl EngineConfig {
+    /// The default of [`EngineConfig::heartbeat_timeout`]: 1 s (the README defends it).
+    pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// How often an idle communicator's progress thread serves control traffic: often
+    /// enough that heartbeats leave on time and peers' errors are recorded promptly.
+    pub fn idle_period(&self) -> Duration {
+        let cap = Duration::from_millis(50);
+        match self.heartbeat_timeout {
+            Some(t) => (super::liveness::interval(t) / 4).clamp(Duration::from_millis(1), cap),
+            None => cap,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -29,6 +50,8 @@ impl Default for EngineConfig {
             spin: Duration::from_micros(50),
             status_grace: Duration::from_millis(500),
             debug: false,
+            checksum: false,
+            heartbeat_timeout: Some(Self::DEFAULT_HEARTBEAT_TIMEOUT),
         }
     }
 }

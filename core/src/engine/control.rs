@@ -2,7 +2,9 @@
 //!
 //! They carry an error from the rank that detected it to every other rank (so that a mismatch
 //! seen between two ranks is reported on all of them), and the status queries that turn a
-//! timeout into a report of which rank is where (the role of PyTorch's desync debugging).
+//! timeout into a report of which rank is where (the role of PyTorch's desync debugging),
+//! and the heartbeats and goodbyes by which ranks tell a stopped or killed peer from a quiet
+//! one (see `super::liveness`).
 //! Decoding is bounded and never panics.
 
 use crate::error::{Error, Result};
@@ -34,6 +36,11 @@ pub enum ControlMsg {
         /// The operation in progress, if any.
         current: Option<CollDesc>,
     },
+    /// The sender is alive (sent on every control connection every heartbeat interval).
+    Heartbeat,
+    /// The sender is destroying its communicator: its connections will close, and that is
+    /// not a failure.
+    Bye,
 }
 
 /// Which [`Error`] a [`ControlMsg::Failed`] stands for.
@@ -46,6 +53,8 @@ pub enum ErrorClass {
     Other = 2,
     /// [`Error::Aborted`].
     Aborted = 3,
+    /// [`Error::PeerLost`]: the message's `ranks` holds the lost rank.
+    PeerLost = 4,
 }
 
 struct Reader<'a> {
@@ -98,15 +107,17 @@ impl ControlMsg {
                 for r in ranks {
                     v.extend_from_slice(&r.to_le_bytes());
                 }
-                let mut t = text.as_bytes();
-                let room = MAX_CONTROL as usize - v.len() - 4;
-                if t.len() > room {
-                    t = &t[..room];
+                // Cut at a character boundary, so the receiver gets valid UTF-8.
+                let mut end = text.len().min(MAX_CONTROL as usize - v.len() - 4);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
                 }
-                v.extend_from_slice(&(t.len() as u32).to_le_bytes());
-                v.extend_from_slice(t);
+                v.extend_from_slice(&(end as u32).to_le_bytes());
+                v.extend_from_slice(&text.as_bytes()[..end]);
             }
             ControlMsg::StatusQuery => v.push(2),
+            ControlMsg::Heartbeat => v.push(4),
+            ControlMsg::Bye => v.push(5),
             ControlMsg::Status {
                 started,
                 completed,
@@ -142,6 +153,7 @@ impl ControlMsg {
                     1 => ErrorClass::Mismatch,
                     2 => ErrorClass::Other,
                     3 => ErrorClass::Aborted,
+                    4 => ErrorClass::PeerLost,
                     c => return Err(Error::protocol(format!("unknown error class {c}"))),
                 };
                 let n = r.u32()? as usize;
@@ -150,7 +162,11 @@ impl ControlMsg {
                 }
                 let ranks = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
                 let len = r.u32()? as usize;
-                let text = String::from_utf8_lossy(r.take(len)?).into_owned();
+                let text = std::str::from_utf8(r.take(len)?)
+                    .map_err(|e| {
+                        Error::protocol(format!("control message text is not UTF-8: {e}"))
+                    })?
+                    .to_owned();
                 ControlMsg::Failed {
                     seq,
                     class,
@@ -159,6 +175,8 @@ impl ControlMsg {
                 }
             }
             2 => ControlMsg::StatusQuery,
+            4 => ControlMsg::Heartbeat,
+            5 => ControlMsg::Bye,
             3 => {
                 let started = r.u64()?;
                 let completed = r.u64()?;
@@ -211,6 +229,14 @@ mod tests {
                 text: "count 4 vs 5".into(),
             },
             ControlMsg::StatusQuery,
+            ControlMsg::Heartbeat,
+            ControlMsg::Bye,
+            ControlMsg::Failed {
+                seq: 3,
+                class: ErrorClass::PeerLost,
+                ranks: vec![2],
+                text: "no message for 812 ms".into(),
+            },
             ControlMsg::Status {
                 started: 5,
                 completed: 4,
@@ -251,5 +277,35 @@ mod tests {
         let b = m.encode();
         assert!(b.len() <= MAX_CONTROL as usize);
         assert!(ControlMsg::decode(&b).is_ok());
+    }
+
+    #[test]
+    fn text_is_cut_at_a_character_boundary_and_must_be_utf8() {
+        let m = ControlMsg::Failed {
+            seq: 1,
+            class: ErrorClass::Other,
+            ranks: vec![],
+            // Characters of two bytes at odd offsets: the byte limit falls inside one.
+            text: format!("a{}", "\u{e9}".repeat(1 << 16)),
+        };
+        let b = m.encode();
+        assert!(b.len() <= MAX_CONTROL as usize);
+        match ControlMsg::decode(&b).unwrap() {
+            ControlMsg::Failed { text, .. } => {
+                assert!(text.len() > 60_000 && text[1..].chars().all(|c| c == '\u{e9}'))
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut b = ControlMsg::Failed {
+            seq: 1,
+            class: ErrorClass::Other,
+            ranks: vec![],
+            text: "ab".into(),
+        }
+        .encode();
+        let n = b.len();
+        b[n - 1] = 0xff;
+        let e = ControlMsg::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("UTF-8"), "{e}");
     }
 }

@@ -6,6 +6,11 @@
 //! completes, while the following chunks are still in flight. Plain receives land directly
 //! at their destination. The step ends when every chunk is done; local actions of the next
 //! step then run and its transfers start.
+//!
+//! With checksums on (`EngineConfig::checksum`), a send's header carries the CRC32C of its
+//! payload, computed when it is posted, and a received chunk is checked before it is reduced
+//! or counted as done, whatever transport carried it: a mismatch fails the operation with an
+//! error naming the peer and the chunk, never wrong data.
 
 use super::memory::{OpMemory, Region};
 use super::staging::StagingPool;
@@ -71,6 +76,7 @@ pub(crate) struct Exec {
     msg_recv: Vec<u32>,
     chunk_bytes: usize,
     window: usize,
+    checksum: bool,
 }
 
 impl Exec {
@@ -84,6 +90,7 @@ impl Exec {
         scratch: Region,
         chunk_bytes: usize,
         window: usize,
+        checksum: bool,
         epoch: u32,
     ) -> Exec {
         Exec {
@@ -106,6 +113,7 @@ impl Exec {
             msg_recv: vec![0; nranks],
             chunk_bytes: chunk_bytes.max(1),
             window: window.max(1),
+            checksum,
         }
     }
 
@@ -166,6 +174,7 @@ impl Exec {
                 offset,
                 len,
                 aux: 0,
+                crc: self.checksum.then_some(0),
             },
             Labels::P2p { per_action } => {
                 let (seq, tag) = per_action.get(action_index).copied().unwrap_or((0, 0));
@@ -184,6 +193,7 @@ impl Exec {
                     offset,
                     len,
                     aux: tag,
+                    crc: self.checksum.then_some(0),
                 }
             }
         }
@@ -349,7 +359,16 @@ impl Exec {
                         break;
                     };
                     let token = self.token(idx);
+                    let checksum = self.checksum;
                     let c = &mut self.chunks[idx];
+                    if checksum {
+                        // SAFETY: `c.ptr` is a bounds-checked range of `len` bytes of a live
+                        // region (see `setup_actions`); this step's sends only read it.
+                        let data = unsafe {
+                            std::slice::from_raw_parts(c.ptr, c.header.len as usize)
+                        };
+                        c.header.crc = Some(crc32c::crc32c(data));
+                    }
                     // SAFETY: `c.ptr` points into a region the caller keeps alive and
                     // unmodified for the whole operation; the engine cancels posted work
                     // before an operation ends early.
@@ -394,9 +413,9 @@ impl Exec {
 
     /// Apply one completion. Returns Ok(false) when the completion was not for this operation.
     pub(crate) fn complete(&mut self, c: &Completion, pool: &mut StagingPool) -> Result<bool> {
-        let (token, sent) = match c {
-            Completion::Sent { token } => (*token, true),
-            Completion::Received { token } => (*token, false),
+        let (token, sent, crc) = match c {
+            Completion::Sent { token } => (*token, true, None),
+            Completion::Received { token, crc } => (*token, false, *crc),
             _ => return Ok(false),
         };
         if (token >> 32) as u32 != self.epoch {
@@ -417,7 +436,15 @@ impl Exec {
         self.remaining -= 1;
         match ch.dir {
             Dir::Send => self.inflight_send[ch.peer] -= 1,
-            Dir::Recv => self.inflight_recv[ch.peer] -= 1,
+            Dir::Recv => {
+                self.inflight_recv[ch.peer] -= 1;
+                if self.checksum {
+                    // SAFETY: the receive wrote `len` bytes at `ptr`, a bounds-checked range.
+                    let data =
+                        unsafe { std::slice::from_raw_parts(ch.ptr, ch.header.len as usize) };
+                    verify(&self.labels, ch, crc, data)?;
+                }
+            }
             Dir::RecvReduce => {
                 self.inflight_recv[ch.peer] -= 1;
                 let n = ch.header.len as usize;
@@ -426,6 +453,14 @@ impl Exec {
                     .take()
                     .ok_or_else(|| Error::internal("no staging slot"))?;
                 let staged = pool.ptr(slot) as *const u8;
+                if self.checksum {
+                    // SAFETY: the staging slot holds the `n` bytes just received.
+                    let data = unsafe { std::slice::from_raw_parts(staged, n) };
+                    if let Err(e) = verify(&self.labels, ch, crc, data) {
+                        pool.give(slot);
+                        return Err(e);
+                    }
+                }
                 let (dtype, op) = (self.desc.dtype, self.desc.op.combiner());
                 // SAFETY: `ptr`/`local` are bounds-checked ranges of live regions of n bytes;
                 // the staging slot holds n received bytes and is distinct from both.
@@ -465,6 +500,28 @@ impl Exec {
             }
         }
     }
+}
+
+/// Check a received chunk against the CRC32C its sender put in the frame header.
+fn verify(labels: &Labels, ch: &Chunk, crc: Option<u32>, data: &[u8]) -> Result<()> {
+    let Some(expected) = crc else {
+        return Err(Error::internal(format!(
+            "the transport delivered chunk {} of message {} from rank {} without the CRC its header carried",
+            ch.header.chunk, ch.header.msg, ch.peer
+        )));
+    };
+    let got = crc32c::crc32c(data);
+    if got == expected {
+        return Ok(());
+    }
+    let op = match labels {
+        Labels::Collective { seq, desc } => format!("{desc} #{seq}"),
+        Labels::P2p { .. } => format!("point-to-point message #{}", ch.header.seq),
+    };
+    Err(Error::protocol(format!(
+        "chunk {} of message {} from rank {} ({} bytes at offset {}) failed its CRC32C check during {op} (got {got:#010x}, expected {expected:#010x}): the data was corrupted in flight and was not used",
+        ch.header.chunk, ch.header.msg, ch.peer, ch.header.len, ch.header.offset
+    )))
 }
 
 fn overlaps(a: *const u8, b: *const u8, n: usize) -> bool {

@@ -12,13 +12,23 @@
 //! Errors are sticky: once an operation fails, the engine cancels all posted work (no
 //! pointer into caller memory survives the failed call), tells every other rank why through
 //! a control message, and fails every later call with the same error.
+//!
+//! Peers are watched with heartbeats while the engine runs and while it idles (see
+//! [`liveness`]): a killed, stopped or unreachable peer fails the operation in progress, or
+//! the next one, with [`Error::PeerLost`] naming it, and an engine being dropped says goodbye.
 
 mod config;
 pub mod control;
 mod exec;
+mod liveness;
 pub mod memory;
 mod staging;
 pub mod transport;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub use config::EngineConfig;
 pub use memory::{OpMemory, Region};
@@ -27,11 +37,12 @@ pub use transport::{Completion, Token, Transport, Waker};
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
+use crate::sync::{AtomicBool, Ordering};
 use crate::types::{CollDesc, CollKind, DataType, Rank, ReduceOp};
 use control::{ControlMsg, ErrorClass};
 use exec::{Exec, Labels};
+use liveness::{Liveness, State};
 use staging::StagingPool;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +90,10 @@ pub struct Engine {
     /// Status replies gathered while reporting a timeout: (peer, started, completed, current).
     statuses: Vec<(Rank, u64, u64, Option<CollDesc>)>,
     current: Option<CollDesc>,
+    /// Heartbeats and what is known of each peer.
+    live: Liveness,
+    /// The last error built from a peer's `Failed` message: not to be broadcast again.
+    remote_failure: bool,
 }
 
 impl Engine {
@@ -94,6 +109,7 @@ impl Engine {
             waker: transport.waker(),
         });
         let slots = (cfg.window * nranks.max(2)).max(4);
+        let live = Liveness::new(rank, nranks, cfg.heartbeat_timeout, Instant::now());
         Engine {
             pool: StagingPool::new(cfg.chunk_bytes, slots),
             transport,
@@ -112,6 +128,8 @@ impl Engine {
             completions: Vec::new(),
             statuses: Vec::new(),
             current: None,
+            live,
+            remote_failure: false,
         }
     }
 
@@ -162,14 +180,17 @@ impl Engine {
         self.failed = Some(e);
     }
 
-    fn check_usable(&self) -> Result<()> {
+    fn check_usable(&mut self) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         if self.abort.is_aborted() {
-            return Err(Error::Aborted {
+            // Peers may be waiting for this rank in a collective: tell them.
+            let e = Error::Aborted {
                 detail: "the communicator was aborted".into(),
-            });
+            };
+            self.fail_seq(e.clone(), self.started);
+            return Err(e);
         }
         Ok(())
     }
@@ -270,6 +291,7 @@ impl Engine {
             scratch,
             self.cfg.chunk_bytes,
             self.cfg.window,
+            self.cfg.checksum,
             self.epoch,
         );
         // A panic must not unwind past posted operations: the transport would keep pointers
@@ -288,6 +310,14 @@ impl Engine {
         self.epoch = ex.epoch();
         self.current = None;
         if let Err(e) = &r {
+            if self.cfg.debug {
+                eprintln!(
+                    "dmsc: rank {} failed {} after {:.1} us: {e}",
+                    self.rank,
+                    self.op_name(&ex.labels, &desc),
+                    started_at.elapsed().as_secs_f64() * 1e6
+                );
+            }
             self.transport.cancel_all();
             ex.release(&mut self.pool);
             self.fail(e.clone(), &ex.labels);
@@ -315,6 +345,14 @@ impl Engine {
             Labels::Collective { seq, .. } => *seq,
             Labels::P2p { .. } => 0,
         };
+        self.fail_seq(e, seq);
+    }
+
+    /// [`Engine::fail`] at operation `seq`.
+    fn fail_seq(&mut self, e: Error, seq: u64) {
+        if let Error::PeerLost { peer, .. } = &e {
+            self.live.lost(*peer);
+        }
         let msg = match &e {
             Error::Mismatch { ranks, detail, .. } => Some(ControlMsg::Failed {
                 seq,
@@ -328,7 +366,14 @@ impl Engine {
                 ranks: vec![self.rank as u32],
                 text: format!("rank {} aborted", self.rank),
             }),
-            Error::Remote { .. } | Error::Timeout { .. } => None,
+            // Every rank hears of a lost peer from the first rank that noticed.
+            Error::PeerLost { peer, detail } if !self.remote_failure => Some(ControlMsg::Failed {
+                seq,
+                class: ErrorClass::PeerLost,
+                ranks: vec![*peer as u32],
+                text: detail.clone(),
+            }),
+            Error::Remote { .. } | Error::Timeout { .. } | Error::PeerLost { .. } => None,
             other => Some(ControlMsg::Failed {
                 seq,
                 class: ErrorClass::Other,
@@ -369,7 +414,7 @@ impl Engine {
             };
             let mut comps = std::mem::take(&mut self.completions);
             comps.clear();
-            let r = self.transport.poll(&mut comps, wait);
+            let r = self.poll_io(&mut comps, wait);
             let mut progressed = false;
             let mut result = r;
             for c in comps.drain(..) {
@@ -383,14 +428,8 @@ impl Engine {
                 }
             }
             self.completions = comps;
-            if let Err(Error::PeerLost { .. }) = &result {
-                // A peer that failed first tells everyone why, then exits: prefer its reason
-                // to the bare loss of its connection.
-                if let Some(cause) = self.root_cause(Duration::from_millis(100)) {
-                    return Err(cause);
-                }
-            }
             result?;
+            self.check_peers(Some(&*ex))?;
             if progressed {
                 ex.pump(&mut *self.transport, &mut self.pool)?;
                 last_progress = Instant::now();
@@ -404,16 +443,14 @@ impl Engine {
     }
 
     /// Wait up to `grace` for a peer's `Failed` control message and return it as an error.
-    fn root_cause(&mut self, grace: Duration) -> Option<Error> {
+    /// Stops early once `peer`'s control stream has ended (nothing more can come from it),
+    /// and on abort.
+    fn root_cause(&mut self, peer: Rank, grace: Duration) -> Option<Error> {
         let until = Instant::now() + grace;
         let mut comps = Vec::new();
-        while Instant::now() < until {
+        loop {
             comps.clear();
-            if self
-                .transport
-                .poll(&mut comps, Duration::from_millis(5))
-                .is_err()
-            {
+            if self.poll_io(&mut comps, Duration::from_millis(5)).is_err() {
                 return None;
             }
             for c in comps.drain(..) {
@@ -423,8 +460,13 @@ impl Engine {
                     }
                 }
             }
+            if self.live.state(peer) != Some(&State::Live)
+                || self.abort.is_aborted()
+                || Instant::now() >= until
+            {
+                return None;
+            }
         }
-        None
     }
 
     fn describe(&self, ex: &Exec) -> String {
@@ -438,22 +480,41 @@ impl Engine {
     fn on_other(&mut self, c: &Completion, ex: &Exec) -> Result<()> {
         match c {
             Completion::BadHeader { peer, got, .. } => Err(self.bad_header(*peer, got, ex)),
-            Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
-                peer: *peer,
-                detail: format!(
-                    "during {} on rank {}: {error}",
-                    self.describe(ex),
-                    self.rank
-                ),
-            }),
+            Completion::PeerFailed { peer, error } => {
+                // A peer that failed first tells everyone why, then exits: prefer its reason
+                // to the bare loss of its connection.
+                if let Some(cause) = self.root_cause(*peer, Duration::from_millis(100)) {
+                    return Err(cause);
+                }
+                Err(Error::PeerLost {
+                    peer: *peer,
+                    detail: format!(
+                        "during {} on rank {}: {error}",
+                        self.describe(ex),
+                        self.rank
+                    ),
+                })
+            }
+            // Noted by `poll_io`; `check_peers` decides whether the operation still needs it.
+            Completion::Closed { .. } => Ok(()),
             Completion::Control { peer, payload } => self.on_control(*peer, payload),
-            Completion::Sent { token } | Completion::Received { token } => Err(Error::internal(
+            Completion::Sent { token } | Completion::Received { token, .. } => Err(Error::internal(
                 format!("completion for token {token:#x} of no operation in progress"),
             )),
         }
     }
 
     fn bad_header(&self, peer: Rank, got: &crate::wire::FrameHeader, ex: &Exec) -> Error {
+        if got.crc.is_some() != self.cfg.checksum {
+            let (on, off) = if self.cfg.checksum {
+                (self.rank, peer)
+            } else {
+                (peer, self.rank)
+            };
+            return Error::usage(format!(
+                "rank {on} checksums its chunks (DMSC_CHECKSUM=1) and rank {off} does not; DMSC_CHECKSUM must be the same on every rank"
+            ));
+        }
         match &ex.labels {
             Labels::Collective { seq, desc } => {
                 let detail = if got.desc.kind == CollKind::SendRecv {
@@ -511,7 +572,9 @@ impl Engine {
                 class,
                 ranks,
                 text,
-            } => Err(match class {
+            } => Err({
+                self.remote_failure = true;
+                match class {
                 ErrorClass::Mismatch => Error::Mismatch {
                     seq,
                     ranks: ranks.into_iter().map(|r| r as usize).collect(),
@@ -525,7 +588,17 @@ impl Engine {
                     from: peer,
                     detail: text,
                 },
+                ErrorClass::PeerLost => Error::PeerLost {
+                    peer: ranks.first().map_or(peer, |&r| r as usize),
+                    detail: format!("{text} (reported by rank {peer})"),
+                },
+                }
             }),
+            ControlMsg::Heartbeat => Ok(()),
+            ControlMsg::Bye => {
+                self.live.left(peer);
+                Ok(())
+            }
             ControlMsg::StatusQuery => {
                 let reply = ControlMsg::Status {
                     started: self.started,
@@ -546,30 +619,48 @@ impl Engine {
         }
     }
 
-    /// Serve control traffic while no operation runs (status queries, errors from peers).
-    /// Never blocks longer than `wait`.
+    /// Serve control traffic while no operation runs: answer status queries, send
+    /// heartbeats, and record (and pass on) errors from peers, lost peers and an abort, so
+    /// that the next call fails at once. Never blocks longer than `wait`. Goes on after a
+    /// failure too: a failed rank is still alive and keeps telling its peers so.
     pub fn service(&mut self, wait: Duration) -> Result<()> {
-        if self.failed.is_some() {
-            return Ok(());
-        }
         let mut comps = Vec::new();
-        self.transport.poll(&mut comps, wait)?;
+        let r = self.poll_io(&mut comps, wait);
         for c in comps {
-            let r = match &c {
+            let e = match &c {
                 Completion::Control { peer, payload } => self.on_control(*peer, payload),
+                // After a goodbye nothing is pending on the peer: its resets do not matter.
+                Completion::PeerFailed { peer, .. }
+                    if self.live.state(*peer) == Some(&State::Left) =>
+                {
+                    Ok(())
+                }
                 Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
                     peer: *peer,
-                    detail: error.to_string(),
+                    detail: format!("while rank {} was idle: {error}", self.rank),
                 }),
                 _ => Ok(()),
             };
-            if let Err(e) = r {
-                if self.failed.is_none() {
-                    self.set_failed(e);
-                }
+            if let Err(e) = e {
+                self.fail_idle(e);
             }
         }
-        Ok(())
+        if self.abort.is_aborted() {
+            self.fail_idle(Error::Aborted {
+                detail: "the communicator was aborted".into(),
+            });
+        }
+        if let Err(e) = self.check_peers(None) {
+            self.fail_idle(e);
+        }
+        r
+    }
+
+    /// Record an error found while idle (the first one only) and tell the peers.
+    fn fail_idle(&mut self, e: Error) {
+        if self.failed.is_none() {
+            self.fail_seq(e, self.completed);
+        }
     }
 
     /// Build the timeout error: ask every peer where it is and name the ones not in this
@@ -586,13 +677,13 @@ impl Engine {
         }
         let grace = Instant::now() + self.cfg.status_grace;
         let mut comps = Vec::new();
-        while self.statuses.len() + 1 < self.nranks && Instant::now() < grace {
+        let remote = self.remote_failure;
+        while self.statuses.len() + 1 < self.nranks
+            && Instant::now() < grace
+            && !self.abort.is_aborted()
+        {
             comps.clear();
-            if self
-                .transport
-                .poll(&mut comps, Duration::from_millis(10))
-                .is_err()
-            {
+            if self.poll_io(&mut comps, Duration::from_millis(10)).is_err() {
                 break;
             }
             for c in comps.drain(..) {
@@ -601,6 +692,9 @@ impl Engine {
                 }
             }
         }
+        // Errors met while gathering statuses are not this timeout's.
+        self.remote_failure = remote;
+        let now = Instant::now();
         let waiting = ex.waiting_on();
         let mut missing = Vec::new();
         let mut lines = Vec::new();
@@ -608,7 +702,10 @@ impl Engine {
             match self.statuses.iter().find(|s| s.0 == p) {
                 None => {
                     missing.push(p);
-                    lines.push(format!("rank {p}: no answer"));
+                    lines.push(format!(
+                        "rank {p}: no answer ({})",
+                        self.live.describe(p, now)
+                    ));
                 }
                 Some(&(_, started, completed, current)) => {
                     let in_this = seq != 0 && started == seq && current.is_some();

@@ -4,8 +4,9 @@
 //! receives of whole frames (a [`FrameHeader`] plus a payload in caller or staging memory)
 //! and collects [`Completion`]s from [`Transport::poll`]. Frames to one peer are delivered in
 //! the order they were posted, and receives from one peer are matched in the order they were
-//! posted; the transport checks each arriving header against the one the receive expects and
-//! reports a difference instead of writing the payload where it does not belong.
+//! posted; the transport checks each arriving header against the one the receive expects
+//! ([`FrameHeader::matches`]) and reports a difference instead of writing the payload where
+//! it does not belong.
 //!
 //! The shape fits the three transports dmsc targets: TCP (a byte stream per path), RDMA verbs
 //! (posted send/receive work requests on registered memory, completions from a CQ) and CUDA
@@ -33,6 +34,9 @@ pub enum Completion {
     Received {
         /// The receive's token.
         token: Token,
+        /// The CRC32C the sender put in the frame's header ([`FrameHeader::crc`]), which the
+        /// engine checks against the payload. A transport passes it through unchanged.
+        crc: Option<u32>,
     },
     /// A frame arrived from `peer` whose header differs from the one the receive expected.
     /// Payloads of large frames are never read before their header is checked; a small frame
@@ -60,6 +64,16 @@ pub enum Completion {
         peer: Rank,
         /// What happened.
         error: Error,
+    },
+    /// The peer's control channel ended (closed, or reset by its kernel); reported once per
+    /// peer. Data frames that arrived before stay valid: the engine decides whether the peer
+    /// left in good order (it said goodbye first) or died, and whether the operation in
+    /// progress still needs it.
+    Closed {
+        /// The peer.
+        peer: Rank,
+        /// What was observed, e.g. `connection closed by the peer`.
+        detail: String,
     },
 }
 

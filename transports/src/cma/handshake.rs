@@ -66,6 +66,12 @@ impl Record {
             1 => true,
             f => return Err(Error::protocol(format!("bad memory-attach flags {f}"))),
         };
+        if u32_at(12) != 0 {
+            return Err(Error::protocol(format!(
+                "memory-attach record has non-zero reserved bytes {:#010x}",
+                u32_at(12)
+            )));
+        }
         Ok(Record {
             willing,
             pid: u32_at(8),
@@ -218,6 +224,10 @@ mod tests {
         let mut b = r.encode();
         b[4] = 7;
         assert!(Record::decode(&b).is_err());
+        let mut b = r.encode();
+        b[13] = 1;
+        let e = Record::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
     }
 
     #[test]

@@ -15,11 +15,13 @@
 //! Withdrawal: when the sender's operation fails, `cancel_all` bumps the sender's epoch
 //! before returning, and the caller may then free the memory. A receiver reads the epoch
 //! *after* copying and fails the chunk when it moved, so a chunk copied from withdrawn memory
-//! is never delivered as data.
+//! is never delivered as data (the orderings are in [`epoch`], with their loom model).
 
-mod handshake;
+mod epoch;
+pub(crate) mod handshake;
 mod remote;
 
+pub(crate) use epoch::{address as epoch_address, new_epoch};
 pub(crate) use handshake::{negotiate, PeerMemory};
 
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
@@ -27,7 +29,7 @@ use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::{FrameHeader, FrameKind};
 use dmsc_core::Rank;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use dmsc_core::sync::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +69,8 @@ pub(crate) struct CmaTransport {
     inner: Box<dyn Transport>,
     /// Per rank: how to reach its memory, when the pair agreed on CMA.
     peers: Vec<Option<PeerMemory>>,
-    /// Bumped when this side withdraws its posted sends; read remotely by receivers. Leaked
-    /// on purpose (8 bytes per communicator): a receiver may read it after this transport is
-    /// gone, and must then find a value that still means "withdrawn", never reused memory.
+    /// Bumped when this side withdraws its posted sends; read remotely by receivers (see
+    /// [`epoch::new_epoch`] for why it is never freed).
     epoch: &'static AtomicU64,
     next: u64,
     ops: HashMap<u64, Op>,
@@ -89,13 +90,6 @@ fn desc_word(desc: &[u8; DESC_LEN], i: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&desc[i..i + 8]);
     u64::from_le_bytes(a)
-}
-
-/// A fresh epoch word for [`negotiate`]: its address goes to the peers. It starts at a
-/// random value and is never freed (see [`CmaTransport`]'s `epoch`).
-pub(crate) fn new_epoch() -> &'static AtomicU64 {
-    let seed = crate::store::random_nonce().unwrap_or(0x005e_ed0f_d15c_0001);
-    Box::leak(Box::new(AtomicU64::new(seed)))
 }
 
 impl CmaTransport {
@@ -136,7 +130,7 @@ impl CmaTransport {
     /// Copy a chunk announced by `desc` from `peer` to `dst`, then acknowledge it.
     fn pull(&mut self, peer: Rank, desc: &[u8; DESC_LEN], dst: *mut u8, len: usize) -> Result<()> {
         let word = |i: usize| desc_word(desc, i);
-        let (addr, dlen, id, epoch) = (word(0), word(8), word(16), word(24));
+        let (addr, dlen, id, announced) = (word(0), word(8), word(16), word(24));
         if dlen != len as u64 {
             return Err(Error::protocol(format!(
                 "rank {peer} announced a chunk of {dlen} bytes where {len} were expected"
@@ -153,13 +147,15 @@ impl CmaTransport {
                 &e,
             )
         })?;
-        let now = remote::read_u64(mem.pid, mem.epoch_addr).map_err(|e| {
-            Error::io(
-                format!("reading the epoch of rank {peer} (pid {})", mem.pid),
-                &e,
-            )
+        let unchanged = epoch::unchanged_after_copy(announced, || {
+            remote::read_u64(mem.pid, mem.epoch_addr).map_err(|e| {
+                Error::io(
+                    format!("reading the epoch of rank {peer} (pid {})", mem.pid),
+                    &e,
+                )
+            })
         })?;
-        if now != epoch {
+        if !unchanged {
             return Err(Error::PeerLost {
                 peer,
                 detail: "it withdrew a chunk while this rank was copying it (its operation failed)"
@@ -203,8 +199,8 @@ impl CmaTransport {
                 }
                 None => {}
             },
-            Completion::Received { token: t } => match self.ops.remove(&t) {
-                Some(Op::Plain { token }) => out.push(Completion::Received { token }),
+            Completion::Received { token: t, crc } => match self.ops.remove(&t) {
+                Some(Op::Plain { token }) => out.push(Completion::Received { token, crc }),
                 Some(Op::RefRecv {
                     token,
                     peer,
@@ -223,7 +219,8 @@ impl CmaTransport {
                         return;
                     }
                     match self.pull(peer, &desc, dst, len) {
-                        Ok(()) => out.push(Completion::Received { token }),
+                        // The descriptor frame carried the chunk's header, CRC included.
+                        Ok(()) => out.push(Completion::Received { token, crc }),
                         Err(error) => out.push(Completion::PeerFailed { peer, error }),
                     }
                 }
@@ -297,7 +294,7 @@ impl CmaTransport {
 impl Drop for CmaTransport {
     fn drop(&mut self) {
         // Whatever a peer still reads after this is withdrawn memory.
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        epoch::withdraw(self.epoch);
     }
 }
 
@@ -323,7 +320,7 @@ impl Transport for CmaTransport {
         desc[0..8].copy_from_slice(&(data as u64).to_le_bytes());
         desc[8..16].copy_from_slice(&u64::from(header.len).to_le_bytes());
         desc[16..24].copy_from_slice(&id.to_le_bytes());
-        desc[24..32].copy_from_slice(&self.epoch.load(Ordering::SeqCst).to_le_bytes());
+        desc[24..32].copy_from_slice(&epoch::current(self.epoch).to_le_bytes());
         let mut h = *header;
         h.kind = FrameKind::DataRef;
         h.len = DESC_LEN as u32;
@@ -403,7 +400,7 @@ impl Transport for CmaTransport {
 
     fn cancel_all(&mut self) {
         // Withdraw first: a receiver that copies after this sees the new epoch and fails.
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        epoch::withdraw(self.epoch);
         self.inner.cancel_all();
         self.ops.clear();
     }
@@ -416,6 +413,7 @@ impl Transport for CmaTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dmsc_core::sync::Ordering;
     use dmsc_core::{CollDesc, CollKind, DataType, ReduceOp};
     use std::sync::Mutex;
 
@@ -492,6 +490,7 @@ mod tests {
             offset: 0,
             len,
             aux: 0,
+            crc: None,
         }
     }
 
@@ -501,7 +500,7 @@ mod tests {
         let epoch = new_epoch();
         let me = PeerMemory {
             pid: std::process::id() as i32,
-            epoch_addr: epoch as *const AtomicU64 as u64,
+            epoch_addr: epoch_address(epoch),
         };
         let t = CmaTransport::new(Box::new(Fake(seen.clone())), vec![None, Some(me)], epoch);
         (t, seen)
@@ -598,7 +597,10 @@ mod tests {
         seen.lock()
             .unwrap()
             .next
-            .push(Completion::Received { token: id });
+            .push(Completion::Received {
+                token: id,
+                crc: Some(0xc0ffee),
+            });
         let got = poll(&mut t);
         (got, dst, seen)
     }
@@ -607,7 +609,14 @@ mod tests {
     fn a_receive_by_reference_copies_the_chunk_and_acks_it() {
         let src: Vec<u8> = (0..REF_MIN as usize * 3).map(|i| (i % 251) as u8).collect();
         let (got, dst, seen) = receive(&src, false, src.len() as u64);
-        assert!(matches!(got[..], [Completion::Received { token: 9 }]));
+        // The CRC of the descriptor frame's header is the chunk's: it passes through.
+        assert!(matches!(
+            got[..],
+            [Completion::Received {
+                token: 9,
+                crc: Some(0xc0ffee)
+            }]
+        ));
         assert_eq!(dst, src);
         let c = seen.lock().unwrap().controls.clone();
         assert_eq!(c.len(), 1);

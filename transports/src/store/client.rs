@@ -2,8 +2,11 @@
 //!
 //! Like torch's `TCPStore` client, [`StoreClient::connect`] retries with exponential backoff
 //! until its deadline, because rank 0 may start its server after the others try to connect.
-//! A fresh connection is checked with a no-op request, so a port held by some other service
-//! (say torch's own `TCPStore` on `MASTER_PORT`) is reported as such instead of hanging.
+//! A fresh connection first runs the authentication exchange ([`dmsc_core::auth`]: client
+//! and server each prove they know the job's secret) and is then checked with a no-op
+//! request, so a port held by some other service (say torch's own `TCPStore` on
+//! `MASTER_PORT`) is reported as such instead of hanging, and a store of another job (or
+//! one with another secret) as an authentication failure.
 //!
 //! Every request is bounded: the socket's read and write timeouts follow the request's
 //! deadline (its own wait, if any, plus the client's [`timeout`](StoreClient::timeout)). After
@@ -11,6 +14,8 @@
 //! refuses further calls with the original cause.
 
 use super::{read_frame, ReadError};
+use crate::auth::{self, AuthError};
+use dmsc_core::auth::{Purpose, Secret, Side};
 use dmsc_core::bootstrap::protocol::{Request, Response, MAX_KEYS};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::Rank;
@@ -43,15 +48,18 @@ pub struct StoreClient {
 
 impl StoreClient {
     /// Connect to the store at `addr` (`host:port`, a `SocketAddr`, ...), retrying with
-    /// backoff until `timeout` passes. `timeout` also becomes the client's
+    /// backoff until `timeout` passes, and authenticate with `secret` (`None`: the store must
+    /// have no secret either). `timeout` also becomes the client's
     /// [`timeout`](Self::timeout) for each later request.
     ///
     /// Fails with [`Error::Timeout`] whose detail reads `could not reach the store at ADDR
     /// within Ns: <last error>`, or with [`Error::Protocol`] when something that is not a
-    /// dmsc store answers.
+    /// dmsc store answers or the authentication fails (another secret, or a secret on one
+    /// side only).
     pub fn connect<A: ToSocketAddrs + fmt::Display>(
         addr: A,
         timeout: Duration,
+        secret: Option<&Secret>,
     ) -> Result<StoreClient> {
         let start = Instant::now();
         let deadline = after(start, timeout);
@@ -59,10 +67,15 @@ impl StoreClient {
         let mut last = String::from("the deadline passed before a connection was tried");
         loop {
             match try_connect(&addr, deadline) {
-                Ok(stream) => match StoreClient::greet(stream, timeout, deadline) {
+                Ok(stream) => match StoreClient::greet(stream, timeout, deadline, secret) {
                     Ok(c) => return Ok(c),
                     Err(Greeting::Retry(why)) => last = why,
                     Err(Greeting::NotAStore(e)) => return Err(not_a_store(&addr, e)),
+                    Err(Greeting::Rejected(e)) => {
+                        return Err(Error::protocol(format!(
+                            "authentication with the store at {addr} failed: {e}"
+                        )))
+                    }
                 },
                 Err(Some(e)) => last = e,
                 Err(None) => {}
@@ -85,16 +98,36 @@ impl StoreClient {
         }
     }
 
-    /// Check that a fresh connection leads to a dmsc store, with a no-op request.
+    /// Authenticate a fresh connection and check that it leads to a dmsc store, with a no-op
+    /// request.
     fn greet(
-        stream: TcpStream,
+        mut stream: TcpStream,
         timeout: Duration,
         deadline: Instant,
+        secret: Option<&Secret>,
     ) -> std::result::Result<StoreClient, Greeting> {
         let addr = stream
             .peer_addr()
             .map_err(|e| Greeting::Retry(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        let ping = deadline.min(after(now, MAX_PING)).max(after(now, MIN_PING));
+        let side = Side::Connector;
+        match auth::handshake(&mut stream, secret, Purpose::Store, side, 0, ping) {
+            Ok(()) => {}
+            // At capacity, shutting down, or reset: worth another try.
+            Err(e @ (AuthError::Refused(_) | AuthError::Closed(_))) => {
+                return Err(Greeting::Retry(format!("the store at {addr}: {e}")))
+            }
+            // Garbage, or silence: something else listens there.
+            Err(AuthError::TimedOut) => {
+                return Err(Greeting::NotAStore(Error::protocol(
+                    "no answer to the authentication challenge",
+                )))
+            }
+            Err(AuthError::Garbled(e)) => return Err(Greeting::NotAStore(e)),
+            Err(AuthError::Rejected(e)) => return Err(Greeting::Rejected(e)),
+        }
         let mut c = StoreClient {
             stream,
             addr,
@@ -102,8 +135,6 @@ impl StoreClient {
             broken: None,
             buf: Vec::new(),
         };
-        let now = Instant::now();
-        let ping = deadline.min(after(now, MAX_PING)).max(after(now, MIN_PING));
         match c.call_until(&Request::Check { keys: Vec::new() }, ping) {
             Ok(Response::Bool(_)) => Ok(c),
             Ok(other) => Err(Greeting::NotAStore(c.unexpected("check", &other))),
@@ -406,6 +437,8 @@ enum Greeting {
     Retry(String),
     /// Something that is not a dmsc store answered.
     NotAStore(Error),
+    /// A dmsc store answered, but the authentication failed.
+    Rejected(Error),
 }
 
 /// A duration in whole milliseconds, rounded up so a short positive wait is not zero.

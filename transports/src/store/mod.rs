@@ -10,6 +10,10 @@
 //!   `host:port` and connects to it like everyone else.
 //! * [`new_unique_id`]: the NCCL path. Start a store on an ephemeral port and get a
 //!   [`UniqueId`] naming it, to hand to the other ranks out of band.
+//!
+//! Every connection starts with the authentication exchange of [`dmsc_core::auth`]: client
+//! and server prove to each other that they know the job's secret (`DMSC_SECRET`, or the
+//! one a unique id carries) before a single request is read.
 
 mod client;
 mod server;
@@ -17,6 +21,7 @@ mod server;
 pub use client::StoreClient;
 pub use server::{ServerConfig, StoreServer};
 
+use dmsc_core::auth::Secret;
 use dmsc_core::bootstrap::env::join_host_port;
 use dmsc_core::bootstrap::protocol::{frame_len, HEADER_LEN};
 use dmsc_core::bootstrap::UniqueId;
@@ -27,7 +32,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Rendezvous through a store at `host:port`: rank 0 starts the store there and connects to
-/// it; every other rank connects, retrying until `timeout` (rank 0 may start later).
+/// it; every other rank connects, retrying until `timeout` (rank 0 may start later). Server
+/// and clients authenticate with `secret` (`None`: unauthenticated, on every rank).
 ///
 /// Rank 0 binds the given address when `host` is a loopback address or `localhost` (a
 /// single-host job stays off the network), and otherwise all interfaces (`0.0.0.0`, or `::`
@@ -38,9 +44,10 @@ pub fn serve_or_connect(
     host: &str,
     port: u16,
     timeout: Duration,
+    secret: Option<&Secret>,
 ) -> Result<(Option<StoreServer>, StoreClient)> {
     if rank != 0 {
-        let client = StoreClient::connect(join_host_port(host, port), timeout)?;
+        let client = StoreClient::connect(join_host_port(host, port), timeout, secret)?;
         return Ok((None, client));
     }
     let bind_ip = match host.parse::<IpAddr>() {
@@ -50,7 +57,8 @@ pub fn serve_or_connect(
         Err(_) if host.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Err(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
-    let server = StoreServer::bind(SocketAddr::new(bind_ip, port)).map_err(|e| match e {
+    let server = StoreServer::bind(SocketAddr::new(bind_ip, port), secret.cloned());
+    let server = server.map_err(|e| match e {
         Error::System {
             errno: Some(libc::EADDRINUSE),
             context,
@@ -65,7 +73,7 @@ pub fn serve_or_connect(
         },
         e => e,
     })?;
-    let client = StoreClient::connect(reachable(server.local_addr()), timeout)?;
+    let client = StoreClient::connect(reachable(server.local_addr()), timeout, secret)?;
     Ok((Some(server), client))
 }
 
@@ -81,14 +89,16 @@ fn reachable(bound: SocketAddr) -> SocketAddr {
 }
 
 /// Start a store on an ephemeral port of `bind_ip` and return a [`UniqueId`] naming it, with
-/// a fresh random nonce; NCCL's `ncclGetUniqueId`. Keep the server alive until every rank has
-/// connected (in practice: for the communicator's life).
+/// a fresh random nonce and a fresh random secret that the store (and later the job's data
+/// connections) require; NCCL's `ncclGetUniqueId`. Keep the server alive until every rank
+/// has connected (in practice: for the communicator's life).
 ///
 /// With an unspecified `bind_ip` (`0.0.0.0`, `::`), the id carries the address of the default
 /// interface ([`crate::ifaddr::select`] with no spec), since other hosts cannot connect to
 /// `0.0.0.0`.
 pub fn new_unique_id(bind_ip: IpAddr) -> Result<(UniqueId, StoreServer)> {
-    let server = StoreServer::bind(SocketAddr::new(bind_ip, 0))?;
+    let secret = crate::auth::random_bytes::<32>()?;
+    let server = StoreServer::bind(SocketAddr::new(bind_ip, 0), Some(Secret::new(&secret)?))?;
     let ip = if bind_ip.is_unspecified() {
         crate::ifaddr::select(None, false)?.addr
     } else {
@@ -97,6 +107,7 @@ pub fn new_unique_id(bind_ip: IpAddr) -> Result<(UniqueId, StoreServer)> {
     let id = UniqueId::new(
         SocketAddr::new(ip, server.local_addr().port()),
         random_nonce()?,
+        secret,
     )?;
     Ok((id, server))
 }
@@ -188,11 +199,35 @@ mod tests {
     const LONG: Duration = Duration::from_secs(20);
 
     fn server() -> StoreServer {
-        StoreServer::bind("127.0.0.1:0".parse().unwrap()).unwrap()
+        StoreServer::bind("127.0.0.1:0".parse().unwrap(), None).unwrap()
     }
 
     fn client(s: &StoreServer) -> StoreClient {
-        StoreClient::connect(s.local_addr(), LONG).unwrap()
+        StoreClient::connect(s.local_addr(), LONG, None).unwrap()
+    }
+
+    /// A raw connection that has passed the authentication exchange.
+    fn authed(addr: SocketAddr, secret: Option<&Secret>) -> TcpStream {
+        let mut raw = TcpStream::connect(addr).unwrap();
+        let deadline = Instant::now() + LONG;
+        let side = dmsc_core::auth::Side::Connector;
+        let store = dmsc_core::auth::Purpose::Store;
+        crate::auth::handshake(&mut raw, secret, store, side, 0, deadline).unwrap();
+        raw
+    }
+
+    /// Whether the server closes `raw` (rather than answering or leaving it open) within 10 s.
+    fn closed_by_server(raw: &mut TcpStream) -> bool {
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match raw.read(&mut b) {
+                Ok(0) => return true,
+                // The server's own challenge comes first: skip it.
+                Ok(_) => continue,
+                Err(e) => return e.kind() == io::ErrorKind::ConnectionReset,
+            }
+        }
     }
 
     /// Poll `f` for up to 10 s.
@@ -209,14 +244,14 @@ mod tests {
         let s = server();
         let addr = s.local_addr();
         let waiter = thread::spawn(move || {
-            let mut c = StoreClient::connect(addr, LONG).unwrap();
+            let mut c = StoreClient::connect(addr, LONG, None).unwrap();
             c.wait(&["a", "b"], LONG).unwrap();
             c.get("b", LONG).unwrap()
         });
         let adders: Vec<_> = (0..4)
             .map(|_| {
                 thread::spawn(move || {
-                    let mut c = StoreClient::connect(addr, LONG).unwrap();
+                    let mut c = StoreClient::connect(addr, LONG, None).unwrap();
                     (0..25).map(|_| c.add("n", 1).unwrap()).max().unwrap()
                 })
             })
@@ -268,7 +303,7 @@ mod tests {
         let run = |ranks: Vec<usize>, timeout: Duration| {
             let threads: Vec<_> = ranks
                 .into_iter()
-                .map(|r| (r, StoreClient::connect(addr, LONG).unwrap()))
+                .map(|r| (r, StoreClient::connect(addr, LONG, None).unwrap()))
                 .collect::<Vec<_>>()
                 .into_iter()
                 .map(|(r, mut c)| {
@@ -303,7 +338,7 @@ mod tests {
         let s = server();
         let addr = s.local_addr();
         let blocked = thread::spawn(move || {
-            let mut c = StoreClient::connect(addr, LONG).unwrap();
+            let mut c = StoreClient::connect(addr, LONG, None).unwrap();
             c.get("later", LONG)
         });
         let mut valid = Request::Set {
@@ -321,7 +356,12 @@ mod tests {
             &noise[..],
             &b"DMSS\x01\x01\x03\x00\x00\x00\xff\xff\xff"[..],
         ] {
+            // Before authentication, junk just gets the connection closed.
             let mut raw = TcpStream::connect(addr).unwrap();
+            raw.write_all(junk).unwrap();
+            assert!(closed_by_server(&mut raw));
+            // After it, a malformed request gets an error reply, then the close.
+            let mut raw = authed(addr, None);
             raw.set_read_timeout(Some(LONG)).unwrap();
             raw.write_all(junk).unwrap();
             let mut buf = Vec::new();
@@ -334,7 +374,7 @@ mod tests {
             }
         }
         // A client that sends half a frame and leaves.
-        let mut raw = TcpStream::connect(addr).unwrap();
+        let mut raw = authed(addr, None);
         raw.write_all(&valid[..5]).unwrap();
         drop(raw);
         let mut c = client(&s);
@@ -347,9 +387,10 @@ mod tests {
     fn refusals_keep_the_connection_usable() {
         let config = ServerConfig {
             max_connections: 1,
+            max_pending: 256,
             max_store_bytes: 100,
         };
-        let s = StoreServer::bind_with("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let s = StoreServer::bind_with("127.0.0.1:0".parse().unwrap(), config, None).unwrap();
         let mut c = client(&s);
         c.set("word", b"abc").unwrap();
         let e = c.add("word", 1).unwrap_err().to_string();
@@ -359,7 +400,7 @@ mod tests {
         let e = c.set(&"k".repeat(2000), b"").unwrap_err().to_string();
         assert!(e.contains("longer than the limit"), "{e}");
         assert_eq!(c.get("word", LONG).unwrap(), b"abc");
-        let e = StoreClient::connect(s.local_addr(), Duration::from_millis(300)).unwrap_err();
+        let e = StoreClient::connect(s.local_addr(), Duration::from_millis(300), None).unwrap_err();
         assert!(e.to_string().contains("too many connections"), "{e}");
     }
 
@@ -372,9 +413,9 @@ mod tests {
             .port();
         let late = thread::spawn(move || {
             thread::sleep(Duration::from_millis(300));
-            serve_or_connect(0, "127.0.0.1", port, LONG).unwrap()
+            serve_or_connect(0, "127.0.0.1", port, LONG, None).unwrap()
         });
-        let (none, mut c1) = serve_or_connect(1, "127.0.0.1", port, LONG).unwrap();
+        let (none, mut c1) = serve_or_connect(1, "127.0.0.1", port, LONG, None).unwrap();
         assert!(none.is_none());
         let (server, mut c0) = late.join().unwrap();
         assert!(server.is_some());
@@ -382,9 +423,13 @@ mod tests {
         assert_eq!(c1.exchange("p", 1, 2, b"one", LONG).unwrap()[0], b"zero");
         assert_eq!(t0.join().unwrap().unwrap()[1], b"one");
         drop(server);
-        let e = StoreClient::connect(format!("127.0.0.1:{port}"), Duration::from_millis(200))
-            .unwrap_err()
-            .to_string();
+        let e = StoreClient::connect(
+            format!("127.0.0.1:{port}"),
+            Duration::from_millis(200),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains(&format!(
                 "could not reach the store at 127.0.0.1:{port} within 0.2s"
@@ -405,7 +450,7 @@ mod tests {
                 }
                 thread::sleep(Duration::from_millis(800));
             });
-            let e = StoreClient::connect(addr, Duration::from_millis(200)).unwrap_err();
+            let e = StoreClient::connect(addr, Duration::from_millis(200), None).unwrap_err();
             assert!(
                 e.to_string().contains("did not answer as a dmsc store"),
                 "{e}"
@@ -420,7 +465,7 @@ mod tests {
         let addr = s.local_addr();
         // A client that asks for a long wait, sends one more request and hangs up: its
         // server thread must notice, though an unread request precedes the FIN.
-        let mut raw = TcpStream::connect(addr).unwrap();
+        let mut raw = authed(addr, None);
         let wait = Request::Wait {
             keys: vec!["never".into()],
             timeout_ms: 3_600_000,
@@ -433,7 +478,7 @@ mod tests {
         eventually("hung-up wait ended", || s.connections() == 0);
 
         let blocked = thread::spawn(move || {
-            let mut c = StoreClient::connect(addr, LONG).unwrap();
+            let mut c = StoreClient::connect(addr, LONG, None).unwrap();
             c.get("never", Duration::from_secs(3600))
         });
         eventually("client connected", || s.connections() == 1);
@@ -453,7 +498,83 @@ mod tests {
         assert_ne!(id.nonce(), id2.nonce());
         assert_eq!(id.store_addr(), server.local_addr());
         let back = UniqueId::from_bytes(&id.to_bytes()).unwrap();
-        let mut c = StoreClient::connect(back.store_addr(), LONG).unwrap();
+        assert_ne!(id.secret(), id2.secret());
+        let secret = Secret::new(back.secret()).unwrap();
+        let mut c = StoreClient::connect(back.store_addr(), LONG, Some(&secret)).unwrap();
         c.set("k", b"v").unwrap();
+        // Without the id's secret, the store is closed to us.
+        let e = StoreClient::connect(back.store_addr(), LONG, None).unwrap_err();
+        assert!(e.to_string().contains("secret mismatch"), "{e}");
+    }
+
+    #[test]
+    fn only_clients_with_the_secret_get_in() {
+        let key = Secret::new(b"the job's secret").unwrap();
+        let s = StoreServer::bind("127.0.0.1:0".parse().unwrap(), Some(key.clone())).unwrap();
+        let addr = s.local_addr();
+        let mut c = StoreClient::connect(addr, LONG, Some(&key)).unwrap();
+        c.set("k", b"v").unwrap();
+        let wrong = Secret::new(b"a guess").unwrap();
+        for (secret, want) in [
+            (Some(&wrong), "did not prove knowledge of the job's secret"),
+            (None, "secret mismatch: the peer has a job secret"),
+        ] {
+            let t = Instant::now();
+            let e = StoreClient::connect(addr, LONG, secret)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("authentication with the store at"), "{e}");
+            assert!(e.contains(want), "{e}");
+            // A failed proof is final: no retrying until the deadline.
+            assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        }
+        // A raw stranger with the wrong secret is closed before it can send a request.
+        let mut raw = TcpStream::connect(addr).unwrap();
+        let side = dmsc_core::auth::Side::Connector;
+        let store = dmsc_core::auth::Purpose::Store;
+        let deadline = Instant::now() + LONG;
+        assert!(crate::auth::handshake(&mut raw, Some(&wrong), store, side, 0, deadline).is_err());
+        let _ = raw.write_all(&Request::Check { keys: vec![] }.encode().unwrap());
+        assert!(closed_by_server(&mut raw));
+        // And a client that skips authentication and sends a request is closed too.
+        let mut raw = TcpStream::connect(addr).unwrap();
+        raw.write_all(&Request::Check { keys: vec![] }.encode().unwrap())
+            .unwrap();
+        assert!(closed_by_server(&mut raw));
+        assert_eq!(c.get("k", LONG).unwrap(), b"v");
+        eventually("strangers closed", || s.connections() == 1);
+    }
+
+    #[test]
+    fn silent_strangers_cannot_hold_the_store() {
+        let config = ServerConfig {
+            max_connections: 64,
+            max_pending: 4,
+            max_store_bytes: 1 << 20,
+        };
+        let s = StoreServer::bind_with("127.0.0.1:0".parse().unwrap(), config, None).unwrap();
+        let addr = s.local_addr();
+        // Four silent strangers fill the authentication slots...
+        let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        eventually("strangers counted", || s.connections() == 4);
+        // ...so a fifth connection is told so and closed at once...
+        let mut raw = TcpStream::connect(addr).unwrap();
+        raw.set_read_timeout(Some(LONG)).unwrap();
+        let mut b = [0u8; dmsc_core::auth::MSG_LEN];
+        raw.read_exact(&mut b).unwrap();
+        assert_eq!(
+            dmsc_core::auth::decode(&b).unwrap(),
+            dmsc_core::auth::Message::Refused(dmsc_core::auth::Refusal::TooManyPending(4))
+        );
+        // ...while a real client keeps retrying and gets in once the strangers time out.
+        let t = Instant::now();
+        let mut c = StoreClient::connect(addr, LONG, None).unwrap();
+        let waited = t.elapsed();
+        assert!(
+            waited < crate::auth::ACCEPT_DEADLINE + Duration::from_secs(3),
+            "{waited:?}"
+        );
+        c.set("k", b"v").unwrap();
+        drop(silent);
     }
 }

@@ -6,23 +6,33 @@
 //! written by `set` and `add` wake all waiters, each of which re-checks only the keys it is
 //! still missing.
 //!
-//! Bounds: at most [`ServerConfig::max_connections`] connections (more are told so and
-//! closed); a frame is at most the protocol's 17 MiB and is read as it arrives; the map holds
-//! at most [`ServerConfig::max_store_bytes`] of keys and values. A malformed frame gets an
-//! `Error` reply and its connection is closed; other clients never notice.
+//! Authentication: before any request, each connection runs the challenge–response of
+//! [`dmsc_core::auth`] (with the job's secret, or unauthenticated when there is none, which
+//! the client must match) within [`ACCEPT_DEADLINE`]. A connection that fails it, sends
+//! garbage or stays silent is closed and logged as `dmsc: store refused ADDR: reason` (rate
+//! limited); until it passes, only the fixed 40-byte authentication messages are read from
+//! it, so a stranger never makes the server allocate or parse anything else.
+//!
+//! Bounds: at most [`ServerConfig::max_connections`] connections, of which at most
+//! [`ServerConfig::max_pending`] still authenticating (more are told so and closed); a frame
+//! is at most the protocol's 17 MiB and is read as it arrives; the map holds at most
+//! [`ServerConfig::max_store_bytes`] of keys and values. A malformed frame gets an `Error`
+//! reply and its connection is closed; other clients never notice.
 //!
 //! Shutdown ([`StoreServer::shutdown`] or drop): the listener is shut down (which wakes
 //! `accept` on Linux), every connection socket is shut down (which wakes its reader), waiters
 //! are woken, and every thread is joined.
 
 use super::{read_frame, ReadError};
+use crate::auth::{self, ACCEPT_DEADLINE};
+use dmsc_core::auth::{Purpose, Refusal, Secret, Side};
 use dmsc_core::bootstrap::protocol::{Request, Response};
 use dmsc_core::error::{Error, Result};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -45,6 +55,10 @@ const KEEP_BUF: usize = 64 << 10;
 pub struct ServerConfig {
     /// Most simultaneous client connections (default 4096).
     pub max_connections: usize,
+    /// Most connections still authenticating at once (default 256): strangers that connect
+    /// and stay silent hold one of these for at most [`ACCEPT_DEADLINE`], never a
+    /// connection slot of the job.
+    pub max_pending: usize,
     /// Most bytes of keys plus values held (default 1 GiB); a `set` beyond it is refused.
     pub max_store_bytes: usize,
 }
@@ -53,6 +67,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 4096,
+            max_pending: 256,
             max_store_bytes: 1 << 30,
         }
     }
@@ -84,6 +99,10 @@ struct Conn {
 #[derive(Debug)]
 struct Shared {
     config: ServerConfig,
+    /// The job's secret every client must prove (`None`: unauthenticated).
+    secret: Option<Secret>,
+    /// Connections that have not finished authenticating.
+    pending: AtomicUsize,
     state: Mutex<State>,
     /// Notified on every `set` and `add`, and on shutdown.
     changed: Condvar,
@@ -99,21 +118,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StoreServer {
     /// Serve a store on `addr` (port 0: an ephemeral port, see [`local_addr`]) with the
-    /// default [`ServerConfig`].
+    /// default [`ServerConfig`], for clients that prove knowledge of `secret` (`None`: for
+    /// clients without a secret, unauthenticated).
     ///
     /// [`local_addr`]: StoreServer::local_addr
-    pub fn bind(addr: SocketAddr) -> Result<StoreServer> {
-        StoreServer::bind_with(addr, ServerConfig::default())
+    pub fn bind(addr: SocketAddr, secret: Option<Secret>) -> Result<StoreServer> {
+        StoreServer::bind_with(addr, ServerConfig::default(), secret)
     }
 
-    /// Serve a store on `addr` with the given limits.
-    pub fn bind_with(addr: SocketAddr, config: ServerConfig) -> Result<StoreServer> {
+    /// Serve a store on `addr` with the given limits and secret.
+    pub fn bind_with(
+        addr: SocketAddr,
+        config: ServerConfig,
+        secret: Option<Secret>,
+    ) -> Result<StoreServer> {
         let ctx = || format!("binding the rendezvous store to {addr}");
         let listener = TcpListener::bind(addr).map_err(|e| Error::io(ctx(), &e))?;
         let local = listener.local_addr().map_err(|e| Error::io(ctx(), &e))?;
         let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
             config,
+            secret,
+            pending: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -192,30 +218,37 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             return;
         }
         match accepted {
-            Ok((stream, _)) => admit(stream, shared),
+            Ok((stream, from)) => admit(stream, from, shared),
             // Out of fds or memory, or an aborted handshake: pause instead of spinning.
             Err(_) => thread::sleep(Duration::from_millis(10)),
         }
     }
 }
 
-/// Register a new connection and start its thread, or refuse it when at the limit.
-fn admit(stream: TcpStream, shared: &Arc<Shared>) {
+/// Register a new connection and start its thread, or refuse it when at a limit.
+fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let handle = match stream.try_clone() {
-        Ok(h) => h,
-        Err(e) => return refuse(stream, &format!("the store could not accept: {e}")),
+    let Ok(handle) = stream.try_clone() else {
+        return; // out of file descriptors: close it
     };
     let id = {
         let mut conns = lock(&shared.conns);
-        if conns.1.len() >= shared.config.max_connections {
+        let limit = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let why = if conns.1.len() >= shared.config.max_connections {
+            Some(Refusal::TooManyConnections(limit(
+                shared.config.max_connections,
+            )))
+        } else if shared.pending.load(Ordering::SeqCst) >= shared.config.max_pending {
+            Some(Refusal::TooManyPending(limit(shared.config.max_pending)))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             drop(conns);
-            let max = shared.config.max_connections;
-            return refuse(
-                stream,
-                &format!("the store has too many connections ({max})"),
-            );
+            auth::log_refusal(format_args!("dmsc: store refused {from}: {why}"));
+            return auth::refuse(&mut stream, why);
         }
+        shared.pending.fetch_add(1, Ordering::SeqCst);
         conns.0 += 1;
         let id = conns.0;
         conns.1.insert(
@@ -232,7 +265,9 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
         .name("dmsc-store-conn".into())
         .stack_size(CONN_STACK)
         .spawn(move || {
-            serve(stream, &s);
+            if authenticate(&mut stream, from, &s) {
+                serve(stream, &s);
+            }
             lock(&s.conns).1.remove(&id);
         });
     let mut conns = lock(&shared.conns);
@@ -243,6 +278,7 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
             }
         }
         Err(_) => {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
             if let Some(c) = conns.1.remove(&id) {
                 let _ = c.stream.shutdown(Shutdown::Both);
             }
@@ -250,10 +286,20 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
     }
 }
 
-fn refuse(mut stream: TcpStream, why: &str) {
-    if let Ok(f) = Response::Error(why.to_string()).encode() {
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = stream.write_all(&f);
+/// Run the authentication exchange on a new connection; log and refuse it on failure.
+fn authenticate(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> bool {
+    let deadline = Instant::now() + ACCEPT_DEADLINE;
+    let secret = shared.secret.as_ref();
+    let res = auth::handshake(stream, secret, Purpose::Store, Side::Acceptor, 0, deadline);
+    shared.pending.fetch_sub(1, Ordering::SeqCst);
+    match res {
+        Ok(()) => true,
+        Err(e) => {
+            if !shared.stop.load(Ordering::SeqCst) {
+                auth::log_refusal(format_args!("dmsc: store refused {from}: {e}"));
+            }
+            false
+        }
     }
 }
 

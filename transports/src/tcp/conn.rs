@@ -272,8 +272,9 @@ impl Conn {
     pub(crate) fn on_received(&mut self, n: usize, out: &mut Vec<Completion>) {
         if n == 0 {
             // A peer that finished and exited closes its connections; that is only an error
-            // when something is still expected from it.
-            if self.rgot == 0 && self.recvq.is_empty() {
+            // when something is still expected from it. The end of a control connection is
+            // always reported: the engine tells a goodbye from a death.
+            if self.role == Role::Data && self.rgot == 0 && self.recvq.is_empty() {
                 self.eof = true;
             } else {
                 self.fail(out, "connection closed by the peer".into());
@@ -307,7 +308,7 @@ impl Conn {
                     .recvq
                     .front()
                     .ok_or_else(|| Error::protocol("data frame arrived with no receive posted"))?;
-                if h != r.expect {
+                if !h.matches(&r.expect) {
                     let token = r.token;
                     out.push(Completion::BadHeader {
                         token,
@@ -349,7 +350,10 @@ impl Conn {
             }),
             Role::Data => {
                 let r = self.recvq.pop_front().expect("matched receive");
-                out.push(Completion::Received { token: r.token });
+                out.push(Completion::Received {
+                    token: r.token,
+                    crc: cur.crc,
+                });
             }
         }
         self.rgot = 0;
@@ -358,6 +362,18 @@ impl Conn {
     }
 
     fn fail(&mut self, out: &mut Vec<Completion>, what: String) {
+        if self.role == Role::Control {
+            // End of stream or an OS error: the control channel is over (a message cut
+            // short is dropped). Whether that is a failure is the engine's call.
+            if !self.dead {
+                self.dead = true;
+                out.push(Completion::Closed {
+                    peer: self.peer,
+                    detail: what,
+                });
+            }
+            return;
+        }
         let kind = if self.role == Role::Data {
             "data"
         } else {
@@ -392,7 +408,9 @@ impl Conn {
 
     /// Drop every queued operation (the engine is cancelling).
     pub(crate) fn clear(&mut self) {
-        self.sendq.retain(|it| it.token.is_none() && it.done == 0);
+        // Control messages stay, even one half sent: the control stream must stay whole,
+        // since it carries the reason of this failure to the peers.
+        self.sendq.retain(|it| it.token.is_none());
         if !self.recvq.is_empty() || self.rgot > 0 {
             if self.role == Role::Data && self.rgot > 0 {
                 self.dead = true;

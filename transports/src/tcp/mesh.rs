@@ -3,19 +3,20 @@
 //! connection) and accepts the connections of the higher ranks. The first frame on each
 //! connection is a `Hello` naming the sender's rank, the connection's role and the
 //! communicator's id, so that a connection from an unrelated process or another communicator
-//! is refused instead of being mistaken for a peer.
+//! is refused instead of being mistaken for a peer. Before the hello, each connection proves
+//! in both directions that its ends know the job's secret ([`super::greet`]).
 
 use super::conn::{Conn, Role};
+use super::greet::{greet_all, Pending};
 use super::{make_transport, Backend, Mesh};
 use crate::cma;
+use dmsc_core::auth::Secret;
 use dmsc_core::engine::Transport;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use dmsc_core::Rank;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 /// How to build the mesh.
@@ -35,9 +36,12 @@ pub struct MeshOptions {
     pub comm_id: u64,
     /// Offer single-copy transfer to peers on this host (`DMSC_CMA`, see `crate::cma`).
     pub cma: bool,
+    /// The job's secret, which every connection must prove knowledge of (`None`: connections
+    /// are not authenticated, and every rank must have none).
+    pub secret: Option<Secret>,
 }
 
-fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
+pub(crate) fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
     let mut h = FrameHeader::plain(FrameKind::Hello, opts.rank as u32, 0);
     h.seq = opts.comm_id;
     h.chunk = match role {
@@ -49,7 +53,7 @@ fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
     b
 }
 
-fn connect_retry(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpStream> {
+pub(super) fn connect_retry(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpStream> {
     let mut last = None;
     let mut backoff = Duration::from_millis(5);
     while Instant::now() < deadline {
@@ -95,34 +99,30 @@ fn tune(s: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// Read and check a peer's hello; returns (peer rank, role).
-fn read_hello(s: &mut TcpStream, opts: &MeshOptions, deadline: Instant) -> Result<(Rank, Role)> {
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10));
-    s.set_read_timeout(Some(left.min(Duration::from_secs(5))))
-        .map_err(|e| Error::io("setting a read timeout", &e))?;
-    let mut b = [0u8; HEADER_LEN];
-    s.read_exact(&mut b)
-        .map_err(|e| Error::io("reading a peer's hello", &e))?;
-    s.set_read_timeout(None)
-        .map_err(|e| Error::io("clearing a read timeout", &e))?;
-    let h = FrameHeader::decode(&b)?;
+/// Check the hello bytes `b` that arrived at rank `rank` of `nranks` in communicator
+/// `comm_id`: a valid header of kind `Hello`, the same communicator, a higher rank and a known
+/// role. Returns (peer rank, role); never panics on any input (a fuzz target).
+pub(crate) fn parse_hello(
+    b: &[u8],
+    rank: Rank,
+    nranks: usize,
+    comm_id: u64,
+) -> Result<(Rank, Role)> {
+    let h = FrameHeader::decode(b)?;
     if h.kind != FrameKind::Hello {
         return Err(Error::protocol("first frame is not a hello"));
     }
-    if h.seq != opts.comm_id {
+    if h.seq != comm_id {
         return Err(Error::protocol(format!(
-            "hello for communicator {:#x}, this is {:#x}",
-            h.seq, opts.comm_id
+            "hello for communicator {:#x}, this is {comm_id:#x}",
+            h.seq
         )));
     }
     let peer = h.aux as usize;
-    if peer <= opts.rank || peer >= opts.nranks {
+    if peer <= rank || peer >= nranks {
         return Err(Error::protocol(format!(
-            "hello from rank {peer}, expected a rank in {}..{}",
-            opts.rank + 1,
-            opts.nranks
+            "hello from rank {peer}, expected a rank in {}..{nranks}",
+            rank.saturating_add(1)
         )));
     }
     let role = match h.chunk {
@@ -162,72 +162,21 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
             .map_err(|_| Error::protocol(format!("rank {r} published a bad address {s:?}")))?;
         addrs.push(sa);
     }
-    let mut data_of = vec![None; opts.nranks];
-    let mut control_of = vec![None; opts.nranks];
-    let mut conns: Vec<(TcpStream, Rank, Role)> = Vec::new();
+    let mut outgoing = Vec::with_capacity(2 * opts.rank);
     for (peer, &addr) in addrs.iter().enumerate().take(opts.rank) {
         for role in [Role::Data, Role::Control] {
-            let mut s = connect_retry(addr, deadline, peer)?;
-            tune(&s)?;
-            s.write_all(&hello(opts, role))
-                .map_err(|e| Error::io(format!("sending hello to rank {peer}"), &e))?;
-            let slot = if role == Role::Data {
-                &mut data_of
-            } else {
-                &mut control_of
-            };
-            slot[peer] = Some(conns.len());
-            conns.push((s, peer, role));
+            let s = connect_retry(addr, deadline, peer)?;
+            outgoing.push(Pending::outgoing(s, addr, peer, role, opts, deadline)?);
         }
     }
-    let mut expected = 2 * (opts.nranks - 1 - opts.rank);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("setting the listener nonblocking", &e))?;
-    while expected > 0 {
-        if Instant::now() >= deadline {
-            let missing: Vec<Rank> = (opts.rank + 1..opts.nranks)
-                .filter(|&p| data_of[p].is_none() || control_of[p].is_none())
-                .collect();
-            return Err(Error::Timeout {
-                op: format!("rank {} waiting for connections", opts.rank),
-                waited_s: opts.timeout.as_secs_f64(),
-                missing,
-                detail: "those ranks never connected".into(),
-            });
-        }
-        match listener.accept() {
-            Ok((mut s, from)) => {
-                s.set_nonblocking(false)
-                    .map_err(|e| Error::io("setting a socket blocking", &e))?;
-                match read_hello(&mut s, opts, deadline) {
-                    Ok((peer, role)) => {
-                        let slot = if role == Role::Data {
-                            &mut data_of
-                        } else {
-                            &mut control_of
-                        };
-                        if slot[peer].is_some() {
-                            eprintln!("dmsc: rank {}: refusing a duplicate {role:?} connection claiming rank {peer} from {from}", opts.rank);
-                            continue;
-                        }
-                        tune(&s)?;
-                        slot[peer] = Some(conns.len());
-                        conns.push((s, peer, role));
-                        expected -= 1;
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "dmsc: rank {}: refused a connection from {from}: {e}",
-                            opts.rank
-                        );
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(Error::io("accepting a connection", &e)),
+    let mut conns = greet_all(&listener, outgoing, opts, deadline)?;
+    let mut data_of = vec![None; opts.nranks];
+    let mut control_of = vec![None; opts.nranks];
+    for (i, (s, peer, role)) in conns.iter_mut().enumerate() {
+        tune(s)?;
+        match role {
+            Role::Data => data_of[*peer] = Some(i),
+            Role::Control => control_of[*peer] = Some(i),
         }
     }
     // Which peers can pass chunks by reference (same host, memory readable both ways).
@@ -241,7 +190,7 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
         &mut streams,
         &peers,
         opts.cma,
-        epoch as *const AtomicU64 as u64,
+        cma::epoch_address(epoch),
         deadline,
     )?;
     let mut memory = vec![None; opts.nranks];
@@ -264,5 +213,48 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
         Ok(Box::new(cma::CmaTransport::new(inner, memory, epoch)))
     } else {
         Ok(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(rank: Rank) -> MeshOptions {
+        MeshOptions {
+            rank,
+            nranks: 4,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            timeout: Duration::from_secs(1),
+            backend: Backend::Socket,
+            comm_id: 0xc0ff_ee00_1234,
+            cma: false,
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn hellos_are_checked() {
+        let b = hello(&opts(3), Role::Control);
+        assert_eq!(
+            parse_hello(&b, 1, 4, 0xc0ff_ee00_1234).unwrap(),
+            (3, Role::Control)
+        );
+        let e = |b: &[u8], rank: Rank, id: u64| parse_hello(b, rank, 4, id).unwrap_err();
+        assert!(e(&b, 1, 7).to_string().contains("communicator"));
+        assert!(e(&b, 3, 0xc0ff_ee00_1234).to_string().contains("rank 3"));
+        assert!(e(&b[..63], 1, 0xc0ff_ee00_1234)
+            .to_string()
+            .contains("truncated"));
+        let mut c = b;
+        c[40] = 2; // role
+        assert!(e(&c, 1, 0xc0ff_ee00_1234).to_string().contains("role"));
+        let mut c = b;
+        c[5] = FrameKind::Control as u8;
+        assert!(e(&c, 1, 0xc0ff_ee00_1234)
+            .to_string()
+            .contains("not a hello"));
+        // A rank beyond any usize arithmetic still gets an error, not an overflow.
+        assert!(parse_hello(&b, usize::MAX, usize::MAX, 0xc0ff_ee00_1234).is_err());
     }
 }

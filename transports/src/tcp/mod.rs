@@ -5,8 +5,9 @@
 //! the socket backend is taken when creating a ring fails with `EPERM` (a container's
 //! seccomp policy) or `ENOSYS` (a kernel without io_uring), logged once per process.
 
-mod conn;
-mod mesh;
+pub(crate) mod conn;
+mod greet;
+pub(crate) mod mesh;
 mod socket;
 mod uring;
 mod wake;
