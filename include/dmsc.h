@@ -78,6 +78,17 @@
 #define DMSC_SPLIT_NOCOLOR -1
 
 /**
+ * `flags` of `dmscCommShrink`: leave the parent as it is (`NCCL_SHRINK_DEFAULT`).
+ */
+#define DMSC_SHRINK_DEFAULT 0
+
+/**
+ * `flags` of `dmscCommShrink`: abort the parent first, so that operations still in flight
+ * on it (on other threads) end at once (`NCCL_SHRINK_ABORT`).
+ */
+#define DMSC_SHRINK_ABORT 1
+
+/**
  * Major version of the header (and of the ABI: libdmsc.so.0's 0).
  */
 #define DMSC_MAJOR 0
@@ -327,8 +338,8 @@ typedef struct {
     const char *transport;
     /**
      * Network interface to listen on, in NCCL's syntax (`"eth"` prefix, `"=eth0"` exact,
-     * `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit`: a split
-     * communicator listens on its parent's interface.
+     * `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit` and
+     * `dmscCommShrink`: such a communicator listens on its parent's interface.
      */
     const char *socketIfname;
     /**
@@ -689,6 +700,32 @@ dmscResult_t dmscCommSplit(dmscComm_t comm,
                            int key,
                            dmscComm_t *newcomm,
                            const dmscConfig_t *config);
+
+/**
+ * Build a new communicator of the ranks of `comm` minus the `excludeRanksCount` ranks listed
+ * at `excludeRanksList` (`ncclCommShrink`), typically after `dmscPeerLost` named a lost
+ * rank. Every surviving rank calls it with the same list; the excluded ranks do not. The
+ * new ranks are the survivors in their order in `comm`. `comm` may be failed (it usually
+ * is) and is left as it is, to be destroyed on its own; with `flags` `DMSC_SHRINK_ABORT` it
+ * is aborted first. `config`: NULL inherits `comm`'s settings; otherwise its set fields
+ * override them (`socketIfname` must stay unset). The rendezvous runs through the store
+ * `comm` was built with: it must still be reachable (always under dmscrun, which serves it;
+ * elsewhere rank 0 serves it unless `DMSC_STORE_EXTERNAL` is set).
+ *
+ * Errors: `dmscInvalidArgument` if `newcomm` is NULL, `excludeRanksList` is NULL with a
+ * positive count, the count is negative, a listed rank is out of range or is the calling
+ * rank, `flags` is unknown, or the config is invalid; `dmscInvalidUsage` if `comm` is not a
+ * live communicator, was made by `dmscCommSplit`, is used inside a group, or the survivors
+ * passed different lists; `dmscTimeout` and `dmscSystemError` from the rendezvous.
+ * Thread safety: callable while other threads use `comm` (they should abort it first, or
+ * pass `DMSC_SHRINK_ABORT`).
+ */
+dmscResult_t dmscCommShrink(dmscComm_t comm,
+                            const int *excludeRanksList,
+                            int excludeRanksCount,
+                            dmscComm_t *newcomm,
+                            const dmscConfig_t *config,
+                            int flags);
 
 /**
  * A sentence describing why the most recent failed dmsc call on this thread failed, naming

@@ -12,7 +12,8 @@
 # With cargo-fuzz and a nightly toolchain installed (and FUZZ_DIRECT unset) it uses
 # `cargo fuzz run` (AddressSanitizer). Otherwise it builds the targets with stable cargo and the
 # coverage instrumentation cargo-fuzz uses for `--sanitizer none`. Builds go to fuzz/target,
-# never touching the main build.
+# never touching the main build. fuzz/Cargo.lock pins the fuzz crate's dependencies; a
+# dependency added to dmsc-core or dmsc-transports is resolved into it on the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-60}"
@@ -34,7 +35,7 @@ if [ -z "${FUZZ_DIRECT:-}" ] && cargo fuzz --version >/dev/null 2>&1 &&
     MODE=cargo-fuzz
     echo "== building ${#TARGETS[@]} fuzz targets with cargo fuzz (nightly, AddressSanitizer)"
     for t in "${TARGETS[@]}"; do
-        (cd fuzz && cargo +nightly fuzz build -O "$t")
+        cargo +nightly fuzz build --fuzz-dir fuzz -O "$t"
     done
 else
     MODE=direct
@@ -46,7 +47,7 @@ else
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions \
 -Coverflow-checks" \
-        cargo build --manifest-path fuzz/Cargo.toml --release --locked --target "$HOST" \
+        cargo build --manifest-path fuzz/Cargo.toml --release --target "$HOST" \
         $(printf -- '--bin %s ' "${TARGETS[@]}")
     BIN_DIR="$CARGO_TARGET_DIR/$HOST/release"
 fi
@@ -61,13 +62,15 @@ for t in "${TARGETS[@]}"; do
     [ -d "$seeds" ] || { echo "missing seed corpus $seeds"; exit 1; }
     log="fuzz/target/$t.log"
     echo "== fuzzing $t for ${SECONDS_EACH}s"
+    # libFuzzer adds new inputs to the first corpus directory only.
     args=(-max_total_time="$SECONDS_EACH" -print_final_stats=1 -rss_limit_mb=2048
-        -artifact_prefix="$PWD/$artifacts/" "$work" "$seeds")
+        -artifact_prefix="$PWD/$artifacts/")
     set +e
     if [ "$MODE" = cargo-fuzz ]; then
-        (cd fuzz && cargo +nightly fuzz run -O "$t" -- "${args[@]}") >"$log" 2>&1
+        cargo +nightly fuzz run --fuzz-dir fuzz -O "$t" "$PWD/$work" "$PWD/$seeds" \
+            -- "${args[@]}" >"$log" 2>&1
     else
-        "$BIN_DIR/$t" "${args[@]}" >"$log" 2>&1
+        "$BIN_DIR/$t" "${args[@]}" "$work" "$seeds" >"$log" 2>&1
     fi
     rc=$?
     set -e
@@ -80,7 +83,7 @@ for t in "${TARGETS[@]}"; do
         crash="$(ls -t "$artifacts" 2>/dev/null | head -1)"
         if [ -n "$crash" ]; then
             if [ "$MODE" = cargo-fuzz ]; then
-                echo "replay: (cd fuzz && cargo +nightly fuzz run $t artifacts/$t/$crash)"
+                echo "replay: cargo +nightly fuzz run --fuzz-dir fuzz $t $artifacts/$crash"
             else
                 echo "replay: $BIN_DIR/$t $artifacts/$crash"
             fi

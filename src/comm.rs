@@ -5,11 +5,14 @@
 //! hand-off on the latency path); a non-blocking call queues the operation for the
 //! communicator's worker thread, and later blocking calls queue behind it, so operations
 //! always execute in the order they were called — the order every rank must agree on. While
-//! idle, the worker answers peers' status queries, which is what lets a timed-out rank name
-//! the ranks that never arrived.
+//! idle, the worker serves the engine every few tens of milliseconds: it sends heartbeats,
+//! records a lost peer or a peer's error so that the next call fails at once, and answers
+//! peers' status queries, which is what lets a timed-out rank name the ranks that never
+//! arrived.
 
 use crate::config::Config;
 use crate::request::{Request, Slot};
+use crate::shrink::StoreLink;
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
 use dmsc_core::bootstrap::UniqueId;
 use dmsc_core::engine::{AbortHandle, Engine, OpMemory};
@@ -91,6 +94,8 @@ pub struct Communicator {
     worker: Option<JoinHandle<()>>,
     /// Local address the mesh listens on; communicators split from this one use it too.
     pub(crate) bind_ip: IpAddr,
+    /// The rendezvous store, for [`Communicator::shrink`] (none after a split).
+    pub(crate) store_link: Option<StoreLink>,
     _store: Option<StoreServer>,
 }
 
@@ -218,6 +223,7 @@ impl Communicator {
             transport_name,
             worker: Some(worker),
             bind_ip,
+            store_link: None,
             _store: store,
         })
     }
@@ -242,8 +248,10 @@ impl Communicator {
         self.transport_name
     }
 
-    /// Abort: every call in flight on this communicator returns promptly with an error, and
-    /// later calls fail at once. Safe to call from any thread, any number of times.
+    /// Abort: every call in flight on this communicator returns [`Error::Aborted`] within
+    /// 100 ms (even while peers are dead or stopped), later calls fail at once, and the other
+    /// ranks' calls fail with an error naming this rank. Safe to call from any thread, any
+    /// number of times.
     pub fn abort(&self) {
         self.abort.abort();
     }
@@ -402,12 +410,18 @@ fn join(
     let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
         client.exchange(&key, rank, nranks, mine, timeout)
     })?;
-    Communicator::with_engine(
+    let mut comm = Communicator::with_engine(
         Engine::new(transport, rank, nranks, config.engine.clone()),
         config,
         server,
         iface.addr,
-    )
+    )?;
+    let link = StoreLink::new(
+        Arc::new(Mutex::new(client)),
+        format!("{prefix}/{comm_id:016x}"),
+    );
+    comm.store_link = Some(link);
+    Ok(comm)
 }
 
 fn split_host_port(addr: &str) -> Result<(String, u16)> {

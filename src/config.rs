@@ -167,3 +167,32 @@ impl Config {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(v: Option<&str>) -> Result<Option<Duration>> {
+        heartbeat_var(&|k: &str| {
+            assert_eq!(k, "DMSC_HEARTBEAT_TIMEOUT");
+            v.map(str::to_string)
+        })
+    }
+
+    #[test]
+    fn heartbeat_timeout_default_off_and_bounds() {
+        assert_eq!(heartbeat(None).unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            heartbeat(Some("2.5")).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(heartbeat(Some("0")).unwrap(), None);
+        let e = heartbeat(Some("0.01")).unwrap_err().to_string();
+        assert!(
+            e.contains("DMSC_HEARTBEAT_TIMEOUT") && e.contains("0.05"),
+            "{e}"
+        );
+        let e = heartbeat(Some("soon")).unwrap_err().to_string();
+        assert!(e.contains("DMSC_HEARTBEAT_TIMEOUT=soon"), "{e}");
+    }
+}

@@ -1,10 +1,13 @@
 //! Start the ranks of a single-node job, as `dmscrun` (and `dmsc-perf --np N`) do.
 //!
-//! [`launch`] plays the part torchrun's `--standalone` mode plays for PyTorch: it picks a free
-//! TCP port on 127.0.0.1 for the rendezvous store, starts `n` copies of a program with the
-//! torchrun environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
-//! `LOCAL_WORLD_SIZE`) plus `DMSC_LAUNCHER=dmscrun`, prefixes every line the ranks print with
-//! `[rank] `, and waits for all of them. Unless `DMSC_SECRET` is set (in the launcher's
+//! [`launch`] plays the part torchrun's `--standalone` mode plays for PyTorch: it serves the
+//! rendezvous store itself on a free TCP port of 127.0.0.1 (as torchrun's agent hosts the
+//! `TCPStore`, so the store outlives any rank, which is what lets survivors of a failure
+//! [`shrink`](crate::Communicator::shrink) through it), starts `n` copies of a program with
+//! the torchrun environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`,
+//! `LOCAL_RANK`, `LOCAL_WORLD_SIZE`) plus `DMSC_LAUNCHER=dmscrun`, `DMSC_STORE_ADDR` and
+//! `DMSC_STORE_EXTERNAL=1` (the store's address; no rank serves it), prefixes every line the
+//! ranks print with `[rank] `, and waits for all of them. Unless `DMSC_SECRET` is set (in the launcher's
 //! environment or `extra_env`), every rank also gets a fresh random `DMSC_SECRET` (64 hex
 //! digits), so the job's connections are authenticated with a secret only its ranks know.
 //!
@@ -16,6 +19,14 @@
 //! seconds). Its own result is the exit code of that first failing rank (128 + signal number
 //! for a signal). SIGINT and SIGTERM received by the launcher are forwarded to the ranks (with
 //! the same grace period before SIGKILL) and the result is then 128 + that signal.
+//!
+//! With [`LaunchOptions::keep_going`] (`dmscrun --keep-going`) the other ranks are left
+//! running instead, so that they can recover without the failed one; the result is still the
+//! code of the first failing rank. With [`LaunchOptions::restarts`] `K` (`dmscrun --restarts
+//! K`, torchrun's `--max-restarts`), a failed job (every rank ended, the failing ones
+//! counted) is started again, all `n` ranks with a fresh store, up to `K` times; each
+//! attempt's ranks get `DMSC_RESTART_COUNT` (0 on the first, torchrun's
+//! `TORCHELASTIC_RESTART_COUNT`). A job interrupted by a signal is not restarted.
 //!
 //! # Process hygiene
 //!
@@ -35,9 +46,11 @@
 //! serialized.
 
 use crate::{Error, Result};
+use dmsc_core::auth::Secret;
+use dmsc_transports::store::StoreServer;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -73,7 +86,7 @@ static RECEIVED: AtomicI32 = AtomicI32::new(0);
 /// Serializes [`launch`] calls: the signal handlers and [`RECEIVED`] are process-wide.
 static LAUNCH_LOCK: Mutex<()> = Mutex::new(());
 
-/// How [`launch_with`] presents the ranks' output.
+/// How [`launch_with`] presents the ranks' output and handles failures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchOptions {
     /// Prefix the ranks' stdout lines with `[rank] ` (default true). `dmsc-perf --np` turns
@@ -81,6 +94,10 @@ pub struct LaunchOptions {
     pub prefix_stdout: bool,
     /// Prefix the ranks' stderr lines with `[rank] ` (default true).
     pub prefix_stderr: bool,
+    /// Leave the other ranks running when one fails (default false: terminate them).
+    pub keep_going: bool,
+    /// Start a failed job again, every rank, at most this many times (default 0).
+    pub restarts: usize,
 }
 
 impl Default for LaunchOptions {
@@ -88,6 +105,8 @@ impl Default for LaunchOptions {
         LaunchOptions {
             prefix_stdout: true,
             prefix_stderr: true,
+            keep_going: false,
+            restarts: 0,
         }
     }
 }
@@ -99,9 +118,9 @@ impl Default for LaunchOptions {
 /// that interrupted the launcher. `extra_env` is set in every rank's environment after the
 /// launcher's own variables (so it may override them).
 ///
-/// Errors when `n` is 0, when no free port can be found, or when a rank cannot be started
-/// ([`Error::System`] whose `errno` is `ENOENT` when the program does not exist and `EACCES`
-/// when it is not executable); ranks already started are killed and reaped first.
+/// Errors when `n` is 0, when the store cannot listen on 127.0.0.1, or when a rank cannot be
+/// started ([`Error::System`] whose `errno` is `ENOENT` when the program does not exist and
+/// `EACCES` when it is not executable); ranks already started are killed and reaped first.
 pub fn launch(
     n: usize,
     program: &OsStr,
@@ -111,7 +130,7 @@ pub fn launch(
     launch_with(n, program, args, extra_env, &LaunchOptions::default())
 }
 
-/// [`launch`] with output options.
+/// [`launch`] with output and failure options.
 pub fn launch_with(
     n: usize,
     program: &OsStr,
@@ -124,17 +143,48 @@ pub fn launch_with(
     }
     let _serial = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let grace = kill_grace();
-    let port = free_port()?;
     let extra_env = &with_job_secret(extra_env)?;
-    let signals = SignalGuard::install()?;
+    let secret = job_secret(extra_env)?;
+    let _signals = SignalGuard::install()?;
+    let mut attempt = 0;
+    loop {
+        let (code, interrupted) =
+            run_attempt(n, program, args, extra_env, &secret, attempt, grace, opts)?;
+        if code == 0 || interrupted || attempt >= opts.restarts {
+            return Ok(code);
+        }
+        attempt += 1;
+        eprintln!(
+            "dmscrun: the job failed with code {code}; starting all {n} ranks again \
+             (restart {attempt} of {})",
+            opts.restarts
+        );
+    }
+}
+
+/// One attempt of the job: serve a fresh store, start the ranks, supervise them. Returns the
+/// exit code and whether the launcher was interrupted by a signal.
+#[allow(clippy::too_many_arguments)]
+fn run_attempt(
+    n: usize,
+    program: &OsStr,
+    args: &[OsString],
+    extra_env: &[(String, String)],
+    secret: &Option<Secret>,
+    attempt: usize,
+    grace: Duration,
+    opts: &LaunchOptions,
+) -> Result<(i32, bool)> {
+    let store = StoreServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), secret.clone())?;
+    let port = store.local_addr().port();
     let mut children = Vec::with_capacity(n);
     for rank in 0..n {
         let mut cmd = rank_command(program, args, extra_env, rank, n, port);
+        cmd.env("DMSC_RESTART_COUNT", attempt.to_string());
         match cmd.spawn() {
             Ok(child) => children.push(child),
             Err(e) => {
                 abandon(children);
-                drop(signals);
                 return Err(Error::io(
                     format!("starting `{}` for rank {rank}", program.to_string_lossy()),
                     &e,
@@ -142,9 +192,9 @@ pub fn launch_with(
             }
         }
     }
-    let code = supervise(children, grace, opts);
-    drop(signals);
-    Ok(code)
+    let outcome = supervise(children, grace, opts);
+    store.shutdown();
+    Ok(outcome)
 }
 
 /// The grace period between SIGTERM and SIGKILL: `DMSC_KILL_GRACE` seconds, else 3 s.
@@ -182,14 +232,22 @@ fn with_job_secret(extra_env: &[(String, String)]) -> Result<Vec<(String, String
     Ok(env)
 }
 
-/// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .map_err(|e| Error::io("binding 127.0.0.1:0 to find a free port", &e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("reading the port bound on 127.0.0.1", &e))?;
-    Ok(addr.port())
+/// The secret the ranks will read from `DMSC_SECRET` (the last one in `env`, else this
+/// process's), for the store the launcher serves them.
+fn job_secret(env: &[(String, String)]) -> Result<Option<Secret>> {
+    let value = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "DMSC_SECRET")
+        .map(|(_, v)| v.clone().into_bytes())
+        .or_else(|| {
+            use std::os::unix::ffi::OsStringExt;
+            std::env::var_os("DMSC_SECRET").map(OsStringExt::into_vec)
+        });
+    match value {
+        Some(v) if !v.trim_ascii().is_empty() => Ok(Some(Secret::new(&v)?)),
+        _ => Ok(None),
+    }
 }
 
 /// The command line and environment of one rank.
@@ -212,7 +270,9 @@ fn rank_command(
         .env("WORLD_SIZE", n.to_string())
         .env("LOCAL_RANK", rank.to_string())
         .env("LOCAL_WORLD_SIZE", n.to_string())
-        .env("DMSC_LAUNCHER", "dmscrun");
+        .env("DMSC_LAUNCHER", "dmscrun")
+        .env("DMSC_STORE_ADDR", format!("127.0.0.1:{port}"))
+        .env("DMSC_STORE_EXTERNAL", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -277,9 +337,9 @@ enum Event {
     Exited(usize, io::Result<ExitStatus>),
 }
 
-/// Forward output, wait for every rank, terminate the rest on the first failure; returns the
-/// job's exit code.
-fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> i32 {
+/// Forward output, wait for every rank, terminate the rest on the first failure (unless
+/// `opts.keep_going`); returns the job's exit code and whether a signal interrupted it.
+fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> (i32, bool) {
     let n = children.len();
     let (tx, rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::channel();
@@ -297,7 +357,7 @@ fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> i32
     }
     drop(tx);
     drop(out_tx);
-    let code = wait_all(&pids, &rx, grace);
+    let code = wait_all(&pids, &rx, grace, opts.keep_going);
     for w in waiters {
         let _ = w.join();
     }
@@ -310,8 +370,9 @@ fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> i32
     code
 }
 
-/// The wait loop: returns the job's exit code once every rank has exited.
-fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration) -> i32 {
+/// The wait loop: returns the job's exit code, and whether a signal interrupted it, once every
+/// rank has exited.
+fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration, keep_going: bool) -> (i32, bool) {
     let n = pids.len();
     let mut alive = vec![true; n];
     let mut remaining = n;
@@ -360,9 +421,17 @@ fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration) -> i32 {
                 1
             }
         };
+        if code != 0 && first_failure.is_some() && keep_going {
+            eprintln!("dmscrun: rank {rank} exited with code {code}");
+        }
         if code != 0 && first_failure.is_none() && interrupted.is_none() {
             first_failure = Some(code);
-            if remaining > 0 {
+            if remaining > 0 && keep_going {
+                eprintln!(
+                    "dmscrun: rank {rank} exited with code {code}; the other ranks keep running \
+                     (--keep-going)"
+                );
+            } else if remaining > 0 {
                 eprintln!(
                     "dmscrun: rank {rank} exited with code {code}; terminating the other ranks"
                 );
@@ -373,7 +442,8 @@ fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration) -> i32 {
             }
         }
     }
-    first_failure.or(interrupted.map(|s| 128 + s)).unwrap_or(0)
+    let code = first_failure.or(interrupted.map(|s| 128 + s)).unwrap_or(0);
+    (code, interrupted.is_some())
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that killed the process.

@@ -20,6 +20,7 @@ pub mod launch;
 mod ops;
 pub mod perf;
 mod request;
+mod shrink;
 pub mod size;
 mod split;
 

@@ -130,6 +130,13 @@ mod loom_tests {
     use loom::cell::UnsafeCell;
     use loom::thread;
 
+    /// Memory lent to an operation, written by the worker and read by the caller.
+    struct Buffer(UnsafeCell<u64>);
+
+    // SAFETY: the accesses are what the test checks: loom reports any two that the request
+    // protocol leaves unordered as a data race.
+    unsafe impl Sync for Buffer {}
+
     /// The worker finishes a slot while a blocked waiter and a polling `test` look at it:
     /// the waiter always wakes with the result (a lost notification would be a deadlock),
     /// and `test` never reports completion before the result is there.
@@ -156,19 +163,19 @@ mod loom_tests {
     #[test]
     fn loom_a_dropped_request_waits_before_its_buffer_is_reused() {
         loom::model(|| {
-            let buffer = Arc::new(UnsafeCell::new(0u64));
+            let buffer = Arc::new(Buffer(UnsafeCell::new(0u64)));
             let slot = Arc::new(Slot::default());
             let worker = {
                 let (slot, buffer) = (slot.clone(), buffer.clone());
                 thread::spawn(move || {
                     // SAFETY: the request lends the buffer to the operation until finished.
-                    buffer.with_mut(|p| unsafe { *p = 42 });
+                    buffer.0.with_mut(|p| unsafe { *p = 42 });
                     slot.finish(Ok(()));
                 })
             };
             drop(Request::new(slot));
             // SAFETY: the request was dropped, which waited for the operation.
-            assert_eq!(buffer.with(|p| unsafe { *p }), 42);
+            assert_eq!(buffer.0.with(|p| unsafe { *p }), 42);
             worker.join().unwrap();
         });
     }

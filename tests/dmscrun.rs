@@ -163,18 +163,64 @@ fn raw_bytes_and_unterminated_lines_pass_through() {
 
 #[test]
 fn overriding_variables_are_removed() {
+    // The inherited DMSC_STORE_ADDR gives way to the store dmscrun serves, the one
+    // MASTER_ADDR:MASTER_PORT names too.
     let mut cmd = dmscrun(&[
         "-n",
         "2",
         "sh",
         "-c",
-        r#"echo "x${DMSC_RANK}x${DMSC_STORE_ADDR}x""#,
+        r#"echo "x${DMSC_RANK}x${DMSC_STORE_ADDR}x${DMSC_STORE_EXTERNAL}x$MASTER_ADDR:${MASTER_PORT}x""#,
     ]);
     cmd.env("DMSC_RANK", "7")
         .env("DMSC_STORE_ADDR", "10.0.0.1:1");
     let o = finish(spawn(cmd));
     assert_eq!(o.code(), Some(0));
-    assert_eq!(o.out().matches("xxx").count(), 2, "{}", o.out());
+    for line in o.out().lines() {
+        let f: Vec<&str> = line.split('x').collect();
+        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!((f[1], f[3]), ("", "1"), "{line}");
+        assert!(f[2].starts_with("127.0.0.1:") && f[2] == f[4], "{line}");
+    }
+    assert_eq!(o.out().lines().count(), 2, "{}", o.out());
+}
+
+#[test]
+fn keep_going_lets_the_other_ranks_finish() {
+    let script = r#"if [ "$RANK" = 1 ]; then exit 3; fi; sleep 0.5; echo "rank $RANK done""#;
+    let o = run(&["-n", "3", "--keep-going", "sh", "-c", script]);
+    // The first failure still sets the code, but nobody was terminated.
+    assert_eq!(o.code(), Some(3), "{}", o.err());
+    assert!(o.out().contains("[0] rank 0 done") && o.out().contains("[2] rank 2 done"));
+    assert!(o.err().contains("keep running"), "{}", o.err());
+}
+
+#[test]
+fn restarts_start_a_failed_job_again() {
+    // Rank 1 fails on the first attempt only; every rank runs on each attempt.
+    let script = r#"echo "attempt $DMSC_RESTART_COUNT"; if [ "$RANK$DMSC_RESTART_COUNT" = 10 ]; then exit 5; fi; sleep 0.2"#;
+    let o = run(&["-n", "2", "--restarts", "2", "sh", "-c", script]);
+    assert_eq!(o.code(), Some(0), "{}", o.err());
+    for rank in 0..2 {
+        for attempt in 0..2 {
+            let line = format!("[{rank}] attempt {attempt}");
+            assert!(o.out().contains(&line), "no '{line}' in:\n{}", o.out());
+        }
+    }
+    assert!(!o.out().contains("attempt 2"), "{}", o.out());
+    assert!(o.err().contains("restart 1 of 2"), "{}", o.err());
+    // Out of restarts: the last failure's code.
+    let o = run(&[
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "sh",
+        "-c",
+        r#"[ "$RANK" = 0 ] || exit 4"#,
+    ]);
+    assert_eq!(o.code(), Some(4), "{}", o.err());
+    assert_eq!(o.err().matches("restart 1 of 1").count(), 1, "{}", o.err());
 }
 
 #[test]

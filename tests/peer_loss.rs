@@ -8,6 +8,11 @@
 //!   within 100 ms, also while another peer is stopped, and every other rank must fail naming
 //!   the aborting rank.
 //!
+//! A last test checks the other side: peers that are merely quiet (idle, or busy outside
+//! dmsc) for longer than the heartbeat timeout are not lost, a rank that destroys its
+//! communicator leaves in good order, and one that exits without destroying it is recorded
+//! as lost by the idle ranks at once.
+//!
 //! After its error every survivor checks that its next call fails at once with the same error,
 //! and its process must exit normally. Ranks are started directly (not through dmscrun, which
 //! would end the survivors as soon as one rank dies) with `DMSC_RANK`, `DMSC_WORLD_SIZE` and
@@ -51,6 +56,11 @@ fn unix_ns() -> u128 {
 #[ignore = "entry point of the ranks started by the peer-loss tests"]
 fn rank_entry() {
     let comm = Communicator::from_env().unwrap_or_else(|e| panic!("init: {e}"));
+    match std::env::var("PL_MODE").as_deref() {
+        Ok("quiet") => return quiet_then_depart(comm),
+        Ok("idle_abort") => return abort_while_idle(comm),
+        _ => {}
+    }
     let rank = comm.rank();
     if let Ok(trigger) = std::env::var("PL_ABORT_TRIGGER") {
         // A second thread aborts once the test creates `<trigger>.<rank>`.
@@ -79,6 +89,13 @@ fn rank_entry() {
             Err(e) => break e,
         }
     };
+    report(&comm, err, iters);
+}
+
+/// Print the `PL-ERR` line for `err`, after checking that the next call fails at once with
+/// the same error.
+fn report(comm: &Communicator, err: Error, iters: u64) {
+    let rank = comm.rank();
     let at = unix_ns();
     let named: i64 = match &err {
         Error::PeerLost { peer, .. } => *peer as i64,
@@ -94,6 +111,74 @@ fn rank_entry() {
         err.kind_name(),
         err.to_string().replace('\n', " ")
     );
+}
+
+/// Rank 0 aborts between calls while the others wait for it in an all-reduce: they must
+/// learn of it from rank 0's progress thread.
+fn abort_while_idle(comm: Communicator) {
+    let rank = comm.rank();
+    let mut b = vec![1f32; 1024];
+    comm.all_reduce_in_place(&mut b, ReduceOp::Sum)
+        .unwrap_or_else(|e| panic!("rank {rank}: first all_reduce: {e}"));
+    println!("PL-READY {rank}");
+    if rank == 0 {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = unix_ns();
+        comm.abort();
+        println!("PL-ABORT 0 {at}");
+        std::thread::sleep(Duration::from_millis(500));
+        let e = comm.barrier().expect_err("a call after abort");
+        return report(&comm, e, 1);
+    }
+    let e = comm
+        .all_reduce_in_place(&mut b, ReduceOp::Sum)
+        .expect_err("an all-reduce that rank 0 never joins");
+    report(&comm, e, 1);
+}
+
+/// Idle (rank 3: busy outside dmsc) for 2 s, meet again, then rank 0 destroys its
+/// communicator and rank 1 exits without destroying it; ranks 2 and 3 report what they see.
+fn quiet_then_depart(comm: Communicator) {
+    let rank = comm.rank();
+    let mut b = vec![1f32; 1024];
+    let meet = |b: &mut Vec<f32>, what: &str| {
+        comm.all_reduce_in_place(b, ReduceOp::Sum)
+            .unwrap_or_else(|e| panic!("rank {rank}: all_reduce {what}: {e}"));
+    };
+    meet(&mut b, "before the quiet time");
+    let t = Instant::now();
+    if rank == 3 {
+        while t.elapsed() < Duration::from_secs(2) {
+            std::hint::spin_loop();
+        }
+    } else {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    meet(&mut b, "after 2 s of quiet");
+    println!("PL-QUIET-OK {rank}");
+    let t = Instant::now();
+    let at = |ms: u64| std::thread::sleep(Duration::from_millis(ms).saturating_sub(t.elapsed()));
+    let err = |c: &Communicator| match c.async_error() {
+        None => "none".to_string(),
+        Some(Error::PeerLost { peer, .. }) => format!("PeerLost:{peer}"),
+        Some(e) => format!("{}:{e}", e.kind_name()),
+    };
+    match rank {
+        0 => drop(comm),
+        1 => {
+            at(500);
+            // Exit without destroying the communicator: no goodbye.
+            std::process::exit(0);
+        }
+        _ => {
+            at(300);
+            let after_left = err(&comm);
+            at(1200);
+            let after_exit = err(&comm);
+            let next = comm.barrier().err().map(|e| e.kind_name());
+            println!("PL-DEPART {rank} {after_left} {after_exit} {next:?}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -331,6 +416,9 @@ fn runs(default: usize) -> usize {
 
 /// Median and max of `v` (sorted in place).
 fn summary(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     (v[v.len() / 2], v[v.len() - 1])
 }
@@ -394,7 +482,7 @@ fn sigkill_during_all_reduce_fails_every_survivor_within_1s() {
     lose_many(
         "SIGKILL, sockets and no CMA",
         libc::SIGKILL,
-        runs(20).div_ceil(5) * 2,
+        runs(20).div_ceil(5),
         &sockets,
     );
 }
@@ -475,4 +563,53 @@ fn abort_from_a_second_thread_returns_within_100ms() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+
+    // Between calls: the peers waiting for the aborting rank hear of it from its progress
+    // thread.
+    let job = Job::start(&[("PL_MODE", "idle_abort".to_string())]).wait_ready();
+    let all: Vec<usize> = (0..NRANKS).collect();
+    let (job, reports, abort_at) = job.wait_reports(&all, Some(0));
+    let abort_at = abort_at.expect("abort time");
+    let mut slowest = 0f64;
+    for rep in &reports {
+        let ms = ms_since(rep.at_ns, abort_at);
+        let ok = if rep.rank == 0 {
+            rep.kind == "Aborted"
+        } else {
+            slowest = slowest.max(ms);
+            rep.named == 0 && ms <= DETECT_LIMIT_MS
+        };
+        if !ok || !rep.sticky {
+            job.fail(format!(
+                "rank {} after rank 0 aborted between calls: {} naming {} after {ms:.1} ms: {}",
+                rep.rank, rep.kind, rep.named, rep.text
+            ));
+        }
+    }
+    println!("peer_loss: abort between calls: the waiting ranks fail after {slowest:.1} ms");
+    job.finish(None);
+}
+
+#[test]
+fn quiet_peers_stay_and_departures_are_told_apart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let job = Job::start(&[("PL_MODE", "quiet".to_string())]);
+    let mut seen = Vec::new();
+    let job = job.wait_for(
+        PHASE_LIMIT,
+        "departure reports of ranks 2 and 3",
+        |(_, l)| {
+            if l.starts_with("PL-DEPART") {
+                seen.push(l.clone());
+            }
+            seen.len() == 2
+        },
+    );
+    for l in &seen {
+        // Rank 0 left in good order (not an error), rank 1 exited without a goodbye.
+        if !l.ends_with(" none PeerLost:1 Some(\"PeerLost\")") {
+            job.fail(format!("unexpected departure report: {l}"));
+        }
+    }
+    job.finish(None);
 }

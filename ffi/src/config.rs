@@ -51,8 +51,8 @@ pub struct dmscConfig_t {
     /// (`DMSC_TRANSPORT`).
     pub transport: *const c_char,
     /// Network interface to listen on, in NCCL's syntax (`"eth"` prefix, `"=eth0"` exact,
-    /// `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit`: a split
-    /// communicator listens on its parent's interface.
+    /// `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit` and
+    /// `dmscCommShrink`: such a communicator listens on its parent's interface.
     pub socketIfname: *const c_char,
     /// All-reduce algorithm: `"ring"` or `"tree"` (`DMSC_ALGO`; default: chosen by the cost
     /// model).
@@ -138,8 +138,8 @@ pub(crate) unsafe fn resolve(f: &str, cfg: *const dmscConfig_t, base: Base) -> R
         if split {
             return Err(FfiError::invalid(
                 f,
-                "config->socketIfname must be unset: a split communicator listens on its \
-                 parent's interface",
+                "config->socketIfname must be unset: a communicator made from another (split, \
+                 shrink) listens on its parent's interface",
             ));
         }
         c.socket_ifname = Some(i.to_string());

@@ -1,6 +1,6 @@
 //! Making communicators: unique ids, init from an id or from the launcher's environment,
-//! and split (`ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitRankConfig`,
-//! `ncclCommSplit` in NCCL's `nccl.h`).
+//! split and shrink (`ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitRankConfig`,
+//! `ncclCommSplit`, `ncclCommShrink` in NCCL's `nccl.h`).
 
 use crate::args::{out, rank_arg};
 use crate::comm::{comm_arg, COMMS};
@@ -17,6 +17,12 @@ pub const DMSC_UNIQUE_ID_BYTES: usize = 128;
 
 /// `color` for `dmscCommSplit` meaning "join no new communicator" (`NCCL_SPLIT_NOCOLOR`).
 pub const DMSC_SPLIT_NOCOLOR: c_int = -1;
+
+/// `flags` of `dmscCommShrink`: leave the parent as it is (`NCCL_SHRINK_DEFAULT`).
+pub const DMSC_SHRINK_DEFAULT: c_int = 0;
+/// `flags` of `dmscCommShrink`: abort the parent first, so that operations still in flight
+/// on it (on other threads) end at once (`NCCL_SHRINK_ABORT`).
+pub const DMSC_SHRINK_ABORT: c_int = 1;
 
 const _: () = assert!(DMSC_UNIQUE_ID_BYTES == UniqueId::SIZE);
 
@@ -242,6 +248,85 @@ pub unsafe extern "C" fn dmscCommSplit(
             // SAFETY: newcomm is non-NULL and writable.
             unsafe { publish(newcomm, c) };
         }
+        Ok(())
+    })
+}
+
+/// Build a new communicator of the ranks of `comm` minus the `excludeRanksCount` ranks listed
+/// at `excludeRanksList` (`ncclCommShrink`), typically after `dmscPeerLost` named a lost
+/// rank. Every surviving rank calls it with the same list; the excluded ranks do not. The
+/// new ranks are the survivors in their order in `comm`. `comm` may be failed (it usually
+/// is) and is left as it is, to be destroyed on its own; with `flags` `DMSC_SHRINK_ABORT` it
+/// is aborted first. `config`: NULL inherits `comm`'s settings; otherwise its set fields
+/// override them (`socketIfname` must stay unset). The rendezvous runs through the store
+/// `comm` was built with: it must still be reachable (always under dmscrun, which serves it;
+/// elsewhere rank 0 serves it unless `DMSC_STORE_EXTERNAL` is set).
+///
+/// Errors: `dmscInvalidArgument` if `newcomm` is NULL, `excludeRanksList` is NULL with a
+/// positive count, the count is negative, a listed rank is out of range or is the calling
+/// rank, `flags` is unknown, or the config is invalid; `dmscInvalidUsage` if `comm` is not a
+/// live communicator, was made by `dmscCommSplit`, is used inside a group, or the survivors
+/// passed different lists; `dmscTimeout` and `dmscSystemError` from the rendezvous.
+/// Thread safety: callable while other threads use `comm` (they should abort it first, or
+/// pass `DMSC_SHRINK_ABORT`).
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommShrink(
+    comm: dmscComm_t,
+    excludeRanksList: *const c_int,
+    excludeRanksCount: c_int,
+    newcomm: *mut dmscComm_t,
+    config: *const dmscConfig_t,
+    flags: c_int,
+) -> dmscResult_t {
+    const F: &str = "dmscCommShrink";
+    guard(F, || {
+        let newcomm = out(F, "newcomm", newcomm)?;
+        // SAFETY: non-NULL and writable by the caller's contract.
+        unsafe { newcomm.write(std::ptr::null_mut()) };
+        let (_, parent) = comm_arg(F, comm)?;
+        if group::depth() > 0 {
+            return Err(FfiError::usage(
+                F,
+                "cannot shrink between dmscGroupStart and dmscGroupEnd",
+            ));
+        }
+        if flags != DMSC_SHRINK_DEFAULT && flags != DMSC_SHRINK_ABORT {
+            return Err(FfiError::invalid(
+                F,
+                format_args!(
+                    "flags {flags} is not DMSC_SHRINK_DEFAULT (0) or DMSC_SHRINK_ABORT (1)"
+                ),
+            ));
+        }
+        let count = usize::try_from(excludeRanksCount).map_err(|_| {
+            FfiError::invalid(
+                F,
+                format_args!("excludeRanksCount {excludeRanksCount} is negative"),
+            )
+        })?;
+        let list: &[c_int] = if count == 0 {
+            &[]
+        } else if excludeRanksList.is_null() {
+            return Err(FfiError::invalid(
+                F,
+                format_args!("excludeRanksList is NULL but excludeRanksCount is {count}"),
+            ));
+        } else {
+            // SAFETY: the caller's contract: excludeRanksCount readable ints.
+            unsafe { std::slice::from_raw_parts(excludeRanksList, count) }
+        };
+        let exclude = list
+            .iter()
+            .map(|&r| rank_arg(F, "excluded rank", r, parent.size()))
+            .collect::<Res<Vec<_>>>()?;
+        // SAFETY: the caller's contract: config is NULL or a readable dmscConfig_t.
+        let cfg = unsafe { resolve(F, config, Base::Parent(parent.config().clone())) }?;
+        if flags == DMSC_SHRINK_ABORT {
+            parent.abort();
+        }
+        let c = parent.shrink_with_config(&exclude, cfg).ctx(F)?;
+        // SAFETY: newcomm is non-NULL and writable.
+        unsafe { publish(newcomm, c) };
         Ok(())
     })
 }

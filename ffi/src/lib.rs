@@ -9,8 +9,8 @@
 //! The API is modelled on NCCL's `nccl.h` (NVIDIA NCCL 2.x, `src/nccl.h.in`): the same
 //! names with the `dmsc` prefix, NCCL's argument order, NCCL's numeric values of the result
 //! codes, data types and reduction operators it shares, a versioned config struct like
-//! `ncclConfig_t`, `ncclGetLastError` (here per thread), `ncclCommSplit`, and
-//! `ncclGroupStart`/`ncclGroupEnd`. Additions: `dmscCommInitFromEnv`, all-to-all(v),
+//! `ncclConfig_t`, `ncclGetLastError` (here per thread), `ncclCommSplit`, `ncclCommShrink`,
+//! and `ncclGroupStart`/`ncclGroupEnd`. Additions: `dmscCommInitFromEnv`, all-to-all(v),
 //! barrier, and `*Async` variants returning MPI-style requests (`dmscTest`, `dmscWait`,
 //! `dmscRequestFree`). The stream argument exists for the CUDA transport to come; today it
 //! must be NULL.

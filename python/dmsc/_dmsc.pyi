@@ -303,6 +303,12 @@ class Communicator:
         communicator, ordered by ``key`` then rank. ``color=None`` (or negative) joins none
         and returns None. Every rank must call it."""
 
+    def shrink(self, exclude: Sequence[int]) -> Communicator:
+        """Build a communicator of this one's ranks minus ``exclude`` (like
+        ``ncclCommShrink``), typically after :class:`PeerLost` named a lost rank. Every
+        surviving rank calls it with the same list; the excluded ranks do not. New ranks follow
+        the survivors' order here. This communicator may be failed; it is left as it is."""
+
     def abort(self) -> None:
         """Make every operation in flight fail promptly with :class:`Aborted`, and later ones
         at once. Safe from any thread, any number of times."""

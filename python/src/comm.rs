@@ -392,6 +392,25 @@ impl Communicator {
         Ok(r.map_err(to_py)?.map(Communicator::wrap))
     }
 
+    /// Build a communicator of the ranks of this one minus `exclude` (like `ncclCommShrink`),
+    /// typically after `dmsc.PeerLost` named a lost rank. Every surviving rank calls it with
+    /// the same list; the excluded ranks do not. New ranks follow the survivors' order here.
+    /// This communicator may be failed; it is left as it is.
+    fn shrink(&self, py: Python<'_>, exclude: Vec<i64>) -> PyResult<Communicator> {
+        let comm = self.comm()?;
+        let n = comm.size();
+        let exclude = exclude
+            .into_iter()
+            .map(|r| {
+                usize::try_from(r).ok().filter(|&r| r < n).ok_or_else(|| {
+                    invalid(format!("excluded rank {r} is out of range for {n} ranks"))
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let r = py.detach(|| no_panic(|| comm.shrink(&exclude)));
+        Ok(Communicator::wrap(r.map_err(to_py)?))
+    }
+
     /// Abort: every operation in flight on this communicator fails promptly with
     /// `dmsc.Aborted`, and later ones fail at once. Safe from any thread (and signal
     /// handlers), any number of times.

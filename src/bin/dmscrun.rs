@@ -1,7 +1,9 @@
 //! `dmscrun -n N [--] CMD ARGS...`: start N ranks of a program on this machine with the
 //! torchrun environment, prefix their output with `[rank] `, and stop them all when one
-//! fails. See `dmsc::launch` for the details.
+//! fails (or let the others run on, `--keep-going`; or start the job again, `--restarts K`).
+//! See `dmsc::launch` for the details.
 
+use dmsc::launch::LaunchOptions;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
@@ -13,15 +15,22 @@ const USAGE: &str = "\
 usage: dmscrun -n N [--] COMMAND [ARGS...]
 
 Starts N ranks of COMMAND on this machine for one dmsc job (like torchrun --standalone):
-each rank gets MASTER_ADDR=127.0.0.1, MASTER_PORT (a free port), RANK, WORLD_SIZE,
-LOCAL_RANK, LOCAL_WORLD_SIZE and DMSC_LAUNCHER=dmscrun. Output lines are prefixed with
-[rank]. When a rank fails, the others get SIGTERM, then SIGKILL after DMSC_KILL_GRACE
-seconds (default 3); the exit code is that of the first failing rank (128+signal).
+dmscrun serves the rendezvous store on a free port of 127.0.0.1 and each rank gets
+MASTER_ADDR=127.0.0.1, MASTER_PORT and DMSC_STORE_ADDR (the store), DMSC_STORE_EXTERNAL=1,
+RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, DMSC_RESTART_COUNT, DMSC_LAUNCHER=dmscrun
+and DMSC_SECRET (a fresh random one unless set). Output lines are prefixed with [rank].
+When a rank fails, the others get SIGTERM, then SIGKILL after DMSC_KILL_GRACE seconds
+(default 3); the exit code is that of the first failing rank (128+signal).
 
 options:
   -n, --np, --nproc-per-node, --nproc_per_node N   number of ranks (required)
-  -h, --help                                       this text
-  -V, --version                                    print the version
+  -k, --keep-going          when a rank fails, let the others run on (they may shrink
+                            their communicator and finish without it)
+  -r, --restarts, --max-restarts, --max_restarts K
+                            when the job fails, start all N ranks again, at most K times;
+                            DMSC_RESTART_COUNT tells the ranks which attempt they are in
+  -h, --help                this text
+  -V, --version             print the version
 ";
 
 /// What the command line asks for.
@@ -33,11 +42,13 @@ enum Cmd {
         n: usize,
         program: OsString,
         args: Vec<OsString>,
+        opts: LaunchOptions,
     },
 }
 
 fn parse(args: &[OsString]) -> Result<Cmd, String> {
     let mut n: Option<usize> = None;
+    let mut opts = LaunchOptions::default();
     let mut i = 0;
     while i < args.len() {
         let tok = args[i].as_bytes();
@@ -51,27 +62,38 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
         let text = String::from_utf8_lossy(tok).into_owned();
         let (flag, inline) = match text.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ if text.starts_with("-n") && text.len() > 2 && !text.starts_with("--") => {
-                ("-n".to_string(), Some(text[2..].to_string()))
+            _ if (text.starts_with("-n") || text.starts_with("-r"))
+                && text.len() > 2
+                && !text.starts_with("--") =>
+            {
+                (text[..2].to_string(), Some(text[2..].to_string()))
             }
             _ => (text.clone(), None),
+        };
+        let mut value = |what: &str| match inline.clone() {
+            Some(v) => Ok(v),
+            None => {
+                i += 1;
+                match args.get(i) {
+                    Some(v) => Ok(v.to_string_lossy().into_owned()),
+                    None => Err(format!("option {flag} needs {what}")),
+                }
+            }
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Cmd::Help),
             "-V" | "--version" => return Ok(Cmd::Version),
             "-n" | "--np" | "--nproc-per-node" | "--nproc_per_node" => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        match args.get(i) {
-                            Some(v) => v.to_string_lossy().into_owned(),
-                            None => return Err(format!("option {flag} needs a number of ranks")),
-                        }
-                    }
-                };
-                n = Some(parse_ranks(&flag, &value)?);
+                let v = value("a number of ranks")?;
+                n = Some(parse_ranks(&flag, &v)?);
             }
+            "-r" | "--restarts" | "--max-restarts" | "--max_restarts" => {
+                let v = value("a number of restarts")?;
+                opts.restarts = v.trim().parse::<usize>().map_err(|_| {
+                    format!("invalid value '{v}' for {flag}: expected a number of restarts")
+                })?;
+            }
+            "-k" | "--keep-going" if inline.is_none() => opts.keep_going = true,
             _ => return Err(format!("unknown option '{text}' (see --help)")),
         }
         i += 1;
@@ -86,6 +108,7 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
         n,
         program: program.clone(),
         args: args[i + 1..].to_vec(),
+        opts,
     })
 }
 
@@ -101,7 +124,7 @@ fn parse_ranks(flag: &str, value: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let (n, program, rest) = match parse(&args) {
+    let (n, program, rest, opts) = match parse(&args) {
         Ok(Cmd::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -110,13 +133,18 @@ fn main() -> ExitCode {
             println!("dmscrun {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Ok(Cmd::Run { n, program, args }) => (n, program, args),
+        Ok(Cmd::Run {
+            n,
+            program,
+            args,
+            opts,
+        }) => (n, program, args, opts),
         Err(e) => {
             eprintln!("dmscrun: {e}\nTry 'dmscrun --help' for more information.");
             return ExitCode::from(USAGE_ERROR);
         }
     };
-    match dmsc::launch::launch(n, &program, &rest, &[]) {
+    match dmsc::launch::launch_with(n, &program, &rest, &[], &opts) {
         Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
         Err(e) => {
             let name = program.to_string_lossy();
@@ -155,10 +183,15 @@ mod tests {
     }
 
     fn run(n: usize, program: &str, args: &[&str]) -> Cmd {
+        run_with(n, program, args, LaunchOptions::default())
+    }
+
+    fn run_with(n: usize, program: &str, args: &[&str], opts: LaunchOptions) -> Cmd {
         Cmd::Run {
             n,
             program: program.into(),
             args: args.iter().map(OsString::from).collect(),
+            opts,
         }
     }
 
@@ -181,6 +214,27 @@ mod tests {
             p(&["--nproc_per_node=6", "a", "--help"]).unwrap(),
             run(6, "a", &["--help"])
         );
+        let recover = |keep_going, restarts| LaunchOptions {
+            keep_going,
+            restarts,
+            ..LaunchOptions::default()
+        };
+        assert_eq!(
+            p(&["-n", "4", "--keep-going", "a"]).unwrap(),
+            run_with(4, "a", &[], recover(true, 0))
+        );
+        assert_eq!(
+            p(&["--restarts", "2", "-n2", "a", "-k"]).unwrap(),
+            run_with(2, "a", &["-k"], recover(false, 2))
+        );
+        assert_eq!(
+            p(&["-k", "--max-restarts=3", "-n", "2", "a"]).unwrap(),
+            run_with(2, "a", &[], recover(true, 3))
+        );
+        assert_eq!(
+            p(&["-r1", "-n", "2", "a"]).unwrap(),
+            run_with(2, "a", &[], recover(false, 1))
+        );
         assert_eq!(p(&["-h"]).unwrap(), Cmd::Help);
         assert_eq!(p(&["-n", "2", "--version"]).unwrap(), Cmd::Version);
     }
@@ -196,6 +250,15 @@ mod tests {
             (&["-n", "2"], "missing the command"),
             (&["-n", "2", "--"], "missing the command"),
             (&["-q", "sh"], "unknown option '-q'"),
+            (
+                &["-n", "2", "--restarts", "x", "sh"],
+                "invalid value 'x' for --restarts",
+            ),
+            (&["-n", "2", "--restarts"], "--restarts needs a number"),
+            (
+                &["-n", "2", "--keep-going=1", "sh"],
+                "unknown option '--keep-going=1'",
+            ),
         ] {
             let e = p(args).unwrap_err();
             assert!(e.contains(want), "{args:?}: {e}");

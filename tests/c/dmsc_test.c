@@ -636,6 +636,38 @@ static void test_split(dmscComm_t world) {
     }
 }
 
+/* Shrink: the last rank leaves (here alive; normally lost), the others go on without it. */
+static void test_shrink(dmscComm_t world) {
+    dmscComm_t small = NULL, sub = NULL;
+    int last = nranks - 1, bad = nranks, n, r;
+    int32_t mine = me, sum = 0;
+
+    if (me != last) {
+        EXPECT(dmscCommShrink(world, &bad, 1, &small, NULL, DMSC_SHRINK_DEFAULT), dmscInvalidArgument,
+               "dmscCommShrink: excluded rank");
+        EXPECT(dmscCommShrink(world, &me, 1, &small, NULL, DMSC_SHRINK_DEFAULT), dmscInvalidArgument,
+               "own exclude list");
+        EXPECT(dmscCommShrink(world, NULL, 1, &small, NULL, DMSC_SHRINK_DEFAULT), dmscInvalidArgument,
+               "excludeRanksList is NULL");
+        EXPECT(dmscCommShrink(world, &last, 1, &small, NULL, 7), dmscInvalidArgument, "flags 7");
+        CHECK(small == NULL, "no communicator on error");
+        OK(dmscCommShrink(world, &last, 1, &small, NULL, DMSC_SHRINK_DEFAULT));
+        OK(dmscCommCount(small, &n));
+        OK(dmscCommUserRank(small, &r));
+        CHECK(n == nranks - 1 && r == me, "shrunk: rank %d of %d", r, n);
+        OK(dmscAllReduce(&mine, &sum, 1, dmscInt32, dmscSum, small, NULL));
+        CHECK(sum == (nranks - 1) * (nranks - 2) / 2, "shrunk all_reduce %d", sum);
+        OK(dmscCommDestroy(small));
+    }
+    /* A split communicator has no store to shrink through. */
+    OK(dmscCommSplit(world, 0, 0, &sub, NULL));
+    if (me != last)
+        EXPECT(dmscCommShrink(sub, &last, 1, &small, NULL, DMSC_SHRINK_DEFAULT), dmscInvalidUsage,
+               "made by split");
+    OK(dmscCommDestroy(sub));
+    OK(dmscBarrier(world, NULL));
+}
+
 /* Operation errors: a mismatch, a timeout, an abort from another thread. */
 
 static void test_mismatch(dmscComm_t world) {
@@ -938,6 +970,7 @@ int main(void) {
     test_async(world);
     test_unique_id(world);
     test_split(world);
+    test_shrink(world);
     test_destroy_with_pending_request(world);
     test_mismatch(world);
     test_timeout(world);

@@ -198,7 +198,7 @@ def case_all_to_all_v(comm: dmsc.Communicator) -> None:
 
 
 def case_async_p2p_split(comm: dmsc.Communicator) -> None:
-    """async_op on every collective, send/recv, split."""
+    """async_op on every collective, send/recv, split, shrink."""
     n, r = comm.size, comm.rank
     c = 1000
     a = np.full(c, r + 1, np.float32)
@@ -302,6 +302,20 @@ def case_async_p2p_split(comm: dmsc.Communicator) -> None:
         assert same.rank == r and same.size == n
         same.barrier()
     assert "destroyed" in repr(same)
+    comm.barrier()
+
+    # shrink: the last rank leaves (alive here; normally lost), the others go on without it.
+    if n > 1 and r != n - 1:
+        with comm.shrink([n - 1]) as small:
+            assert small.size == n - 1 and small.rank == r, (small.size, small.rank)
+            x = np.array([r], np.int64)
+            small.all_reduce(x)
+            assert x[0] == (n - 1) * (n - 2) // 2, x
+        try:
+            comm.shrink([r])
+            raise AssertionError("a rank must not exclude itself")
+        except dmsc.InvalidArgument:
+            pass
     comm.barrier()
 
 

@@ -364,9 +364,8 @@ impl Exec {
                     if checksum {
                         // SAFETY: `c.ptr` is a bounds-checked range of `len` bytes of a live
                         // region (see `setup_actions`); this step's sends only read it.
-                        let data = unsafe {
-                            std::slice::from_raw_parts(c.ptr, c.header.len as usize)
-                        };
+                        let data =
+                            unsafe { std::slice::from_raw_parts(c.ptr, c.header.len as usize) };
                         c.header.crc = Some(crc32c::crc32c(data));
                     }
                     // SAFETY: `c.ptr` points into a region the caller keeps alive and

@@ -513,6 +513,162 @@ mod tests {
         assert_eq!(l.silent(t0 + ms(10_000)), None);
     }
 
+    /// A transport whose peers never answer: posted work never completes, control messages
+    /// are recorded, and completions queued by the test are delivered.
+    struct Quiet {
+        inbox: Vec<Completion>,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<(Rank, ControlMsg)>>>,
+    }
+
+    struct NoWake;
+    impl super::super::Waker for NoWake {
+        fn wake(&self) {}
+    }
+
+    impl super::super::Transport for Quiet {
+        fn name(&self) -> &'static str {
+            "quiet"
+        }
+        unsafe fn post_send(
+            &mut self,
+            _: Rank,
+            _: &crate::wire::FrameHeader,
+            _: *const u8,
+            _: super::super::Token,
+        ) -> Result<()> {
+            Ok(())
+        }
+        unsafe fn post_recv(
+            &mut self,
+            _: Rank,
+            _: &crate::wire::FrameHeader,
+            _: *mut u8,
+            _: super::super::Token,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+            let m = ControlMsg::decode(payload).expect("a valid control message");
+            self.sent.lock().unwrap().push((peer, m));
+        }
+        fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
+            if self.inbox.is_empty() {
+                std::thread::sleep(timeout.min(ms(2)));
+            }
+            out.append(&mut self.inbox);
+            Ok(())
+        }
+        fn cancel_all(&mut self) {}
+        fn waker(&self) -> std::sync::Arc<dyn super::super::Waker> {
+            std::sync::Arc::new(NoWake)
+        }
+    }
+
+    type Sent = std::sync::Arc<std::sync::Mutex<Vec<(Rank, ControlMsg)>>>;
+
+    fn engine(inbox: Vec<Completion>, heartbeat: Duration) -> (Engine, Sent) {
+        let sent = Sent::default();
+        let t = Quiet {
+            inbox,
+            sent: sent.clone(),
+        };
+        let cfg = super::super::EngineConfig {
+            timeout: Duration::from_secs(20),
+            heartbeat_timeout: Some(heartbeat),
+            ..Default::default()
+        };
+        (Engine::new(Box::new(t), 0, 2, cfg), sent)
+    }
+
+    fn control(peer: Rank, m: ControlMsg) -> Completion {
+        Completion::Control {
+            peer,
+            payload: m.encode(),
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_operation_and_everyone_hears_of_it() {
+        use crate::types::{CollDesc, CollKind, DataType, ReduceOp};
+        let (mut e, sent) = engine(vec![], ms(250));
+        let desc = CollDesc {
+            kind: CollKind::AllReduce,
+            count: 1024,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        let sched = crate::plan::plan(&desc, 0, 2, false, &Default::default()).unwrap();
+        let mut buf = vec![1f32; 1024];
+        let region = super::super::Region {
+            ptr: buf.as_mut_ptr() as *mut u8,
+            len: 4096,
+        };
+        let mem = super::super::OpMemory {
+            input: region,
+            output: region,
+            group: vec![],
+        };
+        let t = Instant::now();
+        // SAFETY: `buf` outlives the call and nothing else touches it meanwhile.
+        let r = unsafe { e.run_collective(desc, sched, mem) };
+        let took = t.elapsed();
+        match r {
+            Err(Error::PeerLost { peer: 1, detail }) => {
+                assert!(detail.contains("no message from it for"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Lost after 4/5 of the timeout of silence, well within the timeout.
+        assert!(took >= ms(200) && took < ms(250 + 200), "{took:?}");
+        let sent = sent.lock().unwrap();
+        assert!(sent.contains(&(1, ControlMsg::Heartbeat)));
+        assert!(sent.iter().any(|(p, m)| *p == 1
+            && matches!(m, ControlMsg::Failed { class: super::super::control::ErrorClass::PeerLost, ranks, .. } if ranks == &[1])));
+        // Sticky: the next call fails at once with the same error.
+        assert!(matches!(e.failure(), Some(Error::PeerLost { peer: 1, .. })));
+    }
+
+    #[test]
+    fn an_idle_engine_records_a_death_but_not_a_goodbye() {
+        let closed = || Completion::Closed {
+            peer: 1,
+            detail: "connection closed by the peer".into(),
+        };
+        let (mut e, _) = engine(vec![control(1, ControlMsg::Bye), closed()], T);
+        e.service(Duration::ZERO).unwrap();
+        assert_eq!(e.failure(), None);
+        let (mut e, sent) = engine(vec![closed()], T);
+        e.service(Duration::ZERO).unwrap();
+        match e.failure() {
+            Some(Error::PeerLost { peer: 1, detail }) => {
+                assert!(detail.contains("without a goodbye"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Dropping says goodbye to the peers still there (none here: rank 1 is lost).
+        drop(e);
+        assert!(!sent.lock().unwrap().contains(&(1, ControlMsg::Bye)));
+    }
+
+    #[test]
+    fn an_abort_between_calls_reaches_the_peers() {
+        let (mut e, sent) = engine(vec![], T);
+        e.abort_handle().abort();
+        e.service(Duration::ZERO).unwrap();
+        assert!(matches!(e.failure(), Some(Error::Aborted { .. })));
+        assert!(sent.lock().unwrap().iter().any(|(p, m)| *p == 1
+            && matches!(
+                m,
+                ControlMsg::Failed {
+                    class: super::super::control::ErrorClass::Aborted,
+                    ..
+                }
+            )));
+        drop(e);
+        assert!(sent.lock().unwrap().contains(&(1, ControlMsg::Bye)));
+    }
+
     #[test]
     fn heartbeats_off() {
         let t0 = Instant::now();

@@ -14,7 +14,7 @@
 //! a control message, and fails every later call with the same error.
 //!
 //! Peers are watched with heartbeats while the engine runs and while it idles (see
-//! [`liveness`]): a killed, stopped or unreachable peer fails the operation in progress, or
+//! `liveness.rs`): a killed, stopped or unreachable peer fails the operation in progress, or
 //! the next one, with [`Error::PeerLost`] naming it, and an engine being dropped says goodbye.
 
 mod config;
@@ -417,17 +417,39 @@ impl Engine {
             let r = self.poll_io(&mut comps, wait);
             let mut progressed = false;
             let mut result = r;
+            // The peer whose connection failed, while that is the error.
+            let mut lost_link = None;
             for c in comps.drain(..) {
                 if result.is_err() {
-                    break;
+                    // A peer's report of what went wrong first may be in the same batch:
+                    // prefer it to the bare loss of a connection.
+                    if let (Some(_), Completion::Control { peer, payload }) = (lost_link, &c) {
+                        if let Err(e) = self.on_control(*peer, payload) {
+                            result = Err(e);
+                            lost_link = None;
+                        }
+                    }
+                    continue;
                 }
                 match ex.complete(&c, &mut self.pool) {
                     Ok(true) => progressed = true,
-                    Ok(false) => result = self.on_other(&c, ex),
+                    Ok(false) => {
+                        if let Completion::PeerFailed { peer, .. } = &c {
+                            lost_link = Some(*peer);
+                        }
+                        result = self.on_other(&c, ex);
+                    }
                     Err(e) => result = Err(e),
                 }
             }
             self.completions = comps;
+            if let (Some(peer), Err(_)) = (lost_link, &result) {
+                // A peer that failed first tells everyone why, then exits: wait a little
+                // for its reason (or another rank's).
+                if let Some(cause) = self.root_cause(peer, Duration::from_millis(100)) {
+                    result = Err(cause);
+                }
+            }
             result?;
             self.check_peers(Some(&*ex))?;
             if progressed {
@@ -443,14 +465,20 @@ impl Engine {
     }
 
     /// Wait up to `grace` for a peer's `Failed` control message and return it as an error.
-    /// Stops early once `peer`'s control stream has ended (nothing more can come from it),
-    /// and on abort.
+    /// Stops early, after a few more polls to drain messages already arrived, once `peer`'s
+    /// control stream has ended (nothing more can come from it), and on abort.
     fn root_cause(&mut self, peer: Rank, grace: Duration) -> Option<Error> {
         let until = Instant::now() + grace;
         let mut comps = Vec::new();
+        let mut drain = 4;
         loop {
             comps.clear();
-            if self.poll_io(&mut comps, Duration::from_millis(5)).is_err() {
+            let wait = if drain < 4 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(5)
+            };
+            if self.poll_io(&mut comps, wait).is_err() {
                 return None;
             }
             for c in comps.drain(..) {
@@ -460,10 +488,10 @@ impl Engine {
                     }
                 }
             }
-            if self.live.state(peer) != Some(&State::Live)
-                || self.abort.is_aborted()
-                || Instant::now() >= until
-            {
+            if self.live.state(peer) != Some(&State::Live) {
+                drain -= 1;
+            }
+            if drain == 0 || self.abort.is_aborted() || Instant::now() >= until {
                 return None;
             }
         }
@@ -480,27 +508,22 @@ impl Engine {
     fn on_other(&mut self, c: &Completion, ex: &Exec) -> Result<()> {
         match c {
             Completion::BadHeader { peer, got, .. } => Err(self.bad_header(*peer, got, ex)),
-            Completion::PeerFailed { peer, error } => {
-                // A peer that failed first tells everyone why, then exits: prefer its reason
-                // to the bare loss of its connection.
-                if let Some(cause) = self.root_cause(*peer, Duration::from_millis(100)) {
-                    return Err(cause);
-                }
-                Err(Error::PeerLost {
-                    peer: *peer,
-                    detail: format!(
-                        "during {} on rank {}: {error}",
-                        self.describe(ex),
-                        self.rank
-                    ),
-                })
-            }
+            Completion::PeerFailed { peer, error } => Err(Error::PeerLost {
+                peer: *peer,
+                detail: format!(
+                    "during {} on rank {}: {error}",
+                    self.describe(ex),
+                    self.rank
+                ),
+            }),
             // Noted by `poll_io`; `check_peers` decides whether the operation still needs it.
             Completion::Closed { .. } => Ok(()),
             Completion::Control { peer, payload } => self.on_control(*peer, payload),
-            Completion::Sent { token } | Completion::Received { token, .. } => Err(Error::internal(
-                format!("completion for token {token:#x} of no operation in progress"),
-            )),
+            Completion::Sent { token } | Completion::Received { token, .. } => {
+                Err(Error::internal(format!(
+                    "completion for token {token:#x} of no operation in progress"
+                )))
+            }
         }
     }
 
@@ -572,28 +595,28 @@ impl Engine {
                 class,
                 ranks,
                 text,
-            } => Err({
+            } => {
                 self.remote_failure = true;
-                match class {
-                ErrorClass::Mismatch => Error::Mismatch {
-                    seq,
-                    ranks: ranks.into_iter().map(|r| r as usize).collect(),
-                    detail: text,
-                },
-                ErrorClass::Aborted => Error::Remote {
-                    from: peer,
-                    detail: format!("rank {peer} aborted the communicator"),
-                },
-                ErrorClass::Other => Error::Remote {
-                    from: peer,
-                    detail: text,
-                },
-                ErrorClass::PeerLost => Error::PeerLost {
-                    peer: ranks.first().map_or(peer, |&r| r as usize),
-                    detail: format!("{text} (reported by rank {peer})"),
-                },
-                }
-            }),
+                Err(match class {
+                    ErrorClass::Mismatch => Error::Mismatch {
+                        seq,
+                        ranks: ranks.into_iter().map(|r| r as usize).collect(),
+                        detail: text,
+                    },
+                    ErrorClass::Aborted => Error::Remote {
+                        from: peer,
+                        detail: format!("rank {peer} aborted the communicator"),
+                    },
+                    ErrorClass::Other => Error::Remote {
+                        from: peer,
+                        detail: text,
+                    },
+                    ErrorClass::PeerLost => Error::PeerLost {
+                        peer: ranks.first().map_or(peer, |&r| r as usize),
+                        detail: format!("{text} (reported by rank {peer})"),
+                    },
+                })
+            }
             ControlMsg::Heartbeat => Ok(()),
             ControlMsg::Bye => {
                 self.live.left(peer);

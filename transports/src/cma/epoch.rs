@@ -102,7 +102,9 @@ mod loom_tests {
             let announced = current(&epoch);
             let e = epoch.clone();
             thread::spawn(move || withdraw(&e)).join().unwrap();
-            assert!(!unchanged_after_copy(announced, || Ok(epoch.load(Ordering::Relaxed))).unwrap());
+            assert!(
+                !unchanged_after_copy(announced, || Ok(epoch.load(Ordering::Relaxed))).unwrap()
+            );
         });
     }
 }

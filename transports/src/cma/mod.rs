@@ -26,10 +26,10 @@ pub(crate) use handshake::{negotiate, PeerMemory};
 
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::sync::AtomicU64;
 use dmsc_core::wire::{FrameHeader, FrameKind};
 use dmsc_core::Rank;
 use std::collections::HashMap;
-use dmsc_core::sync::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -594,13 +594,10 @@ mod tests {
         d[24..32].copy_from_slice(&epoch.to_le_bytes());
         // SAFETY: the descriptor buffer is boxed inside the transport, 32 bytes long.
         unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), desc_addr as *mut u8, DESC_LEN) };
-        seen.lock()
-            .unwrap()
-            .next
-            .push(Completion::Received {
-                token: id,
-                crc: Some(0xc0ffee),
-            });
+        seen.lock().unwrap().next.push(Completion::Received {
+            token: id,
+            crc: Some(0xc0ffee),
+        });
         let got = poll(&mut t);
         (got, dst, seen)
     }
