@@ -636,7 +636,13 @@ impl Engine {
                 completed,
                 current,
             } => {
-                self.statuses.push((peer, started, completed, current));
+                // One entry per peer: a repeated or unrequested reply replaces the last one,
+                // so a chatty peer cannot grow this list.
+                let entry = (peer, started, completed, current);
+                match self.statuses.iter_mut().find(|s| s.0 == peer) {
+                    Some(s) => *s = entry,
+                    None => self.statuses.push(entry),
+                }
                 Ok(())
             }
         }
