@@ -16,6 +16,7 @@
 //! one a unique id carries) before a single request is read.
 
 mod client;
+mod gate;
 mod server;
 
 pub use client::StoreClient;

@@ -23,6 +23,7 @@
 //! `accept` on Linux), every connection socket is shut down (which wakes its reader), waiters
 //! are woken, and every thread is joined.
 
+use super::gate::Gate;
 use super::{read_frame, ReadError};
 use crate::auth::{self, ACCEPT_DEADLINE};
 use dmsc_core::auth::{Purpose, Refusal, Secret, Side};
@@ -32,7 +33,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -102,7 +103,7 @@ struct Shared {
     /// The job's secret every client must prove (`None`: unauthenticated).
     secret: Option<Secret>,
     /// Connections that have not finished authenticating.
-    pending: AtomicUsize,
+    pending: Gate,
     state: Mutex<State>,
     /// Notified on every `set` and `add`, and on shutdown.
     changed: Condvar,
@@ -136,10 +137,11 @@ impl StoreServer {
         let listener = TcpListener::bind(addr).map_err(|e| Error::io(ctx(), &e))?;
         let local = listener.local_addr().map_err(|e| Error::io(ctx(), &e))?;
         let listener = Arc::new(listener);
+        let pending = Gate::new(config.max_pending);
         let shared = Arc::new(Shared {
             config,
             secret,
-            pending: AtomicUsize::new(0),
+            pending,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -238,8 +240,8 @@ fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
             Some(Refusal::TooManyConnections(limit(
                 shared.config.max_connections,
             )))
-        } else if shared.pending.load(Ordering::SeqCst) >= shared.config.max_pending {
-            Some(Refusal::TooManyPending(limit(shared.config.max_pending)))
+        } else if !shared.pending.try_enter() {
+            Some(Refusal::TooManyPending(limit(shared.pending.max())))
         } else {
             None
         };
@@ -248,7 +250,6 @@ fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
             auth::log_refusal(format_args!("dmsc: store refused {from}: {why}"));
             return auth::refuse(&mut stream, why);
         }
-        shared.pending.fetch_add(1, Ordering::SeqCst);
         conns.0 += 1;
         let id = conns.0;
         conns.1.insert(
@@ -278,7 +279,7 @@ fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
             }
         }
         Err(_) => {
-            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            shared.pending.leave();
             if let Some(c) = conns.1.remove(&id) {
                 let _ = c.stream.shutdown(Shutdown::Both);
             }
@@ -291,7 +292,7 @@ fn authenticate(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> bo
     let deadline = Instant::now() + ACCEPT_DEADLINE;
     let secret = shared.secret.as_ref();
     let res = auth::handshake(stream, secret, Purpose::Store, Side::Acceptor, 0, deadline);
-    shared.pending.fetch_sub(1, Ordering::SeqCst);
+    shared.pending.leave();
     match res {
         Ok(()) => true,
         Err(e) => {
