@@ -470,11 +470,15 @@ impl Engine {
     fn root_cause(&mut self, peer: Rank, grace: Duration) -> Option<Error> {
         let until = Instant::now() + grace;
         let mut comps = Vec::new();
-        let mut drain = 4;
+        // After `peer`'s stream ended, keep draining for a while: another rank's report may
+        // need several polls to arrive (header and payload complete separately), and on a
+        // busy host this rank may have been descheduled while it came in.
+        const DRAIN: u32 = 20;
+        let mut drain = DRAIN;
         loop {
             comps.clear();
-            let wait = if drain < 4 {
-                Duration::ZERO
+            let wait = if drain < DRAIN {
+                Duration::from_millis(1)
             } else {
                 Duration::from_millis(5)
             };
