@@ -17,6 +17,16 @@ fn same(sendbuff: *const c_void, recvbuff: *mut c_void) -> bool {
     std::ptr::eq(sendbuff, recvbuff)
 }
 
+/// Distinct send and receive buffers must not overlap (in place is `sendbuff == recvbuff`).
+fn apart(f: &str, send: Span, recv: Span) -> Res<()> {
+    disjoint(
+        f,
+        ("sendbuff", send),
+        ("recvbuff", recv),
+        "sendbuff == recvbuff",
+    )
+}
+
 fn coll(kind: CollKind, input: Option<Span>, output: Span, count: usize, dtype: DataType) -> Op {
     Op::Coll {
         kind,
@@ -53,12 +63,7 @@ pub(crate) fn all_reduce(
         None
     } else {
         let send = span(f, "sendbuff", sendbuff, len, dtype)?;
-        disjoint(
-            f,
-            ("sendbuff", send),
-            ("recvbuff", recv),
-            "sendbuff == recvbuff",
-        )?;
+        apart(f, send, recv)?;
         Some(send)
     };
     Ok(with(
@@ -86,12 +91,7 @@ pub(crate) fn broadcast(
         None
     } else if comm.rank() == root {
         let send = span(f, "sendbuff", sendbuff, len, dtype)?;
-        disjoint(
-            f,
-            ("sendbuff", send),
-            ("recvbuff", recv),
-            "sendbuff == recvbuff",
-        )?;
+        apart(f, send, recv)?;
         Some(send)
     } else {
         Some(Span::EMPTY)
@@ -120,12 +120,7 @@ pub(crate) fn reduce(
         coll(CollKind::Reduce, None, send, count, dtype)
     } else if comm.rank() == root {
         let recv = span(f, "recvbuff", recvbuff, len, dtype)?;
-        disjoint(
-            f,
-            ("sendbuff", send),
-            ("recvbuff", recv),
-            "sendbuff == recvbuff",
-        )?;
+        apart(f, send, recv)?;
         coll(CollKind::Reduce, Some(send), recv, count, dtype)
     } else {
         coll(CollKind::Reduce, Some(send), Span::EMPTY, count, dtype)
@@ -200,12 +195,7 @@ pub(crate) fn all_to_all(
         None
     } else {
         let send = span(f, "sendbuff", sendbuff, total, dtype)?;
-        disjoint(
-            f,
-            ("sendbuff", send),
-            ("recvbuff", recv),
-            "sendbuff == recvbuff",
-        )?;
+        apart(f, send, recv)?;
         Some(send)
     };
     Ok(coll(CollKind::AllToAll, input, recv, count, dtype))
@@ -284,12 +274,7 @@ pub(crate) unsafe fn all_to_all_v(
     } else {
         let send = span(f, "sendbuff", sendbuff, s_len, dtype)?;
         let recv = span(f, "recvbuff", recvbuff, r_len, dtype)?;
-        disjoint(
-            f,
-            ("sendbuff", send),
-            ("recvbuff", recv),
-            "sendbuff == recvbuff",
-        )?;
+        apart(f, send, recv)?;
         (Some(send), recv)
     };
     Ok(Op::AllToAllV {
