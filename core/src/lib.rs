@@ -18,6 +18,7 @@ pub mod plan;
 pub mod reduce;
 pub mod schedule;
 pub mod sim;
+pub mod spray;
 #[doc(hidden)]
 pub mod sync;
 pub mod types;
