@@ -383,6 +383,41 @@ fn check_world(rank: Rank, nranks: usize) -> Result<()> {
     Ok(())
 }
 
+/// The mesh options of a communicator, and its configuration with the window widened for
+/// several paths (unless `DMSC_WINDOW` fixed it): the paths need enough chunks in flight
+/// to keep each of them busy.
+pub(crate) fn mesh_options(
+    mut config: Config,
+    rank: Rank,
+    nranks: usize,
+    bind_ip: IpAddr,
+    comm_id: u64,
+) -> Result<(MeshOptions, Config)> {
+    let ifaces = if config.socket_ifname.is_some() {
+        ifaddr::select_all(config.socket_ifname.as_deref(), bind_ip.is_loopback())?
+    } else {
+        Vec::new()
+    };
+    let paths = config.paths.unwrap_or(ifaces.len().max(1));
+    let path_ips = if ifaces.len() > 1 {
+        ifaces.iter().map(|i| i.addr).collect()
+    } else {
+        Vec::new()
+    };
+    if paths > 1 && !config.window_set {
+        config.engine.window = config.engine.window.max(8 * paths).min(64);
+    }
+    let mut mesh = MeshOptions::new(rank, nranks, bind_ip, config.engine.timeout, comm_id);
+    mesh.backend = config.backend;
+    mesh.cma = config.cma;
+    mesh.secret = config.secret.clone();
+    mesh.paths = paths;
+    mesh.path_ips = path_ips;
+    mesh.spray = config.spray;
+    mesh.debug = config.engine.debug;
+    Ok((mesh, config))
+}
+
 /// Agree on a communicator id, connect the mesh and start the engine.
 fn join(
     rank: Rank,
@@ -396,16 +431,7 @@ fn join(
     let timeout = config.engine.timeout;
     let iface = ifaddr::select(config.socket_ifname.as_deref(), store_ip.is_loopback())?;
     let comm_id = agree_on_id(&mut client, prefix, rank, timeout)?;
-    let mesh = MeshOptions {
-        rank,
-        nranks,
-        bind_ip: iface.addr,
-        timeout,
-        backend: config.backend,
-        comm_id,
-        cma: config.cma,
-        secret: config.secret.clone(),
-    };
+    let (mesh, config) = mesh_options(config, rank, nranks, iface.addr, comm_id)?;
     let key = format!("{prefix}/{comm_id:016x}/addr");
     let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
         client.exchange(&key, rank, nranks, mine, timeout)

@@ -4,6 +4,7 @@ use dmsc_core::auth::{Secret, MIN_ADVISED_SECRET};
 use dmsc_core::bootstrap::env::env_duration;
 use dmsc_core::engine::EngineConfig;
 use dmsc_core::plan::PlanConfig;
+use dmsc_core::spray::{Mode, SprayConfig};
 use dmsc_core::{Algo, Error, Result};
 use dmsc_transports::tcp::Backend;
 use std::time::Duration;
@@ -27,6 +28,13 @@ pub struct Config {
     /// authenticated (every rank and the store must then have none). Its `Debug` never
     /// shows it. A communicator joined through a unique id uses the id's secret instead.
     pub secret: Option<Secret>,
+    /// Paths per pair of ranks (`DMSC_PATHS`, 1 to 16). `None`: one per interface that
+    /// `DMSC_SOCKET_IFNAME` names (so one unless it names several).
+    pub paths: Option<usize>,
+    /// How chunks are sprayed over several paths (`DMSC_SPRAY`, `DMSC_SPRAY_SEGMENT`).
+    pub spray: SprayConfig,
+    /// `DMSC_WINDOW` was given (else several paths widen the default window).
+    pub window_set: bool,
 }
 
 impl Default for Config {
@@ -38,6 +46,9 @@ impl Default for Config {
             socket_ifname: None,
             cma: true,
             secret: None,
+            paths: None,
+            spray: SprayConfig::default(),
+            window_set: false,
         }
     }
 }
@@ -164,6 +175,25 @@ impl Config {
         c.cma = flag_var("DMSC_CMA", c.cma)?;
         c.secret = secret_from_env()?;
         c.engine.checksum = flag_var("DMSC_CHECKSUM", c.engine.checksum)?;
+        if let Some(v) = var("DMSC_PATHS") {
+            c.paths = Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&k| (1..=dmsc_core::spray::wire::MAX_PATHS).contains(&k))
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "DMSC_PATHS={v} is not a number of paths in 1..={}",
+                            dmsc_core::spray::wire::MAX_PATHS
+                        ))
+                    })?,
+            );
+        }
+        if let Some(v) = var("DMSC_SPRAY") {
+            c.spray.mode = Mode::parse(&v)?;
+        }
+        c.spray.segment_bytes = bytes_var("DMSC_SPRAY_SEGMENT", c.spray.segment_bytes)?
+            .min(dmsc_core::wire::MAX_CHUNK as usize);
+        c.window_set = var("DMSC_WINDOW").is_some();
         Ok(c)
     }
 }

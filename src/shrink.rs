@@ -19,7 +19,7 @@ use crate::config::Config;
 use dmsc_core::engine::Engine;
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::store::{random_nonce, StoreClient};
-use dmsc_transports::tcp::{connect_mesh, MeshOptions};
+use dmsc_transports::tcp::connect_mesh;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -159,16 +159,8 @@ impl Communicator {
             id
         };
         let nranks = survivors.len();
-        let mesh = MeshOptions {
-            rank: new_rank,
-            nranks,
-            bind_ip: self.bind_ip,
-            timeout,
-            backend: config.backend,
-            comm_id,
-            cma: config.cma,
-            secret: config.secret.clone(),
-        };
+        let (mesh, config) =
+            crate::comm::mesh_options(config.clone(), new_rank, nranks, self.bind_ip, comm_id)?;
         let key = format!("{prefix}/{comm_id:016x}/addr");
         let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
             client.exchange(&key, new_rank, nranks, mine, timeout)

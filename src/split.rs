@@ -12,7 +12,7 @@ use crate::comm::Communicator;
 use dmsc_core::engine::Engine;
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::store::random_nonce;
-use dmsc_transports::tcp::{connect_mesh, MeshOptions};
+use dmsc_transports::tcp::connect_mesh;
 
 /// Bytes of one rank's `(color, key, nonce)` record.
 const RECORD: usize = 24;
@@ -126,16 +126,13 @@ impl Communicator {
             .iter()
             .position(|&r| r == self.rank())
             .ok_or_else(|| Error::internal("this rank is missing from its own split color"))?;
-        let opts = MeshOptions {
-            rank: new_rank,
-            nranks: members.len(),
-            bind_ip: self.bind_ip,
-            timeout: config.engine.timeout,
-            backend: config.backend,
-            comm_id: comm_id(&records, &members, color),
-            cma: config.cma,
-            secret: config.secret.clone(),
-        };
+        let (opts, config) = crate::comm::mesh_options(
+            config.clone(),
+            new_rank,
+            members.len(),
+            self.bind_ip,
+            comm_id(&records, &members, color),
+        )?;
         let transport = connect_mesh(&opts, &mut |addr: &[u8]| {
             let slots = self.exchange_addresses(addr)?;
             Ok(members.iter().map(|&r| slots[r].clone()).collect())

@@ -57,6 +57,10 @@ pub fn mesh_hello(data: &[u8]) {
         comm_id,
         cma: false,
         secret: None,
+        paths: 1,
+        path_ips: Vec::new(),
+        spray: Default::default(),
+        debug: false,
     };
     let again = crate::tcp::mesh::hello(&opts, role);
     assert_eq!(
@@ -124,7 +128,7 @@ pub fn conn_stream(data: &[u8]) {
         }
         let left = &stream[at..];
         if left.is_empty() {
-            conn.on_received(0, &mut out);
+            conn.on_received(0, &mut out, &mut crate::tcp::conn::NoPaths);
         } else {
             let r = next(&mut rng);
             let budget = if r & 1 == 0 {
@@ -149,7 +153,7 @@ pub fn conn_stream(data: &[u8]) {
             }
             assert!(n > 0, "a ready connection offered no room");
             at += n;
-            conn.on_received(n, &mut out);
+            conn.on_received(n, &mut out, &mut crate::tcp::conn::NoPaths);
         }
         for c in out.drain(..) {
             check(c, stream, &mut parsed, &mut next_recv, &expects, &bufs);
@@ -255,6 +259,10 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 comm_id,
                 cma: false,
                 secret: None,
+                paths: 1,
+                path_ips: Vec::new(),
+                spray: Default::default(),
+                debug: false,
             };
             let data = crate::tcp::mesh::hello(&opts(2), Role::Data);
             let control = crate::tcp::mesh::hello(&opts(3), Role::Control);

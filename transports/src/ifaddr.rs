@@ -208,6 +208,48 @@ pub fn select_from(
         })
 }
 
+/// Every up interface `spec` names, one address each (IPv4 when it has one), for paths:
+/// in the order of the names in `spec` (`=sp0,sp1` gives sp0 then sp1), then the kernel's.
+/// Without a spec, or with an exclusion list, the single interface [`select_from`] picks.
+pub fn select_all_from(
+    ifaces: &[Interface],
+    spec: Option<&str>,
+    prefer_loopback: bool,
+) -> Result<Vec<Interface>> {
+    let first = select_from(ifaces, spec, prefer_loopback)?;
+    let Some(s) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(vec![first]);
+    };
+    let parsed = Spec::parse(s);
+    if parsed.exclude {
+        return Ok(vec![first]);
+    }
+    let mut picked: Vec<(usize, usize, Interface)> = Vec::new();
+    for (k, i) in ifaces.iter().enumerate().filter(|(_, i)| i.up) {
+        let Some(rank) = parsed.names.iter().position(|n| {
+            if parsed.exact {
+                i.name == *n
+            } else {
+                i.name.starts_with(n)
+            }
+        }) else {
+            continue;
+        };
+        match picked.iter_mut().find(|p| p.2.name == i.name) {
+            Some(p) if !p.2.is_ipv4() && i.is_ipv4() => *p = (rank, k, i.clone()),
+            Some(_) => {}
+            None => picked.push((rank, k, i.clone())),
+        }
+    }
+    picked.sort_by_key(|p| (p.0, p.1));
+    Ok(picked.into_iter().map(|p| p.2).collect())
+}
+
+/// [`select_all_from`] on the machine's list.
+pub fn select_all(spec: Option<&str>, prefer_loopback: bool) -> Result<Vec<Interface>> {
+    select_all_from(&list()?, spec, prefer_loopback)
+}
+
 /// `lo 127.0.0.1, eth0 10.1.2.3`, or `none` for an empty list.
 fn describe(ifaces: &[Interface]) -> String {
     if ifaces.is_empty() {

@@ -32,7 +32,7 @@ mod tests;
 
 pub use config::EngineConfig;
 pub use memory::{OpMemory, Region};
-pub use transport::{Completion, Token, Transport, Waker};
+pub use transport::{Completion, PathMetricsHandle, PeerPaths, Token, Transport, Waker};
 
 use crate::error::{Error, Result};
 use crate::plan::P2p;

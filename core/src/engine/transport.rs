@@ -77,6 +77,22 @@ pub enum Completion {
     },
 }
 
+/// Per-path metrics of the paths to one peer (transports with several paths per peer).
+#[derive(Clone, Debug)]
+pub struct PeerPaths {
+    /// The peer.
+    pub peer: Rank,
+    /// Each path's metrics.
+    pub paths: Vec<crate::spray::PathMetrics>,
+    /// Bytes sent to the peer as tail duplicates.
+    pub bytes_duplicated: u64,
+    /// Bytes sent to the peer in all (segment payloads, duplicates included).
+    pub bytes_sent: u64,
+}
+
+/// Where a transport publishes its path metrics; readable from any thread.
+pub type PathMetricsHandle = std::sync::Arc<std::sync::Mutex<Vec<PeerPaths>>>;
+
 /// Wakes a thread blocked in [`Transport::poll`] from any other thread (abort).
 pub trait Waker: Send + Sync {
     /// Make the current or next `poll` return promptly.
@@ -130,4 +146,15 @@ pub trait Transport: Send {
 
     /// A handle that interrupts [`Transport::poll`] from another thread.
     fn waker(&self) -> std::sync::Arc<dyn Waker>;
+
+    /// What the transport knows about its links to `peer`, for error messages (e.g. the
+    /// state of each path and why it failed).
+    fn describe_peer(&self, _peer: Rank) -> Option<String> {
+        None
+    }
+
+    /// Where the transport publishes per-path metrics, if it has several paths per peer.
+    fn path_metrics(&self) -> Option<PathMetricsHandle> {
+        None
+    }
 }

@@ -36,7 +36,7 @@ pub mod wire;
 mod sim_tests;
 
 pub use path::{PathMetrics, PathState};
-pub use receiver::{Placement, Receiver};
+pub use receiver::{Placement, Receiver, STUCK_WRITER};
 pub use sender::{Sender, Transmit};
 
 use crate::error::{Error, Result};

@@ -92,6 +92,9 @@ pub(crate) struct PathTx {
     pub(crate) rttvar: Duration,
     /// Last time a delivery was reported, or the path started being busy.
     pub(crate) last_progress: Instant,
+    /// Last time anything arrived from the peer on this path (a delivery report for it, or
+    /// any unit read from it).
+    pub(crate) last_heard: Option<Instant>,
     /// Start of the current rate interval: (time, delivered), while busy.
     anchor: Option<(Instant, u64)>,
     /// Whether the path was window-limited (saturated) when the interval started.
@@ -108,7 +111,7 @@ pub(crate) struct PathTx {
 /// Smallest suspicion bound: no path is suspected faster than this.
 pub const SUSPECT_FLOOR: Duration = Duration::from_millis(100);
 /// Target queueing on a path: its window is its rate times this.
-pub(crate) const TARGET_DELAY: Duration = Duration::from_millis(20);
+pub(crate) const TARGET_DELAY: Duration = Duration::from_millis(50);
 /// A path that fails within this long of coming back has flapped.
 pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(3);
 /// Stable this long, a path's flap count is forgotten.
@@ -134,6 +137,7 @@ impl PathTx {
             srtt: None,
             rttvar: Duration::ZERO,
             last_progress: now,
+            last_heard: None,
             anchor: None,
             anchor_full: false,
             probation: None,
@@ -218,6 +222,28 @@ impl PathTx {
         self.flights.push_back(f);
     }
 
+    /// A copy not yet written was withdrawn: later copies move up in the stream.
+    pub(crate) fn forget(&mut self, transfer: u64, seg: u32) {
+        let Some(k) = self
+            .flights
+            .iter()
+            .position(|f| f.transfer == transfer && f.seg == seg)
+        else {
+            return;
+        };
+        let f = self.flights.remove(k).expect("found");
+        for g in self.flights.iter_mut().skip(k) {
+            g.end -= f.len;
+        }
+        self.stream_pos -= f.len;
+        self.inflight -= f.len;
+        self.metrics.bytes_sent -= f.len;
+        if self.flights.is_empty() {
+            self.anchor = None;
+        }
+        self.refresh();
+    }
+
     /// The receiver reports `delivered` payload bytes taken off this incarnation. Returns the
     /// copies that arrived.
     pub(crate) fn on_delivered(&mut self, delivered: u64, now: Instant) -> Vec<Flight> {
@@ -229,6 +255,7 @@ impl PathTx {
         self.delivered = delivered.min(self.stream_pos);
         self.metrics.bytes_acked += delta;
         self.last_progress = now;
+        self.last_heard = Some(now);
         while let Some(f) = self.flights.front() {
             if f.end > self.delivered {
                 break;
@@ -357,6 +384,7 @@ impl PathTx {
         self.inflight = 0;
         self.anchor = None;
         self.last_progress = now;
+        self.last_heard = None;
         self.up_since = now;
         self.probation = Some(seg);
         // Keep the old rate as a hint, discounted: the path must prove itself again.

@@ -4,15 +4,21 @@
 //! A segment is written straight to its offset in the posted destination. Two cases take a
 //! side buffer instead: the receive is not posted yet (it is copied in when it is), or
 //! another path is writing the same segment right now (a copy re-sent after that path was
-//! suspected). In the second case the slower path is closed, and the side buffer is only
-//! copied in once that path can no longer write, so a late byte never lands in memory the
-//! engine has taken back. Segments that are already complete are read and dropped.
+//! suspected, or a tail duplicate). In the second case the side buffer is dropped when the
+//! slower path finishes; a path still writing [`STUCK_WRITER`] later is closed, and the side
+//! buffer is only copied in once that path can no longer write, so a late byte never lands
+//! in memory the engine has taken back. Segments already complete are read and dropped.
 
 use super::wire::{Ack, UnitHeader, MAX_ACK_ENTRIES, MAX_PATHS};
 use crate::engine::Token;
 use crate::error::{Error, Result};
 use crate::wire::FrameHeader;
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A path that keeps writing a segment this long after a copy of it arrived on another path
+/// is closed (it is cut or stalled), so the copy can be used.
+pub const STUCK_WRITER: Duration = Duration::from_millis(200);
 
 /// How far beyond the oldest incomplete transfer a segment may be.
 const MAX_AHEAD: u64 = 1 << 16;
@@ -45,8 +51,8 @@ enum Seg {
     Claimed(usize),
     /// Held in a side buffer.
     Stashed(Box<[u8]>),
-    /// Being written in place by a path, and also held in a side buffer.
-    ClaimedStashed(usize, Box<[u8]>),
+    /// Being written in place by a path, and also held in a side buffer since an instant.
+    ClaimedStashed(usize, Box<[u8]>, Instant),
     Done,
 }
 
@@ -314,7 +320,7 @@ impl Receiver {
     }
 
     /// The payload of the segment placed last on `path` has been read in full.
-    pub fn seg_done(&mut self, path: usize) {
+    pub fn seg_done(&mut self, path: usize, now: Instant) {
         let Some(r) = self.reading.get_mut(path).and_then(Option::take) else {
             return;
         };
@@ -336,12 +342,18 @@ impl Receiver {
         let seg_len = t.shape.map(|s| s.2).unwrap_or(0) as usize;
         match r.target {
             Target::Discard => {}
-            Target::Direct => {
-                if matches!(t.segs.get(s), Some(Seg::Claimed(p)) if *p == path) {
+            Target::Direct => match t.segs.get(s) {
+                Some(Seg::Claimed(p)) if *p == path => {
                     t.segs[s] = Seg::Done;
                     t.done += 1;
                 }
-            }
+                Some(Seg::ClaimedStashed(p, buf, _)) if *p == path => {
+                    self.stash_bytes -= buf.len() as u64;
+                    t.segs[s] = Seg::Done;
+                    t.done += 1;
+                }
+                _ => {}
+            },
             Target::Stash(buf) => {
                 let cur = std::mem::replace(&mut t.segs[s], Seg::Free);
                 t.segs[s] = match (cur, &t.posted) {
@@ -360,12 +372,9 @@ impl Receiver {
                         Seg::Done
                     }
                     (Seg::Free, _) => Seg::Stashed(buf),
-                    (Seg::Claimed(q), _) => {
-                        // Another path is still writing this segment in place: close it, and
-                        // copy ours in once it can no longer write.
-                        self.kill.push(q);
-                        Seg::ClaimedStashed(q, buf)
-                    }
+                    // Another path is still writing this segment in place: keep ours until it
+                    // finishes, or is closed for being stuck (`handle_timeout`).
+                    (Seg::Claimed(q), _) => Seg::ClaimedStashed(q, buf, now),
                     (other, _) => {
                         self.stash_bytes -= buf.len() as u64;
                         other
@@ -391,7 +400,7 @@ impl Receiver {
                 let cur = std::mem::replace(&mut t.segs[s], Seg::Free);
                 t.segs[s] = match cur {
                     Seg::Claimed(p) if p == path => Seg::Free,
-                    Seg::ClaimedStashed(p, buf) if p == path => match &t.posted {
+                    Seg::ClaimedStashed(p, buf, _) if p == path => match &t.posted {
                         Some(dst) if !t.failed => {
                             // SAFETY: as in `seg_done`.
                             unsafe {
@@ -458,8 +467,36 @@ impl Receiver {
         self.mismatches.pop_front()
     }
 
-    /// A path the transport must close: another path delivered a segment it is stuck
-    /// writing. Call [`Receiver::on_path_down`] once it can no longer write.
+    /// Find paths stuck writing a segment whose copy arrived elsewhere [`STUCK_WRITER`]
+    /// ago; [`Receiver::poll_kill`] returns them.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for t in &self.slots {
+            for s in &t.segs {
+                if let Seg::ClaimedStashed(p, _, since) = s {
+                    if now.saturating_duration_since(*since) >= STUCK_WRITER
+                        && !self.kill.contains(p)
+                    {
+                        self.kill.push(*p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant [`Receiver::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flat_map(|t| t.segs.iter())
+            .filter_map(|s| match s {
+                Seg::ClaimedStashed(_, _, since) => Some(*since + STUCK_WRITER),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A path the transport must close: it is stuck writing a segment that another path
+    /// delivered. Call [`Receiver::on_path_down`] once it can no longer write.
     pub fn poll_kill(&mut self) -> Option<usize> {
         self.kill.pop()
     }

@@ -350,6 +350,15 @@ impl Sender {
         self.completed.pop_front()
     }
 
+    /// A copy of segment `seg` of transfer `id` queued on `path` was dropped before any of
+    /// it was written (the transfer completed through other copies): the path's stream no
+    /// longer carries it.
+    pub fn forget(&mut self, path: usize, id: u64, seg: u32) {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.forget(id, seg);
+        }
+    }
+
     /// Whether transfer `id` is complete (or long gone).
     pub fn is_complete(&self, id: u64) -> bool {
         id < self.base || self.transfer(id).is_none_or(|t| t.done)
@@ -384,31 +393,43 @@ impl Sender {
         }
     }
 
-    /// Suspect stalled paths: each path returned has been marked down, its segments moved
-    /// to the others; the transport must close it. A path is only suspected while another
-    /// path is not stalled: when every path stalls at once, the peer itself is slow or gone,
-    /// which is for the heartbeats to decide.
+    /// Something arrived from the peer on `path` (any unit): the peer is alive and that
+    /// path carries.
+    pub fn on_heard(&mut self, path: usize, now: Instant) {
+        if let Some(p) = self.paths.get_mut(path) {
+            if p.state == PathState::Up {
+                p.last_heard = Some(now);
+            }
+        }
+    }
+
+    /// Whether path `i` is stalled and may be suspected: it has data outstanding and no
+    /// delivery for its bound, and the peer was heard on another path since the path last
+    /// made progress. When nothing is heard on any path, the peer itself is slow, idle or
+    /// gone, which is for the heartbeats to decide.
+    fn suspectable(&self, i: usize, now: Instant) -> bool {
+        let p = &self.paths[i];
+        p.suspect_at().is_some_and(|t| t <= now)
+            && self.paths.iter().enumerate().any(|(j, q)| {
+                j != i
+                    && q.state == PathState::Up
+                    && q.last_heard.is_some_and(|h| h > p.last_progress)
+            })
+    }
+
+    /// Suspect stalled paths (see `suspectable`): each path returned has been marked down,
+    /// its segments moved to the others; the transport must close it.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(usize, String)> {
         let mut out = Vec::new();
-        loop {
-            let stalled = |p: &PathTx| p.suspect_at().is_some_and(|t| t <= now);
-            let Some(i) = self.paths.iter().position(stalled) else {
-                break;
-            };
-            let other_alive = self
-                .paths
-                .iter()
-                .enumerate()
-                .any(|(j, q)| j != i && q.state == PathState::Up && !stalled(q));
-            if !other_alive {
-                break;
-            }
+        while let Some(i) = (0..self.paths.len()).find(|&i| self.suspectable(i, now)) {
             let p = &self.paths[i];
             let why = format!(
-                "no delivery for {} ms with {} bytes outstanding (bound {} ms)",
+                "no delivery for {} ms with {} bytes outstanding (bound {} ms, srtt {} ms, {} flights, delivered {} of {})",
                 now.saturating_duration_since(p.last_progress).as_millis(),
                 p.inflight,
-                p.suspect_after().as_millis()
+                p.suspect_after().as_millis(),
+                p.srtt.unwrap_or_default().as_millis(),
+                p.flights.len(), p.delivered, p.stream_pos
             );
             self.on_path_down(i, &why, now);
             out.push((i, why));
@@ -416,25 +437,14 @@ impl Sender {
         out
     }
 
-    /// The next instant [`Sender::handle_timeout`] has something to do (a past instant: at
-    /// once). Stalled paths that cannot be suspected, because no other path is alive, give
-    /// none.
+    /// The next instant [`Sender::handle_timeout`] may have something to do (a past
+    /// instant: at once). Paths already stalled wait for news from the peer instead.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let up = self
-            .paths
-            .iter()
-            .filter(|p| p.state == PathState::Up)
-            .count();
-        let stalled = self
-            .paths
-            .iter()
-            .filter(|p| p.suspect_at().is_some_and(|t| t <= now))
-            .count();
-        let all_stalled = stalled > 0 && stalled == up;
-        self.paths
-            .iter()
-            .filter_map(|p| p.suspect_at())
-            .filter(|&t| !(all_stalled && t <= now))
+        (0..self.paths.len())
+            .filter_map(|i| {
+                let t = self.paths[i].suspect_at()?;
+                (t > now || self.suspectable(i, now)).then_some(t)
+            })
             .min()
     }
 
@@ -462,6 +472,18 @@ impl Sender {
             .collect();
         v.sort();
         v.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// The live path a small unit (an ack) would cross soonest: least queued for its speed.
+    pub fn quickest_path(&self) -> Option<usize> {
+        let dr = self.default_rate();
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PathState::Up)
+            .map(|(i, p)| (i, p.completion_estimate(0, dr)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
     }
 
     /// State of path `path`.

@@ -187,6 +187,7 @@ impl Sim {
             self.recv_done[i] = true;
         }
         assert!(self.rx.poll_mismatch().is_none());
+        self.rx.handle_timeout(now);
         while let Some(q) = self.rx.poll_kill() {
             self.kill(q);
         }
@@ -234,6 +235,9 @@ impl Sim {
             next = next.min(a.0);
         }
         if let Some(t) = self.tx.poll_timeout(self.instant(self.now)) {
+            next = next.min(t.saturating_duration_since(self.t0).as_secs_f64());
+        }
+        if let Some(t) = self.rx.poll_timeout() {
             next = next.min(t.saturating_duration_since(self.t0).as_secs_f64());
         }
         if self.posted_recv < self.posted_send {
@@ -316,7 +320,8 @@ impl Sim {
                         )
                     };
                 }
-                self.rx.seg_done(p);
+                self.rx.seg_done(p, self.instant(self.now));
+                self.tx.on_heard(p, self.instant(self.now));
                 self.last_ack_path = p;
                 self.deliveries.push((self.now, t.len));
             }

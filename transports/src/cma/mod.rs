@@ -408,6 +408,14 @@ impl Transport for CmaTransport {
     fn waker(&self) -> Arc<dyn Waker> {
         self.inner.waker()
     }
+
+    fn describe_peer(&self, peer: Rank) -> Option<String> {
+        self.inner.describe_peer(peer)
+    }
+
+    fn path_metrics(&self) -> Option<dmsc_core::engine::PathMetricsHandle> {
+        self.inner.path_metrics()
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 
 use dmsc_core::engine::{Completion, Token};
 use dmsc_core::error::Error;
+use dmsc_core::spray::wire::{UnitHeader, UnitKind, UNIT_LEN};
+use dmsc_core::spray::Placement;
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN, MAX_CONTROL};
 use dmsc_core::Rank;
 use std::collections::VecDeque;
@@ -28,10 +30,60 @@ pub(crate) enum Role {
     Data,
     /// Control messages.
     Control,
+    /// One of several paths to the peer (index, incarnation), carrying spray units
+    /// (`dmsc_core::spray::wire`): segments, acks and control messages.
+    Path(u8, u32),
+}
+
+/// Longest header a frame or unit starts with: a unit header plus the engine header a
+/// segment carries.
+const MAX_HDR: usize = UNIT_LEN + HEADER_LEN;
+
+/// Where a path connection hands what it reads (the spraying layer of the mesh).
+pub(crate) trait PathSink {
+    /// A segment's headers arrived on `path` from `peer`: where its payload goes.
+    fn place(
+        &mut self,
+        peer: Rank,
+        path: usize,
+        unit: &UnitHeader,
+        engine: &FrameHeader,
+    ) -> Result<Placement, Error>;
+    /// The payload of the segment placed last on `path` is in.
+    fn seg_done(&mut self, peer: Rank, path: usize);
+    /// An ack or control unit arrived.
+    fn unit(
+        &mut self,
+        peer: Rank,
+        path: usize,
+        unit: &UnitHeader,
+        payload: Vec<u8>,
+        out: &mut Vec<Completion>,
+    );
+}
+
+/// The sink of a mesh without paths (never called: no connection has the path role).
+pub(crate) struct NoPaths;
+
+impl PathSink for NoPaths {
+    fn place(
+        &mut self,
+        _: Rank,
+        _: usize,
+        _: &UnitHeader,
+        _: &FrameHeader,
+    ) -> Result<Placement, Error> {
+        Err(Error::internal("a path unit on a mesh without paths"))
+    }
+    fn seg_done(&mut self, _: Rank, _: usize) {}
+    fn unit(&mut self, _: Rank, _: usize, _: &UnitHeader, _: Vec<u8>, _: &mut Vec<Completion>) {}
 }
 
 struct SendItem {
-    hdr: [u8; HEADER_LEN],
+    hdr: [u8; MAX_HDR],
+    hlen: usize,
+    /// The transfer and index of a segment (path connections).
+    transfer: Option<(u64, u32)>,
     data: *const u8,
     len: usize,
     /// Owned payload of a control message (then `data` points into it).
@@ -53,7 +105,18 @@ pub(crate) struct Conn {
     pub(crate) role: Role,
     sendq: VecDeque<SendItem>,
     recvq: VecDeque<RecvItem>,
-    rhdr: [u8; HEADER_LEN],
+    rhdr: [u8; MAX_HDR],
+    /// Path connections: the unit being read, once its header is validated.
+    unit: Option<UnitHeader>,
+    /// Path connections: where the current segment's payload goes.
+    pdst: *mut u8,
+    /// Path connections: where dropped payloads are read to.
+    scratch: Vec<u8>,
+    /// A send / a receive of this connection is in the kernel (io_uring backend).
+    pub(crate) send_busy: bool,
+    pub(crate) recv_busy: bool,
+    /// Why the connection died (path connections), for metrics and errors.
+    pub(crate) failure: Option<String>,
     /// Bytes of the current incoming frame received so far (header included).
     rgot: usize,
     /// The current incoming frame's header, once validated.
@@ -89,7 +152,13 @@ impl Conn {
             role,
             sendq: VecDeque::new(),
             recvq: VecDeque::new(),
-            rhdr: [0; HEADER_LEN],
+            rhdr: [0; MAX_HDR],
+            unit: None,
+            pdst: std::ptr::null_mut(),
+            scratch: Vec::new(),
+            send_busy: false,
+            recv_busy: false,
+            failure: None,
             rgot: 0,
             cur: None,
             scatter: false,
@@ -109,10 +178,12 @@ impl Conn {
 
     /// Queue a data frame.
     pub(crate) fn push_send(&mut self, header: &FrameHeader, data: *const u8, token: Token) {
-        let mut hdr = [0u8; HEADER_LEN];
-        header.encode(&mut hdr);
+        let mut hdr = [0u8; MAX_HDR];
+        header.encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
             hdr,
+            hlen: HEADER_LEN,
+            transfer: None,
             data,
             len: header.len as usize,
             owned: None,
@@ -121,14 +192,92 @@ impl Conn {
         });
     }
 
+    /// Queue a segment on a path connection: its unit header, the transfer's engine header,
+    /// then `unit.len` bytes at `data`.
+    pub(crate) fn push_segment(
+        &mut self,
+        unit: &UnitHeader,
+        engine: &FrameHeader,
+        data: *const u8,
+    ) {
+        let mut hdr = [0u8; MAX_HDR];
+        unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
+        engine.encode((&mut hdr[UNIT_LEN..]).try_into().expect("64 bytes"));
+        self.sendq.push_back(SendItem {
+            hdr,
+            hlen: MAX_HDR,
+            transfer: Some((unit.transfer, unit.seg)),
+            data,
+            len: unit.len as usize,
+            owned: None,
+            token: None,
+            done: 0,
+        });
+    }
+
+    /// Queue an ack or control unit on a path connection (payload copied). It goes ahead
+    /// of every segment not yet started (behind other such units, whose order it keeps), so
+    /// acknowledgements and heartbeats do not wait behind bulk data.
+    pub(crate) fn push_unit(&mut self, unit: &UnitHeader, payload: &[u8]) {
+        let payload = payload.to_vec();
+        let mut hdr = [0u8; MAX_HDR];
+        unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
+        let data = payload.as_ptr();
+        let started = usize::from(self.front_started());
+        let at = (started..self.sendq.len())
+            .find(|&i| self.sendq[i].transfer.is_some())
+            .unwrap_or(self.sendq.len());
+        self.sendq.insert(
+            at,
+            SendItem {
+                hdr,
+                hlen: UNIT_LEN,
+                transfer: None,
+                data,
+                len: payload.len(),
+                owned: Some(payload),
+                token: None,
+                done: 0,
+            },
+        );
+    }
+
+    /// Drop queued segments of transfer `id` that have not started (it was delivered by
+    /// other copies). Returns the indices of the segments dropped.
+    pub(crate) fn drop_unsent(&mut self, id: u64) -> Vec<u32> {
+        let mut dropped = Vec::new();
+        let keep_front = self.front_started();
+        let mut i = 0;
+        self.sendq.retain(|it| {
+            i += 1;
+            match it.transfer {
+                Some((t, s)) if t == id && !(i == 1 && keep_front) => {
+                    dropped.push(s);
+                    false
+                }
+                _ => true,
+            }
+        });
+        dropped
+    }
+
+    /// The first queued item has bytes written, or a write of it is in the kernel: it must
+    /// stay first.
+    fn front_started(&self) -> bool {
+        self.send_busy || self.sendq.front().is_some_and(|it| it.done > 0)
+    }
+
     /// Queue a control frame (payload copied).
     pub(crate) fn push_control(&mut self, payload: &[u8]) {
         let payload = payload[..payload.len().min(MAX_CONTROL as usize)].to_vec();
-        let mut hdr = [0u8; HEADER_LEN];
-        FrameHeader::plain(FrameKind::Control, 0, payload.len() as u32).encode(&mut hdr);
+        let mut hdr = [0u8; MAX_HDR];
+        FrameHeader::plain(FrameKind::Control, 0, payload.len() as u32)
+            .encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         let data = payload.as_ptr();
         self.sendq.push_back(SendItem {
             hdr,
+            hlen: HEADER_LEN,
+            transfer: None,
             data,
             len: payload.len(),
             owned: Some(payload),
@@ -154,7 +303,7 @@ impl Conn {
     /// (or a frame is half read) for data.
     pub(crate) fn wants_recv(&self) -> bool {
         !self.dead
-            && ((self.role == Role::Control && !self.eof)
+            && ((matches!(self.role, Role::Control | Role::Path(..)) && !self.eof)
                 || self.rgot > 0
                 || !self.recvq.is_empty())
     }
@@ -165,14 +314,14 @@ impl Conn {
             return false;
         };
         let mut n = 0;
-        if it.done < HEADER_LEN {
+        if it.done < it.hlen {
             self.send_iov[n] = libc::iovec {
-                iov_base: it.hdr[it.done..].as_ptr() as *mut libc::c_void,
-                iov_len: HEADER_LEN - it.done,
+                iov_base: it.hdr[it.done..it.hlen].as_ptr() as *mut libc::c_void,
+                iov_len: it.hlen - it.done,
             };
             n += 1;
         }
-        let data_done = it.done.saturating_sub(HEADER_LEN);
+        let data_done = it.done.saturating_sub(it.hlen);
         if it.len > data_done {
             self.send_iov[n] = libc::iovec {
                 // SAFETY: data_done < len, inside the posted payload.
@@ -192,7 +341,7 @@ impl Conn {
             let Some(it) = self.sendq.front_mut() else {
                 return;
             };
-            let total = HEADER_LEN + it.len;
+            let total = it.hlen + it.len;
             let step = n.min(total - it.done);
             it.done += step;
             n -= step;
@@ -206,7 +355,7 @@ impl Conn {
         }
         // Zero-length frames already fully sent with their header.
         while let Some(it) = self.sendq.front() {
-            if it.done == HEADER_LEN + it.len && it.done > 0 {
+            if it.done == it.hlen + it.len && it.done > 0 {
                 let it = self.sendq.pop_front().expect("front exists");
                 if let Some(token) = it.token {
                     out.push(Completion::Sent { token });
@@ -221,6 +370,10 @@ impl Conn {
     pub(crate) fn prepare_recv(&mut self) -> (bool, bool) {
         if !self.wants_recv() {
             return (false, false);
+        }
+        if let Role::Path(..) = self.role {
+            self.prepare_recv_path();
+            return (true, true);
         }
         let n;
         let waitall;
@@ -252,8 +405,8 @@ impl Conn {
             let got = self.rgot - HEADER_LEN;
             let len = cur.len as usize;
             let base = match self.role {
-                Role::Control => self.ctrl_buf.as_mut_ptr(),
                 Role::Data => self.recvq.front().expect("matched receive").dst,
+                _ => self.ctrl_buf.as_mut_ptr(),
             };
             self.recv_iov[0] = libc::iovec {
                 // SAFETY: got < len, inside the destination of len bytes.
@@ -268,8 +421,139 @@ impl Conn {
         (true, waitall)
     }
 
+    /// Path connections: the next bytes go to the unit header, the segment's engine header,
+    /// or the payload's place.
+    fn prepare_recv_path(&mut self) {
+        let need_hdr = match self.unit {
+            None => UNIT_LEN,
+            Some(u) if u.kind == UnitKind::Segment => MAX_HDR,
+            Some(_) => UNIT_LEN,
+        };
+        if self.rgot < need_hdr {
+            self.recv_iov[0] = libc::iovec {
+                iov_base: self.rhdr[self.rgot..need_hdr].as_mut_ptr() as *mut libc::c_void,
+                iov_len: need_hdr - self.rgot,
+            };
+        } else {
+            let u = self.unit.expect("header read");
+            let got = self.rgot - need_hdr;
+            let base = if u.kind == UnitKind::Segment {
+                self.pdst
+            } else {
+                self.ctrl_buf.as_mut_ptr()
+            };
+            self.recv_iov[0] = libc::iovec {
+                // SAFETY: got < len, inside the payload's place of len bytes (a destination
+                // the sink handed out, the scratch buffer, or ctrl_buf).
+                iov_base: unsafe { base.add(got) } as *mut libc::c_void,
+                iov_len: u.len as usize - got,
+            };
+        }
+        self.recv_msg.msg_iov = self.recv_iov.as_mut_ptr();
+        self.recv_msg.msg_iovlen = 1;
+    }
+
+    /// Path connections: account `n` bytes received.
+    fn on_received_path(&mut self, n: usize, out: &mut Vec<Completion>, sink: &mut dyn PathSink) {
+        let Role::Path(path, _) = self.role else {
+            return;
+        };
+        let path = path as usize;
+        if n == 0 {
+            self.fail_path("connection closed by the peer".into());
+            return;
+        }
+        let before = self.rgot;
+        self.rgot += n;
+        if before < UNIT_LEN && self.rgot >= UNIT_LEN {
+            let u = match UnitHeader::decode(&self.rhdr[..UNIT_LEN]) {
+                Ok(u) => u,
+                Err(e) => return self.protocol_failure(out, e),
+            };
+            self.unit = Some(u);
+            if u.kind != UnitKind::Segment {
+                self.ctrl_buf.clear();
+                self.ctrl_buf.resize(u.len as usize, 0);
+            }
+        }
+        let Some(u) = self.unit else { return };
+        if u.kind == UnitKind::Segment && before < MAX_HDR && self.rgot >= MAX_HDR {
+            let engine = match FrameHeader::decode(&self.rhdr[UNIT_LEN..MAX_HDR]) {
+                Ok(h) if matches!(h.kind, FrameKind::Data | FrameKind::DataRef) => h,
+                Ok(h) => {
+                    return self.protocol_failure(
+                        out,
+                        Error::protocol(format!("a segment carries a {:?} frame", h.kind)),
+                    )
+                }
+                Err(e) => return self.protocol_failure(out, e),
+            };
+            let len = u.len as usize;
+            let drop_into_scratch = |c: &mut Conn| {
+                if c.scratch.len() < len {
+                    c.scratch.resize(len, 0);
+                }
+                c.pdst = c.scratch.as_mut_ptr();
+            };
+            match sink.place(self.peer, path, &u, &engine) {
+                Ok(Placement::Direct(a) | Placement::Stash(a)) => self.pdst = a as *mut u8,
+                Ok(Placement::Discard) => drop_into_scratch(self),
+                Ok(Placement::Mismatch { token, got }) => {
+                    out.push(Completion::BadHeader {
+                        token,
+                        peer: self.peer,
+                        got,
+                    });
+                    drop_into_scratch(self);
+                }
+                Err(e) => return self.protocol_failure(out, e),
+            }
+        }
+        let hdr = if u.kind == UnitKind::Segment {
+            MAX_HDR
+        } else {
+            UNIT_LEN
+        };
+        if self.rgot == hdr + u.len as usize {
+            self.rgot = 0;
+            self.unit = None;
+            if u.kind == UnitKind::Segment {
+                self.pdst = std::ptr::null_mut();
+                sink.seg_done(self.peer, path);
+            } else {
+                let payload = std::mem::take(&mut self.ctrl_buf);
+                sink.unit(self.peer, path, &u, payload, out);
+            }
+        }
+    }
+
+    /// The peer broke the path protocol: that is the peer failing, not the path.
+    fn protocol_failure(&mut self, out: &mut Vec<Completion>, e: Error) {
+        self.fail_path(e.to_string());
+        out.push(Completion::PeerFailed {
+            peer: self.peer,
+            error: Error::protocol(format!("rank {} broke the path protocol: {e}", self.peer)),
+        });
+    }
+
+    /// A path connection is over; the mesh takes it down once the kernel is done with it.
+    pub(crate) fn fail_path(&mut self, why: String) {
+        if !self.dead {
+            self.dead = true;
+            self.failure = Some(why);
+        }
+    }
+
     /// Account `n` bytes received (0 = end of stream).
-    pub(crate) fn on_received(&mut self, n: usize, out: &mut Vec<Completion>) {
+    pub(crate) fn on_received(
+        &mut self,
+        n: usize,
+        out: &mut Vec<Completion>,
+        sink: &mut dyn PathSink,
+    ) {
+        if let Role::Path(..) = self.role {
+            return self.on_received_path(n, out, sink);
+        }
         if n == 0 {
             // A peer that finished and exited closes its connections; that is only an error
             // when something is still expected from it. The end of a control connection is
@@ -296,7 +580,7 @@ impl Conn {
     }
 
     fn on_header(&mut self, out: &mut Vec<Completion>) -> Result<(), Error> {
-        let h = FrameHeader::decode(&self.rhdr)?;
+        let h = FrameHeader::decode(&self.rhdr[..HEADER_LEN])?;
         match (self.role, h.kind) {
             (Role::Control, FrameKind::Control) => {
                 self.ctrl_buf.clear();
@@ -344,7 +628,7 @@ impl Conn {
             return;
         }
         match self.role {
-            Role::Control => out.push(Completion::Control {
+            Role::Control | Role::Path(..) => out.push(Completion::Control {
                 peer: self.peer,
                 payload: std::mem::take(&mut self.ctrl_buf),
             }),
@@ -362,6 +646,9 @@ impl Conn {
     }
 
     fn fail(&mut self, out: &mut Vec<Completion>, what: String) {
+        if let Role::Path(..) = self.role {
+            return self.fail_path(what);
+        }
         if self.role == Role::Control {
             // End of stream or an OS error: the control channel is over (a message cut
             // short is dropped). Whether that is a failure is the engine's call.
@@ -406,11 +693,22 @@ impl Conn {
         self.fail(out, format!("{what} failed: {e}"));
     }
 
+    /// Path connections: a segment is half written or half read (its stream would lose
+    /// its framing if the segment were withdrawn).
+    pub(crate) fn mid_segment(&self) -> bool {
+        (self.rgot > 0 && self.unit.is_some_and(|u| u.kind == UnitKind::Segment))
+            || self
+                .sendq
+                .front()
+                .is_some_and(|it| it.transfer.is_some() && it.done > 0)
+    }
+
     /// Drop every queued operation (the engine is cancelling).
     pub(crate) fn clear(&mut self) {
         // Control messages stay, even one half sent: the control stream must stay whole,
-        // since it carries the reason of this failure to the peers.
-        self.sendq.retain(|it| it.token.is_none());
+        // since it carries the reason of this failure to the peers. So do a path's acks.
+        self.sendq
+            .retain(|it| it.token.is_none() && (it.transfer.is_none() || it.done > 0));
         if !self.recvq.is_empty() || self.rgot > 0 {
             if self.role == Role::Data && self.rgot > 0 {
                 self.dead = true;

@@ -212,21 +212,24 @@ impl Pending {
 /// every connection with its peer and role. A failed outgoing handshake is an error (the
 /// peer is a rank of this job, or should be); a failed incoming one is logged and dropped.
 pub(super) fn greet_all(
-    listener: &TcpListener,
+    listeners: &[TcpListener],
     mut pending: Vec<Pending>,
     opts: &MeshOptions,
     deadline: Instant,
 ) -> Result<Vec<(TcpStream, Rank, Role)>> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("setting the listener nonblocking", &e))?;
-    let mut done = Vec::with_capacity(2 * opts.nranks.saturating_sub(1));
-    // Incoming connections still expected, by peer: [data, control].
-    let mut want = vec![[false; 2]; opts.nranks];
-    for w in want.iter_mut().skip(opts.rank + 1) {
-        *w = [true; 2];
+    for listener in listeners {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("setting the listener nonblocking", &e))?;
     }
-    let mut expected = 2 * (opts.nranks - 1 - opts.rank);
+    let roles = roles_per_peer(opts);
+    let mut done = Vec::with_capacity(roles * opts.nranks.saturating_sub(1));
+    // Incoming connections still expected, by peer and role slot.
+    let mut want = vec![vec![false; roles]; opts.nranks];
+    for w in want.iter_mut().skip(opts.rank + 1) {
+        w.fill(true);
+    }
+    let mut expected = roles * (opts.nranks - 1 - opts.rank);
     let mut outgoing = pending.len();
     let mut fds = Vec::new();
     while expected > 0 || outgoing > 0 {
@@ -246,7 +249,7 @@ pub(super) fn greet_all(
         fds.clear();
         fds.extend(pending.iter().map(|p| pollfd(p.stream.as_raw_fd())));
         if accepting {
-            fds.push(pollfd(listener.as_raw_fd()));
+            fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd())));
         }
         let next = pending
             .iter()
@@ -276,7 +279,11 @@ pub(super) fn greet_all(
                     let p = pending.swap_remove(i);
                     if p.outgoing.is_some() {
                         outgoing -= 1;
-                    } else if !std::mem::take(&mut want[peer][slot(role)]) {
+                    } else if !want[peer]
+                        .get_mut(slot(role))
+                        .map(std::mem::take)
+                        .unwrap_or(false)
+                    {
                         refused(
                             opts,
                             p.addr,
@@ -316,8 +323,14 @@ pub(super) fn greet_all(
                 }
             }
         }
-        if accepting && fds.last().is_some_and(|f| f.revents != 0) {
-            accept_some(listener, &mut pending, opts, MAX_PENDING - incoming)?;
+        if accepting {
+            let base = fds.len() - listeners.len();
+            for (k, listener) in listeners.iter().enumerate() {
+                let room = MAX_PENDING.saturating_sub(pending.len() - outgoing);
+                if fds[base + k].revents != 0 && room > 0 {
+                    accept_some(listener, &mut pending, opts, room)?;
+                }
+            }
         }
     }
     Ok(done)
@@ -351,11 +364,59 @@ fn accept_some(
     Ok(())
 }
 
+/// Connections per pair of ranks: a data and a control connection, or one per path.
+fn roles_per_peer(opts: &MeshOptions) -> usize {
+    if opts.paths > 1 {
+        opts.paths
+    } else {
+        2
+    }
+}
+
 /// Index of a role in `want`.
 fn slot(role: Role) -> usize {
     match role {
         Role::Data => 0,
         Role::Control => 1,
+        Role::Path(p, _) => p as usize,
+    }
+}
+
+/// Authenticate and identify one connection: one this rank made (`outgoing`: the peer and
+/// role) or one it accepted (`None`). Used to connect a path again after it failed.
+pub(super) fn greet_one(
+    stream: TcpStream,
+    addr: SocketAddr,
+    outgoing: Option<(Rank, Role)>,
+    opts: &MeshOptions,
+    deadline: Instant,
+) -> Result<(TcpStream, Rank, Role)> {
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| Error::io("setting a socket blocking", &e))?;
+    let mut p = Pending::start(stream, addr, outgoing, opts, deadline)?;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                op: format!("authenticating a connection with {addr}"),
+                waited_s: 0.0,
+                missing: outgoing.map(|o| vec![o.0]).unwrap_or_default(),
+                detail: "the peer did not complete the handshake".into(),
+            });
+        }
+        let mut fds = [pollfd(p.stream.as_raw_fd())];
+        let wait = deadline.saturating_duration_since(now).min(POLL_SLICE);
+        // SAFETY: one valid pollfd for a socket alive for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, millis(wait)) };
+        if n <= 0 {
+            continue;
+        }
+        match p.progress(opts) {
+            Ok(None) => {}
+            Ok(Some((peer, role))) => return Ok((p.stream, peer, role)),
+            Err(Fail::Closed(e) | Fail::Bad(e)) => return Err(e),
+        }
     }
 }
 
@@ -386,7 +447,7 @@ fn millis(d: Duration) -> i32 {
 }
 
 /// The setup deadline passed: name the ranks whose connections are not complete.
-fn timed_out(opts: &MeshOptions, want: &[[bool; 2]], pending: &[Pending]) -> Error {
+fn timed_out(opts: &MeshOptions, want: &[Vec<bool>], pending: &[Pending]) -> Error {
     let mut missing: Vec<Rank> = (0..opts.nranks)
         .filter(|&p| want[p].iter().any(|&w| w))
         .collect();
@@ -479,6 +540,10 @@ mod tests {
             comm_id: 0xfeed_0001,
             cma: false,
             secret: secret.map(|s| Secret::new(s.as_bytes()).unwrap()),
+            paths: 1,
+            path_ips: Vec::new(),
+            spray: Default::default(),
+            debug: false,
         }
     }
 

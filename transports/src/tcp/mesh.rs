@@ -8,11 +8,14 @@
 
 use super::conn::{Conn, Role};
 use super::greet::{greet_all, Pending};
+use super::paths::SprayMesh;
 use super::{make_transport, Backend, Mesh};
 use crate::cma;
 use dmsc_core::auth::Secret;
 use dmsc_core::engine::Transport;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::spray::wire::MAX_PATHS;
+use dmsc_core::spray::SprayConfig;
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use dmsc_core::Rank;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -39,7 +42,57 @@ pub struct MeshOptions {
     /// The job's secret, which every connection must prove knowledge of (`None`: connections
     /// are not authenticated, and every rank must have none).
     pub secret: Option<Secret>,
+    /// Paths per pair of ranks (`DMSC_PATHS`). 1: one data and one control connection. More:
+    /// that many connections, over which chunks are sprayed (`dmsc_core::spray`) and control
+    /// messages travel too.
+    pub paths: usize,
+    /// The local address of each path, used in turn (`DMSC_SOCKET_IFNAME` naming several
+    /// interfaces); empty: every path uses `bind_ip`.
+    pub path_ips: Vec<IpAddr>,
+    /// How chunks are sprayed over the paths.
+    pub spray: SprayConfig,
+    /// Log path state changes (`DMSC_DEBUG=INFO`).
+    pub debug: bool,
 }
+
+impl MeshOptions {
+    /// Options for rank `rank` of `nranks` with one path per peer, no secret, no memory
+    /// attach, the automatic backend, listening on `bind_ip`.
+    pub fn new(
+        rank: Rank,
+        nranks: usize,
+        bind_ip: IpAddr,
+        timeout: Duration,
+        comm_id: u64,
+    ) -> Self {
+        MeshOptions {
+            rank,
+            nranks,
+            bind_ip,
+            timeout,
+            backend: Backend::Auto,
+            comm_id,
+            cma: false,
+            secret: None,
+            paths: 1,
+            path_ips: Vec::new(),
+            spray: SprayConfig::default(),
+            debug: false,
+        }
+    }
+
+    /// The local address path `p` listens and connects on.
+    pub(crate) fn path_ip(&self, p: usize) -> IpAddr {
+        if self.path_ips.is_empty() {
+            self.bind_ip
+        } else {
+            self.path_ips[p % self.path_ips.len()]
+        }
+    }
+}
+
+/// Role code of path 0 in a hello (path `p`: this plus `p`).
+const PATH_ROLE_BASE: u32 = 16;
 
 pub(crate) fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
     let mut h = FrameHeader::plain(FrameKind::Hello, opts.rank as u32, 0);
@@ -47,10 +100,18 @@ pub(crate) fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
     h.chunk = match role {
         Role::Data => 0,
         Role::Control => 1,
+        Role::Path(p, epoch) => {
+            h.offset = epoch as u64;
+            PATH_ROLE_BASE + p as u32
+        }
     };
     let mut b = [0u8; HEADER_LEN];
     h.encode(&mut b);
     b
+}
+
+pub(crate) fn tune_stream(s: &TcpStream) -> Result<()> {
+    tune(s)
 }
 
 pub(super) fn connect_retry(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpStream> {
@@ -128,8 +189,20 @@ pub(crate) fn parse_hello(
     let role = match h.chunk {
         0 => Role::Data,
         1 => Role::Control,
+        r if (PATH_ROLE_BASE..PATH_ROLE_BASE + MAX_PATHS as u32).contains(&r) => {
+            let epoch = u32::try_from(h.offset)
+                .ok()
+                .filter(|&e| e >= 1)
+                .ok_or_else(|| {
+                    Error::protocol(format!("hello for a path with incarnation {}", h.offset))
+                })?;
+            Role::Path((r - PATH_ROLE_BASE) as u8, epoch)
+        }
         r => return Err(Error::protocol(format!("hello with unknown role {r}"))),
     };
+    if !matches!(role, Role::Path(..)) && h.offset != 0 {
+        return Err(Error::protocol("hello with an offset"));
+    }
     Ok((peer, role))
 }
 
@@ -137,15 +210,31 @@ pub(crate) fn parse_hello(
 pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
 
 /// Build the full mesh for `opts.rank`. `exchange` publishes this rank's listening address
-/// and returns every rank's (indexed by rank), e.g. through the rendezvous store.
+/// (one per path, comma-separated) and returns every rank's (indexed by rank), e.g. through
+/// the rendezvous store.
 pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dyn Transport>> {
     let deadline = Instant::now() + opts.timeout;
-    let listener = TcpListener::bind((opts.bind_ip, 0))
-        .map_err(|e| Error::io(format!("listening on {}", opts.bind_ip), &e))?;
-    let me = listener
-        .local_addr()
+    let npaths = opts.paths.max(1);
+    if npaths > MAX_PATHS {
+        return Err(Error::invalid(format!(
+            "DMSC_PATHS={npaths}: at most {MAX_PATHS} paths per peer"
+        )));
+    }
+    let spray = npaths > 1;
+    let mut listeners = Vec::with_capacity(npaths);
+    for p in 0..if spray { npaths } else { 1 } {
+        let ip = if spray { opts.path_ip(p) } else { opts.bind_ip };
+        listeners.push(
+            TcpListener::bind((ip, 0))
+                .map_err(|e| Error::io(format!("listening on {ip} (path {p})"), &e))?,
+        );
+    }
+    let mine: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()
         .map_err(|e| Error::io("reading the listening address", &e))?;
-    let all = exchange(me.to_string().as_bytes())?;
+    let all = exchange(mine.join(",").as_bytes())?;
     if all.len() != opts.nranks {
         return Err(Error::internal(format!(
             "address exchange returned {} entries for {} ranks",
@@ -153,37 +242,64 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
             opts.nranks
         )));
     }
-    let mut addrs = Vec::with_capacity(all.len());
+    let mut addrs: Vec<Vec<SocketAddr>> = Vec::with_capacity(all.len());
     for (r, a) in all.iter().enumerate() {
         let s = std::str::from_utf8(a)
             .map_err(|_| Error::protocol(format!("rank {r} published a non-UTF-8 address")))?;
-        let sa: SocketAddr = s
-            .parse()
-            .map_err(|_| Error::protocol(format!("rank {r} published a bad address {s:?}")))?;
-        addrs.push(sa);
+        let list = s
+            .split(',')
+            .map(|x| {
+                x.parse::<SocketAddr>()
+                    .map_err(|_| Error::protocol(format!("rank {r} published a bad address {x:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if list.len() != listeners.len() {
+            return Err(Error::invalid(format!(
+                "rank {r} listens on {} path(s) and this rank (rank {}) on {}: DMSC_PATHS \
+                 must be the same on every rank",
+                list.len(),
+                opts.rank,
+                listeners.len()
+            )));
+        }
+        addrs.push(list);
     }
-    let mut outgoing = Vec::with_capacity(2 * opts.rank);
-    for (peer, &addr) in addrs.iter().enumerate().take(opts.rank) {
-        for role in [Role::Data, Role::Control] {
+    let roles: Vec<Role> = if spray {
+        (0..npaths).map(|p| Role::Path(p as u8, 1)).collect()
+    } else {
+        vec![Role::Data, Role::Control]
+    };
+    let mut outgoing = Vec::with_capacity(roles.len() * opts.rank);
+    for (peer, list) in addrs.iter().enumerate().take(opts.rank) {
+        for &role in &roles {
+            let addr = match role {
+                Role::Path(p, _) => list[p as usize],
+                _ => list[0],
+            };
             let s = connect_retry(addr, deadline, peer)?;
             outgoing.push(Pending::outgoing(s, addr, peer, role, opts, deadline)?);
         }
     }
-    let mut conns = greet_all(&listener, outgoing, opts, deadline)?;
+    let mut conns = greet_all(&listeners, outgoing, opts, deadline)?;
     let mut data_of = vec![None; opts.nranks];
     let mut control_of = vec![None; opts.nranks];
+    let mut path_of = vec![vec![None; npaths]; opts.nranks];
     for (i, (s, peer, role)) in conns.iter_mut().enumerate() {
         tune(s)?;
         match role {
             Role::Data => data_of[*peer] = Some(i),
             Role::Control => control_of[*peer] = Some(i),
+            Role::Path(p, _) => {
+                super::paths::limit_unsent(s);
+                path_of[*peer][*p as usize] = Some(i)
+            }
         }
     }
     // Which peers can pass chunks by reference (same host, memory readable both ways).
     let epoch = cma::new_epoch();
     let (peers, mut streams): (Vec<Rank>, Vec<&mut TcpStream>) = conns
         .iter_mut()
-        .filter(|(_, _, role)| *role == Role::Data)
+        .filter(|(_, _, role)| matches!(role, Role::Data | Role::Path(0, _)))
         .map(|(s, peer, _)| (*peer, s))
         .unzip();
     let verdicts = cma::negotiate(
@@ -199,13 +315,20 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
     }
     let conns = conns
         .into_iter()
-        .map(|(s, peer, role)| Conn::new(OwnedFd::from(s), peer, role))
+        .map(|(s, peer, role)| Some(Conn::new(OwnedFd::from(s), peer, role)))
         .collect();
+    let spray = if spray {
+        Some(SprayMesh::new(opts, addrs, path_of, listeners)?)
+    } else {
+        None
+    };
     let inner = make_transport(
         Mesh {
             conns,
             data_of,
             control_of,
+            spray,
+            nonblocking: false,
         },
         opts.backend,
     )?;
@@ -230,6 +353,10 @@ mod tests {
             comm_id: 0xc0ff_ee00_1234,
             cma: false,
             secret: None,
+            paths: 1,
+            path_ips: Vec::new(),
+            spray: Default::default(),
+            debug: false,
         }
     }
 

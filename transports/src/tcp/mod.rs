@@ -8,6 +8,8 @@
 pub(crate) mod conn;
 mod greet;
 pub(crate) mod mesh;
+mod paths;
+mod redial;
 mod socket;
 mod uring;
 mod wake;
@@ -16,8 +18,8 @@ pub use mesh::{connect_mesh, Exchange, MeshOptions};
 pub use socket::SocketTransport;
 pub use uring::UringTransport;
 
-use conn::Conn;
-use dmsc_core::engine::{Token, Transport};
+use conn::{Conn, NoPaths, PathSink};
+use dmsc_core::engine::{Completion, Token, Transport};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::FrameHeader;
 use dmsc_core::Rank;
@@ -51,14 +53,62 @@ impl Backend {
 /// The connections of one rank to all its peers.
 pub(crate) struct Mesh {
     /// Boxed so that each connection's `msghdr`/iovecs keep their address while the kernel
-    /// holds them, whatever happens to the vector.
-    #[allow(clippy::vec_box)]
-    conns: Vec<Box<Conn>>,
+    /// holds them, whatever happens to the vector. A slot is emptied when a path connection
+    /// is gone and the kernel holds nothing of it; new path connections fill empty slots.
+    conns: Vec<Option<Box<Conn>>>,
     data_of: Vec<Option<usize>>,
     control_of: Vec<Option<usize>>,
+    /// Several paths per peer (`DMSC_PATHS` > 1).
+    spray: Option<paths::SprayMesh>,
+    /// Sockets are nonblocking (the plain-socket backend).
+    nonblocking: bool,
 }
 
 impl Mesh {
+    /// Account `n` bytes received on connection `i`.
+    fn on_received(&mut self, i: usize, n: usize, out: &mut Vec<Completion>) {
+        let sink: &mut dyn PathSink = match self.spray.as_mut() {
+            Some(s) => s,
+            None => &mut NoPaths,
+        };
+        if let Some(c) = self.conns[i].as_deref_mut() {
+            c.on_received(n, out, sink);
+        }
+    }
+
+    /// Between I/O rounds (spraying); returns when it next needs to run.
+    fn progress(&mut self, out: &mut Vec<Completion>) -> Option<std::time::Instant> {
+        if self.spray.is_some() {
+            self.spray_progress(out)
+        } else {
+            None
+        }
+    }
+
+    fn cancel(&mut self) {
+        if self.spray.is_some() {
+            self.spray_cancel();
+        } else {
+            for c in self.conns.iter_mut().flatten() {
+                c.clear();
+            }
+        }
+    }
+
+    fn describe_peer(&self, peer: Rank) -> Option<String> {
+        self.spray.as_ref().and_then(|s| s.describe(peer))
+    }
+
+    fn path_metrics(&self) -> Option<dmsc_core::engine::PathMetricsHandle> {
+        self.spray.as_ref().map(|s| s.metrics_handle())
+    }
+
+    fn set_waker(&self, w: std::sync::Arc<dyn dmsc_core::engine::Waker>) {
+        if let Some(s) = &self.spray {
+            s.set_waker(w);
+        }
+    }
+
     /// Queue a data frame to `peer` (the body of every backend's `Transport::post_send`).
     fn post_send(
         &mut self,
@@ -67,6 +117,9 @@ impl Mesh {
         data: *const u8,
         token: Token,
     ) -> Result<()> {
+        if self.spray.is_some() {
+            return self.spray_send(peer, header, data, token);
+        }
         self.data(peer)?.push_send(header, data, token);
         Ok(())
     }
@@ -79,12 +132,18 @@ impl Mesh {
         dst: *mut u8,
         token: Token,
     ) -> Result<()> {
+        if self.spray.is_some() {
+            return self.spray_recv(peer, expect, dst, token);
+        }
         self.data(peer)?.push_recv(expect, dst, token);
         Ok(())
     }
 
     /// Queue a control message to `peer`; a peer without a control connection is ignored.
     fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        if self.spray.is_some() {
+            return self.spray_control(peer, payload);
+        }
         if let Ok(c) = self.control(peer) {
             c.push_control(payload);
         }
@@ -97,7 +156,9 @@ impl Mesh {
             .copied()
             .flatten()
             .ok_or_else(|| Error::internal(format!("no data connection to rank {peer}")))?;
-        Ok(&mut self.conns[i])
+        self.conns[i]
+            .as_deref_mut()
+            .ok_or_else(|| Error::internal(format!("no data connection to rank {peer}")))
     }
 
     fn control(&mut self, peer: Rank) -> Result<&mut Conn> {
@@ -107,7 +168,9 @@ impl Mesh {
             .copied()
             .flatten()
             .ok_or_else(|| Error::internal(format!("no control connection to rank {peer}")))?;
-        Ok(&mut self.conns[i])
+        self.conns[i]
+            .as_deref_mut()
+            .ok_or_else(|| Error::internal(format!("no control connection to rank {peer}")))
     }
 }
 

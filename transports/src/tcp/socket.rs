@@ -20,20 +20,26 @@ pub struct SocketTransport {
 }
 
 impl SocketTransport {
-    pub(crate) fn new(mesh: Mesh) -> Result<SocketTransport> {
-        for c in &mesh.conns {
+    pub(crate) fn new(mut mesh: Mesh) -> Result<SocketTransport> {
+        for c in mesh.conns.iter().flatten() {
             set_nonblocking(c.fd(), true)?;
         }
+        mesh.nonblocking = true;
+        let wake = Arc::new(EventFd::new()?);
+        mesh.set_waker(wake.clone());
         Ok(SocketTransport {
             mesh,
-            wake: Arc::new(EventFd::new()?),
+            wake,
             pollfds: Vec::new(),
         })
     }
 
     /// Move bytes on every connection until the kernel would block.
     fn pump(&mut self, out: &mut Vec<Completion>) {
-        for c in self.mesh.conns.iter_mut() {
+        for i in 0..self.mesh.conns.len() {
+            let Some(c) = self.mesh.conns[i].as_deref_mut() else {
+                continue;
+            };
             while c.has_send() && c.prepare_send() {
                 // SAFETY: send_msg describes iovecs into memory valid per the post_send
                 // contract or owned by the connection.
@@ -51,6 +57,9 @@ impl SocketTransport {
                 c.on_sent(n as usize, out);
             }
             loop {
+                let Some(c) = self.mesh.conns[i].as_deref_mut() else {
+                    break;
+                };
                 let (ready, _) = c.prepare_recv();
                 if !ready {
                     break;
@@ -66,7 +75,7 @@ impl SocketTransport {
                     c.on_error(e, "recvmsg", out);
                     break;
                 }
-                c.on_received(n as usize, out);
+                self.mesh.on_received(i, n as usize, out);
                 if n == 0 {
                     break;
                 }
@@ -130,16 +139,25 @@ impl Transport for SocketTransport {
     fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
         let before = out.len();
         self.pump(out);
+        let next = self.mesh.progress(out);
+        if self.mesh.spray.is_some() {
+            // Progress queued units: write them now.
+            self.pump(out);
+        }
         if out.len() > before || timeout.is_zero() {
             return Ok(());
         }
+        let timeout = match next {
+            Some(t) => timeout.min(t.saturating_duration_since(std::time::Instant::now())),
+            None => timeout,
+        };
         self.pollfds.clear();
         self.pollfds.push(libc::pollfd {
             fd: self.wake.raw(),
             events: libc::POLLIN,
             revents: 0,
         });
-        for c in &self.mesh.conns {
+        for c in self.mesh.conns.iter().flatten() {
             let mut ev = 0;
             if c.wants_recv() {
                 ev |= libc::POLLIN;
@@ -163,17 +181,27 @@ impl Transport for SocketTransport {
             self.wake.drain();
         }
         self.pump(out);
+        if self.mesh.spray.is_some() {
+            self.mesh.progress(out);
+            self.pump(out);
+        }
         Ok(())
     }
 
     fn cancel_all(&mut self) {
         // Nothing is in the kernel's hands between calls: dropping the queues is enough.
-        for c in self.mesh.conns.iter_mut() {
-            c.clear();
-        }
+        self.mesh.cancel();
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
         self.wake.clone()
+    }
+
+    fn describe_peer(&self, peer: Rank) -> Option<String> {
+        self.mesh.describe_peer(peer)
+    }
+
+    fn path_metrics(&self) -> Option<dmsc_core::engine::PathMetricsHandle> {
+        self.mesh.path_metrics()
     }
 }

@@ -27,8 +27,6 @@ const KIND_CANCEL: u64 = 3;
 pub struct UringTransport {
     ring: IoUring,
     mesh: Mesh,
-    send_busy: Vec<bool>,
-    recv_busy: Vec<bool>,
     wake: Arc<EventFd>,
     wake_buf: Box<u64>,
     wake_armed: bool,
@@ -53,17 +51,17 @@ pub(crate) fn probe_ring(entries: u32) -> std::io::Result<IoUring> {
 }
 
 impl UringTransport {
-    pub(crate) fn new(mesh: Mesh, ring: IoUring) -> Result<UringTransport> {
-        for c in &mesh.conns {
+    pub(crate) fn new(mut mesh: Mesh, ring: IoUring) -> Result<UringTransport> {
+        for c in mesh.conns.iter().flatten() {
             super::socket::set_nonblocking(c.fd(), false)?;
         }
-        let n = mesh.conns.len();
+        mesh.nonblocking = false;
+        let wake = Arc::new(EventFd::new()?);
+        mesh.set_waker(wake.clone());
         Ok(UringTransport {
             ring,
             mesh,
-            send_busy: vec![false; n],
-            recv_busy: vec![false; n],
-            wake: Arc::new(EventFd::new()?),
+            wake,
             wake_buf: Box::new(0),
             wake_armed: false,
         })
@@ -96,29 +94,30 @@ impl UringTransport {
             self.wake_armed = true;
         }
         for i in 0..self.mesh.conns.len() {
-            if !self.send_busy[i]
-                && self.mesh.conns[i].has_send()
-                && self.mesh.conns[i].prepare_send()
-            {
-                let c = &self.mesh.conns[i];
+            let Some(c) = self.mesh.conns[i].as_deref_mut() else {
+                continue;
+            };
+            if !c.send_busy && c.has_send() && c.prepare_send() {
                 let e = opcode::SendMsg::new(types::Fd(c.fd()), &c.send_msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
                     .user_data(((i as u64) << 2) | KIND_SEND);
+                c.send_busy = true;
                 self.push(&e)?;
-                self.send_busy[i] = true;
             }
-            if !self.recv_busy[i] {
-                let (ready, waitall) = self.mesh.conns[i].prepare_recv();
+            let Some(c) = self.mesh.conns[i].as_deref_mut() else {
+                continue;
+            };
+            if !c.recv_busy {
+                let (ready, waitall) = c.prepare_recv();
                 if ready {
-                    let c = &mut self.mesh.conns[i];
                     let flags = if waitall { libc::MSG_WAITALL } else { 0 };
                     let e = opcode::RecvMsg::new(types::Fd(c.fd()), &mut c.recv_msg)
                         .flags(flags as u32)
                         .build()
                         .user_data(((i as u64) << 2) | KIND_RECV);
+                    c.recv_busy = true;
                     self.push(&e)?;
-                    self.recv_busy[i] = true;
                 }
             }
         }
@@ -165,8 +164,10 @@ impl UringTransport {
                 }
                 KIND_CANCEL => {}
                 KIND_SEND => {
-                    self.send_busy[i] = false;
-                    let c = &mut self.mesh.conns[i];
+                    let Some(c) = self.mesh.conns.get_mut(i).and_then(|c| c.as_deref_mut()) else {
+                        continue;
+                    };
+                    c.send_busy = false;
                     if res >= 0 {
                         c.on_sent(res as usize, out);
                     } else if !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
@@ -174,10 +175,12 @@ impl UringTransport {
                     }
                 }
                 _ => {
-                    self.recv_busy[i] = false;
-                    let c = &mut self.mesh.conns[i];
+                    let Some(c) = self.mesh.conns.get_mut(i).and_then(|c| c.as_deref_mut()) else {
+                        continue;
+                    };
+                    c.recv_busy = false;
                     if res >= 0 {
-                        c.on_received(res as usize, out);
+                        self.mesh.on_received(i, res as usize, out);
                     } else if !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
                         c.on_error(-res, "recvmsg", out);
                     }
@@ -190,11 +193,12 @@ impl UringTransport {
     fn quiesce(&mut self) {
         let mut sink = Vec::new();
         let mut ids = Vec::new();
-        for i in 0..self.mesh.conns.len() {
-            if self.send_busy[i] {
+        for (i, c) in self.mesh.conns.iter().enumerate() {
+            let Some(c) = c.as_deref() else { continue };
+            if c.send_busy {
                 ids.push(((i as u64) << 2) | KIND_SEND);
             }
-            if self.recv_busy[i] {
+            if c.recv_busy {
                 ids.push(((i as u64) << 2) | KIND_RECV);
             }
         }
@@ -208,11 +212,8 @@ impl UringTransport {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while (self.send_busy.iter().any(|&b| b)
-            || self.recv_busy.iter().any(|&b| b)
-            || self.wake_armed)
-            && Instant::now() < deadline
-        {
+        let busy = |m: &Mesh| m.conns.iter().flatten().any(|c| c.send_busy || c.recv_busy);
+        while (busy(&self.mesh) || self.wake_armed) && Instant::now() < deadline {
             if self.wait(Duration::from_millis(10)).is_err() {
                 break;
             }
@@ -253,6 +254,7 @@ impl Transport for UringTransport {
     fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
         let before = out.len();
         self.reap(out);
+        let next = self.mesh.progress(out);
         self.arm()?;
         if out.len() > before {
             self.ring
@@ -260,8 +262,13 @@ impl Transport for UringTransport {
                 .map_err(|e| Error::io("io_uring submit", &e))?;
             return Ok(());
         }
+        let timeout = match next {
+            Some(t) => timeout.min(t.saturating_duration_since(Instant::now())),
+            None => timeout,
+        };
         self.wait(timeout)?;
         self.reap(out);
+        self.mesh.progress(out);
         // Re-arm right away so the kernel keeps working while the engine computes.
         self.arm()?;
         self.ring
@@ -272,13 +279,19 @@ impl Transport for UringTransport {
 
     fn cancel_all(&mut self) {
         self.quiesce();
-        for c in self.mesh.conns.iter_mut() {
-            c.clear();
-        }
+        self.mesh.cancel();
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
         self.wake.clone()
+    }
+
+    fn describe_peer(&self, peer: Rank) -> Option<String> {
+        self.mesh.describe_peer(peer)
+    }
+
+    fn path_metrics(&self) -> Option<dmsc_core::engine::PathMetricsHandle> {
+        self.mesh.path_metrics()
     }
 }
 
