@@ -15,7 +15,7 @@ use crate::request::{Request, Slot};
 use crate::shrink::StoreLink;
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
 use dmsc_core::bootstrap::UniqueId;
-use dmsc_core::engine::{AbortHandle, Engine, OpMemory};
+use dmsc_core::engine::{AbortHandle, Engine, OpMemory, PathMetricsHandle, PeerPaths};
 use dmsc_core::plan::P2p;
 use dmsc_core::schedule::Schedule;
 use dmsc_core::{CollDesc, DataType, Error, Rank, Result};
@@ -91,6 +91,8 @@ pub struct Communicator {
     abort: Arc<AbortHandle>,
     failure: Arc<Mutex<Option<Error>>>,
     transport_name: &'static str,
+    /// Per-path metrics the transport publishes (several paths per peer).
+    path_metrics: Option<PathMetricsHandle>,
     worker: Option<JoinHandle<()>>,
     /// Local address the mesh listens on; communicators split from this one use it too.
     pub(crate) bind_ip: IpAddr,
@@ -202,6 +204,7 @@ impl Communicator {
         let abort = engine.abort_handle();
         let failure = engine.failure_slot();
         let transport_name = engine.transport_name();
+        let path_metrics = engine.path_metrics();
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
             queue: Mutex::new(Queue::default()),
@@ -221,6 +224,7 @@ impl Communicator {
             abort,
             failure,
             transport_name,
+            path_metrics,
             worker: Some(worker),
             bind_ip,
             store_link: None,
@@ -246,6 +250,18 @@ impl Communicator {
     /// Name of the transport backend in use (`tcp-uring` or `tcp-socket`).
     pub fn transport_name(&self) -> &'static str {
         self.transport_name
+    }
+
+    /// Metrics of the paths to each peer: state, measured rate and round trip, bytes in
+    /// flight, sent, acknowledged, re-queued and duplicated, failures and their reasons,
+    /// and when each state changed. Empty unless the communicator has several paths per
+    /// peer (`DMSC_PATHS`). A snapshot refreshed every few milliseconds by the progress
+    /// thread; reading it takes no engine lock.
+    pub fn path_metrics(&self) -> Vec<PeerPaths> {
+        self.path_metrics
+            .as_ref()
+            .and_then(|h| h.lock().ok().map(|m| m.clone()))
+            .unwrap_or_default()
     }
 
     /// Abort: every call in flight on this communicator returns [`Error::Aborted`] within

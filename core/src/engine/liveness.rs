@@ -352,10 +352,15 @@ impl Engine {
         if let Some((peer, quiet)) = self.live.silent(now) {
             self.live.lost(peer);
             let t = self.live.timeout().unwrap_or_default();
+            let paths = self
+                .transport
+                .describe_peer(peer)
+                .map(|d| format!("; its paths: {d}"))
+                .unwrap_or_default();
             return Err(Error::PeerLost {
                 peer,
                 detail: format!(
-                    "no message from it for {} ms (rank {} declares a peer lost within DMSC_HEARTBEAT_TIMEOUT={} s of its going silent): the process is stopped or hung, or the network drops its packets",
+                    "no message from it for {} ms (rank {} declares a peer lost within DMSC_HEARTBEAT_TIMEOUT={} s of its going silent): the process is stopped or hung, or the network drops its packets{paths}",
                     quiet.as_millis(),
                     self.rank,
                     t.as_secs_f64()

@@ -158,6 +158,11 @@ impl Engine {
         self.transport.name()
     }
 
+    /// Where the transport publishes per-path metrics (several paths per peer only).
+    pub fn path_metrics(&self) -> Option<PathMetricsHandle> {
+        self.transport.path_metrics()
+    }
+
     /// Sequence number of the last collective started on this rank.
     pub fn seq(&self) -> u64 {
         self.started

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the published metrics are refreshed.
-const METRICS_EVERY: Duration = Duration::from_millis(100);
+const METRICS_EVERY: Duration = Duration::from_millis(10);
 
 /// One peer's paths.
 pub(crate) struct PeerState {
@@ -538,6 +538,40 @@ impl Mesh {
                 kill(c, "withdrawn in the middle of a segment");
             }
             c.clear();
+        }
+    }
+}
+
+impl Drop for SprayMesh {
+    /// With `DMSC_DEBUG=INFO`, each path's metrics when the communicator closes.
+    fn drop(&mut self) {
+        if !self.debug {
+            return;
+        }
+        for (peer, p) in self.peers.iter().enumerate() {
+            let Some(p) = p else { continue };
+            for m in p.tx.metrics() {
+                eprintln!(
+                    "dmsc: rank {}: path {} to rank {peer}: {}, incarnation {}, {:.1} MB/s, srtt {:.1} ms, \
+                     sent {} B, acked {} B, re-queued {} B, duplicated {} B, {} failure(s){}",
+                    self.rank,
+                    m.path,
+                    m.state.name(),
+                    m.epoch,
+                    m.rate_bps / 1e6,
+                    m.srtt.as_secs_f64() * 1e3,
+                    m.bytes_sent,
+                    m.bytes_acked,
+                    m.bytes_requeued,
+                    m.bytes_duplicated,
+                    m.failures,
+                    if m.last_failure.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last: {})", m.last_failure)
+                    }
+                );
+            }
         }
     }
 }
