@@ -40,9 +40,9 @@
  *   a difference is reported as dmscMismatch on the ranks involved.
  * Thread safety. A communicator may be used for operations by one thread at a time
  *   (different communicators by different threads concurrently). dmscCommAbort,
- *   dmscCommGetAsyncError, dmscCommCount, dmscCommUserRank, dmscGetVersion,
- *   dmscGetErrorString and dmscGetLastError may be called from any thread at any time.
- *   Groups and the last-error message are per thread.
+ *   dmscCommGetAsyncError, dmscCommGetPathMetrics, dmscCommCount, dmscCommUserRank,
+ *   dmscGetVersion, dmscGetErrorString and dmscGetLastError may be called from any thread
+ *   at any time. Groups and the last-error message are per thread.
  * Failures inside dmsc never abort the process: a panic is caught and returned as
  *   dmscInternalError.
  */
@@ -87,6 +87,22 @@
  * on it (on other threads) end at once (`NCCL_SHRINK_ABORT`).
  */
 #define DMSC_SHRINK_ABORT 1
+
+/**
+ * Bytes of `dmscPathMetrics_t::lastFailure`, its terminating NUL included.
+ */
+#define DMSC_PATH_FAILURE_BYTES 128
+
+/**
+ * `dmscPathMetrics_t::state` of a path that carries data.
+ */
+#define DMSC_PATH_UP 0
+
+/**
+ * `dmscPathMetrics_t::state` of a path that failed or is suspected; its data went to the
+ * other paths, and it is connected again after a backoff.
+ */
+#define DMSC_PATH_DOWN 1
 
 /**
  * Major version of the header (and of the ABI: libdmsc.so.0's 0).
@@ -354,6 +370,79 @@ typedef struct {
  * released by `dmscRequestFree`. Like `dmscComm_t`, an opaque id that is never reused.
  */
 typedef dmscRequest *dmscRequest_t;
+
+/**
+ * The metrics of one network path to one peer, filled by `dmscCommGetPathMetrics`.
+ *
+ * Versioned by `size`: set `size` of the first element to `sizeof(dmscPathMetrics_t)`
+ * before the call. dmsc writes elements of that size (and sets `size` in each); later
+ * versions of libdmsc only append fields and keep accepting the sizes of earlier headers.
+ * Plain data: copy it freely.
+ */
+typedef struct {
+    /**
+     * `sizeof(dmscPathMetrics_t)` of the header the caller was compiled with.
+     */
+    size_t size;
+    /**
+     * Rank of the peer, in the communicator.
+     */
+    int peer;
+    /**
+     * Index of the path to that peer, `0 ... paths-1`.
+     */
+    int path;
+    /**
+     * `DMSC_PATH_UP` (0) or `DMSC_PATH_DOWN` (1).
+     */
+    int state;
+    /**
+     * Incarnation: how many times the path was connected, from 1.
+     */
+    unsigned int epoch;
+    /**
+     * Smoothed delivery rate in bytes per second (0 before the first measurement).
+     */
+    double rateBytesPerSec;
+    /**
+     * Smoothed round-trip time in seconds (0 before the first measurement).
+     */
+    double srttSeconds;
+    /**
+     * Payload bytes sent on the path and not yet acknowledged.
+     */
+    uint64_t inflightBytes;
+    /**
+     * Payload bytes handed to the path.
+     */
+    uint64_t bytesSent;
+    /**
+     * Payload bytes the peer reported having taken off the path.
+     */
+    uint64_t bytesAcked;
+    /**
+     * Payload bytes moved from this path to others when it failed.
+     */
+    uint64_t bytesRequeued;
+    /**
+     * Payload bytes the path carried as duplicates of slow tail chunks.
+     */
+    uint64_t bytesDuplicated;
+    /**
+     * Failures of the path so far.
+     */
+    unsigned int failures;
+    /**
+     * Time of the path's last state change, in seconds since the paths were set up (about
+     * 0 for a path that never changed state).
+     */
+    double lastChangeSeconds;
+    /**
+     * Why the path last failed, NUL-terminated UTF-8, truncated at a character boundary to
+     * fit; empty if it never failed.
+     */
+    char lastFailure[DMSC_PATH_FAILURE_BYTES];
+} dmscPathMetrics_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -892,6 +981,28 @@ dmscResult_t dmscRecvAsync(void *recvbuff,
                            dmscComm_t comm,
                            void *stream,
                            dmscRequest_t *request);
+
+/**
+ * Store the metrics of `comm`'s network paths in `out[0] ... out[capacity-1]` and their
+ * number in `*count`: one entry per peer and path, ordered by peer, then path. When there
+ * are more than `capacity`, the first `capacity` are written and `*count` still says how
+ * many there are, so a caller can ask with `capacity` 0 (and `out` NULL) first, then
+ * allocate. Before a call with `capacity` > 0, set `out[0].size = sizeof(dmscPathMetrics_t)`.
+ *
+ * The paths exist with packet spraying only (`DMSC_PATHS` > 1): with one path per peer
+ * (the default) `*count` is 0. The metrics are a snapshot that the communicator's progress
+ * thread refreshes every few milliseconds; reading them never waits for an operation.
+ *
+ * Errors: `dmscInvalidArgument` if `comm` or `count` is NULL, `capacity` is negative, `out`
+ * is NULL while `capacity` > 0, or `out[0].size` is not `sizeof(dmscPathMetrics_t)`;
+ * `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: callable from any thread, also while another thread runs an operation on
+ * `comm`.
+ */
+dmscResult_t dmscCommGetPathMetrics(dmscComm_t comm,
+                                    dmscPathMetrics_t *out,
+                                    int capacity,
+                                    int *count);
 
 /**
  * Check whether the operation of `request` has finished, without blocking (`MPI_Test`):

@@ -77,6 +77,8 @@ impl dmscConfig_t {
 }
 
 /// What a communicator's settings start from before a config's set fields apply.
+// Built once per new communicator and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Base {
     /// The `DMSC_*` environment variables (new communicators).
     Env,

@@ -18,7 +18,7 @@
 //! Layout: `guard` is the boundary every exported function goes through (catch_unwind,
 //! error codes, last error); `handle` the registry behind opaque handles; `validate` turns
 //! C arguments into an `op::Op`; `dispatch` runs, records (`group`) or posts (`request`)
-//! it.
+//! it. `path_metrics` reports the network paths of packet spraying.
 // The exported names are NCCL's, with the dmsc prefix: dmscResult_t, dmscSuccess, ...
 #![allow(non_camel_case_types, non_snake_case, clippy::enum_variant_names)]
 // Each exported function's doc comment states its pointer contract for C callers; a Rust
@@ -39,6 +39,7 @@ mod init;
 mod last_error;
 mod nonblocking;
 mod op;
+mod path_metrics;
 mod request;
 mod result;
 mod types;

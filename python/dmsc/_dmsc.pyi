@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Optional, Protocol, Union, final, overload
+from typing import Any, ClassVar, Literal, Optional, Protocol, TypedDict, Union, final, overload
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer
@@ -31,6 +31,40 @@ _Tensor = Union[Buffer, _DLPackTensor]
 #: An ``op=`` argument: a ReduceOp, its name as a string (any case; ``"prod"`` too), or an
 #: object with such a ``name`` (``torch.distributed.ReduceOp.SUM``).
 _OpLike = Union["ReduceOp", str, Any]
+
+class _PathMetrics(TypedDict):
+    """One network path to one peer, as :meth:`Communicator.path_metrics` reports it."""
+
+    peer: int
+    """Rank of the peer."""
+    path: int
+    """Index of the path to that peer, from 0."""
+    state: Literal["up", "down"]
+    """``"up"`` (carrying data) or ``"down"`` (failed or suspected; connected again after a
+    backoff)."""
+    epoch: int
+    """How many times the path was connected, from 1."""
+    rate_bytes_per_s: float
+    """Smoothed delivery rate in bytes per second (0 before the first measurement)."""
+    srtt_s: float
+    """Smoothed round-trip time in seconds (0 before the first measurement)."""
+    inflight: int
+    """Payload bytes sent and not yet acknowledged."""
+    bytes_sent: int
+    """Payload bytes handed to the path."""
+    bytes_acked: int
+    """Payload bytes the peer reported having taken off the path."""
+    bytes_requeued: int
+    """Payload bytes moved from this path to others when it failed."""
+    bytes_duplicated: int
+    """Payload bytes carried as duplicates of slow tail chunks."""
+    failures: int
+    """Failures so far."""
+    last_failure: str
+    """Why the path last failed (empty if never)."""
+    changes: list[tuple[float, Literal["up", "down"]]]
+    """State changes, oldest first (at most the last 32): seconds since the paths were set
+    up, and the new state."""
 
 @final
 class ReduceOp:
@@ -109,6 +143,12 @@ class Communicator:
     @property
     def transport(self) -> str:
         """Transport backend in use: ``"tcp-uring"`` or ``"tcp-socket"``."""
+
+    def path_metrics(self) -> list[_PathMetrics]:
+        """Metrics of the network paths of packet spraying (``DMSC_PATHS`` > 1): one dict per
+        peer and path, ordered by peer, then path; ``[]`` with one path per peer (the
+        default). A snapshot the progress thread refreshes every few milliseconds (and within
+        50 ms of joining); never waits for an operation."""
 
     @overload
     def all_reduce(

@@ -12,6 +12,7 @@ use crate::ops;
 use dmsc::{CollKind, ReduceOp};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyDict;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -95,6 +96,35 @@ pub fn config(timeout: Option<f64>) -> PyResult<dmsc::Config> {
     Ok(config)
 }
 
+/// The dict of `Communicator.path_metrics()` for path `m` to `peer`.
+fn path_dict<'py>(
+    py: Python<'py>,
+    peer: usize,
+    m: &dmsc::PathMetrics,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("peer", peer)?;
+    d.set_item("path", m.path)?;
+    d.set_item("state", m.state.name())?;
+    d.set_item("epoch", m.epoch)?;
+    d.set_item("rate_bytes_per_s", m.rate_bps)?;
+    d.set_item("srtt_s", m.srtt.as_secs_f64())?;
+    d.set_item("inflight", m.inflight)?;
+    d.set_item("bytes_sent", m.bytes_sent)?;
+    d.set_item("bytes_acked", m.bytes_acked)?;
+    d.set_item("bytes_requeued", m.bytes_requeued)?;
+    d.set_item("bytes_duplicated", m.bytes_duplicated)?;
+    d.set_item("failures", m.failures)?;
+    d.set_item("last_failure", m.last_failure.as_str())?;
+    let changes: Vec<(f64, &str)> = m
+        .changes
+        .iter()
+        .map(|(t, s)| (t.as_secs_f64(), s.name()))
+        .collect();
+    d.set_item("changes", changes)?;
+    Ok(d)
+}
+
 #[pymethods]
 impl Communicator {
     /// Join a job explicitly: as rank `rank` of `size`, through the rendezvous store at
@@ -158,6 +188,24 @@ impl Communicator {
     #[getter]
     fn transport(&self) -> PyResult<&'static str> {
         Ok(self.comm()?.transport_name())
+    }
+
+    /// Metrics of the network paths of packet spraying (`DMSC_PATHS` > 1): one dict per peer
+    /// and path, ordered by peer, then path. Empty with one path per peer (the default). A
+    /// snapshot the progress thread refreshes every few milliseconds; never waits for an
+    /// operation.
+    fn path_metrics<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let comm = self.comm()?;
+        let mut peers = no_panic(|| Ok(comm.path_metrics())).map_err(to_py)?;
+        peers.sort_by_key(|p| p.peer);
+        let mut out = Vec::new();
+        for p in &mut peers {
+            p.paths.sort_by_key(|m| m.path);
+            for m in &p.paths {
+                out.push(path_dict(py, p.peer, m)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Reduce `tensor` across ranks with `op`; the result replaces `tensor`, or goes to `out`

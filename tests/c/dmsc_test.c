@@ -4,8 +4,12 @@
  * Every collective in place and out of place over every data type (float16 and bfloat16 as
  * bit patterns) and every reduction operator, with counts not divisible by 4; the Async
  * variants with dmscTest/dmscWait/dmscRequestFree; groups (ring exchange, nesting, mixed
- * collectives and send/recv, two communicators); unique-id init; split; and every argument
- * error, checking both the code and that dmscGetLastError names the argument.
+ * collectives and send/recv, two communicators); unique-id init; split; path metrics (none
+ * with one path per peer); and every argument error, checking both the code and that
+ * dmscGetLastError names the argument.
+ * With the argument "paths" (run.sh's second run, under DMSC_PATHS=k > 1 and DMSC_CMA=0) it
+ * checks only the path metrics of packet spraying: k paths to every peer, ordered, all up,
+ * and acknowledged bytes on the paths to every peer after traffic.
  * Any failed check prints the reason and exits 1 (dmscrun then stops the other ranks).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -668,6 +672,132 @@ static void test_shrink(dmscComm_t world) {
     OK(dmscBarrier(world, NULL));
 }
 
+/* ---------- path metrics (packet spraying) ---------- */
+
+/* The paths per peer this run asked for: DMSC_PATHS, else 1. */
+static int env_paths(void) {
+    const char *v = getenv("DMSC_PATHS");
+    return v && *v ? atoi(v) : 1;
+}
+
+static void nap_ms(long ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* Fetch every entry of `comm` into a fresh array (with `size` set), checking the count first
+   reported with capacity 0. */
+static dmscPathMetrics_t *get_path_metrics(dmscComm_t comm, int *count) {
+    dmscPathMetrics_t *m;
+    int n = -1, again = -1;
+    OK(dmscCommGetPathMetrics(comm, NULL, 0, &n));
+    CHECK(n >= 0, "count %d", n);
+    m = xmalloc(((size_t)n + 1) * sizeof *m);
+    memset(m, 0, ((size_t)n + 1) * sizeof *m);
+    m[0].size = sizeof *m;
+    m[n].peer = -7; /* sentinel: never written */
+    OK(dmscCommGetPathMetrics(comm, m, n, &again));
+    CHECK(again == n, "count changed from %d to %d", n, again);
+    CHECK(m[n].peer == -7, "wrote past capacity");
+    *count = n;
+    return m;
+}
+
+/* The main run: with one path per peer (the default) there are no metrics; with
+   DMSC_PATHS=k > 1 set by the caller, k per peer. */
+static void test_path_metrics_count(dmscComm_t world) {
+    dmscPathMetrics_t m[2];
+    int n = -1, k = env_paths(), want = k > 1 ? (nranks - 1) * k : 0;
+    memset(m, 0, sizeof m);
+    OK(dmscCommGetPathMetrics(world, NULL, 0, &n));
+    CHECK(n == want, "%d path entries with DMSC_PATHS=%d, expected %d", n, k, want);
+    m[0].size = sizeof m[0];
+    m[0].peer = -7;
+    n = -1;
+    OK(dmscCommGetPathMetrics(world, m, want > 0 ? 1 : 2, &n));
+    CHECK(n == want, "count %d, expected %d", n, want);
+    CHECK(want > 0 || m[0].peer == -7, "nothing written with one path per peer");
+}
+
+/* Run with DMSC_PATHS=k > 1 and DMSC_CMA=0: k paths to every peer, all up, and after bulk
+   traffic to every peer each peer's paths have acknowledged bytes. */
+static void test_path_metrics_spray(dmscComm_t world, int k) {
+    const size_t count = (size_t)3 << 20; /* 12 MiB of float32 */
+    float *a = xmalloc(count * 4), *b = xmalloc(count * 4);
+    dmscPathMetrics_t *m, one[2];
+    int n, i, r, tries;
+    size_t j;
+
+    /* The progress thread publishes the first snapshot within its idle period (50 ms) of
+       init, or at the first operation. */
+    OK(dmscBarrier(world, NULL));
+    for (tries = 0;; tries++) {
+        OK(dmscCommGetPathMetrics(world, NULL, 0, &n));
+        if (n != 0 || tries == 500) break;
+        nap_ms(10);
+    }
+    m = get_path_metrics(world, &n);
+    CHECK(n == (nranks - 1) * k, "%d path entries, expected (%d - 1) * %d", n, nranks, k);
+    for (i = 0; i < n; i++) {
+        int peer = i / k + (i / k >= me), path = i % k;
+        CHECK(m[i].peer == peer && m[i].path == path, "entry %d is peer %d path %d, expected %d/%d",
+              i, m[i].peer, m[i].path, peer, path);
+        CHECK(m[i].size == sizeof m[i], "entry %d size %zu", i, m[i].size);
+        CHECK(m[i].state == DMSC_PATH_UP, "peer %d path %d is %d, not up (last failure: %s)",
+              m[i].peer, m[i].path, m[i].state, m[i].lastFailure);
+        CHECK(m[i].epoch >= 1, "epoch %u", m[i].epoch);
+        CHECK(memchr(m[i].lastFailure, 0, sizeof m[i].lastFailure) != NULL, "lastFailure ends");
+        CHECK(m[i].lastChangeSeconds >= 0, "lastChangeSeconds %g", m[i].lastChangeSeconds);
+    }
+    free(m);
+
+    /* A capacity smaller than the count: that many written, the whole count reported. */
+    memset(one, 0, sizeof one);
+    one[0].size = sizeof one[0];
+    one[1].peer = -7;
+    OK(dmscCommGetPathMetrics(world, one, 1, &n));
+    CHECK(n == (nranks - 1) * k && one[0].peer == (me == 0 ? 1 : 0) && one[1].peer == -7,
+          "capacity 1: count %d, first peer %d", n, one[0].peer);
+
+    /* Bulk traffic: all-reduces (ring neighbours) and an all-to-all (every peer). */
+    for (r = 0; r < 3; r++) {
+        fill_f32(a, count, (float)r);
+        OK(dmscAllReduce(a, a, count, dmscFloat32, dmscSum, world, NULL));
+        for (j = 0; j < count; j += 4093)
+            CHECK(a[j] == (float)nranks * ((float)r + (float)j), "spray all_reduce [%zu]", j);
+    }
+    fill_f32(a, count, 0);
+    OK(dmscAllToAll(a, b, count / (size_t)nranks, dmscFloat32, world, NULL));
+
+    /* Acknowledgements reach the snapshot within a few milliseconds; allow 10 s. */
+    for (tries = 0;; tries++) {
+        int missing = -1;
+        m = get_path_metrics(world, &n);
+        CHECK(n == (nranks - 1) * k, "%d path entries after traffic", n);
+        for (i = 0; i < n && missing < 0; i += k) {
+            uint64_t acked = 0, sent = 0;
+            int p;
+            for (p = 0; p < k; p++) {
+                acked += m[i + p].bytesAcked;
+                sent += m[i + p].bytesSent;
+                CHECK(m[i + p].bytesAcked <= m[i + p].bytesSent, "peer %d path %d acked %llu > sent %llu",
+                      m[i + p].peer, p, (unsigned long long)m[i + p].bytesAcked,
+                      (unsigned long long)m[i + p].bytesSent);
+            }
+            if (acked == 0 || sent == 0) missing = m[i].peer;
+        }
+        free(m);
+        if (missing < 0) break;
+        CHECK(tries < 1000, "no bytes acknowledged on the paths to peer %d after the traffic", missing);
+        nap_ms(10);
+    }
+    OK(dmscBarrier(world, NULL));
+    free(a);
+    free(b);
+}
+
 /* Operation errors: a mismatch, a timeout, an abort from another thread. */
 
 static void test_mismatch(dmscComm_t world) {
@@ -788,6 +918,12 @@ static void test_errors(dmscComm_t world) {
     EXPECT(dmscCommUserRank(world, NULL), dmscInvalidArgument, "dmscCommUserRank: rank is NULL");
     EXPECT(dmscCommGetAsyncError(world, NULL), dmscInvalidArgument,
            "dmscCommGetAsyncError: asyncError is NULL");
+    EXPECT(dmscCommGetPathMetrics(world, NULL, 0, NULL), dmscInvalidArgument,
+           "dmscCommGetPathMetrics: count is NULL");
+    EXPECT(dmscCommGetPathMetrics(world, NULL, 1, &v), dmscInvalidArgument,
+           "dmscCommGetPathMetrics: out is NULL");
+    EXPECT(dmscCommGetPathMetrics(NULL, NULL, 0, &v), dmscInvalidArgument,
+           "dmscCommGetPathMetrics: comm is NULL");
     EXPECT(dmscGetVersion(NULL), dmscInvalidArgument, "dmscGetVersion: version is NULL");
     EXPECT(dmscGetUniqueId(NULL), dmscInvalidArgument, "dmscGetUniqueId: uniqueId is NULL");
     EXPECT(dmscCommInitFromEnv(NULL, NULL), dmscInvalidArgument, "dmscCommInitFromEnv: comm is NULL");
@@ -811,6 +947,15 @@ static void test_errors(dmscComm_t world) {
            "dmscSend: datatype 10");
 
     /* Counts that overflow. */
+    {
+        dmscPathMetrics_t pm;
+        memset(&pm, 0, sizeof pm);
+        EXPECT(dmscCommGetPathMetrics(world, &pm, -1, &v), dmscInvalidArgument,
+               "dmscCommGetPathMetrics: capacity -1 is negative");
+        pm.size = 8; /* not this header's sizeof */
+        EXPECT(dmscCommGetPathMetrics(world, &pm, 1, &v), dmscInvalidArgument,
+               "dmscCommGetPathMetrics: out[0].size is 8");
+    }
     EXPECT(dmscAllReduce(buf, buf2, SIZE_MAX, dmscFloat32, dmscSum, world, NULL),
            dmscInvalidArgument, "dmscAllReduce: count");
     EXPECT(dmscAllReduce(buf, buf2, SIZE_MAX, dmscInt8, dmscSum, world, NULL),
@@ -866,6 +1011,8 @@ static void test_errors(dmscComm_t world) {
            "destroyed");
     EXPECT(dmscCommDestroy(dead), dmscInvalidUsage, "dmscCommDestroy: comm");
     EXPECT(dmscCommCount(dead, &v), dmscInvalidUsage, "dmscCommCount: comm");
+    EXPECT(dmscCommGetPathMetrics(dead, NULL, 0, &v), dmscInvalidUsage,
+           "dmscCommGetPathMetrics: comm");
     EXPECT(dmscBarrierAsync(dead, NULL, &req), dmscInvalidUsage, "dmscBarrierAsync: comm");
     EXPECT(dmscCommSplit(dead, 0, 0, &nc, NULL), dmscInvalidUsage, "dmscCommSplit: comm");
     CHECK(nc == NULL, "a failed split sets *newcomm to NULL");
@@ -942,7 +1089,7 @@ static void test_errors(dmscComm_t world) {
     }
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     dmscComm_t world = NULL;
     int version = 0, n = 0, r = -1;
     const char *env_rank = getenv("RANK"), *env_size = getenv("WORLD_SIZE");
@@ -960,7 +1107,16 @@ int main(void) {
           "rank %d of %d vs RANK=%s WORLD_SIZE=%s", r, n, env_rank, env_size);
     CHECK(nranks >= 2 && nranks <= 4, "run with 2 to 4 ranks (products must stay exact)");
 
+    if (argc > 1 && strcmp(argv[1], "paths") == 0) {
+        /* The packet-spraying run of tests/c/run.sh: path metrics only. */
+        CHECK(env_paths() > 1, "'paths' needs DMSC_PATHS > 1");
+        test_path_metrics_spray(world, env_paths());
+        OK(dmscCommDestroy(world));
+        printf("rank %d: path metrics checks passed (%d paths per peer)\n", me, env_paths());
+        return 0;
+    }
     test_errors(world);
+    test_path_metrics_count(world);
     test_all_reduce(world);
     test_broadcast_reduce(world);
     test_gather_scatter(world);

@@ -12,6 +12,8 @@ static_assert(DMSC_UNIQUE_ID_BYTES == 128, "NCCL_UNIQUE_ID_BYTES");
 static_assert(dmscSuccess == 0 && dmscInvalidArgument == 4 && dmscInProgress == 7, "results");
 static_assert(dmscFloat32 == 7 && dmscBfloat16 == 9 && dmscFloat == dmscFloat32, "types");
 static_assert(dmscMax == 2 && dmscMin == 3 && dmscAvg == 4, "ops");
+static_assert(DMSC_PATH_UP == 0 && DMSC_PATH_DOWN == 1 && DMSC_PATH_FAILURE_BYTES == 128, "paths");
+static_assert(sizeof(void *) != 8 || sizeof(dmscPathMetrics_t) == 224, "dmscPathMetrics_t layout");
 static_assert(DMSC_VERSION_CODE == DMSC_VERSION(DMSC_MAJOR, DMSC_MINOR, DMSC_PATCH), "version");
 
 int main() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The C API suite: builds libdmsc.so / libdmsc.a and dmscrun, checks the shared library's
 # SONAME and exported symbols, compiles the header as C99 and C++17 with warnings as errors,
-# and runs tests/c/dmsc_test.c as 4 ranks under dmscrun, linked shared and then static.
+# and runs tests/c/dmsc_test.c as 4 ranks under dmscrun, linked shared and then static, then
+# once more (its path-metrics checks only) with packet spraying: DMSC_PATHS=3, DMSC_CMA=0.
 # Called by scripts/test-all.sh; runnable alone:  bash tests/c/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,4 +82,8 @@ for kind in shared static; do
     timeout 600 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_$kind" \
         || die "dmsc_test_$kind failed under dmscrun -n $NP (exit $?)"
 done
-echo "C API tests passed (shared and static, $NP ranks)"
+# Packet spraying: dmscCommGetPathMetrics with 3 paths per peer, every byte on the sockets.
+step "DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP -- dmsc_test_shared paths"
+DMSC_PATHS=3 DMSC_CMA=0 timeout 300 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_shared" paths \
+    || die "dmsc_test_shared paths failed under DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP (exit $?)"
+echo "C API tests passed (shared and static, $NP ranks; path metrics with 3 paths per peer)"

@@ -349,6 +349,84 @@ def case_init_paths(comm: dmsc.Communicator) -> None:
     comm.barrier()
 
 
+PATH_KEYS = {
+    "peer", "path", "state", "epoch", "rate_bytes_per_s", "srtt_s", "inflight", "bytes_sent",
+    "bytes_acked", "bytes_requeued", "bytes_duplicated", "failures", "last_failure", "changes",
+}
+
+
+def acked_by_peer(comm: dmsc.Communicator) -> dict:
+    acked: dict = {}
+    for m in comm.path_metrics():
+        acked[m["peer"]] = acked.get(m["peer"], 0) + m["bytes_acked"]
+    return acked
+
+
+def case_path_metrics(comm: dmsc.Communicator) -> None:
+    """Packet spraying (run with DMSC_PATHS=k > 1, DMSC_CMA=0): k paths to every peer, their
+    metrics' shape, and acknowledged bytes growing with an all-reduce."""
+    n, r = comm.size, comm.rank
+    k = int(os.environ["DMSC_PATHS"])
+    assert k > 1 and n > 1, (k, n)
+    comm.barrier()
+    # The first snapshot is published within the progress thread's idle period (50 ms).
+    deadline = time.monotonic() + 5
+    while not comm.path_metrics() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ms = comm.path_metrics()
+    assert isinstance(ms, list) and len(ms) == (n - 1) * k, ms
+    want = [(p, i) for p in range(n) if p != r for i in range(k)]
+    assert [(m["peer"], m["path"]) for m in ms] == want, ms
+    for m in ms:
+        assert isinstance(m, dict) and set(m) == PATH_KEYS, m
+        assert m["state"] == "up" and m["epoch"] >= 1 and m["failures"] == 0, m
+        for key in ("peer", "path", "epoch", "inflight", "bytes_sent", "bytes_acked",
+                    "bytes_requeued", "bytes_duplicated", "failures"):
+            assert isinstance(m[key], int) and m[key] >= 0, (key, m)
+        for key in ("rate_bytes_per_s", "srtt_s"):
+            assert isinstance(m[key], float) and m[key] >= 0, (key, m)
+        assert m["last_failure"] == "", m
+        assert m["bytes_acked"] <= m["bytes_sent"], m
+        ch = m["changes"]
+        assert isinstance(ch, list) and ch and ch[0][1] == "up", m
+        for t, state in ch:
+            assert isinstance(t, float) and t >= 0 and state in ("up", "down"), m
+    before = acked_by_peer(comm)
+    x = np.ones(1 << 20, np.float32)  # 4 MiB: several spray segments on every path
+    for _ in range(2):
+        comm.all_reduce(x)
+    assert x[0] == n * n and x[-1] == n * n, x[:4]
+    # Acknowledgements reach the snapshot within a few milliseconds.
+    deadline = time.monotonic() + 10
+    while True:
+        after = acked_by_peer(comm)
+        grew = [p for p in before if after.get(p, 0) > before[p]]
+        if grew or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    # A ring all-reduce sends to the next rank; with 2 ranks that is the only peer.
+    nxt = (r + 1) % n
+    assert after[nxt] > before[nxt], (before, after)
+    comm.barrier()
+
+
+def case_path_metrics_default(comm: dmsc.Communicator) -> None:
+    """One path per peer (the default): no path metrics; a destroyed communicator raises."""
+    assert comm.path_metrics() == []
+    x = np.ones(1 << 16, np.float32)
+    comm.all_reduce(x)
+    assert comm.path_metrics() == []
+    c = comm.split(0)
+    assert c is not None
+    c.destroy()
+    try:
+        c.path_metrics()
+        raise AssertionError("expected InvalidUsage")
+    except dmsc.InvalidUsage as e:
+        assert "destroy" in str(e), e
+    comm.barrier()
+
+
 def case_failures(comm: dmsc.Communicator) -> None:
     """Timeout (one rank skips), Work.wait(timeout), abort, mismatch, peer lost. 2 ranks."""
     n, r = comm.size, comm.rank
@@ -520,6 +598,8 @@ CASES = {
     "init_paths": case_init_paths,
     "failures": case_failures,
     "torch": case_torch,
+    "path_metrics": case_path_metrics,
+    "path_metrics_default": case_path_metrics_default,
 }
 
 

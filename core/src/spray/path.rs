@@ -95,8 +95,13 @@ pub(crate) struct PathTx {
     /// Last time anything arrived from the peer on this path (a delivery report for it, or
     /// any unit read from it).
     pub(crate) last_heard: Option<Instant>,
-    /// Start of the current rate interval: (time, delivered), while busy.
-    anchor: Option<(Instant, u64)>,
+    /// Start of the current rate interval while busy: (time, delivered, when the first
+    /// copy not yet delivered then was handed to the path).
+    anchor: Option<(Instant, u64, Instant)>,
+    /// Suspected since (no delivery for its bound while the peer was heard on another
+    /// path): its copies were queued again elsewhere and it takes no new ones until it
+    /// delivers again, or fails for good after [`HARD_FAIL`].
+    pub(crate) suspected: Option<Instant>,
     /// Whether the path was window-limited (saturated) when the interval started.
     anchor_full: bool,
     /// Re-admitted: the window is capped at `probation` bytes until acks grow it.
@@ -110,6 +115,10 @@ pub(crate) struct PathTx {
 
 /// Smallest suspicion bound: no path is suspected faster than this.
 pub const SUSPECT_FLOOR: Duration = Duration::from_millis(100);
+/// A suspected path that delivers nothing for this long is closed and connected again.
+pub const HARD_FAIL: Duration = Duration::from_secs(1);
+/// Shortest interval a delivery-rate sample is taken over.
+const RATE_INTERVAL: Duration = Duration::from_millis(10);
 /// Target queueing on a path: its window is its rate times this.
 pub(crate) const TARGET_DELAY: Duration = Duration::from_millis(50);
 /// A path that fails within this long of coming back has flapped.
@@ -140,6 +149,7 @@ impl PathTx {
             last_heard: None,
             anchor: None,
             anchor_full: false,
+            suspected: None,
             probation: None,
             up_since: now,
             flaps: 0,
@@ -208,7 +218,7 @@ impl PathTx {
     pub(crate) fn on_send(&mut self, f: Flight, seg: u64, dup: bool) {
         if self.flights.is_empty() {
             self.last_progress = f.sent_at;
-            self.anchor = Some((f.sent_at, self.delivered));
+            self.anchor = Some((f.sent_at, self.delivered, f.sent_at));
             self.anchor_full = false;
         }
         if self.inflight + f.len >= self.window(seg) {
@@ -276,22 +286,26 @@ impl PathTx {
                 self.probation = Some(cap);
             }
         }
-        if let Some((t0, d0)) = self.anchor {
-            let dt = now.saturating_duration_since(t0);
+        self.suspected = None;
+        if let (Some((t0, d0, s0)), Some(last)) = (self.anchor, done.last()) {
+            // Over the longer of the time the bytes took to be sent and to be acknowledged,
+            // so that acks bunched together do not inflate the rate (BBR's rule).
+            let interval = now
+                .saturating_duration_since(t0)
+                .max(last.sent_at.saturating_duration_since(s0));
             let bytes = self.delivered - d0;
-            if dt >= Duration::from_millis(2) && bytes > 0 {
-                let sample = bytes as f64 / dt.as_secs_f64();
+            if interval >= RATE_INTERVAL && bytes > 0 {
+                let sample = bytes as f64 / interval.as_secs_f64();
                 // Samples from intervals that started below the window are app-limited and
                 // may only raise the estimate.
                 if !self.rate_measured {
                     self.rate = sample;
                     self.rate_measured = true;
-                } else if sample > self.rate {
-                    self.rate = 0.5 * self.rate + 0.5 * sample;
-                } else if self.anchor_full {
-                    self.rate = 0.75 * self.rate + 0.25 * sample;
+                } else if sample > self.rate || self.anchor_full {
+                    self.rate += 0.25 * (sample - self.rate);
                 }
-                self.anchor = Some((now, self.delivered));
+                let next = self.flights.front().map_or(now, |f| f.sent_at);
+                self.anchor = Some((now, self.delivered, next));
                 self.anchor_full = self.inflight > 0;
             }
         }
@@ -334,8 +348,13 @@ impl PathTx {
 
     /// When the path will be suspected if nothing arrives (None: nothing outstanding).
     pub(crate) fn suspect_at(&self) -> Option<Instant> {
-        (self.state == PathState::Up && !self.flights.is_empty())
+        (self.state == PathState::Up && self.suspected.is_none() && !self.flights.is_empty())
             .then(|| self.last_progress + self.suspect_after())
+    }
+
+    /// When a suspected path fails for good if nothing arrives on it.
+    pub(crate) fn hard_fail_at(&self) -> Option<Instant> {
+        self.suspected.map(|t| t + HARD_FAIL)
     }
 
     /// The path failed: take its copies in flight away. Returns them.
@@ -349,6 +368,7 @@ impl PathTx {
             self.flaps = 0;
         }
         self.state = PathState::Down;
+        self.suspected = None;
         self.metrics.failures += 1;
         self.metrics.last_failure = why.to_string();
         self.record(now, PathState::Down);
@@ -385,6 +405,7 @@ impl PathTx {
         self.anchor = None;
         self.last_progress = now;
         self.last_heard = None;
+        self.suspected = None;
         self.up_since = now;
         self.probation = Some(seg);
         // Keep the old rate as a hint, discounted: the path must prove itself again.

@@ -162,7 +162,10 @@ impl Sender {
         let seg = self.cfg.segment_bytes as u64;
         match self.cfg.mode {
             Mode::Single => {
-                let p = self.paths.iter().position(|p| p.state == PathState::Up)?;
+                let p = self
+                    .paths
+                    .iter()
+                    .position(|p| p.state == PathState::Up && p.suspected.is_none())?;
                 self.paths[p].has_room(len, seg).then_some(p)
             }
             Mode::RoundRobin => {
@@ -171,7 +174,9 @@ impl Sender {
                 let n = self.paths.len();
                 let p = (0..n)
                     .map(|i| (self.rr + i) % n)
-                    .find(|&p| self.paths[p].state == PathState::Up)?;
+                    .find(|&p| {
+                        self.paths[p].state == PathState::Up && self.paths[p].suspected.is_none()
+                    })?;
                 if !self.paths[p].has_room(len, seg) {
                     return None;
                 }
@@ -403,33 +408,48 @@ impl Sender {
         }
     }
 
+    /// Whether the peer was heard on a live path other than `i` after `since`.
+    fn heard_elsewhere(&self, i: usize, since: Instant) -> bool {
+        self.paths.iter().enumerate().any(|(j, q)| {
+            j != i && q.state == PathState::Up && q.last_heard.is_some_and(|h| h > since)
+        })
+    }
+
     /// Whether path `i` is stalled and may be suspected: it has data outstanding and no
     /// delivery for its bound, and the peer was heard on another path since the path last
     /// made progress. When nothing is heard on any path, the peer itself is slow, idle or
     /// gone, which is for the heartbeats to decide.
     fn suspectable(&self, i: usize, now: Instant) -> bool {
         let p = &self.paths[i];
-        p.suspect_at().is_some_and(|t| t <= now)
-            && self.paths.iter().enumerate().any(|(j, q)| {
-                j != i
-                    && q.state == PathState::Up
-                    && q.last_heard.is_some_and(|h| h > p.last_progress)
-            })
+        p.suspect_at().is_some_and(|t| t <= now) && self.heard_elsewhere(i, p.last_progress)
     }
 
-    /// Suspect stalled paths (see `suspectable`): each path returned has been marked down,
-    /// its segments moved to the others; the transport must close it.
+    /// Whether suspected path `i` has delivered nothing for [`super::path::HARD_FAIL`]
+    /// while the peer was heard elsewhere.
+    fn hard_due(&self, i: usize, now: Instant) -> bool {
+        let p = &self.paths[i];
+        p.hard_fail_at().is_some_and(|t| t <= now) && self.heard_elsewhere(i, p.last_progress)
+    }
+
+    /// Suspect stalled paths (see `suspectable`): their unacknowledged segments are queued
+    /// again for the other paths at once, and they take no new segments; a suspected path
+    /// that delivers again is used again as it was (a retransmission stall of TCP costs no
+    /// reconnection). One that stays silent for [`super::path::HARD_FAIL`] is marked down
+    /// and returned: the transport must close it and connect it again.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(usize, String)> {
         let mut out = Vec::new();
-        while let Some(i) = (0..self.paths.len()).find(|&i| self.suspectable(i, now)) {
+        for i in 0..self.paths.len() {
+            if self.suspectable(i, now) {
+                self.suspect(i, now);
+            }
+        }
+        while let Some(i) = (0..self.paths.len()).find(|&i| self.hard_due(i, now)) {
             let p = &self.paths[i];
             let why = format!(
-                "no delivery for {} ms with {} bytes outstanding (bound {} ms, srtt {} ms, {} flights, delivered {} of {})",
+                "no delivery for {} ms with {} bytes outstanding (suspected after {} ms)",
                 now.saturating_duration_since(p.last_progress).as_millis(),
                 p.inflight,
-                p.suspect_after().as_millis(),
-                p.srtt.unwrap_or_default().as_millis(),
-                p.flights.len(), p.delivered, p.stream_pos
+                p.suspect_after().as_millis()
             );
             self.on_path_down(i, &why, now);
             out.push((i, why));
@@ -437,14 +457,45 @@ impl Sender {
         out
     }
 
+    /// Queue the unacknowledged segments of path `i` again and stop giving it new ones.
+    fn suspect(&mut self, i: usize, now: Instant) {
+        let p = &mut self.paths[i];
+        p.suspected = Some(now);
+        p.metrics.last_failure = format!(
+            "suspected: no delivery for {} ms with {} bytes outstanding",
+            now.saturating_duration_since(p.last_progress).as_millis(),
+            p.inflight
+        );
+        let flights: Vec<(u64, u32, u64)> =
+            p.flights.iter().map(|f| (f.transfer, f.seg, f.len)).collect();
+        let mut moved = 0;
+        for (id, s, len) in flights.into_iter().rev() {
+            let Some(t) = self.transfer_mut(id) else { continue };
+            if t.done || t.acked & (1 << s) != 0 || t.queued & (1 << s) != 0 {
+                continue;
+            }
+            t.queued |= 1 << s;
+            self.queue.push_front((id, s));
+            moved += len;
+        }
+        self.paths[i].metrics.bytes_requeued += moved;
+    }
+
     /// The next instant [`Sender::handle_timeout`] may have something to do (a past
     /// instant: at once). Paths already stalled wait for news from the peer instead.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         (0..self.paths.len())
-            .filter_map(|i| {
-                let t = self.paths[i].suspect_at()?;
-                (t > now || self.suspectable(i, now)).then_some(t)
+            .flat_map(|i| {
+                let p = &self.paths[i];
+                let soft = p
+                    .suspect_at()
+                    .filter(|&t| t > now || self.suspectable(i, now));
+                let hard = p
+                    .hard_fail_at()
+                    .filter(|&t| t > now || self.hard_due(i, now));
+                [soft, hard]
             })
+            .flatten()
             .min()
     }
 
@@ -480,7 +531,7 @@ impl Sender {
         self.paths
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PathState::Up)
+            .filter(|(_, p)| p.state == PathState::Up && p.suspected.is_none())
             .map(|(i, p)| (i, p.completion_estimate(0, dr)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)

@@ -568,7 +568,7 @@ fn a_stuck_writer_is_closed_before_its_segment_is_used() {
         }
     });
     assert!(cut);
-    assert!(s.tx.metrics()[0].failures >= 1);
+    assert!(s.tx.metrics()[0].bytes_requeued > 0);
 }
 
 #[test]

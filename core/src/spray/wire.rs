@@ -325,7 +325,7 @@ mod tests {
         bad(&|c| c[60] = 1, "reserved");
         bad(&|c| c[12] = 4, "segment 4 of 4");
         bad(&|c| c[24] = 65, "segment");
-        bad(&|c| c[40] = 1, "outside");
+        bad(&|c| c[40..48].fill(0), "outside");
         bad(
             &|c| c[32..40].copy_from_slice(&u64::MAX.to_le_bytes()),
             "outside",

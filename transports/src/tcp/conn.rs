@@ -80,7 +80,9 @@ impl PathSink for NoPaths {
 }
 
 struct SendItem {
-    hdr: [u8; MAX_HDR],
+    /// Boxed: the kernel may read it while the queue moves its items (an insertion ahead of
+    /// other units, or the queue growing).
+    hdr: Box<[u8; MAX_HDR]>,
     hlen: usize,
     /// The transfer and index of a segment (path connections).
     transfer: Option<(u64, u32)>,
@@ -181,7 +183,7 @@ impl Conn {
         let mut hdr = [0u8; MAX_HDR];
         header.encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
-            hdr,
+            hdr: Box::new(hdr),
             hlen: HEADER_LEN,
             transfer: None,
             data,
@@ -204,7 +206,7 @@ impl Conn {
         unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
         engine.encode((&mut hdr[UNIT_LEN..]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
-            hdr,
+            hdr: Box::new(hdr),
             hlen: MAX_HDR,
             transfer: Some((unit.transfer, unit.seg)),
             data,
@@ -230,7 +232,7 @@ impl Conn {
         self.sendq.insert(
             at,
             SendItem {
-                hdr,
+                hdr: Box::new(hdr),
                 hlen: UNIT_LEN,
                 transfer: None,
                 data,
@@ -275,7 +277,7 @@ impl Conn {
             .encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         let data = payload.as_ptr();
         self.sendq.push_back(SendItem {
-            hdr,
+            hdr: Box::new(hdr),
             hlen: HEADER_LEN,
             transfer: None,
             data,

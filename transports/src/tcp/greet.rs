@@ -390,6 +390,7 @@ pub(super) fn greet_one(
     outgoing: Option<(Rank, Role)>,
     opts: &MeshOptions,
     deadline: Instant,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<(TcpStream, Rank, Role)> {
     stream
         .set_nonblocking(false)
@@ -397,6 +398,11 @@ pub(super) fn greet_one(
     let mut p = Pending::start(stream, addr, outgoing, opts, deadline)?;
     loop {
         let now = Instant::now();
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire)) {
+            return Err(Error::Aborted {
+                detail: "the transport is closing".into(),
+            });
+        }
         if now >= deadline {
             return Err(Error::Timeout {
                 op: format!("authenticating a connection with {addr}"),

@@ -44,6 +44,8 @@ pub(crate) struct PathService {
     waker: SharedWaker,
     opts: Arc<MeshOptions>,
     acceptor: Option<JoinHandle<()>>,
+    /// Dial threads that may still run (joined on drop: none outlives the transport).
+    dials: Vec<JoinHandle<()>>,
 }
 
 impl PathService {
@@ -72,6 +74,7 @@ impl PathService {
             waker,
             opts,
             acceptor: Some(acceptor),
+            dials: Vec::new(),
         })
     }
 
@@ -83,8 +86,10 @@ impl PathService {
     }
 
     /// Dial path `path` of `peer` at `addr` again, as incarnation `epoch`.
-    pub(crate) fn dial(&self, peer: Rank, path: usize, epoch: u32, addr: SocketAddr) {
+    pub(crate) fn dial(&mut self, peer: Rank, path: usize, epoch: u32, addr: SocketAddr) {
+        self.dials.retain(|h| !h.is_finished());
         let (send, waker, opts) = (self.send.clone(), self.waker.clone(), self.opts.clone());
+        let stop = self.stop.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("dmsc-dial-{peer}-{path}"))
             .spawn(move || {
@@ -93,7 +98,7 @@ impl PathService {
                     .and_then(|s| {
                         let role = Role::Path(path as u8, epoch);
                         let deadline = Instant::now() + GREET_TIMEOUT;
-                        greet_one(s, addr, Some((peer, role)), &opts, deadline)
+                        greet_one(s, addr, Some((peer, role)), &opts, deadline, Some(&stop))
                     })
                     .map(|(s, _, _)| s);
                 let _ = send.send(Dialed {
@@ -104,13 +109,16 @@ impl PathService {
                 });
                 poke(&waker);
             });
-        if let Err(e) = spawned {
-            let _ = self.send.send(Dialed {
+        match spawned {
+            Ok(h) => self.dials.push(h),
+            Err(e) => {
+                let _ = self.send.send(Dialed {
                 peer,
                 path,
                 epoch,
-                result: Err(Error::io("starting a dial thread", &e)),
-            });
+                    result: Err(Error::io("starting a dial thread", &e)),
+                });
+            }
         }
     }
 
@@ -126,6 +134,12 @@ impl Drop for PathService {
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
+        // A dial in progress ends within its connect timeout.
+        for h in self.dials.drain(..) {
+            let _ = h.join();
+        }
+        // Connections made but never taken: closed here.
+        while self.results.try_recv().is_ok() {}
     }
 }
 
@@ -167,7 +181,7 @@ fn accept_loop(
             }
             while let Ok((s, from)) = l.accept() {
                 let deadline = Instant::now() + GREET_TIMEOUT;
-                match greet_one(s, from, None, &opts, deadline) {
+                match greet_one(s, from, None, &opts, deadline, Some(&stop)) {
                     Ok((s, peer, Role::Path(p, epoch))) => {
                         let _ = send.send(Dialed {
                             peer,
