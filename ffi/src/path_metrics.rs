@@ -209,6 +209,7 @@ mod tests {
             bytes_requeued: 4,
             bytes_duplicated: 5,
             failures: 1,
+            suspicions: 0,
             last_failure: failure.to_string(),
             changes: vec![
                 (Duration::ZERO, PathState::Up),

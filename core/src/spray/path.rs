@@ -54,8 +54,10 @@ pub struct PathMetrics {
     pub bytes_requeued: u64,
     /// Payload bytes this path carried as duplicates of slow tail chunks.
     pub bytes_duplicated: u64,
-    /// Failures so far.
+    /// Failures so far (the path was closed and connected again).
     pub failures: u32,
+    /// Times the path was suspected (its chunks moved to other paths) so far.
+    pub suspicions: u32,
     /// Why it last failed (empty if never).
     pub last_failure: String,
     /// State changes, oldest first (at most the last 32): time since the path set was
@@ -109,6 +111,12 @@ pub(crate) struct PathTx {
     pub(crate) up_since: Instant,
     /// Recent failures shortly after coming back (flaps), which lengthen the hold-down.
     pub(crate) flaps: u32,
+    /// Suspicions shortly after recovering from the previous one.
+    soft_flaps: u32,
+    /// When the path last recovered from a suspicion.
+    recovered_at: Option<Instant>,
+    /// A path that keeps being suspected takes no new data until then.
+    pub(crate) quarantine_until: Option<Instant>,
     pub(crate) metrics: PathMetrics,
     created: Instant,
 }
@@ -122,13 +130,13 @@ const RATE_INTERVAL: Duration = Duration::from_millis(10);
 /// Target queueing on a path: its window is its rate times this.
 pub(crate) const TARGET_DELAY: Duration = Duration::from_millis(50);
 /// A path that fails within this long of coming back has flapped.
-pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(3);
+pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(2);
 /// Stable this long, a path's flap count is forgotten.
 pub(crate) const FLAP_FORGET: Duration = Duration::from_secs(20);
 /// First delay before connecting a failed path again.
 pub(crate) const REDIAL_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between attempts to connect a path that never flapped.
-pub(crate) const REDIAL_MAX: Duration = Duration::from_millis(800);
+pub(crate) const REDIAL_MAX: Duration = Duration::from_millis(500);
 /// Longest hold-down of a flapping path.
 pub(crate) const HOLD_MAX: Duration = Duration::from_secs(8);
 
@@ -153,6 +161,9 @@ impl PathTx {
             probation: None,
             up_since: now,
             flaps: 0,
+            soft_flaps: 0,
+            recovered_at: None,
+            quarantine_until: None,
             metrics: PathMetrics {
                 path,
                 state: PathState::Up,
@@ -165,6 +176,7 @@ impl PathTx {
                 bytes_requeued: 0,
                 bytes_duplicated: 0,
                 failures: 0,
+                suspicions: 0,
                 last_failure: String::new(),
                 changes: Vec::new(),
             },
@@ -198,14 +210,24 @@ impl PathTx {
         }
     }
 
-    /// Whether a copy of `len` bytes fits the window now.
-    pub(crate) fn has_room(&self, len: u64, seg: u64) -> bool {
+    /// Whether the path takes new data at `now`: up, not suspected, not held back.
+    pub(crate) fn usable(&self, now: Instant) -> bool {
         self.state == PathState::Up
-            && (self.inflight == 0 || self.inflight + len <= self.window(seg))
+            && self.suspected.is_none()
+            && self.quarantine_until.is_none_or(|t| now >= t)
     }
 
-    /// Expected time until a copy of `len` bytes handed over now is delivered.
-    pub(crate) fn completion_estimate(&self, len: u64, default_rate: f64) -> f64 {
+    /// Whether a copy of `len` bytes fits the window now.
+    pub(crate) fn has_room(&self, len: u64, seg: u64, now: Instant) -> bool {
+        self.usable(now) && (self.inflight == 0 || self.inflight + len <= self.window(seg))
+    }
+
+    /// Expected time until a copy of `len` bytes handed over now is delivered (infinite for
+    /// a path that takes no data now).
+    pub(crate) fn completion_estimate(&self, len: u64, default_rate: f64, now: Instant) -> f64 {
+        if !self.usable(now) {
+            return f64::INFINITY;
+        }
         let rate = if self.rate_measured {
             self.rate
         } else {
@@ -286,7 +308,18 @@ impl PathTx {
                 self.probation = Some(cap);
             }
         }
-        self.suspected = None;
+        if self.suspected.take().is_some() {
+            // Back from a suspicion. One that keeps coming back and being suspected is held
+            // back a while, longer each time, rather than swinging traffic to and fro.
+            self.recovered_at = Some(now);
+            if self.soft_flaps > 0 {
+                let hold = (Duration::from_secs(1)
+                    * 2u32.saturating_pow(self.soft_flaps.min(10) - 1))
+                .min(HOLD_MAX);
+                self.quarantine_until = Some(now + hold);
+                self.probation = Some(self.probation.unwrap_or(delta).min(delta.max(1)));
+            }
+        }
         if let (Some((t0, d0, s0)), Some(last)) = (self.anchor, done.last()) {
             // Over the longer of the time the bytes took to be sent and to be acknowledged,
             // so that acks bunched together do not inflate the rate (BBR's rule).
@@ -350,6 +383,17 @@ impl PathTx {
     pub(crate) fn suspect_at(&self) -> Option<Instant> {
         (self.state == PathState::Up && self.suspected.is_none() && !self.flights.is_empty())
             .then(|| self.last_progress + self.suspect_after())
+    }
+
+    /// Mark the path suspected at `now`.
+    pub(crate) fn suspect(&mut self, now: Instant) {
+        match self.recovered_at {
+            Some(t) if now.saturating_duration_since(t) < FLAP_WINDOW => self.soft_flaps += 1,
+            Some(t) if now.saturating_duration_since(t) > FLAP_FORGET => self.soft_flaps = 0,
+            _ => {}
+        }
+        self.suspected = Some(now);
+        self.metrics.suspicions += 1;
     }
 
     /// When a suspected path fails for good if nothing arrives on it.

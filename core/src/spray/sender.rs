@@ -158,15 +158,12 @@ impl Sender {
     }
 
     /// The path for a segment of `len` bytes, or None to wait.
-    fn choose(&mut self, len: u64) -> Option<usize> {
+    fn choose(&mut self, len: u64, now: Instant) -> Option<usize> {
         let seg = self.cfg.segment_bytes as u64;
         match self.cfg.mode {
             Mode::Single => {
-                let p = self
-                    .paths
-                    .iter()
-                    .position(|p| p.state == PathState::Up && p.suspected.is_none())?;
-                self.paths[p].has_room(len, seg).then_some(p)
+                let p = self.paths.iter().position(|p| p.usable(now))?;
+                self.paths[p].has_room(len, seg, now).then_some(p)
             }
             Mode::RoundRobin => {
                 // Strict rotation over the live paths, as static striping does: the next
@@ -174,10 +171,8 @@ impl Sender {
                 let n = self.paths.len();
                 let p = (0..n)
                     .map(|i| (self.rr + i) % n)
-                    .find(|&p| {
-                        self.paths[p].state == PathState::Up && self.paths[p].suspected.is_none()
-                    })?;
-                if !self.paths[p].has_room(len, seg) {
+                    .find(|&p| self.paths[p].usable(now))?;
+                if !self.paths[p].has_room(len, seg, now) {
                     return None;
                 }
                 self.rr = (p + 1) % n;
@@ -189,10 +184,10 @@ impl Sender {
                     .paths
                     .iter()
                     .enumerate()
-                    .filter(|(_, p)| p.state == PathState::Up)
-                    .map(|(i, p)| (i, p.completion_estimate(len, dr)))
+                    .filter(|(_, p)| p.usable(now))
+                    .map(|(i, p)| (i, p.completion_estimate(len, dr, now)))
                     .min_by(|a, b| a.1.total_cmp(&b.1))?;
-                self.paths[best].has_room(len, seg).then_some(best)
+                self.paths[best].has_room(len, seg, now).then_some(best)
             }
         }
     }
@@ -209,7 +204,7 @@ impl Sender {
             }
             let t = self.transfer(id).expect("wanted");
             let (_, len) = t.seg_range(s);
-            let path = self.choose(len)?;
+            let path = self.choose(len, now)?;
             self.queue.pop_front();
             return Some(self.launch(path, id, s, now, false));
         }
@@ -271,7 +266,7 @@ impl Sender {
             .paths
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PathState::Up && p.flights.is_empty())
+            .filter(|(_, p)| p.usable(now) && p.flights.is_empty())
             .max_by(|a, b| rate(a.1).total_cmp(&rate(b.1)))
             .map(|(i, _)| i)?;
         let rq = rate(&self.paths[q]);
@@ -460,17 +455,22 @@ impl Sender {
     /// Queue the unacknowledged segments of path `i` again and stop giving it new ones.
     fn suspect(&mut self, i: usize, now: Instant) {
         let p = &mut self.paths[i];
-        p.suspected = Some(now);
+        p.suspect(now);
         p.metrics.last_failure = format!(
             "suspected: no delivery for {} ms with {} bytes outstanding",
             now.saturating_duration_since(p.last_progress).as_millis(),
             p.inflight
         );
-        let flights: Vec<(u64, u32, u64)> =
-            p.flights.iter().map(|f| (f.transfer, f.seg, f.len)).collect();
+        let flights: Vec<(u64, u32, u64)> = p
+            .flights
+            .iter()
+            .map(|f| (f.transfer, f.seg, f.len))
+            .collect();
         let mut moved = 0;
         for (id, s, len) in flights.into_iter().rev() {
-            let Some(t) = self.transfer_mut(id) else { continue };
+            let Some(t) = self.transfer_mut(id) else {
+                continue;
+            };
             if t.done || t.acked & (1 << s) != 0 || t.queued & (1 << s) != 0 {
                 continue;
             }
@@ -526,13 +526,13 @@ impl Sender {
     }
 
     /// The live path a small unit (an ack) would cross soonest: least queued for its speed.
-    pub fn quickest_path(&self) -> Option<usize> {
+    pub fn quickest_path(&self, now: Instant) -> Option<usize> {
         let dr = self.default_rate();
         self.paths
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PathState::Up && p.suspected.is_none())
-            .map(|(i, p)| (i, p.completion_estimate(0, dr)))
+            .filter(|(_, p)| p.usable(now))
+            .map(|(i, p)| (i, p.completion_estimate(0, dr, now)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
     }

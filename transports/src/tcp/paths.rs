@@ -452,7 +452,7 @@ impl Mesh {
                 let bytes = ack.encode();
                 // Acks take the path they cross soonest (their own direction is loaded
                 // with this rank's data), else the one data last arrived on.
-                let mut order: Vec<usize> = p.tx.quickest_path().into_iter().collect();
+                let mut order: Vec<usize> = p.tx.quickest_path(now).into_iter().collect();
                 order.push(p.ack_path);
                 order.extend(p.tx.healthy_paths(now));
                 for path in order {

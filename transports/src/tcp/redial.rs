@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a path's TCP connection to be established.
-pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_millis(400);
 /// Longest wait for a new path's handshake.
 const GREET_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -113,9 +113,9 @@ impl PathService {
             Ok(h) => self.dials.push(h),
             Err(e) => {
                 let _ = self.send.send(Dialed {
-                peer,
-                path,
-                epoch,
+                    peer,
+                    path,
+                    epoch,
                     result: Err(Error::io("starting a dial thread", &e)),
                 });
             }
