@@ -220,6 +220,7 @@ mod tests {
 
     fn peer(peer: usize, paths: Vec<PathMetrics>) -> PeerPaths {
         PeerPaths {
+            taken: std::time::SystemTime::now(),
             peer,
             paths,
             bytes_duplicated: 0,

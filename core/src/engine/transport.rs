@@ -88,6 +88,8 @@ pub struct PeerPaths {
     pub bytes_duplicated: u64,
     /// Bytes sent to the peer in all (segment payloads, duplicates included).
     pub bytes_sent: u64,
+    /// When these figures were taken.
+    pub taken: std::time::SystemTime,
 }
 
 /// Where a transport publishes its path metrics; readable from any thread.

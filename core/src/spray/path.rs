@@ -6,7 +6,9 @@
 //! taken off the path, divided by the time they took, sampled only over intervals in which
 //! the path had data outstanding throughout. Round trips are smoothed as in RFC 6298
 //! (`srtt`, `rttvar`). A path is suspected when it has data outstanding and no delivery for
-//! `max(floor, 2·srtt + 4·rttvar)`.
+//! `max(floor, srtt + 2·rttvar)`: a busy path delivers a segment every few milliseconds, so
+//! a silence that long is news; a suspected path that delivers again is taken back, so a
+//! transport's own retransmission stall costs little.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -374,7 +376,7 @@ impl PathTx {
     /// How long without delivery before this path is suspected.
     pub(crate) fn suspect_after(&self) -> Duration {
         match self.srtt {
-            Some(s) => (s * 2 + self.rttvar * 4).max(SUSPECT_FLOOR),
+            Some(s) => (s + self.rttvar * 2).max(SUSPECT_FLOOR),
             None => SUSPECT_FLOOR * 2,
         }
     }

@@ -114,6 +114,8 @@ pub struct Receiver {
     mismatches: VecDeque<(Token, FrameHeader)>,
     kill: Vec<usize>,
     ack_due: bool,
+    /// Paths the peer suspects: a segment one of them is still writing is not waited for.
+    suspects: Vec<bool>,
     control_low: u64,
     control_seen: std::collections::BTreeSet<u64>,
 }
@@ -132,6 +134,7 @@ impl Receiver {
             mismatches: VecDeque::new(),
             kill: Vec::new(),
             ack_due: false,
+            suspects: vec![false; npaths],
             control_low: 0,
             control_seen: Default::default(),
         }
@@ -327,6 +330,9 @@ impl Receiver {
         if let Some(d) = self.delivered.get_mut(path) {
             d.1 += r.len;
         }
+        if let Some(s) = self.suspects.get_mut(path) {
+            *s = false;
+        }
         self.ack_due = true;
         if r.id < self.base {
             if let Target::Stash(b) = r.target {
@@ -431,6 +437,9 @@ impl Receiver {
         if let Some(d) = self.delivered.get_mut(path) {
             *d = (epoch, 0);
         }
+        if let Some(s) = self.suspects.get_mut(path) {
+            *s = false;
+        }
     }
 
     fn check(&mut self, id: u64) {
@@ -467,13 +476,22 @@ impl Receiver {
         self.mismatches.pop_front()
     }
 
+    /// The peer suspects its path `path` (a `Suspect` unit): a segment that path is still
+    /// writing is not waited for once a copy arrived elsewhere.
+    pub fn on_peer_suspects(&mut self, path: usize) {
+        if let Some(s) = self.suspects.get_mut(path) {
+            *s = true;
+        }
+    }
+
     /// Find paths stuck writing a segment whose copy arrived elsewhere [`STUCK_WRITER`]
-    /// ago; [`Receiver::poll_kill`] returns them.
+    /// ago, or at once when the peer suspects them; [`Receiver::poll_kill`] returns them.
     pub fn handle_timeout(&mut self, now: Instant) {
         for t in &self.slots {
             for s in &t.segs {
                 if let Seg::ClaimedStashed(p, _, since) = s {
-                    if now.saturating_duration_since(*since) >= STUCK_WRITER
+                    let suspected = self.suspects.get(*p).copied().unwrap_or(false);
+                    if (suspected || now.saturating_duration_since(*since) >= STUCK_WRITER)
                         && !self.kill.contains(p)
                     {
                         self.kill.push(*p);
@@ -489,7 +507,13 @@ impl Receiver {
             .iter()
             .flat_map(|t| t.segs.iter())
             .filter_map(|s| match s {
-                Seg::ClaimedStashed(_, _, since) => Some(*since + STUCK_WRITER),
+                Seg::ClaimedStashed(p, _, since) => {
+                    if self.suspects.get(*p).copied().unwrap_or(false) {
+                        Some(*since)
+                    } else {
+                        Some(*since + STUCK_WRITER)
+                    }
+                }
                 _ => None,
             })
             .min()

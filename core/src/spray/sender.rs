@@ -81,6 +81,8 @@ pub struct Sender {
     bytes_total: u64,
     bytes_dup: u64,
     completed: VecDeque<(Token, u64)>,
+    /// Paths newly suspected, to tell the peer.
+    suspected: Vec<usize>,
 }
 
 impl Sender {
@@ -96,6 +98,7 @@ impl Sender {
             bytes_total: 0,
             bytes_dup: 0,
             completed: VecDeque::new(),
+            suspected: Vec::new(),
         }
     }
 
@@ -454,6 +457,7 @@ impl Sender {
 
     /// Queue the unacknowledged segments of path `i` again and stop giving it new ones.
     fn suspect(&mut self, i: usize, now: Instant) {
+        self.suspected.push(i);
         let p = &mut self.paths[i];
         p.suspect(now);
         p.metrics.last_failure = format!(
@@ -479,6 +483,12 @@ impl Sender {
             moved += len;
         }
         self.paths[i].metrics.bytes_requeued += moved;
+    }
+
+    /// A path suspected since the last call: the peer should be told (a `Suspect` unit on
+    /// another path), so that it does not wait for a segment that path is still writing.
+    pub fn poll_suspected(&mut self) -> Option<usize> {
+        self.suspected.pop()
     }
 
     /// The next instant [`Sender::handle_timeout`] may have something to do (a past

@@ -41,6 +41,10 @@ pub enum UnitKind {
     Ack = 2,
     /// An engine control message.
     Control = 3,
+    /// The sender suspects one of its paths to this peer (`transfer` holds its index): its
+    /// segments are being sent again elsewhere, so the receiver need not wait for a
+    /// segment that path is still writing.
+    Suspect = 4,
 }
 
 /// A decoded unit header.
@@ -130,6 +134,7 @@ impl UnitHeader {
             1 => UnitKind::Segment,
             2 => UnitKind::Ack,
             3 => UnitKind::Control,
+            4 => UnitKind::Suspect,
             k => return Err(Error::protocol(format!("unknown path unit kind {k}"))),
         };
         if b[7] != 0 || b[48..UNIT_LEN].iter().any(|&x| x != 0) {
@@ -188,6 +193,20 @@ impl UnitHeader {
                 }
                 if kind == UnitKind::Ack && h.transfer != 0 {
                     return Err(Error::protocol("ack unit with a number"));
+                }
+            }
+            UnitKind::Suspect => {
+                if h.seg != 0
+                    || h.nsegs != 0
+                    || h.offset != 0
+                    || h.total != 0
+                    || h.len != 0
+                    || h.transfer >= MAX_PATHS as u64
+                {
+                    return Err(Error::protocol(format!(
+                        "suspect unit for path {} with other fields set",
+                        h.transfer
+                    )));
                 }
             }
         }

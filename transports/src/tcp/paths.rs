@@ -23,6 +23,8 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A path something arrived on this recently is trusted with acks.
+const ACK_RECENT: Duration = Duration::from_millis(100);
 /// How often the published metrics are refreshed.
 const METRICS_EVERY: Duration = Duration::from_millis(10);
 
@@ -43,6 +45,8 @@ pub(crate) struct PeerState {
     ctrl_next: u64,
     closed: bool,
     ack_path: usize,
+    /// When something last arrived on each path.
+    last_rx: Vec<Option<Instant>>,
 }
 
 /// The spraying state of a mesh.
@@ -85,6 +89,7 @@ impl SprayMesh {
                     ctrl_next: 0,
                     closed: false,
                     ack_path: 0,
+                    last_rx: vec![None; npaths],
                 })
             })
             .collect();
@@ -150,6 +155,7 @@ impl PathSink for SprayMesh {
             p.rx.seg_done(path, now);
             p.tx.on_heard(path, now);
             p.ack_path = path;
+            p.last_rx[path] = Some(now);
         }
     }
 
@@ -162,7 +168,9 @@ impl PathSink for SprayMesh {
         out: &mut Vec<Completion>,
     ) {
         let Ok(p) = self.peer(peer) else { return };
-        p.tx.on_heard(path, Instant::now());
+        let now = Instant::now();
+        p.tx.on_heard(path, now);
+        p.last_rx[path] = Some(now);
         match unit.kind {
             UnitKind::Ack => match Ack::decode(&payload) {
                 Ok(ack) => p.tx.on_ack(&ack, Instant::now()),
@@ -176,6 +184,7 @@ impl PathSink for SprayMesh {
                     out.push(Completion::Control { peer, payload });
                 }
             }
+            UnitKind::Suspect => p.rx.on_peer_suspects(unit.transfer as usize),
             UnitKind::Segment => {}
         }
     }
@@ -294,6 +303,31 @@ impl Mesh {
         for (peer, p) in s.peers.iter_mut().enumerate() {
             let Some(p) = p.as_mut() else { continue };
             let mut victims = p.tx.handle_timeout(now);
+            // Tell the peer about paths suspected just now, on another live path.
+            while let Some(bad) = p.tx.poll_suspected() {
+                if s.debug {
+                    eprintln!(
+                        "dmsc: rank {}: path {bad} to rank {peer} suspected, its chunks re-sent on the others",
+                        s.rank
+                    );
+                }
+                let via =
+                    p.tx.healthy_paths(now)
+                        .into_iter()
+                        .find(|&q| q != bad && p.conn[q].is_some());
+                if let Some(q) = via {
+                    if let Some(c) = p.conn[q].and_then(|ci| self.conns[ci].as_deref_mut()) {
+                        let u = UnitHeader::plain(
+                            UnitKind::Suspect,
+                            q as u8,
+                            p.epoch[q],
+                            bad as u64,
+                            0,
+                        );
+                        c.push_unit(&u, &[]);
+                    }
+                }
+            }
             p.rx.handle_timeout(now);
             while let Some(k) = p.rx.poll_kill() {
                 victims.push((
@@ -450,12 +484,30 @@ impl Mesh {
             if p.rx.ack_due() {
                 let ack = p.rx.ack();
                 let bytes = ack.encode();
-                // Acks take the path they cross soonest (their own direction is loaded
-                // with this rank's data), else the one data last arrived on.
-                let mut order: Vec<usize> = p.tx.quickest_path(now).into_iter().collect();
+                // Acks go on two paths that demonstrably work: ones something arrived on in
+                // the last 100 ms (a path cut towards the peer usually is cut both ways,
+                // and an ack lost in it would make the peer suspect its good paths), the
+                // quickest first (the ack's own direction is loaded with this rank's data),
+                // and the one data last arrived on.
+                let recent = |q: usize| {
+                    p.last_rx[q].is_some_and(|t| now.saturating_duration_since(t) < ACK_RECENT)
+                };
+                let mut order: Vec<usize> = Vec::new();
+                let mut by_speed: Vec<usize> = p.tx.healthy_paths(now);
+                if let Some(q) = p.tx.quickest_path(now) {
+                    by_speed.insert(0, q);
+                }
+                order.extend(by_speed.iter().copied().filter(|&q| recent(q)).take(1));
                 order.push(p.ack_path);
-                order.extend(p.tx.healthy_paths(now));
+                order.extend(by_speed.iter().copied().filter(|&q| recent(q)));
+                order.extend(by_speed);
+                order.dedup();
+                let mut sent = 0;
+                let mut used = Vec::new();
                 for path in order {
+                    if used.contains(&path) {
+                        continue;
+                    }
                     let Some(ci) = p.conn[path] else { continue };
                     let Some(c) = self.conns[ci].as_deref_mut() else {
                         continue;
@@ -471,7 +523,11 @@ impl Mesh {
                         bytes.len() as u32,
                     );
                     c.push_unit(&u, &bytes);
-                    break;
+                    used.push(path);
+                    sent += 1;
+                    if sent == 2 {
+                        break;
+                    }
                 }
             }
             while let Some(t) = p.tx.poll_transmit(now) {
@@ -503,6 +559,7 @@ impl Mesh {
         }
         if now >= s.metrics_at {
             s.metrics_at = now + METRICS_EVERY;
+            let taken = std::time::SystemTime::now();
             let snapshot: Vec<PeerPaths> = s
                 .peers
                 .iter()
@@ -515,6 +572,7 @@ impl Mesh {
                         paths: p.tx.metrics(),
                         bytes_duplicated: dup,
                         bytes_sent: total,
+                        taken,
                     })
                 })
                 .collect();
