@@ -400,8 +400,7 @@ fn check_world(rank: Rank, nranks: usize) -> Result<()> {
 }
 
 /// The mesh options of a communicator, and its configuration with the window widened for
-/// several paths (unless `DMSC_WINDOW` fixed it): the paths need enough chunks in flight
-/// to keep each of them busy.
+/// paths over several interfaces (unless `DMSC_WINDOW` fixed it).
 pub(crate) fn mesh_options(
     mut config: Config,
     rank: Rank,
@@ -420,8 +419,11 @@ pub(crate) fn mesh_options(
     } else {
         Vec::new()
     };
-    if paths > 1 && !config.window_set {
-        config.engine.window = config.engine.window.max(8 * paths).min(64);
+    // Paths over distinct interfaces need enough chunks in flight to keep each busy; paths
+    // sharing one interface (loopback) gain nothing from a wider window, and lose to cache
+    // misses on the extra staging memory.
+    if paths > 1 && path_ips.len() > 1 && !config.window_set {
+        config.engine.window = config.engine.window.max(4 * paths).min(64);
     }
     let mut mesh = MeshOptions::new(rank, nranks, bind_ip, config.engine.timeout, comm_id);
     mesh.backend = config.backend;

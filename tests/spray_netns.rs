@@ -724,7 +724,7 @@ fn every_path_cut_fails_clearly_without_hanging_or_leaking() {
         bed.cut(p, false);
     }
     let mut errs: Vec<Option<(u128, String)>> = vec![None, None];
-    let mut socks = vec![None, None];
+    let mut socks = [None, None];
     if let Err(e) = job.pump(Duration::from_secs(20), |l| {
         let f: Vec<&str> = l.1.splitn(5, ' ').collect();
         match f.first().copied() {

@@ -80,8 +80,9 @@ impl Mode {
 pub struct SprayConfig {
     /// Path choice.
     pub mode: Mode,
-    /// Target segment size in bytes (a transfer is cut into segments of at least this, and
-    /// into at most [`wire::MAX_SEGS`]).
+    /// Smallest segment in bytes (`DMSC_SPRAY_SEGMENT`). Segments carry about 1 ms of the
+    /// paths' combined measured rate, at least this and at most 1 MiB; a transfer is cut
+    /// into at most [`wire::MAX_SEGS`].
     pub segment_bytes: usize,
     /// Most bytes duplicated at the tail, as a fraction of the bytes sent.
     pub max_duplicate_fraction: f64,

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 /// Rate assumed for a path not measured yet (bytes per second).
 const UNMEASURED_RATE: f64 = 1e9;
+/// A segment carries about this long of the paths' combined rate.
+const SEGMENT_TIME: Duration = Duration::from_millis(1);
+/// Largest automatic segment.
+const MAX_SEGMENT: usize = 1 << 20;
 
 /// A segment copy to put on a path now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,10 +111,34 @@ impl Sender {
         self.paths.len()
     }
 
+    /// Segment size for new transfers: about [`SEGMENT_TIME`] of the live paths' combined
+    /// measured rate, at least the configured size and at most [`MAX_SEGMENT`]. Fast paths
+    /// (loopback, 100G) take few large segments, whose per-segment costs then vanish; slow
+    /// ones small segments, which balance finely and fail over little at a time.
+    fn segment_bytes(&self) -> usize {
+        let sum: f64 = self
+            .paths
+            .iter()
+            .filter(|p| p.state == PathState::Up)
+            .map(|p| {
+                if p.rate_measured {
+                    p.rate
+                } else {
+                    UNMEASURED_RATE
+                }
+            })
+            .sum();
+        let auto = (sum * SEGMENT_TIME.as_secs_f64()) as usize;
+        auto.clamp(
+            self.cfg.segment_bytes,
+            MAX_SEGMENT.max(self.cfg.segment_bytes),
+        )
+    }
+
     /// A new transfer of `header.len` bytes at address `data`; returns its id.
     pub fn push(&mut self, token: Token, header: FrameHeader, data: usize) -> u64 {
         let total = header.len as u64;
-        let (seg_len, nsegs) = segmentation(total, self.cfg.segment_bytes);
+        let (seg_len, nsegs) = segmentation(total, self.segment_bytes());
         let id = self.base + self.transfers.len() as u64;
         let mut t = TxTransfer {
             token,

@@ -36,7 +36,8 @@ pub(crate) enum Role {
 }
 
 /// Longest header a frame or unit starts with: a unit header plus the engine header a
-/// segment carries.
+/// segment carries. On a path every unit starts with this many bytes (the second half is
+/// zero for units other than segments), so one read takes any unit's headers.
 const MAX_HDR: usize = UNIT_LEN + HEADER_LEN;
 
 /// Where a path connection hands what it reads (the spraying layer of the mesh).
@@ -233,7 +234,7 @@ impl Conn {
             at,
             SendItem {
                 hdr: Box::new(hdr),
-                hlen: UNIT_LEN,
+                hlen: MAX_HDR,
                 transfer: None,
                 data,
                 len: payload.len(),
@@ -426,11 +427,7 @@ impl Conn {
     /// Path connections: the next bytes go to the unit header, the segment's engine header,
     /// or the payload's place.
     fn prepare_recv_path(&mut self) {
-        let need_hdr = match self.unit {
-            None => UNIT_LEN,
-            Some(u) if u.kind == UnitKind::Segment => MAX_HDR,
-            Some(_) => UNIT_LEN,
-        };
+        let need_hdr = MAX_HDR;
         if self.rgot < need_hdr {
             self.recv_iov[0] = libc::iovec {
                 iov_base: self.rhdr[self.rgot..need_hdr].as_mut_ptr() as *mut libc::c_void,
@@ -467,13 +464,19 @@ impl Conn {
         }
         let before = self.rgot;
         self.rgot += n;
-        if before < UNIT_LEN && self.rgot >= UNIT_LEN {
+        if before < MAX_HDR && self.rgot >= MAX_HDR {
             let u = match UnitHeader::decode(&self.rhdr[..UNIT_LEN]) {
                 Ok(u) => u,
                 Err(e) => return self.protocol_failure(out, e),
             };
             self.unit = Some(u);
             if u.kind != UnitKind::Segment {
+                if self.rhdr[UNIT_LEN..].iter().any(|&b| b != 0) {
+                    return self.protocol_failure(
+                        out,
+                        Error::protocol(format!("{:?} unit with a non-zero header tail", u.kind)),
+                    );
+                }
                 self.ctrl_buf.clear();
                 self.ctrl_buf.resize(u.len as usize, 0);
             }
@@ -511,12 +514,7 @@ impl Conn {
                 Err(e) => return self.protocol_failure(out, e),
             }
         }
-        let hdr = if u.kind == UnitKind::Segment {
-            MAX_HDR
-        } else {
-            UNIT_LEN
-        };
-        if self.rgot == hdr + u.len as usize {
+        if self.rgot == MAX_HDR + u.len as usize {
             self.rgot = 0;
             self.unit = None;
             if u.kind == UnitKind::Segment {

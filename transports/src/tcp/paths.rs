@@ -525,7 +525,9 @@ impl Mesh {
                     c.push_unit(&u, &bytes);
                     used.push(path);
                     sent += 1;
-                    if sent == 2 {
+                    // A second copy only when the first did not go where data last came
+                    // from (a path known to work).
+                    if sent == 2 || path == p.ack_path {
                         break;
                     }
                 }

@@ -56,10 +56,7 @@ impl SocketTransport {
                 }
                 c.on_sent(n as usize, out);
             }
-            loop {
-                let Some(c) = self.mesh.conns[i].as_deref_mut() else {
-                    break;
-                };
+            while let Some(c) = self.mesh.conns[i].as_deref_mut() {
                 let (ready, _) = c.prepare_recv();
                 if !ready {
                     break;
