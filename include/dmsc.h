@@ -334,8 +334,9 @@ typedef struct {
      */
     int timeoutMs;
     /**
-     * Number of network paths per peer. 0 (default) or 1: more than one needs packet
-     * spraying, which this version does not have, so it is `dmscInvalidArgument`.
+     * Number of network paths per peer, 1 ... 16 (`DMSC_PATHS`); 0: the default, one per
+     * interface `DMSC_SOCKET_IFNAME` names. More than one sprays chunks over the paths.
+     * Must be the same on every rank.
      */
     int nPaths;
     /**

@@ -39,8 +39,9 @@ pub struct dmscConfig_t {
     /// Deadline of setup and of every operation, in milliseconds (> 0; `DMSC_TIMEOUT`,
     /// default 300 s). An operation that passes it fails with `dmscTimeout`.
     pub timeoutMs: c_int,
-    /// Number of network paths per peer. 0 (default) or 1: more than one needs packet
-    /// spraying, which this version does not have, so it is `dmscInvalidArgument`.
+    /// Number of network paths per peer, 1 ... 16 (`DMSC_PATHS`); 0: the default, one per
+    /// interface `DMSC_SOCKET_IFNAME` names. More than one sprays chunks over the paths.
+    /// Must be the same on every rank.
     pub nPaths: c_int,
     /// Largest chunk on the wire in bytes, 1 ... 64 MiB (`DMSC_CHUNK_BYTES`, default 512 KiB).
     /// Must be the same on every rank.
@@ -169,13 +170,15 @@ fn apply_numbers(f: &str, cfg: &dmscConfig_t, c: &mut Config) -> Res<()> {
         c.engine.timeout = Duration::from_millis(cfg.timeoutMs as u64);
     }
     match cfg.nPaths {
-        UNDEF_INT | 0 | 1 => {}
-        n if n < 0 => return Err(bad("nPaths", n, "must be 0 (default) or 1")),
+        UNDEF_INT | 0 => {}
+        n if (1..=dmsc_core::spray::wire::MAX_PATHS as c_int).contains(&n) => {
+            c.paths = Some(n as usize)
+        }
         n => {
             return Err(bad(
                 "nPaths",
                 n,
-                "nPaths > 1 needs packet spraying, not available in this version",
+                "must be 0 (default) or a number of paths in 1 ... 16",
             ))
         }
     }
@@ -274,7 +277,7 @@ mod tests {
             (dmscConfig_t { magic: 0, ..i }, "config->magic"),
             (dmscConfig_t { size: 8, ..i }, "config->size"),
             (dmscConfig_t { timeoutMs: 0, ..i }, "config->timeoutMs"),
-            (dmscConfig_t { nPaths: 2, ..i }, "packet spraying"),
+            (dmscConfig_t { nPaths: 17, ..i }, "1 ... 16"),
             (dmscConfig_t { nPaths: -3, ..i }, "config->nPaths"),
             (dmscConfig_t { chunkBytes: 0, ..i }, "config->chunkBytes"),
             (dmscConfig_t { window: 65, ..i }, "config->window"),
