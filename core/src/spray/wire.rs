@@ -11,6 +11,11 @@
 //!   healthy path.
 //! * `Control`: an engine control message, numbered so that copies sent on two paths are
 //!   delivered once.
+//! * `Suspect`: the sender suspects one of its paths, so the receiver need not wait for a
+//!   segment that path is still writing.
+//!
+//! On a byte stream every unit's headers take 128 bytes: the unit header, then the engine
+//! header of a segment or 64 zero bytes, so that one read takes them whatever the kind.
 //!
 //! All integers are little endian. [`UnitHeader::decode`] and [`Ack::decode`] validate every
 //! field and never panic.
