@@ -22,12 +22,14 @@
 //! `--nocapture` to see the measured detection times; `PL_RUNS=n` changes the run count.
 
 use dmsc::{Communicator, Error, ReduceOp};
-use std::io::{BufRead, BufReader, Read};
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{forward, summary, unix_ns, Line, Rng};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const NRANKS: usize = 4;
 /// 64 MiB of f32 per rank.
@@ -40,13 +42,6 @@ const ABORT_LIMIT_MS: f64 = 100.0;
 
 /// The scenarios run one at a time: they measure latencies on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos()
-}
 
 // ---------------------------------------------------------------------------------------
 // Rank side.
@@ -184,24 +179,6 @@ fn quiet_then_depart(comm: Communicator) {
 // ---------------------------------------------------------------------------------------
 // Test side.
 
-/// A pseudo-random number generator (xorshift64*), seeded from the clock.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        Rng((unix_ns() as u64) ^ (u64::from(std::process::id()) << 32) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % n
-    }
-}
-
-/// One line a rank printed: (rank, text).
-type Line = (usize, String);
-
 /// The four rank processes of one run.
 struct Job {
     children: Vec<Child>,
@@ -225,17 +202,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn forward(rank: usize, out: impl Read + Send + 'static, tx: mpsc::Sender<Line>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send((rank, line)).is_err() {
-                return;
-            }
-        }
-    });
 }
 
 impl Job {
@@ -412,15 +378,6 @@ fn runs(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Median and max of `v` (sorted in place).
-fn summary(v: &mut [f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    (v[v.len() / 2], v[v.len() - 1])
 }
 
 /// Kill (`sig`) one random rank at a random moment of the loop; every survivor must report

@@ -15,12 +15,14 @@
 //! measurements.
 
 use dmsc::{Communicator, Error, ReduceOp};
-use std::io::{BufRead, BufReader, Read};
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{forward, summary, unix_ns, Line, Rng};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bytes a rank sends to its peer per iteration.
 const P2P_BYTES: usize = 32 << 20;
@@ -34,13 +36,6 @@ const PHASE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One bed at a time: they share the 10.77/16 addresses.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos()
-}
 
 // ---------------------------------------------------------------------------------------
 // Rank side.
@@ -274,24 +269,11 @@ impl Drop for Bed {
     }
 }
 
-type Line = (usize, String);
-
 struct Job {
     children: Vec<Child>,
     lines: Receiver<Line>,
     log: Vec<String>,
     stop: PathBuf,
-}
-
-fn forward(rank: usize, out: impl Read + Send + 'static, tx: mpsc::Sender<Line>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send((rank, line)).is_err() {
-                return;
-            }
-        }
-    });
 }
 
 impl Job {
@@ -449,19 +431,6 @@ impl Job {
                 (d.expect("checked"), s.0, s.1)
             })
             .collect()
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        Rng(unix_ns() as u64 | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
     }
 }
 
@@ -633,11 +602,6 @@ fn cut_many(cuts: usize) -> (Vec<f64>, Vec<(Option<f64>, f64)>) {
     (back, recovered)
 }
 
-fn summary(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], *v.last().unwrap_or(&0.0))
-}
-
 #[test]
 fn random_path_cuts_lose_nothing_and_paths_come_back() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -653,11 +617,7 @@ fn random_path_cuts_lose_nothing_and_paths_come_back() {
     eprintln!("{cuts} cuts, every byte checked; a restored path carried data again after median {med:.2} s, max {max:.2} s");
     let mut ok: Vec<f64> = recovered.iter().filter_map(|r| r.0).collect();
     let n_ok = ok.len();
-    let (rmed, rmax) = if ok.is_empty() {
-        (f64::NAN, f64::NAN)
-    } else {
-        summary(&mut ok)
-    };
+    let (rmed, rmax) = summary(&mut ok);
     let mut steady: Vec<f64> = recovered.iter().map(|r| r.1).collect();
     let (smed, _) = summary(&mut steady);
     let smin = steady.first().copied().unwrap_or(f64::NAN);

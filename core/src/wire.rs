@@ -24,6 +24,18 @@ pub const MAX_CONTROL: u32 = 64 << 10;
 /// Bit of the flags byte (byte 9): the header carries the payload's CRC32C.
 pub const FLAG_CRC: u8 = 1;
 
+/// The little-endian `u32` at `b[i..i + 4]`; the caller has checked that `b` is long enough.
+pub fn le_u32(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The little-endian `u64` at `b[i..i + 8]`; the caller has checked that `b` is long enough.
+pub fn le_u64(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -97,12 +109,8 @@ impl FrameHeader {
                 b.len()
             )));
         }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u32_at = |i: usize| le_u32(b, i);
+        let u64_at = |i: usize| le_u64(b, i);
         if u32_at(0) != MAGIC {
             return Err(Error::protocol(format!(
                 "bad frame magic {:#010x} (not a dmsc peer, or the stream lost its framing)",

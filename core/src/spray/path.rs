@@ -200,12 +200,7 @@ impl PathTx {
 
     /// The window in payload bytes.
     pub(crate) fn window(&self, seg: u64) -> u64 {
-        let by_rate = if self.rate_measured {
-            (self.rate * TARGET_DELAY.as_secs_f64()) as u64
-        } else {
-            4 * seg
-        };
-        let w = by_rate.max(2 * seg);
+        let w = self.window_unprobed(seg);
         match self.probation {
             Some(cap) => w.min(cap.max(seg)),
             None => w,
@@ -351,6 +346,8 @@ impl PathTx {
         done
     }
 
+    /// The window by rate alone: [`TARGET_DELAY`] of the measured rate (four segments before
+    /// the first measurement), at least two segments.
     fn window_unprobed(&self, seg: u64) -> u64 {
         if self.rate_measured {
             ((self.rate * TARGET_DELAY.as_secs_f64()) as u64).max(2 * seg)

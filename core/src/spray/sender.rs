@@ -244,6 +244,7 @@ impl Sender {
 
     fn launch(&mut self, path: usize, id: u64, s: u32, now: Instant, dup: bool) -> Transmit {
         let seg = self.cfg.segment_bytes as u64;
+        let epoch = self.paths[path].epoch;
         let t = self
             .transfer_mut(id)
             .expect("launching a segment of a live transfer");
@@ -252,7 +253,7 @@ impl Sender {
         t.copies[s as usize] = t.copies[s as usize].saturating_add(1);
         let tx = Transmit {
             path,
-            epoch: 0,
+            epoch,
             transfer: id,
             seg: s,
             nsegs: t.nsegs,
@@ -277,10 +278,7 @@ impl Sender {
         if dup {
             self.bytes_dup += len;
         }
-        Transmit {
-            epoch: p.epoch,
-            ..tx
-        }
+        tx
     }
 
     /// With nothing left to send: a copy of a slow segment on an idle faster path.

@@ -21,7 +21,7 @@
 //! field and never panic.
 
 use crate::error::{Error, Result};
-use crate::wire::{MAX_CHUNK, MAX_CONTROL};
+use crate::wire::{le_u32, le_u64, MAX_CHUNK, MAX_CONTROL};
 
 /// Size of an encoded unit header.
 pub const UNIT_LEN: usize = 64;
@@ -117,12 +117,8 @@ impl UnitHeader {
                 b.len()
             )));
         }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u32_at = |i: usize| le_u32(b, i);
+        let u64_at = |i: usize| le_u64(b, i);
         if u32_at(0) != UNIT_MAGIC {
             return Err(Error::protocol(format!(
                 "bad path unit magic {:#010x} (the path lost its framing)",
@@ -265,11 +261,7 @@ impl Ack {
                 b.len()
             )));
         }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u64_at = |i: usize| le_u64(b, i);
         let cumulative = u64_at(0);
         let ns = u16::from_le_bytes([b[8], b[9]]) as usize;
         let nd = u16::from_le_bytes([b[10], b[11]]) as usize;
@@ -300,8 +292,7 @@ impl Ack {
         let delivered = (0..nd)
             .map(|i| {
                 let at = base + 12 * i;
-                let e = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-                (e, u64_at(at + 4))
+                (le_u32(b, at), u64_at(at + 4))
             })
             .collect();
         Ok(Ack {

@@ -11,6 +11,7 @@
 
 use super::remote;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::wire::{le_u32, le_u64};
 use dmsc_core::Rank;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -49,12 +50,8 @@ impl Record {
     }
 
     pub(crate) fn decode(b: &[u8; RECORD_LEN]) -> Result<Record> {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u32_at = |i: usize| le_u32(b, i);
+        let u64_at = |i: usize| le_u64(b, i);
         if u32_at(0) != MAGIC {
             return Err(Error::protocol(format!(
                 "bad memory-attach record magic {:#010x}",

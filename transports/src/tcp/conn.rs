@@ -95,6 +95,31 @@ struct SendItem {
     done: usize,
 }
 
+impl SendItem {
+    /// Headers `hdr[..hlen]`, then `len` bytes at `data` (memory its owner keeps alive).
+    fn borrowed(hdr: [u8; MAX_HDR], hlen: usize, data: *const u8, len: usize) -> SendItem {
+        SendItem {
+            hdr: Box::new(hdr),
+            hlen,
+            transfer: None,
+            data,
+            len,
+            owned: None,
+            token: None,
+            done: 0,
+        }
+    }
+
+    /// Headers `hdr[..hlen]`, then a payload the item owns.
+    fn owned(hdr: [u8; MAX_HDR], hlen: usize, payload: Vec<u8>) -> SendItem {
+        let (data, len) = (payload.as_ptr(), payload.len());
+        SendItem {
+            owned: Some(payload),
+            ..SendItem::borrowed(hdr, hlen, data, len)
+        }
+    }
+}
+
 struct RecvItem {
     expect: FrameHeader,
     dst: *mut u8,
@@ -184,14 +209,8 @@ impl Conn {
         let mut hdr = [0u8; MAX_HDR];
         header.encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
-            hdr: Box::new(hdr),
-            hlen: HEADER_LEN,
-            transfer: None,
-            data,
-            len: header.len as usize,
-            owned: None,
             token: Some(token),
-            done: 0,
+            ..SendItem::borrowed(hdr, HEADER_LEN, data, header.len as usize)
         });
     }
 
@@ -207,14 +226,8 @@ impl Conn {
         unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
         engine.encode((&mut hdr[UNIT_LEN..]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
-            hdr: Box::new(hdr),
-            hlen: MAX_HDR,
             transfer: Some((unit.transfer, unit.seg)),
-            data,
-            len: unit.len as usize,
-            owned: None,
-            token: None,
-            done: 0,
+            ..SendItem::borrowed(hdr, MAX_HDR, data, unit.len as usize)
         });
     }
 
@@ -225,24 +238,12 @@ impl Conn {
         let payload = payload.to_vec();
         let mut hdr = [0u8; MAX_HDR];
         unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
-        let data = payload.as_ptr();
         let started = usize::from(self.front_started());
         let at = (started..self.sendq.len())
             .find(|&i| self.sendq[i].transfer.is_some())
             .unwrap_or(self.sendq.len());
-        self.sendq.insert(
-            at,
-            SendItem {
-                hdr: Box::new(hdr),
-                hlen: MAX_HDR,
-                transfer: None,
-                data,
-                len: payload.len(),
-                owned: Some(payload),
-                token: None,
-                done: 0,
-            },
-        );
+        self.sendq
+            .insert(at, SendItem::owned(hdr, MAX_HDR, payload));
     }
 
     /// Drop queued segments of transfer `id` that have not started (it was delivered by
@@ -276,17 +277,8 @@ impl Conn {
         let mut hdr = [0u8; MAX_HDR];
         FrameHeader::plain(FrameKind::Control, 0, payload.len() as u32)
             .encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
-        let data = payload.as_ptr();
-        self.sendq.push_back(SendItem {
-            hdr: Box::new(hdr),
-            hlen: HEADER_LEN,
-            transfer: None,
-            data,
-            len: payload.len(),
-            owned: Some(payload),
-            token: None,
-            done: 0,
-        });
+        self.sendq
+            .push_back(SendItem::owned(hdr, HEADER_LEN, payload));
     }
 
     /// Queue a receive of the next data frame.

@@ -35,9 +35,8 @@ pub(crate) struct PeerState {
     /// Connection index of each path.
     conn: Vec<Option<usize>>,
     epoch: Vec<u32>,
-    /// Next dial attempt (dialing side): when, and how many failed before.
-    redial: Vec<Option<(Instant, u32)>>,
-    dialing: Vec<bool>,
+    /// Reconnection of each path (the dialing side only).
+    redial: Vec<Redial>,
     /// Why each path last failed.
     failure: Vec<String>,
     addrs: Vec<SocketAddr>,
@@ -47,6 +46,17 @@ pub(crate) struct PeerState {
     ack_path: usize,
     /// When something last arrived on each path.
     last_rx: Vec<Option<Instant>>,
+}
+
+/// Where the reconnection of one path stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Redial {
+    /// Connected, or this rank does not dial.
+    Idle,
+    /// Dial at `when`; `attempt` attempts failed before.
+    Wait { when: Instant, attempt: u32 },
+    /// A dial is under way; `attempt` attempts failed before.
+    Dialing { attempt: u32 },
 }
 
 /// The spraying state of a mesh.
@@ -81,8 +91,7 @@ impl SprayMesh {
                     rx: Receiver::new(npaths),
                     conn,
                     epoch: vec![1; npaths],
-                    redial: vec![None; npaths],
-                    dialing: vec![false; npaths],
+                    redial: vec![Redial::Idle; npaths],
                     failure: vec![String::new(); npaths],
                     addrs,
                     dialer: opts.rank > peer,
@@ -271,44 +280,106 @@ impl Mesh {
     /// Spray mode: everything between I/O rounds. Returns when it next needs to run.
     pub(crate) fn spray_progress(&mut self, out: &mut Vec<Completion>) -> Option<Instant> {
         let now = Instant::now();
-        let s = self.spray.as_mut()?;
-        // Connections made again.
-        for d in s.service.poll() {
-            let Some(p) = s.peers.get_mut(d.peer).and_then(Option::as_mut) else {
+        let Mesh {
+            conns,
+            spray,
+            nonblocking,
+            ..
+        } = self;
+        let s = spray.as_mut()?;
+        s.take_dialed(conns, now);
+        s.close_suspected(conns, now);
+        s.reap_dead(conns, now, out);
+        s.install_pending(conns, *nonblocking, now);
+        s.start_dials(now);
+        let mut next: Option<Instant> = None;
+        for (peer, p) in s.peers.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
+            p.flush(peer, conns, now, out);
+            let wait = p.redial.iter().filter_map(|r| match r {
+                Redial::Wait { when, .. } => Some(*when),
+                _ => None,
+            });
+            for t in [p.tx.poll_timeout(now), p.rx.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .chain(wait)
+            {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        }
+        s.publish_metrics(now);
+        next
+    }
+
+    /// Spray mode: withdraw every transfer and receive. Paths with bytes of a withdrawn
+    /// transfer half written or half read are closed (their streams lost their framing).
+    pub(crate) fn spray_cancel(&mut self) {
+        let Some(s) = self.spray.as_mut() else { return };
+        for p in s.peers.iter_mut().flatten() {
+            p.tx.clear();
+            p.rx.clear();
+        }
+        for c in self.conns.iter_mut().flatten() {
+            if c.mid_segment() {
+                kill(c, "withdrawn in the middle of a segment");
+            }
+            c.clear();
+        }
+    }
+}
+
+type Conns = Vec<Option<Box<Conn>>>;
+
+fn conn_mut(conns: &mut Conns, ci: Option<usize>) -> Option<&mut Conn> {
+    ci.and_then(|ci| conns[ci].as_deref_mut())
+}
+
+impl SprayMesh {
+    /// Connections made again (or attempts that failed), from the path service.
+    fn take_dialed(&mut self, conns: &mut Conns, now: Instant) {
+        for d in self.service.poll() {
+            let Some(p) = self.peers.get_mut(d.peer).and_then(Option::as_mut) else {
                 continue;
             };
-            p.dialing[d.path] = false;
+            let attempt = match p.redial[d.path] {
+                Redial::Dialing { attempt } | Redial::Wait { attempt, .. } => attempt,
+                Redial::Idle => 0,
+            };
             match d.result {
                 Ok(stream) => {
+                    p.redial[d.path] = Redial::Idle;
                     if p.closed {
                         continue;
                     }
                     // A new incarnation replaces whatever is left of the old one; it is
-                    // installed once the old one is drained (below).
-                    if let Some(c) = p.conn[d.path].and_then(|ci| self.conns[ci].as_deref_mut()) {
+                    // installed once the old one is drained (`install_pending`).
+                    if let Some(c) = conn_mut(conns, p.conn[d.path]) {
                         kill(c, "replaced by a new connection");
                     }
-                    p.redial[d.path] = None;
-                    s.pending.push((d.peer, d.path, d.epoch, stream));
+                    self.pending.push((d.peer, d.path, d.epoch, stream));
                 }
                 Err(e) => {
-                    let attempt = p.redial[d.path].map(|r| r.1 + 1).unwrap_or(1);
-                    let delay = p.tx.redial_delay(d.path, attempt);
-                    p.redial[d.path] = Some((now + delay, attempt));
+                    let attempt = attempt + 1;
+                    let when = now + p.tx.redial_delay(d.path, attempt);
+                    p.redial[d.path] = Redial::Wait { when, attempt };
                     p.failure[d.path] = format!("reconnecting: {e}");
                 }
             }
         }
-        // Paths the sender suspects, or the receiver needs closed.
-        for (peer, p) in s.peers.iter_mut().enumerate() {
+    }
+
+    /// Close the paths the sender gave up on or the receiver found stuck, and tell each
+    /// peer which paths were suspected just now.
+    fn close_suspected(&mut self, conns: &mut Conns, now: Instant) {
+        let (rank, debug) = (self.rank, self.debug);
+        for (peer, p) in self.peers.iter_mut().enumerate() {
             let Some(p) = p.as_mut() else { continue };
             let mut victims = p.tx.handle_timeout(now);
-            // Tell the peer about paths suspected just now, on another live path.
             while let Some(bad) = p.tx.poll_suspected() {
-                if s.debug {
+                if debug {
                     eprintln!(
-                        "dmsc: rank {}: path {bad} to rank {peer} suspected, its chunks re-sent on the others",
-                        s.rank
+                        "dmsc: rank {rank}: path {bad} to rank {peer} suspected, its chunks re-sent on the others"
                     );
                 }
                 let via =
@@ -316,7 +387,7 @@ impl Mesh {
                         .into_iter()
                         .find(|&q| q != bad && p.conn[q].is_some());
                 if let Some(q) = via {
-                    if let Some(c) = p.conn[q].and_then(|ci| self.conns[ci].as_deref_mut()) {
+                    if let Some(c) = conn_mut(conns, p.conn[q]) {
                         let u = UnitHeader::plain(
                             UnitKind::Suspect,
                             q as u8,
@@ -339,22 +410,21 @@ impl Mesh {
                 ));
             }
             for (path, why) in victims {
-                if let Some(ci) = p.conn[path] {
-                    if let Some(c) = self.conns[ci].as_deref_mut() {
-                        if s.debug {
-                            eprintln!(
-                                "dmsc: rank {}: path {path} to rank {peer} suspected: {why}",
-                                s.rank
-                            );
-                        }
-                        kill(c, &why);
+                if let Some(c) = conn_mut(conns, p.conn[path]) {
+                    if debug {
+                        eprintln!("dmsc: rank {rank}: path {path} to rank {peer} suspected: {why}");
                     }
+                    kill(c, &why);
                 }
             }
         }
-        // Dead connections the kernel is done with: take the path down.
-        for ci in 0..self.conns.len() {
-            let Some(c) = self.conns[ci].as_deref() else {
+    }
+
+    /// Take down the paths whose connection is dead and no longer in the kernel's hands;
+    /// schedule their reconnection, and report a peer whose every path is down.
+    fn reap_dead(&mut self, conns: &mut Conns, now: Instant, out: &mut Vec<Completion>) {
+        for (ci, slot) in conns.iter_mut().enumerate() {
+            let Some(c) = slot.as_deref() else {
                 continue;
             };
             if !c.dead || c.send_busy || c.recv_busy {
@@ -365,8 +435,8 @@ impl Mesh {
             };
             let (peer, path) = (c.peer, path as usize);
             let why = c.failure.clone().unwrap_or_else(|| "closed".into());
-            self.conns[ci] = None;
-            let Some(p) = s.peers.get_mut(peer).and_then(Option::as_mut) else {
+            *slot = None;
+            let Some(p) = self.peers.get_mut(peer).and_then(Option::as_mut) else {
                 continue;
             };
             if p.conn[path] != Some(ci) {
@@ -375,30 +445,33 @@ impl Mesh {
             p.conn[path] = None;
             p.tx.on_path_down(path, &why, now);
             p.rx.on_path_down(path);
-            p.failure[path] = why.clone();
-            if s.debug {
+            if self.debug {
                 eprintln!(
                     "dmsc: rank {}: path {path} (incarnation {epoch}) to rank {peer} down: {why}",
-                    s.rank
+                    self.rank
                 );
             }
+            p.failure[path] = why;
             if p.dialer && !p.closed {
-                let delay = p.tx.redial_delay(path, 0);
-                p.redial[path] = Some((now + delay, 0));
+                let when = now + p.tx.redial_delay(path, 0);
+                p.redial[path] = Redial::Wait { when, attempt: 0 };
             }
             if !p.closed && p.conn.iter().all(Option::is_none) {
                 p.closed = true;
                 let detail = format!(
                     "every path to rank {peer} is down: {}",
-                    s.describe(peer).unwrap_or_default()
+                    self.describe(peer).unwrap_or_default()
                 );
                 out.push(Completion::Closed { peer, detail });
             }
         }
-        // New connections whose predecessor is gone.
+    }
+
+    /// Install the new connections whose predecessor is gone, in a free slot.
+    fn install_pending(&mut self, conns: &mut Conns, nonblocking: bool, now: Instant) {
         let mut later = Vec::new();
-        for (peer, path, epoch, stream) in std::mem::take(&mut s.pending) {
-            let Some(p) = s.peers.get_mut(peer).and_then(Option::as_mut) else {
+        for (peer, path, epoch, stream) in std::mem::take(&mut self.pending) {
+            let Some(p) = self.peers.get_mut(peer).and_then(Option::as_mut) else {
                 continue;
             };
             if p.closed {
@@ -411,194 +484,172 @@ impl Mesh {
             let _ = super::mesh::tune_stream(&stream);
             limit_unsent(&stream);
             let fd = OwnedFd::from(stream);
-            if super::socket::set_nonblocking(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                self.nonblocking,
-            )
-            .is_err()
+            if super::socket::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), nonblocking)
+                .is_err()
             {
                 continue;
             }
-            let conn = Conn::new(fd, peer, Role::Path(path as u8, epoch));
-            let ci = match self.conns.iter().position(Option::is_none) {
+            let conn = Some(Conn::new(fd, peer, Role::Path(path as u8, epoch)));
+            let ci = match conns.iter().position(Option::is_none) {
                 Some(i) => {
-                    self.conns[i] = Some(conn);
+                    conns[i] = conn;
                     i
                 }
                 None => {
-                    self.conns.push(Some(conn));
-                    self.conns.len() - 1
+                    conns.push(conn);
+                    conns.len() - 1
                 }
             };
             p.conn[path] = Some(ci);
             p.epoch[path] = epoch;
-            p.redial[path] = None;
+            p.redial[path] = Redial::Idle;
             p.tx.on_path_up(path, epoch, now);
             p.rx.on_path_up(path, epoch);
-            if s.debug {
+            if self.debug {
                 eprintln!(
                     "dmsc: rank {}: path {path} to rank {peer} up again (incarnation {epoch})",
-                    s.rank
+                    self.rank
                 );
             }
         }
-        s.pending = later;
-        // Dials due.
-        for (peer, p) in s.peers.iter_mut().enumerate() {
-            let Some(p) = p.as_mut() else { continue };
-            for path in 0..s.npaths {
-                if let Some((at, _)) = p.redial[path] {
-                    if at <= now && !p.dialing[path] && p.conn[path].is_none() && !p.closed {
-                        p.dialing[path] = true;
-                        s.service.dial(peer, path, p.epoch[path] + 1, p.addrs[path]);
-                        // The next attempt is scheduled when this one fails.
-                        p.redial[path] = Some((
-                            now + Duration::from_secs(3600),
-                            p.redial[path].map(|r| r.1).unwrap_or(0),
-                        ));
-                    }
-                }
-            }
-        }
-        // Completions, acks, and segments onto paths.
-        let mut next: Option<Instant> = None;
-        for (peer, p) in s.peers.iter_mut().enumerate() {
-            let Some(p) = p.as_mut() else { continue };
-            while let Some((token, id)) = p.tx.poll_completed() {
-                out.push(Completion::Sent { token });
-                for (path, ci) in p.conn.iter().enumerate() {
-                    let Some(c) = ci.and_then(|ci| self.conns[ci].as_deref_mut()) else {
-                        continue;
-                    };
-                    for seg in c.drop_unsent(id) {
-                        p.tx.forget(path, id, seg);
-                    }
-                }
-            }
-            while let Some((token, crc)) = p.rx.poll_completed() {
-                out.push(Completion::Received { token, crc });
-            }
-            while let Some((token, got)) = p.rx.poll_mismatch() {
-                out.push(Completion::BadHeader { token, peer, got });
-            }
-            if p.rx.ack_due() {
-                let ack = p.rx.ack();
-                let bytes = ack.encode();
-                // Acks go on two paths that demonstrably work: ones something arrived on in
-                // the last 100 ms (a path cut towards the peer usually is cut both ways,
-                // and an ack lost in it would make the peer suspect its good paths), the
-                // quickest first (the ack's own direction is loaded with this rank's data),
-                // and the one data last arrived on.
-                let recent = |q: usize| {
-                    p.last_rx[q].is_some_and(|t| now.saturating_duration_since(t) < ACK_RECENT)
-                };
-                let mut order: Vec<usize> = Vec::new();
-                let mut by_speed: Vec<usize> = p.tx.healthy_paths(now);
-                if let Some(q) = p.tx.quickest_path(now) {
-                    by_speed.insert(0, q);
-                }
-                order.extend(by_speed.iter().copied().filter(|&q| recent(q)).take(1));
-                order.push(p.ack_path);
-                order.extend(by_speed.iter().copied().filter(|&q| recent(q)));
-                order.extend(by_speed);
-                order.dedup();
-                let mut sent = 0;
-                let mut used = Vec::new();
-                for path in order {
-                    if used.contains(&path) {
-                        continue;
-                    }
-                    let Some(ci) = p.conn[path] else { continue };
-                    let Some(c) = self.conns[ci].as_deref_mut() else {
-                        continue;
-                    };
-                    if c.dead {
-                        continue;
-                    }
-                    let u = UnitHeader::plain(
-                        UnitKind::Ack,
-                        path as u8,
-                        p.epoch[path],
-                        0,
-                        bytes.len() as u32,
-                    );
-                    c.push_unit(&u, &bytes);
-                    used.push(path);
-                    sent += 1;
-                    // A second copy only when the first did not go where data last came
-                    // from (a path known to work).
-                    if sent == 2 || path == p.ack_path {
-                        break;
-                    }
-                }
-            }
-            while let Some(t) = p.tx.poll_transmit(now) {
-                let Some(c) = p.conn[t.path].and_then(|ci| self.conns[ci].as_deref_mut()) else {
-                    // The sender thinks the path is up but it has no connection: take it down.
-                    p.tx.on_path_down(t.path, "no connection", now);
-                    continue;
-                };
-                let u = UnitHeader {
-                    kind: UnitKind::Segment,
-                    path: t.path as u8,
-                    epoch: t.epoch,
-                    transfer: t.transfer,
-                    seg: t.seg,
-                    nsegs: t.nsegs,
-                    offset: t.offset,
-                    len: t.len as u32,
-                    total: t.total,
-                };
-                c.push_segment(&u, &t.header, t.data as *const u8);
-            }
-            for t in [p.tx.poll_timeout(now), p.rx.poll_timeout()]
-                .into_iter()
-                .chain(p.redial.iter().map(|r| r.map(|r| r.0)))
-                .flatten()
-            {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-        }
-        if now >= s.metrics_at {
-            s.metrics_at = now + METRICS_EVERY;
-            let taken = std::time::SystemTime::now();
-            let snapshot: Vec<PeerPaths> = s
-                .peers
-                .iter()
-                .enumerate()
-                .filter_map(|(peer, p)| {
-                    let p = p.as_ref()?;
-                    let (dup, total) = p.tx.duplicate_bytes();
-                    Some(PeerPaths {
-                        peer,
-                        paths: p.tx.metrics(),
-                        bytes_duplicated: dup,
-                        bytes_sent: total,
-                        taken,
-                    })
-                })
-                .collect();
-            if let Ok(mut m) = s.metrics.lock() {
-                *m = snapshot;
-            }
-        }
-        next
+        self.pending = later;
     }
 
-    /// Spray mode: withdraw every transfer and receive. Paths with bytes of a withdrawn
-    /// transfer half written or half read are closed (their streams lost their framing).
-    pub(crate) fn spray_cancel(&mut self) {
-        let Some(s) = self.spray.as_mut() else { return };
-        for p in s.peers.iter_mut().flatten() {
-            p.tx.clear();
-            p.rx.clear();
-        }
-        for c in self.conns.iter_mut().flatten() {
-            if c.mid_segment() {
-                kill(c, "withdrawn in the middle of a segment");
+    /// Start the dials that are due.
+    fn start_dials(&mut self, now: Instant) {
+        for (peer, p) in self.peers.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
+            for path in 0..self.npaths {
+                if let Redial::Wait { when, attempt } = p.redial[path] {
+                    if when <= now && p.conn[path].is_none() && !p.closed {
+                        // The next attempt is scheduled when this one fails.
+                        p.redial[path] = Redial::Dialing { attempt };
+                        self.service
+                            .dial(peer, path, p.epoch[path] + 1, p.addrs[path]);
+                    }
+                }
             }
-            c.clear();
         }
+    }
+
+    /// Publish the metrics snapshot, every [`METRICS_EVERY`].
+    fn publish_metrics(&mut self, now: Instant) {
+        if now < self.metrics_at {
+            return;
+        }
+        self.metrics_at = now + METRICS_EVERY;
+        let taken = std::time::SystemTime::now();
+        let snapshot: Vec<PeerPaths> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(peer, p)| {
+                let p = p.as_ref()?;
+                let (dup, total) = p.tx.duplicate_bytes();
+                Some(PeerPaths {
+                    peer,
+                    paths: p.tx.metrics(),
+                    bytes_duplicated: dup,
+                    bytes_sent: total,
+                    taken,
+                })
+            })
+            .collect();
+        if let Ok(mut m) = self.metrics.lock() {
+            *m = snapshot;
+        }
+    }
+}
+
+impl PeerState {
+    /// Completions, the ack that is due, and segments onto paths.
+    fn flush(&mut self, peer: Rank, conns: &mut Conns, now: Instant, out: &mut Vec<Completion>) {
+        while let Some((token, id)) = self.tx.poll_completed() {
+            out.push(Completion::Sent { token });
+            for (path, &ci) in self.conn.iter().enumerate() {
+                if let Some(c) = conn_mut(conns, ci) {
+                    for seg in c.drop_unsent(id) {
+                        self.tx.forget(path, id, seg);
+                    }
+                }
+            }
+        }
+        while let Some((token, crc)) = self.rx.poll_completed() {
+            out.push(Completion::Received { token, crc });
+        }
+        while let Some((token, got)) = self.rx.poll_mismatch() {
+            out.push(Completion::BadHeader { token, peer, got });
+        }
+        if self.rx.ack_due() {
+            let bytes = self.rx.ack().encode();
+            let mut sent = 0;
+            for path in self.ack_paths(now) {
+                let Some(c) = conn_mut(conns, self.conn[path]).filter(|c| !c.dead) else {
+                    continue;
+                };
+                let u = UnitHeader::plain(
+                    UnitKind::Ack,
+                    path as u8,
+                    self.epoch[path],
+                    0,
+                    bytes.len() as u32,
+                );
+                c.push_unit(&u, &bytes);
+                sent += 1;
+                // A second copy only when the first did not go where data last came from
+                // (a path known to work).
+                if sent == 2 || path == self.ack_path {
+                    break;
+                }
+            }
+        }
+        while let Some(t) = self.tx.poll_transmit(now) {
+            let Some(c) = conn_mut(conns, self.conn[t.path]) else {
+                // The sender thinks the path is up but it has no connection: take it down.
+                self.tx.on_path_down(t.path, "no connection", now);
+                continue;
+            };
+            let u = UnitHeader {
+                kind: UnitKind::Segment,
+                path: t.path as u8,
+                epoch: t.epoch,
+                transfer: t.transfer,
+                seg: t.seg,
+                nsegs: t.nsegs,
+                offset: t.offset,
+                len: t.len as u32,
+                total: t.total,
+            };
+            c.push_segment(&u, &t.header, t.data as *const u8);
+        }
+    }
+
+    /// Where an ack may go, best first (the caller sends it on the first two live ones): paths something
+    /// arrived on in the last [`ACK_RECENT`] (a path cut towards the peer usually is cut both
+    /// ways, and an ack lost in it would make the peer suspect its good paths), the quickest
+    /// first (the ack's own direction is loaded with this rank's data), and the one data last
+    /// arrived on.
+    fn ack_paths(&self, now: Instant) -> Vec<usize> {
+        let recent = |q: usize| {
+            self.last_rx[q].is_some_and(|t| now.saturating_duration_since(t) < ACK_RECENT)
+        };
+        let mut by_speed: Vec<usize> = self.tx.quickest_path(now).into_iter().collect();
+        by_speed.extend(self.tx.healthy_paths(now));
+        let candidates = by_speed
+            .iter()
+            .copied()
+            .filter(|&q| recent(q))
+            .take(1)
+            .chain([self.ack_path])
+            .chain(by_speed.iter().copied().filter(|&q| recent(q)))
+            .chain(by_speed.iter().copied());
+        let mut paths: Vec<usize> = Vec::new();
+        for q in candidates {
+            if !paths.contains(&q) {
+                paths.push(q);
+            }
+        }
+        paths
     }
 }
 
