@@ -21,7 +21,6 @@ use dmsc_core::schedule::Schedule;
 use dmsc_core::{CollDesc, DataType, Error, Rank, Result};
 use dmsc_transports::ifaddr;
 use dmsc_transports::store::{random_nonce, serve_or_connect, StoreClient, StoreServer};
-use dmsc_transports::tcp::{connect_mesh, MeshOptions};
 use std::collections::VecDeque;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -399,43 +398,6 @@ fn check_world(rank: Rank, nranks: usize) -> Result<()> {
     Ok(())
 }
 
-/// The mesh options of a communicator, and its configuration with the window widened for
-/// paths over several interfaces (unless `DMSC_WINDOW` fixed it).
-pub(crate) fn mesh_options(
-    mut config: Config,
-    rank: Rank,
-    nranks: usize,
-    bind_ip: IpAddr,
-    comm_id: u64,
-) -> Result<(MeshOptions, Config)> {
-    let ifaces = if config.socket_ifname.is_some() {
-        ifaddr::select_all(config.socket_ifname.as_deref(), bind_ip.is_loopback())?
-    } else {
-        Vec::new()
-    };
-    let paths = config.paths.unwrap_or(ifaces.len().max(1));
-    let path_ips = if ifaces.len() > 1 {
-        ifaces.iter().map(|i| i.addr).collect()
-    } else {
-        Vec::new()
-    };
-    // Paths over distinct interfaces need enough chunks in flight to keep each busy; paths
-    // sharing one interface (loopback) gain nothing from a wider window, and lose to cache
-    // misses on the extra staging memory.
-    if paths > 1 && path_ips.len() > 1 && !config.window_set {
-        config.engine.window = config.engine.window.max(4 * paths).min(64);
-    }
-    let mut mesh = MeshOptions::new(rank, nranks, bind_ip, config.engine.timeout, comm_id);
-    mesh.backend = config.backend;
-    mesh.cma = config.cma;
-    mesh.secret = config.secret.clone();
-    mesh.paths = paths;
-    mesh.path_ips = path_ips;
-    mesh.spray = config.spray;
-    mesh.debug = config.engine.debug;
-    Ok((mesh, config))
-}
-
 /// Agree on a communicator id, connect the mesh and start the engine.
 fn join(
     rank: Rank,
@@ -449,17 +411,12 @@ fn join(
     let timeout = config.engine.timeout;
     let iface = ifaddr::select(config.socket_ifname.as_deref(), store_ip.is_loopback())?;
     let comm_id = agree_on_id(&mut client, prefix, rank, timeout)?;
-    let (mesh, config) = mesh_options(config, rank, nranks, iface.addr, comm_id)?;
     let key = format!("{prefix}/{comm_id:016x}/addr");
-    let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
-        client.exchange(&key, rank, nranks, mine, timeout)
-    })?;
-    let mut comm = Communicator::with_engine(
-        Engine::new(transport, rank, nranks, config.engine.clone()),
-        config,
-        server,
-        iface.addr,
-    )?;
+    let (engine, config) =
+        crate::connect::connect_engine(config, rank, nranks, iface.addr, comm_id, &mut |mine| {
+            client.exchange(&key, rank, nranks, mine, timeout)
+        })?;
+    let mut comm = Communicator::with_engine(engine, config, server, iface.addr)?;
     let link = StoreLink::new(
         Arc::new(Mutex::new(client)),
         format!("{prefix}/{comm_id:016x}"),

@@ -6,6 +6,8 @@ use dmsc_core::engine::EngineConfig;
 use dmsc_core::plan::PlanConfig;
 use dmsc_core::spray::{Mode, SprayConfig};
 use dmsc_core::{Algo, Error, Result};
+use dmsc_transports::connect::Choice;
+use dmsc_transports::shm::ShmOptions;
 use dmsc_transports::tcp::Backend;
 use std::time::Duration;
 
@@ -16,8 +18,16 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Planner settings: algorithm override, pipeline segment size.
     pub plan: PlanConfig,
-    /// TCP backend (`DMSC_TRANSPORT`).
+    /// TCP backend (`DMSC_TRANSPORT=uring|socket`; `auto` otherwise).
     pub backend: Backend,
+    /// Which transport the ranks use (`DMSC_TRANSPORT`: `auto`, `shm`, `tcp`, or a TCP
+    /// backend, which implies `tcp`).
+    pub transport: Choice,
+    /// Offer shared memory between ranks of one host (`DMSC_SHM`, default on; `0` keeps
+    /// them on TCP).
+    pub shm: bool,
+    /// Bytes of each shared-memory data ring (`DMSC_SHM_RING`, a power of two).
+    pub shm_ring: usize,
     /// Interface selection (`DMSC_SOCKET_IFNAME`).
     pub socket_ifname: Option<String>,
     /// Single-copy transfer of large chunks between ranks on one host by cross-memory
@@ -43,6 +53,9 @@ impl Default for Config {
             engine: EngineConfig::default(),
             plan: PlanConfig::default(),
             backend: Backend::Auto,
+            transport: Choice::Auto,
+            shm: true,
+            shm_ring: ShmOptions::DEFAULT_DATA_RING,
             socket_ifname: None,
             cma: true,
             secret: None,
@@ -169,7 +182,15 @@ impl Config {
         }
         c.plan.segment_bytes = bytes_var("DMSC_SEGMENT_BYTES", c.plan.segment_bytes)?;
         if let Some(v) = var("DMSC_TRANSPORT") {
-            c.backend = Backend::parse(&v)?;
+            (c.transport, c.backend) = Choice::parse(&v)?;
+        }
+        c.shm = flag_var("DMSC_SHM", c.shm)?;
+        c.shm_ring = bytes_var("DMSC_SHM_RING", c.shm_ring)?;
+        if !c.shm_ring.is_power_of_two() || !(64 << 10..=1 << 30).contains(&c.shm_ring) {
+            return Err(Error::invalid(format!(
+                "DMSC_SHM_RING={} is not a power of two between 64K and 1G",
+                c.shm_ring
+            )));
         }
         c.socket_ifname = var("DMSC_SOCKET_IFNAME");
         c.cma = flag_var("DMSC_CMA", c.cma)?;

@@ -15,6 +15,7 @@
 
 mod comm;
 pub mod config;
+mod connect;
 mod element;
 pub mod launch;
 mod ops;

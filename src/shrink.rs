@@ -16,10 +16,8 @@
 
 use crate::comm::Communicator;
 use crate::config::Config;
-use dmsc_core::engine::Engine;
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::store::{random_nonce, StoreClient};
-use dmsc_transports::tcp::connect_mesh;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -159,14 +157,16 @@ impl Communicator {
             id
         };
         let nranks = survivors.len();
-        let (mesh, config) =
-            crate::comm::mesh_options(config.clone(), new_rank, nranks, self.bind_ip, comm_id)?;
         let key = format!("{prefix}/{comm_id:016x}/addr");
-        let transport = connect_mesh(&mesh, &mut |mine: &[u8]| {
-            client.exchange(&key, new_rank, nranks, mine, timeout)
-        })?;
+        let (engine, config) = crate::connect::connect_engine(
+            config.clone(),
+            new_rank,
+            nranks,
+            self.bind_ip,
+            comm_id,
+            &mut |mine: &[u8]| client.exchange(&key, new_rank, nranks, mine, timeout),
+        )?;
         drop(client);
-        let engine = Engine::new(transport, new_rank, nranks, config.engine.clone());
         let mut comm = Communicator::with_engine(engine, config, None, self.bind_ip)?;
         comm.store_link = Some(StoreLink::new(
             link.client.clone(),

@@ -9,15 +9,14 @@
 //! needed and all colors connect concurrently.
 
 use crate::comm::Communicator;
-use dmsc_core::engine::Engine;
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::store::random_nonce;
-use dmsc_transports::tcp::connect_mesh;
 
 /// Bytes of one rank's `(color, key, nonce)` record.
 const RECORD: usize = 24;
-/// Bytes of one rank's address slot: a length byte and up to 63 bytes of `ip:port`.
-const ADDR_SLOT: usize = 64;
+/// Bytes of one rank's connection slot: two length bytes and up to 1022 bytes of its
+/// connection record (a host card and its listening addresses).
+const ADDR_SLOT: usize = 1024;
 /// Color value meaning "no new communicator" on the wire.
 const NO_COLOR: u64 = u64::MAX;
 
@@ -126,44 +125,43 @@ impl Communicator {
             .iter()
             .position(|&r| r == self.rank())
             .ok_or_else(|| Error::internal("this rank is missing from its own split color"))?;
-        let (opts, config) = crate::comm::mesh_options(
+        let (engine, config) = crate::connect::connect_engine(
             config.clone(),
             new_rank,
             members.len(),
             self.bind_ip,
             comm_id(&records, &members, color),
+            &mut |addr: &[u8]| {
+                let slots = self.exchange_addresses(addr)?;
+                Ok(members.iter().map(|&r| slots[r].clone()).collect())
+            },
         )?;
-        let transport = connect_mesh(&opts, &mut |addr: &[u8]| {
-            let slots = self.exchange_addresses(addr)?;
-            Ok(members.iter().map(|&r| slots[r].clone()).collect())
-        })?;
-        let engine = Engine::new(transport, new_rank, members.len(), config.engine.clone());
         Communicator::with_engine(engine, config, None, self.bind_ip).map(Some)
     }
 
     /// All-gather one address per parent rank (empty for ranks joining nothing).
     fn exchange_addresses(&self, addr: &[u8]) -> Result<Vec<Vec<u8>>> {
-        if addr.len() >= ADDR_SLOT {
+        if addr.len() > ADDR_SLOT - 2 {
             return Err(Error::internal(format!(
                 "listening address of {} bytes does not fit a {ADDR_SLOT}-byte slot",
                 addr.len()
             )));
         }
         let mut slot = [0u8; ADDR_SLOT];
-        slot[0] = addr.len() as u8;
-        slot[1..=addr.len()].copy_from_slice(addr);
+        slot[..2].copy_from_slice(&(addr.len() as u16).to_le_bytes());
+        slot[2..2 + addr.len()].copy_from_slice(addr);
         let mut all = vec![0u8; ADDR_SLOT * self.size()];
         self.all_gather(&slot, &mut all)?;
         all.chunks_exact(ADDR_SLOT)
             .enumerate()
             .map(|(r, s)| {
-                let len = s[0] as usize;
-                if len >= ADDR_SLOT {
+                let len = u16::from_le_bytes([s[0], s[1]]) as usize;
+                if len > ADDR_SLOT - 2 {
                     return Err(Error::protocol(format!(
                         "rank {r} sent a split address of {len} bytes"
                     )));
                 }
-                Ok(s[1..=len].to_vec())
+                Ok(s[2..2 + len].to_vec())
             })
             .collect()
     }

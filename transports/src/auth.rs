@@ -7,6 +7,7 @@ use dmsc_core::error::{Error, Result};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,37 @@ impl fmt::Display for AuthError {
     }
 }
 
+/// A blocking byte stream with per-call timeouts: the sockets authentication runs over (TCP
+/// between hosts, Unix sockets between ranks of one host).
+pub trait TimedStream: Read + Write {
+    /// `set_read_timeout` of the socket.
+    fn read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// `set_write_timeout` of the socket.
+    fn write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimedStream for TcpStream {
+    fn read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+    fn write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(t)
+    }
+}
+
+impl TimedStream for UnixStream {
+    fn read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+    fn write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(t)
+    }
+}
+
 /// Run one exchange on a blocking `stream`, as `side`, until `deadline`. On success the
 /// stream's read timeout is cleared; on failure the caller should close the stream.
-pub fn handshake(
-    stream: &mut TcpStream,
+pub fn handshake<S: TimedStream>(
+    stream: &mut S,
     secret: Option<&Secret>,
     purpose: Purpose,
     side: Side,
@@ -67,7 +95,7 @@ pub fn handshake(
         hs.on_proof(&msg).map_err(|e| classify(&msg, e))?;
     }
     stream
-        .set_read_timeout(None)
+        .read_timeout(None)
         .map_err(|e| AuthError::Closed(e.to_string()))
 }
 
@@ -81,8 +109,8 @@ fn classify(msg: &[u8; MSG_LEN], e: Error) -> AuthError {
 }
 
 /// Tell a connection why it is turned away, best effort and without blocking for long.
-pub fn refuse(stream: &mut TcpStream, why: Refusal) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+pub fn refuse<S: TimedStream>(stream: &mut S, why: Refusal) {
+    let _ = stream.write_timeout(Some(Duration::from_secs(1)));
     let _ = stream.write_all(&Message::Refused(why).encode());
 }
 
@@ -102,28 +130,28 @@ fn io_error(e: io::Error) -> AuthError {
     }
 }
 
-fn write_msg(
-    stream: &mut TcpStream,
+fn write_msg<S: TimedStream>(
+    stream: &mut S,
     msg: &[u8; MSG_LEN],
     deadline: Instant,
 ) -> std::result::Result<(), AuthError> {
     stream
-        .set_write_timeout(Some(time_left(deadline)?))
+        .write_timeout(Some(time_left(deadline)?))
         .map_err(io_error)?;
     stream.write_all(msg).map_err(io_error)
 }
 
 /// Read one message, checking its first bytes as they arrive so garbage ends the exchange
 /// at once.
-fn read_msg(
-    stream: &mut TcpStream,
+fn read_msg<S: TimedStream>(
+    stream: &mut S,
     deadline: Instant,
 ) -> std::result::Result<[u8; MSG_LEN], AuthError> {
     let mut b = [0u8; MSG_LEN];
     let mut have = 0;
     while have < MSG_LEN {
         stream
-            .set_read_timeout(Some(time_left(deadline)?))
+            .read_timeout(Some(time_left(deadline)?))
             .map_err(io_error)?;
         match stream.read(&mut b[have..]) {
             Ok(0) => return Err(AuthError::Closed("the peer closed the connection".into())),

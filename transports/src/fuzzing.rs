@@ -8,7 +8,7 @@
 //! (libFuzzer, as set up by cargo-fuzz).
 
 use crate::cma::handshake::{Record, RECORD_LEN};
-use crate::tcp::conn::{Conn, Role};
+use crate::conn::{Conn, Role};
 use crate::tcp::mesh::parse_hello;
 use crate::tcp::{Backend, MeshOptions};
 use dmsc_core::engine::Completion;
@@ -128,7 +128,7 @@ pub fn conn_stream(data: &[u8]) {
         }
         let left = &stream[at..];
         if left.is_empty() {
-            conn.on_received(0, &mut out, &mut crate::tcp::conn::NoPaths);
+            conn.on_received(0, &mut out, &mut crate::conn::NoPaths);
         } else {
             let r = next(&mut rng);
             let budget = if r & 1 == 0 {
@@ -153,7 +153,7 @@ pub fn conn_stream(data: &[u8]) {
             }
             assert!(n > 0, "a ready connection offered no room");
             at += n;
-            conn.on_received(n, &mut out, &mut crate::tcp::conn::NoPaths);
+            conn.on_received(n, &mut out, &mut crate::conn::NoPaths);
         }
         for c in out.drain(..) {
             check(c, stream, &mut parsed, &mut next_recv, &expects, &bufs);

@@ -6,9 +6,13 @@
 
 pub mod auth;
 mod cma;
+pub(crate) mod conn;
+pub mod connect;
 pub mod ifaddr;
+pub mod shm;
 pub mod store;
 pub mod tcp;
+mod wake;
 
 /// Entry points of the fuzz targets in `fuzz/` (not a stable API).
 #[cfg(feature = "fuzzing")]

@@ -10,11 +10,11 @@
 //! any, so no ordering of ranks can deadlock.
 
 use super::remote;
+use crate::auth::TimedStream;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::{le_u32, le_u64};
 use dmsc_core::Rank;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -129,19 +129,19 @@ fn io_err(what: &str, peer: Rank, e: std::io::Error) -> Error {
     )
 }
 
-fn set_deadline(s: &TcpStream, deadline: Instant, peer: Rank) -> Result<()> {
+fn set_deadline<S: TimedStream + ?Sized>(s: &S, deadline: Instant, peer: Rank) -> Result<()> {
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(std::time::Duration::from_millis(10));
-    s.set_read_timeout(Some(left))
+    s.read_timeout(Some(left))
         .map_err(|e| io_err("setting a read timeout towards", peer, e))
 }
 
 /// Run the handshake over every peer's data stream (`streams[i]` connects to `peers[i]`).
 /// Returns, per entry, how to reach that peer's memory, or `None` when chunks to and from it
 /// go over the socket.
-pub(crate) fn negotiate(
-    streams: &mut [&mut TcpStream],
+pub(crate) fn negotiate<S: TimedStream + ?Sized>(
+    streams: &mut [&mut S],
     peers: &[Rank],
     willing: bool,
     epoch_addr: u64,
@@ -165,7 +165,7 @@ pub(crate) fn negotiate(
     }
     let mut theirs = Vec::with_capacity(streams.len());
     for (s, &peer) in streams.iter_mut().zip(peers) {
-        set_deadline(s, deadline, peer)?;
+        set_deadline(&**s, deadline, peer)?;
         let mut b = [0u8; RECORD_LEN];
         s.read_exact(&mut b)
             .map_err(|e| io_err("reading the record of", peer, e))?;
@@ -190,7 +190,7 @@ pub(crate) fn negotiate(
         let mut b = [0u8; 1];
         s.read_exact(&mut b)
             .map_err(|e| io_err("reading the verdict of", peer, e))?;
-        s.set_read_timeout(None)
+        s.read_timeout(None)
             .map_err(|e| io_err("clearing a read timeout towards", peer, e))?;
         let both = verdicts[i] && b[0] == 1;
         out.push(both.then_some(PeerMemory {
@@ -204,6 +204,7 @@ pub(crate) fn negotiate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     #[test]
     fn record_round_trip_and_rejects_garbage() {

@@ -14,9 +14,9 @@
 //! that follow the handshake (the memory-attach negotiation, then frames) stay in the
 //! socket for their owners.
 
-use super::conn::Role;
 use super::mesh::{hello, parse_hello, MeshOptions};
 use crate::auth::{self, ACCEPT_DEADLINE};
+use crate::conn::Role;
 use dmsc_core::auth::{Handshake, Purpose, Side, MSG_LEN};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::HEADER_LEN;

@@ -6,11 +6,11 @@
 //! is refused instead of being mistaken for a peer. Before the hello, each connection proves
 //! in both directions that its ends know the job's secret ([`super::greet`]).
 
-use super::conn::{Conn, Role};
 use super::greet::{greet_all, Pending};
 use super::paths::SprayMesh;
 use super::{make_transport, Backend, Mesh};
 use crate::cma;
+use crate::conn::{Conn, Role};
 use dmsc_core::auth::Secret;
 use dmsc_core::engine::Transport;
 use dmsc_core::error::{Error, Result};
@@ -209,11 +209,21 @@ pub(crate) fn parse_hello(
 /// Publishes this rank's listening address and returns every rank's, indexed by rank.
 pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
 
-/// Build the full mesh for `opts.rank`. `exchange` publishes this rank's listening address
-/// (one per path, comma-separated) and returns every rank's (indexed by rank), e.g. through
-/// the rendezvous store.
-pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dyn Transport>> {
-    let deadline = Instant::now() + opts.timeout;
+/// This rank's bound listeners, made before the rendezvous exchange.
+pub struct Listening {
+    listeners: Vec<TcpListener>,
+    addrs: String,
+}
+
+impl Listening {
+    /// The listening addresses to publish (one per path, comma-separated).
+    pub fn addresses(&self) -> &str {
+        &self.addrs
+    }
+}
+
+/// Bind the listeners of `opts.rank` (one per path) on the local addresses of its paths.
+pub fn listen(opts: &MeshOptions) -> Result<Listening> {
     let npaths = opts.paths.max(1);
     if npaths > MAX_PATHS {
         return Err(Error::invalid(format!(
@@ -234,7 +244,32 @@ pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dy
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::io("reading the listening address", &e))?;
-    let all = exchange(mine.join(",").as_bytes())?;
+    Ok(Listening {
+        listeners,
+        addrs: mine.join(","),
+    })
+}
+
+/// Build the full mesh for `opts.rank`. `exchange` publishes this rank's listening address
+/// (one per path, comma-separated) and returns every rank's (indexed by rank), e.g. through
+/// the rendezvous store.
+pub fn connect_mesh(opts: &MeshOptions, exchange: Exchange<'_>) -> Result<Box<dyn Transport>> {
+    let l = listen(opts)?;
+    let all = exchange(l.addrs.as_bytes())?;
+    connect_listening(opts, l, &all)
+}
+
+/// Build the full mesh for `opts.rank` from its listeners and every rank's published
+/// addresses (indexed by rank).
+pub fn connect_listening(
+    opts: &MeshOptions,
+    l: Listening,
+    all: &[Vec<u8>],
+) -> Result<Box<dyn Transport>> {
+    let deadline = Instant::now() + opts.timeout;
+    let npaths = opts.paths.max(1);
+    let spray = npaths > 1;
+    let listeners = l.listeners;
     if all.len() != opts.nranks {
         return Err(Error::internal(format!(
             "address exchange returned {} entries for {} ranks",

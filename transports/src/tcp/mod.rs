@@ -5,20 +5,18 @@
 //! the socket backend is taken when creating a ring fails with `EPERM` (a container's
 //! seccomp policy) or `ENOSYS` (a kernel without io_uring), logged once per process.
 
-pub(crate) mod conn;
 mod greet;
 pub(crate) mod mesh;
 mod paths;
 mod redial;
 mod socket;
 mod uring;
-mod wake;
 
-pub use mesh::{connect_mesh, Exchange, MeshOptions};
+pub use mesh::{connect_listening, connect_mesh, listen, Exchange, Listening, MeshOptions};
 pub use socket::SocketTransport;
 pub use uring::UringTransport;
 
-use conn::{Conn, NoPaths, PathSink};
+use crate::conn::{Conn, NoPaths, PathSink};
 use dmsc_core::engine::{Completion, Token, Transport};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::FrameHeader;

@@ -8,10 +8,10 @@
 //! numbered so that the receiver delivers each once; a peer is reported closed only when
 //! every one of its paths is down.
 
-use super::conn::{Conn, PathSink, Role};
 use super::mesh::MeshOptions;
 use super::redial::PathService;
 use super::Mesh;
+use crate::conn::{Conn, PathSink, Role};
 use dmsc_core::engine::{Completion, PeerPaths, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::spray::wire::{Ack, UnitHeader, UnitKind};

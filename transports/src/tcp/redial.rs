@@ -7,9 +7,9 @@
 //! and a short-lived thread per dial attempt, each with a deadline. Results reach the
 //! transport through a channel, and its waker interrupts its poll.
 
-use super::conn::Role;
 use super::greet::greet_one;
 use super::mesh::MeshOptions;
+use crate::conn::Role;
 use dmsc_core::engine::Waker;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::Rank;

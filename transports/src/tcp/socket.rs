@@ -3,8 +3,8 @@
 //! Taken when io_uring is refused (a container's seccomp answers `EPERM`, old kernels
 //! `ENOSYS`) or forced with `DMSC_TRANSPORT=socket`.
 
-use super::wake::EventFd;
 use super::Mesh;
+use crate::wake::EventFd;
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::FrameHeader;

@@ -8,8 +8,8 @@
 //! until every submitted operation has completed: [`Transport::cancel_all`] and `Drop`
 //! cancel in-flight operations and wait for their completions before releasing anything.
 
-use super::wake::EventFd;
 use super::Mesh;
+use crate::wake::EventFd;
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::wire::FrameHeader;

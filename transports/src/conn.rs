@@ -1,4 +1,5 @@
-//! The per-connection framing state machine shared by the io_uring and plain-socket backends.
+//! The per-connection framing state machine of a byte stream, shared by the TCP backends
+//! (io_uring and plain sockets) and the shared-memory rings (`crate::shm`).
 //!
 //! A connection carries frames (a 64-byte [`FrameHeader`] and its payload) in each direction.
 //! The backends only move bytes: they ask [`Conn::send_iov`] / [`Conn::recv_iov`] where the

@@ -1,0 +1,71 @@
+//! The one path by which init, split and shrink connect a new communicator: the transport
+//! options built from its [`Config`], the transports connected over a rendezvous exchange
+//! (`dmsc_transports::connect`), and the engine started on them.
+
+use crate::config::Config;
+use dmsc_core::engine::Engine;
+use dmsc_core::{Rank, Result};
+use dmsc_transports::connect::{connect, ConnectOptions};
+use dmsc_transports::ifaddr;
+use dmsc_transports::tcp::{Exchange, MeshOptions};
+use std::net::IpAddr;
+
+/// The connect options of a communicator, and its configuration with the window widened for
+/// paths over several interfaces (unless `DMSC_WINDOW` fixed it).
+fn options(
+    mut config: Config,
+    rank: Rank,
+    nranks: usize,
+    bind_ip: IpAddr,
+    comm_id: u64,
+) -> Result<(ConnectOptions, Config)> {
+    let ifaces = if config.socket_ifname.is_some() {
+        ifaddr::select_all(config.socket_ifname.as_deref(), bind_ip.is_loopback())?
+    } else {
+        Vec::new()
+    };
+    let paths = config.paths.unwrap_or(ifaces.len().max(1));
+    let path_ips = if ifaces.len() > 1 {
+        ifaces.iter().map(|i| i.addr).collect()
+    } else {
+        Vec::new()
+    };
+    // Paths over distinct interfaces need enough chunks in flight to keep each busy; paths
+    // sharing one interface (loopback) gain nothing from a wider window, and lose to cache
+    // misses on the extra staging memory.
+    if paths > 1 && path_ips.len() > 1 && !config.window_set {
+        config.engine.window = config.engine.window.max(4 * paths).min(64);
+    }
+    let mut mesh = MeshOptions::new(rank, nranks, bind_ip, config.engine.timeout, comm_id);
+    mesh.backend = config.backend;
+    mesh.cma = config.cma;
+    mesh.secret = config.secret.clone();
+    mesh.paths = paths;
+    mesh.path_ips = path_ips;
+    mesh.spray = config.spray;
+    mesh.debug = config.engine.debug;
+    let opts = ConnectOptions {
+        mesh,
+        choice: config.transport,
+        // Several paths per peer are a TCP feature: asking for them keeps the ranks on TCP.
+        shm: config.shm && paths == 1,
+        shm_ring: config.shm_ring,
+    };
+    Ok((opts, config))
+}
+
+/// Connect rank `rank` of `nranks` of communicator `comm_id` and start its engine.
+/// `exchange` publishes this rank's connection bytes and returns every rank's.
+pub(crate) fn connect_engine(
+    config: Config,
+    rank: Rank,
+    nranks: usize,
+    bind_ip: IpAddr,
+    comm_id: u64,
+    exchange: Exchange<'_>,
+) -> Result<(Engine, Config)> {
+    let (opts, config) = options(config, rank, nranks, bind_ip, comm_id)?;
+    let transport = connect(&opts, exchange)?;
+    let engine = Engine::new(transport, rank, nranks, config.engine.clone());
+    Ok((engine, config))
+}
