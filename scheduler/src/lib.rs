@@ -1,0 +1,19 @@
+//! # dmsc-scheduler
+//!
+//! The control layer above dmsc, after draft-yang-dmsc-distributed-model: model descriptions
+//! and their segmentation into pipeline stages ([`segment`], one [`cost`] model), stage
+//! placement from a link matrix that dmsc itself measures ([`probe`]), and the `dmsc-serve`
+//! binary.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cluster;
+pub mod cost;
+pub mod error;
+pub mod model;
+pub mod placement;
+pub mod profiles;
+pub mod probe;
+pub mod segment;
+
+pub use error::{Error, Result};
