@@ -230,10 +230,20 @@ fn a_job_survives_strangers() {
                 Duration::from_secs(5),
             )
             .unwrap();
-        let addr: SocketAddr = String::from_utf8(addr).unwrap().parse().unwrap();
+        let (card, addr) = dmsc_transports::connect::decode_record(&addr, r).unwrap();
+        let addr: SocketAddr = std::str::from_utf8(addr).unwrap().parse().unwrap();
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             let _ = s.write_all(&noise(r as u64, 4096));
             assert!(closed_within(&mut s, Duration::from_secs(10)));
+        }
+        // Nor does anything listen on the rank's shared-memory socket once it is set up.
+        if card.willing {
+            use std::os::linux::net::SocketAddrExt;
+            let name = std::os::unix::net::SocketAddr::from_abstract_name(card.socket_name());
+            assert!(
+                std::os::unix::net::UnixStream::connect_addr(&name.unwrap()).is_err(),
+                "rank {r}'s shared-memory listener is still open after set-up"
+            );
         }
     }
     drop(c);

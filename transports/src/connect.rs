@@ -82,7 +82,7 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
     let cards = all
         .iter()
         .enumerate()
-        .map(|(r, b)| Card::decode(b, r))
+        .map(|(r, b)| decode_record(b, r).map(|(c, _)| c))
         .collect::<Result<Vec<Card>>>()?;
     let me = listening.card();
     let elsewhere: Vec<usize> = (0..m.nranks)
@@ -114,10 +114,18 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
     }
     drop(listening);
     let addrs: Vec<Vec<u8>> = all
-        .into_iter()
-        .map(|b| b[shm::CARD_LEN..].to_vec())
-        .collect();
+        .iter()
+        .enumerate()
+        .map(|(r, b)| decode_record(b, r).map(|(_, a)| a.to_vec()))
+        .collect::<Result<_>>()?;
     tcp::connect_listening(m, tcp, &addrs)
+}
+
+/// Split the connection record rank `rank` published into its host card and its TCP
+/// listening addresses.
+pub fn decode_record(b: &[u8], rank: usize) -> Result<(Card, &[u8])> {
+    let card = Card::decode(b, rank)?;
+    Ok((card, &b[shm::CARD_LEN..]))
 }
 
 #[cfg(test)]

@@ -60,6 +60,12 @@ impl Card {
             && self.net_ns == other.net_ns
     }
 
+    /// The abstract Unix socket name of the rank's shared-memory listener (open only while
+    /// a communicator is being set up).
+    pub fn socket_name(&self) -> Vec<u8> {
+        super::sock::name(&self.nonce)
+    }
+
     /// The card's bytes.
     pub fn encode(&self) -> [u8; CARD_LEN] {
         let mut b = [0u8; CARD_LEN];

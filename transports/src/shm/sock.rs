@@ -17,7 +17,7 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 /// The abstract socket name of a listener with `nonce`.
-fn name(nonce: &[u8; 16]) -> Vec<u8> {
+pub(crate) fn name(nonce: &[u8; 16]) -> Vec<u8> {
     let mut n = b"dmsc-shm-".to_vec();
     for b in nonce {
         n.extend_from_slice(format!("{b:02x}").as_bytes());
