@@ -1,1 +1,146 @@
-fn main(){}
+//! `dmsc-serve`: the control layer's command line.
+//!
+//! ```text
+//! dmsc-serve plan --model M.json --cluster C.json [--strategy dp|bisect|tabu|even|block|business]
+//!                 [--stages K] [--micro-batches B] [--links L.json]
+//! dmsc-serve profile resnet18|gpt2-small          print a shipped model profile
+//! dmsc-serve probe --np N --out L.json            measure the link matrix over N local ranks
+//! dmsc-serve probe-rank --out L.json              one rank of a probe (under dmscrun, torchrun…)
+//! ```
+#![forbid(unsafe_code)]
+
+use dmsc_scheduler::cluster::{ClusterDesc, LinkMatrix};
+use dmsc_scheduler::model::ModelDesc;
+use dmsc_scheduler::segment::{self, Problem};
+use dmsc_scheduler::{probe, profiles, Error, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  dmsc-serve plan --model M.json --cluster C.json [--strategy dp|bisect|tabu|even|block|business]
+                  [--stages K] [--micro-batches B] [--links L.json]
+  dmsc-serve profile resnet18|gpt2-small
+  dmsc-serve probe --np N --out L.json [--bytes B]
+  dmsc-serve probe-rank --out L.json [--bytes B]";
+
+/// `--key value` pairs after the subcommand.
+fn flags(args: &[String]) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(key) = a.strip_prefix("--") else {
+            return Err(Error::invalid(a.clone(), "expected a --flag"));
+        };
+        let v = it
+            .next()
+            .ok_or_else(|| Error::invalid(format!("--{key}"), "needs a value"))?;
+        out.insert(key.to_string(), v.clone());
+    }
+    Ok(out)
+}
+
+fn required<'a>(f: &'a HashMap<String, String>, key: &str) -> Result<&'a String> {
+    f.get(key)
+        .ok_or_else(|| Error::invalid(format!("--{key}"), "is required"))
+}
+
+fn number(f: &HashMap<String, String>, key: &str, default: usize) -> Result<usize> {
+    match f.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::invalid(format!("--{key}"), format!("`{v}` is not a number"))),
+    }
+}
+
+fn plan(args: &[String]) -> Result<()> {
+    let f = flags(args)?;
+    let model = ModelDesc::load(&PathBuf::from(required(&f, "model")?))?;
+    let mut cluster = ClusterDesc::load(&PathBuf::from(required(&f, "cluster")?))?;
+    if let Some(l) = f.get("links") {
+        let text = std::fs::read_to_string(l).map_err(|e| Error::io(format!("reading links {l}"), e))?;
+        let links: LinkMatrix = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: format!("link matrix {l}"),
+            source,
+        })?;
+        links.validate(cluster.ranks.len(), "links")?;
+        cluster.links = Some(links);
+    }
+    let strategy = segment::by_name(f.get("strategy").map(String::as_str).unwrap_or("dp"))?;
+    let mut p = Problem::new(&model, &cluster);
+    p.stages = number(&f, "stages", p.stages)?;
+    p.micro_batches = number(&f, "micro-batches", p.micro_batches)?;
+    let plan = strategy.plan(&p)?;
+    tracing::info!(strategy = strategy.name(), bottleneck_s = plan.bottleneck_s, reason = %plan.reason, "plan");
+    println!("{}", serde_json::to_string_pretty(&plan).expect("a plan serializes"));
+    Ok(())
+}
+
+fn probe_options(f: &HashMap<String, String>) -> Result<probe::ProbeOptions> {
+    let mut o = probe::ProbeOptions::default();
+    o.large_bytes = number(f, "bytes", o.large_bytes)?;
+    Ok(o)
+}
+
+fn probe_rank(args: &[String]) -> Result<()> {
+    let f = flags(args)?;
+    let out = required(&f, "out")?;
+    let comm = dmsc::Communicator::from_env()?;
+    let m = probe::measure(&comm, probe_options(&f)?)?;
+    if comm.rank() == 0 {
+        let text = serde_json::to_string_pretty(&m).expect("a matrix serializes");
+        std::fs::write(out, text + "\n").map_err(|e| Error::io(format!("writing {out}"), e))?;
+    }
+    Ok(())
+}
+
+fn probe_local(args: &[String]) -> Result<()> {
+    let f = flags(args)?;
+    let n = number(&f, "np", 2)?;
+    let out = required(&f, "out")?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding dmsc-serve", e))?;
+    let mut rank_args: Vec<std::ffi::OsString> = vec!["probe-rank".into(), "--out".into(), out.into()];
+    if let Some(b) = f.get("bytes") {
+        rank_args.extend(["--bytes".into(), b.into()]);
+    }
+    let code = dmsc::launch::launch(n, exe.as_os_str(), &rank_args, &[])?;
+    if code != 0 {
+        return Err(Error::invalid("probe", format!("a rank failed (exit code {code})")));
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("plan") => plan(&args[1..]),
+        Some("profile") => {
+            let name = args.get(1).ok_or_else(|| Error::invalid("profile", "name a model: resnet18 or gpt2-small"))?;
+            let m = profiles::by_name(name)
+                .ok_or_else(|| Error::invalid("profile", format!("`{name}` is not resnet18 or gpt2-small")))?;
+            println!("{}", serde_json::to_string_pretty(&m).expect("a model serializes"));
+            Ok(())
+        }
+        Some("probe") => probe_local(&args[1..]),
+        Some("probe-rank") => probe_rank(&args[1..]),
+        _ => Err(Error::invalid("command", USAGE)),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DMSC_SERVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dmsc-serve: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

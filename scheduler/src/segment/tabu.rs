@@ -3,14 +3,19 @@
 //! A solution is the cut vector and the order of ranks. Each iteration evaluates every
 //! neighbour and moves to the best one that is not tabu, even when it is worse:
 //! - **shift a cut**: move cut `b` to any position between its neighbours (changes stages
-//!   `b-1` and `b`);
+//!   `b-1` and `b`); a cut just moved stays put for `(k−1)/3` iterations;
+//! - **shift a run**: move cuts `b..=e` together by one layer (a cascade in one step);
 //! - **swap ranks**: exchange the ranks of two stages, or a stage's rank with an unused one
 //!   (changes those stages and their neighbours' boundaries). Skipped when all ranks and links
 //!   are identical.
 //!
-//! After a move, returning cut `b` to its old position, or swapping the same two ranks again,
-//! is tabu for `tenure` iterations, unless the move beats the best solution so far
-//! (aspiration). Solutions compare by bottleneck, then by the sum of squared stage times,
+//! On clusters whose ranks or links differ, a tabu search over rank orders alone runs first,
+//! each order valued by a short search over its cuts. The search over cuts starts from the
+//! better of a speed-proportional split and a greedy packing under a bisected limit.
+//!
+//! After a move, returning cut `b` to its old position, reversing a run shift, or swapping
+//! the same two ranks again, is tabu for `tenure` iterations, unless the move beats the best solution so far
+//! (aspiration). Solutions compare by bottleneck, then by `Σ (t/t₀)^p` over the stages (p = 8 by default),
 //! which rewards shrinking the stages just below the bottleneck and leads the search across
 //! plateaus. It stops after `patience` iterations without improvement or `max_iters` in all.
 
@@ -26,6 +31,9 @@ pub struct Params {
     pub patience: usize,
     /// Iterations a reversed move stays tabu (0: derive from the stage count).
     pub tenure: usize,
+    /// Exponent of the tie-breaking sum `Σ (t/t₀)^p` (t₀: the starting bottleneck); larger
+    /// values weigh the slowest stages more, approaching a lexicographic min-max.
+    pub power: i32,
 }
 
 impl Default for Params {
@@ -34,6 +42,7 @@ impl Default for Params {
             max_iters: 2000,
             patience: 200,
             tenure: 0,
+            power: 8,
         }
     }
 }
@@ -52,15 +61,7 @@ pub struct Outcome {
 }
 
 /// Squares of infinite times would poison the sums; an infeasible stage counts as this.
-const PENALTY: f64 = 1e150;
-
-fn pen(t: f64) -> f64 {
-    if t.is_finite() {
-        t
-    } else {
-        PENALTY
-    }
-}
+const PENALTY: f64 = 1e200;
 
 #[derive(Clone, Copy, PartialEq)]
 struct Key {
@@ -68,13 +69,32 @@ struct Key {
     sumsq: f64,
 }
 
-impl Key {
-    fn of(times: &[f64]) -> Key {
-        Key {
-            max: times.iter().copied().fold(0.0, f64::max),
-            sumsq: times.iter().map(|&t| pen(t) * pen(t)).sum(),
+/// The weight of one stage time in the tie-breaking sum.
+#[derive(Clone, Copy)]
+struct Weigh {
+    inv_scale: f64,
+    power: i32,
+}
+
+impl Weigh {
+    #[inline]
+    fn w(&self, t: f64) -> f64 {
+        if t.is_finite() {
+            (t * self.inv_scale).powi(self.power)
+        } else {
+            PENALTY
         }
     }
+
+    fn key(&self, times: &[f64]) -> Key {
+        Key {
+            max: times.iter().copied().fold(0.0, f64::max),
+            sumsq: times.iter().map(|&t| self.w(t)).sum(),
+        }
+    }
+}
+
+impl Key {
 
     fn cmp(&self, o: &Key) -> Ordering {
         self.max
@@ -85,6 +105,7 @@ impl Key {
 
 enum Move {
     Cut { b: usize, to: usize },
+    Run { b: usize, e: usize, up: bool },
     Swap { a: usize, b: usize },
     Replace { a: usize, rank: usize },
 }
@@ -116,8 +137,153 @@ pub fn balanced_cuts(cost: &CostModel, order: &[usize]) -> Vec<usize> {
     cuts
 }
 
-/// Search from balanced cuts on `start` (the ranks of the `k` stages, in order).
+/// Greedy packing: each stage takes layers as far as it stays within `limit`; exactly `k`
+/// stages (stages with a single layer split off the longest ones when fewer are needed).
+fn pack(cost: &CostModel, order: &[usize], limit: f64) -> Option<Vec<usize>> {
+    let n = cost.layers();
+    let k = order.len();
+    let mut cuts = vec![0];
+    let mut i = 0;
+    for s in 0..k {
+        if i == n {
+            break;
+        }
+        if s + 1 == k {
+            if cost.stage_time(order, s, i, n) > limit {
+                return None;
+            }
+            i = n;
+            cuts.push(n);
+            break;
+        }
+        // Leave a layer for each later stage; the furthest end within the limit.
+        let mut end = None;
+        for j in i + 1..=n - (k - 1 - s) {
+            if cost.compute_time(i, j, order[s]) > limit {
+                break;
+            }
+            if cost.stage_time(order, s, i, j) <= limit {
+                end = Some(j);
+            }
+        }
+        i = end?;
+        cuts.push(i);
+    }
+    if i != n {
+        return None;
+    }
+    // Fewer stages than ranks: split the stages with the most layers.
+    while cuts.len() < k + 1 {
+        let s = (0..cuts.len() - 1).max_by_key(|&s| cuts[s + 1] - cuts[s])?;
+        if cuts[s + 1] - cuts[s] < 2 {
+            return None;
+        }
+        cuts.insert(s + 1, (cuts[s] + cuts[s + 1]) / 2);
+    }
+    Some(cuts)
+}
+
+/// A starting point by greedy packing under a bisected limit (the classic linear-partition
+/// probe; not exact here, since boundary costs make stage times non-monotone).
+pub fn packed_cuts(cost: &CostModel, order: &[usize]) -> Option<Vec<usize>> {
+    let n = cost.layers();
+    let mut hi = order.iter().map(|&r| cost.compute_time(0, n, r)).fold(0.0, f64::max) * 2.0 + 1.0;
+    let mut best = None;
+    let mut lo = 0.0;
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        match pack(cost, order, mid) {
+            Some(c) => {
+                hi = mid;
+                best = Some(c);
+            }
+            None => lo = mid,
+        }
+    }
+    if best.is_none() {
+        best = pack(cost, order, f64::MAX);
+    }
+    best
+}
+
+/// Value of `order`: the bottleneck a short search over its cuts reaches (`+∞`: none fits).
+fn order_value(cost: &CostModel, order: &[usize]) -> f64 {
+    let quick = Params {
+        max_iters: 60,
+        patience: 12,
+        ..Params::default()
+    };
+    search(cost, order, quick, false).map_or(f64::INFINITY, |o| o.bottleneck)
+}
+
+/// Tabu search over rank orders alone: moves swap two stages' ranks or give a stage an
+/// unused rank, each order valued by a short search over its cuts; the pair of ranks just
+/// exchanged is tabu for `tenure` iterations unless the move beats the best order
+/// (aspiration).
+fn order_search(cost: &CostModel, start: &[usize], params: Params) -> Vec<usize> {
+    let k = start.len();
+    let m = cost.ranks();
+    let tenure = if params.tenure > 0 { params.tenure } else { 1 + k / 2 };
+    let patience = (params.patience / 8).max(8);
+    let mut tabu = vec![vec![0usize; m]; m];
+    let mut order = start.to_vec();
+    let mut best = order.clone();
+    let mut best_v = order_value(cost, &order);
+    let (mut iter, mut last) = (0, 0);
+    while iter < params.max_iters / 8 && iter - last <= patience {
+        iter += 1;
+        // (stage, new rank, value)
+        let mut chosen: Option<(usize, usize, f64)> = None;
+        for a in 0..k {
+            for r in 0..m {
+                if r == order[a] {
+                    continue;
+                }
+                let mut cand = order.clone();
+                match order.iter().position(|&x| x == r) {
+                    Some(b) if b < a => continue, // each swap once
+                    Some(b) => cand.swap(a, b),
+                    None => cand[a] = r,
+                }
+                let v = order_value(cost, &cand);
+                let (lo, hi) = (r.min(order[a]), r.max(order[a]));
+                if tabu[lo][hi] > iter && v >= best_v {
+                    continue;
+                }
+                if chosen.is_none_or(|c| v < c.2) {
+                    chosen = Some((a, r, v));
+                }
+            }
+        }
+        let Some((a, r, v)) = chosen else { break };
+        let (lo, hi) = (r.min(order[a]), r.max(order[a]));
+        tabu[lo][hi] = iter + tenure;
+        match order.iter().position(|&x| x == r) {
+            Some(b) => order.swap(a, b),
+            None => order[a] = r,
+        }
+        if v < best_v {
+            (best, best_v, last) = (order.clone(), v, iter);
+        }
+    }
+    best
+}
+
+/// Search on `start` (the ranks of the `k` stages, in order). On a cluster whose ranks or
+/// links differ, a tabu search over rank orders runs first. Then the search over cuts (and
+/// rank swaps) runs from the better of balanced and packed cuts.
 pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcome> {
+    if start.is_empty() || start.len() > cost.layers() {
+        return None;
+    }
+    if cost.is_uniform() {
+        return search(cost, start, params, false);
+    }
+    let order = order_search(cost, start, params);
+    search(cost, &order, params, true)
+}
+
+fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Option<Outcome> {
     let n = cost.layers();
     let k = start.len();
     if k == 0 || k > n {
@@ -126,8 +292,18 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
     let m = cost.ranks();
     let mut order = start.to_vec();
     let mut cuts = balanced_cuts(cost, &order);
+    if let Some(p) = packed_cuts(cost, &order) {
+        if cost.bottleneck(&p, &order) < cost.bottleneck(&cuts, &order) {
+            cuts = p;
+        }
+    }
     let mut times = cost.stage_times(&cuts, &order);
-    let mut key = Key::of(&times);
+    let finite_max = times.iter().copied().filter(|t| t.is_finite()).fold(0.0, f64::max);
+    let weigh = Weigh {
+        inv_scale: if finite_max > 0.0 { 1.0 / finite_max } else { 1.0 },
+        power: params.power.clamp(1, 64),
+    };
+    let mut key = weigh.key(&times);
     let (mut best_cuts, mut best_order, mut best_key) = (cuts.clone(), order.clone(), key);
     let tenure = if params.tenure > 0 {
         params.tenure
@@ -136,8 +312,12 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
     };
     // Expiry iteration of each tabu attribute.
     let mut tabu_cut = vec![vec![0usize; n + 1]; k + 1];
+    // A cut just moved stays put for a while, so that its neighbours move next.
+    let mut moved = vec![0usize; k + 1];
+    // Expiry of shifting the run b..=e down ([0]) or up ([1]).
+    let mut tabu_run = vec![vec![[0usize; 2]; k + 1]; k + 1];
+    let cut_tenure = (k - 1) / 3;
     let mut tabu_swap = vec![vec![0usize; m]; m];
-    let swaps = !cost.is_uniform();
     let mut in_use = vec![false; m];
     let mut last_improve = 0;
     let mut iter = 0;
@@ -162,7 +342,7 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
             if is_tabu && cand.cmp(&best_key) != Ordering::Less {
                 return;
             }
-            if chosen.as_ref().is_none_or_less(&cand) {
+            if chosen.as_ref().is_none_or(|c| cand.cmp(&c.1) == Ordering::Less) {
                 *chosen = Some((mv, cand));
             }
         };
@@ -173,7 +353,7 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
                 let right = if b + 1 < k { sm[b + 1] } else { 0.0 };
                 left.max(right)
             };
-            let base = sumsq - pen(times[b - 1]).powi(2) - pen(times[b]).powi(2);
+            let base = sumsq - weigh.w(times[b - 1]) - weigh.w(times[b]);
             for p in cuts[b - 1] + 1..cuts[b + 1] {
                 if p == cuts[b] {
                     continue;
@@ -182,9 +362,39 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
                 let t2 = cost.stage_time(&order, b, p, cuts[b + 1]);
                 let cand = Key {
                     max: others.max(t1).max(t2),
-                    sumsq: base + pen(t1).powi(2) + pen(t2).powi(2),
+                    sumsq: base + weigh.w(t1) + weigh.w(t2),
                 };
-                consider(Move::Cut { b, to: p }, cand, tabu_cut[b][p] > iter, &mut chosen);
+                let is_tabu = tabu_cut[b][p] > iter || moved[b] > iter;
+                consider(Move::Cut { b, to: p }, cand, is_tabu, &mut chosen);
+            }
+        }
+        // Shift a run of cuts b..=e by one layer: moves one layer's worth of work from one
+        // end of the run to the other in a single step (a cascade of single shifts).
+        for b in 1..k {
+            for e in b + 1..k {
+                for up in [false, true] {
+                    let ok = if up {
+                        cuts[e] + 1 < cuts[e + 1]
+                    } else {
+                        cuts[b] - 1 > cuts[b - 1]
+                    };
+                    if !ok {
+                        continue;
+                    }
+                    let shifted = |c: usize| if up { c + 1 } else { c - 1 };
+                    let left = if b >= 2 { pm[b - 2] } else { 0.0 };
+                    let right = if e + 1 < k { sm[e + 1] } else { 0.0 };
+                    let (mut mx, mut sum) = (left.max(right), sumsq);
+                    for st in b - 1..=e {
+                        let i = if st >= b { shifted(cuts[st]) } else { cuts[st] };
+                        let j = if st < e { shifted(cuts[st + 1]) } else { cuts[st + 1] };
+                        let t = cost.stage_time(&order, st, i, j);
+                        mx = mx.max(t);
+                        sum += weigh.w(t) - weigh.w(times[st]);
+                    }
+                    let cand = Key { max: mx, sumsq: sum };
+                    consider(Move::Run { b, e, up }, cand, tabu_run[b][e][usize::from(!up)] > iter, &mut chosen);
+                }
             }
         }
         if swaps {
@@ -197,7 +407,7 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
                         scratch[s] = cost.stage_time(order, s, cuts[s], cuts[s + 1]);
                     }
                 }
-                Key::of(&scratch)
+                weigh.key(&scratch)
             };
             for a in 0..k {
                 for b in a + 1..k {
@@ -225,7 +435,14 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
         match mv {
             Move::Cut { b, to } => {
                 tabu_cut[b][cuts[b]] = iter + tenure;
+                moved[b] = iter + cut_tenure;
                 cuts[b] = to;
+            }
+            Move::Run { b, e, up } => {
+                tabu_run[b][e][usize::from(up)] = iter + tenure;
+                for c in &mut cuts[b..=e] {
+                    *c = if up { *c + 1 } else { *c - 1 };
+                }
             }
             Move::Swap { a, b } => {
                 let (ra, rb) = (order[a].min(order[b]), order[a].max(order[b]));
@@ -239,7 +456,7 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
             }
         }
         times = cost.stage_times(&cuts, &order);
-        key = Key::of(&times);
+        key = weigh.key(&times);
         if key.cmp(&best_key) == Ordering::Less {
             (best_cuts, best_order, best_key) = (cuts.clone(), order.clone(), key);
             last_improve = iter;
@@ -254,17 +471,4 @@ pub fn solve(cost: &CostModel, start: &[usize], params: Params) -> Option<Outcom
         order: best_order,
         iterations: iter,
     })
-}
-
-trait NoneOrLess {
-    fn is_none_or_less(&self, cand: &Key) -> bool;
-}
-
-impl NoneOrLess for Option<&(Move, Key)> {
-    fn is_none_or_less(&self, cand: &Key) -> bool {
-        match self {
-            None => true,
-            Some((_, k)) => cand.cmp(k) == Ordering::Less,
-        }
-    }
 }
