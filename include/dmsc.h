@@ -652,6 +652,20 @@ dmscResult_t dmscCommCount(dmscComm_t comm,
                            int *count);
 
 /**
+ * Store in `*name` the name of the transport that serves rank `peer` of `comm`: `"shm"`
+ * (shared memory), `"tcp-uring"` or `"tcp-socket"`, with `"+cma"` when large chunks pass by
+ * cross-memory attach, or `"self"` for the calling rank. The string is static: never free
+ * it. No NCCL equivalent.
+ *
+ * Errors: `dmscInvalidArgument` if `comm` or `name` is NULL or `peer` is out of range;
+ * `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommPeerTransport(dmscComm_t comm,
+                                   int peer,
+                                   const char **name);
+
+/**
  * Store this process's rank in `comm`, `0 ... count-1`, in `*rank` (`ncclCommUserRank`).
  *
  * Errors: `dmscInvalidArgument` if `comm` or `rank` is NULL; `dmscInvalidUsage` if `comm`

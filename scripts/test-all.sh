@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of dmsc, from a fresh clone: formatting, lints, unit and property tests,
-# multi-process tests over TCP, and the dmsc-perf correctness sweep on 1-8 local ranks.
+# multi-process tests over shared memory and again over TCP, and the dmsc-perf correctness sweep on 1-8 local ranks.
 # Needs only the Rust toolchain (cargo); installs nothing else today.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (release: the property tests and multi-process runs are compute-heavy)"
 PROPTEST_CASES="${PROPTEST_CASES:-4096}" cargo test --workspace --release
+echo "== multi-process suites again over TCP only (DMSC_SHM=0; the run above used shared memory)"
+DMSC_SHM=0 cargo test --release -p dmsc --test multiprocess --test peer_loss --test recovery \
+    --test strangers --test dmscrun
 echo "== dmsc-perf correctness sweep (every op, 1/2/3/4/5/8 ranks, all types and ops)"
 bash benches/sweep.sh
 echo "== C API: libdmsc.so/.a, header up to date and warning-free, exports, 4-rank C test (shared and static)"

@@ -90,6 +90,7 @@ pub struct Communicator {
     abort: Arc<AbortHandle>,
     failure: Arc<Mutex<Option<Error>>>,
     transport_name: &'static str,
+    peer_transports: Vec<&'static str>,
     /// Per-path metrics the transport publishes (several paths per peer).
     path_metrics: Option<PathMetricsHandle>,
     worker: Option<JoinHandle<()>>,
@@ -203,6 +204,7 @@ impl Communicator {
         let abort = engine.abort_handle();
         let failure = engine.failure_slot();
         let transport_name = engine.transport_name();
+        let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
@@ -223,6 +225,7 @@ impl Communicator {
             abort,
             failure,
             transport_name,
+            peer_transports,
             path_metrics,
             worker: Some(worker),
             bind_ip,
@@ -246,9 +249,17 @@ impl Communicator {
         &self.config
     }
 
-    /// Name of the transport backend in use (`tcp-uring` or `tcp-socket`).
+    /// Name of the transport in use: `shm` (shared memory, all ranks on this host),
+    /// `tcp-uring` or `tcp-socket`, with `+cma` when some pairs pass large chunks by
+    /// cross-memory attach.
     pub fn transport_name(&self) -> &'static str {
         self.transport_name
+    }
+
+    /// The transport that serves each rank, indexed by rank (`"self"` for this one), e.g.
+    /// `["self", "shm+cma", "shm+cma"]`; the same names as [`Communicator::transport_name`].
+    pub fn peer_transports(&self) -> &[&'static str] {
+        &self.peer_transports
     }
 
     /// Metrics of the paths to each peer: state, measured rate and round trip, bytes in

@@ -94,6 +94,56 @@ fn all_reduce_socket_backend_3_ranks() {
 }
 
 #[test]
+fn ranks_of_one_host_use_shared_memory_by_default() {
+    ok(
+        3,
+        "transports",
+        &[
+            ("DMSC_SHM", "1"),
+            ("DMSC_TRANSPORT", "auto"),
+            ("DMSC_TEST_EXPECT_TRANSPORT", "shm"),
+        ],
+    );
+}
+
+#[test]
+fn shared_memory_turned_off_means_tcp() {
+    ok(
+        3,
+        "transports",
+        &[("DMSC_SHM", "0"), ("DMSC_TEST_EXPECT_TRANSPORT", "tcp")],
+    );
+    ok(
+        2,
+        "transports",
+        &[
+            ("DMSC_SHM", "1"),
+            ("DMSC_TRANSPORT", "tcp"),
+            ("DMSC_TEST_EXPECT_TRANSPORT", "tcp"),
+        ],
+    );
+}
+
+#[test]
+fn shared_memory_forced_but_turned_off_is_a_clear_error() {
+    let (code, out) = launch(
+        2,
+        "transports",
+        &[
+            ("DMSC_SHM", "0"),
+            ("DMSC_TRANSPORT", "shm"),
+            ("DMSC_TEST_EXPECT_TRANSPORT", "shm"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("DMSC_TRANSPORT=shm") && out.contains("DMSC_SHM=0"),
+        "{out}"
+    );
+}
+
+#[test]
 fn all_reduce_large_chunked_3_ranks() {
     ok(3, "all_reduce_large", &[("DMSC_CHUNK_BYTES", "64K")]);
 }

@@ -9,7 +9,7 @@ use crate::handle::{id_of, Registry};
 use crate::last_error;
 use crate::result::{code_of, dmscResult_t};
 use dmsc_rs::Communicator;
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 
 pub use crate::handle::dmscComm_t;
@@ -91,6 +91,59 @@ pub unsafe extern "C" fn dmscCommCount(comm: dmscComm_t, count: *mut c_int) -> d
         unsafe { count.write(c.size() as c_int) };
         Ok(())
     })
+}
+
+/// Store in `*name` the name of the transport that serves rank `peer` of `comm`: `"shm"`
+/// (shared memory), `"tcp-uring"` or `"tcp-socket"`, with `"+cma"` when large chunks pass by
+/// cross-memory attach, or `"self"` for the calling rank. The string is static: never free
+/// it. No NCCL equivalent.
+///
+/// Errors: `dmscInvalidArgument` if `comm` or `name` is NULL or `peer` is out of range;
+/// `dmscInvalidUsage` if `comm` is not a live communicator.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommPeerTransport(
+    comm: dmscComm_t,
+    peer: c_int,
+    name: *mut *const c_char,
+) -> dmscResult_t {
+    const F: &str = "dmscCommPeerTransport";
+    guard(F, || {
+        let (_, c) = comm_arg(F, comm)?;
+        let name = out(F, "name", name)?;
+        let t = usize::try_from(peer)
+            .ok()
+            .and_then(|p| c.peer_transports().get(p).copied())
+            .ok_or_else(|| {
+                FfiError::invalid(
+                    F,
+                    format_args!(
+                        "peer {peer} is not a rank of this {}-rank communicator",
+                        c.size()
+                    ),
+                )
+            })?;
+        let s = static_c_str(t);
+        // SAFETY: non-NULL; the caller passes a writable pointer; the string is static.
+        unsafe { name.write(s.as_ptr()) };
+        Ok(())
+    })
+}
+
+/// A NUL-terminated copy of a transport name, made once per distinct name (a handful) and
+/// kept for the process's life.
+fn static_c_str(name: &'static str) -> &'static std::ffi::CStr {
+    use std::collections::HashMap;
+    use std::ffi::CString;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<HashMap<&'static str, &'static std::ffi::CStr>>> = Mutex::new(None);
+    let mut g = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(HashMap::new)
+        .entry(name)
+        .or_insert_with(|| {
+            let c = CString::new(name.replace('\0', "")).unwrap_or_default();
+            Box::leak(c.into_boxed_c_str())
+        })
 }
 
 /// Store this process's rank in `comm`, `0 ... count-1`, in `*rank` (`ncclCommUserRank`).

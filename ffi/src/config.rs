@@ -5,7 +5,7 @@
 
 use crate::guard::{Ctx, FfiError, Res};
 use dmsc_rs::{Algo, Config};
-use dmsc_transports::tcp::Backend;
+use dmsc_transports::connect::Choice;
 use std::ffi::{c_char, c_int, c_uint, CStr};
 use std::time::Duration;
 
@@ -130,10 +130,12 @@ pub(crate) unsafe fn resolve(f: &str, cfg: *const dmscConfig_t, base: Base) -> R
     // SAFETY: forwarded contract: the string fields are NULL or NUL-terminated.
     let s = |p, name| unsafe { string(f, p, name) };
     if let Some(t) = s(cfg.transport, "transport")? {
-        c.backend = Backend::parse(t).map_err(|_| {
+        (c.transport, c.backend) = Choice::parse(t).map_err(|_| {
             FfiError::invalid(
                 f,
-                format_args!("config->transport \"{t}\" is not one of auto, uring, socket"),
+                format_args!(
+                    "config->transport \"{t}\" is not one of auto, shm, tcp, uring, socket"
+                ),
             )
         })?;
     }

@@ -184,10 +184,17 @@ impl Communicator {
         self.size
     }
 
-    /// Name of the transport backend in use (`tcp-uring` or `tcp-socket`).
+    /// Name of the transport in use: `shm` (shared memory), `tcp-uring` or `tcp-socket`,
+    /// with `+cma` when large chunks pass by cross-memory attach.
     #[getter]
     fn transport(&self) -> PyResult<&'static str> {
         Ok(self.comm()?.transport_name())
+    }
+
+    /// The transport serving each rank, indexed by rank (`"self"` for this one).
+    #[getter]
+    fn peer_transports(&self) -> PyResult<Vec<&'static str>> {
+        Ok(self.comm()?.peer_transports().to_vec())
     }
 
     /// Metrics of the network paths of packet spraying (`DMSC_PATHS` > 1): one dict per peer

@@ -525,6 +525,36 @@ fn case_split(c: &Communicator) {
     }
 }
 
+/// Every peer is served by the transport `DMSC_TEST_EXPECT_TRANSPORT` names (a prefix such
+/// as `shm` or `tcp`), and this rank by `self`; the whole-communicator name agrees.
+fn case_transports(c: &Communicator) {
+    let want = std::env::var("DMSC_TEST_EXPECT_TRANSPORT")
+        .unwrap_or_else(|_| fail("no expectation".into()));
+    let got = c.peer_transports();
+    if got.len() != c.size() {
+        fail(format!("{} transports for {} ranks", got.len(), c.size()));
+    }
+    for (p, t) in got.iter().enumerate() {
+        let ok = if p == c.rank() {
+            *t == "self"
+        } else {
+            t.starts_with(want.as_str())
+        };
+        if !ok {
+            fail(format!(
+                "rank {p} is served by {t}, expected {want}: {got:?}"
+            ));
+        }
+    }
+    if !c.transport_name().starts_with(want.as_str()) {
+        fail(format!(
+            "transport_name {} does not start with {want}",
+            c.transport_name()
+        ));
+    }
+    case_all_reduce(c);
+}
+
 /// The rank entry point; run by the parent tests through dmscrun.
 #[test]
 #[ignore = "entry point of the ranks launched by the multi-process tests"]
@@ -545,6 +575,7 @@ fn entry() {
         "timeout" => case_timeout(&c),
         "bad_args" => case_bad_args(&c),
         "split" => case_split(&c),
+        "transports" => case_transports(&c),
         m if m.starts_with("mismatch") => case_mismatch(&c, m),
         other => fail(format!("unknown case {other}")),
     }

@@ -158,6 +158,19 @@ impl Engine {
         self.transport.name()
     }
 
+    /// The transport serving each rank (this rank's own entry is `"self"`).
+    pub fn peer_transports(&self) -> Vec<&'static str> {
+        (0..self.nranks)
+            .map(|p| {
+                if p == self.rank {
+                    "self"
+                } else {
+                    self.transport.peer_transport(p)
+                }
+            })
+            .collect()
+    }
+
     /// Where the transport publishes per-path metrics (several paths per peer only).
     pub fn path_metrics(&self) -> Option<PathMetricsHandle> {
         self.transport.path_metrics()

@@ -106,6 +106,12 @@ pub trait Transport: Send {
     /// A short name for logs (`"tcp-uring"`, `"tcp-socket"`, ...).
     fn name(&self) -> &'static str;
 
+    /// The name of what carries frames to `peer` (e.g. `"shm"`, `"shm+cma"`, `"tcp-uring"`),
+    /// for reports; transports that route peers to several transports name each peer's.
+    fn peer_transport(&self, _peer: Rank) -> &'static str {
+        self.name()
+    }
+
     /// Post a data frame to `peer`: `header` followed by `header.len` bytes at `data`.
     ///
     /// # Safety

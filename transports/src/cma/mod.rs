@@ -102,6 +102,7 @@ impl CmaTransport {
         let name = match inner.name() {
             "tcp-uring" => "tcp-uring+cma",
             "tcp-socket" => "tcp-socket+cma",
+            "shm" => "shm+cma",
             _ => "tcp+cma",
         };
         CmaTransport {
@@ -301,6 +302,13 @@ impl Drop for CmaTransport {
 impl Transport for CmaTransport {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn peer_transport(&self, peer: Rank) -> &'static str {
+        match self.peers.get(peer) {
+            Some(Some(_)) => self.name,
+            _ => self.inner.peer_transport(peer),
+        }
     }
 
     unsafe fn post_send(
