@@ -78,6 +78,7 @@ fn rank_entry() {
             Ok(()) => {
                 iters += 1;
                 if iters == 1 {
+                    println!("PL-TRANSPORT {rank} {}", comm.transport_name());
                     println!("PL-READY {rank}");
                 }
             }
@@ -294,10 +295,16 @@ impl Job {
 
     fn wait_ready(self) -> Job {
         let mut ready = 0;
-        self.wait_for(PHASE_LIMIT, "READY from every rank", |(_, l)| {
+        let mut transports = std::collections::BTreeSet::new();
+        let job = self.wait_for(PHASE_LIMIT, "READY from every rank", |(_, l)| {
+            if let Some(rest) = l.strip_prefix("PL-TRANSPORT ") {
+                transports.insert(rest.split(' ').nth(1).unwrap_or("").to_string());
+            }
             ready += usize::from(l.starts_with("PL-READY"));
             ready == NRANKS
-        })
+        });
+        println!("peer_loss: the ranks run over {transports:?}");
+        job
     }
 
     /// Wait for the error reports of `ranks` (and the `PL-ABORT` line of `aborter`).
@@ -383,6 +390,7 @@ fn runs(default: usize) -> usize {
 /// Kill (`sig`) one random rank at a random moment of the loop; every survivor must report
 /// `PeerLost` naming it within 1 s. Returns the slowest survivor's detection time (ms).
 fn lose_one(rng: &mut Rng, sig: i32, env: &[(&str, String)]) -> f64 {
+    let shm_before = dev_shm();
     let job = Job::start(env).wait_ready();
     let victim = rng.below(NRANKS as u64) as usize;
     std::thread::sleep(Duration::from_millis(200 + rng.below(1000)));
@@ -409,7 +417,21 @@ fn lose_one(rng: &mut Rng, sig: i32, env: &[(&str, String)]) -> f64 {
         slowest = slowest.max(ms);
     }
     job.finish(Some(victim));
+    // Shared-memory segments are never named, so a killed rank leaves nothing behind.
+    let left: Vec<String> = dev_shm().difference(&shm_before).cloned().collect();
+    assert!(left.is_empty(), "the job left {left:?} in /dev/shm");
     slowest
+}
+
+/// The names in /dev/shm.
+fn dev_shm() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn lose_many(name: &str, sig: i32, n: usize, extra: &[(&str, String)]) -> Vec<f64> {
