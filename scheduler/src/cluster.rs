@@ -212,7 +212,11 @@ mod tests {
         let mut c = ClusterDesc::homogeneous(3, 1e12, 1 << 30, 1e9);
         c.validate().unwrap();
         c.ranks[2].speed = -1.0;
-        assert!(c.validate().unwrap_err().to_string().contains("ranks[2].speed"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ranks[2].speed"));
         c.ranks[2].speed = 1.0;
         let mut l = LinkMatrix::uniform(3, 1e9, 0.0);
         l.bandwidth[1][0] = 0.0;
@@ -222,9 +226,11 @@ mod tests {
         c.links = Some(LinkMatrix::uniform(2, 1e9, 0.0));
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("links.bandwidth"), "{e}");
-        let e = ClusterDesc::from_json(r#"{"name":"x","base_flops":1,"ranks":[{"name":"a","speed":1,"memory_bytes":0}]}"#)
-            .unwrap_err()
-            .to_string();
+        let e = ClusterDesc::from_json(
+            r#"{"name":"x","base_flops":1,"ranks":[{"name":"a","speed":1,"memory_bytes":0}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("ranks[0].memory_bytes"), "{e}");
     }
 }

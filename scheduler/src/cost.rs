@@ -57,14 +57,28 @@ impl CostModel {
         mem.push(0);
         for l in layers {
             f = f.saturating_add(l.flops());
-            m = m.saturating_add(l.memory_bytes).saturating_add(l.param_bytes);
+            m = m
+                .saturating_add(l.memory_bytes)
+                .saturating_add(l.param_bytes);
             flops.push(f);
             mem.push(m);
         }
-        let speed: Vec<f64> = cluster.ranks.iter().map(|r| r.speed * cluster.base_flops).collect();
+        let speed: Vec<f64> = cluster
+            .ranks
+            .iter()
+            .map(|r| r.speed * cluster.base_flops)
+            .collect();
         let capacity: Vec<u64> = cluster.ranks.iter().map(|r| r.memory_bytes).collect();
-        let first_bw = links.bandwidth.first().and_then(|r| r.get(1).or(r.first())).copied();
-        let first_lat = links.latency.first().and_then(|r| r.get(1).or(r.first())).copied();
+        let first_bw = links
+            .bandwidth
+            .first()
+            .and_then(|r| r.get(1).or(r.first()))
+            .copied();
+        let first_lat = links
+            .latency
+            .first()
+            .and_then(|r| r.get(1).or(r.first()))
+            .copied();
         let uniform = speed.windows(2).all(|w| w[0] == w[1])
             && capacity.windows(2).all(|w| w[0] == w[1])
             && (0..links.len()).all(|i| {
@@ -179,15 +193,24 @@ impl CostModel {
             return Err(Error::invalid("stages", "a plan needs at least one stage"));
         }
         if cuts.len() != order.len() + 1 || cuts[0] != 0 || cuts[cuts.len() - 1] != n {
-            return Err(Error::invalid("cuts", format!("must run from 0 to {n} with one entry per stage plus one")));
+            return Err(Error::invalid(
+                "cuts",
+                format!("must run from 0 to {n} with one entry per stage plus one"),
+            ));
         }
         if cuts.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::invalid("cuts", "every stage needs at least one layer"));
+            return Err(Error::invalid(
+                "cuts",
+                "every stage needs at least one layer",
+            ));
         }
         let mut seen = vec![false; self.ranks()];
         for (s, &r) in order.iter().enumerate() {
             if r >= self.ranks() || std::mem::replace(&mut seen[r], true) {
-                return Err(Error::invalid(format!("order[{s}]"), format!("rank {r} is out of range or used twice")));
+                return Err(Error::invalid(
+                    format!("order[{s}]"),
+                    format!("rank {r} is out of range or used twice"),
+                ));
             }
         }
         Ok(())
@@ -276,7 +299,15 @@ impl Plan {
                 }
             })
             .collect();
-        Plan::from_stages(strategy, model, cuts.to_vec(), order.to_vec(), stages, micro_batches, reason)
+        Plan::from_stages(
+            strategy,
+            model,
+            cuts.to_vec(),
+            order.to_vec(),
+            stages,
+            micro_batches,
+            reason,
+        )
     }
 
     /// Build a plan from its stages; fails when a stage does not fit in memory.

@@ -6,14 +6,16 @@
 //! binary.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// The planners index several parallel arrays by stage and layer; indices read better there.
+#![allow(clippy::needless_range_loop)]
 
 pub mod cluster;
 pub mod cost;
 pub mod error;
 pub mod model;
 pub mod placement;
-pub mod profiles;
 pub mod probe;
+pub mod profiles;
 pub mod segment;
 
 pub use error::{Error, Result};

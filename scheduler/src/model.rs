@@ -98,7 +98,10 @@ impl ModelDesc {
         let mut names = std::collections::HashSet::new();
         for (h, head) in self.heads.iter().enumerate() {
             if head.name.trim().is_empty() {
-                return Err(Error::invalid(format!("heads[{h}].name"), "must not be empty"));
+                return Err(Error::invalid(
+                    format!("heads[{h}].name"),
+                    "must not be empty",
+                ));
             }
             if !names.insert(head.name.as_str()) {
                 return Err(Error::invalid(
@@ -147,8 +150,14 @@ fn check_chain(path: &str, layers: &[Layer]) -> Result<()> {
         }
         flops = flops.saturating_add(l.flops());
         act = act.saturating_add(l.activation_bytes);
-        mem = mem.saturating_add(l.memory_bytes).saturating_add(l.param_bytes);
-        for (total, f) in [(flops, "fwd_flops"), (act, "activation_bytes"), (mem, "memory_bytes")] {
+        mem = mem
+            .saturating_add(l.memory_bytes)
+            .saturating_add(l.param_bytes);
+        for (total, f) in [
+            (flops, "fwd_flops"),
+            (act, "activation_bytes"),
+            (mem, "memory_bytes"),
+        ] {
             if total >= MAX_TOTAL {
                 return Err(Error::invalid(
                     at(f),

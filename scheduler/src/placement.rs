@@ -33,7 +33,11 @@ pub fn chain_order(cost: &CostModel, k: usize) -> Vec<usize> {
     let m = cost.ranks();
     let k = k.min(m);
     let mut chosen: Vec<usize> = (0..m).collect();
-    chosen.sort_by(|&a, &b| cost.rank_speed(b).total_cmp(&cost.rank_speed(a)).then(a.cmp(&b)));
+    chosen.sort_by(|&a, &b| {
+        cost.rank_speed(b)
+            .total_cmp(&cost.rank_speed(a))
+            .then(a.cmp(&b))
+    });
     chosen.truncate(k);
     chosen.sort_unstable();
     if cost.is_uniform() || k <= 2 {

@@ -37,9 +37,21 @@ fn conv_bn(cin: u64, cout: u64, k: u64, hout: u64) -> (u64, u64, u64) {
 pub fn resnet18(batch: u64) -> ModelDesc {
     let mut layers = Vec::new();
     let (f, p, out) = conv_bn(3, 64, 7, 112);
-    layers.push(layer("conv1".into(), f * batch, p, out * batch, (out + 3 * 224 * 224) * batch));
+    layers.push(layer(
+        "conv1".into(),
+        f * batch,
+        p,
+        out * batch,
+        (out + 3 * 224 * 224) * batch,
+    ));
     let pooled = 64 * 56 * 56;
-    layers.push(layer("maxpool".into(), 9 * pooled * batch, 0, pooled * batch, pooled * batch));
+    layers.push(layer(
+        "maxpool".into(),
+        9 * pooled * batch,
+        0,
+        pooled * batch,
+        pooled * batch,
+    ));
     let mut cin: u64 = 64;
     let mut h: u64 = 56;
     for (stage, cout) in [(1u64, 64u64), (2, 128), (3, 256), (4, 512)] {
@@ -51,7 +63,13 @@ pub fn resnet18(batch: u64) -> ModelDesc {
             let input = cin * (if down { h * 2 } else { h }).pow(2);
             let (f1, p1, o1) = conv_bn(cin, cout, 3, h);
             // A cut after conv1 carries its output and the block's input (the skip).
-            layers.push(layer(format!("layer{stage}.{block}.conv1"), f1 * batch, p1, (o1 + input) * batch, o1 * batch));
+            layers.push(layer(
+                format!("layer{stage}.{block}.conv1"),
+                f1 * batch,
+                p1,
+                (o1 + input) * batch,
+                o1 * batch,
+            ));
             let (mut f2, mut p2, o2) = conv_bn(cout, cout, 3, h);
             if down {
                 let (fd, pd, _) = conv_bn(cin, cout, 1, h);
@@ -60,12 +78,30 @@ pub fn resnet18(batch: u64) -> ModelDesc {
             }
             // The residual add.
             f2 += o2;
-            layers.push(layer(format!("layer{stage}.{block}.conv2"), f2 * batch, p2, o2 * batch, 2 * o2 * batch));
+            layers.push(layer(
+                format!("layer{stage}.{block}.conv2"),
+                f2 * batch,
+                p2,
+                o2 * batch,
+                2 * o2 * batch,
+            ));
             cin = cout;
         }
     }
-    layers.push(layer("avgpool".into(), 512 * 49 * batch, 0, 512 * batch, 512 * batch));
-    layers.push(layer("fc".into(), 2 * 512 * 1000 * batch, 512 * 1000 + 1000, 1000 * batch, 1000 * batch));
+    layers.push(layer(
+        "avgpool".into(),
+        512 * 49 * batch,
+        0,
+        512 * batch,
+        512 * batch,
+    ));
+    layers.push(layer(
+        "fc".into(),
+        2 * 512 * 1000 * batch,
+        512 * 1000 + 1000,
+        1000 * batch,
+        1000 * batch,
+    ));
     ModelDesc {
         name: "resnet18".into(),
         micro_batch: batch,
@@ -83,20 +119,52 @@ pub fn gpt2_small(batch: u64) -> ModelDesc {
     let (v, t, d, nl, nh) = (50_257u64, 1024u64, 768u64, 12u64, 12u64);
     let tokens = t * batch;
     let hidden = tokens * d;
-    let mut layers = vec![layer("wte+wpe".into(), hidden, v * d + t * d, hidden, hidden)];
+    let mut layers = vec![layer(
+        "wte+wpe".into(),
+        hidden,
+        v * d + t * d,
+        hidden,
+        hidden,
+    )];
     for i in 0..nl {
         // ln_1, c_attn (d→3d), scores QKᵀ and the weighted sum, c_proj (d→d).
-        let attn_flops = 5 * hidden + 2 * tokens * d * 3 * d + 2 * 2 * batch * t * t * d + 2 * tokens * d * d + batch * nh * t * t * 5;
+        let attn_flops = 5 * hidden
+            + 2 * tokens * d * 3 * d
+            + 2 * 2 * batch * t * t * d
+            + 2 * tokens * d * d
+            + batch * nh * t * t * 5;
         let attn_params = 2 * d + (d * 3 * d + 3 * d) + (d * d + d);
         let attn_stash = hidden + 3 * hidden + 2 * batch * nh * t * t + hidden;
-        layers.push(layer(format!("h{i}.attn"), attn_flops, attn_params, hidden, attn_stash));
+        layers.push(layer(
+            format!("h{i}.attn"),
+            attn_flops,
+            attn_params,
+            hidden,
+            attn_stash,
+        ));
         // ln_2, c_fc (d→4d), GELU, c_proj (4d→d), the residual adds.
-        let mlp_flops = 5 * hidden + 2 * tokens * d * 4 * d + 8 * 4 * hidden + 2 * tokens * 4 * d * d + 2 * hidden;
+        let mlp_flops = 5 * hidden
+            + 2 * tokens * d * 4 * d
+            + 8 * 4 * hidden
+            + 2 * tokens * 4 * d * d
+            + 2 * hidden;
         let mlp_params = 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d);
         let mlp_stash = hidden + 4 * hidden + 4 * hidden + hidden;
-        layers.push(layer(format!("h{i}.mlp"), mlp_flops, mlp_params, hidden, mlp_stash));
+        layers.push(layer(
+            format!("h{i}.mlp"),
+            mlp_flops,
+            mlp_params,
+            hidden,
+            mlp_stash,
+        ));
     }
-    layers.push(layer("ln_f+lm_head".into(), 5 * hidden + 2 * tokens * d * v, 2 * d + v * d, tokens * v, tokens * v));
+    layers.push(layer(
+        "ln_f+lm_head".into(),
+        5 * hidden + 2 * tokens * d * v,
+        2 * d + v * d,
+        tokens * v,
+        tokens * v,
+    ));
     ModelDesc {
         name: "gpt2-small".into(),
         micro_batch: batch,
@@ -141,15 +209,27 @@ mod tests {
         let fwd: u64 = m.layers.iter().map(|l| l.fwd_flops).sum();
         let (s, h, v) = (1024.0f64, 768.0f64, 50_257.0f64);
         let megatron = 12.0 * (24.0 * s * h * h + 4.0 * s * s * h) + 2.0 * s * h * v;
-        assert!((fwd as f64 / megatron - 1.0).abs() < 0.01, "{fwd} vs {megatron}");
+        assert!(
+            (fwd as f64 / megatron - 1.0).abs() < 0.01,
+            "{fwd} vs {megatron}"
+        );
     }
 
     #[test]
     fn shipped_profiles_are_these_functions_output() {
-        for (name, file) in [("resnet18", "resnet18.json"), ("gpt2-small", "gpt2-small.json")] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles").join(file);
+        for (name, file) in [
+            ("resnet18", "resnet18.json"),
+            ("gpt2-small", "gpt2-small.json"),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("profiles")
+                .join(file);
             let shipped = ModelDesc::load(&path).unwrap();
-            assert_eq!(shipped, by_name(name).unwrap(), "{file} is stale: regenerate with dmsc-serve profile {name}");
+            assert_eq!(
+                shipped,
+                by_name(name).unwrap(),
+                "{file} is stale: regenerate with dmsc-serve profile {name}"
+            );
         }
     }
 }

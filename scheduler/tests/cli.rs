@@ -21,18 +21,35 @@ fn plans_the_shipped_profiles_with_every_chain_strategy() {
     for model in ["profiles/resnet18.json", "profiles/gpt2-small.json"] {
         let mut bottleneck = std::collections::HashMap::new();
         for s in ["even", "dp", "bisect", "tabu"] {
-            let (ok, out, err) = serve(&["plan", "--model", model, "--cluster", "profiles/cluster-4.json", "--strategy", s]);
+            let (ok, out, err) = serve(&[
+                "plan",
+                "--model",
+                model,
+                "--cluster",
+                "profiles/cluster-4.json",
+                "--strategy",
+                s,
+            ]);
             assert!(ok, "{model} {s}: {err}");
             let p: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
             let cuts: Vec<u64> = serde_json::from_value(p["cuts"].clone()).unwrap();
             assert_eq!(cuts.len(), 5, "{out}");
             assert_eq!(p["stages"].as_array().unwrap().len(), 4);
             let b = p["bottleneck_s"].as_f64().unwrap();
-            let times: Vec<f64> = p["stages"].as_array().unwrap().iter().map(|s| s["time_s"].as_f64().unwrap()).collect();
+            let times: Vec<f64> = p["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["time_s"].as_f64().unwrap())
+                .collect();
             assert_eq!(times.iter().copied().fold(0.0, f64::max), b);
             let sum: f64 = times.iter().sum();
             let pt = p["pipeline_time_s"].as_f64().unwrap();
-            assert!((pt - (sum + 7.0 * b)).abs() <= 1e-12 * pt, "{pt} vs {}", sum + 7.0 * b);
+            assert!(
+                (pt - (sum + 7.0 * b)).abs() <= 1e-12 * pt,
+                "{pt} vs {}",
+                sum + 7.0 * b
+            );
             println!("RESULT plan {model} {s}: cuts {cuts:?} ranks {} bottleneck {b:.5} s pipeline {pt:.5} s", p["ranks"]);
             bottleneck.insert(s, b);
         }
@@ -45,17 +62,46 @@ fn plans_the_shipped_profiles_with_every_chain_strategy() {
 
 #[test]
 fn errors_name_what_was_wrong() {
-    let (ok, _, err) = serve(&["plan", "--model", "profiles/resnet18.json", "--cluster", "profiles/cluster-4.json", "--strategy", "magic"]);
-    assert!(!ok && err.contains("strategy") && err.contains("magic"), "{err}");
+    let (ok, _, err) = serve(&[
+        "plan",
+        "--model",
+        "profiles/resnet18.json",
+        "--cluster",
+        "profiles/cluster-4.json",
+        "--strategy",
+        "magic",
+    ]);
+    assert!(
+        !ok && err.contains("strategy") && err.contains("magic"),
+        "{err}"
+    );
     let (ok, _, err) = serve(&["plan", "--cluster", "profiles/cluster-4.json"]);
     assert!(!ok && err.contains("--model"), "{err}");
-    let (ok, _, err) = serve(&["plan", "--model", "profiles/resnet18.json", "--cluster", "profiles/cluster-4.json", "--stages", "9"]);
+    let (ok, _, err) = serve(&[
+        "plan",
+        "--model",
+        "profiles/resnet18.json",
+        "--cluster",
+        "profiles/cluster-4.json",
+        "--stages",
+        "9",
+    ]);
     assert!(!ok && err.contains("stages"), "{err}");
     let dir = std::env::temp_dir().join(format!("dmsc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.json");
-    std::fs::write(&bad, r#"{"name":"c","base_flops":1e12,"ranks":[{"name":"a","speed":0,"memory_bytes":1}]}"#).unwrap();
-    let (ok, _, err) = serve(&["plan", "--model", "profiles/resnet18.json", "--cluster", bad.to_str().unwrap()]);
+    std::fs::write(
+        &bad,
+        r#"{"name":"c","base_flops":1e12,"ranks":[{"name":"a","speed":0,"memory_bytes":1}]}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = serve(&[
+        "plan",
+        "--model",
+        "profiles/resnet18.json",
+        "--cluster",
+        bad.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("ranks[0].speed"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,7 +32,11 @@ fn measures_every_pair_on_2_and_4_ranks() {
                     continue;
                 }
                 let (bw, lat) = (m.bandwidth[i][j], m.latency[i][j]);
-                println!("RESULT probe n={n} {i}->{j}: {:.2} GB/s, {:.1} us", bw / 1e9, lat * 1e6);
+                println!(
+                    "RESULT probe n={n} {i}->{j}: {:.2} GB/s, {:.1} us",
+                    bw / 1e9,
+                    lat * 1e6
+                );
                 // Loopback moves more than 10 MB/s and answers within a second.
                 assert!(bw > 1e7, "{i}->{j}: {bw} B/s");
                 assert!(lat > 0.0 && lat < 1.0, "{i}->{j}: {lat} s");

@@ -26,11 +26,17 @@ fn chain(rng: &mut Rng, n: usize, spread: u64) -> Vec<Layer> {
     (0..n)
         .map(|i| {
             let f = match spread {
-                0 => rng.range(1_000, 100_000),                        // uniform
-                1 => 1u64 << rng.range(8, 24),                         // heavy tail (log-uniform)
-                2 => if rng.range(0, 15) == 0 { 500_000 } else { 10_000 }, // spikes
-                3 => 1_000 + 1_000 * i as u64,                         // ramp
-                _ => 50_000 + rng.range(0, 100),                       // nearly equal
+                0 => rng.range(1_000, 100_000), // uniform
+                1 => 1u64 << rng.range(8, 24),  // heavy tail (log-uniform)
+                2 => {
+                    if rng.range(0, 15) == 0 {
+                        500_000
+                    } else {
+                        10_000
+                    }
+                } // spikes
+                3 => 1_000 + 1_000 * i as u64,  // ramp
+                _ => 50_000 + rng.range(0, 100), // nearly equal
             };
             Layer {
                 name: format!("l{i}"),
@@ -66,12 +72,24 @@ fn dp_bisect_tabu_even_on_1000_random_chains() {
         let cost = CostModel::for_layers(&layers, &cluster, cluster.link_matrix());
         let order: Vec<usize> = (0..k).collect();
         let (dcuts, d) = dp::solve(&cost, &order).expect("feasible");
-        assert_eq!(cost.bottleneck(&dcuts, &order), d, "case {case}: DP's cuts do not give its value");
+        assert_eq!(
+            cost.bottleneck(&dcuts, &order),
+            d,
+            "case {case}: DP's cuts do not give its value"
+        );
         let (bcuts, b) = bisect::solve(&cost, &order).expect("feasible");
         assert_eq!(cost.bottleneck(&bcuts, &order), b);
-        assert_eq!(d.to_bits(), b.to_bits(), "case {case} (n={n}, k={k}, spread {spread}): DP {d} vs bisection {b}");
+        assert_eq!(
+            d.to_bits(),
+            b.to_bits(),
+            "case {case} (n={n}, k={k}, spread {spread}): DP {d} vs bisection {b}"
+        );
         let t = tabu::solve(&cost, &order, tabu::Params::default()).expect("feasible");
-        assert!(t.bottleneck >= d, "case {case}: tabu {} beat the optimum {d}", t.bottleneck);
+        assert!(
+            t.bottleneck >= d,
+            "case {case}: tabu {} beat the optimum {d}",
+            t.bottleneck
+        );
         tabu_gap.push(t.bottleneck / d - 1.0);
         let e = cost.bottleneck(&even::cuts(n, k).unwrap(), &order);
         even_ratio.push(e / d);
@@ -82,7 +100,11 @@ fn dp_bisect_tabu_even_on_1000_random_chains() {
         quantile(&mut tabu_gap, 0.99),
         quantile(&mut tabu_gap, 1.0),
     );
-    let even_finite: Vec<f64> = even_ratio.iter().copied().filter(|r| r.is_finite()).collect();
+    let even_finite: Vec<f64> = even_ratio
+        .iter()
+        .copied()
+        .filter(|r| r.is_finite())
+        .collect();
     let mut ef = even_finite.clone();
     let (e50, e99) = (quantile(&mut ef, 0.5), quantile(&mut ef, 0.99));
     println!(
@@ -125,12 +147,19 @@ fn tabu_against_every_rank_order_on_heterogeneous_ranks() {
         let (_, _, opt) = dp::solve_all_orders(&cost, m).expect("feasible");
         let start = placement::chain_order(&cost, m);
         let t = tabu::solve(&cost, &start, tabu::Params::default()).expect("feasible");
-        assert!(t.bottleneck >= opt * (1.0 - 1e-12), "case {case}: tabu below the optimum");
+        assert!(
+            t.bottleneck >= opt * (1.0 - 1e-12),
+            "case {case}: tabu below the optimum"
+        );
         gaps.push(t.bottleneck / opt - 1.0);
         let (_, d) = dp::solve(&cost, &start).unwrap();
         placed_dp.push(d / opt - 1.0);
     }
-    let (p50, p95, max) = (quantile(&mut gaps, 0.5), quantile(&mut gaps, 0.95), quantile(&mut gaps, 1.0));
+    let (p50, p95, max) = (
+        quantile(&mut gaps, 0.5),
+        quantile(&mut gaps, 0.95),
+        quantile(&mut gaps, 1.0),
+    );
     let dp95 = quantile(&mut placed_dp, 0.95);
     let dp50 = quantile(&mut placed_dp, 0.5);
     println!(

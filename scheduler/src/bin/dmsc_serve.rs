@@ -59,7 +59,8 @@ fn plan(args: &[String]) -> Result<()> {
     let model = ModelDesc::load(&PathBuf::from(required(&f, "model")?))?;
     let mut cluster = ClusterDesc::load(&PathBuf::from(required(&f, "cluster")?))?;
     if let Some(l) = f.get("links") {
-        let text = std::fs::read_to_string(l).map_err(|e| Error::io(format!("reading links {l}"), e))?;
+        let text =
+            std::fs::read_to_string(l).map_err(|e| Error::io(format!("reading links {l}"), e))?;
         let links: LinkMatrix = serde_json::from_str(&text).map_err(|source| Error::Json {
             what: format!("link matrix {l}"),
             source,
@@ -73,7 +74,10 @@ fn plan(args: &[String]) -> Result<()> {
     p.micro_batches = number(&f, "micro-batches", p.micro_batches)?;
     let plan = strategy.plan(&p)?;
     tracing::info!(strategy = strategy.name(), bottleneck_s = plan.bottleneck_s, reason = %plan.reason, "plan");
-    println!("{}", serde_json::to_string_pretty(&plan).expect("a plan serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&plan).expect("a plan serializes")
+    );
     Ok(())
 }
 
@@ -100,13 +104,17 @@ fn probe_local(args: &[String]) -> Result<()> {
     let n = number(&f, "np", 2)?;
     let out = required(&f, "out")?;
     let exe = std::env::current_exe().map_err(|e| Error::io("finding dmsc-serve", e))?;
-    let mut rank_args: Vec<std::ffi::OsString> = vec!["probe-rank".into(), "--out".into(), out.into()];
+    let mut rank_args: Vec<std::ffi::OsString> =
+        vec!["probe-rank".into(), "--out".into(), out.into()];
     if let Some(b) = f.get("bytes") {
         rank_args.extend(["--bytes".into(), b.into()]);
     }
     let code = dmsc::launch::launch(n, exe.as_os_str(), &rank_args, &[])?;
     if code != 0 {
-        return Err(Error::invalid("probe", format!("a rank failed (exit code {code})")));
+        return Err(Error::invalid(
+            "probe",
+            format!("a rank failed (exit code {code})"),
+        ));
     }
     Ok(())
 }
@@ -115,10 +123,16 @@ fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plan") => plan(&args[1..]),
         Some("profile") => {
-            let name = args.get(1).ok_or_else(|| Error::invalid("profile", "name a model: resnet18 or gpt2-small"))?;
-            let m = profiles::by_name(name)
-                .ok_or_else(|| Error::invalid("profile", format!("`{name}` is not resnet18 or gpt2-small")))?;
-            println!("{}", serde_json::to_string_pretty(&m).expect("a model serializes"));
+            let name = args
+                .get(1)
+                .ok_or_else(|| Error::invalid("profile", "name a model: resnet18 or gpt2-small"))?;
+            let m = profiles::by_name(name).ok_or_else(|| {
+                Error::invalid("profile", format!("`{name}` is not resnet18 or gpt2-small"))
+            })?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&m).expect("a model serializes")
+            );
             Ok(())
         }
         Some("probe") => probe_local(&args[1..]),

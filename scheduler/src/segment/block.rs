@@ -15,7 +15,12 @@ use crate::model::ModelDesc;
 use crate::placement;
 
 /// Time and memory per rank of layer `l` split over `group`.
-pub fn split_stage(cost: &CostModel, model: &ModelDesc, l: usize, group: &[usize]) -> (f64, f64, u64) {
+pub fn split_stage(
+    cost: &CostModel,
+    model: &ModelDesc,
+    l: usize,
+    group: &[usize],
+) -> (f64, f64, u64) {
     let g = group.len() as f64;
     let speed: f64 = group.iter().map(|&r| cost.rank_speed(r)).sum();
     let compute = cost.flops(l, l + 1) as f64 / speed;
@@ -35,8 +40,15 @@ pub fn split_stage(cost: &CostModel, model: &ModelDesc, l: usize, group: &[usize
     } else {
         0.0
     };
-    (compute, comm, cost.memory(l, l + 1).div_ceil(group.len() as u64))
+    (
+        compute,
+        comm,
+        cost.memory(l, l + 1).div_ceil(group.len() as u64),
+    )
 }
+
+/// (bottleneck, stages, cuts, first rank of each stage, group size).
+type Candidate = (f64, Vec<StagePlan>, Vec<usize>, Vec<usize>, usize);
 
 fn chain_stages(sub: &CostModel, offset: usize, cuts: &[usize], order: &[usize]) -> Vec<StagePlan> {
     (0..order.len())
@@ -68,13 +80,18 @@ pub fn plan(
 ) -> Result<Plan> {
     let n = model.layers.len();
     if k < 2 {
-        return Err(Error::invalid("stages", "block-based segmentation needs at least 2 ranks"));
+        return Err(Error::invalid(
+            "stages",
+            "block-based segmentation needs at least 2 ranks",
+        ));
     }
     let order = placement::chain_order(cost, k);
-    let l = (0..n).max_by_key(|&i| (cost.flops(i, i + 1), std::cmp::Reverse(i))).unwrap_or(0);
+    let l = (0..n)
+        .max_by_key(|&i| (cost.flops(i, i + 1), std::cmp::Reverse(i)))
+        .unwrap_or(0);
     let before = CostModel::for_layers(&model.layers[..l], cluster, cost.links().clone());
     let after = CostModel::for_layers(&model.layers[l + 1..], cluster, cost.links().clone());
-    let mut best: Option<(f64, Vec<StagePlan>, Vec<usize>, Vec<usize>, usize)> = None;
+    let mut best: Option<Candidate> = None;
     for g in 2..=k {
         for k1 in 0..=k - g {
             let k2 = k - g - k1;
@@ -85,21 +102,32 @@ pub fn plan(
             let mut stages = Vec::new();
             let mut cuts = vec![0];
             if k1 > 0 {
-                let Some((c, _)) = super::dp::solve(&before, o1) else { continue };
+                let Some((c, _)) = super::dp::solve(&before, o1) else {
+                    continue;
+                };
                 stages.extend(chain_stages(&before, 0, &c, o1));
                 cuts.extend_from_slice(&c[1..]);
                 // The activation into the group goes to each of its ranks.
-                let extra = group.iter().map(|&r| cost.boundary_time(l, o1[k1 - 1], r)).fold(0.0, f64::max);
+                let extra = group
+                    .iter()
+                    .map(|&r| cost.boundary_time(l, o1[k1 - 1], r))
+                    .fold(0.0, f64::max);
                 let last = stages.last_mut().expect("k1 > 0 stages");
                 last.comm_s += extra;
                 last.time_s += extra;
             }
             let (compute, mut comm, mem) = split_stage(cost, model, l, group);
             if k1 > 0 {
-                comm += group.iter().map(|&r| cost.boundary_time(l, o1[k1 - 1], r)).fold(0.0, f64::max);
+                comm += group
+                    .iter()
+                    .map(|&r| cost.boundary_time(l, o1[k1 - 1], r))
+                    .fold(0.0, f64::max);
             }
             if k2 > 0 {
-                comm += group.iter().map(|&r| cost.boundary_time(l + 1, r, o2[0])).fold(0.0, f64::max);
+                comm += group
+                    .iter()
+                    .map(|&r| cost.boundary_time(l + 1, r, o2[0]))
+                    .fold(0.0, f64::max);
             }
             let fits = group.iter().all(|&r| mem <= cluster.ranks[r].memory_bytes);
             stages.push(StagePlan {
@@ -114,9 +142,14 @@ pub fn plan(
             });
             cuts.push(l + 1);
             if k2 > 0 {
-                let Some((c, _)) = super::dp::solve(&after, o2) else { continue };
+                let Some((c, _)) = super::dp::solve(&after, o2) else {
+                    continue;
+                };
                 let mut tail = chain_stages(&after, l + 1, &c, o2);
-                let extra = group.iter().map(|&r| cost.boundary_time(l + 1, r, o2[0])).fold(0.0, f64::max);
+                let extra = group
+                    .iter()
+                    .map(|&r| cost.boundary_time(l + 1, r, o2[0]))
+                    .fold(0.0, f64::max);
                 tail[0].comm_s += extra;
                 tail[0].time_s += extra;
                 stages.extend(tail);
@@ -138,5 +171,13 @@ pub fn plan(
         "layer {l} (`{}`, the heaviest) split over a tensor-parallel group of {g} ranks; the rest cut by DP",
         model.layers[l].name
     );
-    Plan::from_stages("block", &model.name, cuts, ranks, stages, micro_batches, reason)
+    Plan::from_stages(
+        "block",
+        &model.name,
+        cuts,
+        ranks,
+        stages,
+        micro_batches,
+        reason,
+    )
 }

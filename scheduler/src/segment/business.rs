@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::model::{Layer, ModelDesc};
 use crate::placement;
 
+/// (stages, backbone cuts, backbone ranks, why).
+type Layout = (Vec<StagePlan>, Vec<usize>, Vec<usize>, String);
+
 fn sum_layers(name: &str, layers: &[Layer]) -> Layer {
     let mut out = Layer {
         name: name.into(),
@@ -61,17 +64,24 @@ pub fn plan(
 ) -> Result<Plan> {
     let h = model.heads.len();
     if h == 0 {
-        return Err(Error::invalid("heads", "business-based segmentation needs a model with task heads"));
+        return Err(Error::invalid(
+            "heads",
+            "business-based segmentation needs a model with task heads",
+        ));
     }
     let n = model.layers.len();
     let links = cost.links().clone();
-    let mut candidates: Vec<(Vec<StagePlan>, Vec<usize>, Vec<usize>, String)> = Vec::new();
+    let mut candidates: Vec<Layout> = Vec::new();
 
     // Heads together on the last backbone stage.
     {
         let mut layers = model.layers.clone();
         let last = layers.len() - 1;
-        let heads: Vec<Layer> = model.heads.iter().flat_map(|hd| hd.layers.iter().cloned()).collect();
+        let heads: Vec<Layer> = model
+            .heads
+            .iter()
+            .flat_map(|hd| hd.layers.iter().cloned())
+            .collect();
         let extra = sum_layers("heads", &heads);
         layers[last].fwd_flops += extra.fwd_flops;
         layers[last].bwd_flops += extra.bwd_flops;
@@ -82,7 +92,12 @@ pub fn plan(
         let order = placement::chain_order(&merged, kb);
         if let Some((cuts, _)) = super::dp::solve(&merged, &order) {
             let stages = backbone_stages(&merged, &cuts, &order);
-            candidates.push((stages, cuts, order, format!("all {h} heads on the last backbone stage")));
+            candidates.push((
+                stages,
+                cuts,
+                order,
+                format!("all {h} heads on the last backbone stage"),
+            ));
         }
     }
     // Heads apart, one rank each.
@@ -92,7 +107,10 @@ pub fn plan(
         if let Some((cuts, _)) = super::dp::solve(cost, order) {
             let mut stages = backbone_stages(cost, &cuts, order);
             let tail = order[order.len() - 1];
-            let fan_out: f64 = head_ranks.iter().map(|&r| cost.boundary_time(n, tail, r)).sum();
+            let fan_out: f64 = head_ranks
+                .iter()
+                .map(|&r| cost.boundary_time(n, tail, r))
+                .sum();
             let last = stages.last_mut().expect("at least one backbone stage");
             last.comm_s += fan_out;
             last.time_s += fan_out;
@@ -113,7 +131,12 @@ pub fn plan(
                     memory_bytes: mem,
                 });
             }
-            candidates.push((stages, cuts, order.to_vec(), format!("each of the {h} heads on a rank of its own")));
+            candidates.push((
+                stages,
+                cuts,
+                order.to_vec(),
+                format!("each of the {h} heads on a rank of its own"),
+            ));
         }
     }
     let best = candidates
@@ -122,7 +145,17 @@ pub fn plan(
         .filter(|(b, _)| b.is_finite())
         .min_by(|a, b| a.0.total_cmp(&b.0));
     let Some((_, (stages, cuts, ranks, why))) = best else {
-        return Err(Error::Infeasible(format!("no business-based plan of {n} layers and {h} heads on {k} ranks fits in memory")));
+        return Err(Error::Infeasible(format!(
+            "no business-based plan of {n} layers and {h} heads on {k} ranks fits in memory"
+        )));
     };
-    Plan::from_stages("business", &model.name, cuts, ranks, stages, micro_batches, format!("shared backbone; {why} (the smaller bottleneck)"))
+    Plan::from_stages(
+        "business",
+        &model.name,
+        cuts,
+        ranks,
+        stages,
+        micro_batches,
+        format!("shared backbone; {why} (the smaller bottleneck)"),
+    )
 }

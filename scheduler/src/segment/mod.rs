@@ -60,7 +60,11 @@ impl<'a> Problem<'a> {
         if self.stages == 0 || self.stages > self.cluster.ranks.len() {
             return Err(Error::invalid(
                 "stages",
-                format!("{} stages on {} ranks", self.stages, self.cluster.ranks.len()),
+                format!(
+                    "{} stages on {} ranks",
+                    self.stages,
+                    self.cluster.ranks.len()
+                ),
             ));
         }
         if self.micro_batches == 0 {
@@ -78,7 +82,11 @@ impl<'a> Problem<'a> {
         if self.stages > self.model.layers.len() {
             return Err(Error::invalid(
                 "stages",
-                format!("{} stages for {} layers", self.stages, self.model.layers.len()),
+                format!(
+                    "{} stages for {} layers",
+                    self.stages,
+                    self.model.layers.len()
+                ),
             ));
         }
         Ok(self.stages)
@@ -115,8 +123,18 @@ impl Strategy for Even {
         let cost = p.cost();
         let order = placement::chain_order(&cost, k);
         let cuts = even::cuts(cost.layers(), k).ok_or_else(|| infeasible(p, k))?;
-        Plan::from_chain(self.name(), &p.model.name, &cost, &cuts, &order, p.micro_batches,
-            format!("{} layers per stage, ranks in link order", cost.layers() / k))
+        Plan::from_chain(
+            self.name(),
+            &p.model.name,
+            &cost,
+            &cuts,
+            &order,
+            p.micro_batches,
+            format!(
+                "{} layers per stage, ranks in link order",
+                cost.layers() / k
+            ),
+        )
     }
 }
 
@@ -134,8 +152,15 @@ impl Strategy for Dp {
         let cost = p.cost();
         let order = placement::chain_order(&cost, k);
         let (cuts, b) = dp::solve(&cost, &order).ok_or_else(|| infeasible(p, k))?;
-        Plan::from_chain(self.name(), &p.model.name, &cost, &cuts, &order, p.micro_batches,
-            format!("minimum bottleneck {b:.6e} s over all cuts (exact DP), ranks in link order"))
+        Plan::from_chain(
+            self.name(),
+            &p.model.name,
+            &cost,
+            &cuts,
+            &order,
+            p.micro_batches,
+            format!("minimum bottleneck {b:.6e} s over all cuts (exact DP), ranks in link order"),
+        )
     }
 }
 
@@ -153,8 +178,15 @@ impl Strategy for Bisect {
         let cost = p.cost();
         let order = placement::chain_order(&cost, k);
         let (cuts, b) = bisect::solve(&cost, &order).ok_or_else(|| infeasible(p, k))?;
-        Plan::from_chain(self.name(), &p.model.name, &cost, &cuts, &order, p.micro_batches,
-            format!("minimum bottleneck {b:.6e} s by bisection, ranks in link order"))
+        Plan::from_chain(
+            self.name(),
+            &p.model.name,
+            &cost,
+            &cuts,
+            &order,
+            p.micro_batches,
+            format!("minimum bottleneck {b:.6e} s by bisection, ranks in link order"),
+        )
     }
 }
 
@@ -172,8 +204,18 @@ impl Strategy for Tabu {
         let cost = p.cost();
         let start = placement::chain_order(&cost, k);
         let o = tabu::solve(&cost, &start, self.0).ok_or_else(|| infeasible(p, k))?;
-        Plan::from_chain(self.name(), &p.model.name, &cost, &o.cuts, &o.order, p.micro_batches,
-            format!("tabu search: bottleneck {:.6e} s after {} iterations", o.bottleneck, o.iterations))
+        Plan::from_chain(
+            self.name(),
+            &p.model.name,
+            &cost,
+            &o.cuts,
+            &o.order,
+            p.micro_batches,
+            format!(
+                "tabu search: bottleneck {:.6e} s after {} iterations",
+                o.bottleneck, o.iterations
+            ),
+        )
     }
 }
 

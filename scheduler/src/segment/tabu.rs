@@ -95,7 +95,6 @@ impl Weigh {
 }
 
 impl Key {
-
     fn cmp(&self, o: &Key) -> Ordering {
         self.max
             .total_cmp(&o.max)
@@ -187,7 +186,12 @@ fn pack(cost: &CostModel, order: &[usize], limit: f64) -> Option<Vec<usize>> {
 /// probe; not exact here, since boundary costs make stage times non-monotone).
 pub fn packed_cuts(cost: &CostModel, order: &[usize]) -> Option<Vec<usize>> {
     let n = cost.layers();
-    let mut hi = order.iter().map(|&r| cost.compute_time(0, n, r)).fold(0.0, f64::max) * 2.0 + 1.0;
+    let mut hi = order
+        .iter()
+        .map(|&r| cost.compute_time(0, n, r))
+        .fold(0.0, f64::max)
+        * 2.0
+        + 1.0;
     let mut best = None;
     let mut lo = 0.0;
     for _ in 0..60 {
@@ -223,7 +227,11 @@ fn order_value(cost: &CostModel, order: &[usize]) -> f64 {
 fn order_search(cost: &CostModel, start: &[usize], params: Params) -> Vec<usize> {
     let k = start.len();
     let m = cost.ranks();
-    let tenure = if params.tenure > 0 { params.tenure } else { 1 + k / 2 };
+    let tenure = if params.tenure > 0 {
+        params.tenure
+    } else {
+        1 + k / 2
+    };
     let patience = (params.patience / 8).max(8);
     let mut tabu = vec![vec![0usize; m]; m];
     let mut order = start.to_vec();
@@ -298,9 +306,17 @@ fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Opt
         }
     }
     let mut times = cost.stage_times(&cuts, &order);
-    let finite_max = times.iter().copied().filter(|t| t.is_finite()).fold(0.0, f64::max);
+    let finite_max = times
+        .iter()
+        .copied()
+        .filter(|t| t.is_finite())
+        .fold(0.0, f64::max);
     let weigh = Weigh {
-        inv_scale: if finite_max > 0.0 { 1.0 / finite_max } else { 1.0 },
+        inv_scale: if finite_max > 0.0 {
+            1.0 / finite_max
+        } else {
+            1.0
+        },
         power: params.power.clamp(1, 64),
     };
     let mut key = weigh.key(&times);
@@ -342,7 +358,10 @@ fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Opt
             if is_tabu && cand.cmp(&best_key) != Ordering::Less {
                 return;
             }
-            if chosen.as_ref().is_none_or(|c| cand.cmp(&c.1) == Ordering::Less) {
+            if chosen
+                .as_ref()
+                .is_none_or(|c| cand.cmp(&c.1) == Ordering::Less)
+            {
                 *chosen = Some((mv, cand));
             }
         };
@@ -387,13 +406,25 @@ fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Opt
                     let (mut mx, mut sum) = (left.max(right), sumsq);
                     for st in b - 1..=e {
                         let i = if st >= b { shifted(cuts[st]) } else { cuts[st] };
-                        let j = if st < e { shifted(cuts[st + 1]) } else { cuts[st + 1] };
+                        let j = if st < e {
+                            shifted(cuts[st + 1])
+                        } else {
+                            cuts[st + 1]
+                        };
                         let t = cost.stage_time(&order, st, i, j);
                         mx = mx.max(t);
                         sum += weigh.w(t) - weigh.w(times[st]);
                     }
-                    let cand = Key { max: mx, sumsq: sum };
-                    consider(Move::Run { b, e, up }, cand, tabu_run[b][e][usize::from(!up)] > iter, &mut chosen);
+                    let cand = Key {
+                        max: mx,
+                        sumsq: sum,
+                    };
+                    consider(
+                        Move::Run { b, e, up },
+                        cand,
+                        tabu_run[b][e][usize::from(!up)] > iter,
+                        &mut chosen,
+                    );
                 }
             }
         }
@@ -416,7 +447,12 @@ fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Opt
                     let cand = eval(&order, &touched);
                     order.swap(a, b);
                     let (ra, rb) = (order[a].min(order[b]), order[a].max(order[b]));
-                    consider(Move::Swap { a, b }, cand, tabu_swap[ra][rb] > iter, &mut chosen);
+                    consider(
+                        Move::Swap { a, b },
+                        cand,
+                        tabu_swap[ra][rb] > iter,
+                        &mut chosen,
+                    );
                 }
                 for r in 0..m {
                     if in_use[r] {
@@ -427,7 +463,12 @@ fn search(cost: &CostModel, start: &[usize], params: Params, swaps: bool) -> Opt
                     let cand = eval(&order, &touched);
                     order[a] = old;
                     let (ra, rb) = (old.min(r), old.max(r));
-                    consider(Move::Replace { a, rank: r }, cand, tabu_swap[ra][rb] > iter, &mut chosen);
+                    consider(
+                        Move::Replace { a, rank: r },
+                        cand,
+                        tabu_swap[ra][rb] > iter,
+                        &mut chosen,
+                    );
                 }
             }
         }
