@@ -86,4 +86,17 @@ done
 step "DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP -- dmsc_test_shared paths"
 DMSC_PATHS=3 DMSC_CMA=0 timeout 300 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_shared" paths \
     || die "dmsc_test_shared paths failed under DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP (exit $?)"
+# The README's instructions, followed exactly: install into a prefix, build the example with
+# -I$PREFIX/include -L$PREFIX/lib -ldmsc, run it with the prefix on the loader's path.
+PREFIX_DIR=$OUT/prefix
+step "README: bash scripts/install-c.sh PREFIX; cc -I\$PREFIX/include readme_example.c -L\$PREFIX/lib -ldmsc"
+bash scripts/install-c.sh "$PREFIX_DIR" >/dev/null || die "scripts/install-c.sh failed"
+for f in lib/libdmsc.so lib/libdmsc.so.0 lib/libdmsc.a include/dmsc.h lib/pkgconfig/dmsc.pc; do
+    [ -e "$PREFIX_DIR/$f" ] || die "scripts/install-c.sh did not install $f"
+done
+"$CC" -I"$PREFIX_DIR/include" tests/c/readme_example.c -L"$PREFIX_DIR/lib" -ldmsc -o "$OUT/readme_example" \
+    || die "the README's build command fails"
+out=$(LD_LIBRARY_PATH="$PREFIX_DIR/lib" timeout 120 "$REL/dmscrun" -n 2 -- "$OUT/readme_example") \
+    || die "the README's example does not start or run: $out"
+[ "$(grep -c README-EXAMPLE-OK <<<"$out")" = 2 ] || die "the README's example did not pass on both ranks: $out"
 echo "C API tests passed (shared and static, $NP ranks; path metrics with 3 paths per peer)"
