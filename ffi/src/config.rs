@@ -261,7 +261,7 @@ mod tests {
         let c = run(&cfg).unwrap();
         assert_eq!(c.engine.timeout, Duration::from_millis(1500));
         assert_eq!((c.engine.chunk_bytes, c.engine.window), (4096, 2));
-        assert!(matches!(c.backend, Backend::Socket));
+        assert!(matches!(c.backend, dmsc_transports::tcp::Backend::Socket));
         assert_eq!(c.plan.algo, Some(Algo::Tree));
         let cfg = dmscConfig_t {
             socketIfname: c"=lo".as_ptr(),

@@ -189,7 +189,13 @@ impl UringTransport {
         }
     }
 
-    /// Cancel everything in the kernel and wait (bounded) until it has all completed.
+    /// Cancel everything in the kernel and block until it has all completed: the kernel may
+    /// read the iovecs, headers and payloads of a submitted operation until its completion
+    /// arrives, so returning earlier would hand memory it still uses back to the engine and
+    /// the caller. A cancel that does not take within [`SHUTDOWN_AFTER`] is followed by a
+    /// `shutdown(2)` of the busy sockets, which completes any pending send or receive on
+    /// them; if the ring itself fails, or the kernel still holds operations after
+    /// [`ABORT_AFTER`], the process aborts rather than let that memory be reused.
     fn quiesce(&mut self) {
         let mut sink = Vec::new();
         let mut ids = Vec::new();
@@ -207,19 +213,57 @@ impl UringTransport {
         }
         for id in ids {
             let e = opcode::AsyncCancel::new(id).build().user_data(KIND_CANCEL);
-            if self.push(&e).is_err() {
-                break;
+            if let Err(e) = self.push(&e) {
+                quiesce_failed(&format!("submitting a cancel: {e}"));
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let start = Instant::now();
+        let mut shut = false;
         let busy = |m: &Mesh| m.conns.iter().flatten().any(|c| c.send_busy || c.recv_busy);
-        while (busy(&self.mesh) || self.wake_armed) && Instant::now() < deadline {
-            if self.wait(Duration::from_millis(10)).is_err() {
-                break;
+        while busy(&self.mesh) || self.wake_armed {
+            if let Err(e) = self.wait(Duration::from_millis(10)) {
+                quiesce_failed(&format!("waiting for cancelled operations: {e}"));
             }
             self.reap(&mut sink);
+            let waited = start.elapsed();
+            if !shut && waited >= SHUTDOWN_AFTER {
+                shut = true;
+                for c in self.mesh.conns.iter().flatten() {
+                    if c.send_busy || c.recv_busy {
+                        // SAFETY: shutdown on a socket this transport owns; the descriptor
+                        // stays open (and its number reserved) until the connection drops.
+                        unsafe { libc::shutdown(c.fd(), libc::SHUT_RDWR) };
+                    }
+                }
+                if self.wake_armed {
+                    // The wake read completes once the eventfd has a value.
+                    use dmsc_core::engine::Waker as _;
+                    self.wake.wake();
+                }
+            }
+            if waited >= ABORT_AFTER {
+                quiesce_failed(&format!(
+                    "the kernel still holds operations {:.0} s after they were cancelled",
+                    waited.as_secs_f64()
+                ));
+            }
         }
     }
+}
+
+/// When a cancel has not taken, shut the busy sockets down.
+const SHUTDOWN_AFTER: Duration = Duration::from_secs(1);
+/// When nothing has made the kernel let go, give up on the process.
+const ABORT_AFTER: Duration = Duration::from_secs(30);
+
+/// The kernel may still use memory that the caller is about to free or reuse: no error can
+/// be returned safely from here, so stop the process.
+fn quiesce_failed(what: &str) -> ! {
+    eprintln!(
+        "dmsc: fatal: cannot withdraw io_uring operations ({what}); aborting rather than \
+         letting the kernel write into memory that is handed back"
+    );
+    std::process::abort()
 }
 
 impl Transport for UringTransport {
@@ -298,5 +342,76 @@ impl Transport for UringTransport {
 impl Drop for UringTransport {
     fn drop(&mut self) {
         self.quiesce();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::{Conn, Role};
+    use dmsc_core::wire::FrameKind;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Rank 0 of two over a socket pair whose far end never reads nor writes.
+    fn transport() -> (UringTransport, UnixStream, UnixStream) {
+        let (d0, d1) = UnixStream::pair().unwrap();
+        let (c0, c1) = UnixStream::pair().unwrap();
+        let mesh = Mesh {
+            conns: vec![
+                Some(Conn::new(OwnedFd::from(d0), 1, Role::Data)),
+                Some(Conn::new(OwnedFd::from(c0), 1, Role::Control)),
+            ],
+            data_of: vec![None, Some(0)],
+            control_of: vec![None, Some(1)],
+            spray: None,
+            nonblocking: false,
+        };
+        let ring = probe_ring(16).expect("io_uring");
+        (UringTransport::new(mesh, ring).unwrap(), d1, c1)
+    }
+
+    fn header(len: u32) -> FrameHeader {
+        FrameHeader::plain(FrameKind::Data, 0, len)
+    }
+
+    fn busy(t: &UringTransport) -> bool {
+        t.mesh
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| c.send_busy || c.recv_busy)
+            || t.wake_armed
+    }
+
+    /// A receive and a send the kernel cannot finish (nothing arrives; the peer's buffer is
+    /// full): cancel_all returns only once the kernel has let go of both.
+    #[test]
+    fn cancel_all_returns_only_when_the_kernel_holds_nothing() {
+        let (mut t, _d1, _c1) = transport();
+        let mut dst = vec![0u8; 1 << 16];
+        let src = vec![7u8; 64 << 20];
+        // SAFETY: both buffers outlive the transport's hold on them (cancel_all below).
+        unsafe {
+            t.post_recv(1, &header(1 << 16), dst.as_mut_ptr(), 1)
+                .unwrap();
+            t.post_send(1, &header(src.len() as u32), src.as_ptr(), 2)
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            t.poll(&mut out, Duration::from_millis(5)).unwrap();
+        }
+        assert!(busy(&t), "the test needs operations in the kernel");
+        assert!(out
+            .iter()
+            .all(|c| !matches!(c, Completion::Sent { .. } | Completion::Received { .. })));
+        t.cancel_all();
+        assert!(
+            !busy(&t),
+            "cancel_all returned while the kernel still held operations"
+        );
+        drop(src);
+        drop(dst);
     }
 }
