@@ -47,8 +47,10 @@ fn options(
     let opts = ConnectOptions {
         mesh,
         choice: config.transport,
-        // Several paths per peer are a TCP feature: asking for them keeps the ranks on TCP.
-        shm: config.shm && paths == 1,
+        // Ranks of one host meet in shared memory whatever DMSC_PATHS says: paths are a TCP
+        // feature, and several of them on one interface only cost (as NCCL's socket count
+        // applies to its network transport only).
+        shm: config.shm,
         shm_ring: config.shm_ring,
     };
     Ok((opts, config))

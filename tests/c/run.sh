@@ -2,7 +2,8 @@
 # The C API suite: builds libdmsc.so / libdmsc.a and dmscrun, checks the shared library's
 # SONAME and exported symbols, compiles the header as C99 and C++17 with warnings as errors,
 # and runs tests/c/dmsc_test.c as 4 ranks under dmscrun, linked shared and then static, then
-# once more (its path-metrics checks only) with packet spraying: DMSC_PATHS=3, DMSC_CMA=0.
+# once more (its path-metrics checks only) with packet spraying over TCP: DMSC_SHM=0,
+# DMSC_PATHS=3, DMSC_CMA=0 (ranks of one host otherwise meet in shared memory).
 # Called by scripts/test-all.sh; runnable alone:  bash tests/c/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -83,8 +84,8 @@ for kind in shared static; do
         || die "dmsc_test_$kind failed under dmscrun -n $NP (exit $?)"
 done
 # Packet spraying: dmscCommGetPathMetrics with 3 paths per peer, every byte on the sockets.
-step "DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP -- dmsc_test_shared paths"
-DMSC_PATHS=3 DMSC_CMA=0 timeout 300 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_shared" paths \
+step "DMSC_SHM=0 DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP -- dmsc_test_shared paths"
+DMSC_SHM=0 DMSC_PATHS=3 DMSC_CMA=0 timeout 300 "$REL/dmscrun" -n "$NP" -- "$OUT/dmsc_test_shared" paths \
     || die "dmsc_test_shared paths failed under DMSC_PATHS=3 DMSC_CMA=0 dmscrun -n $NP (exit $?)"
 # The README's instructions, followed exactly: install into a prefix, build the example with
 # -I$PREFIX/include -L$PREFIX/lib -ldmsc, run it with the prefix on the loader's path.
