@@ -9,14 +9,12 @@ use crate::comm::{Communicator, Job};
 use crate::element::{bytes, bytes_mut, Element};
 use crate::request::Request;
 use dmsc_core::engine::{OpMemory, Region};
+use dmsc_core::device::{Device, HostDevice};
 use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, ReduceOp, Result};
 
 fn region(b: &[u8]) -> Region {
-    Region {
-        ptr: b.as_ptr() as *mut u8,
-        len: b.len(),
-    }
+    Region::host(b.as_ptr() as *mut u8, b.len())
 }
 
 fn check_align(what: &str, b: &[u8], dtype: DataType) -> Result<()> {
@@ -109,6 +107,7 @@ impl Communicator {
                     // SAFETY: off + len <= whole * es <= output.len(), checked above.
                     ptr: unsafe { base.ptr.add(off) },
                     len,
+                    ..base
                 };
                 match desc.kind {
                     CollKind::AllGather => OpMemory {
@@ -677,8 +676,8 @@ impl<'b> Group<'_, 'b> {
             }
             let (src, dst) = (self.bufs[*sb as usize], self.bufs[*rb as usize]);
             // SAFETY: both regions come from live borrows held by this group for 'b, of at
-            // least sl * es bytes; `copy` tolerates overlap.
-            unsafe { std::ptr::copy(src.ptr, dst.ptr, sl * es) };
+            // least sl * es bytes; the device's copy tolerates overlap.
+            unsafe { HostDevice.copy(dst.ptr, src.ptr, sl * es)? };
         }
         let keep: Vec<bool> = self.ops.iter().map(|o| !is_self(o)).collect();
         let mut k = keep.iter();

@@ -11,12 +11,15 @@
 //! payload, computed when it is posted, and a received chunk is checked before it is reduced
 //! or counted as done, whatever transport carried it: a mismatch fails the operation with an
 //! error naming the peer and the chunk, never wrong data.
+//!
+//! Every copy, reduction, division and checksum goes through the [`Device`]: this file never
+//! reads or writes a payload byte itself.
 
 use super::memory::{OpMemory, Region};
 use super::staging::StagingPool;
 use super::transport::{Completion, Token, Transport};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::reduce;
 use crate::schedule::{Action, Schedule};
 use crate::types::{CollDesc, CollKind, Rank, ReduceOp};
 use crate::wire::{FrameHeader, FrameKind};
@@ -150,10 +153,11 @@ impl Exec {
         &mut self,
         t: &mut T,
         pool: &mut StagingPool,
+        dev: &mut dyn Device,
     ) -> Result<()> {
         self.step = 0;
-        self.begin_step()?;
-        self.pump(t, pool)
+        self.begin_step(dev)?;
+        self.pump(t, pool, dev)
     }
 
     fn header(
@@ -201,7 +205,7 @@ impl Exec {
 
     /// Run the local actions of the current step and cut its transfers into chunks; skips
     /// steps that have no transfers.
-    fn begin_step(&mut self) -> Result<()> {
+    fn begin_step(&mut self, dev: &mut dyn Device) -> Result<()> {
         loop {
             if self.finished() {
                 return Ok(());
@@ -209,7 +213,7 @@ impl Exec {
             self.chunks.clear();
             self.epoch = self.epoch.wrapping_add(1);
             let actions = std::mem::take(&mut self.sched.steps[self.step].actions);
-            let result = self.setup_actions(&actions);
+            let result = self.setup_actions(&actions, dev);
             self.sched.steps[self.step].actions = actions;
             result?;
             self.remaining = self.chunks.len();
@@ -220,10 +224,10 @@ impl Exec {
         }
     }
 
-    fn setup_actions(&mut self, actions: &[Action]) -> Result<()> {
+    fn setup_actions(&mut self, actions: &[Action], dev: &mut dyn Device) -> Result<()> {
         let elem = self.elem;
         for a in actions.iter().filter(|a| a.is_local()) {
-            self.run_local(a)?;
+            self.run_local(a, dev)?;
         }
         for (i, a) in actions.iter().enumerate() {
             let (peer, dir, main, local) = match *a {
@@ -298,7 +302,7 @@ impl Exec {
         Ok(())
     }
 
-    fn run_local(&mut self, a: &Action) -> Result<()> {
+    fn run_local(&mut self, a: &Action, dev: &mut dyn Device) -> Result<()> {
         let (elem, dtype, op) = (self.elem, self.desc.dtype, self.desc.op.combiner());
         match *a {
             Action::Copy { src, dst } => {
@@ -307,11 +311,9 @@ impl Exec {
                 if n != m {
                     return Err(Error::internal("Copy lengths differ"));
                 }
-                if s != d && n > 0 {
-                    // SAFETY: both ranges were bounds-checked against live regions; `copy`
-                    // tolerates overlap.
-                    unsafe { std::ptr::copy(s, d, n) };
-                }
+                // SAFETY: both ranges were bounds-checked against live regions; the device's
+                // copy tolerates overlap.
+                unsafe { dev.copy(d, s, n)? };
             }
             Action::Reduce { src, dst } => {
                 let (s, n) = self.mem.resolve(src, elem, self.scratch)?;
@@ -321,22 +323,13 @@ impl Exec {
                         "Reduce operands differ in length or overlap",
                     ));
                 }
-                // SAFETY: bounds-checked, non-overlapping, valid for the operation.
-                unsafe {
-                    reduce::reduce_in_place(
-                        dtype,
-                        op,
-                        std::slice::from_raw_parts_mut(d, n),
-                        std::slice::from_raw_parts(s, n),
-                    )?
-                };
+                // SAFETY: bounds-checked, non-overlapping, valid for the operation; in place.
+                unsafe { dev.reduce_into(dtype, op, d, d, s, n)? };
             }
             Action::Scale { dst } => {
                 let (d, n) = self.mem.resolve(dst, elem, self.scratch)?;
                 // SAFETY: bounds-checked, valid for the operation.
-                unsafe {
-                    reduce::scale_div(dtype, std::slice::from_raw_parts_mut(d, n), self.nranks)?
-                };
+                unsafe { dev.scale_div(dtype, d, n, self.nranks)? };
             }
             _ => {}
         }
@@ -348,6 +341,7 @@ impl Exec {
         &mut self,
         t: &mut T,
         pool: &mut StagingPool,
+        dev: &mut dyn Device,
     ) -> Result<()> {
         loop {
             if self.finished() {
@@ -364,9 +358,7 @@ impl Exec {
                     if checksum {
                         // SAFETY: `c.ptr` is a bounds-checked range of `len` bytes of a live
                         // region (see `setup_actions`); this step's sends only read it.
-                        let data =
-                            unsafe { std::slice::from_raw_parts(c.ptr, c.header.len as usize) };
-                        c.header.crc = Some(crc32c::crc32c(data));
+                        c.header.crc = Some(unsafe { dev.crc32c(c.ptr, c.header.len as usize)? });
                     }
                     // SAFETY: `c.ptr` points into a region the caller keeps alive and
                     // unmodified for the whole operation; the engine cancels posted work
@@ -382,7 +374,9 @@ impl Exec {
                     let token = self.token(idx);
                     let len = self.chunks[idx].header.len as usize;
                     let dst = if self.chunks[idx].dir == Dir::RecvReduce {
-                        let Some(slot) = pool.take(len) else { break };
+                        let Some(slot) = pool.take(len, dev)? else {
+                            break;
+                        };
                         self.chunks[idx].staging = Some(slot);
                         pool.ptr(slot)
                     } else {
@@ -402,7 +396,7 @@ impl Exec {
             }
             // Step done: next one.
             self.step += 1;
-            self.begin_step()?;
+            self.begin_step(dev)?;
         }
     }
 
@@ -411,7 +405,12 @@ impl Exec {
     }
 
     /// Apply one completion. Returns Ok(false) when the completion was not for this operation.
-    pub(crate) fn complete(&mut self, c: &Completion, pool: &mut StagingPool) -> Result<bool> {
+    pub(crate) fn complete(
+        &mut self,
+        c: &Completion,
+        pool: &mut StagingPool,
+        dev: &mut dyn Device,
+    ) -> Result<bool> {
         let (token, sent, crc) = match c {
             Completion::Sent { token } => (*token, true, None),
             Completion::Received { token, crc } => (*token, false, *crc),
@@ -439,9 +438,8 @@ impl Exec {
                 self.inflight_recv[ch.peer] -= 1;
                 if self.checksum {
                     // SAFETY: the receive wrote `len` bytes at `ptr`, a bounds-checked range.
-                    let data =
-                        unsafe { std::slice::from_raw_parts(ch.ptr, ch.header.len as usize) };
-                    verify(&self.labels, ch, crc, data)?;
+                    let got = unsafe { dev.crc32c(ch.ptr, ch.header.len as usize)? };
+                    verify(&self.labels, ch, crc, got)?;
                 }
             }
             Dir::RecvReduce => {
@@ -452,38 +450,21 @@ impl Exec {
                     .take()
                     .ok_or_else(|| Error::internal("no staging slot"))?;
                 let staged = pool.ptr(slot) as *const u8;
-                if self.checksum {
-                    // SAFETY: the staging slot holds the `n` bytes just received.
-                    let data = unsafe { std::slice::from_raw_parts(staged, n) };
-                    if let Err(e) = verify(&self.labels, ch, crc, data) {
-                        pool.give(slot);
-                        return Err(e);
+                let r = (|| {
+                    if self.checksum {
+                        // SAFETY: the staging slot holds the `n` bytes just received.
+                        let got = unsafe { dev.crc32c(staged, n)? };
+                        verify(&self.labels, ch, crc, got)?;
                     }
-                }
-                let (dtype, op) = (self.desc.dtype, self.desc.op.combiner());
-                // SAFETY: `ptr`/`local` are bounds-checked ranges of live regions of n bytes;
-                // the staging slot holds n received bytes and is distinct from both.
-                let r = unsafe {
-                    let recv = std::slice::from_raw_parts(staged, n);
-                    if std::ptr::eq(ch.local, ch.ptr) {
-                        reduce::reduce_in_place(
-                            dtype,
-                            op,
-                            std::slice::from_raw_parts_mut(ch.ptr, n),
-                            recv,
-                        )
-                    } else if overlaps(ch.local, ch.ptr, n) {
-                        Err(Error::internal("RecvReduce operands overlap partially"))
-                    } else {
-                        reduce::reduce_into(
-                            dtype,
-                            op,
-                            std::slice::from_raw_parts_mut(ch.ptr, n),
-                            std::slice::from_raw_parts(ch.local, n),
-                            recv,
-                        )
+                    if !std::ptr::eq(ch.local, ch.ptr) && overlaps(ch.local, ch.ptr, n) {
+                        return Err(Error::internal("RecvReduce operands overlap partially"));
                     }
-                };
+                    let (dtype, op) = (self.desc.dtype, self.desc.op.combiner());
+                    // SAFETY: `ptr`/`local` are bounds-checked ranges of live regions of n
+                    // bytes, equal or disjoint; the staging slot holds n received bytes and is
+                    // distinct from both.
+                    unsafe { dev.reduce_into(dtype, op, ch.ptr, ch.local, staged, n) }
+                })();
                 pool.give(slot);
                 r?;
             }
@@ -501,15 +482,15 @@ impl Exec {
     }
 }
 
-/// Check a received chunk against the CRC32C its sender put in the frame header.
-fn verify(labels: &Labels, ch: &Chunk, crc: Option<u32>, data: &[u8]) -> Result<()> {
+/// Check a received chunk's CRC32C (`got`, computed by the device) against the one its
+/// sender put in the frame header.
+fn verify(labels: &Labels, ch: &Chunk, crc: Option<u32>, got: u32) -> Result<()> {
     let Some(expected) = crc else {
         return Err(Error::internal(format!(
             "the transport delivered chunk {} of message {} from rank {} without the CRC its header carried",
             ch.header.chunk, ch.header.msg, ch.peer
         )));
     };
-    let got = crc32c::crc32c(data);
     if got == expected {
         return Ok(());
     }

@@ -605,10 +605,7 @@ mod tests {
         };
         let sched = crate::plan::plan(&desc, 0, 2, false, &Default::default()).unwrap();
         let mut buf = vec![1f32; 1024];
-        let region = super::super::Region {
-            ptr: buf.as_mut_ptr() as *mut u8,
-            len: 4096,
-        };
+        let region = super::super::Region::host(buf.as_mut_ptr() as *mut u8, 4096);
         let mem = super::super::OpMemory {
             input: region,
             output: region,

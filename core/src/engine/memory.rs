@@ -1,24 +1,67 @@
-//! The memory an operation works on, and the translation of schedule [`Slice`]s to
-//! addresses with bounds checks.
+//! The memory an operation works on: descriptors that carry where the memory lives and,
+//! once a transport registered it, its registration handle; and the translation of schedule
+//! [`Slice`]s to addresses with bounds checks.
 
 use crate::error::{Error, Result};
 use crate::schedule::{BufId, Slice};
 
-/// One caller buffer: a base address and its size in bytes.
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemKind {
+    /// Ordinary host memory.
+    Host,
+    /// Memory of CUDA device `device` (the CUDA device of a later release; no transport
+    /// accepts it yet).
+    Cuda {
+        /// The device index.
+        device: u32,
+    },
+}
+
+impl std::fmt::Display for MemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemKind::Host => write!(f, "host memory"),
+            MemKind::Cuda { device } => write!(f, "CUDA device {device} memory"),
+        }
+    }
+}
+
+/// A transport's handle for memory it registered (an RDMA memory region and its keys, a
+/// CUDA IPC handle): opaque to the engine, meaningful to the transport that issued it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RegHandle {
+    /// The transport's own value (an index into its table of registrations).
+    pub key: u64,
+}
+
+/// One buffer: a base address, its size in bytes, where it lives, and its registration.
 #[derive(Clone, Copy, Debug)]
 pub struct Region {
     /// First byte.
     pub ptr: *mut u8,
     /// Size in bytes.
     pub len: usize,
+    /// Where the memory lives.
+    pub kind: MemKind,
+    /// The transport's registration of (a range containing) this buffer, if it has one.
+    pub reg: Option<RegHandle>,
 }
 
 impl Region {
     /// An empty region.
-    pub const EMPTY: Region = Region {
-        ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8,
-        len: 0,
-    };
+    pub const EMPTY: Region =
+        Region::host(std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8, 0);
+
+    /// `len` bytes of host memory at `ptr`, not registered.
+    pub const fn host(ptr: *mut u8, len: usize) -> Region {
+        Region {
+            ptr,
+            len,
+            kind: MemKind::Host,
+            reg: None,
+        }
+    }
 }
 
 /// The buffers of one operation. The engine only ever writes through `output`, `scratch`

@@ -31,9 +31,10 @@ mod loom_tests;
 mod tests;
 
 pub use config::EngineConfig;
-pub use memory::{OpMemory, Region};
+pub use memory::{MemKind, OpMemory, RegHandle, Region};
 pub use transport::{Completion, PathMetricsHandle, PeerPaths, Token, Transport, Waker};
 
+use crate::device::{Device, DeviceBuffer, HostDevice};
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
@@ -83,8 +84,10 @@ pub struct Engine {
     /// A copy of `failed` readable from other threads without the engine's lock.
     published: Arc<Mutex<Option<Error>>>,
     abort: Arc<AbortHandle>,
+    /// What copies, reduces and checksums payload bytes, and allocates staging and scratch.
+    device: Box<dyn Device>,
     pool: StagingPool,
-    scratch: Vec<u64>,
+    scratch: Option<DeviceBuffer>,
     epoch: u32,
     completions: Vec<Completion>,
     /// Status replies gathered while reporting a timeout: (peer, started, completed, current).
@@ -97,9 +100,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for `rank` of `nranks` over `transport`.
+    /// An engine for `rank` of `nranks` over `transport`, working on host memory.
     pub fn new(
         transport: Box<dyn Transport>,
+        rank: Rank,
+        nranks: usize,
+        cfg: EngineConfig,
+    ) -> Engine {
+        Engine::with_device(transport, Box::new(HostDevice), rank, nranks, cfg)
+    }
+
+    /// An engine whose payload bytes are handled by `device`.
+    pub fn with_device(
+        transport: Box<dyn Transport>,
+        device: Box<dyn Device>,
         rank: Rank,
         nranks: usize,
         cfg: EngineConfig,
@@ -112,6 +126,7 @@ impl Engine {
         let live = Liveness::new(rank, nranks, cfg.heartbeat_timeout, Instant::now());
         Engine {
             pool: StagingPool::new(cfg.chunk_bytes, slots),
+            device,
             transport,
             rank,
             nranks,
@@ -123,7 +138,7 @@ impl Engine {
             failed: None,
             published: Arc::new(Mutex::new(None)),
             abort,
-            scratch: Vec::new(),
+            scratch: None,
             epoch: 0,
             completions: Vec::new(),
             statuses: Vec::new(),
@@ -281,17 +296,15 @@ impl Engine {
         mem: OpMemory,
     ) -> Result<()> {
         let started_at = Instant::now();
-        let need = sched
-            .scratch_elems
-            .saturating_mul(desc.dtype.size())
-            .div_ceil(8);
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0);
+        self.check_memory(&mem)?;
+        let need = sched.scratch_elems.saturating_mul(desc.dtype.size());
+        if self.scratch.as_ref().is_none_or(|b| b.len() < need) {
+            self.scratch = Some(self.device.alloc(need)?);
         }
-        let scratch = Region {
-            ptr: self.scratch.as_mut_ptr() as *mut u8,
-            len: need * 8,
-        };
+        let scratch = self.scratch.as_ref().map_or(Region::EMPTY, |b| Region {
+            kind: b.kind(),
+            ..Region::host(b.ptr(), b.len())
+        });
         if self.cfg.debug {
             eprintln!(
                 "dmsc: rank {} start {} {desc}",
@@ -348,6 +361,34 @@ impl Engine {
             );
         }
         r
+    }
+
+    /// Every buffer of the operation must be memory this engine's device works on and its
+    /// transport accepts.
+    fn check_memory(&self, mem: &OpMemory) -> Result<()> {
+        let named = [("input", &mem.input), ("output", &mem.output)];
+        let groups = mem.group.iter().map(|r| ("group buffer", r));
+        for (what, r) in named.into_iter().chain(groups) {
+            if r.len == 0 {
+                continue;
+            }
+            if r.kind != self.device.kind() {
+                return Err(Error::invalid(format!(
+                    "the {what} is {} but this communicator's device ({}) works on {}",
+                    r.kind,
+                    self.device.name(),
+                    self.device.kind()
+                )));
+            }
+            if !self.transport.accepts(r.kind) {
+                return Err(Error::invalid(format!(
+                    "the {what} is {}, which the {} transport does not accept",
+                    r.kind,
+                    self.transport.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn op_name(&self, labels: &Labels, desc: &CollDesc) -> String {
@@ -413,7 +454,7 @@ impl Engine {
 
     fn drive(&mut self, ex: &mut Exec, started_at: Instant) -> Result<()> {
         let deadline = started_at + self.cfg.timeout;
-        ex.start(&mut *self.transport, &mut self.pool)?;
+        ex.start(&mut *self.transport, &mut self.pool, &mut *self.device)?;
         let mut last_progress = Instant::now();
         while !ex.finished() {
             if self.abort.is_aborted() {
@@ -449,7 +490,7 @@ impl Engine {
                     }
                     continue;
                 }
-                match ex.complete(&c, &mut self.pool) {
+                match ex.complete(&c, &mut self.pool, &mut *self.device) {
                     Ok(true) => progressed = true,
                     Ok(false) => {
                         if let Completion::PeerFailed { peer, .. } = &c {
@@ -471,7 +512,7 @@ impl Engine {
             result?;
             self.check_peers(Some(&*ex))?;
             if progressed {
-                ex.pump(&mut *self.transport, &mut self.pool)?;
+                ex.pump(&mut *self.transport, &mut self.pool, &mut *self.device)?;
                 last_progress = Instant::now();
             } else if wait.is_zero() {
                 // Spinning: let another runnable rank on this core go first (ranks often

@@ -1,9 +1,13 @@
-//! A pool of 8-byte-aligned staging buffers for received chunks that are reduced on arrival.
+//! A pool of staging buffers for received chunks that are reduced on arrival, allocated
+//! through the engine's [`Device`] (so a device can hand out memory its transports reach).
+
+use crate::device::{Device, DeviceBuffer};
+use crate::error::Result;
 
 /// Reusable staging slots of one size (the chunk size).
 pub(crate) struct StagingPool {
     slot_bytes: usize,
-    slots: Vec<Box<[u64]>>,
+    slots: Vec<DeviceBuffer>,
     free: Vec<usize>,
     max_slots: usize,
 }
@@ -20,33 +24,30 @@ impl StagingPool {
     }
 
     /// A free slot able to hold `len` bytes, or `None` when all are in use.
-    pub(crate) fn take(&mut self, len: usize) -> Option<usize> {
+    pub(crate) fn take(&mut self, len: usize, device: &mut dyn Device) -> Result<Option<usize>> {
         if len > self.slot_bytes {
             self.slot_bytes = len;
-            // Old slots are too small: drop the free ones so they get reallocated.
-            let free = std::mem::take(&mut self.free);
-            for i in free {
-                self.slots[i] = vec![0u64; len.div_ceil(8)].into_boxed_slice();
-                self.free.push(i);
+            // Old slots are too small: reallocate the free ones.
+            for &i in &self.free {
+                self.slots[i] = device.alloc(len)?;
             }
         }
         if let Some(i) = self.free.pop() {
-            if self.slots[i].len() * 8 < len {
-                self.slots[i] = vec![0u64; self.slot_bytes.div_ceil(8)].into_boxed_slice();
+            if self.slots[i].len() < len {
+                self.slots[i] = device.alloc(self.slot_bytes)?;
             }
-            return Some(i);
+            return Ok(Some(i));
         }
         if self.slots.len() < self.max_slots {
-            self.slots
-                .push(vec![0u64; self.slot_bytes.div_ceil(8)].into_boxed_slice());
-            return Some(self.slots.len() - 1);
+            self.slots.push(device.alloc(self.slot_bytes)?);
+            return Ok(Some(self.slots.len() - 1));
         }
-        None
+        Ok(None)
     }
 
     /// The start of slot `i`.
     pub(crate) fn ptr(&mut self, i: usize) -> *mut u8 {
-        self.slots[i].as_mut_ptr() as *mut u8
+        self.slots[i].ptr()
     }
 
     /// Return slot `i`.

@@ -191,14 +191,8 @@ fn all_reduce(
                 let mut input: Vec<f32> = (0..count).map(|i| (rank + i) as f32).collect();
                 let mut output = vec![0f32; count];
                 let mem = OpMemory {
-                    input: Region {
-                        ptr: input.as_mut_ptr() as *mut u8,
-                        len: count * 4,
-                    },
-                    output: Region {
-                        ptr: output.as_mut_ptr() as *mut u8,
-                        len: count * 4,
-                    },
+                    input: Region::host(input.as_mut_ptr() as *mut u8, count * 4),
+                    output: Region::host(output.as_mut_ptr() as *mut u8, count * 4),
                     group: vec![],
                 };
                 // SAFETY: both buffers live until the call returns and nothing else uses them.
@@ -270,6 +264,131 @@ fn checksums_on_one_rank_only_is_a_clear_error() {
             text.contains("DMSC_CHECKSUM must be the same on every rank")
                 && text.contains("rank 0 checksums its chunks"),
             "{text}"
+        );
+    }
+}
+
+/// Every copy, reduction, division and checksum of an operation goes through the device:
+/// over the recording FAKE device, the bytes it saw equal what the rank's schedule implies
+/// (reductions and copies of its local and receive-reduce actions, one division for the
+/// average, a checksum per chunk sent and received), and the result is right.
+#[test]
+fn every_payload_byte_goes_through_the_device() {
+    use crate::device::recording::{Call, RecordingDevice};
+    use crate::schedule::Action;
+    let (n, count, chunk) = (3usize, 3001usize, 1024usize);
+    for algo in [Algo::Ring, Algo::Tree] {
+        let net = MemNet::new(n, None);
+        let threads: Vec<_> = (0..n)
+            .map(|rank| {
+                let t = MemTransport {
+                    rank,
+                    net: net.clone(),
+                    recvs: (0..n).map(|_| VecDeque::new()).collect(),
+                    sent: Vec::new(),
+                };
+                let cfg = EngineConfig {
+                    chunk_bytes: chunk,
+                    window: 2,
+                    timeout: Duration::from_secs(20),
+                    checksum: true,
+                    ..EngineConfig::default()
+                };
+                std::thread::spawn(move || {
+                    let log = Arc::new(Mutex::new(Vec::new()));
+                    let dev = RecordingDevice { log: log.clone() };
+                    let mut e = Engine::with_device(Box::new(t), Box::new(dev), rank, n, cfg);
+                    let desc = CollDesc {
+                        kind: CollKind::AllReduce,
+                        count,
+                        dtype: DataType::Float32,
+                        op: ReduceOp::Avg,
+                        root: 0,
+                    };
+                    let pc = PlanConfig {
+                        algo: Some(algo),
+                        ..PlanConfig::default()
+                    };
+                    let sched = plan::plan(&desc, rank, n, false, &pc).unwrap();
+                    // What the schedule implies, counted from the plan alone.
+                    let (mut reduce, mut copy, mut scale, mut crc) = (0, 0, 0, 0);
+                    let chunks = |elems: usize| (elems * 4).div_ceil(chunk).max(1);
+                    for a in sched.steps.iter().flat_map(|s| &s.actions) {
+                        match *a {
+                            Action::Send { src, .. } => crc += chunks(src.len),
+                            Action::Recv { dst, .. } => crc += chunks(dst.len),
+                            Action::RecvReduce { dst, .. } => {
+                                crc += chunks(dst.len);
+                                reduce += dst.len * 4;
+                            }
+                            Action::Reduce { dst, .. } => reduce += dst.len * 4,
+                            Action::Copy { dst, src } if dst != src => copy += dst.len * 4,
+                            Action::Copy { .. } => {}
+                            Action::Scale { dst } => scale += dst.len * 4,
+                        }
+                    }
+                    let mut input: Vec<f32> = (0..count).map(|i| (rank * 3 + i) as f32).collect();
+                    let mut output = vec![0f32; count];
+                    let mem = OpMemory {
+                        input: Region::host(input.as_mut_ptr() as *mut u8, count * 4),
+                        output: Region::host(output.as_mut_ptr() as *mut u8, count * 4),
+                        group: vec![],
+                    };
+                    // SAFETY: both buffers live until the call returns and nothing else uses them.
+                    unsafe { e.run_collective(desc, sched, mem) }.unwrap();
+                    let calls = log.lock().unwrap().clone();
+                    let sum =
+                        |f: fn(&Call) -> Option<usize>| calls.iter().filter_map(f).sum::<usize>();
+                    let count_of = |f: fn(&Call) -> bool| calls.iter().filter(|c| f(c)).count();
+                    assert_eq!(
+                        sum(|c| match c {
+                            Call::Reduce(b) => Some(*b),
+                            _ => None,
+                        }),
+                        reduce,
+                        "{algo:?} rank {rank}: reduced bytes"
+                    );
+                    assert_eq!(
+                        sum(|c| match c {
+                            Call::Copy(b) => Some(*b),
+                            _ => None,
+                        }),
+                        copy,
+                        "{algo:?} rank {rank}: copied bytes"
+                    );
+                    assert_eq!(
+                        sum(|c| match c {
+                            Call::Scale(b) => Some(*b),
+                            _ => None,
+                        }),
+                        scale,
+                        "{algo:?} rank {rank}: divided bytes"
+                    );
+                    assert_eq!(
+                        count_of(|c| matches!(c, Call::Crc(_))),
+                        crc,
+                        "{algo:?} rank {rank}: checksums"
+                    );
+                    (output, scale, reduce)
+                })
+            })
+            .collect();
+        let (mut scaled, mut reduced) = (0, 0);
+        for t in threads {
+            let (out, scale, reduce) = t.join().unwrap();
+            scaled += scale;
+            reduced += reduce;
+            for (i, x) in out.iter().enumerate() {
+                let want = (0..n).map(|r| (r * 3 + i) as f32).sum::<f32>() / n as f32;
+                assert!(
+                    (x - want).abs() <= want.abs() * 1e-6,
+                    "{algo:?}: element {i} is {x}, expected {want}"
+                );
+            }
+        }
+        assert!(
+            scaled > 0 && reduced > 0,
+            "{algo:?}: the test must exercise division and reduction"
         );
     }
 }

@@ -112,6 +112,11 @@ pub trait Transport: Send {
         self.name()
     }
 
+    /// Whether frames may be posted from and to memory of `kind` (host memory by default).
+    fn accepts(&self, kind: super::MemKind) -> bool {
+        kind == super::MemKind::Host
+    }
+
     /// Post a data frame to `peer`: `header` followed by `header.len` bytes at `data`.
     ///
     /// # Safety

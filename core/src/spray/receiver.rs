@@ -9,6 +9,7 @@
 //! buffer is only copied in once that path can no longer write, so a late byte never lands
 //! in memory the engine has taken back. Segments already complete are read and dropped.
 
+use crate::device::{Device, HostDevice};
 use super::wire::{Ack, UnitHeader, MAX_ACK_ENTRIES, MAX_PATHS};
 use crate::engine::Token;
 use crate::error::{Error, Result};
@@ -102,8 +103,12 @@ struct Reading {
 }
 
 /// The receiving half of one peer's paths.
-#[derive(Debug)]
 pub struct Receiver {
+    /// Copies stashed segments to their destination (the receiver touches payload bytes
+    /// only through it).
+    device: Box<dyn Device>,
+    /// A copy the device failed: the transfers are void and the peer's link must fail.
+    fault: Option<Error>,
     base: u64,
     next_post: u64,
     slots: VecDeque<RxTransfer>,
@@ -123,7 +128,14 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver over `npaths` paths (incarnation 1 each).
     pub fn new(npaths: usize) -> Receiver {
+        Receiver::with_device(npaths, Box::new(HostDevice))
+    }
+
+    /// A receiver whose stashed segments are copied by `device`.
+    pub fn with_device(npaths: usize, device: Box<dyn Device>) -> Receiver {
         Receiver {
+            device,
+            fault: None,
             base: 0,
             next_post: 0,
             slots: VecDeque::new(),
@@ -159,7 +171,8 @@ impl Receiver {
     pub fn post(&mut self, expect: FrameHeader, dst: usize, token: Token) -> Result<()> {
         let id = self.next_post;
         self.next_post += 1;
-        let t = self.slot(id)?;
+        self.slot(id)?;
+        let t = &mut self.slots[(id - self.base) as usize];
         t.posted = Some(Posted { expect, dst, token });
         if let Some(got) = t.got {
             let total = t.shape.map(|s| s.0).unwrap_or(0);
@@ -176,11 +189,11 @@ impl Receiver {
                 // SAFETY: dst is valid for expect.len bytes (Transport::post_recv contract);
                 // the segment lies inside (checked against the shape when it arrived).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        buf.as_ptr(),
+                    self.device.copy(
                         (dst as *mut u8).add(i * seg_len as usize),
+                        buf.as_ptr(),
                         buf.len(),
-                    )
+                    )?
                 };
                 freed += buf.len() as u64;
                 *s = Seg::Done;
@@ -366,13 +379,16 @@ impl Receiver {
                     (Seg::Free, Some(p)) if !t.failed => {
                         // SAFETY: the destination is valid for the transfer's length and the
                         // segment lies inside it (its shape was checked on arrival).
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                buf.as_ptr(),
+                        let r = unsafe {
+                            self.device.copy(
                                 (p.dst as *mut u8).add(s * seg_len),
+                                buf.as_ptr(),
                                 buf.len(),
                             )
                         };
+                        if let Err(e) = r {
+                            self.fault.get_or_insert(e);
+                        }
                         self.stash_bytes -= buf.len() as u64;
                         t.done += 1;
                         Seg::Done
@@ -409,13 +425,16 @@ impl Receiver {
                     Seg::ClaimedStashed(p, buf, _) if p == path => match &t.posted {
                         Some(dst) if !t.failed => {
                             // SAFETY: as in `seg_done`.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    buf.as_ptr(),
+                            let r = unsafe {
+                                self.device.copy(
                                     (dst.dst as *mut u8).add(s * seg_len),
+                                    buf.as_ptr(),
                                     buf.len(),
                                 )
                             };
+                            if let Err(e) = r {
+                                self.fault.get_or_insert(e);
+                            }
                             self.stash_bytes -= buf.len() as u64;
                             t.done += 1;
                             touched.push(self.base + i as u64);
@@ -469,6 +488,11 @@ impl Receiver {
     /// A receive that completed: (token, the CRC its header carried).
     pub fn poll_completed(&mut self) -> Option<(Token, Option<u32>)> {
         self.completed.pop_front()
+    }
+
+    /// A copy the device failed, once: the link to the peer must then fail.
+    pub fn poll_fault(&mut self) -> Option<Error> {
+        self.fault.take()
     }
 
     /// A receive whose segments carry a different header.

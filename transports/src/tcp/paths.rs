@@ -580,6 +580,9 @@ impl PeerState {
         while let Some((token, got)) = self.rx.poll_mismatch() {
             out.push(Completion::BadHeader { token, peer, got });
         }
+        if let Some(error) = self.rx.poll_fault() {
+            out.push(Completion::PeerFailed { peer, error });
+        }
         if self.rx.ack_due() {
             let bytes = self.rx.ack().encode();
             let mut sent = 0;

@@ -1,0 +1,83 @@
+//! A FAKE device for tests: it performs every operation with the host kernels and records
+//! each call, so a test can check that the engine handed it every copy, reduction, division
+//! and checksum (and touched no payload byte itself).
+
+use super::{Device, DeviceBuffer, HostDevice};
+use crate::engine::memory::MemKind;
+use crate::error::Result;
+use crate::types::{DataType, ReduceOp};
+use std::sync::{Arc, Mutex};
+
+/// One recorded call: what it was and how many bytes it covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Alloc(usize),
+    Copy(usize),
+    Reduce(usize),
+    Scale(usize),
+    Crc(usize),
+}
+
+/// The fake device; `log` is shared with the test.
+pub(crate) struct RecordingDevice {
+    pub(crate) log: Arc<Mutex<Vec<Call>>>,
+}
+
+impl RecordingDevice {
+    fn note(&self, c: Call) {
+        self.log.lock().unwrap().push(c);
+    }
+}
+
+impl Device for RecordingDevice {
+    fn name(&self) -> &'static str {
+        "recording fake"
+    }
+
+    fn kind(&self) -> MemKind {
+        MemKind::Host
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<DeviceBuffer> {
+        self.note(Call::Alloc(len));
+        HostDevice.alloc(len)
+    }
+
+    unsafe fn copy(&mut self, dst: *mut u8, src: *const u8, n: usize) -> Result<()> {
+        self.note(Call::Copy(n));
+        // SAFETY: forwarded contract.
+        unsafe { HostDevice.copy(dst, src, n) }
+    }
+
+    unsafe fn reduce_into(
+        &mut self,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: *mut u8,
+        a: *const u8,
+        b: *const u8,
+        n: usize,
+    ) -> Result<()> {
+        self.note(Call::Reduce(n));
+        // SAFETY: forwarded contract.
+        unsafe { HostDevice.reduce_into(dtype, op, dst, a, b, n) }
+    }
+
+    unsafe fn scale_div(
+        &mut self,
+        dtype: DataType,
+        dst: *mut u8,
+        n: usize,
+        divisor: usize,
+    ) -> Result<()> {
+        self.note(Call::Scale(n));
+        // SAFETY: forwarded contract.
+        unsafe { HostDevice.scale_div(dtype, dst, n, divisor) }
+    }
+
+    unsafe fn crc32c(&mut self, src: *const u8, n: usize) -> Result<u32> {
+        self.note(Call::Crc(n));
+        // SAFETY: forwarded contract.
+        unsafe { HostDevice.crc32c(src, n) }
+    }
+}
