@@ -19,3 +19,10 @@ pub mod profiles;
 pub mod segment;
 
 pub use error::{Error, Result};
+pub mod aggregate;
+pub mod clock;
+pub mod durable;
+pub mod policy;
+pub mod scheduler;
+pub mod store;
+pub mod task;

@@ -6,6 +6,7 @@
 //! dmsc-serve profile resnet18|gpt2-small          print a shipped model profile
 //! dmsc-serve probe --np N --out L.json            measure the link matrix over N local ranks
 //! dmsc-serve probe-rank --out L.json              one rank of a probe (under dmscrun, torchrun…)
+//! dmsc-serve sched-run --db D.sqlite --tasks N     a durable scheduler run (crash test)
 //! ```
 #![forbid(unsafe_code)]
 
@@ -119,6 +120,51 @@ fn probe_local(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Run `--tasks N` squaring tasks through a durable scheduler with 4 in-process workers,
+/// replaying `--db` first (the crash test kills it and starts it again).
+fn sched_run(args: &[String]) -> Result<()> {
+    use dmsc_scheduler::clock::SystemClock;
+    use dmsc_scheduler::durable::Durable;
+    use dmsc_scheduler::scheduler::{Config, Scheduler};
+    use dmsc_scheduler::store::Store;
+    use dmsc_scheduler::task::TaskSpec;
+    let f = flags(args)?;
+    let db = PathBuf::from(required(&f, "db")?);
+    let n = number(&f, "tasks", 100)?;
+    let work_ms = number(&f, "work-ms", 1)? as u64;
+    let store = Store::open(&db)?;
+    let (mut d, replayed) =
+        Durable::open(Scheduler::new(Config::default(), SystemClock::new()), store)?;
+    if replayed.requeued + replayed.done + replayed.failed == 0 {
+        let specs = (0..n)
+            .map(|i| TaskSpec {
+                payload: serde_json::json!({ "x": i }),
+                ..TaskSpec::new(format!("square-{i}"))
+            })
+            .collect();
+        d.submit_all(specs)?;
+    }
+    for w in 0..4 {
+        d.sched.add_worker(w, 1.0);
+    }
+    loop {
+        for w in 0..4 {
+            d.sched.heartbeat(w)?;
+        }
+        let assignments = d.dispatch()?;
+        if assignments.is_empty() && d.sched.running() == 0 && d.sched.queued() == 0 {
+            break;
+        }
+        for a in assignments {
+            std::thread::sleep(std::time::Duration::from_millis(work_ms));
+            let x = a.payload["x"].as_u64().unwrap_or(0);
+            d.complete(a.id, serde_json::json!(x * x))?;
+        }
+    }
+    println!("DONE committed={}", d.store.results()?.len());
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plan") => plan(&args[1..]),
@@ -137,6 +183,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         Some("probe") => probe_local(&args[1..]),
         Some("probe-rank") => probe_rank(&args[1..]),
+        Some("sched-run") => sched_run(&args[1..]),
         _ => Err(Error::invalid("command", USAGE)),
     }
 }
