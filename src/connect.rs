@@ -66,8 +66,28 @@ pub(crate) fn connect_engine(
     comm_id: u64,
     exchange: Exchange<'_>,
 ) -> Result<(Engine, Config)> {
-    let (opts, config) = options(config, rank, nranks, bind_ip, comm_id)?;
+    let (opts, mut config) = options(config, rank, nranks, bind_ip, comm_id)?;
     let transport = connect(&opts, exchange)?;
+    config.engine.spin_yield = oversubscribed(transport.name(), nranks);
     let engine = Engine::new(transport, rank, nranks, config.engine.clone());
     Ok((engine, config))
+}
+
+/// Whether this host runs more ranks of the communicator than it has cores for this process:
+/// all of them when they meet in shared memory, else as many as the launcher says
+/// (`LOCAL_WORLD_SIZE`, `OMPI_COMM_WORLD_LOCAL_SIZE`, `SLURM_NTASKS_PER_NODE`), else assume so.
+fn oversubscribed(transport: &str, nranks: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let local = if transport.starts_with("shm") {
+        Some(nranks)
+    } else {
+        [
+            "LOCAL_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
+            "SLURM_NTASKS_PER_NODE",
+        ]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+    };
+    local.is_none_or(|l| l > cores)
 }

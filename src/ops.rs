@@ -8,8 +8,8 @@
 use crate::comm::{Communicator, Job};
 use crate::element::{bytes, bytes_mut, Element};
 use crate::request::Request;
-use dmsc_core::engine::{OpMemory, Region};
 use dmsc_core::device::{Device, HostDevice};
+use dmsc_core::engine::{OpMemory, Region};
 use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, ReduceOp, Result};
 

@@ -12,6 +12,7 @@
 //! | --- | --- |
 //! | ring all-reduce | `2(p-1)α + 2(p-1)/p·bβ + (p-1)/p·bγ` |
 //! | double binary tree all-reduce, `K` segments of `s` bytes per tree | `(K + 3⌈log2 p⌉)·(α + 4sβ + 2sγ)` |
+//! | recursive-doubling all-reduce, `q` the largest power of two `≤ p` | `(log2 q + 2[q≠p])·(α + bβ + bγ)` |
 //! | chain broadcast (reduce), `K` segments of `s` | `(p-2+K)·(α + sβ (+ sγ))` |
 //! | binomial broadcast (reduce) | `⌈log2 p⌉·(α + bβ (+ bγ))` |
 //! | ring reduce-scatter / all-gather, blocks of `c` bytes | `(p-1)·(α + cβ (+ cγ))` |
@@ -68,6 +69,18 @@ impl CostModel {
         let block = bytes.div_ceil(p) as f64;
         let steps = (p - 1) as f64;
         2.0 * steps * (self.alpha + block * self.beta) + steps * block * self.gamma
+    }
+
+    /// Recursive-doubling all-reduce of `bytes` per rank over `p` ranks: `⌊log2 p⌋` exchanges
+    /// of the whole vector, plus a fold and an unfold when `p` is not a power of two.
+    pub fn recursive_doubling_all_reduce(&self, bytes: usize, p: usize) -> f64 {
+        if p <= 1 {
+            return 0.0;
+        }
+        let q = 1usize << (usize::BITS - 1 - p.leading_zeros());
+        let steps = q.trailing_zeros() as f64 + if q == p { 0.0 } else { 2.0 };
+        let b = bytes as f64;
+        steps * (self.alpha + b * self.beta + b * self.gamma)
     }
 
     /// Pipelined double-binary-tree all-reduce of `bytes` per rank over `p` ranks in

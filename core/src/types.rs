@@ -251,14 +251,18 @@ pub enum Algo {
     Ring,
     /// Double binary tree (latency-optimal at scale).
     Tree,
+    /// Recursive doubling: `⌈log2 p⌉` exchanges of the whole vector (all-reduce of small
+    /// messages).
+    RecursiveDoubling,
 }
 
 impl Algo {
-    /// Parse `ring` or `tree`.
+    /// Parse `ring`, `tree` or `rd` (`recursive_doubling`).
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {
             "ring" => Some(Algo::Ring),
             "tree" => Some(Algo::Tree),
+            "rd" | "recursive_doubling" | "recursivedoubling" => Some(Algo::RecursiveDoubling),
             _ => None,
         }
     }

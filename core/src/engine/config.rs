@@ -14,6 +14,10 @@ pub struct EngineConfig {
     pub timeout: Duration,
     /// How long to poll without blocking after the last progress (`DMSC_SPIN_US`).
     pub spin: Duration,
+    /// While spinning, yield the core between polls (`sched_yield`). Right when this host
+    /// runs more ranks than it has cores (the peer we wait for may need this core); wrong
+    /// otherwise, where each yield costs a system call and often a context switch.
+    pub spin_yield: bool,
     /// How long a timing-out rank waits for the others' status replies.
     pub status_grace: Duration,
     /// Log every operation's start and end (`DMSC_DEBUG=INFO`).
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             window: 4,
             timeout: Duration::from_secs(300),
             spin: Duration::from_micros(50),
+            spin_yield: true,
             status_grace: Duration::from_millis(500),
             debug: false,
             checksum: false,

@@ -515,9 +515,13 @@ impl Engine {
                 ex.pump(&mut *self.transport, &mut self.pool, &mut *self.device)?;
                 last_progress = Instant::now();
             } else if wait.is_zero() {
-                // Spinning: let another runnable rank on this core go first (ranks often
-                // outnumber cores), so the peer we wait for can make the progress we need.
-                std::thread::yield_now();
+                if self.cfg.spin_yield {
+                    // Spinning with more ranks than cores: let another runnable rank on this
+                    // core go first, so the peer we wait for can make the progress we need.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
         Ok(())

@@ -10,7 +10,7 @@
 //!
 //! | collective | algorithm | module |
 //! | --- | --- | --- |
-//! | all_reduce | ring reduce-scatter + ring all-gather, or pipelined double binary tree | [`ring_all_reduce`], [`tree`] |
+//! | all_reduce | ring reduce-scatter + ring all-gather, pipelined double binary tree, or recursive doubling (small messages) | [`ring_all_reduce`], [`tree`], [`recursive_doubling`] |
 //! | reduce_scatter | ring | [`reduce_scatter`] |
 //! | all_gather | ring | [`all_gather`] |
 //! | broadcast, reduce | pipelined chain or binomial tree | [`chain`], [`binomial`] |
@@ -45,6 +45,7 @@ pub mod all_to_all;
 pub mod barrier;
 pub mod binomial;
 pub mod chain;
+pub mod recursive_doubling;
 pub mod reduce_scatter;
 pub mod ring_all_reduce;
 pub mod send_recv;
@@ -133,16 +134,21 @@ pub fn plan(
         CollKind::AllReduce => match algo {
             Algo::Ring => ring_all_reduce::plan(rank, nranks, count, avg),
             Algo::Tree => tree::plan(rank, nranks, count, seg, avg),
+            Algo::RecursiveDoubling => recursive_doubling::plan(rank, nranks, count, avg),
         },
         CollKind::ReduceScatter => reduce_scatter::plan(rank, nranks, count, inplace, avg),
         CollKind::AllGather => all_gather::plan(rank, nranks, count, inplace),
         CollKind::Broadcast => match algo {
             Algo::Ring => chain::broadcast(rank, nranks, desc.root, count, seg, inplace),
-            Algo::Tree => binomial::broadcast(rank, nranks, desc.root, count, inplace),
+            Algo::Tree | Algo::RecursiveDoubling => {
+                binomial::broadcast(rank, nranks, desc.root, count, inplace)
+            }
         },
         CollKind::Reduce => match algo {
             Algo::Ring => chain::reduce(rank, nranks, desc.root, count, seg, avg),
-            Algo::Tree => binomial::reduce(rank, nranks, desc.root, count, avg),
+            Algo::Tree | Algo::RecursiveDoubling => {
+                binomial::reduce(rank, nranks, desc.root, count, avg)
+            }
         },
         CollKind::AllToAll => all_to_all::plan(rank, nranks, count, inplace),
         CollKind::Barrier | CollKind::AllToAllV | CollKind::SendRecv => {
@@ -153,9 +159,10 @@ pub fn plan(
 
 /// The algorithm [`plan`] uses for this call (for logging and dmsc-perf).
 ///
-/// For all-reduce: [`Algo::Ring`] or [`Algo::Tree`] (double binary tree). For broadcast and
-/// reduce: [`Algo::Ring`] stands for the pipelined chain, [`Algo::Tree`] for the binomial
-/// tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
+/// For all-reduce: [`Algo::Ring`], [`Algo::Tree`] (double binary tree) or
+/// [`Algo::RecursiveDoubling`]. For broadcast and reduce: [`Algo::Ring`] stands for the
+/// pipelined chain, [`Algo::Tree`] (and a forced [`Algo::RecursiveDoubling`]) for the
+/// binomial tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
 /// [`PlanConfig::algo`] wins where it applies; otherwise the cheaper prediction of
 /// [`PlanConfig::model`] does (ring on ties).
 pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
@@ -167,7 +174,11 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
         return Algo::Ring;
     }
     if let Some(a) = cfg.algo {
-        return a;
+        return match (desc.kind, a) {
+            (CollKind::AllReduce, a) => a,
+            (_, Algo::RecursiveDoubling) => Algo::Tree,
+            (_, a) => a,
+        };
     }
     let bytes = desc.count.saturating_mul(desc.dtype.size());
     let seg = cfg.segment_elems(desc.dtype, desc.count) * desc.dtype.size();
@@ -186,6 +197,12 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
             m.binomial_reduce(bytes, nranks),
         ),
     };
+    if desc.kind == CollKind::AllReduce {
+        let rd = m.recursive_doubling_all_reduce(bytes, nranks);
+        if rd < ring && rd < tree {
+            return Algo::RecursiveDoubling;
+        }
+    }
     if tree < ring {
         Algo::Tree
     } else {

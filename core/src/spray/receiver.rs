@@ -9,8 +9,8 @@
 //! buffer is only copied in once that path can no longer write, so a late byte never lands
 //! in memory the engine has taken back. Segments already complete are read and dropped.
 
-use crate::device::{Device, HostDevice};
 use super::wire::{Ack, UnitHeader, MAX_ACK_ENTRIES, MAX_PATHS};
+use crate::device::{Device, HostDevice};
 use crate::engine::Token;
 use crate::error::{Error, Result};
 use crate::wire::FrameHeader;

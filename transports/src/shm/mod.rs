@@ -43,7 +43,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often a spinning rank looks at its sockets for a peer's end (a rank that sleeps looks
+/// at them whenever it wakes): well inside the second within which a lost peer is named.
+const SOCKET_CHECK: Duration = Duration::from_millis(2);
 
 /// One peer on this host: its segment's rings, the framing of each channel, and the socket.
 struct Peer {
@@ -234,6 +238,11 @@ fn pull(
 /// A transport whose peers all share this rank's host.
 pub struct ShmTransport {
     rank: Rank,
+    /// When the sockets were last checked for doorbells and ends (a system call per peer,
+    /// so not on every spin of the engine).
+    checked: Instant,
+    /// The last wait returned: check the sockets at the next round.
+    woke: bool,
     /// Indexed by rank; `None` for this rank (and peers another transport serves).
     peers: Vec<Option<Peer>>,
     wake: Arc<EventFd>,
@@ -248,6 +257,8 @@ impl ShmTransport {
         }
         Ok(ShmTransport {
             rank,
+            checked: Instant::now(),
+            woke: true,
             peers,
             wake: Arc::new(EventFd::new()?),
             pollfds: Vec::new(),
@@ -269,8 +280,13 @@ impl ShmTransport {
     /// One round over every peer; returns true when bytes moved anywhere.
     fn round(&mut self, out: &mut Vec<Completion>) -> bool {
         let mut any = false;
+        let check = self.woke || self.checked.elapsed() >= SOCKET_CHECK;
+        if check {
+            self.woke = false;
+            self.checked = Instant::now();
+        }
         for p in self.peers.iter_mut().flatten() {
-            if !p.ended && sock::drain(p.sock.as_raw_fd()) {
+            if check && !p.ended && sock::drain(p.sock.as_raw_fd()) {
                 p.ended = true;
             }
             if p.progress(out) {
@@ -305,6 +321,7 @@ impl ShmTransport {
             }
             sock::wait(&mut self.pollfds, timeout)?;
             self.wake.drain();
+            self.woke = true;
         }
         for p in self.peers.iter().flatten() {
             p.arm(false);

@@ -9,9 +9,10 @@ use crate::types::{Algo, CollDesc, CollKind, DataType, ReduceOp};
 use half::{bf16, f16};
 
 /// Every (kind, forced algorithm) pair.
-pub(super) const ALGOS: [(CollKind, Option<Algo>); 9] = [
+pub(super) const ALGOS: [(CollKind, Option<Algo>); 10] = [
     (CollKind::AllReduce, Some(Algo::Ring)),
     (CollKind::AllReduce, Some(Algo::Tree)),
+    (CollKind::AllReduce, Some(Algo::RecursiveDoubling)),
     (CollKind::ReduceScatter, None),
     (CollKind::AllGather, None),
     (CollKind::Broadcast, Some(Algo::Ring)),

@@ -61,6 +61,7 @@ fn every_type_and_operator() {
     let reducing = [
         (CollKind::AllReduce, Some(Algo::Ring)),
         (CollKind::AllReduce, Some(Algo::Tree)),
+        (CollKind::AllReduce, Some(Algo::RecursiveDoubling)),
         (CollKind::ReduceScatter, None),
         (CollKind::Reduce, Some(Algo::Ring)),
         (CollKind::Reduce, Some(Algo::Tree)),
