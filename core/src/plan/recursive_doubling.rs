@@ -38,7 +38,7 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
     let mut t = Timeline::default();
     // Time 0: fold (or, for ranks that do not fold, bring the input into Output).
     let new_rank = if rank < 2 * r {
-        if rank % 2 == 0 {
+        if rank.is_multiple_of(2) {
             t.at(
                 0,
                 Action::Send {
