@@ -26,3 +26,7 @@ pub mod policy;
 pub mod scheduler;
 pub mod store;
 pub mod task;
+pub mod mlp;
+pub mod worker;
+pub mod gateway;
+pub mod registry;

@@ -424,6 +424,13 @@ impl Scheduler {
         })
     }
 
+    /// Every task's id, in order.
+    pub fn task_ids(&self) -> Vec<TaskId> {
+        let mut v: Vec<TaskId> = self.tasks.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The workers of a running assignment.
     pub fn assignment_workers(&self, a: AssignmentId) -> Option<&[WorkerId]> {
         self.running.get(&a).map(|r| r.workers.as_slice())

@@ -278,6 +278,18 @@ impl Store {
             .optional()?)
     }
 
+    /// The checkpoint of `job` at exactly `step`.
+    pub fn checkpoint_at(&self, job: &str, step: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT data FROM checkpoints WHERE job = ?1 AND step = ?2",
+                params![job, step as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Set a metadata value.
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.conn.execute(

@@ -7,6 +7,9 @@
 //! dmsc-serve probe --np N --out L.json            measure the link matrix over N local ranks
 //! dmsc-serve probe-rank --out L.json              one rank of a probe (under dmscrun, torchrun…)
 //! dmsc-serve sched-run --db D.sqlite --tasks N     a durable scheduler run (crash test)
+//! dmsc-serve demo --token T [--bind H:P] [--db D] [--workers N] [--restarts R]
+//!                                                 the four-layer demo (HTTP gateway)
+//! dmsc-serve worker ...                           one rank of a demo job (internal)
 //! ```
 #![forbid(unsafe_code)]
 
@@ -23,7 +26,9 @@ const USAGE: &str = "usage:
                   [--stages K] [--micro-batches B] [--links L.json]
   dmsc-serve profile resnet18|gpt2-small
   dmsc-serve probe --np N --out L.json [--bytes B]
-  dmsc-serve probe-rank --out L.json [--bytes B]";
+  dmsc-serve probe-rank --out L.json [--bytes B]
+  dmsc-serve sched-run --db D.sqlite [--tasks N] [--work-ms MS]
+  dmsc-serve demo --token T [--bind 127.0.0.1:8080] [--db dmsc-serve.sqlite] [--workers 4] [--restarts 3]";
 
 /// `--key value` pairs after the subcommand.
 fn flags(args: &[String]) -> Result<HashMap<String, String>> {
@@ -165,6 +170,57 @@ fn sched_run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The four-layer demo: gateway, registry, scheduler and store in this process; workers are
+/// started per job.
+fn demo(args: &[String]) -> Result<()> {
+    use dmsc_scheduler::gateway::{serve, GatewayConfig};
+    let f = flags(args)?;
+    let token = match f.get("token") {
+        Some(t) => t.clone(),
+        None => std::env::var("DMSC_SERVE_TOKEN")
+            .map_err(|_| Error::invalid("--token", "give --token or set DMSC_SERVE_TOKEN"))?,
+    };
+    if token.len() < 8 {
+        return Err(Error::invalid("--token", "use at least 8 characters"));
+    }
+    let cfg = GatewayConfig {
+        bind: f.get("bind").cloned().unwrap_or_else(|| "127.0.0.1:8080".into()),
+        token,
+        db: PathBuf::from(f.get("db").cloned().unwrap_or_else(|| "dmsc-serve.sqlite".into())),
+        slots: number(&f, "workers", 4)?,
+        exe: std::env::current_exe().map_err(|e| Error::io("finding dmsc-serve", e))?,
+        restarts: number(&f, "restarts", 3)?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    rt.block_on(serve(cfg))
+}
+
+/// One rank of a job (started by the gateway through dmsc's launcher).
+fn worker(args: &[String]) -> Result<()> {
+    use dmsc_scheduler::worker::{run, WorkerArgs};
+    let f = flags(args)?;
+    let spec = serde_json::from_str(required(&f, "spec")?).map_err(|source| Error::Json {
+        what: "--spec".into(),
+        source,
+    })?;
+    let cuts = required(&f, "cuts")?
+        .split(',')
+        .map(|c| c.parse().map_err(|_| Error::invalid("--cuts", format!("`{c}` is not a number"))))
+        .collect::<Result<Vec<usize>>>()?;
+    run(&WorkerArgs {
+        job: number(&f, "job", 0)? as u64,
+        spec,
+        cuts,
+        db: PathBuf::from(required(&f, "db")?),
+        gateway: f.get("gateway").cloned(),
+        token: f.get("token").cloned().unwrap_or_default(),
+    })
+}
+
 fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plan") => plan(&args[1..]),
@@ -184,6 +240,8 @@ fn run(args: &[String]) -> Result<()> {
         Some("probe") => probe_local(&args[1..]),
         Some("probe-rank") => probe_rank(&args[1..]),
         Some("sched-run") => sched_run(&args[1..]),
+        Some("demo") => demo(&args[1..]),
+        Some("worker") => worker(&args[1..]),
         _ => Err(Error::invalid("command", USAGE)),
     }
 }
