@@ -555,6 +555,56 @@ fn case_transports(c: &Communicator) {
     case_all_reduce(c);
 }
 
+/// Ranks on several hosts (`DMSC_TEST_HOSTS`: the host index of each rank, e.g. `0,0,1,1`):
+/// peers on this rank's host are served by shared memory, the others by TCP, and every
+/// collective is exact with counts that are not powers of two.
+fn case_mixed(c: &Communicator) {
+    let hosts: Vec<usize> = std::env::var("DMSC_TEST_HOSTS")
+        .unwrap_or_else(|_| fail("DMSC_TEST_HOSTS is not set".into()))
+        .split(',')
+        .map(|h| {
+            h.trim()
+                .parse()
+                .unwrap_or_else(|_| fail(format!("bad host index {h}")))
+        })
+        .collect();
+    if hosts.len() != c.size() {
+        fail(format!(
+            "{} host indices for {} ranks",
+            hosts.len(),
+            c.size()
+        ));
+    }
+    let me = c.rank();
+    let got = c.peer_transports();
+    for (p, t) in got.iter().enumerate() {
+        let want = if p == me {
+            "self"
+        } else if hosts[p] == hosts[me] {
+            "shm"
+        } else {
+            "tcp"
+        };
+        if !t.starts_with(want) {
+            fail(format!(
+                "rank {p} (host {}) is served by {t}, expected {want}: {got:?}",
+                hosts[p]
+            ));
+        }
+    }
+    println!("MIXED-TRANSPORTS rank {me} host {} {got:?}", hosts[me]);
+    case_all_reduce(c);
+    case_all_reduce_large(c);
+    case_reduce_scatter(c);
+    case_all_gather(c);
+    case_broadcast(c);
+    case_reduce(c);
+    case_all_to_all(c);
+    case_all_to_all_v(c);
+    case_p2p(c);
+    case_non_blocking(c);
+}
+
 /// The rank entry point; run by the parent tests through dmscrun.
 #[test]
 #[ignore = "entry point of the ranks launched by the multi-process tests"]
@@ -576,6 +626,7 @@ fn entry() {
         "bad_args" => case_bad_args(&c),
         "split" => case_split(&c),
         "transports" => case_transports(&c),
+        "mixed" => case_mixed(&c),
         m if m.starts_with("mismatch") => case_mismatch(&c, m),
         other => fail(format!("unknown case {other}")),
     }

@@ -11,10 +11,10 @@
 //! `DMSC_TRANSPORT=shm` insists on shared memory (an error naming the ranks on other hosts)
 //! and `DMSC_TRANSPORT=tcp` (or `DMSC_SHM=0`) keeps it off.
 //!
-//! Not yet: a communicator spanning several hosts uses TCP between every pair, including the
-//! pairs on one host (with cross-memory attach); routing each peer to its own transport is
-//! the next step of this seam.
+//! A communicator that spans hosts is served per peer ([`crate::route`]): shared memory to
+//! the ranks on this host, TCP to the others.
 
+use crate::route::RouteTransport;
 use crate::shm::{self, Card, ShmOptions};
 use crate::tcp::{self, Backend, Exchange, MeshOptions};
 use dmsc_core::engine::Transport;
@@ -85,22 +85,13 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
         .map(|(r, b)| decode_record(b, r).map(|(c, _)| c))
         .collect::<Result<Vec<Card>>>()?;
     let me = listening.card();
-    let elsewhere: Vec<usize> = (0..m.nranks)
-        .filter(|&r| r != m.rank && !me.shares_host(&cards[r]))
+    let local: Vec<bool> = (0..m.nranks)
+        .map(|r| r != m.rank && me.shares_host(&cards[r]))
         .collect();
-    if willing && elsewhere.is_empty() {
-        let so = ShmOptions {
-            rank: m.rank,
-            nranks: m.nranks,
-            comm_id: m.comm_id,
-            secret: m.secret.clone(),
-            timeout: m.timeout,
-            data_ring: opts.shm_ring,
-            cma: m.cma,
-        };
-        return shm::connect(&so, listening, &cards);
-    }
-    if opts.choice == Choice::Shm {
+    let elsewhere: Vec<usize> = (0..m.nranks)
+        .filter(|&r| r != m.rank && !local[r])
+        .collect();
+    if opts.choice == Choice::Shm && !elsewhere.is_empty() {
         let why = if !opts.shm {
             "DMSC_SHM=0 turns it off".to_string()
         } else {
@@ -112,13 +103,38 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
             "DMSC_TRANSPORT=shm asks for shared memory between all ranks, but {why}"
         )));
     }
-    drop(listening);
+    let so = ShmOptions {
+        rank: m.rank,
+        nranks: m.nranks,
+        comm_id: m.comm_id,
+        secret: m.secret.clone(),
+        timeout: m.timeout,
+        data_ring: opts.shm_ring,
+        cma: m.cma,
+    };
+    if willing && elsewhere.is_empty() {
+        return shm::connect(&so, listening, &cards, &local);
+    }
     let addrs: Vec<Vec<u8>> = all
         .iter()
         .enumerate()
         .map(|(r, b)| decode_record(b, r).map(|(_, a)| a.to_vec()))
         .collect::<Result<_>>()?;
-    tcp::connect_listening(m, tcp, &addrs)
+    if !willing || !local.iter().any(|&l| l) {
+        drop(listening);
+        return tcp::connect_listening(m, tcp, &addrs);
+    }
+    // Some ranks here, some elsewhere: shared memory to the first, TCP to the others. Both
+    // set-ups wait only on their own peers, and each pair sees the same cards, so the two
+    // meshes cannot wait on each other.
+    let mut mo = m.clone();
+    mo.serve = Some((0..m.nranks).map(|r| r != m.rank && !local[r]).collect());
+    let net = tcp::connect_listening(&mo, tcp, &addrs)?;
+    let near = shm::connect(&so, listening, &cards, &local)?;
+    let route = (0..m.nranks)
+        .map(|r| (r != m.rank).then_some(usize::from(local[r])))
+        .collect();
+    Ok(Box::new(RouteTransport::new(vec![net, near], route)?))
 }
 
 /// Split the connection record rank `rank` published into its host card and its TCP

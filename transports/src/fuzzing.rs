@@ -61,6 +61,7 @@ pub fn mesh_hello(data: &[u8]) {
         path_ips: Vec::new(),
         spray: Default::default(),
         debug: false,
+        serve: None,
     };
     let again = crate::tcp::mesh::hello(&opts, role);
     assert_eq!(
@@ -263,6 +264,7 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 path_ips: Vec::new(),
                 spray: Default::default(),
                 debug: false,
+                serve: None,
             };
             let data = crate::tcp::mesh::hello(&opts(2), Role::Data);
             let control = crate::tcp::mesh::hello(&opts(3), Role::Control);

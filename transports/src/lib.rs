@@ -9,6 +9,7 @@ mod cma;
 pub(crate) mod conn;
 pub mod connect;
 pub mod ifaddr;
+pub mod route;
 pub mod shm;
 pub mod store;
 pub mod tcp;

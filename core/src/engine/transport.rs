@@ -112,6 +112,32 @@ pub trait Transport: Send {
         self.name()
     }
 
+    /// Descriptors that become readable when this transport has work for [`Transport::poll`]
+    /// once [`Transport::prepare_wait`] returned false: what a router that serves peers
+    /// through several transports blocks on while it waits in another one. Empty: the
+    /// transport cannot be waited for that way.
+    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// About to block outside this transport: arrange for [`Transport::wait_fds`] to become
+    /// readable when work arrives (e.g. raise a doorbell). Returns true when `poll` would
+    /// make progress right now (then do not block).
+    fn prepare_wait(&mut self) -> bool {
+        true
+    }
+
+    /// The wait outside this transport is over (lower the doorbell; look at everything at
+    /// the next `poll`).
+    fn end_wait(&mut self) {}
+
+    /// Make a blocking [`Transport::poll`] also return when one of `fds` (another
+    /// transport's [`Transport::wait_fds`]) is readable. Returns false when this transport
+    /// cannot.
+    fn watch_fds(&mut self, _fds: &[std::os::fd::RawFd]) -> bool {
+        false
+    }
+
     /// Whether frames may be posted from and to memory of `kind` (host memory by default).
     fn accepts(&self, kind: super::MemKind) -> bool {
         kind == super::MemKind::Host

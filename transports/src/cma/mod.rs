@@ -421,6 +421,24 @@ impl Transport for CmaTransport {
         self.inner.describe_peer(peer)
     }
 
+    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.inner.wait_fds()
+    }
+
+    fn prepare_wait(&mut self) -> bool {
+        // This layer's acks travel as the inner transport's control messages, so the inner
+        // transport knows all there is to do.
+        self.inner.prepare_wait()
+    }
+
+    fn end_wait(&mut self) {
+        self.inner.end_wait()
+    }
+
+    fn watch_fds(&mut self, fds: &[std::os::fd::RawFd]) -> bool {
+        self.inner.watch_fds(fds)
+    }
+
     fn path_metrics(&self) -> Option<dmsc_core::engine::PathMetricsHandle> {
         self.inner.path_metrics()
     }

@@ -114,11 +114,16 @@ fn parse_hello(b: &[u8; HELLO_LEN], me: Rank, nranks: usize, comm_id: u64) -> Re
     Ok(peer)
 }
 
-/// Build the shared-memory transport of `opts.rank`, every rank of which shares this host
-/// (`cards`, indexed by rank, as published).
-pub fn connect(opts: &ShmOptions, l: Listening, cards: &[Card]) -> Result<Box<dyn Transport>> {
+/// Build the shared-memory transport of `opts.rank` to the ranks `local` marks (which share
+/// this host; `cards`, indexed by rank, as published).
+pub fn connect(
+    opts: &ShmOptions,
+    l: Listening,
+    cards: &[Card],
+    local: &[bool],
+) -> Result<Box<dyn Transport>> {
     let deadline = Instant::now() + opts.timeout;
-    if cards.len() != opts.nranks {
+    if cards.len() != opts.nranks || local.len() != opts.nranks {
         return Err(Error::internal(format!(
             "{} host cards for {} ranks",
             cards.len(),
@@ -134,7 +139,7 @@ pub fn connect(opts: &ShmOptions, l: Listening, cards: &[Card]) -> Result<Box<dy
     };
     let me = opts.rank;
     let mut links: Vec<(Rank, Segment, UnixStream)> = Vec::with_capacity(opts.nranks);
-    for (peer, card) in cards.iter().enumerate().take(me) {
+    for (peer, card) in cards.iter().enumerate().take(me).filter(|(p, _)| local[*p]) {
         let mut s = sock::connect(&card.nonce).map_err(|e| {
             Error::io(
                 format!("connecting to rank {peer} over shared memory (is it on this host?)"),
@@ -168,7 +173,7 @@ pub fn connect(opts: &ShmOptions, l: Listening, cards: &[Card]) -> Result<Box<dy
         }
         links.push((peer, seg, s));
     }
-    let mut waiting = opts.nranks - 1 - me;
+    let mut waiting = (me + 1..opts.nranks).filter(|&p| local[p]).count();
     while waiting > 0 {
         let Some(mut s) = sock::accept(&listener, deadline)? else {
             let have: Vec<Rank> = links.iter().map(|l| l.0).filter(|&r| r > me).collect();
@@ -200,6 +205,11 @@ pub fn connect(opts: &ShmOptions, l: Listening, cards: &[Card]) -> Result<Box<dy
         let mut h = [0u8; HELLO_LEN];
         let fd = sock::recv_with_fd(&s, &mut h)?;
         let peer = parse_hello(&h, me, opts.nranks, opts.comm_id)?;
+        if !local[peer] {
+            return Err(Error::protocol(format!(
+                "rank {peer} connected over shared memory but is not on this host"
+            )));
+        }
         if links.iter().any(|l| l.0 == peer) {
             return Err(Error::protocol(format!(
                 "rank {peer} connected twice over shared memory"
@@ -304,7 +314,7 @@ mod tests {
             .map(|(r, l)| {
                 let cards = cards.clone();
                 std::thread::spawn(move || {
-                    let mut t = connect(&opts(r, 3, None), l, &cards).unwrap();
+                    let mut t = connect(&opts(r, 3, None), l, &cards, &[true; 3]).unwrap();
                     for p in (0..3).filter(|&p| p != r) {
                         t.send_control(p, &[r as u8, p as u8]);
                     }
@@ -344,7 +354,9 @@ mod tests {
         let nonce = cards[0].nonce;
         // Rank 0 is accepting while the stranger knocks, so it is rank 0 that turns it away.
         let (c0, s0) = (cards.clone(), secret.clone());
-        let t0 = std::thread::spawn(move || connect(&opts(0, 2, Some(s0)), l0, &c0).map(|_| ()));
+        let t0 = std::thread::spawn(move || {
+            connect(&opts(0, 2, Some(s0)), l0, &c0, &[true; 2]).map(|_| ())
+        });
         let mut s = sock::connect(&nonce).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let wrong = Secret::new(&[0xcd; 32]).unwrap();
@@ -361,7 +373,7 @@ mod tests {
             matches!(e, AuthError::Rejected(_) | AuthError::Closed(_)),
             "{e}"
         );
-        connect(&opts(1, 2, Some(secret)), l1, &cards).unwrap();
+        connect(&opts(1, 2, Some(secret)), l1, &cards, &[true; 2]).unwrap();
         t0.join().unwrap().unwrap();
     }
 }

@@ -297,35 +297,53 @@ impl ShmTransport {
         any
     }
 
-    /// Sleep until a peer rings, a socket ends, the waker fires or `timeout` passes, unless
-    /// something is ready after raising the doorbells.
-    fn sleep(&mut self, timeout: Duration) -> Result<()> {
+    /// Raise every doorbell; true when something is ready anyway (then do not sleep).
+    fn arm_all(&mut self) -> bool {
         for p in self.peers.iter().flatten() {
             p.arm(true);
         }
         fence(Ordering::SeqCst);
-        let ready = self.peers.iter_mut().flatten().any(|p| p.ready());
-        if !ready {
-            self.pollfds.clear();
-            self.pollfds.push(libc::pollfd {
+        self.peers.iter_mut().flatten().any(|p| p.ready())
+    }
+
+    /// Lower every doorbell; the sockets are looked at in the next round.
+    fn disarm_all(&mut self) {
+        for p in self.peers.iter().flatten() {
+            p.arm(false);
+        }
+        self.woke = true;
+    }
+
+    /// The pairs' sockets (the doorbells ring there, and they end when a peer dies).
+    fn sockets(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        self.peers
+            .iter()
+            .flatten()
+            .map(|p| if p.ended { -1 } else { p.sock.as_raw_fd() })
+    }
+
+    /// Sleep until a peer rings, a socket ends, the waker fires or `timeout` passes, unless
+    /// something is ready after raising the doorbells.
+    fn sleep(&mut self, timeout: Duration) -> Result<()> {
+        if !self.arm_all() {
+            let mut fds = std::mem::take(&mut self.pollfds);
+            fds.clear();
+            fds.push(libc::pollfd {
                 fd: self.wake.raw(),
                 events: libc::POLLIN,
                 revents: 0,
             });
-            for p in self.peers.iter().flatten() {
-                self.pollfds.push(libc::pollfd {
-                    fd: if p.ended { -1 } else { p.sock.as_raw_fd() },
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            sock::wait(&mut self.pollfds, timeout)?;
+            fds.extend(self.sockets().map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+            let r = sock::wait(&mut fds, timeout);
+            self.pollfds = fds;
+            r?;
             self.wake.drain();
-            self.woke = true;
         }
-        for p in self.peers.iter().flatten() {
-            p.arm(false);
-        }
+        self.disarm_all();
         Ok(())
     }
 }
@@ -389,6 +407,18 @@ impl Transport for ShmTransport {
 
     fn waker(&self) -> Arc<dyn Waker> {
         self.wake.clone()
+    }
+
+    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.sockets().filter(|&fd| fd >= 0).collect()
+    }
+
+    fn prepare_wait(&mut self) -> bool {
+        self.arm_all()
+    }
+
+    fn end_wait(&mut self) {
+        self.disarm_all();
     }
 
     fn describe_peer(&self, peer: Rank) -> Option<String> {

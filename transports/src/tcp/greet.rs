@@ -226,10 +226,13 @@ pub(super) fn greet_all(
     let mut done = Vec::with_capacity(roles * opts.nranks.saturating_sub(1));
     // Incoming connections still expected, by peer and role slot.
     let mut want = vec![vec![false; roles]; opts.nranks];
-    for w in want.iter_mut().skip(opts.rank + 1) {
-        w.fill(true);
+    let mut expected = 0;
+    for (p, w) in want.iter_mut().enumerate().skip(opts.rank + 1) {
+        if opts.serves(p) {
+            w.fill(true);
+            expected += roles;
+        }
     }
-    let mut expected = roles * (opts.nranks - 1 - opts.rank);
     let mut outgoing = pending.len();
     let mut fds = Vec::new();
     while expected > 0 || outgoing > 0 {
@@ -550,6 +553,7 @@ mod tests {
             path_ips: Vec::new(),
             spray: Default::default(),
             debug: false,
+            serve: None,
         }
     }
 

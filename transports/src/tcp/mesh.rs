@@ -53,6 +53,9 @@ pub struct MeshOptions {
     pub spray: SprayConfig,
     /// Log path state changes (`DMSC_DEBUG=INFO`).
     pub debug: bool,
+    /// The peers this mesh connects, indexed by rank (`None`: all of them). Peers another
+    /// transport serves (shared memory on this host) are left out on both ends.
+    pub serve: Option<Vec<bool>>,
 }
 
 impl MeshOptions {
@@ -78,7 +81,15 @@ impl MeshOptions {
             path_ips: Vec::new(),
             spray: SprayConfig::default(),
             debug: false,
+            serve: None,
         }
+    }
+
+    /// Whether this mesh connects to `peer`.
+    pub fn serves(&self, peer: Rank) -> bool {
+        self.serve
+            .as_ref()
+            .is_none_or(|s| s.get(peer).copied().unwrap_or(false))
     }
 
     /// The local address path `p` listens and connects on.
@@ -305,7 +316,12 @@ pub fn connect_listening(
         vec![Role::Data, Role::Control]
     };
     let mut outgoing = Vec::with_capacity(roles.len() * opts.rank);
-    for (peer, list) in addrs.iter().enumerate().take(opts.rank) {
+    for (peer, list) in addrs
+        .iter()
+        .enumerate()
+        .take(opts.rank)
+        .filter(|(p, _)| opts.serves(*p))
+    {
         for &role in &roles {
             let addr = match role {
                 Role::Path(p, _) => list[p as usize],
@@ -392,6 +408,7 @@ mod tests {
             path_ips: Vec::new(),
             spray: Default::default(),
             debug: false,
+            serve: None,
         }
     }
 

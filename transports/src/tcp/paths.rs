@@ -86,7 +86,7 @@ impl SprayMesh {
             .zip(path_of)
             .enumerate()
             .map(|(peer, (addrs, conn))| {
-                (peer != opts.rank).then(|| PeerState {
+                (peer != opts.rank && opts.serves(peer)).then(|| PeerState {
                     tx: Sender::new(opts.spray, npaths, now),
                     rx: Receiver::new(npaths),
                     conn,

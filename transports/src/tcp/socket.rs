@@ -17,6 +17,9 @@ pub struct SocketTransport {
     mesh: Mesh,
     wake: Arc<EventFd>,
     pollfds: Vec<libc::pollfd>,
+    /// A companion transport's descriptors whose readability ends a wait
+    /// ([`Transport::watch_fds`]).
+    watch: Vec<std::os::fd::RawFd>,
 }
 
 impl SocketTransport {
@@ -31,6 +34,7 @@ impl SocketTransport {
             mesh,
             wake,
             pollfds: Vec::new(),
+            watch: Vec::new(),
         })
     }
 
@@ -154,6 +158,13 @@ impl Transport for SocketTransport {
             events: libc::POLLIN,
             revents: 0,
         });
+        for &fd in &self.watch {
+            self.pollfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         for c in self.mesh.conns.iter().flatten() {
             let mut ev = 0;
             if c.wants_recv() {
@@ -188,6 +199,11 @@ impl Transport for SocketTransport {
     fn cancel_all(&mut self) {
         // Nothing is in the kernel's hands between calls: dropping the queues is enough.
         self.mesh.cancel();
+    }
+
+    fn watch_fds(&mut self, fds: &[std::os::fd::RawFd]) -> bool {
+        self.watch.extend_from_slice(fds);
+        true
     }
 
     fn waker(&self) -> Arc<dyn Waker> {

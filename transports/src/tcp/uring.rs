@@ -30,6 +30,10 @@ pub struct UringTransport {
     wake: Arc<EventFd>,
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// Descriptors of a companion transport whose readability ends a wait (see
+    /// [`Transport::watch_fds`]), each with whether its poll is in the kernel. Their
+    /// `user_data` is `KIND_WAKE` with index `1 + i` (index 0 is the eventfd's read).
+    watch: Vec<(std::os::fd::RawFd, bool)>,
 }
 
 /// Try to create a ring; `Err` carries the errno when the kernel refuses.
@@ -64,6 +68,7 @@ impl UringTransport {
             wake,
             wake_buf: Box::new(0),
             wake_armed: false,
+            watch: Vec::new(),
         })
     }
 
@@ -92,6 +97,15 @@ impl UringTransport {
             .user_data(KIND_WAKE);
             self.push(&e)?;
             self.wake_armed = true;
+        }
+        for w in 0..self.watch.len() {
+            if !self.watch[w].1 {
+                let e = opcode::PollAdd::new(types::Fd(self.watch[w].0), libc::POLLIN as u32)
+                    .build()
+                    .user_data((((w + 1) as u64) << 2) | KIND_WAKE);
+                self.push(&e)?;
+                self.watch[w].1 = true;
+            }
         }
         for i in 0..self.mesh.conns.len() {
             let Some(c) = self.mesh.conns[i].as_deref_mut() else {
@@ -159,8 +173,13 @@ impl UringTransport {
             let kind = ud & 3;
             let i = (ud >> 2) as usize;
             match kind {
-                KIND_WAKE => {
+                KIND_WAKE if i == 0 => {
                     self.wake_armed = false;
+                }
+                KIND_WAKE => {
+                    if let Some(w) = self.watch.get_mut(i - 1) {
+                        w.1 = false;
+                    }
                 }
                 KIND_CANCEL => {}
                 KIND_SEND => {
@@ -211,6 +230,11 @@ impl UringTransport {
         if self.wake_armed {
             ids.push(KIND_WAKE);
         }
+        for (w, &(_, armed)) in self.watch.iter().enumerate() {
+            if armed {
+                ids.push((((w + 1) as u64) << 2) | KIND_WAKE);
+            }
+        }
         for id in ids {
             let e = opcode::AsyncCancel::new(id).build().user_data(KIND_CANCEL);
             if let Err(e) = self.push(&e) {
@@ -220,7 +244,8 @@ impl UringTransport {
         let start = Instant::now();
         let mut shut = false;
         let busy = |m: &Mesh| m.conns.iter().flatten().any(|c| c.send_busy || c.recv_busy);
-        while busy(&self.mesh) || self.wake_armed {
+        let watching = |w: &[(std::os::fd::RawFd, bool)]| w.iter().any(|x| x.1);
+        while busy(&self.mesh) || self.wake_armed || watching(&self.watch) {
             if let Err(e) = self.wait(Duration::from_millis(10)) {
                 quiesce_failed(&format!("waiting for cancelled operations: {e}"));
             }
@@ -324,6 +349,11 @@ impl Transport for UringTransport {
     fn cancel_all(&mut self) {
         self.quiesce();
         self.mesh.cancel();
+    }
+
+    fn watch_fds(&mut self, fds: &[std::os::fd::RawFd]) -> bool {
+        self.watch.extend(fds.iter().map(|&fd| (fd, false)));
+        true
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
