@@ -71,29 +71,56 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
-    let Some(given) = v.strip_prefix("Bearer ") else { return false };
+    let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
     // Compare in time independent of where they differ.
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
 }
 
 fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, Json(json!({"error": "missing or wrong bearer token"}))).into_response()
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response()
 }
 
 fn bad(e: Error) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
 }
 
 fn internal(e: Error) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response()
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
 }
 
 impl App {
     fn job_view(&self, id: u64) -> Option<Value> {
         let d = lock(&self.durable);
         let status = d.sched.status(id)?;
-        let meta = |k: String| d.store.meta(&k).ok().flatten().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let meta = |k: String| {
+            d.store
+                .meta(&k)
+                .ok()
+                .flatten()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        };
         Some(json!({
             "id": id,
             "status": status,
@@ -110,13 +137,25 @@ async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -
     }
     let spec: JobSpec = match serde_json::from_str(&body) {
         Ok(s) => s,
-        Err(source) => return bad(Error::Json { what: "job".into(), source }),
+        Err(source) => {
+            return bad(Error::Json {
+                what: "job".into(),
+                source,
+            })
+        }
     };
     if let Err(e) = spec.validate() {
         return bad(e);
     }
     if spec.workers() > app.cfg.slots {
-        return bad(Error::invalid("replicas", format!("the job needs {} workers, this gateway has {} slots", spec.workers(), app.cfg.slots)));
+        return bad(Error::invalid(
+            "replicas",
+            format!(
+                "the job needs {} workers, this gateway has {} slots",
+                spec.workers(),
+                app.cfg.slots
+            ),
+        ));
     }
     let task = TaskSpec {
         gang: spec.workers() as u32,
@@ -126,7 +165,12 @@ async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -
     };
     match lock(&app.durable).submit(task) {
         Ok(id) => {
-            tracing::info!(job = id, workers = spec.workers(), steps = spec.steps, "job accepted");
+            tracing::info!(
+                job = id,
+                workers = spec.workers(),
+                steps = spec.steps,
+                "job accepted"
+            );
             (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
         }
         Err(e) => internal(e),
@@ -142,41 +186,69 @@ async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     Json(json!({ "jobs": jobs })).into_response()
 }
 
-async fn status(State(app): State<Arc<App>>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> Response {
+async fn status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> Response {
     if !authorized(&headers, &app.cfg.token) {
         return unauthorized();
     }
     match app.job_view(id) {
         Some(v) => Json(v).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("no job {id}")}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no job {id}")})),
+        )
+            .into_response(),
     }
 }
 
-async fn progress(State(app): State<Arc<App>>, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> Response {
+async fn progress(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> Response {
     if !authorized(&headers, &app.cfg.token) {
         return unauthorized();
     }
     if app.job_view(id).is_none() {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no job {id}")}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no job {id}")})),
+        )
+            .into_response();
     }
-    let stream = futures_util::stream::unfold((app, false, Value::Null), move |(app, ended, last)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            let view = app.job_view(id).unwrap_or(Value::Null);
-            let finished = matches!(view["status"]["state"].as_str(), Some("done") | Some("failed"));
-            if view != last || finished {
-                let ev = SseEvent::default().event("progress").data(view.to_string());
-                return Some((Ok::<_, Infallible>(ev), (app, finished, view)));
+    let stream = futures_util::stream::unfold(
+        (app, false, Value::Null),
+        move |(app, ended, last)| async move {
+            if ended {
+                return None;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+            loop {
+                let view = app.job_view(id).unwrap_or(Value::Null);
+                let finished = matches!(
+                    view["status"]["state"].as_str(),
+                    Some("done") | Some("failed")
+                );
+                if view != last || finished {
+                    let ev = SseEvent::default().event("progress").data(view.to_string());
+                    return Some((Ok::<_, Infallible>(ev), (app, finished, view)));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
-async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Response {
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(beat): Json<Heartbeat>,
+) -> Response {
     if !authorized(&headers, &app.cfg.token) {
         return unauthorized();
     }
@@ -197,7 +269,11 @@ async fn registry(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// Run one job: plan, launch the ranks, report.
 fn run_job(app: &App, a: &Assignment) -> Result<Value> {
-    let spec: JobSpec = serde_json::from_value(a.payload.clone()).map_err(|source| Error::Json { what: "job".into(), source })?;
+    let spec: JobSpec =
+        serde_json::from_value(a.payload.clone()).map_err(|source| Error::Json {
+            what: "job".into(),
+            source,
+        })?;
     let model = spec.model_desc();
     let cluster = crate::cluster::ClusterDesc::homogeneous(spec.stages, 1e10, 1 << 34, 1e10);
     let mut problem = Problem::new(&model, &cluster);
@@ -216,15 +292,32 @@ fn run_job(app: &App, a: &Assignment) -> Result<Value> {
         "--token".into(),
         app.cfg.token.clone().into(),
         "--spec".into(),
-        serde_json::to_string(&spec).expect("a job serializes").into(),
+        serde_json::to_string(&spec)
+            .expect("a job serializes")
+            .into(),
         "--cuts".into(),
-        plan.cuts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",").into(),
+        plan.cuts
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+            .into(),
     ];
-    let opts = dmsc::launch::LaunchOptions { restarts: app.cfg.restarts, ..Default::default() };
+    let opts = dmsc::launch::LaunchOptions {
+        restarts: app.cfg.restarts,
+        ..Default::default()
+    };
     let env = vec![("DMSC_TIMEOUT".to_string(), "20".to_string())];
-    let code = dmsc::launch::launch_with(spec.workers(), app.cfg.exe.as_os_str(), &args, &env, &opts)?;
+    let code =
+        dmsc::launch::launch_with(spec.workers(), app.cfg.exe.as_os_str(), &args, &env, &opts)?;
     if code != 0 {
-        return Err(Error::invalid("job", format!("the ranks exited with code {code} after {} restarts", app.cfg.restarts)));
+        return Err(Error::invalid(
+            "job",
+            format!(
+                "the ranks exited with code {code} after {} restarts",
+                app.cfg.restarts
+            ),
+        ));
     }
     let d = lock(&app.durable);
     let progress = d.store.meta(&worker::progress_key(a.task))?;
@@ -236,9 +329,15 @@ fn run_job(app: &App, a: &Assignment) -> Result<Value> {
             .latest_checkpoint(&worker::checkpoint_key(a.task, s))?
             .ok_or_else(|| Error::invalid("checkpoint", format!("stage {s} saved no weights")))?;
         if step != spec.steps {
-            return Err(Error::invalid("checkpoint", format!("stage {s} stopped at step {step} of {}", spec.steps)));
+            return Err(Error::invalid(
+                "checkpoint",
+                format!("stage {s} stopped at step {step} of {}", spec.steps),
+            ));
         }
-        checksum += mlp::from_bytes(&bytes)?.iter().map(|&v| v as f64).sum::<f64>();
+        checksum += mlp::from_bytes(&bytes)?
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>();
     }
     Ok(json!({
         "steps": spec.steps,
@@ -287,10 +386,16 @@ pub async fn serve(cfg: GatewayConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.bind)
         .await
         .map_err(|e| Error::io(format!("listening on {}", cfg.bind), e))?;
-    let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
     let store = Store::open(&cfg.db)?;
     let clock = SystemClock::new();
-    let sched_cfg = Config { heartbeat_timeout_ms: 60_000, backoff_base_ms: 500, ..Config::default() };
+    let sched_cfg = Config {
+        heartbeat_timeout_ms: 60_000,
+        backoff_base_ms: 500,
+        ..Config::default()
+    };
     let (mut durable, replayed) = Durable::open(Scheduler::new(sched_cfg, clock.clone()), store)?;
     for w in 0..cfg.slots as u64 {
         durable.sched.add_worker(w, 1.0);

@@ -78,17 +78,26 @@ impl JobSpec {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         if self.sizes.len() < 2 {
-            return Err(Error::invalid("sizes", "needs an input and at least one layer"));
+            return Err(Error::invalid(
+                "sizes",
+                "needs an input and at least one layer",
+            ));
         }
         if let Some(i) = self.sizes.iter().position(|&s| s == 0 || s > 4096) {
             return Err(Error::invalid(format!("sizes[{i}]"), "must be in 1..=4096"));
         }
         let layers = self.sizes.len() - 1;
         if self.stages == 0 || self.stages > layers {
-            return Err(Error::invalid("stages", format!("{} stages for {layers} layers", self.stages)));
+            return Err(Error::invalid(
+                "stages",
+                format!("{} stages for {layers} layers", self.stages),
+            ));
         }
         if self.replicas == 0 || self.stages * self.replicas > 64 {
-            return Err(Error::invalid("replicas", "stages × replicas must be in 1..=64"));
+            return Err(Error::invalid(
+                "replicas",
+                "stages × replicas must be in 1..=64",
+            ));
         }
         if self.steps == 0 || self.steps > 1_000_000 {
             return Err(Error::invalid("steps", "must be in 1..=1000000"));
@@ -169,7 +178,10 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(0x2545_f491_4f6c_dd1d) | 1)
+        Rng(seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(0x2545_f491_4f6c_dd1d)
+            | 1)
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -207,7 +219,8 @@ pub fn batch(spec: &JobSpec, step: u64, replica: usize, micro: usize) -> (Vec<f3
     let n = spec.micro_batch_size;
     let mut teacher = Rng::new(spec.seed ^ 0xfeed);
     let a: Vec<f32> = (0..inp * out).map(|_| teacher.sym()).collect();
-    let index = (step * spec.replicas as u64 + replica as u64) * spec.micro_batches as u64 + micro as u64;
+    let index =
+        (step * spec.replicas as u64 + replica as u64) * spec.micro_batches as u64 + micro as u64;
     let mut r = Rng::new(spec.seed ^ (index << 20) ^ 0xda7a);
     let x: Vec<f32> = (0..n * inp).map(|_| r.sym()).collect();
     let mut y = vec![0f32; n * out];
@@ -272,7 +285,13 @@ impl Stage {
 
     /// Backward from the output gradient `gy`, adding parameter gradients to `grads` (the
     /// layout of [`Stage::params`]); returns the input gradient.
-    pub fn backward(&self, acts: &[Vec<f32>], mut gy: Vec<f32>, n: usize, grads: &mut [f32]) -> Vec<f32> {
+    pub fn backward(
+        &self,
+        acts: &[Vec<f32>],
+        mut gy: Vec<f32>,
+        n: usize,
+        grads: &mut [f32],
+    ) -> Vec<f32> {
         let offsets = self.offsets();
         for l in (0..self.layers.len()).rev() {
             let d = &self.layers[l];
@@ -316,13 +335,23 @@ impl Stage {
 
     /// Parameters flattened: each layer's weights then biases.
     pub fn params(&self) -> Vec<f32> {
-        self.layers.iter().flat_map(|d| d.w.iter().chain(&d.b).copied()).collect()
+        self.layers
+            .iter()
+            .flat_map(|d| d.w.iter().chain(&d.b).copied())
+            .collect()
     }
 
     /// Set the parameters from [`Stage::params`]'s layout.
     pub fn set_params(&mut self, p: &[f32]) -> Result<()> {
         if p.len() != self.param_count() {
-            return Err(Error::invalid("checkpoint", format!("{} parameters, the stage has {}", p.len(), self.param_count())));
+            return Err(Error::invalid(
+                "checkpoint",
+                format!(
+                    "{} parameters, the stage has {}",
+                    p.len(),
+                    self.param_count()
+                ),
+            ));
         }
         let mut at = 0;
         for d in &mut self.layers {
@@ -371,9 +400,14 @@ pub fn to_bytes(p: &[f32]) -> Vec<u8> {
 /// The parameter vector of [`to_bytes`]' bytes.
 pub fn from_bytes(b: &[u8]) -> Result<Vec<f32>> {
     if b.len() % 4 != 0 {
-        return Err(Error::invalid("checkpoint", format!("{} bytes is not a whole number of f32", b.len())));
+        return Err(Error::invalid(
+            "checkpoint",
+            format!("{} bytes is not a whole number of f32", b.len()),
+        ));
     }
-    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// Train in one process with the pipeline's exact order of operations; returns every
@@ -388,7 +422,8 @@ pub fn train_reference(spec: &JobSpec, cuts: &[usize]) -> (Vec<Vec<f32>>, f64) {
         let mut total: Vec<Vec<f32>> = stages.iter().map(|s| vec![0f32; s.param_count()]).collect();
         let mut loss = 0.0;
         for replica in 0..spec.replicas {
-            let mut grads: Vec<Vec<f32>> = stages.iter().map(|s| vec![0f32; s.param_count()]).collect();
+            let mut grads: Vec<Vec<f32>> =
+                stages.iter().map(|s| vec![0f32; s.param_count()]).collect();
             let mut stash: Vec<Vec<Vec<Vec<f32>>>> = Vec::new();
             let mut out_grads = Vec::new();
             for m in 0..spec.micro_batches {
@@ -431,13 +466,30 @@ mod tests {
 
     #[test]
     fn the_reference_learns_and_gradients_are_right() {
-        let spec = JobSpec { steps: 200, lr: 0.1, ..JobSpec::default() };
+        let spec = JobSpec {
+            steps: 200,
+            lr: 0.1,
+            ..JobSpec::default()
+        };
         spec.validate().unwrap();
-        let (_, first) = train_reference(&JobSpec { steps: 1, ..spec.clone() }, &[0, 2, 5]);
+        let (_, first) = train_reference(
+            &JobSpec {
+                steps: 1,
+                ..spec.clone()
+            },
+            &[0, 2, 5],
+        );
         let (_, last) = train_reference(&spec, &[0, 2, 5]);
         assert!(last < first * 0.7, "loss {first} -> {last}");
         // Finite-difference check of one weight of the first layer.
-        let small = JobSpec { sizes: vec![3, 4, 2], micro_batch_size: 2, micro_batches: 1, replicas: 1, stages: 1, ..spec };
+        let small = JobSpec {
+            sizes: vec![3, 4, 2],
+            micro_batch_size: 2,
+            micro_batches: 1,
+            replicas: 1,
+            stages: 1,
+            ..spec
+        };
         let model = init(&small);
         let st = Stage::of(&model, &[0, 2], 0);
         let (x, y) = batch(&small, 0, 0, 0);
@@ -458,6 +510,10 @@ mod tests {
         let mut minus = st.clone();
         minus.set_params(&p).unwrap();
         let fd = (loss_of(&plus) - loss_of(&minus)) / (2.0 * eps as f64);
-        assert!((fd - grads[1] as f64).abs() < 1e-3, "fd {fd} vs {}", grads[1]);
+        assert!(
+            (fd - grads[1] as f64).abs() < 1e-3,
+            "fd {fd} vs {}",
+            grads[1]
+        );
     }
 }

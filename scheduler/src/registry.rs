@@ -43,7 +43,10 @@ pub struct Registry {
 impl Registry {
     /// A registry forgetting instances silent for `ttl_ms`.
     pub fn new(ttl_ms: u64) -> Registry {
-        Registry { ttl_ms, instances: BTreeMap::new() }
+        Registry {
+            ttl_ms,
+            instances: BTreeMap::new(),
+        }
     }
 
     /// Record a heartbeat at `now_ms`; errors name an empty field.
@@ -55,14 +58,21 @@ impl Registry {
             return Err(crate::Error::invalid("instance", "must not be empty"));
         }
         let name = beat.instance.clone();
-        self.instances.insert(name, Instance { beat, last_seen_ms: now_ms });
+        self.instances.insert(
+            name,
+            Instance {
+                beat,
+                last_seen_ms: now_ms,
+            },
+        );
         Ok(())
     }
 
     /// Live instances of `service` (all services when `None`); stale ones are dropped.
     pub fn discover(&mut self, service: Option<&str>, now_ms: u64) -> Vec<Instance> {
         let ttl = self.ttl_ms;
-        self.instances.retain(|_, i| now_ms.saturating_sub(i.last_seen_ms) <= ttl);
+        self.instances
+            .retain(|_, i| now_ms.saturating_sub(i.last_seen_ms) <= ttl);
         self.instances
             .values()
             .filter(|i| service.is_none_or(|s| i.beat.service == s))
@@ -78,12 +88,22 @@ mod tests {
     #[test]
     fn instances_expire_without_heartbeats() {
         let mut r = Registry::new(1000);
-        let beat = |i: &str| Heartbeat { service: "worker".into(), instance: i.into(), pid: 1, job: None, rank: None };
+        let beat = |i: &str| Heartbeat {
+            service: "worker".into(),
+            instance: i.into(),
+            pid: 1,
+            job: None,
+            rank: None,
+        };
         r.heartbeat(beat("a"), 0).unwrap();
         r.heartbeat(beat("b"), 500).unwrap();
         assert_eq!(r.discover(Some("worker"), 900).len(), 2);
         assert_eq!(r.discover(Some("worker"), 1200).len(), 1);
         assert_eq!(r.discover(Some("other"), 1200).len(), 0);
-        assert!(r.heartbeat(beat(""), 0).unwrap_err().to_string().contains("instance"));
+        assert!(r
+            .heartbeat(beat(""), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("instance"));
     }
 }

@@ -52,7 +52,9 @@ const ACT: u32 = 0x4d4c_0001;
 const GRAD: u32 = 0x4d4c_0002;
 
 fn heartbeats(args: &WorkerArgs, rank: usize) {
-    let Some(url) = args.gateway.clone() else { return };
+    let Some(url) = args.gateway.clone() else {
+        return;
+    };
     let token = args.token.clone();
     let body = serde_json::json!({
         "service": "worker",
@@ -62,7 +64,10 @@ fn heartbeats(args: &WorkerArgs, rank: usize) {
         "rank": rank,
     });
     std::thread::spawn(move || {
-        let client = match reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build() {
+        let client = match reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+        {
             Ok(c) => c,
             Err(_) => return,
         };
@@ -105,10 +110,20 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     let (rank, size) = (comm.rank(), comm.size());
     let (p, d) = (spec.stages, spec.replicas);
     if size != p * d {
-        return Err(Error::invalid("workers", format!("{size} ranks for {p} stages × {d} replicas")));
+        return Err(Error::invalid(
+            "workers",
+            format!("{size} ranks for {p} stages × {d} replicas"),
+        ));
     }
     if args.cuts.len() != p + 1 || args.cuts[0] != 0 || args.cuts[p] != spec.layers() {
-        return Err(Error::invalid("cuts", format!("{:?} does not cut {} layers into {p} stages", args.cuts, spec.layers())));
+        return Err(Error::invalid(
+            "cuts",
+            format!(
+                "{:?} does not cut {} layers into {p} stages",
+                args.cuts,
+                spec.layers()
+            ),
+        ));
     }
     let (stage, replica) = (rank % p, rank / p);
     heartbeats(args, rank);
@@ -119,13 +134,22 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     let model = mlp::init(spec);
     let mut st = Stage::of(&model, &args.cuts, stage);
     // Rank 0 picks the resume step; everyone loads it.
-    let mut start = [if rank == 0 { resume_step(&store, args.job, p)? } else { 0 }];
+    let mut start = [if rank == 0 {
+        resume_step(&store, args.job, p)?
+    } else {
+        0
+    }];
     comm.broadcast(&mut start, 0)?;
     let start = start[0];
     if start > 0 {
         let bytes = store
             .checkpoint_at(&checkpoint_key(args.job, stage), start)?
-            .ok_or_else(|| Error::invalid("checkpoint", format!("stage {stage} has no checkpoint at step {start}")))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "checkpoint",
+                    format!("stage {stage} has no checkpoint at step {start}"),
+                )
+            })?;
         st.set_params(&mlp::from_bytes(&bytes)?)?;
     }
     if rank == 0 {
@@ -134,7 +158,10 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         resumed.push(start);
-        store.set_meta(&resumed_key(args.job), &serde_json::to_string(&resumed).expect("numbers"))?;
+        store.set_meta(
+            &resumed_key(args.job),
+            &serde_json::to_string(&resumed).expect("numbers"),
+        )?;
     }
     tracing::info!(job = args.job, rank, stage, replica, start, layers = ?(args.cuts[stage]..args.cuts[stage + 1]), "worker started");
     let n = spec.micro_batch_size;
@@ -148,7 +175,11 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         let mut out_grads = Vec::new();
         let mut loss = [0f64];
         for m in 0..spec.micro_batches {
-            let (x, y) = if first || last { mlp::batch(spec, step, replica, m) } else { (vec![], vec![]) };
+            let (x, y) = if first || last {
+                mlp::batch(spec, step, replica, m)
+            } else {
+                (vec![], vec![])
+            };
             let x = if first {
                 x
             } else {
@@ -186,12 +217,17 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         if last {
             dp.all_reduce_in_place(&mut loss, ReduceOp::Sum)?;
             if replica == 0 {
-                let progress = serde_json::json!({ "step": done, "steps": spec.steps, "loss": loss[0] });
+                let progress =
+                    serde_json::json!({ "step": done, "steps": spec.steps, "loss": loss[0] });
                 store.set_meta(&progress_key(args.job), &progress.to_string())?;
             }
         }
         if replica == 0 && (done % spec.checkpoint_every == 0 || done == spec.steps) {
-            store.put_checkpoint(&checkpoint_key(args.job, stage), done, &mlp::to_bytes(&st.params()))?;
+            store.put_checkpoint(
+                &checkpoint_key(args.job, stage),
+                done,
+                &mlp::to_bytes(&st.params()),
+            )?;
             tracing::debug!(job = args.job, stage, step = done, "checkpoint");
         }
         if spec.step_ms > 0 {

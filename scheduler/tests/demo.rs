@@ -30,7 +30,16 @@ fn start() -> Gateway {
     let dir = std::env::temp_dir().join(format!("dmsc-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dmsc-serve"))
-        .args(["demo", "--token", TOKEN, "--bind", "127.0.0.1:0", "--workers", "4", "--db"])
+        .args([
+            "demo",
+            "--token",
+            TOKEN,
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+            "--db",
+        ])
         .arg(dir.join("demo.sqlite"))
         .env("DMSC_SERVE_LOG", "info")
         .stdout(Stdio::piped())
@@ -41,7 +50,10 @@ fn start() -> Gateway {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the gateway exited before listening");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the gateway exited before listening"
+        );
         if let Some(addr) = line.trim().strip_prefix("LISTENING ") {
             let url = format!("http://{addr}");
             // Keep draining the ranks' output so they never block on a full pipe.
@@ -55,63 +67,124 @@ fn start() -> Gateway {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 fn get(g: &Gateway, path: &str) -> Value {
-    client().get(format!("{}{path}", g.url)).bearer_auth(TOKEN).send().unwrap().json().unwrap()
+    client()
+        .get(format!("{}{path}", g.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
 }
 
 #[test]
 fn train_through_the_gateway_kill_a_worker_and_match_a_single_process_run() {
     let g = start();
     let c = client();
-    let spec = JobSpec { steps: 60, step_ms: 25, checkpoint_every: 5, seed: 7, ..JobSpec::default() };
+    let spec = JobSpec {
+        steps: 60,
+        step_ms: 25,
+        checkpoint_every: 5,
+        seed: 7,
+        ..JobSpec::default()
+    };
 
     // Business layer: no token, or a wrong one: 401, and nothing is queued.
-    let r = c.post(format!("{}/jobs", g.url)).json(&spec).send().unwrap();
+    let r = c
+        .post(format!("{}/jobs", g.url))
+        .json(&spec)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = c.post(format!("{}/jobs", g.url)).bearer_auth("wrong-token-000").json(&spec).send().unwrap();
+    let r = c
+        .post(format!("{}/jobs", g.url))
+        .bearer_auth("wrong-token-000")
+        .json(&spec)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(get(&g, "/jobs")["jobs"], json!([]));
     // A bad job is refused with the field named.
-    let r = c.post(format!("{}/jobs", g.url)).bearer_auth(TOKEN).body(r#"{"stages": 9}"#).send().unwrap();
+    let r = c
+        .post(format!("{}/jobs", g.url))
+        .bearer_auth(TOKEN)
+        .body(r#"{"stages": 9}"#)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("stages"));
 
-    let r = c.post(format!("{}/jobs", g.url)).bearer_auth(TOKEN).json(&spec).send().unwrap();
+    let r = c
+        .post(format!("{}/jobs", g.url))
+        .bearer_auth(TOKEN)
+        .json(&spec)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let id = r.json::<Value>().unwrap()["id"].as_u64().unwrap();
 
     // The progress stream yields server-sent events.
-    let mut stream = c.get(format!("{}/jobs/{id}/progress", g.url)).bearer_auth(TOKEN).send().unwrap();
+    let mut stream = c
+        .get(format!("{}/jobs/{id}/progress", g.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     let mut buf = [0u8; 512];
     let n = stream.read(&mut buf).unwrap();
     let first = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(first.contains("event: progress") && first.contains("data:"), "{first}");
+    assert!(
+        first.contains("event: progress") && first.contains("data:"),
+        "{first}"
+    );
     drop(stream);
 
     // Wait until it is a third of the way through, then kill one worker with SIGKILL.
     let t = Instant::now();
     let victim = loop {
-        assert!(t.elapsed() < Duration::from_secs(60), "no progress: {}", get(&g, &format!("/jobs/{id}")));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no progress: {}",
+            get(&g, &format!("/jobs/{id}"))
+        );
         let v = get(&g, &format!("/jobs/{id}"));
         let step = v["progress"]["step"].as_u64().unwrap_or(0);
-        let workers = get(&g, "/registry")["instances"].as_array().cloned().unwrap_or_default();
+        let workers = get(&g, "/registry")["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if step >= 20 && workers.len() == 4 {
-            let w = workers.iter().find(|w| w["rank"] == json!(1)).expect("rank 1 registered");
+            let w = workers
+                .iter()
+                .find(|w| w["rank"] == json!(1))
+                .expect("rank 1 registered");
             break (w["pid"].as_u64().unwrap(), step);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let status = Command::new("kill").args(["-KILL", &victim.0.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.0.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    println!("RESULT demo: killed rank 1 (pid {}) at step {}", victim.0, victim.1);
+    println!(
+        "RESULT demo: killed rank 1 (pid {}) at step {}",
+        victim.0, victim.1
+    );
 
     // The job is replaced, resumes from its last checkpoint and completes.
     let t = Instant::now();
     let done = loop {
-        assert!(t.elapsed() < Duration::from_secs(120), "job did not finish: {}", get(&g, &format!("/jobs/{id}")));
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "job did not finish: {}",
+            get(&g, &format!("/jobs/{id}"))
+        );
         let v = get(&g, &format!("/jobs/{id}"));
         match v["status"]["state"].as_str() {
             Some("done") => break v,
@@ -120,18 +193,30 @@ fn train_through_the_gateway_kill_a_worker_and_match_a_single_process_run() {
         }
     };
     let resumed: Vec<u64> = serde_json::from_value(done["resumed_from"].clone()).unwrap();
-    println!("RESULT demo: resumed from steps {resumed:?}; result {}", done["status"]["result"]);
+    println!(
+        "RESULT demo: resumed from steps {resumed:?}; result {}",
+        done["status"]["result"]
+    );
     assert_eq!(resumed[0], 0);
     assert!(resumed.len() >= 2, "the job was not restarted: {resumed:?}");
-    assert!(resumed[1] >= 15 && resumed[1] <= victim.1, "resumed from {} (killed at {})", resumed[1], victim.1);
+    assert!(
+        resumed[1] >= 15 && resumed[1] <= victim.1,
+        "resumed from {} (killed at {})",
+        resumed[1],
+        victim.1
+    );
 
     // Data layer: the final weights in the store equal a single-process run's.
-    let cuts: Vec<usize> = serde_json::from_value(done["status"]["result"]["cuts"].clone()).unwrap();
+    let cuts: Vec<usize> =
+        serde_json::from_value(done["status"]["result"]["cuts"].clone()).unwrap();
     let (reference, ref_loss) = mlp::train_reference(&spec, &cuts);
     let store = Store::open(&g.dir.join("demo.sqlite")).unwrap();
     let mut max_diff = 0f32;
     for (s, want) in reference.iter().enumerate() {
-        let (step, bytes) = store.latest_checkpoint(&checkpoint_key(id, s)).unwrap().expect("final weights");
+        let (step, bytes) = store
+            .latest_checkpoint(&checkpoint_key(id, s))
+            .unwrap()
+            .expect("final weights");
         assert_eq!(step, spec.steps);
         let got = mlp::from_bytes(&bytes).unwrap();
         assert_eq!(got.len(), want.len());

@@ -184,9 +184,16 @@ fn demo(args: &[String]) -> Result<()> {
         return Err(Error::invalid("--token", "use at least 8 characters"));
     }
     let cfg = GatewayConfig {
-        bind: f.get("bind").cloned().unwrap_or_else(|| "127.0.0.1:8080".into()),
+        bind: f
+            .get("bind")
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
         token,
-        db: PathBuf::from(f.get("db").cloned().unwrap_or_else(|| "dmsc-serve.sqlite".into())),
+        db: PathBuf::from(
+            f.get("db")
+                .cloned()
+                .unwrap_or_else(|| "dmsc-serve.sqlite".into()),
+        ),
         slots: number(&f, "workers", 4)?,
         exe: std::env::current_exe().map_err(|e| Error::io("finding dmsc-serve", e))?,
         restarts: number(&f, "restarts", 3)?,
@@ -209,7 +216,10 @@ fn worker(args: &[String]) -> Result<()> {
     })?;
     let cuts = required(&f, "cuts")?
         .split(',')
-        .map(|c| c.parse().map_err(|_| Error::invalid("--cuts", format!("`{c}` is not a number"))))
+        .map(|c| {
+            c.parse()
+                .map_err(|_| Error::invalid("--cuts", format!("`{c}` is not a number")))
+        })
         .collect::<Result<Vec<usize>>>()?;
     run(&WorkerArgs {
         job: number(&f, "job", 0)? as u64,
