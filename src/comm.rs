@@ -1,79 +1,22 @@
-//! The [`Communicator`]: joining a job, and running operations in call order on a
-//! progress engine shared by blocking and non-blocking calls.
-//!
-//! A blocking call runs the engine on the calling thread when nothing is queued (no thread
-//! hand-off on the latency path); a non-blocking call queues the operation for the
-//! communicator's worker thread, and later blocking calls queue behind it, so operations
-//! always execute in the order they were called — the order every rank must agree on. While
-//! idle, the worker serves the engine every few tens of milliseconds: it sends heartbeats,
-//! records a lost peer or a peer's error so that the next call fails at once, and answers
-//! peers' status queries, which is what lets a timed-out rank name the ranks that never
-//! arrived.
+//! The [`Communicator`]: joining a job, and handing its operations to the engine's
+//! executor in core (`dmsc_core::engine::executor`), which runs them in call order on the
+//! calling thread or the communicator's progress thread and serves heartbeats while idle.
 
 use crate::config::Config;
-use crate::request::{Request, Slot};
+use crate::request::Request;
 use crate::shrink::StoreLink;
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
 use dmsc_core::bootstrap::UniqueId;
-use dmsc_core::engine::{AbortHandle, Engine, OpMemory, PathMetricsHandle, PeerPaths};
-use dmsc_core::plan::P2p;
-use dmsc_core::schedule::Schedule;
-use dmsc_core::{CollDesc, DataType, Error, Rank, Result};
+use dmsc_core::engine::executor::Executor;
+use dmsc_core::engine::{AbortHandle, Engine, PathMetricsHandle, PeerPaths};
+use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::ifaddr;
 use dmsc_transports::store::{random_nonce, serve_or_connect, StoreClient, StoreServer};
-use std::collections::VecDeque;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One unit of work for the engine.
-pub(crate) enum Job {
-    Collective {
-        desc: CollDesc,
-        sched: Schedule,
-        mem: OpMemory,
-    },
-    P2p {
-        dtype: DataType,
-        ops: Vec<P2p>,
-        tags: Vec<u32>,
-        sched: Schedule,
-        mem: OpMemory,
-    },
-}
-
-impl Job {
-    fn run(self, e: &mut Engine) -> Result<()> {
-        // SAFETY: the memory regions were built from borrows that the caller holds until the
-        // job's result is delivered (blocking call, or a Request that waits on drop).
-        unsafe {
-            match self {
-                Job::Collective { desc, sched, mem } => e.run_collective(desc, sched, mem),
-                Job::P2p {
-                    dtype,
-                    ops,
-                    tags,
-                    sched,
-                    mem,
-                } => e.run_p2p(dtype, &ops, &tags, sched, mem),
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<(Job, Arc<Slot>)>,
-    running: bool,
-    shutdown: bool,
-}
-
-pub(crate) struct Shared {
-    engine: Mutex<Engine>,
-    queue: Mutex<Queue>,
-    cond: Condvar,
-}
+pub(crate) use dmsc_core::engine::executor::Job;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -86,14 +29,14 @@ pub struct Communicator {
     rank: Rank,
     nranks: usize,
     pub(crate) config: Config,
-    shared: Arc<Shared>,
+    /// The engine, its job queue and its progress thread.
+    exec: Executor,
     abort: Arc<AbortHandle>,
     failure: Arc<Mutex<Option<Error>>>,
     transport_name: &'static str,
     peer_transports: Vec<&'static str>,
     /// Per-path metrics the transport publishes (several paths per peer).
     path_metrics: Option<PathMetricsHandle>,
-    worker: Option<JoinHandle<()>>,
     /// Local address the mesh listens on; communicators split from this one use it too.
     pub(crate) bind_ip: IpAddr,
     /// The rendezvous store, for [`Communicator::shrink`] (none after a split).
@@ -206,28 +149,17 @@ impl Communicator {
         let transport_name = engine.transport_name();
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
-        let shared = Arc::new(Shared {
-            engine: Mutex::new(engine),
-            queue: Mutex::new(Queue::default()),
-            cond: Condvar::new(),
-        });
-        let s = shared.clone();
-        let period = config.engine.idle_period();
-        let worker = std::thread::Builder::new()
-            .name(format!("dmsc-progress-{rank}"))
-            .spawn(move || worker_loop(&s, period))
-            .map_err(|e| Error::io("starting the communicator's progress thread", &e))?;
+        let exec = Executor::start(engine)?;
         Ok(Communicator {
             rank,
             nranks,
             config,
-            shared,
+            exec,
             abort,
             failure,
             transport_name,
             peer_transports,
             path_metrics,
-            worker: Some(worker),
             bind_ip,
             store_link: None,
             _store: store,
@@ -303,80 +235,15 @@ impl Communicator {
 
     /// Run a job to completion, on this thread when nothing is queued ahead of it.
     pub(crate) fn run_blocking(&self, job: Job) -> Result<()> {
-        let q = lock(&self.shared.queue);
-        if q.jobs.is_empty() && !q.running {
-            let mut e = lock(&self.shared.engine);
-            drop(q);
-            return job.run(&mut e);
-        }
-        drop(q);
-        let slot = self.enqueue(job);
-        slot.wait_until(None).unwrap_or(Ok(()))
+        // SAFETY: the job's regions come from borrows the caller holds for this call.
+        unsafe { self.exec.run_blocking(job) }
     }
 
-    /// Queue a job for the worker thread.
+    /// Queue a job for the progress thread.
     pub(crate) fn run_async<'a>(&self, job: Job) -> Request<'a> {
-        Request::new(self.enqueue(job))
-    }
-
-    fn enqueue(&self, job: Job) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
-        let mut q = lock(&self.shared.queue);
-        q.jobs.push_back((job, slot.clone()));
-        self.shared.cond.notify_all();
-        slot
-    }
-}
-
-/// Run queued jobs; while idle, serve the engine every `period` (heartbeats, peers' status
-/// queries and errors) without ever waiting for it.
-fn worker_loop(s: &Shared, period: Duration) {
-    let mut q = lock(&s.queue);
-    loop {
-        if let Some((job, slot)) = q.jobs.pop_front() {
-            q.running = true;
-            let mut e = lock(&s.engine);
-            drop(q);
-            // Whatever happens, the slot gets a result: a waiter must never hang.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&mut e)))
-                .unwrap_or_else(|_| Err(Error::internal("panic while running a queued operation")));
-            drop(e);
-            slot.finish(r);
-            q = lock(&s.queue);
-            q.running = false;
-            continue;
-        }
-        if q.shutdown {
-            return;
-        }
-        let (g, t) = s
-            .cond
-            .wait_timeout(q, period)
-            .unwrap_or_else(|p| p.into_inner());
-        q = g;
-        if t.timed_out() && q.jobs.is_empty() {
-            // Idle: serve the engine unless a caller holds it (then that caller's operation
-            // does the same). The queue stays unlocked meanwhile, so that no caller waits on
-            // it; a job queued in between is seen at the top of the loop.
-            drop(q);
-            if let Ok(mut e) = s.engine.try_lock() {
-                let _ = e.service(Duration::ZERO);
-            }
-            q = lock(&s.queue);
-        }
-    }
-}
-
-impl Drop for Communicator {
-    fn drop(&mut self) {
-        {
-            let mut q = lock(&self.shared.queue);
-            q.shutdown = true;
-            self.shared.cond.notify_all();
-        }
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+        // SAFETY: the job's regions come from borrows that the returned request holds for
+        // 'a, and a request waits for its job when dropped.
+        Request::new(unsafe { self.exec.submit(job) })
     }
 }
 

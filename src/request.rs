@@ -1,56 +1,10 @@
 //! Handles of non-blocking operations.
 
-use dmsc_core::sync::{Condvar, Mutex};
+pub(crate) use dmsc_core::engine::executor::JobSlot as Slot;
 use dmsc_core::{Error, Result};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Where a queued operation leaves its result.
-#[derive(Default)]
-pub(crate) struct Slot {
-    result: Mutex<Option<Result<()>>>,
-    cond: Condvar,
-}
-
-impl Slot {
-    pub(crate) fn finish(&self, r: Result<()>) {
-        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        *g = Some(r);
-        self.cond.notify_all();
-    }
-
-    fn peek(&self) -> Option<Result<()>> {
-        self.result
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Wait until finished or `deadline`; `None` on timeout.
-    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Option<Result<()>> {
-        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(r) = g.as_ref() {
-                return Some(r.clone());
-            }
-            match deadline {
-                None => g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    g = self
-                        .cond
-                        .wait_timeout(g, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-    }
-}
 
 /// A non-blocking operation in progress (like `MPI_Request`, or rsmpi's scoped requests).
 ///
@@ -72,9 +26,7 @@ impl<'a> Request<'a> {
 
     /// A request that already finished with `r` (e.g. a call rejected up front).
     pub(crate) fn done(r: Result<()>) -> Request<'a> {
-        let slot = Arc::new(Slot::default());
-        slot.finish(r);
-        Request::new(slot)
+        Request::new(Slot::finished(r))
     }
 
     /// Detach the request from the borrows of its buffers, for front ends (C, Python) whose

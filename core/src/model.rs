@@ -182,13 +182,18 @@ mod tests {
     }
 
     #[test]
-    fn small_messages_at_scale_pick_tree() {
+    fn small_messages_pick_recursive_doubling_and_trees() {
         let cfg = PlanConfig::default();
+        assert_eq!(
+            choose_algo(&desc(CollKind::AllReduce, 3), 3, &cfg),
+            Algo::RecursiveDoubling
+        );
         for p in [16, 64, 1024] {
             for count in [1, 16, 256] {
+                // log2(p) exchanges beat the tree's 3·log2(p) pipeline and the ring's 2(p-1).
                 assert_eq!(
                     choose_algo(&desc(CollKind::AllReduce, count), p, &cfg),
-                    Algo::Tree,
+                    Algo::RecursiveDoubling,
                     "p={p} count={count}"
                 );
                 assert_eq!(
@@ -228,14 +233,18 @@ mod tests {
     }
 
     #[test]
-    fn few_ranks_pick_ring() {
+    fn two_ranks_exchange_once_when_small_and_ring_when_large() {
         let cfg = PlanConfig::default();
-        for count in [1, 1000, 1 << 24] {
+        for count in [1, 1000] {
             assert_eq!(
                 choose_algo(&desc(CollKind::AllReduce, count), 2, &cfg),
-                Algo::Ring
+                Algo::RecursiveDoubling
             );
         }
+        assert_eq!(
+            choose_algo(&desc(CollKind::AllReduce, 1 << 24), 2, &cfg),
+            Algo::Ring
+        );
     }
 
     #[test]

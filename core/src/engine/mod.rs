@@ -13,6 +13,9 @@
 //! pointer into caller memory survives the failed call), tells every other rank why through
 //! a control message, and fails every later call with the same error.
 //!
+//! [`executor::Executor`] owns an engine and runs the job queue and progress thread that
+//! every front end shares.
+//!
 //! Peers are watched with heartbeats while the engine runs and while it idles (see
 //! `liveness.rs`): a killed, stopped or unreachable peer fails the operation in progress, or
 //! the next one, with [`Error::PeerLost`] naming it, and an engine being dropped says goodbye.
@@ -20,6 +23,7 @@
 mod config;
 pub mod control;
 mod exec;
+pub mod executor;
 mod liveness;
 pub mod memory;
 mod staging;

@@ -1,0 +1,265 @@
+//! The progress thread of a communicator and its job queue, shared by every front end
+//! (blocking and non-blocking Rust calls, the C ABI's async calls, Python's `async_op`).
+//!
+//! An [`Executor`] owns the [`Engine`]. Jobs run in submission order, which is the order
+//! every rank must call them in. A blocking call runs its job on the calling thread when
+//! nothing is queued or running (no thread hand-off on the latency path); otherwise it
+//! queues behind the others and waits. While idle, the progress thread serves the engine
+//! every [`EngineConfig::idle_period`](super::EngineConfig::idle_period): heartbeats go out,
+//! a lost peer or a peer's error is recorded so that the next call fails at once, and peers'
+//! status queries are answered, which is what lets a timed-out rank name the ranks that
+//! never arrived.
+//!
+//! Every job's [`JobSlot`] gets a result, whatever happens (a panic in the engine included),
+//! so a waiter never hangs.
+
+use super::{Engine, OpMemory};
+use crate::error::{Error, Result};
+use crate::plan::P2p;
+use crate::schedule::Schedule;
+use crate::sync::MutexGuard;
+use crate::sync::{Condvar, Mutex};
+use crate::types::{CollDesc, DataType};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One unit of work for the engine.
+pub enum Job {
+    /// A collective.
+    Collective {
+        /// The call.
+        desc: CollDesc,
+        /// This rank's schedule for it.
+        sched: Schedule,
+        /// Its buffers.
+        mem: OpMemory,
+    },
+    /// A group of point-to-point operations.
+    P2p {
+        /// Element type of every message.
+        dtype: DataType,
+        /// The sends and receives, in call order.
+        ops: Vec<P2p>,
+        /// Their tags.
+        tags: Vec<u32>,
+        /// The group's schedule.
+        sched: Schedule,
+        /// Its buffers.
+        mem: OpMemory,
+    },
+}
+
+impl Job {
+    /// Run the job on `e`.
+    ///
+    /// # Safety
+    /// The job's memory regions must stay valid, and not be accessed by anyone else, until
+    /// this returns (as for [`Engine::run_collective`]).
+    unsafe fn run(self, e: &mut Engine) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Job::Collective { desc, sched, mem } => e.run_collective(desc, sched, mem),
+                Job::P2p {
+                    dtype,
+                    ops,
+                    tags,
+                    sched,
+                    mem,
+                } => e.run_p2p(dtype, &ops, &tags, sched, mem),
+            }
+        }
+    }
+}
+
+/// Where a queued job leaves its result.
+#[derive(Default)]
+pub struct JobSlot {
+    result: Mutex<Option<Result<()>>>,
+    cond: Condvar,
+}
+
+impl JobSlot {
+    /// A slot that already holds `r` (a call rejected before it was queued).
+    pub fn finished(r: Result<()>) -> Arc<JobSlot> {
+        let s = Arc::new(JobSlot::default());
+        s.finish(r);
+        s
+    }
+
+    /// Deliver the job's result and wake its waiters (the executor does this for every job
+    /// it runs).
+    pub fn finish(&self, r: Result<()>) {
+        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(r);
+        self.cond.notify_all();
+    }
+
+    /// The result, if the job has finished.
+    pub fn peek(&self) -> Option<Result<()>> {
+        self.result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Wait until the job finished or `deadline` passed; `None` on timeout.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> Option<Result<()>> {
+        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.as_ref() {
+                return Some(r.clone());
+            }
+            match deadline {
+                None => g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    g = self
+                        .cond
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<(Job, Arc<JobSlot>)>,
+    running: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    queue: Mutex<Queue>,
+    cond: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A communicator's engine, its job queue and its progress thread.
+pub struct Executor {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Executor {
+    /// Start the progress thread (named `dmsc-progress-<rank>`) for `engine`.
+    pub fn start(engine: Engine) -> Result<Executor> {
+        let period = engine.config().idle_period();
+        let name = format!("dmsc-progress-{}", engine.rank());
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+        });
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || worker_loop(&s, period))
+            .map_err(|e| Error::io("starting the communicator's progress thread", &e))?;
+        Ok(Executor {
+            shared,
+            worker: Some(worker),
+        })
+    }
+
+    /// Run `job` to completion, on this thread when nothing is queued ahead of it.
+    ///
+    /// # Safety
+    /// The job's memory must stay valid and unaliased until this returns.
+    pub unsafe fn run_blocking(&self, job: Job) -> Result<()> {
+        let q = lock(&self.shared.queue);
+        if q.jobs.is_empty() && !q.running {
+            let mut e = lock(&self.shared.engine);
+            drop(q);
+            // SAFETY: forwarded contract.
+            return unsafe { job.run(&mut e) };
+        }
+        drop(q);
+        let slot = self.enqueue(job);
+        slot.wait_until(None).unwrap_or(Ok(()))
+    }
+
+    /// Queue `job` for the progress thread; its result arrives in the slot.
+    ///
+    /// # Safety
+    /// The job's memory must stay valid and unaliased until the slot holds a result.
+    pub unsafe fn submit(&self, job: Job) -> Arc<JobSlot> {
+        self.enqueue(job)
+    }
+
+    fn enqueue(&self, job: Job) -> Arc<JobSlot> {
+        let slot = Arc::new(JobSlot::default());
+        let mut q = lock(&self.shared.queue);
+        q.jobs.push_back((job, slot.clone()));
+        self.shared.cond.notify_all();
+        slot
+    }
+}
+
+/// Run queued jobs; while idle, serve the engine every `period` (heartbeats, peers' status
+/// queries and errors) without ever waiting for it.
+fn worker_loop(s: &Shared, period: Duration) {
+    let mut q = lock(&s.queue);
+    loop {
+        if let Some((job, slot)) = q.jobs.pop_front() {
+            q.running = true;
+            let mut e = lock(&s.engine);
+            drop(q);
+            // Whatever happens, the slot gets a result: a waiter must never hang.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: whoever submitted the job keeps its memory valid until the slot
+                // holds a result (`Executor::submit`'s contract), which happens below.
+                unsafe { job.run(&mut e) }
+            }))
+            .unwrap_or_else(|_| Err(Error::internal("panic while running a queued operation")));
+            drop(e);
+            slot.finish(r);
+            q = lock(&s.queue);
+            q.running = false;
+            continue;
+        }
+        if q.shutdown {
+            return;
+        }
+        let (g, t) = s
+            .cond
+            .wait_timeout(q, period)
+            .unwrap_or_else(|p| p.into_inner());
+        q = g;
+        if t.timed_out() && q.jobs.is_empty() {
+            // Idle: serve the engine unless a caller holds it (then that caller's operation
+            // does the same). The queue stays unlocked meanwhile, so that no caller waits on
+            // it; a job queued in between is seen at the top of the loop.
+            drop(q);
+            if let Ok(mut e) = s.engine.try_lock() {
+                let _ = e.service(Duration::ZERO);
+            }
+            q = lock(&s.queue);
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        {
+            let mut q = lock(&self.shared.queue);
+            q.shutdown = true;
+            self.shared.cond.notify_all();
+        }
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
