@@ -26,6 +26,8 @@ impl Drop for Gateway {
     }
 }
 
+// The child is killed and reaped by `Gateway`'s Drop; panics before that end the test.
+#[allow(clippy::zombie_processes)]
 fn start() -> Gateway {
     let dir = std::env::temp_dir().join(format!("dmsc-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -50,10 +52,11 @@ fn start() -> Gateway {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the gateway exited before listening"
-        );
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway exited before listening");
+        }
         if let Some(addr) = line.trim().strip_prefix("LISTENING ") {
             let url = format!("http://{addr}");
             // Keep draining the ranks' output so they never block on a full pipe.

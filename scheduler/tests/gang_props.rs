@@ -62,10 +62,7 @@ proptest! {
                 }
                 Op::AddWorker => { s.add_worker(next_worker, 1.0); next_worker += 1; }
                 Op::Dispatch => {
-                    let free_before = s.free_workers();
                     let new = s.dispatch();
-                    let used: usize = new.iter().map(|a| a.workers.len()).sum();
-                    prop_assert!(used <= free_before || !new.is_empty());
                     for a in &new {
                         prop_assert_eq!(a.workers.len() as u32, gang_of[&a.task], "partial gang");
                         let distinct: HashSet<_> = a.workers.iter().collect();
