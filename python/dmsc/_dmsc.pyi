@@ -142,7 +142,12 @@ class Communicator:
 
     @property
     def transport(self) -> str:
-        """Transport backend in use: ``"tcp-uring"`` or ``"tcp-socket"``."""
+        """Transport in use: ``"shm"`` (shared memory), ``"tcp-uring"`` or ``"tcp-socket"``,
+        with ``"+cma"`` when large chunks pass by cross-memory attach."""
+
+    @property
+    def peer_transports(self) -> list[str]:
+        """The transport serving each rank, indexed by rank (``"self"`` for this one)."""
 
     def path_metrics(self) -> list[_PathMetrics]:
         """Metrics of the network paths of packet spraying (``DMSC_PATHS`` > 1): one dict per
