@@ -91,7 +91,7 @@ fn train_through_the_gateway_kill_a_worker_and_match_a_single_process_run() {
     let g = start();
     let c = client();
     let spec = JobSpec {
-        steps: 60,
+        steps: 80,
         step_ms: 25,
         checkpoint_every: 5,
         seed: 7,
@@ -111,6 +111,8 @@ fn train_through_the_gateway_kill_a_worker_and_match_a_single_process_run() {
         .json(&spec)
         .send()
         .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c.get(format!("{}/jobs", g.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(get(&g, "/jobs")["jobs"], json!([]));
     // A bad job is refused with the field named.
