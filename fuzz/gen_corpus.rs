@@ -55,7 +55,7 @@ fn frame_headers() -> Seeds {
         (
             "dataref",
             header(&FrameHeader {
-                kind: FrameKind::DataRef,
+                kind: FrameKind::Transport(0x81),
                 len: 32,
                 ..data
             }),
@@ -64,7 +64,7 @@ fn frame_headers() -> Seeds {
             "control",
             header(&FrameHeader::plain(FrameKind::Control, 0, 100)),
         ),
-        ("hello", header(&FrameHeader::plain(FrameKind::Hello, 3, 0))),
+        ("hello", header(&FrameHeader::plain(FrameKind::Transport(0x80), 3, 0))),
         ("bad-magic", bad_magic),
         ("truncated", header(&data)[..63].to_vec()),
     ]

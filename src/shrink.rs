@@ -58,9 +58,7 @@ fn decode(v: &[u8]) -> Result<(u64, Vec<Rank>)> {
             v.len()
         )));
     }
-    let mut words = v
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+    let mut words = v.chunks_exact(8).map(|c| dmsc_core::codec::le_u64(c, 0));
     let id = words.next().unwrap_or(0);
     let ranks = words
         .map(|w| {

@@ -9,6 +9,7 @@
 //! needed and all colors connect concurrently.
 
 use crate::comm::Communicator;
+use dmsc_core::codec::{le_u16, Reader};
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::store::random_nonce;
 
@@ -39,8 +40,8 @@ impl Record {
     }
 
     fn decode(b: &[u8]) -> Result<Record> {
-        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-        let c = word(0);
+        let mut r = Reader::new(b, "split record");
+        let c = r.u64()?;
         let color = match c {
             NO_COLOR => None,
             c => Some(u32::try_from(c).map_err(|_| {
@@ -49,8 +50,8 @@ impl Record {
         };
         Ok(Record {
             color,
-            key: word(8) as i64,
-            nonce: word(16),
+            key: r.u64()? as i64,
+            nonce: r.u64()?,
         })
     }
 }
@@ -155,7 +156,7 @@ impl Communicator {
         all.chunks_exact(ADDR_SLOT)
             .enumerate()
             .map(|(r, s)| {
-                let len = u16::from_le_bytes([s[0], s[1]]) as usize;
+                let len = le_u16(s, 0) as usize;
                 if len > ADDR_SLOT - 2 {
                     return Err(Error::protocol(format!(
                         "rank {r} sent a split address of {len} bytes"

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod codec;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -24,32 +24,44 @@ pub const MAX_CONTROL: u32 = 64 << 10;
 /// Bit of the flags byte (byte 9): the header carries the payload's CRC32C.
 pub const FLAG_CRC: u8 = 1;
 
-/// The little-endian `u32` at `b[i..i + 4]`; the caller has checked that `b` is long enough.
-pub fn le_u32(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
+pub use crate::codec::{le_u16, le_u32, le_u64};
 
-/// The little-endian `u64` at `b[i..i + 8]`; the caller has checked that `b` is long enough.
-pub fn le_u64(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
-}
+/// Frame kind codes a transport may give frames of its own (a connection's hello, a chunk
+/// passed by reference): core never interprets them, and a receive the engine posted never
+/// matches one (its header says [`FrameKind::Data`]).
+pub const TRANSPORT_KINDS: std::ops::RangeInclusive<u8> = 0x80..=0xFF;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum FrameKind {
-    /// A chunk of a message of a collective.
-    Data = 1,
-    /// A control message (see [`crate::engine::control`]).
-    Control = 2,
-    /// The first frame on a new connection: identifies the sender.
-    Hello = 3,
-    /// A chunk passed by reference between processes of one host: the payload is a small
-    /// descriptor of where the chunk lies in the sender's memory, and the receiver copies it
-    /// across with `process_vm_readv` (see the transports' `cma` module).
-    DataRef = 4,
+    /// A chunk of a message of a collective (code 1).
+    Data,
+    /// A control message (see [`crate::engine::control`]; code 2).
+    Control,
+    /// A transport's own frame, with a code in [`TRANSPORT_KINDS`] that the transport
+    /// defines (for example the TCP mesh's hello, the memory-attach layer's references).
+    Transport(u8),
+}
+
+impl FrameKind {
+    /// The byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            FrameKind::Data => 1,
+            FrameKind::Control => 2,
+            FrameKind::Transport(k) => k,
+        }
+    }
+
+    /// The kind of wire byte `b`, if it names one.
+    pub fn from_code(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::Data),
+            2 => Some(FrameKind::Control),
+            k if TRANSPORT_KINDS.contains(&k) => Some(FrameKind::Transport(k)),
+            _ => None,
+        }
+    }
 }
 
 /// A decoded frame header.
@@ -83,7 +95,7 @@ impl FrameHeader {
         out.fill(0);
         out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         out[4] = VERSION;
-        out[5] = self.kind as u8;
+        out[5] = self.kind.code();
         out[6] = self.desc.kind as u8;
         out[7] = self.desc.dtype as u8;
         out[8] = self.desc.op as u8;
@@ -123,13 +135,8 @@ impl FrameHeader {
                 b[4]
             )));
         }
-        let kind = match b[5] {
-            1 => FrameKind::Data,
-            2 => FrameKind::Control,
-            3 => FrameKind::Hello,
-            4 => FrameKind::DataRef,
-            k => return Err(Error::protocol(format!("unknown frame kind {k}"))),
-        };
+        let kind = FrameKind::from_code(b[5])
+            .ok_or_else(|| Error::protocol(format!("unknown frame kind {}", b[5])))?;
         let ckind = CollKind::from_code(b[6])
             .ok_or_else(|| Error::protocol(format!("unknown collective code {}", b[6])))?;
         let dtype = DataType::from_code(b[7])

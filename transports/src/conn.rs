@@ -477,7 +477,7 @@ impl Conn {
         let Some(u) = self.unit else { return };
         if u.kind == UnitKind::Segment && before < MAX_HDR && self.rgot >= MAX_HDR {
             let engine = match FrameHeader::decode(&self.rhdr[UNIT_LEN..MAX_HDR]) {
-                Ok(h) if matches!(h.kind, FrameKind::Data | FrameKind::DataRef) => h,
+                Ok(h) if matches!(h.kind, FrameKind::Data | FrameKind::Transport(_)) => h,
                 Ok(h) => {
                     return self.protocol_failure(
                         out,
@@ -580,7 +580,9 @@ impl Conn {
                 self.ctrl_buf.resize(h.len as usize, 0);
                 // Bytes read beyond the header in scatter mode cannot happen on control.
             }
-            (Role::Data, FrameKind::Data | FrameKind::DataRef) => {
+            // A transport's own data frames (references to chunks) only ever match a receive
+            // that the transport itself posted with that kind.
+            (Role::Data, FrameKind::Data | FrameKind::Transport(_)) => {
                 let r = self
                     .recvq
                     .front()

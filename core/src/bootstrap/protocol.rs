@@ -28,6 +28,7 @@
 //! Decoding allocates at most the body's length. These properties make the decoders the
 //! target of the store fuzzer.
 
+use crate::codec::Reader;
 use crate::error::{Error, Result};
 
 /// The four magic bytes that open every frame.
@@ -252,7 +253,7 @@ impl Request {
         let Some((kind, body)) = split_frame(buf, true)? else {
             return Ok(None);
         };
-        let mut r = Reader { buf: body, pos: 0 };
+        let mut r = Reader::new(body, "frame body");
         let req = match kind {
             kind::SET => Request::Set {
                 key: r.key()?,
@@ -331,7 +332,7 @@ impl Response {
         let Some((kind, body)) = split_frame(buf, false)? else {
             return Ok(None);
         };
-        let mut r = Reader { buf: body, pos: 0 };
+        let mut r = Reader::new(body, "frame body");
         let resp = match kind {
             kind::OK => Response::Ok,
             kind::VALUE => Response::Value(r.value()?),
@@ -442,45 +443,16 @@ pub fn frame_len(buf: &[u8], request: bool) -> Result<Option<usize>> {
     Ok(frame_header(buf, request)?.map(|(body, _)| HEADER_LEN + body))
 }
 
-/// Bounds-checked reading of a frame body.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The protocol's own fields (text, keys, values), read with the codec's [`Reader`].
+trait Fields: Sized {
+    fn utf8(&mut self, n: usize, what: &str) -> Result<String>;
+    fn key(&mut self) -> Result<String>;
+    fn keys(&mut self) -> Result<Vec<String>>;
+    fn value(&mut self) -> Result<Vec<u8>>;
+    fn finish(self) -> Result<()>;
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(Error::protocol(format!(
-                "frame body of {} bytes ends early: {n} more bytes needed at offset {}",
-                self.buf.len(),
-                self.pos
-            )));
-        };
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn u16(&mut self) -> Result<u16> {
-        let mut b = [0u8; 2];
-        b.copy_from_slice(self.take(2)?);
-        Ok(u16::from_le_bytes(b))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(b))
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
-    }
-
+impl Fields for Reader<'_> {
     fn utf8(&mut self, n: usize, what: &str) -> Result<String> {
         let bytes = self.take(n)?;
         std::str::from_utf8(bytes)
@@ -502,7 +474,7 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         // Each key takes at least its 2-byte length, so a count the body cannot hold is
         // rejected before anything is allocated for it.
-        if n > MAX_KEYS || n * 2 > self.buf.len() - self.pos {
+        if n > MAX_KEYS || n * 2 > self.remaining() {
             return Err(Error::protocol(format!(
                 "key count {n} exceeds the limit of {MAX_KEYS} or the frame's length"
             )));
@@ -525,11 +497,11 @@ impl<'a> Reader<'a> {
     }
 
     fn finish(self) -> Result<()> {
-        if self.pos != self.buf.len() {
+        if self.remaining() != 0 {
             return Err(Error::protocol(format!(
                 "{} unexpected trailing bytes in a frame body of {}",
-                self.buf.len() - self.pos,
-                self.buf.len()
+                self.remaining(),
+                self.position() + self.remaining()
             )));
         }
         Ok(())

@@ -6,10 +6,19 @@
 //! and the heartbeats and goodbyes by which ranks tell a stopped or killed peer from a quiet
 //! one (see `super::liveness`).
 //! Decoding is bounded and never panics.
+//!
+//! The first byte of a message is its tag. Tags from [`FIRST_TRANSPORT_TAG`] up are reserved
+//! for transports' own messages on the control channel (the memory-attach layer's
+//! acknowledgements): a transport consumes them before the engine sees them, and
+//! [`ControlMsg::decode`] names them as such if one ever reaches it.
 
+use crate::codec::Reader;
 use crate::error::{Error, Result};
 use crate::types::{CollDesc, CollKind, DataType, ReduceOp};
 use crate::wire::MAX_CONTROL;
+
+/// The first control-message tag reserved for transports.
+pub const FIRST_TRANSPORT_TAG: u8 = 0x80;
 
 /// One control message.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,37 +64,6 @@ pub enum ErrorClass {
     Aborted = 3,
     /// [`Error::PeerLost`]: the message's `ranks` holds the lost rank.
     PeerLost = 4,
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| Error::protocol("control message truncated"))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32> {
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        let s = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
-    }
 }
 
 impl ControlMsg {
@@ -145,7 +123,13 @@ impl ControlMsg {
         if b.len() > MAX_CONTROL as usize {
             return Err(Error::protocol("control message too long"));
         }
-        let mut r = Reader { b, at: 0 };
+        if b.first().is_some_and(|&t| t >= FIRST_TRANSPORT_TAG) {
+            return Err(Error::protocol(format!(
+                "a transport's own control message (tag {:#04x}) reached the engine",
+                b[0]
+            )));
+        }
+        let mut r = Reader::new(b, "control message");
         let msg = match r.u8()? {
             1 => {
                 let seq = r.u64()?;
@@ -208,7 +192,7 @@ impl ControlMsg {
             }
             t => return Err(Error::protocol(format!("unknown control message type {t}"))),
         };
-        if r.at != b.len() {
+        if r.remaining() != 0 {
             return Err(Error::protocol("trailing bytes after a control message"));
         }
         Ok(msg)

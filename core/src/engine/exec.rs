@@ -35,6 +35,32 @@ pub(crate) enum Labels {
     P2p { per_action: Vec<(u64, u32)> },
 }
 
+impl Labels {
+    /// The collective's sequence number (0 for point-to-point groups).
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            Labels::Collective { seq, .. } => *seq,
+            Labels::P2p { .. } => 0,
+        }
+    }
+
+    /// The operation, as error messages name it: `all_reduce(...) #3`, `send/recv group`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Labels::Collective { seq, desc } => format!("{desc} #{seq}"),
+            Labels::P2p { .. } => "send/recv group".into(),
+        }
+    }
+
+    /// The operation, as log lines name it: `all_reduce #3`, `send/recv group`.
+    pub(crate) fn short(&self) -> String {
+        match self {
+            Labels::Collective { seq, desc } => format!("{} #{seq}", desc.kind),
+            Labels::P2p { .. } => "send/recv group".into(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
     Send,
@@ -495,7 +521,7 @@ fn verify(labels: &Labels, ch: &Chunk, crc: Option<u32>, got: u32) -> Result<()>
         return Ok(());
     }
     let op = match labels {
-        Labels::Collective { seq, desc } => format!("{desc} #{seq}"),
+        Labels::Collective { .. } => labels.describe(),
         Labels::P2p { .. } => format!("point-to-point message #{}", ch.header.seq),
     };
     Err(Error::protocol(format!(

@@ -6,7 +6,7 @@
 //! receiver's) and walks the TCP stack in between; on a two-core host that copy work, not
 //! the link, bounds bandwidth. [`CmaTransport`] wraps a transport: for peers that passed the
 //! [`handshake`] it replaces each data frame of at least [`REF_MIN`] bytes with a
-//! [`FrameKind::DataRef`] frame carrying a 32-byte descriptor (address, length, id, epoch),
+//! [`DATA_REF`] frame carrying a 32-byte descriptor (address, length, id, epoch),
 //! sent in the same order on the same connection, so matching and header checks are those of
 //! the wrapped transport. The receiver copies the chunk to its destination and acknowledges
 //! it on the control connection; only then is the sender's chunk complete and its memory free
@@ -38,9 +38,13 @@ use std::time::Duration;
 pub const REF_MIN: u32 = 64 << 10;
 /// Bytes of a descriptor.
 const DESC_LEN: usize = 32;
-/// First byte of an acknowledgement on the control connection (the engine's control
-/// messages use tags below 0x80).
+/// First byte of an acknowledgement on the control connection, in the range of tags the
+/// engine reserves for transports.
 const ACK_TAG: u8 = 0xC1;
+const _: () = assert!(ACK_TAG >= dmsc_core::engine::control::FIRST_TRANSPORT_TAG);
+/// A chunk passed by reference: the payload is a descriptor of where the chunk lies in the
+/// sender's memory (a transport frame kind, [`dmsc_core::wire::TRANSPORT_KINDS`]).
+pub(crate) const DATA_REF: FrameKind = FrameKind::Transport(0x81);
 
 /// One posted operation of the wrapped transport.
 enum Op {
@@ -330,7 +334,7 @@ impl Transport for CmaTransport {
         desc[16..24].copy_from_slice(&id.to_le_bytes());
         desc[24..32].copy_from_slice(&epoch::current(self.epoch).to_le_bytes());
         let mut h = *header;
-        h.kind = FrameKind::DataRef;
+        h.kind = DATA_REF;
         h.len = DESC_LEN as u32;
         let ptr = desc.as_ptr();
         self.ops.insert(
@@ -363,7 +367,7 @@ impl Transport for CmaTransport {
         let mut desc = Box::new([0u8; DESC_LEN]);
         let ptr = desc.as_mut_ptr();
         let mut h = *expect;
-        h.kind = FrameKind::DataRef;
+        h.kind = DATA_REF;
         h.len = DESC_LEN as u32;
         self.ops.insert(
             id,
@@ -587,7 +591,7 @@ mod tests {
             // SAFETY: buf outlives the operation.
             unsafe { t.post_send(1, &header(REF_MIN), buf.as_ptr(), 42).unwrap() };
             let (_, h, desc_addr, id) = seen.lock().unwrap().sends[0];
-            assert_eq!((h.kind, h.len), (FrameKind::DataRef, DESC_LEN as u32));
+            assert_eq!((h.kind, h.len), (DATA_REF, DESC_LEN as u32));
             // SAFETY: the descriptor is boxed inside the transport and still alive.
             let desc = unsafe { std::slice::from_raw_parts(desc_addr as *const u8, DESC_LEN) };
             assert_eq!(&desc[0..8], &(buf.as_ptr() as u64).to_le_bytes());
@@ -619,7 +623,7 @@ mod tests {
                 .unwrap()
         };
         let (_, h, desc_addr, id) = seen.lock().unwrap().recvs[0];
-        assert_eq!(h.kind, FrameKind::DataRef);
+        assert_eq!(h.kind, DATA_REF);
         let mut d = [0u8; DESC_LEN];
         d[0..8].copy_from_slice(&(src.as_ptr() as u64).to_le_bytes());
         d[8..16].copy_from_slice(&announced_len.to_le_bytes());

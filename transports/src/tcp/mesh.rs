@@ -102,11 +102,15 @@ impl MeshOptions {
     }
 }
 
+/// The first frame on a new TCP connection: identifies the sender (a transport frame kind,
+/// [`dmsc_core::wire::TRANSPORT_KINDS`]).
+pub(crate) const HELLO: FrameKind = FrameKind::Transport(0x80);
+
 /// Role code of path 0 in a hello (path `p`: this plus `p`).
 const PATH_ROLE_BASE: u32 = 16;
 
 pub(crate) fn hello(opts: &MeshOptions, role: Role) -> [u8; HEADER_LEN] {
-    let mut h = FrameHeader::plain(FrameKind::Hello, opts.rank as u32, 0);
+    let mut h = FrameHeader::plain(HELLO, opts.rank as u32, 0);
     h.seq = opts.comm_id;
     h.chunk = match role {
         Role::Data => 0,
@@ -181,7 +185,7 @@ pub(crate) fn parse_hello(
     comm_id: u64,
 ) -> Result<(Rank, Role)> {
     let h = FrameHeader::decode(b)?;
-    if h.kind != FrameKind::Hello {
+    if h.kind != HELLO {
         return Err(Error::protocol("first frame is not a hello"));
     }
     if h.seq != comm_id {
@@ -429,7 +433,7 @@ mod tests {
         c[40] = 2; // role
         assert!(e(&c, 1, 0xc0ff_ee00_1234).to_string().contains("role"));
         let mut c = b;
-        c[5] = FrameKind::Control as u8;
+        c[5] = FrameKind::Control.code();
         assert!(e(&c, 1, 0xc0ff_ee00_1234)
             .to_string()
             .contains("not a hello"));
