@@ -98,7 +98,7 @@ impl Engine {
             };
             let mut comps = std::mem::take(&mut self.completions);
             comps.clear();
-            let r = self.poll_io(&mut comps, wait);
+            let r = self.poll_io_at(&mut comps, wait, now);
             let mut progressed = false;
             let mut result = r;
             // The peer whose connection failed, while that is the error.
@@ -135,10 +135,10 @@ impl Engine {
                 }
             }
             result?;
-            self.check_peers(Some(&*ex))?;
+            self.check_peers_at(Some(&*ex), now)?;
             if progressed {
                 ex.pump(&mut *self.transport, &mut self.pool, &mut *self.device)?;
-                last_progress = Instant::now();
+                last_progress = if wait.is_zero() { now } else { Instant::now() };
             } else if wait.is_zero() {
                 if self.cfg.spin_yield {
                     // Spinning with more ranks than cores: let another runnable rank on this

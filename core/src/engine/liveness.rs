@@ -320,7 +320,17 @@ impl Engine {
     /// Poll the transport (never blocking past the next heartbeat or liveness deadline),
     /// note every sign of life and every closed connection, and send the heartbeats due.
     pub(super) fn poll_io(&mut self, out: &mut Vec<Completion>, wait: Duration) -> Result<()> {
-        let now = Instant::now();
+        self.poll_io_at(out, wait, Instant::now())
+    }
+
+    /// [`Engine::poll_io`] at `now`, a moment ago (the drive loop reads the clock once per
+    /// turn: on a spinning rank the clock is a good share of each turn's cost).
+    pub(super) fn poll_io_at(
+        &mut self,
+        out: &mut Vec<Completion>,
+        wait: Duration,
+        now: Instant,
+    ) -> Result<()> {
         self.live.before_poll(now);
         let due = self.live.heartbeats_due(now);
         if !due.is_empty() {
@@ -332,7 +342,8 @@ impl Engine {
         let wait = wait.min(self.live.until_next_event(now));
         let first = out.len();
         let r = self.transport.poll(out, wait);
-        let now = Instant::now();
+        // A poll that may not block returned at once: `now` still holds.
+        let now = if wait.is_zero() { now } else { Instant::now() };
         self.live.after_poll(now);
         for c in &out[first..] {
             match c {
@@ -348,7 +359,11 @@ impl Engine {
     /// goodbye: at once when idle (`ex` is `None`), after [`CLOSE_GRACE`] when the operation
     /// in progress still waits on it.
     pub(super) fn check_peers(&mut self, ex: Option<&Exec>) -> Result<()> {
-        let now = Instant::now();
+        self.check_peers_at(ex, Instant::now())
+    }
+
+    /// [`Engine::check_peers`] at `now`, a moment ago.
+    pub(super) fn check_peers_at(&mut self, ex: Option<&Exec>, now: Instant) -> Result<()> {
         if let Some((peer, quiet)) = self.live.silent(now) {
             self.live.lost(peer);
             let t = self.live.timeout().unwrap_or_default();
