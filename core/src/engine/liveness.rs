@@ -610,6 +610,8 @@ mod tests {
     #[test]
     fn a_silent_peer_fails_the_operation_and_everyone_hears_of_it() {
         use crate::types::{CollDesc, CollKind, DataType, ReduceOp};
+        // The peer's silence starts when the engine is made: time from before that.
+        let t = Instant::now();
         let (mut e, sent) = engine(vec![], ms(250));
         let desc = CollDesc {
             kind: CollKind::AllReduce,
@@ -626,7 +628,6 @@ mod tests {
             output: region,
             group: vec![],
         };
-        let t = Instant::now();
         // SAFETY: `buf` outlives the call and nothing else touches it meanwhile.
         let r = unsafe { e.run_collective(desc, sched, mem) };
         let took = t.elapsed();
