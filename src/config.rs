@@ -45,6 +45,8 @@ pub struct Config {
     pub spray: SprayConfig,
     /// `DMSC_WINDOW` was given (else several paths widen the default window).
     pub window_set: bool,
+    /// `DMSC_SPIN_US` was given (else the spin adapts to whether ranks outnumber cores).
+    pub spin_set: bool,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             paths: None,
             spray: SprayConfig::default(),
             window_set: false,
+            spin_set: false,
         }
     }
 }
@@ -215,6 +218,7 @@ impl Config {
         c.spray.segment_bytes = bytes_var("DMSC_SPRAY_SEGMENT", c.spray.segment_bytes)?
             .min(dmsc_core::wire::MAX_CHUNK as usize);
         c.window_set = var("DMSC_WINDOW").is_some();
+        c.spin_set = var("DMSC_SPIN_US").is_some();
         Ok(c)
     }
 }

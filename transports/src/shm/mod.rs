@@ -286,8 +286,8 @@ impl ShmTransport {
         // The clock is read every 64 rounds only: a spinning rank would otherwise spend a
         // good share of each round on it.
         self.rounds = self.rounds.wrapping_add(1);
-        let check = self.woke
-            || (self.rounds.is_multiple_of(64) && self.checked.elapsed() >= SOCKET_CHECK);
+        let check =
+            self.woke || (self.rounds.is_multiple_of(64) && self.checked.elapsed() >= SOCKET_CHECK);
         if check {
             self.woke = false;
             self.checked = Instant::now();
