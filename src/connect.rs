@@ -69,7 +69,9 @@ pub(crate) fn connect_engine(
     let (opts, mut config) = options(config, rank, nranks, bind_ip, comm_id)?;
     let transport = connect(&opts, exchange)?;
     config.engine.spin_yield = oversubscribed(transport.name(), nranks);
-    if transport.name().starts_with("shm") {
+    if transport.name().starts_with("shm") && !config.engine.spin_yield {
+        // With more ranks than cores a step costs a context switch, not a ring hand-off:
+        // the default (TCP) model's larger alpha fits that better.
         config.plan.model = dmsc_core::model::CostModel::shared_memory();
     }
     if !config.spin_set && !config.engine.spin_yield {

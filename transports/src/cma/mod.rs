@@ -36,10 +36,13 @@ use std::time::Duration;
 /// Smallest chunk passed by reference over TCP; smaller ones are cheaper to copy through the
 /// socket than to acknowledge. Both ends of a pair wrap the same transport, so they agree.
 pub const REF_MIN: u32 = 64 << 10;
-/// Smallest chunk passed by reference over shared memory, where copying through the rings
-/// is cheap: measured on the development VM (2 ranks, all-reduce busbw), rings beat the
-/// reference's acknowledgement round trip at 128 KiB (8.0 against 5.7-6.3 GB/s), tie at
-/// 256 KiB, and lose from 1 MiB on (5.3 against 6.0 GB/s; 4.7 against 6.2 at 4 MiB).
+/// Smallest chunk passed by reference over shared memory when every rank of the host has a
+/// core, where copying through the rings is cheap: measured on the development VM (2 ranks,
+/// all-reduce busbw), rings beat the reference's acknowledgement round trip at 128 KiB (8.0
+/// against 5.7-6.3 GB/s), tie at 256 KiB, and lose from 1 MiB on (5.3 against 6.0 GB/s;
+/// 4.7 against 6.2 at 4 MiB). With more ranks than cores [`REF_MIN`] stays: a reference lets
+/// the receiver copy while the sender is descheduled (4 ranks, 64 KiB: 81-87 us against
+/// 146-158 us through the rings).
 pub const SHM_REF_MIN: u32 = 256 << 10;
 /// Bytes of a descriptor.
 const DESC_LEN: usize = 32;
@@ -106,16 +109,15 @@ fn desc_word(desc: &[u8; DESC_LEN], i: usize) -> u64 {
 
 impl CmaTransport {
     /// Wrap `inner`; `peers[r]` says how to reach rank `r`'s memory (`None`: by socket).
+    /// Chunks of `ref_min` bytes and more pass by reference ([`REF_MIN`] over TCP,
+    /// [`SHM_REF_MIN`] or [`REF_MIN`] over shared memory); both ends of a pair must pass the
+    /// same value.
     pub(crate) fn new(
         inner: Box<dyn Transport>,
         peers: Vec<Option<PeerMemory>>,
         epoch: &'static AtomicU64,
+        ref_min: u32,
     ) -> CmaTransport {
-        let ref_min = if inner.name() == "shm" {
-            SHM_REF_MIN
-        } else {
-            REF_MIN
-        };
         let name = match inner.name() {
             "tcp-uring" => "tcp-uring+cma",
             "tcp-socket" => "tcp-socket+cma",
@@ -554,7 +556,12 @@ mod tests {
             pid: std::process::id() as i32,
             epoch_addr: epoch_address(epoch),
         };
-        let t = CmaTransport::new(Box::new(Fake(seen.clone())), vec![None, Some(me)], epoch);
+        let t = CmaTransport::new(
+            Box::new(Fake(seen.clone())),
+            vec![None, Some(me)],
+            epoch,
+            REF_MIN,
+        );
         (t, seen)
     }
 

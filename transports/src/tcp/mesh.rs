@@ -388,7 +388,12 @@ pub fn connect_listening(
         opts.backend,
     )?;
     if memory.iter().any(Option::is_some) {
-        Ok(Box::new(cma::CmaTransport::new(inner, memory, epoch)))
+        Ok(Box::new(cma::CmaTransport::new(
+            inner,
+            memory,
+            epoch,
+            cma::REF_MIN,
+        )))
     } else {
         Ok(inner)
     }
