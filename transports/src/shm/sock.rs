@@ -88,13 +88,21 @@ pub(crate) fn send_with_fd(s: &UnixStream, bytes: &[u8], fd: RawFd) -> Result<()
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
     // SAFETY: the control buffer holds CMSG_SPACE(4) bytes, so the first header and its
     // 4-byte payload fit; the pointers come from the CMSG macros over that buffer.
-    let n = unsafe {
+    unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(4) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, fd);
-        libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    }
+    let n = loop {
+        // SAFETY: `msg` points at the live iovec and control buffer above.
+        let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        // A signal (the host process's, e.g. Python's) may interrupt the call: retry.
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
     };
     if n != bytes.len() as isize {
         return Err(Error::io(
@@ -119,13 +127,21 @@ pub(crate) fn recv_with_fd(s: &UnixStream, buf: &mut [u8]) -> Result<Option<Owne
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    // SAFETY: the iovec and control buffer are live locals of the sizes given.
-    let n = unsafe {
-        libc::recvmsg(
-            s.as_raw_fd(),
-            &mut msg,
-            libc::MSG_WAITALL | libc::MSG_CMSG_CLOEXEC,
-        )
+    let n = loop {
+        // SAFETY: the iovec and control buffer are live locals of the sizes given.
+        let n = unsafe {
+            libc::recvmsg(
+                s.as_raw_fd(),
+                &mut msg,
+                libc::MSG_WAITALL | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        // A signal may interrupt the wait before anything arrived (then nothing was
+        // consumed): retry.
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
     };
     if n < 0 {
         return Err(Error::io(
@@ -133,11 +149,18 @@ pub(crate) fn recv_with_fd(s: &UnixStream, buf: &mut [u8]) -> Result<Option<Owne
             &std::io::Error::last_os_error(),
         ));
     }
-    if n as usize != buf.len() {
-        return Err(Error::protocol(format!(
-            "a same-host peer sent {n} bytes of its {}-byte hello",
-            buf.len()
-        )));
+    if n == 0 {
+        return Err(Error::protocol(
+            "a same-host peer closed its connection before its hello",
+        ));
+    }
+    if (n as usize) < buf.len() {
+        // MSG_WAITALL returns early when a signal arrives mid-message; the descriptor came
+        // with the first bytes, the rest follows as plain data.
+        use std::io::Read;
+        let mut rest = s;
+        rest.read_exact(&mut buf[n as usize..])
+            .map_err(|e| Error::io("reading the rest of a same-host peer's hello", &e))?;
     }
     let mut fd = None;
     // SAFETY: walking the control messages the kernel wrote into `cbuf`, with the CMSG
