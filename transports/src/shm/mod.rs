@@ -43,11 +43,23 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often a spinning rank looks at its sockets for a peer's end (a rank that sleeps looks
-/// at them whenever it wakes): well inside the second within which a lost peer is named.
-const SOCKET_CHECK: Duration = Duration::from_millis(2);
+/// How often, in ms, a polling rank looks at its sockets for a peer's end (a rank that
+/// sleeps looks at them whenever it wakes): well inside the second within which a lost peer
+/// is named, idle or not.
+const SOCKET_CHECK_MS: u64 = 2;
+
+/// Milliseconds of `CLOCK_MONOTONIC_COARSE` (read from the vDSO without a system call).
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
 
 /// One peer on this host: its segment's rings, the framing of each channel, and the socket.
 struct Peer {
@@ -238,13 +250,11 @@ fn pull(
 /// A transport whose peers all share this rank's host.
 pub struct ShmTransport {
     rank: Rank,
-    /// When the sockets were last checked for doorbells and ends (a system call per peer,
-    /// so not on every spin of the engine).
-    checked: Instant,
+    /// When the sockets were last checked for doorbells and ends, in [`coarse_ms`] (a
+    /// system call per peer, so not on every spin of the engine).
+    checked_ms: u64,
     /// The last wait returned: check the sockets at the next round.
     woke: bool,
-    /// Rounds so far (the clock is looked at every 64).
-    rounds: u32,
     /// Indexed by rank; `None` for this rank (and peers another transport serves).
     peers: Vec<Option<Peer>>,
     wake: Arc<EventFd>,
@@ -259,9 +269,8 @@ impl ShmTransport {
         }
         Ok(ShmTransport {
             rank,
-            checked: Instant::now(),
+            checked_ms: coarse_ms(),
             woke: true,
-            rounds: 0,
             peers,
             wake: Arc::new(EventFd::new()?),
             pollfds: Vec::new(),
@@ -283,14 +292,13 @@ impl ShmTransport {
     /// One round over every peer; returns true when bytes moved anywhere.
     fn round(&mut self, out: &mut Vec<Completion>) -> bool {
         let mut any = false;
-        // The clock is read every 64 rounds only: a spinning rank would otherwise spend a
-        // good share of each round on it.
-        self.rounds = self.rounds.wrapping_add(1);
-        let check =
-            self.woke || (self.rounds.is_multiple_of(64) && self.checked.elapsed() >= SOCKET_CHECK);
+        // The coarse clock (a few ns, ms resolution) decides: the precise one would cost a
+        // spinning rank a good share of each round.
+        let now = coarse_ms();
+        let check = self.woke || now.wrapping_sub(self.checked_ms) >= SOCKET_CHECK_MS;
         if check {
             self.woke = false;
-            self.checked = Instant::now();
+            self.checked_ms = now;
         }
         for p in self.peers.iter_mut().flatten() {
             if check && !p.ended && sock::drain(p.sock.as_raw_fd()) {
