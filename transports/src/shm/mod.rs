@@ -88,7 +88,8 @@ impl Peer {
         // The framing state machines never touch their descriptor here (bytes move through
         // the rings); each gets a duplicate of the socket's to own.
         let dup = |what| -> Result<OwnedFd> {
-            sock.as_fd_dup()
+            std::os::fd::AsFd::as_fd(&sock)
+                .try_clone_to_owned()
                 .map_err(|e| Error::io(format!("duplicating a socket for {what}"), &e))
         };
         Ok(Peer {
@@ -179,17 +180,6 @@ impl Peer {
         self.seg
             .doorbell(self.seg.side())
             .store(u32::from(on), Ordering::SeqCst);
-    }
-}
-
-trait DupFd {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd>;
-}
-
-impl DupFd for UnixStream {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd> {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned()
     }
 }
 
