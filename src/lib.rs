@@ -13,10 +13,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod call;
 mod comm;
 pub mod config;
 mod connect;
 mod element;
+mod group;
 pub mod launch;
 mod ops;
 pub mod perf;
@@ -33,6 +35,6 @@ pub use dmsc_core::engine::{AbortHandle, PeerPaths};
 pub use dmsc_core::spray::{Mode as SprayMode, PathMetrics, PathState};
 pub use dmsc_core::{Algo, CollDesc, CollKind, DataType, Error, Rank, ReduceOp, Result};
 pub use element::Element;
+pub use group::Group;
 pub use half::{bf16, f16};
-pub use ops::Group;
 pub use request::Request;

@@ -31,8 +31,8 @@ pub unsafe extern "C" fn dmscAllReduce(
     const F: &str = "dmscAllReduce";
     // SAFETY: the C contract: the buffers are valid for the call (or the group).
     unsafe {
-        blocking(F, comm, stream, |_| {
-            validate::all_reduce(F, sendbuff, recvbuff, count, datatype, op)
+        blocking(F, comm, stream, |c| {
+            validate::all_reduce(F, c, sendbuff, recvbuff, count, datatype, op)
         })
     }
 }

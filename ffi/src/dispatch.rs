@@ -1,5 +1,5 @@
 //! The common path of every operation call: look up the communicator, refuse device
-//! streams, validate the arguments into an [`Op`], then run it now, record it into the
+//! streams, validate the arguments into a [`Call`], then run it now, record it into the
 //! thread's group, or post it and return a request.
 
 use crate::args::{no_stream, out};
@@ -7,9 +7,10 @@ use crate::comm::comm_arg;
 use crate::group;
 use crate::guard::{guard, Ctx, FfiError, Res};
 use crate::handle::{dmscComm_t, dmscRequest_t};
-use crate::op::Op;
+use crate::op;
 use crate::request;
 use crate::result::dmscResult_t;
+use dmsc_rs::call::Call;
 use dmsc_rs::Communicator;
 use std::ffi::c_void;
 
@@ -23,15 +24,15 @@ pub(crate) unsafe fn blocking(
     f: &'static str,
     comm: dmscComm_t,
     stream: *mut c_void,
-    build: impl FnOnce(&Communicator) -> Res<Op>,
+    build: impl FnOnce(&Communicator) -> Res<Call>,
 ) -> dmscResult_t {
     guard(f, || {
         let (id, c) = comm_arg(f, comm)?;
         no_stream(f, stream)?;
-        let op = build(&c)?;
-        if let Some(op) = group::record(f, id, &c, op) {
+        let call = build(&c)?;
+        if let Some(call) = group::record(f, id, &c, call) {
             // SAFETY: the caller's contract: the buffers are valid for this call.
-            unsafe { op.run(&c) }.ctx(f)?;
+            unsafe { op::run(&c, &call) }.ctx(f)?;
         }
         Ok(())
     })
@@ -48,7 +49,7 @@ pub(crate) unsafe fn nonblocking(
     comm: dmscComm_t,
     stream: *mut c_void,
     request: *mut dmscRequest_t,
-    build: impl FnOnce(&Communicator) -> Res<Op>,
+    build: impl FnOnce(&Communicator) -> Res<Call>,
 ) -> dmscResult_t {
     guard(f, || {
         let slot = out(f, "request", request)?;
@@ -63,9 +64,9 @@ pub(crate) unsafe fn nonblocking(
                  (the group records the blocking calls and runs them together)",
             ));
         }
-        let op = build(&c)?;
+        let call = build(&c)?;
         // SAFETY: the caller's contract keeps the buffers valid until the request completes.
-        let req = unsafe { op.post(&c) }.ctx(f)?;
+        let req = unsafe { op::post(&c, &call) }.ctx(f)?;
         // SAFETY: as above, slot is writable.
         unsafe { slot.write(request::register(f, req)) };
         Ok(())

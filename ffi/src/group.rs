@@ -9,8 +9,9 @@
 //! different communicators progress concurrently too. It returns when all have finished.
 
 use crate::guard::{guard, FfiError, Res};
-use crate::op::{post_p2p, Op, P2pOp};
+use crate::op::{post, post_p2p};
 use crate::result::dmscResult_t;
+use dmsc_rs::call::{Call, P2pCall};
 use dmsc_rs::{Communicator, Request};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ struct Recorded {
     /// Its communicator's handle id.
     comm_id: usize,
     comm: Arc<Communicator>,
-    op: Op,
+    call: Call,
 }
 
 #[derive(Default)]
@@ -45,18 +46,18 @@ pub(crate) fn record(
     f: &'static str,
     comm_id: usize,
     comm: &Arc<Communicator>,
-    op: Op,
-) -> Option<Op> {
+    call: Call,
+) -> Option<Call> {
     GROUP.with(|g| {
         let mut g = g.borrow_mut();
         if g.depth == 0 {
-            return Some(op);
+            return Some(call);
         }
         g.ops.push(Recorded {
             f,
             comm_id,
             comm: comm.clone(),
-            op,
+            call,
         });
         None
     })
@@ -124,8 +125,8 @@ pub extern "C" fn dmscGroupEnd() -> dmscResult_t {
 struct Batch {
     comm_id: usize,
     comm: Arc<Communicator>,
-    colls: Vec<(&'static str, Op)>,
-    p2p: Vec<P2pOp>,
+    colls: Vec<(&'static str, Call)>,
+    p2p: Vec<P2pCall>,
 }
 
 /// Run a closed group's operations and wait for all of them.
@@ -144,23 +145,23 @@ fn run(ops: Vec<Recorded>) -> Res<()> {
                 batches.len() - 1
             }
         };
-        match r.op {
-            Op::P2p(p) => batches[i].p2p.push(p),
-            op => batches[i].colls.push((r.f, op)),
+        match r.call {
+            Call::P2p { ops, .. } => batches[i].p2p.extend(ops),
+            call => batches[i].colls.push((r.f, call)),
         }
     }
     // Post everything, then wait for everything: the requests wait on drop, so even on an
     // early error no operation outlives this call (the caller's buffers are free after it).
     let mut posted: Vec<(&'static str, usize, dmsc_rs::Result<Request<'static>>)> = vec![];
     for b in &batches {
-        for (f, op) in &b.colls {
+        for (f, call) in &b.colls {
             // SAFETY: the group contract keeps the buffers valid until dmscGroupEnd returns,
             // and every request is waited for below before it does.
-            posted.push((f, b.comm_id, unsafe { op.post(&b.comm) }));
+            posted.push((f, b.comm_id, unsafe { post(&b.comm, call) }));
         }
         if !b.p2p.is_empty() {
             // SAFETY: as above.
-            let req = unsafe { post_p2p(&b.comm, &b.p2p) };
+            let req = unsafe { post_p2p(&b.comm, b.p2p.clone()) };
             posted.push(("dmscSend/dmscRecv", b.comm_id, req));
         }
     }

@@ -35,11 +35,16 @@ impl FfiError {
         }
     }
 
-    /// A dmsc error raised in function `f`.
+    /// A dmsc error raised in function `f`. An argument error reads like the C layer's own
+    /// (`f: what`): its code already says it is one.
     pub fn dmsc(f: &str, e: &dmsc_rs::Error) -> FfiError {
+        let msg = match e {
+            dmsc_rs::Error::InvalidArgument { what } => format!("{f}: {what}"),
+            e => format!("{f}: {e}"),
+        };
         FfiError {
             code: code_of(e),
-            msg: format!("{f}: {e}"),
+            msg,
         }
     }
 }

@@ -34,8 +34,8 @@ pub unsafe extern "C" fn dmscAllReduceAsync(
     const F: &str = "dmscAllReduceAsync";
     // SAFETY: the C contract: the buffers stay valid until the request completes.
     unsafe {
-        nonblocking(F, comm, stream, request, |_| {
-            validate::all_reduce(F, sendbuff, recvbuff, count, datatype, op)
+        nonblocking(F, comm, stream, request, |c| {
+            validate::all_reduce(F, c, sendbuff, recvbuff, count, datatype, op)
         })
     }
 }

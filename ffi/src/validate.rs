@@ -1,76 +1,86 @@
-//! From C arguments to a validated [`Op`]: decodes types and operators, checks pointers,
-//! counts (with overflow checks), ranks and overlaps, and recognises NCCL's in-place layouts
+//! From C arguments to a checked [`Call`]: decodes types, operators, ranks and counts (with
+//! overflow checks) and hands the buffers, sized by the count as NCCL sizes them, to the
+//! builders of [`dmsc_rs::call`], which recognise NCCL's in-place layouts
 //! (`sendbuff == recvbuff`; for all-gather `sendbuff == recvbuff + rank * sendcount`
-//! elements, for reduce-scatter `recvbuff == sendbuff + rank * recvcount` elements), which
-//! become dmsc's in-place form (no separate input). Shared by the blocking calls, the
-//! `*Async` calls and group recording, so all three check arguments identically.
+//! elements, for reduce-scatter `recvbuff == sendbuff + rank * recvcount` elements) and check
+//! NULL pointers, alignment and overlaps for every front end alike. Shared by the blocking
+//! calls, the `*Async` calls and group recording, so all three check arguments identically.
 
-use crate::args::{byte_len, disjoint, rank_arg, span, Span};
-use crate::guard::{FfiError, Res};
-use crate::op::{Op, P2pOp};
+use crate::args::byte_len;
+use crate::guard::{Ctx, Res};
 use crate::types::{data_type, red_op, RawDataType, RawRedOp};
+use dmsc_rs::call::{rank_arg, Call, CollArgs, Names, P2pCall, Span};
 use dmsc_rs::{CollKind, Communicator, DataType, ReduceOp};
 use std::ffi::{c_int, c_void};
 
-/// True if the send and receive buffers start at the same address (in place).
-fn same(sendbuff: *const c_void, recvbuff: *mut c_void) -> bool {
-    std::ptr::eq(sendbuff, recvbuff)
+/// The C names of the arguments.
+const C_NAMES: Names = Names {
+    input: "sendbuff",
+    output: "recvbuff",
+    in_place: "recvbuff",
+    v: ["sendcounts", "sdispls", "recvcounts", "rdispls"],
+};
+
+/// Point-to-point buffers travel as bytes: a group may mix element types, as NCCL allows;
+/// sender and receiver must agree on the byte count (and order), not on the type.
+const P2P_WIRE_TYPE: DataType = DataType::Uint8;
+
+fn span(p: *const c_void, len: usize) -> Span {
+    Span::new(p as *const u8, len)
 }
 
-/// Distinct send and receive buffers must not overlap (in place is `sendbuff == recvbuff`).
-fn apart(f: &str, send: Span, recv: Span) -> Res<()> {
-    disjoint(
-        f,
-        ("sendbuff", send),
-        ("recvbuff", recv),
-        "sendbuff == recvbuff",
-    )
+/// The root argument of `f`.
+fn root_arg(f: &str, comm: &Communicator, root: c_int) -> Res<usize> {
+    rank_arg("root", root, comm.size()).ctx(f)
 }
 
-fn coll(kind: CollKind, input: Option<Span>, output: Span, count: usize, dtype: DataType) -> Op {
-    Op::Coll {
+/// A collective of `f` whose buffers hold `in_blocks` and `out_blocks` times `count`
+/// elements (argument `cname`).
+#[allow(clippy::too_many_arguments)]
+fn coll(
+    f: &str,
+    comm: &Communicator,
+    (kind, op, root): (CollKind, ReduceOp, usize),
+    (sendbuff, recvbuff): (*const c_void, *mut c_void),
+    (cname, count): (&str, usize),
+    (in_blocks, out_blocks): (usize, usize),
+    dtype: DataType,
+) -> Res<Call> {
+    let in_len = byte_len(f, cname, count, in_blocks, dtype)?;
+    let out_len = byte_len(f, cname, count, out_blocks, dtype)?;
+    let args = CollArgs {
         kind,
-        input,
-        output,
-        count,
         dtype,
-        op: ReduceOp::Sum,
-        root: 0,
-    }
-}
-
-fn with(mut o: Op, red: ReduceOp, at: usize) -> Op {
-    if let Op::Coll { op, root, .. } = &mut o {
-        *op = red;
-        *root = at;
-    }
-    o
+        op,
+        root,
+        input: Some(span(sendbuff, in_len)),
+        output: span(recvbuff, out_len),
+        count: Some(count),
+    };
+    Call::collective(comm.shape(), args, &C_NAMES).ctx(f)
 }
 
 /// `dmscAllReduce` arguments.
 pub(crate) fn all_reduce(
     f: &str,
+    comm: &Communicator,
     sendbuff: *const c_void,
     recvbuff: *mut c_void,
     count: usize,
     datatype: RawDataType,
     op: RawRedOp,
-) -> Res<Op> {
+) -> Res<Call> {
     let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
-    let len = byte_len(f, "count", count, 1, dtype)?;
-    let recv = span(f, "recvbuff", recvbuff, len, dtype)?;
-    let input = if same(sendbuff, recvbuff) {
-        None
-    } else {
-        let send = span(f, "sendbuff", sendbuff, len, dtype)?;
-        apart(f, send, recv)?;
-        Some(send)
-    };
-    Ok(with(
-        coll(CollKind::AllReduce, input, recv, count, dtype),
-        op,
-        0,
-    ))
+    let what = (CollKind::AllReduce, op, 0);
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("count", count),
+        (1, 1),
+        dtype,
+    )
 }
 
 /// `dmscBroadcast` arguments; `sendbuff` is read on the root only (NULL elsewhere is fine).
@@ -82,22 +92,18 @@ pub(crate) fn broadcast(
     count: usize,
     datatype: RawDataType,
     root: c_int,
-) -> Res<Op> {
+) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let root = rank_arg(f, "root", root, comm.size())?;
-    let len = byte_len(f, "count", count, 1, dtype)?;
-    let recv = span(f, "recvbuff", recvbuff, len, dtype)?;
-    let input = if same(sendbuff, recvbuff) {
-        None
-    } else if comm.rank() == root {
-        let send = span(f, "sendbuff", sendbuff, len, dtype)?;
-        apart(f, send, recv)?;
-        Some(send)
-    } else {
-        Some(Span::EMPTY)
-    };
-    let o = coll(CollKind::Broadcast, input, recv, count, dtype);
-    Ok(with(o, ReduceOp::Sum, root))
+    let what = (CollKind::Broadcast, ReduceOp::Sum, root_arg(f, comm, root)?);
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("count", count),
+        (1, 1),
+        dtype,
+    )
 }
 
 /// `dmscReduce` arguments; `recvbuff` is written on the root only (NULL elsewhere is fine).
@@ -111,21 +117,18 @@ pub(crate) fn reduce(
     datatype: RawDataType,
     op: RawRedOp,
     root: c_int,
-) -> Res<Op> {
+) -> Res<Call> {
     let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
-    let root = rank_arg(f, "root", root, comm.size())?;
-    let len = byte_len(f, "count", count, 1, dtype)?;
-    let send = span(f, "sendbuff", sendbuff, len, dtype)?;
-    let o = if same(sendbuff, recvbuff) {
-        coll(CollKind::Reduce, None, send, count, dtype)
-    } else if comm.rank() == root {
-        let recv = span(f, "recvbuff", recvbuff, len, dtype)?;
-        apart(f, send, recv)?;
-        coll(CollKind::Reduce, Some(send), recv, count, dtype)
-    } else {
-        coll(CollKind::Reduce, Some(send), Span::EMPTY, count, dtype)
-    };
-    Ok(with(o, op, root))
+    let what = (CollKind::Reduce, op, root_arg(f, comm, root)?);
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("count", count),
+        (1, 1),
+        dtype,
+    )
 }
 
 /// `dmscAllGather` arguments.
@@ -136,21 +139,19 @@ pub(crate) fn all_gather(
     recvbuff: *mut c_void,
     sendcount: usize,
     datatype: RawDataType,
-) -> Res<Op> {
+) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let block = byte_len(f, "sendcount", sendcount, 1, dtype)?;
-    let total = byte_len(f, "sendcount", sendcount, comm.size(), dtype)?;
-    let recv = span(f, "recvbuff", recvbuff, total, dtype)?;
-    let mine = (recvbuff as *const u8).wrapping_add(comm.rank() * block);
-    let input = if sendbuff as *const u8 == mine {
-        None
-    } else {
-        let send = span(f, "sendbuff", sendbuff, block, dtype)?;
-        let hint = "sendbuff == recvbuff + rank * sendcount elements";
-        disjoint(f, ("sendbuff", send), ("recvbuff", recv), hint)?;
-        Some(send)
-    };
-    Ok(coll(CollKind::AllGather, input, recv, sendcount, dtype))
+    let what = (CollKind::AllGather, ReduceOp::Sum, 0);
+    let blocks = (1, comm.size());
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("sendcount", sendcount),
+        blocks,
+        dtype,
+    )
 }
 
 /// `dmscReduceScatter` arguments.
@@ -162,21 +163,19 @@ pub(crate) fn reduce_scatter(
     recvcount: usize,
     datatype: RawDataType,
     op: RawRedOp,
-) -> Res<Op> {
+) -> Res<Call> {
     let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
-    let block = byte_len(f, "recvcount", recvcount, 1, dtype)?;
-    let total = byte_len(f, "recvcount", recvcount, comm.size(), dtype)?;
-    let send = span(f, "sendbuff", sendbuff, total, dtype)?;
-    let mine = (sendbuff as *const u8).wrapping_add(comm.rank() * block);
-    let o = if recvbuff as *const u8 == mine {
-        coll(CollKind::ReduceScatter, None, send, recvcount, dtype)
-    } else {
-        let recv = span(f, "recvbuff", recvbuff, block, dtype)?;
-        let hint = "recvbuff == sendbuff + rank * recvcount elements";
-        disjoint(f, ("sendbuff", send), ("recvbuff", recv), hint)?;
-        coll(CollKind::ReduceScatter, Some(send), recv, recvcount, dtype)
-    };
-    Ok(with(o, op, 0))
+    let what = (CollKind::ReduceScatter, op, 0);
+    let blocks = (comm.size(), 1);
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("recvcount", recvcount),
+        blocks,
+        dtype,
+    )
 }
 
 /// `dmscAllToAll` arguments; `count` elements go to each peer.
@@ -187,18 +186,19 @@ pub(crate) fn all_to_all(
     recvbuff: *mut c_void,
     count: usize,
     datatype: RawDataType,
-) -> Res<Op> {
+) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let total = byte_len(f, "count", count, comm.size(), dtype)?;
-    let recv = span(f, "recvbuff", recvbuff, total, dtype)?;
-    let input = if same(sendbuff, recvbuff) {
-        None
-    } else {
-        let send = span(f, "sendbuff", sendbuff, total, dtype)?;
-        apart(f, send, recv)?;
-        Some(send)
-    };
-    Ok(coll(CollKind::AllToAll, input, recv, count, dtype))
+    let what = (CollKind::AllToAll, ReduceOp::Sum, 0);
+    let blocks = (comm.size(), comm.size());
+    coll(
+        f,
+        comm,
+        what,
+        (sendbuff, recvbuff),
+        ("count", count),
+        blocks,
+        dtype,
+    )
 }
 
 /// Copy the per-rank array argument `name`.
@@ -207,24 +207,24 @@ pub(crate) fn all_to_all(
 /// `p` is NULL or points to `n` readable `size_t`s.
 unsafe fn per_rank(f: &str, name: &str, p: *const usize, n: usize) -> Res<Vec<usize>> {
     if p.is_null() {
-        return Err(FfiError::invalid(f, format_args!("{name} is NULL")));
+        return Err(crate::guard::FfiError::invalid(
+            f,
+            format_args!("{name} is NULL"),
+        ));
     }
     // SAFETY: non-NULL, and the caller passes one entry per rank.
     Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
-/// Elements spanned by counts `c` at displacements `d` (arguments `cn`, `dn`).
-fn extent(f: &str, c: &[usize], d: &[usize], cn: &str, dn: &str) -> Res<usize> {
+/// Elements spanned by counts `c` at displacements `d`, saturating (the builder names an
+/// overflowing sum).
+fn end(c: &[usize], d: &[usize]) -> usize {
     c.iter()
         .zip(d)
-        .enumerate()
-        .try_fold(0usize, |m, (i, (&c, &d))| match c.checked_add(d) {
-            Some(e) => Ok(if c == 0 { m } else { m.max(e) }),
-            None => Err(FfiError::invalid(
-                f,
-                format_args!("{cn}[{i}] + {dn}[{i}] = {c} + {d} overflows size_t"),
-            )),
-        })
+        .filter(|(&c, _)| c > 0)
+        .map(|(&c, &d)| c.saturating_add(d))
+        .max()
+        .unwrap_or(0)
 }
 
 /// `dmscAllToAllv` arguments (counts and displacements in elements, one per rank).
@@ -242,7 +242,7 @@ pub(crate) unsafe fn all_to_all_v(
     recvcounts: *const usize,
     rdispls: *const usize,
     datatype: RawDataType,
-) -> Res<Op> {
+) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
     let n = comm.size();
     // SAFETY: forwarded contract: each array is NULL (rejected) or has n entries.
@@ -254,49 +254,21 @@ pub(crate) unsafe fn all_to_all_v(
             per_rank(f, "rdispls", rdispls, n)?,
         ]
     };
-    let s_end = extent(f, &v[0], &v[1], "sendcounts", "sdispls")?;
-    let r_end = extent(f, &v[2], &v[3], "recvcounts", "rdispls")?;
-    // A displacement without data means nothing; dmsc would still bound the buffer by it.
-    let [sc, mut sd, rc, mut rd] = v;
-    for (counts, displs) in [(&sc, &mut sd), (&rc, &mut rd)] {
-        for (d, _) in displs.iter_mut().zip(counts).filter(|(_, &c)| c == 0) {
-            *d = 0;
-        }
-    }
-    let v = [sc, sd, rc, rd];
-    let s_len = byte_len(f, "sendcounts + sdispls", s_end, 1, dtype)?;
-    let r_len = byte_len(f, "recvcounts + rdispls", r_end, 1, dtype)?;
-    let (input, output) = if same(sendbuff, recvbuff) {
-        (
-            None,
-            span(f, "recvbuff", recvbuff, s_len.max(r_len), dtype)?,
-        )
-    } else {
-        let send = span(f, "sendbuff", sendbuff, s_len, dtype)?;
-        let recv = span(f, "recvbuff", recvbuff, r_len, dtype)?;
-        apart(f, send, recv)?;
-        (Some(send), recv)
-    };
-    Ok(Op::AllToAllV {
-        dtype,
-        input,
-        output,
-        v: Box::new(v),
-    })
+    // The spans reach as far as the counts and displacements do; a length that overflows
+    // is left empty, and the builder names the overflow.
+    let es = dtype.size();
+    let len = |c: &[usize], d: &[usize]| end(c, d).checked_mul(es).unwrap_or(0);
+    let input = span(sendbuff, len(&v[0], &v[1]));
+    let output = span(recvbuff, len(&v[2], &v[3]));
+    Call::all_to_all_v(comm.shape(), dtype, Some(input), output, v, &C_NAMES).ctx(f)
 }
 
 /// `dmscBarrier`.
-pub(crate) fn barrier() -> Op {
-    coll(
-        CollKind::Barrier,
-        Some(Span::EMPTY),
-        Span::EMPTY,
-        0,
-        DataType::Uint8,
-    )
+pub(crate) fn barrier() -> Call {
+    Call::barrier()
 }
 
-/// `dmscSend` (`send`) or `dmscRecv` arguments.
+/// `dmscSend` (`send`) or `dmscRecv` arguments, as a group of one.
 pub(crate) fn p2p(
     f: &str,
     comm: &Communicator,
@@ -305,42 +277,23 @@ pub(crate) fn p2p(
     count: usize,
     datatype: RawDataType,
     peer: c_int,
-) -> Res<Op> {
+) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let peer = rank_arg(f, "peer", peer, comm.size())?;
+    let peer = rank_arg("peer", peer, comm.size()).ctx(f)?;
     let len = byte_len(f, "count", count, 1, dtype)?;
     let name = if send { "sendbuff" } else { "recvbuff" };
-    let buf = span(f, name, buff, len, dtype)?;
-    Ok(Op::P2p(P2pOp { send, buf, peer }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_reduce_in_place_and_overlap() {
-        let mut b = [0f32; 8];
-        let p = b.as_mut_ptr() as *mut c_void;
-        let o = all_reduce("f", p, p, 8, 7, 0).unwrap();
-        assert!(matches!(o, Op::Coll { input: None, .. }));
-        let half = (p as *mut f32).wrapping_add(2) as *mut c_void;
-        let e = all_reduce("dmscAllReduce", p, half, 4, 7, 0).unwrap_err();
-        assert!(e.msg.contains("overlap"), "{}", e.msg);
-        let e = all_reduce("dmscAllReduce", p, std::ptr::null_mut(), 4, 7, 0).unwrap_err();
-        assert_eq!(e.msg, "dmscAllReduce: recvbuff is NULL");
-        let e = all_reduce("dmscAllReduce", std::ptr::null(), p, 4, 7, 0).unwrap_err();
-        assert_eq!(e.msg, "dmscAllReduce: sendbuff is NULL");
-        let e = all_reduce("dmscAllReduce", p, p, usize::MAX, 7, 0).unwrap_err();
-        assert!(e.msg.starts_with("dmscAllReduce: count"), "{}", e.msg);
-        // NULL buffers are fine for a count of 0.
-        assert!(all_reduce("f", std::ptr::null(), std::ptr::null_mut(), 0, 7, 4).is_ok());
+    if len > 0 && buff.is_null() {
+        return Err(crate::guard::FfiError::invalid(
+            f,
+            format_args!("{name} is NULL"),
+        ));
     }
-
-    #[test]
-    fn extents_of_all_to_all_v() {
-        assert_eq!(extent("f", &[2, 0, 3], &[0, 100, 2], "c", "d").unwrap(), 5);
-        let e = extent("f", &[1, usize::MAX], &[0, 1], "sendcounts", "sdispls").unwrap_err();
-        assert!(e.msg.contains("sendcounts[1] + sdispls[1]"), "{}", e.msg);
-    }
+    let op = P2pCall {
+        send,
+        peer,
+        tag: 0,
+        buf: span(buff, len),
+        dtype: P2P_WIRE_TYPE,
+    };
+    Call::p2p(comm.shape(), vec![op]).ctx(f)
 }

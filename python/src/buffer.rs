@@ -1,6 +1,6 @@
 //! [`Buf`]: the memory of a Python argument, taken without copying from the buffer protocol
 //! (numpy arrays, bytearray, memoryview, array.array) or from DLPack (`__dlpack__`, e.g. torch
-//! tensors), with its dmsc data type, checked for contiguity, alignment and writability.
+//! tensors), with its dmsc data type, checked for contiguity and writability (the operation's builder checks alignment).
 
 use crate::dlpack::{self, DlGuard};
 use crate::errors::invalid;
@@ -15,7 +15,7 @@ enum Keep {
     Dl(#[allow(dead_code)] DlGuard),
 }
 
-/// A contiguous, aligned byte range of a Python object, with its element type.
+/// A contiguous byte range of a Python object, with its element type.
 pub struct Buf {
     /// Start of the memory (dangling but aligned when `len == 0`).
     pub ptr: *mut u8,
@@ -51,14 +51,6 @@ impl Buf {
                 type_name(obj)
             )));
         };
-        let align = buf.dtype.size();
-        if buf.len > 0 && !(buf.ptr as usize).is_multiple_of(align) {
-            return Err(invalid(format!(
-                "{name} at {:p} is not aligned to its {align}-byte {} elements",
-                buf.ptr,
-                buf.dtype.name()
-            )));
-        }
         Ok(buf)
     }
 
@@ -67,37 +59,9 @@ impl Buf {
         self.len / self.dtype.size()
     }
 
-    /// True when the two buffers share at least one byte.
-    pub fn overlaps(&self, other: &Buf) -> bool {
-        let (a, b) = (self.ptr as usize, other.ptr as usize);
-        self.len > 0 && other.len > 0 && a < b + other.len && b < a + self.len
-    }
-
-    /// True when both describe exactly the same memory.
-    pub fn same_memory(&self, other: &Buf) -> bool {
-        self.ptr == other.ptr && self.len == other.len
-    }
-
-    /// The memory as a byte slice.
-    ///
-    /// # Safety
-    /// The slice must not be used after `self` is dropped, and nothing may write the memory
-    /// while the slice is in use (the caller's contract with the Python program, as with
-    /// torch.distributed).
-    pub unsafe fn bytes<'a>(&self) -> &'a [u8] {
-        // SAFETY: `ptr` is non-null and valid for `len` bytes while `self` lives (or dangling
-        // and aligned with `len == 0`); the caller upholds the lifetime and aliasing rules.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// The memory as a mutable byte slice (the buffer was taken with `writable`).
-    ///
-    /// # Safety
-    /// As [`Buf::bytes`], and no other slice of the same memory may be in use.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn bytes_mut<'a>(&self) -> &'a mut [u8] {
-        // SAFETY: as in `bytes`; the memory is writable (checked at construction).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    /// The memory as a span, for the builders of `dmsc::call`.
+    pub fn span(&self) -> dmsc::call::Span {
+        dmsc::call::Span::new(self.ptr, self.len)
     }
 }
 

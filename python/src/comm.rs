@@ -4,11 +4,11 @@
 //! argument unless `out=` is given; in-place layouts are NCCL's (all_gather: this rank's block
 //! already sits at block `rank`; reduce_scatter: the result lands in block `rank`).
 
-use crate::buffer::Buf;
-use crate::call::{Call, Op};
+use crate::call::Call;
 use crate::errors::{invalid, no_panic, to_py, usage};
-use crate::layout::{self, Shape};
+use crate::layout;
 use crate::ops;
+use dmsc::call::Shape;
 use dmsc::{CollKind, ReduceOp};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -227,9 +227,14 @@ impl Communicator {
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
         let op = ops::parse(op)?;
-        let call = self
-            .shape()
-            .collective(CollKind::AllReduce, tensor, out, (op, 0), true)?;
+        let call = layout::collective(
+            self.shape(),
+            CollKind::AllReduce,
+            tensor,
+            out,
+            (op, 0),
+            true,
+        )?;
         self.run(py, call, async_op)
     }
 
@@ -245,9 +250,14 @@ impl Communicator {
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
         let op = ops::parse(op)?;
-        let call = self
-            .shape()
-            .collective(CollKind::ReduceScatter, tensor, out, (op, 0), true)?;
+        let call = layout::collective(
+            self.shape(),
+            CollKind::ReduceScatter,
+            tensor,
+            out,
+            (op, 0),
+            true,
+        )?;
         self.run(py, call, async_op)
     }
 
@@ -262,9 +272,14 @@ impl Communicator {
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let call =
-            self.shape()
-                .collective(CollKind::AllGather, tensor, out, (ReduceOp::Sum, 0), true)?;
+        let call = layout::collective(
+            self.shape(),
+            CollKind::AllGather,
+            tensor,
+            out,
+            (ReduceOp::Sum, 0),
+            true,
+        )?;
         self.run(py, call, async_op)
     }
 
@@ -279,9 +294,10 @@ impl Communicator {
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let root = self.shape().check_root(root)?;
+        let root = layout::rank(self.shape(), "root", root)?;
         let writable = self.rank != root;
-        let call = self.shape().collective(
+        let call = layout::collective(
+            self.shape(),
             CollKind::Broadcast,
             tensor,
             out,
@@ -305,11 +321,16 @@ impl Communicator {
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let root = self.shape().check_root(root)?;
+        let root = layout::rank(self.shape(), "root", root)?;
         let op = ops::parse(op)?;
-        let call = self
-            .shape()
-            .collective(CollKind::Reduce, tensor, out, (op, root), true)?;
+        let call = layout::collective(
+            self.shape(),
+            CollKind::Reduce,
+            tensor,
+            out,
+            (op, root),
+            true,
+        )?;
         self.run(py, call, async_op)
     }
 
@@ -323,9 +344,14 @@ impl Communicator {
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let call =
-            self.shape()
-                .collective(CollKind::AllToAll, tensor, out, (ReduceOp::Sum, 0), true)?;
+        let call = layout::collective(
+            self.shape(),
+            CollKind::AllToAll,
+            tensor,
+            out,
+            (ReduceOp::Sum, 0),
+            true,
+        )?;
         self.run(py, call, async_op)
     }
 
@@ -344,21 +370,20 @@ impl Communicator {
         input_split_sizes: Option<Vec<i64>>,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let call =
-            self.shape()
-                .all_to_all_v(output, input, output_split_sizes, input_split_sizes)?;
+        let call = layout::all_to_all_v(
+            self.shape(),
+            output,
+            input,
+            output_split_sizes,
+            input_split_sizes,
+        )?;
         self.run(py, call, async_op)
     }
 
     /// Block until every rank has entered the barrier.
     #[pyo3(signature = (*, async_op=false))]
     fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Py<PyAny>> {
-        let call = Call {
-            op: Op::Barrier,
-            dtype: dmsc::DataType::Uint8,
-            input: None,
-            output: None,
-        };
+        let call = Call::barrier();
         self.run(py, call, async_op)
     }
 
@@ -373,14 +398,7 @@ impl Communicator {
         tag: u32,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let peer = self.shape().check_peer("dst", dst)?;
-        let b = Buf::get("tensor", tensor, false)?;
-        let call = Call {
-            op: Op::Send { peer, tag },
-            dtype: b.dtype,
-            input: Some(b),
-            output: None,
-        };
+        let call = layout::p2p(self.shape(), Some(("tensor", tensor, dst)), None, tag)?;
         self.run(py, call, async_op)
     }
 
@@ -394,14 +412,7 @@ impl Communicator {
         tag: u32,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let peer = self.shape().check_peer("src", src)?;
-        let b = Buf::get("tensor", tensor, true)?;
-        let call = Call {
-            op: Op::Recv { peer, tag },
-            dtype: b.dtype,
-            input: None,
-            output: Some(b),
-        };
+        let call = layout::p2p(self.shape(), None, Some(("tensor", tensor, src)), tag)?;
         self.run(py, call, async_op)
     }
 
@@ -420,7 +431,12 @@ impl Communicator {
         tag: u32,
         async_op: bool,
     ) -> PyResult<Py<PyAny>> {
-        let call = self.shape().send_recv(tensor, dst, out, src, tag)?;
+        let call = layout::p2p(
+            self.shape(),
+            Some(("tensor", tensor, dst)),
+            Some(("out", out, src)),
+            tag,
+        )?;
         self.run(py, call, async_op)
     }
 

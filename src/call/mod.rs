@@ -1,0 +1,63 @@
+//! One description of an operation for every front end.
+//!
+//! The Rust API ([`Communicator`](crate::Communicator)'s typed methods and groups), the C
+//! library (`ffi/`) and the Python package (`python/`) all turn their arguments into a
+//! [`Call`] through the builders here, so an operation's layouts, counts and argument checks
+//! are written once, and its errors read alike whichever door it came through (naming the
+//! arguments as that front end calls them, see [`Names`]). A `Call` then runs on a
+//! communicator, blocking or as a [`Request`](crate::Request).
+//!
+//! The buffers are [`Span`]s, raw addresses: the Rust API builds them from borrows it holds
+//! for the whole operation, the C and Python front ends from memory their callers keep
+//! valid by contract (NCCL's rule: until the call returns or the request completes).
+
+mod all_to_all_v;
+mod args;
+mod check;
+mod collective;
+mod p2p;
+mod run;
+mod span;
+
+pub use args::{Names, Shape};
+pub use check::rank_arg;
+pub use collective::CollArgs;
+pub use p2p::P2pCall;
+pub use span::Span;
+
+use dmsc_core::{CollDesc, DataType};
+
+/// A checked operation with its buffers.
+#[derive(Clone, Debug)]
+pub enum Call {
+    /// A collective (including the barrier). `input == None` is in place on `output`, the
+    /// whole buffer in NCCL's layout. Buffers this rank does not use (a broadcast's input and
+    /// a reduction's output off the root) are empty.
+    Collective {
+        /// What to run, with NCCL's per-call count.
+        desc: CollDesc,
+        /// The buffer read.
+        input: Option<Span>,
+        /// The buffer written.
+        output: Span,
+    },
+    /// All-to-all-v; `input == None` is in place on `output`.
+    AllToAllV {
+        /// Element type.
+        dtype: DataType,
+        /// The buffer read.
+        input: Option<Span>,
+        /// The buffer written.
+        output: Span,
+        /// Send counts, send displacements, receive counts, receive displacements, in
+        /// elements, one per rank (displacements of empty blocks are 0).
+        v: Box<[Vec<usize>; 4]>,
+    },
+    /// Sends and receives that progress together.
+    P2p {
+        /// The group's element type (all its operations' elements have this size).
+        dtype: DataType,
+        /// The operations, in the order they were given.
+        ops: Vec<P2pCall>,
+    },
+}

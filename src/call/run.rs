@@ -1,0 +1,199 @@
+//! Running a [`Call`]: the engine job it becomes (memory regions and the rank's schedule),
+//! to completion on the calling thread or queued as a [`Request`].
+
+use super::{Call, P2pCall, Shape, Span};
+use crate::comm::{Communicator, Job};
+use crate::request::Request;
+use dmsc_core::device::{Device, HostDevice};
+use dmsc_core::engine::{OpMemory, Region};
+use dmsc_core::plan::{self, P2p};
+use dmsc_core::{CollDesc, CollKind, DataType, Error, Result};
+
+fn region(s: Span) -> Region {
+    Region::host(s.ptr, s.len)
+}
+
+impl Communicator {
+    /// This rank and the number of ranks, for the builders of [`Call`].
+    pub fn shape(&self) -> Shape {
+        Shape {
+            rank: self.rank(),
+            size: self.size(),
+        }
+    }
+
+    /// Run `call` to completion.
+    ///
+    /// # Safety
+    /// Every span of `call` is valid for the whole call: inputs readable, outputs writable,
+    /// and not accessed by anyone else in a conflicting way.
+    pub unsafe fn run_call(&self, call: &Call) -> Result<()> {
+        // SAFETY: forwarded contract.
+        match unsafe { self.job(call) }? {
+            Some(job) => self.run_blocking(job),
+            None => Ok(()),
+        }
+    }
+
+    /// Start `call` and return its request; the buffers are in use until it completes.
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call`], until the returned request has completed (`test`
+    /// returned true, `wait` returned, or it was dropped), whatever lifetime `'a` the caller
+    /// picks.
+    pub unsafe fn start_call<'a>(&self, call: &Call) -> Request<'a> {
+        // SAFETY: forwarded contract.
+        match unsafe { self.job(call) } {
+            Ok(Some(job)) => self.run_async(job),
+            Ok(None) => Request::done(Ok(())),
+            Err(e) => Request::done(Err(e)),
+        }
+    }
+
+    /// The engine job of `call`; None when nothing is left to move (a group whose every
+    /// operation was with this rank itself, done here).
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call`]: sends to this rank itself are copied now.
+    unsafe fn job(&self, call: &Call) -> Result<Option<Job>> {
+        match call {
+            Call::Collective {
+                desc,
+                input,
+                output,
+            } => self.collective_job(*desc, *input, *output).map(Some),
+            Call::AllToAllV {
+                dtype,
+                input,
+                output,
+                v,
+            } => {
+                let sched = plan::plan_all_to_all_v(
+                    self.rank(),
+                    self.size(),
+                    *dtype,
+                    &v[0],
+                    &v[1],
+                    &v[2],
+                    &v[3],
+                    input.is_none(),
+                )?;
+                let desc = CollDesc {
+                    kind: CollKind::AllToAllV,
+                    count: 0,
+                    dtype: *dtype,
+                    op: dmsc_core::ReduceOp::Sum,
+                    root: 0,
+                };
+                let mem = OpMemory {
+                    input: region(input.unwrap_or(*output)),
+                    output: region(*output),
+                    group: vec![],
+                };
+                Ok(Some(Job::Collective { desc, sched, mem }))
+            }
+            // SAFETY: forwarded contract.
+            Call::P2p { dtype, ops } => unsafe { self.p2p_job(*dtype, ops) },
+        }
+    }
+
+    /// A collective's job: its memory (in place, the whole buffer, with this rank's block
+    /// for all-gather and reduce-scatter) and its schedule.
+    fn collective_job(&self, desc: CollDesc, input: Option<Span>, output: Span) -> Result<Job> {
+        let mem = match input {
+            Some(i) => OpMemory {
+                input: region(i),
+                output: region(output),
+                group: vec![],
+            },
+            None => {
+                let block = || {
+                    output.sub(
+                        self.rank() * desc.count * desc.dtype.size(),
+                        desc.count * desc.dtype.size(),
+                    )
+                };
+                let (input, out) = match desc.kind {
+                    CollKind::AllGather => (block(), output),
+                    CollKind::ReduceScatter => (output, block()),
+                    _ => (output, output),
+                };
+                OpMemory {
+                    input: region(input),
+                    output: region(out),
+                    group: vec![],
+                }
+            }
+        };
+        let sched = plan::plan(
+            &desc,
+            self.rank(),
+            self.size(),
+            input.is_none(),
+            &self.config.plan,
+        )?;
+        Ok(Job::Collective { desc, sched, mem })
+    }
+
+    /// A group's job, after copying its sends to this rank itself into their receives (each
+    /// matched in order with a receive from this rank, as NCCL allows).
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call`].
+    unsafe fn p2p_job(&self, dtype: DataType, ops: &[P2pCall]) -> Result<Option<Job>> {
+        let me = self.rank();
+        let es = dtype.size();
+        let (to_me, others): (Vec<&P2pCall>, Vec<&P2pCall>) =
+            ops.iter().partition(|o| o.peer == me);
+        let (sends, recvs): (Vec<&P2pCall>, Vec<&P2pCall>) = to_me.iter().partition(|o| o.send);
+        if sends.len() != recvs.len() {
+            return Err(Error::invalid(format!(
+                "a group has {} send(s) to this rank ({me}) but {} receive(s) from it; they must pair up",
+                sends.len(),
+                recvs.len()
+            )));
+        }
+        for (s, r) in sends.iter().zip(&recvs) {
+            let (sl, rl) = (s.buf.len / es, r.buf.len / es);
+            if sl != rl || s.tag != r.tag {
+                return Err(Error::invalid(format!(
+                    "send to self of {sl} elements (tag {}) meets a receive of {rl} elements (tag {})",
+                    s.tag, r.tag
+                )));
+            }
+        }
+        for (s, r) in sends.iter().zip(&recvs) {
+            // SAFETY: the caller's contract covers both buffers; the builder checked that a
+            // receive overlaps no other buffer of the group, and the device's copy tolerates
+            // overlap anyway.
+            unsafe { HostDevice.copy(r.buf.ptr, s.buf.ptr, s.buf.len)? };
+        }
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let plan_ops: Vec<P2p> = others
+            .iter()
+            .enumerate()
+            .map(|(b, o)| {
+                let (peer, buf, len) = (o.peer, b as u32, o.buf.len / es);
+                if o.send {
+                    P2p::Send { peer, buf, len }
+                } else {
+                    P2p::Recv { peer, buf, len }
+                }
+            })
+            .collect();
+        let sched = plan::plan_send_recv(me, self.size(), &plan_ops)?;
+        Ok(Some(Job::P2p {
+            dtype,
+            ops: plan_ops,
+            tags: others.iter().map(|o| o.tag).collect(),
+            sched,
+            mem: OpMemory {
+                input: Region::EMPTY,
+                output: Region::EMPTY,
+                group: others.iter().map(|o| region(o.buf)).collect(),
+            },
+        }))
+    }
+}
