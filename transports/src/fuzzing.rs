@@ -9,7 +9,7 @@
 
 use crate::cma::handshake::{Record, RECORD_LEN};
 use crate::conn::{Conn, Role};
-use crate::tcp::mesh::parse_hello;
+use crate::tcp::hello::parse_hello;
 use crate::tcp::{Backend, MeshOptions};
 use dmsc_core::engine::Completion;
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
@@ -63,7 +63,7 @@ pub fn mesh_hello(data: &[u8]) {
         debug: false,
         serve: None,
     };
-    let again = crate::tcp::mesh::hello(&opts, role);
+    let again = crate::tcp::hello::hello(&opts, role);
     assert_eq!(
         parse_hello(&again, rank, nranks, comm_id).ok(),
         Some((peer, role))
@@ -266,8 +266,8 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 debug: false,
                 serve: None,
             };
-            let data = crate::tcp::mesh::hello(&opts(2), Role::Data);
-            let control = crate::tcp::mesh::hello(&opts(3), Role::Control);
+            let data = crate::tcp::hello::hello(&opts(2), Role::Data);
+            let control = crate::tcp::hello::hello(&opts(3), Role::Control);
             vec![
                 ("data-from-2", at(0, 4, &data)),
                 ("control-from-3", at(1, 4, &control)),

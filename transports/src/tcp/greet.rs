@@ -14,7 +14,9 @@
 //! that follow the handshake (the memory-attach negotiation, then frames) stay in the
 //! socket for their owners.
 
-use super::mesh::{hello, parse_hello, MeshOptions};
+use super::dial::connect_retry;
+use super::hello::{hello, parse_hello};
+use super::options::MeshOptions;
 use crate::auth::{self, ACCEPT_DEADLINE};
 use crate::conn::Role;
 use dmsc_core::auth::{Handshake, Purpose, Side, MSG_LEN};
@@ -309,7 +311,7 @@ pub(super) fn greet_all(
                                  closed during authentication ({e}); connecting again",
                                 opts.rank, p.addr
                             );
-                            let s = super::mesh::connect_retry(p.addr, deadline, peer)?;
+                            let s = connect_retry(p.addr, deadline, peer)?;
                             pending.push(Pending::outgoing(s, p.addr, peer, role, opts, deadline)?);
                         }
                         (Some((peer, role)), Fail::Bad(e)) => {
@@ -479,217 +481,5 @@ fn timed_out(opts: &MeshOptions, want: &[Vec<bool>], pending: &[Pending]) -> Err
         waited_s: opts.timeout.as_secs_f64(),
         missing,
         detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::mesh::connect_mesh;
-    use super::*;
-    use crate::tcp::Backend;
-    use dmsc_core::auth::Secret;
-    use std::net::IpAddr;
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::thread;
-
-    /// An in-process address exchange: every rank publishes, all wait for all, then each
-    /// rank passes `gate` (opened by the test) before it connects.
-    #[derive(Default)]
-    struct Board {
-        addrs: Mutex<(Vec<Option<Vec<u8>>>, bool)>,
-        cv: Condvar,
-    }
-
-    impl Board {
-        fn new(n: usize) -> Arc<Board> {
-            let b = Board::default();
-            b.addrs.lock().unwrap().0 = vec![None; n];
-            Arc::new(b)
-        }
-
-        fn publish(&self, rank: Rank, mine: &[u8], gated: bool) -> Vec<Vec<u8>> {
-            let mut g = self.addrs.lock().unwrap();
-            g.0[rank] = Some(mine.to_vec());
-            self.cv.notify_all();
-            while g.0.iter().any(Option::is_none) || (gated && !g.1) {
-                g = self.cv.wait(g).unwrap();
-            }
-            g.0.iter().map(|a| a.clone().unwrap()).collect()
-        }
-
-        /// Every rank's address, once all are published.
-        fn all(&self) -> Vec<SocketAddr> {
-            let mut g = self.addrs.lock().unwrap();
-            while g.0.iter().any(Option::is_none) {
-                g = self.cv.wait(g).unwrap();
-            }
-            g.0.iter()
-                .map(|a| {
-                    std::str::from_utf8(a.as_ref().unwrap())
-                        .unwrap()
-                        .parse()
-                        .unwrap()
-                })
-                .collect()
-        }
-
-        fn open(&self) {
-            self.addrs.lock().unwrap().1 = true;
-            self.cv.notify_all();
-        }
-    }
-
-    fn opts(rank: Rank, nranks: usize, secret: Option<&str>, timeout: Duration) -> MeshOptions {
-        MeshOptions {
-            rank,
-            nranks,
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
-            timeout,
-            backend: Backend::Socket,
-            comm_id: 0xfeed_0001,
-            cma: false,
-            secret: secret.map(|s| Secret::new(s.as_bytes()).unwrap()),
-            paths: 1,
-            path_ips: Vec::new(),
-            spray: Default::default(),
-            debug: false,
-            serve: None,
-        }
-    }
-
-    /// Start `n` ranks; rank r uses `secrets[r]`. Ranks above 0 wait for the board's gate
-    /// before connecting. Returns each rank's result as text (`Ok` or the error).
-    fn start(
-        board: &Arc<Board>,
-        secrets: Vec<Option<&'static str>>,
-        timeout: Duration,
-    ) -> Vec<thread::JoinHandle<std::result::Result<(), String>>> {
-        let n = secrets.len();
-        secrets
-            .into_iter()
-            .enumerate()
-            .map(|(r, secret)| {
-                let board = board.clone();
-                thread::spawn(move || {
-                    let o = opts(r, n, secret, timeout);
-                    connect_mesh(&o, &mut |mine: &[u8]| Ok(board.publish(r, mine, r > 0)))
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-            })
-            .collect()
-    }
-
-    /// Whether the peer closes `s` within 10 s (reading and skipping what it sends first).
-    fn closed(s: &mut TcpStream) -> bool {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut b = [0u8; 256];
-        loop {
-            match s.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => return e.kind() == io::ErrorKind::ConnectionReset,
-            }
-        }
-    }
-
-    fn handshake_as_stranger(addr: SocketAddr, secret: Option<&str>) -> TcpStream {
-        let mut s = TcpStream::connect(addr).unwrap();
-        let secret = secret.map(|x| Secret::new(x.as_bytes()).unwrap());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let side = Side::Connector;
-        let r = auth::handshake(
-            &mut s,
-            secret.as_ref(),
-            Purpose::Mesh,
-            side,
-            0xfeed_0001,
-            deadline,
-        );
-        assert!(r.is_err(), "a stranger passed the authentication");
-        s
-    }
-
-    #[test]
-    fn strangers_are_refused_and_the_mesh_still_comes_up() {
-        let board = Board::new(3);
-        let key = "mesh test secret, 32 bytes long!";
-        let t0 = Instant::now();
-        let ranks = start(&board, vec![Some(key); 3], Duration::from_secs(30));
-        let addrs = board.all();
-        // Strangers at the doors of ranks 0 and 1, before the real peers connect. Each
-        // active one runs on its own thread until it is thrown out.
-        let mut silent = Vec::new();
-        let mut active = vec![Vec::new(), Vec::new()];
-        for (r, &addr) in addrs[..2].iter().enumerate() {
-            silent.push(TcpStream::connect(addr).unwrap());
-            let mut h = [0u8; HEADER_LEN];
-            // A data frame header announcing a 4 GiB payload, without authenticating.
-            h[..6].copy_from_slice(b"DMSC\x01\x01");
-            h[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
-            for junk in [vec![0x5a; 4096], h.to_vec()] {
-                active[r].push(thread::spawn(move || {
-                    let mut s = TcpStream::connect(addr).unwrap();
-                    s.write_all(&junk).unwrap();
-                    closed(&mut s)
-                }));
-            }
-            for secret in [Some("a wrong guess at the secret"), None] {
-                active[r].push(thread::spawn(move || {
-                    closed(&mut handshake_as_stranger(addr, secret))
-                }));
-            }
-        }
-        // Rank 0 is already accepting; rank 1 starts once its peers may connect.
-        let [zero, one] = <[_; 2]>::try_from(active).ok().unwrap();
-        for t in zero {
-            assert!(
-                t.join().unwrap(),
-                "an active stranger was not closed by rank 0"
-            );
-        }
-        board.open();
-        for t in one {
-            assert!(
-                t.join().unwrap(),
-                "an active stranger was not closed by rank 1"
-            );
-        }
-        for (r, t) in ranks.into_iter().enumerate() {
-            assert_eq!(t.join().unwrap(), Ok(()), "rank {r}");
-        }
-        let took = t0.elapsed();
-        // The silent strangers were still connected: they delayed nobody.
-        assert!(took < ACCEPT_DEADLINE, "setup took {took:?}");
-        eprintln!("mesh with strangers set up in {took:?}");
-        drop(silent);
-    }
-
-    #[test]
-    fn a_rank_with_another_secret_is_named() {
-        for (odd, want) in [
-            (
-                Some("another secret, also 32 bytes!!"),
-                "did not prove knowledge",
-            ),
-            (None, "secret mismatch"),
-        ] {
-            let board = Board::new(3);
-            board.open();
-            let key = Some("mesh test secret, 32 bytes long!");
-            let ranks = start(&board, vec![key, key, odd], Duration::from_secs(2));
-            let results: Vec<_> = ranks.into_iter().map(|t| t.join().unwrap()).collect();
-            let e = results[2].as_ref().unwrap_err();
-            assert!(
-                e.contains("failed authentication") && e.contains(want),
-                "{e}"
-            );
-            assert!(e.contains("rank 0") || e.contains("rank 1"), "{e}");
-            // Rank 0 and 1 wait for rank 2 in vain, and say so.
-            for r in &results[..2] {
-                let e = r.as_ref().unwrap_err();
-                assert!(e.contains("timeout") && e.contains("rank(s) 2"), "{e}");
-            }
-        }
     }
 }

@@ -8,9 +8,9 @@
 //! numbered so that the receiver delivers each once; a peer is reported closed only when
 //! every one of its paths is down.
 
-use super::mesh::MeshOptions;
+use super::options::MeshOptions;
 use super::redial::PathService;
-use super::Mesh;
+use super::sockopt::{limit_unsent, set_nonblocking, tune};
 use crate::conn::{Conn, PathSink, Role};
 use dmsc_core::engine::{Completion, PeerPaths, Waker};
 use dmsc_core::error::{Error, Result};
@@ -199,24 +199,6 @@ impl PathSink for SprayMesh {
     }
 }
 
-/// Keep at most one segment of unsent bytes in a path socket's send buffer
-/// (`TCP_NOTSENT_LOWAT`): the rest waits in the connection's queue, where acks and control
-/// messages can go ahead of it, and where the sender's window, not the kernel's buffer,
-/// decides how much a path holds.
-pub(crate) fn limit_unsent(s: &impl std::os::fd::AsRawFd) {
-    let v: libc::c_int = 128 << 10;
-    // SAFETY: setsockopt with a pointer to a local int of the size passed.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Close a path connection: no further reads or writes are issued, and the kernel's are
 /// woken (they complete with an error or end of stream).
 fn kill(c: &mut Conn, why: &str) {
@@ -225,44 +207,42 @@ fn kill(c: &mut Conn, why: &str) {
     c.fail_path(why.to_string());
 }
 
-impl Mesh {
+/// What a mesh in spray mode asks of its [`SprayMesh`]; `conns` are the mesh's connections.
+impl SprayMesh {
     /// Spray mode: queue a transfer to `peer`.
-    pub(crate) fn spray_send(
+    pub(crate) fn send(
         &mut self,
         peer: Rank,
         header: &FrameHeader,
         data: *const u8,
         token: u64,
     ) -> Result<()> {
-        let s = self.spray.as_mut().expect("spray mode");
-        s.peer(peer)?.tx.push(token, *header, data as usize);
+        self.peer(peer)?.tx.push(token, *header, data as usize);
         Ok(())
     }
 
     /// Spray mode: post a receive from `peer`.
-    pub(crate) fn spray_recv(
+    pub(crate) fn recv(
         &mut self,
         peer: Rank,
         expect: &FrameHeader,
         dst: *mut u8,
         token: u64,
     ) -> Result<()> {
-        let s = self.spray.as_mut().expect("spray mode");
-        s.peer(peer)?.rx.post(*expect, dst as usize, token)
+        self.peer(peer)?.rx.post(*expect, dst as usize, token)
     }
 
     /// Spray mode: a control message on the two best live paths.
-    pub(crate) fn spray_control(&mut self, peer: Rank, payload: &[u8]) {
+    pub(crate) fn control(&mut self, conns: &mut Conns, peer: Rank, payload: &[u8]) {
         let now = Instant::now();
-        let Some(s) = self.spray.as_mut() else { return };
-        let Ok(p) = s.peer(peer) else { return };
+        let Ok(p) = self.peer(peer) else { return };
         let n = p.ctrl_next;
         p.ctrl_next += 1;
         let len = payload.len().min(dmsc_core::wire::MAX_CONTROL as usize);
         let mut sent = 0;
         for path in p.tx.healthy_paths(now) {
             let Some(ci) = p.conn[path] else { continue };
-            let Some(c) = self.conns[ci].as_deref_mut() else {
+            let Some(c) = conns[ci].as_deref_mut() else {
                 continue;
             };
             if c.dead {
@@ -277,23 +257,22 @@ impl Mesh {
         }
     }
 
-    /// Spray mode: everything between I/O rounds. Returns when it next needs to run.
-    pub(crate) fn spray_progress(&mut self, out: &mut Vec<Completion>) -> Option<Instant> {
+    /// Spray mode: everything between I/O rounds (`nonblocking`: the mesh's sockets are).
+    /// Returns when it next needs to run.
+    pub(crate) fn progress(
+        &mut self,
+        conns: &mut Conns,
+        nonblocking: bool,
+        out: &mut Vec<Completion>,
+    ) -> Option<Instant> {
         let now = Instant::now();
-        let Mesh {
-            conns,
-            spray,
-            nonblocking,
-            ..
-        } = self;
-        let s = spray.as_mut()?;
-        s.take_dialed(conns, now);
-        s.close_suspected(conns, now);
-        s.reap_dead(conns, now, out);
-        s.install_pending(conns, *nonblocking, now);
-        s.start_dials(now);
+        self.take_dialed(conns, now);
+        self.close_suspected(conns, now);
+        self.reap_dead(conns, now, out);
+        self.install_pending(conns, nonblocking, now);
+        self.start_dials(now);
         let mut next: Option<Instant> = None;
-        for (peer, p) in s.peers.iter_mut().enumerate() {
+        for (peer, p) in self.peers.iter_mut().enumerate() {
             let Some(p) = p.as_mut() else { continue };
             p.flush(peer, conns, now, out);
             let wait = p.redial.iter().filter_map(|r| match r {
@@ -308,19 +287,18 @@ impl Mesh {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
             }
         }
-        s.publish_metrics(now);
+        self.publish_metrics(now);
         next
     }
 
     /// Spray mode: withdraw every transfer and receive. Paths with bytes of a withdrawn
     /// transfer half written or half read are closed (their streams lost their framing).
-    pub(crate) fn spray_cancel(&mut self) {
-        let Some(s) = self.spray.as_mut() else { return };
-        for p in s.peers.iter_mut().flatten() {
+    pub(crate) fn cancel(&mut self, conns: &mut Conns) {
+        for p in self.peers.iter_mut().flatten() {
             p.tx.clear();
             p.rx.clear();
         }
-        for c in self.conns.iter_mut().flatten() {
+        for c in conns.iter_mut().flatten() {
             if c.mid_segment() {
                 kill(c, "withdrawn in the middle of a segment");
             }
@@ -481,12 +459,10 @@ impl SprayMesh {
                 later.push((peer, path, epoch, stream));
                 continue;
             }
-            let _ = super::mesh::tune_stream(&stream);
+            let _ = tune(&stream);
             limit_unsent(&stream);
             let fd = OwnedFd::from(stream);
-            if super::socket::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), nonblocking)
-                .is_err()
-            {
+            if set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), nonblocking).is_err() {
                 continue;
             }
             let conn = Some(Conn::new(fd, peer, Role::Path(path as u8, epoch)));

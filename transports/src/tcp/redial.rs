@@ -8,7 +8,7 @@
 //! transport through a channel, and its waker interrupts its poll.
 
 use super::greet::greet_one;
-use super::mesh::MeshOptions;
+use super::options::MeshOptions;
 use crate::conn::Role;
 use dmsc_core::engine::Waker;
 use dmsc_core::error::{Error, Result};

@@ -3,7 +3,8 @@
 //! Taken when io_uring is refused (a container's seccomp answers `EPERM`, old kernels
 //! `ENOSYS`) or forced with `DMSC_TRANSPORT=socket`.
 
-use super::Mesh;
+use super::conns::Mesh;
+use super::sockopt::set_nonblocking;
 use crate::wake::EventFd;
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
@@ -87,25 +88,6 @@ impl SocketTransport {
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-pub(crate) fn set_nonblocking(fd: i32, on: bool) -> Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        let fl = if on {
-            fl | libc::O_NONBLOCK
-        } else {
-            fl & !libc::O_NONBLOCK
-        };
-        if libc::fcntl(fd, libc::F_SETFL, fl) < 0 {
-            return Err(Error::io(
-                "setting O_NONBLOCK",
-                &std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl Transport for SocketTransport {

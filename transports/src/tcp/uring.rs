@@ -8,7 +8,8 @@
 //! until every submitted operation has completed: [`Transport::cancel_all`] and `Drop`
 //! cancel in-flight operations and wait for their completions before releasing anything.
 
-use super::Mesh;
+use super::conns::Mesh;
+use super::sockopt::set_nonblocking;
 use crate::wake::EventFd;
 use dmsc_core::engine::{Completion, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
@@ -57,7 +58,7 @@ pub(crate) fn probe_ring(entries: u32) -> std::io::Result<IoUring> {
 impl UringTransport {
     pub(crate) fn new(mut mesh: Mesh, ring: IoUring) -> Result<UringTransport> {
         for c in mesh.conns.iter().flatten() {
-            super::socket::set_nonblocking(c.fd(), false)?;
+            set_nonblocking(c.fd(), false)?;
         }
         mesh.nonblocking = false;
         let wake = Arc::new(EventFd::new()?);
