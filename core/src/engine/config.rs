@@ -1,5 +1,6 @@
 //! Engine settings.
 
+use super::regcache::RegCacheConfig;
 use std::time::Duration;
 
 /// Settings of an [`super::Engine`]; every rank of a communicator must use the same
@@ -28,6 +29,9 @@ pub struct EngineConfig {
     /// A peer that stops talking is declared lost within this time
     /// (`DMSC_HEARTBEAT_TIMEOUT`; `None` turns heartbeats off). See `super::liveness`.
     pub heartbeat_timeout: Option<Duration>,
+    /// Bounds of the registration cache, used only with a transport that registers memory
+    /// (see [`super::regcache`]).
+    pub registration: RegCacheConfig,
 }
 
 impl EngineConfig {
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             debug: false,
             checksum: false,
             heartbeat_timeout: Some(Self::DEFAULT_HEARTBEAT_TIMEOUT),
+            registration: RegCacheConfig::default(),
         }
     }
 }

@@ -11,15 +11,16 @@ impl Engine {
         labels: Labels,
         desc: CollDesc,
         sched: Schedule,
-        mem: OpMemory,
+        mut mem: OpMemory,
     ) -> Result<()> {
         let started_at = Instant::now();
         self.check_memory(&mem)?;
         let need = sched.scratch_elems.saturating_mul(desc.dtype.size());
         if self.scratch.as_ref().is_none_or(|b| b.len() < need) {
-            self.scratch = Some(self.device.alloc(need)?);
+            let new = self.device.alloc(need)?;
+            self.replace_scratch(new);
         }
-        let scratch = self.scratch.as_ref().map_or(Region::EMPTY, |b| Region {
+        let mut scratch = self.scratch.as_ref().map_or(Region::EMPTY, |b| Region {
             kind: b.kind(),
             ..Region::host(b.ptr(), b.len())
         });
@@ -27,6 +28,10 @@ impl Engine {
             eprintln!("dmsc: rank {} start {} {desc}", self.rank, labels.short());
         }
         self.current = Some(desc);
+        // Registered memory (transports that need it only): leased before anything is
+        // posted, given back once nothing posted uses it.
+        let mut leases = Vec::new();
+        let registered = self.lease_memory(&mut mem, &mut scratch, &mut leases);
         let mut ex = Exec::new(
             labels,
             desc,
@@ -38,19 +43,22 @@ impl Engine {
             self.cfg.window,
             self.cfg.checksum,
             self.epoch,
+            self.reg.peers().to_vec(),
         );
         // A panic must not unwind past posted operations: the transport would keep pointers
         // into memory the caller frees. Treat it as a failure like any other.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.drive(&mut ex, started_at)
-        }))
-        .unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::internal(format!("panic in the engine: {what}")))
+        let r = registered.and_then(|()| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.drive(&mut ex, started_at)
+            }))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(Error::internal(format!("panic in the engine: {what}")))
+            })
         });
         self.epoch = ex.epoch();
         self.current = None;
@@ -65,21 +73,30 @@ impl Engine {
             }
             self.transport.cancel_all();
             ex.release(&mut self.pool);
+            self.release_memory(leases);
             self.fail(e.clone(), &ex.labels);
-        } else if self.cfg.debug {
-            eprintln!(
-                "dmsc: rank {} end {} in {:.1} us",
-                self.rank,
-                ex.labels.short(),
-                started_at.elapsed().as_secs_f64() * 1e6
-            );
+        } else {
+            self.release_memory(leases);
+            if self.cfg.debug {
+                eprintln!(
+                    "dmsc: rank {} end {} in {:.1} us",
+                    self.rank,
+                    ex.labels.short(),
+                    started_at.elapsed().as_secs_f64() * 1e6
+                );
+            }
         }
         r
     }
 
     pub(super) fn drive(&mut self, ex: &mut Exec, started_at: Instant) -> Result<()> {
         let deadline = started_at + self.cfg.timeout;
-        ex.start(&mut *self.transport, &mut self.pool, &mut *self.device)?;
+        ex.start(
+            &mut *self.transport,
+            &mut self.pool,
+            &mut *self.device,
+            &mut self.reg.cache,
+        )?;
         let mut last_progress = Instant::now();
         while !ex.finished() {
             if self.abort.is_aborted() {
@@ -137,7 +154,12 @@ impl Engine {
             result?;
             self.check_peers_at(Some(&*ex), now)?;
             if progressed {
-                ex.pump(&mut *self.transport, &mut self.pool, &mut *self.device)?;
+                ex.pump(
+                    &mut *self.transport,
+                    &mut self.pool,
+                    &mut *self.device,
+                    &mut self.reg.cache,
+                )?;
                 last_progress = if wait.is_zero() { now } else { Instant::now() };
             } else if wait.is_zero() {
                 if self.cfg.spin_yield {

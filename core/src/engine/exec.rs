@@ -14,8 +14,14 @@
 //!
 //! Every copy, reduction, division and checksum goes through the [`Device`]: this file never
 //! reads or writes a payload byte itself.
+//!
+//! Frames of at least one byte to and from a peer whose transport needs registered memory
+//! are posted with the handle of the region they lie in (a staging slot's own, for receives
+//! reduced on arrival); see `registration.rs`.
 
-use super::memory::{OpMemory, Region};
+use super::memory::{OpMemory, RegHandle, Region};
+use super::regcache::RegCache;
+use super::registration::TransportRegistrar;
 use super::staging::StagingPool;
 use super::transport::{Completion, Token, Transport};
 use crate::device::Device;
@@ -77,6 +83,8 @@ struct Chunk {
     ptr: *mut u8,
     /// The local operand of a `RecvReduce`.
     local: *const u8,
+    /// The registration of the region `ptr` lies in, when the engine registered it.
+    reg: Option<RegHandle>,
     staging: Option<usize>,
     posted: bool,
     done: bool,
@@ -106,6 +114,8 @@ pub(crate) struct Exec {
     chunk_bytes: usize,
     window: usize,
     checksum: bool,
+    /// Per rank: frames to and from it are posted registered (empty: none is).
+    reg_peers: Vec<bool>,
 }
 
 impl Exec {
@@ -121,6 +131,7 @@ impl Exec {
         window: usize,
         checksum: bool,
         epoch: u32,
+        reg_peers: Vec<bool>,
     ) -> Exec {
         Exec {
             labels,
@@ -143,7 +154,13 @@ impl Exec {
             chunk_bytes: chunk_bytes.max(1),
             window: window.max(1),
             checksum,
+            reg_peers,
         }
+    }
+
+    /// True when frames of `len` bytes to and from `peer` are posted registered.
+    fn registered(&self, peer: Rank, len: u32) -> bool {
+        len > 0 && self.reg_peers.get(peer).copied().unwrap_or(false)
     }
 
     /// The epoch counter after this operation (tokens stay unique across operations).
@@ -180,10 +197,11 @@ impl Exec {
         t: &mut T,
         pool: &mut StagingPool,
         dev: &mut dyn Device,
+        regs: &mut RegCache,
     ) -> Result<()> {
         self.step = 0;
         self.begin_step(dev)?;
-        self.pump(t, pool, dev)
+        self.pump(t, pool, dev, regs)
     }
 
     fn header(
@@ -271,6 +289,7 @@ impl Exec {
                 )));
             }
             let (ptr, len) = self.mem.resolve(main, elem, self.scratch)?;
+            let reg = self.mem.region(main.buf, self.scratch)?.reg;
             let local_ptr = match local {
                 Some(l) => {
                     let (p, n) = self.mem.resolve(l, elem, self.scratch)?;
@@ -315,6 +334,7 @@ impl Exec {
                     header,
                     ptr: p,
                     local: lp,
+                    reg,
                     staging: None,
                     posted: false,
                     done: false,
@@ -368,6 +388,7 @@ impl Exec {
         t: &mut T,
         pool: &mut StagingPool,
         dev: &mut dyn Device,
+        regs: &mut RegCache,
     ) -> Result<()> {
         loop {
             if self.finished() {
@@ -380,16 +401,24 @@ impl Exec {
                     };
                     let token = self.token(idx);
                     let checksum = self.checksum;
+                    let registered = self.registered(peer, self.chunks[idx].header.len);
                     let c = &mut self.chunks[idx];
                     if checksum {
                         // SAFETY: `c.ptr` is a bounds-checked range of `len` bytes of a live
                         // region (see `setup_actions`); this step's sends only read it.
                         c.header.crc = Some(unsafe { dev.crc32c(c.ptr, c.header.len as usize)? });
                     }
-                    // SAFETY: `c.ptr` points into a region the caller keeps alive and
-                    // unmodified for the whole operation; the engine cancels posted work
-                    // before an operation ends early.
-                    unsafe { t.post_send(peer, &c.header, c.ptr, token)? };
+                    if registered {
+                        let reg = c.reg.ok_or_else(unleased)?;
+                        // SAFETY: as below; `reg` is the lease the engine holds for the whole
+                        // operation on a range containing the region `c.ptr` lies in.
+                        unsafe { t.post_send_registered(peer, &c.header, c.ptr, reg, token)? };
+                    } else {
+                        // SAFETY: `c.ptr` points into a region the caller keeps alive and
+                        // unmodified for the whole operation; the engine cancels posted work
+                        // before an operation ends early.
+                        unsafe { t.post_send(peer, &c.header, c.ptr, token)? };
+                    }
                     c.posted = true;
                     self.inflight_send[peer] += 1;
                 }
@@ -399,20 +428,33 @@ impl Exec {
                     };
                     let token = self.token(idx);
                     let len = self.chunks[idx].header.len as usize;
-                    let dst = if self.chunks[idx].dir == Dir::RecvReduce {
+                    let registered = self.registered(peer, self.chunks[idx].header.len);
+                    let (dst, reg) = if self.chunks[idx].dir == Dir::RecvReduce {
                         let Some(slot) = pool.take(len, dev)? else {
                             break;
                         };
                         self.chunks[idx].staging = Some(slot);
-                        pool.ptr(slot)
+                        let reg = if registered {
+                            Some(pool.registration(slot, regs, &mut TransportRegistrar(&mut *t))?)
+                        } else {
+                            None
+                        };
+                        (pool.ptr(slot), reg)
                     } else {
-                        self.chunks[idx].ptr
+                        (self.chunks[idx].ptr, self.chunks[idx].reg)
                     };
                     self.to_post_recv[peer].pop_front();
                     let c = &mut self.chunks[idx];
-                    // SAFETY: `dst` is either caller memory reserved for this chunk or a
-                    // staging slot taken from the pool for it; both outlive the receive.
-                    unsafe { t.post_recv(peer, &c.header, dst, token)? };
+                    if registered {
+                        let reg = reg.ok_or_else(unleased)?;
+                        // SAFETY: as below; `reg` is held for the whole operation (caller
+                        // memory) or the slot's life (staging) on a range containing `dst`.
+                        unsafe { t.post_recv_registered(peer, &c.header, dst, reg, token)? };
+                    } else {
+                        // SAFETY: `dst` is either caller memory reserved for this chunk or a
+                        // staging slot taken from the pool for it; both outlive the receive.
+                        unsafe { t.post_recv(peer, &c.header, dst, token)? };
+                    }
                     c.posted = true;
                     self.inflight_recv[peer] += 1;
                 }
@@ -528,6 +570,11 @@ fn verify(labels: &Labels, ch: &Chunk, crc: Option<u32>, got: u32) -> Result<()>
         "chunk {} of message {} from rank {} ({} bytes at offset {}) failed its CRC32C check during {op} (got {got:#010x}, expected {expected:#010x}): the data was corrupted in flight and was not used",
         ch.header.chunk, ch.header.msg, ch.peer, ch.header.len, ch.header.offset
     )))
+}
+
+/// A frame to a peer that needs registered memory lies in a region the engine did not lease.
+fn unleased() -> Error {
+    Error::internal("a frame to a peer that needs registered memory has no registration")
 }
 
 fn overlaps(a: *const u8, b: *const u8, n: usize) -> bool {

@@ -433,6 +433,9 @@ impl Drop for Engine {
                 break;
             }
         }
+        // Nothing is posted between operations: release every registration while the
+        // transport is still there.
+        self.close_registrations();
     }
 }
 

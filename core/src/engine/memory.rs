@@ -44,7 +44,9 @@ pub struct Region {
     pub len: usize,
     /// Where the memory lives.
     pub kind: MemKind,
-    /// The transport's registration of (a range containing) this buffer, if it has one.
+    /// The transport's registration of (a range containing) this buffer, if it has one. The
+    /// engine fills it from its registration cache for transports that register memory
+    /// (replacing what the caller put there) and posts frames from the region with it.
     pub reg: Option<RegHandle>,
 }
 
@@ -81,14 +83,9 @@ pub struct OpMemory {
 unsafe impl Send for OpMemory {}
 
 impl OpMemory {
-    /// Resolve `s` (in elements of `elem` bytes) to an address and byte length.
-    pub(crate) fn resolve(
-        &self,
-        s: Slice,
-        elem: usize,
-        scratch: Region,
-    ) -> Result<(*mut u8, usize)> {
-        let region = match s.buf {
+    /// The region a schedule's buffer id names.
+    pub(crate) fn region(&self, buf: BufId, scratch: Region) -> Result<Region> {
+        Ok(match buf {
             BufId::Input => self.input,
             BufId::Output => self.output,
             BufId::Scratch => scratch,
@@ -98,7 +95,17 @@ impl OpMemory {
                     self.group.len()
                 ))
             })?,
-        };
+        })
+    }
+
+    /// Resolve `s` (in elements of `elem` bytes) to an address and byte length.
+    pub(crate) fn resolve(
+        &self,
+        s: Slice,
+        elem: usize,
+        scratch: Region,
+    ) -> Result<(*mut u8, usize)> {
+        let region = self.region(s.buf, scratch)?;
         let off = s.offset.checked_mul(elem);
         let len = s.len.checked_mul(elem);
         match (off, len) {

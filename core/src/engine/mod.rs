@@ -29,16 +29,21 @@ pub mod executor;
 mod failure;
 mod liveness;
 pub mod memory;
+pub mod regcache;
+mod registration;
 mod staging;
 pub mod transport;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(all(test, not(loom)))]
+mod registration_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 pub use config::EngineConfig;
 pub use memory::{MemKind, OpMemory, RegHandle, Region};
+pub use regcache::{RegCache, RegCacheConfig, RegLease, RegStats, Registrar};
 pub use transport::{Completion, PathMetricsHandle, PeerPaths, Token, Transport, Waker};
 
 use crate::device::{Device, DeviceBuffer, HostDevice};
@@ -49,6 +54,7 @@ use crate::sync::{AtomicBool, Ordering};
 use crate::types::{CollDesc, CollKind, DataType, Rank, ReduceOp};
 use exec::Labels;
 use liveness::{Liveness, State};
+use registration::Registration;
 use staging::StagingPool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,6 +100,9 @@ pub struct Engine {
     device: Box<dyn Device>,
     pool: StagingPool,
     scratch: Option<DeviceBuffer>,
+    /// The registration cache and which peers need registered memory (see
+    /// `registration.rs`).
+    reg: Registration,
     epoch: u32,
     completions: Vec<Completion>,
     /// Status replies gathered while reporting a timeout: (peer, started, completed, current).
@@ -130,7 +139,9 @@ impl Engine {
         });
         let slots = (cfg.window * nranks.max(2)).max(4);
         let live = Liveness::new(rank, nranks, cfg.heartbeat_timeout, Instant::now());
+        let reg = Registration::new(&*transport, rank, nranks, device.kind(), cfg.registration);
         Engine {
+            reg,
             pool: StagingPool::new(cfg.chunk_bytes, slots),
             device,
             transport,

@@ -3,7 +3,7 @@
 //! [`MemNet`] carries frames between the [`MemTransport`]s of one test, first in first out
 //! per ordered pair of ranks, and checks each arriving header against the posted receive
 //! with [`FrameHeader::matches`], as the real transports do. Each rank's engine runs on its
-//! own thread.
+//! own thread. `registration_tests.rs` wraps [`MemTransport`] in a fake that registers memory.
 
 use super::*;
 use crate::plan::{self, PlanConfig};
@@ -17,7 +17,7 @@ struct Frame {
 }
 
 /// The network: frames and control messages in flight between ranks.
-struct MemNet {
+pub(super) struct MemNet {
     /// `data[from][to]`.
     data: Vec<Vec<VecDeque<Frame>>>,
     /// `control[to]`: (from, payload).
@@ -27,7 +27,7 @@ struct MemNet {
 }
 
 impl MemNet {
-    fn new(n: usize, corrupt: Option<(Rank, u32, u32)>) -> Arc<Mutex<MemNet>> {
+    pub(super) fn new(n: usize, corrupt: Option<(Rank, u32, u32)>) -> Arc<Mutex<MemNet>> {
         Arc::new(Mutex::new(MemNet {
             data: (0..n)
                 .map(|_| (0..n).map(|_| VecDeque::new()).collect())
@@ -38,7 +38,7 @@ impl MemNet {
     }
 }
 
-struct MemTransport {
+pub(super) struct MemTransport {
     rank: Rank,
     net: Arc<Mutex<MemNet>>,
     /// Posted receives per peer: (expected header, destination, token).
@@ -50,6 +50,18 @@ struct MemTransport {
 // SAFETY: the raw destinations are lent by the engine under the `Transport` contract and only
 // used by the thread that owns the transport.
 unsafe impl Send for MemTransport {}
+
+impl MemTransport {
+    /// Rank `rank`'s end of `net`, which connects `n` ranks.
+    pub(super) fn new(rank: Rank, n: usize, net: Arc<Mutex<MemNet>>) -> MemTransport {
+        MemTransport {
+            rank,
+            net,
+            recvs: (0..n).map(|_| VecDeque::new()).collect(),
+            sent: Vec::new(),
+        }
+    }
+}
 
 struct NoWake;
 impl Waker for NoWake {
@@ -161,12 +173,7 @@ fn all_reduce(
     let net = MemNet::new(n, corrupt);
     let threads: Vec<_> = (0..n)
         .map(|rank| {
-            let t = MemTransport {
-                rank,
-                net: net.clone(),
-                recvs: (0..n).map(|_| VecDeque::new()).collect(),
-                sent: Vec::new(),
-            };
+            let t = MemTransport::new(rank, n, net.clone());
             let cfg = EngineConfig {
                 chunk_bytes: 1024,
                 window: 2,
@@ -281,12 +288,7 @@ fn every_payload_byte_goes_through_the_device() {
         let net = MemNet::new(n, None);
         let threads: Vec<_> = (0..n)
             .map(|rank| {
-                let t = MemTransport {
-                    rank,
-                    net: net.clone(),
-                    recvs: (0..n).map(|_| VecDeque::new()).collect(),
-                    sent: Vec::new(),
-                };
+                let t = MemTransport::new(rank, n, net.clone());
                 let cfg = EngineConfig {
                     chunk_bytes: chunk,
                     window: 2,

@@ -13,7 +13,15 @@
 //! (device pointers, completions from events). Memory stays owned by the engine; a transport
 //! only holds raw pointers between post and completion, which is why the posting methods are
 //! `unsafe`.
+//!
+//! A transport that needs memory registered (RDMA, CUDA) says so per peer
+//! ([`Transport::needs_registration`]); the engine then registers the memory it posts
+//! through its registration cache ([`super::regcache`], which calls [`Transport::register`]
+//! on a miss) and posts with the handle ([`Transport::post_send_registered`],
+//! [`Transport::post_recv_registered`]). Every registration method has a default, so a
+//! transport that does not register (TCP, shared memory) implements none of them.
 
+use super::memory::{MemKind, RegHandle};
 use crate::error::{Error, Result};
 use crate::types::Rank;
 use crate::wire::FrameHeader;
@@ -139,8 +147,77 @@ pub trait Transport: Send {
     }
 
     /// Whether frames may be posted from and to memory of `kind` (host memory by default).
-    fn accepts(&self, kind: super::MemKind) -> bool {
-        kind == super::MemKind::Host
+    fn accepts(&self, kind: MemKind) -> bool {
+        kind == MemKind::Host
+    }
+
+    /// Whether frames to and from `peer` in memory of `kind` must be posted with a
+    /// registration ([`Transport::post_send_registered`], [`Transport::post_recv_registered`]).
+    /// False by default: such a transport never sees [`Transport::register`].
+    ///
+    /// The engine asks once per peer when it is created; the answer must not change. Both
+    /// ends of a pair must give the same answer where a layer in between changes the frames
+    /// it carries by it (the CMA wrapper posts registered frames unchanged, never by
+    /// reference).
+    fn needs_registration(&self, _peer: Rank, _kind: MemKind) -> bool {
+        false
+    }
+
+    /// Register the `len` bytes at `ptr`, memory of `kind` (an RDMA memory region, a pinned
+    /// or IPC-exported CUDA range), and return a handle that this transport, and only this
+    /// one, understands. The engine calls it through its registration cache
+    /// ([`super::regcache`]), for page-aligned ranges that contain the buffers it posts,
+    /// and calls [`Transport::deregister`] before the memory may go. `ptr` is an address
+    /// for a driver: the transport does not access the memory until a posting lends it.
+    fn register(&mut self, _ptr: *mut u8, _len: usize, kind: MemKind) -> Result<RegHandle> {
+        Err(Error::internal(format!(
+            "the {} transport does not register memory ({kind})",
+            self.name()
+        )))
+    }
+
+    /// Release a registration made by [`Transport::register`]. Nothing posted uses it any
+    /// more; the handle is never used again.
+    fn deregister(&mut self, _handle: RegHandle) {}
+
+    /// [`Transport::post_send`] of a payload that lies inside the range registered as `reg`.
+    /// The engine calls it for every frame of at least one byte to a peer for which
+    /// [`Transport::needs_registration`] is true (zero-byte frames go through `post_send`).
+    /// By default the handle is ignored.
+    ///
+    /// # Safety
+    /// As for [`Transport::post_send`]; moreover `reg` was returned by this transport's
+    /// [`Transport::register`] for a range containing the `header.len` bytes at `data`, and
+    /// is not deregistered before the send completes or is cancelled.
+    unsafe fn post_send_registered(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        _reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.post_send(peer, header, data, token) }
+    }
+
+    /// [`Transport::post_recv`] into memory that lies inside the range registered as `reg`
+    /// (see [`Transport::post_send_registered`]).
+    ///
+    /// # Safety
+    /// As for [`Transport::post_recv`]; moreover `reg` was returned by this transport's
+    /// [`Transport::register`] for a range containing the `expect.len` bytes at `dst`, and
+    /// is not deregistered before the receive completes or is cancelled.
+    unsafe fn post_recv_registered(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        _reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.post_recv(peer, expect, dst, token) }
     }
 
     /// Post a data frame to `peer`: `header` followed by `header.len` bytes at `data`.

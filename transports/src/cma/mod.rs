@@ -16,6 +16,13 @@
 //! before returning, and the caller may then free the memory. A receiver reads the epoch
 //! *after* copying and fails the chunk when it moved, so a chunk copied from withdrawn memory
 //! is never delivered as data (the orderings are in [`epoch`], with their loom model).
+//!
+//! Registration belongs to the wrapped transport: [`Transport::needs_registration`],
+//! [`Transport::register`] and [`Transport::deregister`] are forwarded, and a registered
+//! posting passes through unchanged, never by reference (the descriptor would lie in memory
+//! the handle does not cover, and the receiver pulls into its own memory without one). The
+//! two ends of a pair thus agree on which frames go by reference as long as their wrapped
+//! transports agree on which peers need registration, which the trait asks of them.
 
 mod epoch;
 pub(crate) mod handshake;
@@ -24,7 +31,7 @@ mod remote;
 pub(crate) use epoch::{address as epoch_address, new_epoch};
 pub(crate) use handshake::{negotiate, PeerMemory};
 
-use dmsc_core::engine::{Completion, Token, Transport, Waker};
+use dmsc_core::engine::{Completion, MemKind, RegHandle, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::sync::AtomicU64;
 use dmsc_core::wire::{FrameHeader, FrameKind};
@@ -401,6 +408,46 @@ impl Transport for CmaTransport {
         unsafe { self.inner.post_recv(peer, &h, ptr, id) }
     }
 
+    fn needs_registration(&self, peer: Rank, kind: MemKind) -> bool {
+        self.inner.needs_registration(peer, kind)
+    }
+
+    fn register(&mut self, ptr: *mut u8, len: usize, kind: MemKind) -> Result<RegHandle> {
+        self.inner.register(ptr, len, kind)
+    }
+
+    fn deregister(&mut self, handle: RegHandle) {
+        self.inner.deregister(handle)
+    }
+
+    unsafe fn post_send_registered(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        let id = self.id();
+        self.ops.insert(id, Op::Plain { token });
+        // SAFETY: forwarded under the caller's contract; `reg` is the wrapped transport's.
+        unsafe { self.inner.post_send_registered(peer, header, data, reg, id) }
+    }
+
+    unsafe fn post_recv_registered(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        let id = self.id();
+        self.ops.insert(id, Op::Plain { token });
+        // SAFETY: forwarded under the caller's contract; `reg` is the wrapped transport's.
+        unsafe { self.inner.post_recv_registered(peer, expect, dst, reg, id) }
+    }
+
     fn send_control(&mut self, peer: Rank, payload: &[u8]) {
         self.inner.send_control(peer, payload);
     }
@@ -480,8 +527,14 @@ mod tests {
         controls: Vec<(Rank, Vec<u8>)>,
         next: Vec<Completion>,
         cancelled: bool,
+        /// Handles of registered postings, in order; registrations made (address, length).
+        handles: Vec<RegHandle>,
+        registered: Vec<(usize, usize)>,
     }
 
+    /// The FAKE wrapped transport: records what it is given. It claims to need registered
+    /// memory for every peer, which only the registration test relies on (the others post
+    /// through the plain methods, as the engine does for transports that do not register).
     struct Fake(Arc<Mutex<Seen>>);
 
     struct NoWake;
@@ -511,6 +564,47 @@ mod tests {
             t: Token,
         ) -> Result<()> {
             self.0.lock().unwrap().recvs.push((p, *h, d as usize, t));
+            Ok(())
+        }
+        fn needs_registration(&self, _: Rank, _: dmsc_core::engine::MemKind) -> bool {
+            true
+        }
+        fn register(
+            &mut self,
+            ptr: *mut u8,
+            len: usize,
+            _: dmsc_core::engine::MemKind,
+        ) -> Result<RegHandle> {
+            let mut s = self.0.lock().unwrap();
+            s.registered.push((ptr as usize, len));
+            Ok(RegHandle {
+                key: s.registered.len() as u64,
+            })
+        }
+        unsafe fn post_send_registered(
+            &mut self,
+            p: Rank,
+            h: &FrameHeader,
+            d: *const u8,
+            reg: RegHandle,
+            t: Token,
+        ) -> Result<()> {
+            let mut s = self.0.lock().unwrap();
+            s.sends.push((p, *h, d as usize, t));
+            s.handles.push(reg);
+            Ok(())
+        }
+        unsafe fn post_recv_registered(
+            &mut self,
+            p: Rank,
+            h: &FrameHeader,
+            d: *mut u8,
+            reg: RegHandle,
+            t: Token,
+        ) -> Result<()> {
+            let mut s = self.0.lock().unwrap();
+            s.recvs.push((p, *h, d as usize, t));
+            s.handles.push(reg);
             Ok(())
         }
         fn send_control(&mut self, p: Rank, payload: &[u8]) {
@@ -723,5 +817,58 @@ mod tests {
         assert_eq!(t.epoch.load(Ordering::SeqCst), before + 1);
         seen.lock().unwrap().next = vec![Completion::Sent { token: id }, ack_for(id)];
         assert!(poll(&mut t).is_empty());
+    }
+
+    #[test]
+    fn registration_is_the_wrapped_transports_and_registered_frames_never_go_by_reference() {
+        let (mut t, seen) = setup();
+        assert!(t.needs_registration(1, dmsc_core::engine::MemKind::Host));
+        let mut buf = vec![3u8; 2 * REF_MIN as usize];
+        let reg = t
+            .register(
+                buf.as_mut_ptr(),
+                buf.len(),
+                dmsc_core::engine::MemKind::Host,
+            )
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().registered,
+            [(buf.as_ptr() as usize, buf.len())]
+        );
+        // A large frame to a CMA peer, posted registered: unchanged, with the handle.
+        // SAFETY: buf outlives the operations.
+        unsafe {
+            t.post_send_registered(1, &header(2 * REF_MIN), buf.as_ptr(), reg, 11)
+                .unwrap();
+            t.post_recv_registered(1, &header(2 * REF_MIN), buf.as_mut_ptr(), reg, 12)
+                .unwrap();
+        }
+        let (send, recv, handles) = {
+            let s = seen.lock().unwrap();
+            (s.sends[0], s.recvs[0], s.handles.clone())
+        };
+        assert_eq!(
+            (send.1, send.2),
+            (header(2 * REF_MIN), buf.as_ptr() as usize)
+        );
+        assert_eq!(
+            (recv.1, recv.2),
+            (header(2 * REF_MIN), buf.as_ptr() as usize)
+        );
+        assert_eq!(handles, [reg, reg]);
+        seen.lock().unwrap().next = vec![
+            Completion::Sent { token: send.3 },
+            Completion::Received {
+                token: recv.3,
+                crc: None,
+            },
+        ];
+        assert!(matches!(
+            poll(&mut t)[..],
+            [
+                Completion::Sent { token: 11 },
+                Completion::Received { token: 12, .. }
+            ]
+        ));
     }
 }
