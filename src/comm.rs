@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::request::Request;
-use crate::shrink::StoreLink;
+use crate::store_link::StoreLink;
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
 use dmsc_core::bootstrap::UniqueId;
 use dmsc_core::engine::executor::Executor;

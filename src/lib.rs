@@ -26,6 +26,7 @@ mod request;
 mod shrink;
 pub mod size;
 mod split;
+mod store_link;
 
 pub use comm::{new_unique_id, Communicator, InitOptions};
 pub use config::Config;

@@ -3,7 +3,7 @@
 //!
 //! The parent is usually failed, so unlike [`Communicator::split`] the rendezvous cannot run
 //! over it: it runs through the rendezvous store the parent was built with, whose connection
-//! the communicator keeps ([`StoreLink`]). Each shrink of a parent gets its own key prefix
+//! the communicator keeps (`StoreLink`). Each shrink of a parent gets its own key prefix
 //! (the parent's prefix, which holds its communicator id, and a generation count), so
 //! successive shrinks, and shrinks of the shrunk communicators, never share keys. The lowest
 //! survivor, the new rank 0, draws the new communicator id and publishes it with the list of
@@ -17,30 +17,7 @@
 use crate::comm::Communicator;
 use crate::config::Config;
 use dmsc_core::{Error, Rank, Result};
-use dmsc_transports::store::{random_nonce, StoreClient};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// A communicator's way back to its rendezvous store.
-pub(crate) struct StoreLink {
-    /// The connection, shared with the communicators shrunk from this one.
-    client: Arc<Mutex<StoreClient>>,
-    /// Key prefix of this communicator's rendezvous (ends with its id).
-    prefix: String,
-    /// Shrinks of this communicator so far.
-    shrinks: AtomicU64,
-}
-
-impl StoreLink {
-    /// The link of a communicator that joined through `client` under `prefix`.
-    pub(crate) fn new(client: Arc<Mutex<StoreClient>>, prefix: String) -> StoreLink {
-        StoreLink {
-            client,
-            prefix,
-            shrinks: AtomicU64::new(0),
-        }
-    }
-}
+use dmsc_transports::store::random_nonce;
 
 /// The value the new rank 0 publishes: the new id, then the survivors' parent ranks.
 fn encode(id: u64, survivors: &[Rank]) -> Vec<u8> {
@@ -115,10 +92,9 @@ impl Communicator {
                  made by split)",
             )
         })?;
-        let generation = link.shrinks.fetch_add(1, Ordering::Relaxed) + 1;
-        let prefix = format!("{}/shrink-{generation}", link.prefix);
+        let prefix = link.next_shrink_prefix();
         let timeout = config.engine.timeout;
-        let mut client = link.client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut client = link.client();
         let key = format!("{prefix}/members");
         let comm_id = if new_rank == 0 {
             let id = random_nonce()?;
@@ -166,10 +142,7 @@ impl Communicator {
         )?;
         drop(client);
         let mut comm = Communicator::with_engine(engine, config, None, self.bind_ip)?;
-        comm.store_link = Some(StoreLink::new(
-            link.client.clone(),
-            format!("{prefix}/{comm_id:016x}"),
-        ));
+        comm.store_link = Some(link.child(format!("{prefix}/{comm_id:016x}")));
         Ok(comm)
     }
 }

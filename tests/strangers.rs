@@ -9,7 +9,7 @@
 //! logged the refusals with the strangers' addresses.
 //!
 //! The accept path of the data ports while they are open (during setup) is tested in
-//! `dmsc-transports` (`tcp::greet::tests`), with strangers connecting before the real peers.
+//! `dmsc-transports` (`tcp::setup::tests`), with strangers connecting before the real peers.
 
 use dmsc::{Communicator, ReduceOp, Secret};
 use dmsc_transports::store::StoreClient;

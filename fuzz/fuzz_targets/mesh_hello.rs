@@ -1,4 +1,4 @@
-//! The hello that opens every mesh connection (`tcp::mesh::parse_hello`): never panics;
+//! The hello that opens every mesh connection (`tcp::hello::parse_hello`): never panics;
 //! accepts only a higher rank of the same communicator, and the hello that rank sends.
 #![no_main]
 
