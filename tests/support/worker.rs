@@ -462,7 +462,11 @@ fn case_bad_args(c: &Communicator) {
         c.all_reduce(&b, &mut o, ReduceOp::Sum),
         &["10", "3"],
     );
-    expect_err("gather", c.all_gather(&b, &mut o), &["all_gather output"]);
+    expect_err(
+        "gather",
+        c.all_gather(&b, &mut o),
+        &["output has 3 elements but all_gather needs"],
+    );
     let mut g = c.group();
     if let Err(e) = g.send(&b, 9, 0) {
         println!("bad peer: {e}");
