@@ -3,6 +3,7 @@
 //! calling thread or the communicator's progress thread and serves heartbeats while idle.
 
 use crate::config::Config;
+use crate::plan_cache::PlanCache;
 use crate::request::Request;
 use crate::store_link::StoreLink;
 use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
@@ -31,6 +32,8 @@ pub struct Communicator {
     pub(crate) config: Config,
     /// The engine, its job queue and its progress thread.
     exec: Executor,
+    /// Schedules of recent collectives, reused by repeated calls.
+    pub(crate) plans: PlanCache,
     abort: Arc<AbortHandle>,
     failure: Arc<Mutex<Option<Error>>>,
     transport_name: &'static str,
@@ -155,6 +158,7 @@ impl Communicator {
             nranks,
             config,
             exec,
+            plans: PlanCache::default(),
             abort,
             failure,
             transport_name,

@@ -22,6 +22,7 @@ mod group;
 pub mod launch;
 mod ops;
 pub mod perf;
+mod plan_cache;
 mod request;
 mod shrink;
 pub mod size;

@@ -90,6 +90,7 @@ impl Communicator {
                     output: region(*output),
                     group: vec![],
                 };
+                let sched = sched.into();
                 Ok(Some(Job::Collective { desc, sched, mem }))
             }
             // SAFETY: forwarded contract.
@@ -125,13 +126,10 @@ impl Communicator {
                 }
             }
         };
-        let sched = plan::plan(
-            &desc,
-            self.rank(),
-            self.size(),
-            input.is_none(),
-            &self.config.plan,
-        )?;
+        let shape = (self.rank(), self.size());
+        let sched = self
+            .plans
+            .get(&desc, input.is_none(), shape, &self.config.plan)?;
         Ok(Job::Collective { desc, sched, mem })
     }
 
@@ -188,7 +186,7 @@ impl Communicator {
             dtype,
             ops: plan_ops,
             tags: others.iter().map(|o| o.tag).collect(),
-            sched,
+            sched: sched.into(),
             mem: OpMemory {
                 input: Region::EMPTY,
                 output: Region::EMPTY,

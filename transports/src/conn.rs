@@ -40,6 +40,8 @@ pub(crate) enum Role {
 /// segment carries. On a path every unit starts with this many bytes (the second half is
 /// zero for units other than segments), so one read takes any unit's headers.
 const MAX_HDR: usize = UNIT_LEN + HEADER_LEN;
+/// Spare header buffers a connection keeps (a window of frames in flight).
+const SPARE_HDRS: usize = 64;
 
 /// Where a path connection hands what it reads (the spraying layer of the mesh).
 pub(crate) trait PathSink {
@@ -98,9 +100,9 @@ struct SendItem {
 
 impl SendItem {
     /// Headers `hdr[..hlen]`, then `len` bytes at `data` (memory its owner keeps alive).
-    fn borrowed(hdr: [u8; MAX_HDR], hlen: usize, data: *const u8, len: usize) -> SendItem {
+    fn borrowed(hdr: Box<[u8; MAX_HDR]>, hlen: usize, data: *const u8, len: usize) -> SendItem {
         SendItem {
-            hdr: Box::new(hdr),
+            hdr,
             hlen,
             transfer: None,
             data,
@@ -112,7 +114,7 @@ impl SendItem {
     }
 
     /// Headers `hdr[..hlen]`, then a payload the item owns.
-    fn owned(hdr: [u8; MAX_HDR], hlen: usize, payload: Vec<u8>) -> SendItem {
+    fn owned(hdr: Box<[u8; MAX_HDR]>, hlen: usize, payload: Vec<u8>) -> SendItem {
         let (data, len) = (payload.as_ptr(), payload.len());
         SendItem {
             owned: Some(payload),
@@ -133,6 +135,10 @@ pub(crate) struct Conn {
     pub(crate) peer: Rank,
     pub(crate) role: Role,
     sendq: VecDeque<SendItem>,
+    /// Header buffers of sent frames, for the next ones (boxes moved back into frames, so
+    /// the box itself is what is kept).
+    #[allow(clippy::vec_box)]
+    spare_hdrs: Vec<Box<[u8; MAX_HDR]>>,
     recvq: VecDeque<RecvItem>,
     rhdr: [u8; MAX_HDR],
     /// Path connections: the unit being read, once its header is validated.
@@ -180,6 +186,7 @@ impl Conn {
             peer,
             role,
             sendq: VecDeque::new(),
+            spare_hdrs: Vec::new(),
             recvq: VecDeque::new(),
             rhdr: [0; MAX_HDR],
             unit: None,
@@ -205,9 +212,29 @@ impl Conn {
         self.fd.as_raw_fd()
     }
 
+    /// A zeroed header buffer: a spare one from a frame already sent, or a new one. Each
+    /// queued frame's headers are boxed so their address stays put while the kernel reads
+    /// them, whatever happens to the queue; recycling the boxes saves an allocation per frame.
+    fn new_hdr(&mut self) -> Box<[u8; MAX_HDR]> {
+        match self.spare_hdrs.pop() {
+            Some(mut h) => {
+                h.fill(0);
+                h
+            }
+            None => Box::new([0; MAX_HDR]),
+        }
+    }
+
+    /// Keep the header buffer of a frame sent in full, for the next frame.
+    fn recycle(&mut self, it: SendItem) {
+        if self.spare_hdrs.len() < SPARE_HDRS {
+            self.spare_hdrs.push(it.hdr);
+        }
+    }
+
     /// Queue a data frame.
     pub(crate) fn push_send(&mut self, header: &FrameHeader, data: *const u8, token: Token) {
-        let mut hdr = [0u8; MAX_HDR];
+        let mut hdr = self.new_hdr();
         header.encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
             token: Some(token),
@@ -223,7 +250,7 @@ impl Conn {
         engine: &FrameHeader,
         data: *const u8,
     ) {
-        let mut hdr = [0u8; MAX_HDR];
+        let mut hdr = self.new_hdr();
         unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
         engine.encode((&mut hdr[UNIT_LEN..]).try_into().expect("64 bytes"));
         self.sendq.push_back(SendItem {
@@ -237,7 +264,7 @@ impl Conn {
     /// acknowledgements and heartbeats do not wait behind bulk data.
     pub(crate) fn push_unit(&mut self, unit: &UnitHeader, payload: &[u8]) {
         let payload = payload.to_vec();
-        let mut hdr = [0u8; MAX_HDR];
+        let mut hdr = self.new_hdr();
         unit.encode((&mut hdr[..UNIT_LEN]).try_into().expect("64 bytes"));
         let started = usize::from(self.front_started());
         let at = (started..self.sendq.len())
@@ -275,7 +302,7 @@ impl Conn {
     /// Queue a control frame (payload copied).
     pub(crate) fn push_control(&mut self, payload: &[u8]) {
         let payload = payload[..payload.len().min(MAX_CONTROL as usize)].to_vec();
-        let mut hdr = [0u8; MAX_HDR];
+        let mut hdr = self.new_hdr();
         FrameHeader::plain(FrameKind::Control, 0, payload.len() as u32)
             .encode((&mut hdr[..HEADER_LEN]).try_into().expect("64 bytes"));
         self.sendq
@@ -342,11 +369,12 @@ impl Conn {
             it.done += step;
             n -= step;
             if it.done == total {
-                let it = self.sendq.pop_front().expect("front exists");
-                drop(it.owned);
+                let mut it = self.sendq.pop_front().expect("front exists");
+                drop(it.owned.take());
                 if let Some(token) = it.token {
                     out.push(Completion::Sent { token });
                 }
+                self.recycle(it);
             }
         }
         // Zero-length frames already fully sent with their header.
@@ -356,6 +384,7 @@ impl Conn {
                 if let Some(token) = it.token {
                     out.push(Completion::Sent { token });
                 }
+                self.recycle(it);
             } else {
                 break;
             }

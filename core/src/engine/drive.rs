@@ -10,7 +10,7 @@ impl Engine {
         &mut self,
         labels: Labels,
         desc: CollDesc,
-        sched: Schedule,
+        sched: Arc<Schedule>,
         mut mem: OpMemory,
     ) -> Result<()> {
         let started_at = Instant::now();
@@ -44,6 +44,7 @@ impl Engine {
             self.cfg.checksum,
             self.epoch,
             self.reg.peers().to_vec(),
+            std::mem::take(&mut self.exec_bufs),
         );
         // A panic must not unwind past posted operations: the transport would keep pointers
         // into memory the caller frees. Treat it as a failure like any other.
@@ -86,6 +87,8 @@ impl Engine {
                 );
             }
         }
+        // Nothing is posted any more (completed, or withdrawn by `cancel_all`).
+        self.exec_bufs = ex.into_bufs();
         r
     }
 

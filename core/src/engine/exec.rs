@@ -30,6 +30,7 @@ use crate::schedule::{Action, Schedule};
 use crate::types::{CollDesc, CollKind, Rank, ReduceOp};
 use crate::wire::{FrameHeader, FrameKind};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// How frames of this operation are labelled on the wire.
 #[derive(Clone, Debug)]
@@ -90,12 +91,50 @@ struct Chunk {
     done: bool,
 }
 
+/// The per-rank and per-chunk vectors of an [`Exec`], which the engine keeps between
+/// operations so that a call allocates none of them (small calls are dominated by such
+/// fixed costs).
+#[derive(Default)]
+pub(crate) struct ExecBufs {
+    chunks: Vec<Chunk>,
+    to_post_send: Vec<VecDeque<usize>>,
+    to_post_recv: Vec<VecDeque<usize>>,
+    inflight_send: Vec<usize>,
+    inflight_recv: Vec<usize>,
+    msg_send: Vec<u32>,
+    msg_recv: Vec<u32>,
+}
+
+// SAFETY: between operations, where the engine keeps it, `chunks` is empty (`into_bufs`
+// clears it), so no pointer into caller memory is held; the other vectors hold numbers.
+unsafe impl Send for ExecBufs {}
+
+impl ExecBufs {
+    /// Emptied, and sized for `nranks`.
+    fn reset(mut self, nranks: usize) -> ExecBufs {
+        self.chunks.clear();
+        for q in [&mut self.to_post_send, &mut self.to_post_recv] {
+            q.iter_mut().for_each(VecDeque::clear);
+            q.resize_with(nranks, VecDeque::new);
+        }
+        for v in [&mut self.inflight_send, &mut self.inflight_recv] {
+            v.clear();
+            v.resize(nranks, 0);
+        }
+        for v in [&mut self.msg_send, &mut self.msg_recv] {
+            v.clear();
+            v.resize(nranks, 0);
+        }
+        self
+    }
+}
+
 /// The state of one operation in progress.
 pub(crate) struct Exec {
     pub(crate) labels: Labels,
     desc: CollDesc,
     nranks: usize,
-    sched: Schedule,
+    sched: Arc<Schedule>,
     mem: OpMemory,
     scratch: Region,
     elem: usize,
@@ -124,7 +163,7 @@ impl Exec {
         labels: Labels,
         desc: CollDesc,
         nranks: usize,
-        sched: Schedule,
+        sched: Arc<Schedule>,
         mem: OpMemory,
         scratch: Region,
         chunk_bytes: usize,
@@ -132,7 +171,9 @@ impl Exec {
         checksum: bool,
         epoch: u32,
         reg_peers: Vec<bool>,
+        bufs: ExecBufs,
     ) -> Exec {
+        let b = bufs.reset(nranks);
         Exec {
             labels,
             desc,
@@ -143,18 +184,32 @@ impl Exec {
             elem: desc.dtype.size(),
             step: 0,
             epoch,
-            chunks: Vec::new(),
+            chunks: b.chunks,
             remaining: 0,
-            to_post_send: vec![VecDeque::new(); nranks],
-            to_post_recv: vec![VecDeque::new(); nranks],
-            inflight_send: vec![0; nranks],
-            inflight_recv: vec![0; nranks],
-            msg_send: vec![0; nranks],
-            msg_recv: vec![0; nranks],
+            to_post_send: b.to_post_send,
+            to_post_recv: b.to_post_recv,
+            inflight_send: b.inflight_send,
+            inflight_recv: b.inflight_recv,
+            msg_send: b.msg_send,
+            msg_recv: b.msg_recv,
             chunk_bytes: chunk_bytes.max(1),
             window: window.max(1),
             checksum,
             reg_peers,
+        }
+    }
+
+    /// The vectors, for the next operation (call once nothing is posted any more).
+    pub(crate) fn into_bufs(mut self) -> ExecBufs {
+        self.chunks.clear();
+        ExecBufs {
+            chunks: self.chunks,
+            to_post_send: self.to_post_send,
+            to_post_recv: self.to_post_recv,
+            inflight_send: self.inflight_send,
+            inflight_recv: self.inflight_recv,
+            msg_send: self.msg_send,
+            msg_recv: self.msg_recv,
         }
     }
 
@@ -256,10 +311,8 @@ impl Exec {
             }
             self.chunks.clear();
             self.epoch = self.epoch.wrapping_add(1);
-            let actions = std::mem::take(&mut self.sched.steps[self.step].actions);
-            let result = self.setup_actions(&actions, dev);
-            self.sched.steps[self.step].actions = actions;
-            result?;
+            let sched = self.sched.clone();
+            self.setup_actions(&sched.steps[self.step].actions, dev)?;
             self.remaining = self.chunks.len();
             if self.remaining > 0 {
                 return Ok(());

@@ -31,8 +31,8 @@ pub enum Job {
     Collective {
         /// The call.
         desc: CollDesc,
-        /// This rank's schedule for it.
-        sched: Schedule,
+        /// This rank's schedule for it (shared: a front end may reuse it for the same call).
+        sched: Arc<Schedule>,
         /// Its buffers.
         mem: OpMemory,
     },
@@ -45,7 +45,7 @@ pub enum Job {
         /// Their tags.
         tags: Vec<u32>,
         /// The group's schedule.
-        sched: Schedule,
+        sched: Arc<Schedule>,
         /// Its buffers.
         mem: OpMemory,
     },

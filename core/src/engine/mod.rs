@@ -105,6 +105,8 @@ pub struct Engine {
     reg: Registration,
     epoch: u32,
     completions: Vec<Completion>,
+    /// The vectors of the last operation, reused by the next.
+    exec_bufs: exec::ExecBufs,
     /// Status replies gathered while reporting a timeout: (peer, started, completed, current).
     statuses: Vec<(Rank, u64, u64, Option<CollDesc>)>,
     current: Option<CollDesc>,
@@ -158,6 +160,7 @@ impl Engine {
             scratch: None,
             epoch: 0,
             completions: Vec::new(),
+            exec_bufs: exec::ExecBufs::default(),
             statuses: Vec::new(),
             current: None,
             live,
@@ -253,9 +256,10 @@ impl Engine {
     pub unsafe fn run_collective(
         &mut self,
         desc: CollDesc,
-        sched: Schedule,
+        sched: impl Into<Arc<Schedule>>,
         mem: OpMemory,
     ) -> Result<()> {
+        let sched = sched.into();
         self.check_usable()?;
         self.started += 1;
         let seq = self.started;
@@ -277,9 +281,10 @@ impl Engine {
         dtype: DataType,
         ops: &[P2p],
         tags: &[u32],
-        sched: Schedule,
+        sched: impl Into<Arc<Schedule>>,
         mem: OpMemory,
     ) -> Result<()> {
+        let sched = sched.into();
         self.check_usable()?;
         let mut per_action = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {

@@ -1,0 +1,84 @@
+//! [`PlanCache`]: the schedules of a communicator's recent collectives, so that a call
+//! repeated with the same description (every step of a training loop) reuses its schedule
+//! instead of planning it again. A schedule depends only on the call's description, whether
+//! it is in place, and the communicator's rank, size and plan settings, which never change.
+
+use dmsc_core::plan::{self, PlanConfig};
+use dmsc_core::schedule::Schedule;
+use dmsc_core::{CollDesc, Result};
+use std::sync::{Arc, Mutex};
+
+/// Schedules kept: enough for the distinct calls of a training step (gradient buckets,
+/// a barrier, a few broadcasts), small enough that a linear search is cheaper than hashing.
+const CAPACITY: usize = 16;
+
+/// The most recently used schedules, most recent last.
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    entries: Mutex<Vec<((CollDesc, bool), Arc<Schedule>)>>,
+}
+
+impl PlanCache {
+    /// The schedule of `desc` (`inplace` or not) for `rank` of `nranks`: the cached one, or
+    /// a new plan that is then cached (dropping the least recently used past [`CAPACITY`]).
+    pub(crate) fn get(
+        &self,
+        desc: &CollDesc,
+        inplace: bool,
+        (rank, nranks): (usize, usize),
+        cfg: &PlanConfig,
+    ) -> Result<Arc<Schedule>> {
+        let key = (*desc, inplace);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = e.iter().position(|(k, _)| *k == key) {
+            let hit = e.remove(i);
+            let sched = hit.1.clone();
+            e.push(hit);
+            return Ok(sched);
+        }
+        drop(e);
+        let sched = Arc::new(plan::plan(desc, rank, nranks, inplace, cfg)?);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() >= CAPACITY {
+            e.remove(0);
+        }
+        e.push((key, sched.clone()));
+        Ok(sched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmsc_core::{CollKind, DataType, ReduceOp};
+
+    fn desc(count: usize) -> CollDesc {
+        CollDesc {
+            kind: CollKind::AllReduce,
+            count,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+        }
+    }
+
+    #[test]
+    fn repeated_calls_share_a_schedule_and_old_ones_are_dropped() {
+        let (c, cfg) = (PlanCache::default(), PlanConfig::default());
+        let a = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
+        let b = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let inplace = c.get(&desc(100), true, (0, 4), &cfg).unwrap();
+        assert!(!Arc::ptr_eq(&a, &inplace));
+        assert_eq!(*a, plan::plan(&desc(100), 0, 4, false, &cfg).unwrap());
+        for n in 0..CAPACITY {
+            c.get(&desc(1000 + n), false, (0, 4), &cfg).unwrap();
+        }
+        let again = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
+        assert!(
+            !Arc::ptr_eq(&a, &again),
+            "evicted after {CAPACITY} newer calls"
+        );
+        assert!(c.get(&desc(usize::MAX), false, (0, 4), &cfg).is_err());
+    }
+}
