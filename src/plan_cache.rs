@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 /// a barrier, a few broadcasts), small enough that a linear search is cheaper than hashing.
 const CAPACITY: usize = 16;
 
+/// A call's description and whether it is in place: what its schedule depends on.
+type Key = (CollDesc, bool);
+
 /// The most recently used schedules, most recent last.
 #[derive(Default)]
 pub(crate) struct PlanCache {
-    entries: Mutex<Vec<((CollDesc, bool), Arc<Schedule>)>>,
+    entries: Mutex<Vec<(Key, Arc<Schedule>)>>,
 }
 
 impl PlanCache {
