@@ -33,10 +33,13 @@ impl PlanCache {
     ) -> Result<Arc<Schedule>> {
         let key = (*desc, inplace);
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = e.iter().position(|(k, _)| *k == key) {
-            let hit = e.remove(i);
-            let sched = hit.1.clone();
-            e.push(hit);
+        // The last call is the likeliest one (a loop of one call): look from the end.
+        if let Some(i) = e.iter().rposition(|(k, _)| *k == key) {
+            let sched = e[i].1.clone();
+            if i + 1 != e.len() {
+                let hit = e.remove(i);
+                e.push(hit);
+            }
             return Ok(sched);
         }
         drop(e);

@@ -100,7 +100,7 @@ impl Engine {
             &mut *self.device,
             &mut self.reg.cache,
         )?;
-        let mut last_progress = Instant::now();
+        let mut last_progress = started_at;
         while !ex.finished() {
             if self.abort.is_aborted() {
                 return Err(Error::Aborted {
