@@ -45,7 +45,7 @@ pub struct Config {
     pub spray: SprayConfig,
     /// `DMSC_WINDOW` was given (else several paths widen the default window).
     pub window_set: bool,
-    /// `DMSC_SPIN_US` was given (else the spin adapts to whether ranks outnumber cores).
+    /// `DMSC_SPIN_US` was given (else the facade picks the spin when it connects).
     pub spin_set: bool,
 }
 

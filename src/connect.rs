@@ -74,19 +74,23 @@ pub(crate) fn connect_engine(
         // the default (TCP) model's larger alpha fits that better.
         config.plan.model = dmsc_core::model::CostModel::shared_memory();
     }
-    if !config.spin_set && !config.engine.spin_yield {
-        // Every rank has a core: spin long enough that a peer a little behind is caught
-        // without sleeping. Waking a sleeping vCPU took ~120 us on the development VM, and two
+    if !config.spin_set {
+        // Spin long enough that a peer a little behind is caught without sleeping. With a
+        // core per rank: waking a sleeping vCPU took ~120 us on the development VM, and two
         // ranks that each sleep while the other wakes settle into that rhythm for good (8 B
-        // all-reduce: 1.2 us with a 2 ms spin, 118 us in half the runs with 50 us).
-        config.engine.spin = SPIN_WITH_A_CORE_EACH;
+        // all-reduce: 1.2 us with a 2 ms spin, 118 us in half the runs with 50 us). With more
+        // ranks than cores the spin yields the core at every turn (`spin_yield`), so the
+        // peer it waits for runs, and sleeping only adds the wake-up: 4 ranks on 2 cores,
+        // 1 MiB all-reduce, 717-941 us with a 2 ms spin against 1430-2175 us with 50 us
+        // (interleaved runs, 2026-12-02; 8 B and 64 KiB within the noise of either).
+        config.engine.spin = SPIN;
     }
     let engine = Engine::new(transport, rank, nranks, config.engine.clone());
     Ok((engine, config))
 }
 
-/// How long a rank that has a core to itself spins before blocking.
-const SPIN_WITH_A_CORE_EACH: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a rank spins (yielding its core when ranks outnumber cores) before blocking.
+const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Whether this host runs more ranks of the communicator than it has cores for this process:
 /// all of them when they meet in shared memory, else as many as the launcher says
