@@ -121,6 +121,12 @@ impl Transport for RouteTransport {
         }
     }
 
+    /// Memory of `kind` may be posted only if every transport of the route takes it: the
+    /// engine checks an operation's buffers once, not per peer.
+    fn accepts(&self, kind: MemKind) -> bool {
+        self.transports.iter().all(|t| t.accepts(kind))
+    }
+
     fn needs_registration(&self, peer: Rank, kind: MemKind) -> bool {
         self.index(peer)
             .is_ok_and(|i| self.transports[i].needs_registration(peer, kind))
@@ -322,6 +328,10 @@ mod tests {
         fn needs_registration(&self, _: Rank, kind: MemKind) -> bool {
             self.registers && kind == MemKind::Host
         }
+        /// The registering fake also takes device memory (as GPUDirect RDMA would).
+        fn accepts(&self, kind: MemKind) -> bool {
+            kind == MemKind::Host || self.registers
+        }
         fn register(&mut self, ptr: *mut u8, len: usize, _: MemKind) -> Result<RegHandle> {
             if self.refuse || !self.registers {
                 return Err(Error::internal("fake refuses"));
@@ -487,6 +497,23 @@ mod tests {
         // SAFETY: as above.
         let e = unsafe { r.post_send_registered(2, &header(), ptr, reg, 4) }.unwrap_err();
         assert!(e.to_string().contains("not made by this route"), "{e}");
+    }
+
+    #[test]
+    fn a_route_takes_only_memory_every_transport_of_it_takes() {
+        let (mut r, seen) = route();
+        let gpu = MemKind::Cuda { device: 0 };
+        assert!(r.accepts(MemKind::Host));
+        assert!(!r.accepts(gpu), "the TCP-like fake takes host memory only");
+        for (i, s) in seen.iter().enumerate() {
+            r.transports[i] = Box::new(FakeSub {
+                registers: true,
+                refuse: false,
+                next: 300 + 10 * i as u64,
+                seen: s.clone(),
+            });
+        }
+        assert!(r.accepts(gpu));
     }
 
     #[test]
