@@ -35,6 +35,13 @@ pub enum Error {
     Comm(dmsc::Error),
     /// A task or worker id that the scheduler does not know.
     Unknown(String),
+    /// A service registry backend (etcd) refused or failed a call.
+    Registry {
+        /// The call and what it was about, e.g. `lease grant at http://127.0.0.1:2379`.
+        what: String,
+        /// The backend's message, or the transport's error.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -65,6 +72,7 @@ impl fmt::Display for Error {
             Error::Store(why) => write!(f, "store: {why}"),
             Error::Comm(e) => write!(f, "communication: {e}"),
             Error::Unknown(what) => write!(f, "unknown {what}"),
+            Error::Registry { what, reason } => write!(f, "service registry: {what}: {reason}"),
         }
     }
 }

@@ -18,12 +18,16 @@
 //! slots; the model is segmented by DP; the ranks are started with [`dmsc::launch`], which
 //! starts every rank again (up to `restarts` times) when one dies, and the job resumes from
 //! its last checkpoint.
+//!
+//! The service registry behind `/registry` is the backend [`GatewayConfig::registry`]
+//! names: in this process by default, or etcd (feature `etcd`). Its calls block, so the
+//! handlers run them on tokio's blocking pool.
 
 use crate::clock::{Clock, SystemClock};
 use crate::durable::Durable;
 use crate::error::{Error, Result};
 use crate::mlp::{self, JobSpec};
-use crate::registry::{Heartbeat, Registry};
+use crate::registry::{Backend, Heartbeat, ServiceRegistry};
 use crate::scheduler::{Config, Scheduler};
 use crate::segment::{Dp, Problem, Strategy};
 use crate::store::Store;
@@ -56,13 +60,18 @@ pub struct GatewayConfig {
     pub exe: PathBuf,
     /// Times a job's ranks are all started again after one dies.
     pub restarts: usize,
+    /// The service registry backend.
+    pub registry: Backend,
 }
+
+/// How long an instance stays registered after its last heartbeat.
+pub const REGISTRY_TTL_MS: u64 = 3000;
 
 struct App {
     cfg: GatewayConfig,
     url: String,
     durable: Mutex<Durable>,
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Box<dyn ServiceRegistry>>>,
     clock: Arc<SystemClock>,
 }
 
@@ -253,10 +262,28 @@ async fn heartbeat(
         return unauthorized();
     }
     let now = app.clock.now_ms();
-    match lock(&app.registry).heartbeat(beat, now) {
+    match on_registry(&app, move |r| r.heartbeat(beat, now)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => bad(e),
+        Err(e @ Error::Invalid { .. }) => bad(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "registry heartbeat failed");
+            internal(e)
+        }
     }
+}
+
+/// Run `f` on the registry on the blocking pool (the etcd backend's calls block).
+async fn on_registry<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&mut dyn ServiceRegistry) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let registry = app.registry.clone();
+    tokio::task::spawn_blocking(move || f(lock(&registry).as_mut()))
+        .await
+        .map_err(|e| Error::Registry {
+            what: "a registry call".into(),
+            reason: e.to_string(),
+        })?
 }
 
 async fn registry(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -264,7 +291,13 @@ async fn registry(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     let now = app.clock.now_ms();
-    Json(json!({ "instances": lock(&app.registry).discover(None, now) })).into_response()
+    match on_registry(&app, move |r| r.discover(None, now)).await {
+        Ok(instances) => Json(json!({ "instances": instances })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "registry discovery failed");
+            internal(e)
+        }
+    }
 }
 
 /// Run one job: plan, launch the ranks, report.
@@ -389,6 +422,13 @@ pub async fn serve(cfg: GatewayConfig) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
+    let backend = cfg.registry.clone();
+    let instances = tokio::task::spawn_blocking(move || backend.open(REGISTRY_TTL_MS))
+        .await
+        .map_err(|e| Error::Registry {
+            what: "opening the registry".into(),
+            reason: e.to_string(),
+        })??;
     let store = Store::open(&cfg.db)?;
     let clock = SystemClock::new();
     let sched_cfg = Config {
@@ -400,12 +440,12 @@ pub async fn serve(cfg: GatewayConfig) -> Result<()> {
     for w in 0..cfg.slots as u64 {
         durable.sched.add_worker(w, 1.0);
     }
-    tracing::info!(%addr, slots = cfg.slots, requeued = replayed.requeued, done = replayed.done, "gateway up");
+    tracing::info!(%addr, slots = cfg.slots, registry = ?cfg.registry, requeued = replayed.requeued, done = replayed.done, "gateway up");
     let app = Arc::new(App {
         url: format!("http://{addr}"),
         cfg,
         durable: Mutex::new(durable),
-        registry: Mutex::new(Registry::new(3000)),
+        registry: Arc::new(Mutex::new(instances)),
         clock,
     });
     let r = app.clone();

@@ -22,6 +22,8 @@ pub use error::{Error, Result};
 pub mod aggregate;
 pub mod clock;
 pub mod durable;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod gateway;
 pub mod mlp;
 pub mod policy;

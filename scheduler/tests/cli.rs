@@ -105,3 +105,30 @@ fn errors_name_what_was_wrong() {
     assert!(!ok && err.contains("ranks[0].speed"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without the `etcd` feature, choosing etcd is refused before anything starts, naming the
+/// feature (flag and environment variable alike).
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn the_etcd_registry_needs_the_etcd_feature() {
+    let demo = [
+        "demo",
+        "--token",
+        "test-token-0123",
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    let mut args = demo.to_vec();
+    args.extend(["--registry", "etcd=http://127.0.0.1:2379"]);
+    let (ok, _, err) = serve(&args);
+    assert!(!ok);
+    assert!(err.contains("built without the `etcd` feature"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dmsc-serve"))
+        .args(demo)
+        .env("DMSC_SERVE_REGISTRY", "etcd=http://127.0.0.1:2379")
+        .output()
+        .expect("run dmsc-serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("built without the `etcd` feature"), "{err}");
+}

@@ -8,6 +8,7 @@
 //! dmsc-serve probe-rank --out L.json              one rank of a probe (under dmscrun, torchrun…)
 //! dmsc-serve sched-run --db D.sqlite --tasks N     a durable scheduler run (crash test)
 //! dmsc-serve demo --token T [--bind H:P] [--db D] [--workers N] [--restarts R]
+//!                 [--registry inprocess|etcd=http://H:P]
 //!                                                 the four-layer demo (HTTP gateway)
 //! dmsc-serve worker ...                           one rank of a demo job (internal)
 //! ```
@@ -28,7 +29,8 @@ const USAGE: &str = "usage:
   dmsc-serve probe --np N --out L.json [--bytes B]
   dmsc-serve probe-rank --out L.json [--bytes B]
   dmsc-serve sched-run --db D.sqlite [--tasks N] [--work-ms MS]
-  dmsc-serve demo --token T [--bind 127.0.0.1:8080] [--db dmsc-serve.sqlite] [--workers 4] [--restarts 3]";
+  dmsc-serve demo --token T [--bind 127.0.0.1:8080] [--db dmsc-serve.sqlite] [--workers 4] [--restarts 3]
+                  [--registry inprocess|etcd=http://127.0.0.1:2379]   (or DMSC_SERVE_REGISTRY)";
 
 /// `--key value` pairs after the subcommand.
 fn flags(args: &[String]) -> Result<HashMap<String, String>> {
@@ -174,6 +176,7 @@ fn sched_run(args: &[String]) -> Result<()> {
 /// started per job.
 fn demo(args: &[String]) -> Result<()> {
     use dmsc_scheduler::gateway::{serve, GatewayConfig};
+    use dmsc_scheduler::registry::Backend;
     let f = flags(args)?;
     let token = match f.get("token") {
         Some(t) => t.clone(),
@@ -183,6 +186,14 @@ fn demo(args: &[String]) -> Result<()> {
     if token.len() < 8 {
         return Err(Error::invalid("--token", "use at least 8 characters"));
     }
+    // --registry, else DMSC_SERVE_REGISTRY, else in this process.
+    let registry = match f.get("registry") {
+        Some(r) => Backend::parse(r)?,
+        None => match std::env::var("DMSC_SERVE_REGISTRY") {
+            Ok(r) if !r.trim().is_empty() => Backend::parse(&r)?,
+            _ => Backend::InProcess,
+        },
+    };
     let cfg = GatewayConfig {
         bind: f
             .get("bind")
@@ -197,6 +208,7 @@ fn demo(args: &[String]) -> Result<()> {
         slots: number(&f, "workers", 4)?,
         exe: std::env::current_exe().map_err(|e| Error::io("finding dmsc-serve", e))?,
         restarts: number(&f, "restarts", 3)?,
+        registry,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
