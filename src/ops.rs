@@ -18,7 +18,6 @@ type What = (CollKind, ReduceOp, usize);
 
 impl Communicator {
     /// The [`Call`] of a collective on byte buffers; `count: None` derives it.
-    #[allow(clippy::too_many_arguments)]
     fn call_of(
         &self,
         (kind, op, root): What,

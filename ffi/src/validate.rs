@@ -9,7 +9,7 @@
 use crate::args::byte_len;
 use crate::guard::{Ctx, Res};
 use crate::types::{data_type, red_op, RawDataType, RawRedOp};
-use dmsc_rs::call::{rank_arg, Call, CollArgs, Names, P2pCall, Span};
+use dmsc_rs::call::{end_of, rank_arg, Call, CollArgs, Names, P2pCall, Span};
 use dmsc_rs::{CollKind, Communicator, DataType, ReduceOp};
 use std::ffi::{c_int, c_void};
 
@@ -36,7 +36,6 @@ fn root_arg(f: &str, comm: &Communicator, root: c_int) -> Res<usize> {
 
 /// A collective of `f` whose buffers hold `in_blocks` and `out_blocks` times `count`
 /// elements (argument `cname`).
-#[allow(clippy::too_many_arguments)]
 fn coll(
     f: &str,
     comm: &Communicator,
@@ -216,17 +215,6 @@ unsafe fn per_rank(f: &str, name: &str, p: *const usize, n: usize) -> Res<Vec<us
     Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
-/// Elements spanned by counts `c` at displacements `d`, saturating (the builder names an
-/// overflowing sum).
-fn end(c: &[usize], d: &[usize]) -> usize {
-    c.iter()
-        .zip(d)
-        .filter(|(&c, _)| c > 0)
-        .map(|(&c, &d)| c.saturating_add(d))
-        .max()
-        .unwrap_or(0)
-}
-
 /// `dmscAllToAllv` arguments (counts and displacements in elements, one per rank).
 ///
 /// # Safety
@@ -257,7 +245,10 @@ pub(crate) unsafe fn all_to_all_v(
     // The spans reach as far as the counts and displacements do; a length that overflows
     // is left empty, and the builder names the overflow.
     let es = dtype.size();
-    let len = |c: &[usize], d: &[usize]| end(c, d).checked_mul(es).unwrap_or(0);
+    let len = |c: &[usize], d: &[usize]| {
+        let end = end_of(c, d).ok();
+        end.and_then(|e| e.checked_mul(es)).unwrap_or(0)
+    };
     let input = span(sendbuff, len(&v[0], &v[1]));
     let output = span(recvbuff, len(&v[2], &v[3]));
     Call::all_to_all_v(comm.shape(), dtype, Some(input), output, v, &C_NAMES).ctx(f)

@@ -65,14 +65,24 @@ impl Call {
 
 /// Elements spanned by counts `c` at displacements `d` (arguments `cn`, `dn`).
 fn extent(c: &[usize], d: &[usize], cn: &str, dn: &str) -> Result<usize> {
+    end_of(c, d).map_err(|i| {
+        Error::invalid(format!(
+            "{cn}[{i}] + {dn}[{i}] = {} + {} overflows",
+            c[i], d[i]
+        ))
+    })
+}
+
+/// Elements spanned by counts `c` at displacements `d` (the largest end of a non-empty
+/// block), or the index of the first entry whose end overflows. Front ends that size buffers
+/// from the counts (C) use it too; the builder names an overflow.
+pub fn end_of(c: &[usize], d: &[usize]) -> std::result::Result<usize, usize> {
     c.iter()
         .zip(d)
         .enumerate()
         .try_fold(0usize, |m, (i, (&c, &d))| match c.checked_add(d) {
             Some(e) => Ok(if c == 0 { m } else { m.max(e) }),
-            None => Err(Error::invalid(format!(
-                "{cn}[{i}] + {dn}[{i}] = {c} + {d} overflows"
-            ))),
+            None => Err(i),
         })
 }
 

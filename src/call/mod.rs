@@ -19,6 +19,7 @@ mod p2p;
 mod run;
 mod span;
 
+pub use all_to_all_v::end_of;
 pub use args::{Names, Shape};
 pub use check::rank_arg;
 pub use collective::CollArgs;

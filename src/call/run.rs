@@ -141,17 +141,17 @@ impl Communicator {
     unsafe fn p2p_job(&self, dtype: DataType, ops: &[P2pCall]) -> Result<Option<Job>> {
         let me = self.rank();
         let es = dtype.size();
-        let (to_me, others): (Vec<&P2pCall>, Vec<&P2pCall>) =
-            ops.iter().partition(|o| o.peer == me);
-        let (sends, recvs): (Vec<&P2pCall>, Vec<&P2pCall>) = to_me.iter().partition(|o| o.send);
-        if sends.len() != recvs.len() {
+        // Iterators, not collected lists: a group with no operation on this rank itself (the
+        // usual case) allocates nothing here.
+        let to_me = |send: bool| ops.iter().filter(move |o| o.peer == me && o.send == send);
+        let others = || ops.iter().filter(|o| o.peer != me);
+        let (sends, recvs) = (to_me(true).count(), to_me(false).count());
+        if sends != recvs {
             return Err(Error::invalid(format!(
-                "a group has {} send(s) to this rank ({me}) but {} receive(s) from it; they must pair up",
-                sends.len(),
-                recvs.len()
+                "a group has {sends} send(s) to this rank ({me}) but {recvs} receive(s) from it; they must pair up"
             )));
         }
-        for (s, r) in sends.iter().zip(&recvs) {
+        for (s, r) in to_me(true).zip(to_me(false)) {
             let (sl, rl) = (s.buf.len / es, r.buf.len / es);
             if sl != rl || s.tag != r.tag {
                 return Err(Error::invalid(format!(
@@ -160,17 +160,16 @@ impl Communicator {
                 )));
             }
         }
-        for (s, r) in sends.iter().zip(&recvs) {
+        for (s, r) in to_me(true).zip(to_me(false)) {
             // SAFETY: the caller's contract covers both buffers; the builder checked that a
             // receive overlaps no other buffer of the group, and the device's copy tolerates
             // overlap anyway.
             unsafe { HostDevice.copy(r.buf.ptr, s.buf.ptr, s.buf.len)? };
         }
-        if others.is_empty() {
+        if others().next().is_none() {
             return Ok(None);
         }
-        let plan_ops: Vec<P2p> = others
-            .iter()
+        let plan_ops: Vec<P2p> = others()
             .enumerate()
             .map(|(b, o)| {
                 let (peer, buf, len) = (o.peer, b as u32, o.buf.len / es);
@@ -185,12 +184,12 @@ impl Communicator {
         Ok(Some(Job::P2p {
             dtype,
             ops: plan_ops,
-            tags: others.iter().map(|o| o.tag).collect(),
+            tags: others().map(|o| o.tag).collect(),
             sched: sched.into(),
             mem: OpMemory {
                 input: Region::EMPTY,
                 output: Region::EMPTY,
-                group: others.iter().map(|o| region(o.buf)).collect(),
+                group: others().map(|o| region(o.buf)).collect(),
             },
         }))
     }
