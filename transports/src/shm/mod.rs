@@ -1,7 +1,9 @@
 //! Shared-memory transport between ranks of one host.
 //!
 //! Each pair of ranks shares one segment ([`segment`]) holding four single-producer
-//! single-consumer byte rings ([`ring`]): data and control, one each way. Frames travel
+//! single-consumer rings of stamped records ([`ring`]): data and control, one each way. A
+//! record's stamp sits in its own first line, so a small frame reaches the peer as one line
+//! pair that the peer polls directly. Frames travel
 //! through the rings exactly as they travel through a TCP connection: the same framing state
 //! machine ([`crate::conn::Conn`]) turns byte counts into completions, checks every header
 //! against the receive it matches and never writes a payload before its header was checked,

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"DMSCSHM1");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const PAGE: usize = 4096;
 const RINGS_AT: usize = PAGE;
 const DOORBELL_AT: usize = 1024;
