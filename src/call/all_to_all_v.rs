@@ -44,8 +44,8 @@ impl Call {
             Some(i) => {
                 usable(names.input, i, dtype)?;
                 usable(names.output, output, dtype)?;
-                let same = format!("{} == {}", names.input, names.output);
-                apart((names.input, i), (names.output, output), &same)?;
+                let same = || format!("{} == {}", names.input, names.output);
+                apart((names.input, i), (names.output, output), same)?;
                 holds(names.input, i, s_end, dtype)?;
                 holds(names.output, output, r_end, dtype)?;
             }

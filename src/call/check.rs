@@ -61,12 +61,18 @@ pub(crate) fn holds(name: &str, s: Span, elems: usize, dtype: DataType) -> Resul
 }
 
 /// Distinct buffers `a` and `b` must not overlap; `in_place` says which layout would have
-/// meant in place.
-pub(crate) fn apart(a: (&str, Span), b: (&str, Span), in_place: &str) -> Result<()> {
+/// meant in place (built only for the error, off the path of every valid call).
+pub(crate) fn apart(
+    a: (&str, Span),
+    b: (&str, Span),
+    in_place: impl FnOnce() -> String,
+) -> Result<()> {
     if a.1.overlaps(&b.1) {
         return Err(Error::invalid(format!(
-            "{} and {} overlap; in place means {in_place}, other overlaps are not allowed",
-            a.0, b.0
+            "{} and {} overlap; in place means {}, other overlaps are not allowed",
+            a.0,
+            b.0,
+            in_place()
         )));
     }
     Ok(())
@@ -119,7 +125,7 @@ mod tests {
             Span::new(0x1000 as *const u8, 8),
             Span::new(0x1004 as *const u8, 8),
         );
-        let e = apart(("sendbuff", a), ("recvbuff", b), "x")
+        let e = apart(("sendbuff", a), ("recvbuff", b), || "x".into())
             .unwrap_err()
             .to_string();
         assert!(e.contains("sendbuff and recvbuff overlap"), "{e}");

@@ -59,11 +59,9 @@ impl Call {
             Some(i) => {
                 usable(names.input, i, dtype)?;
                 usable(names.output, output, dtype)?;
-                apart(
-                    (names.input, i),
-                    (names.output, output),
-                    &layout_text(kind, names),
-                )?;
+                apart((names.input, i), (names.output, output), || {
+                    layout_text(kind, names)
+                })?;
             }
             None => usable(names.in_place, output, dtype)?,
         }

@@ -8,6 +8,7 @@ pub mod auth;
 mod cma;
 pub(crate) mod conn;
 pub mod connect;
+mod id_hash;
 pub mod ifaddr;
 pub mod route;
 pub mod shm;

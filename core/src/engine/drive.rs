@@ -43,7 +43,7 @@ impl Engine {
             self.cfg.window,
             self.cfg.checksum,
             self.epoch,
-            self.reg.peers().to_vec(),
+            self.reg.peers(),
             std::mem::take(&mut self.exec_bufs),
         );
         // A panic must not unwind past posted operations: the transport would keep pointers

@@ -103,6 +103,7 @@ pub(crate) struct ExecBufs {
     inflight_recv: Vec<usize>,
     msg_send: Vec<u32>,
     msg_recv: Vec<u32>,
+    reg_peers: Vec<bool>,
 }
 
 // SAFETY: between operations, where the engine keeps it, `chunks` is empty (`into_bufs`
@@ -110,9 +111,11 @@ pub(crate) struct ExecBufs {
 unsafe impl Send for ExecBufs {}
 
 impl ExecBufs {
-    /// Emptied, and sized for `nranks`.
-    fn reset(mut self, nranks: usize) -> ExecBufs {
+    /// Emptied, and sized for `nranks`, with the peers whose frames are posted registered.
+    fn reset(mut self, nranks: usize, reg_peers: &[bool]) -> ExecBufs {
         self.chunks.clear();
+        self.reg_peers.clear();
+        self.reg_peers.extend_from_slice(reg_peers);
         for q in [&mut self.to_post_send, &mut self.to_post_recv] {
             q.iter_mut().for_each(VecDeque::clear);
             q.resize_with(nranks, VecDeque::new);
@@ -170,10 +173,10 @@ impl Exec {
         window: usize,
         checksum: bool,
         epoch: u32,
-        reg_peers: Vec<bool>,
+        reg_peers: &[bool],
         bufs: ExecBufs,
     ) -> Exec {
-        let b = bufs.reset(nranks);
+        let b = bufs.reset(nranks, reg_peers);
         Exec {
             labels,
             desc,
@@ -195,7 +198,7 @@ impl Exec {
             chunk_bytes: chunk_bytes.max(1),
             window: window.max(1),
             checksum,
-            reg_peers,
+            reg_peers: b.reg_peers,
         }
     }
 
@@ -210,6 +213,7 @@ impl Exec {
             inflight_recv: self.inflight_recv,
             msg_send: self.msg_send,
             msg_recv: self.msg_recv,
+            reg_peers: self.reg_peers,
         }
     }
 

@@ -31,12 +31,12 @@ mod remote;
 pub(crate) use epoch::{address as epoch_address, new_epoch};
 pub(crate) use handshake::{negotiate, PeerMemory};
 
+use crate::id_hash::IdMap;
 use dmsc_core::engine::{Completion, MemKind, RegHandle, Token, Transport, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::sync::AtomicU64;
 use dmsc_core::wire::{FrameHeader, FrameKind};
 use dmsc_core::Rank;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ pub(crate) struct CmaTransport {
     /// [`epoch::new_epoch`] for why it is never freed).
     epoch: &'static AtomicU64,
     next: u64,
-    ops: HashMap<u64, Op>,
+    ops: IdMap<Op>,
     scratch: Vec<Completion>,
     /// Acks queued so far (to know when one must be flushed).
     acks: u64,
@@ -136,7 +136,7 @@ impl CmaTransport {
             peers,
             epoch,
             next: 0,
-            ops: HashMap::new(),
+            ops: IdMap::default(),
             scratch: Vec::new(),
             acks: 0,
             name,
