@@ -115,7 +115,7 @@ impl Ring {
     /// position.
     fn reload_room(&mut self) -> Result<usize, Corrupt> {
         let head = self.head().load(Ordering::Acquire);
-        if head < self.seen_head || head > self.pos || head % ALIGN as u64 != 0 {
+        if head < self.seen_head || head > self.pos || !head.is_multiple_of(ALIGN as u64) {
             return Err(Corrupt(format!(
                 "ring consumer position {head} is outside [{}, {}] or off alignment",
                 self.seen_head, self.pos
