@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dmsc in the peers' benchmark loop (../shared/peers/run_all.sh, DMSC_BENCH=...).
 
-Accepts the peers' flags (-w --sizes --ops --budget --timeout --json ...), runs
+Accepts the peers' flags (-w --sizes --ops --budget --timeout --json --out-of-place ...), runs
 `dmscrun -n W target/release/examples/peer_method` (same method as common.py: per iteration
 barrier; t0; op; t1, max across ranks, median over iterations) and writes the peers' JSON.
 
@@ -35,6 +35,8 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--label", default="dmsc")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out-of-place", action="store_true",
+                   help="allreduce with separate input and output (default: in place, as the peers)")
     a = p.parse_args()
     ops = "allreduce,allgather,broadcast" if a.all_ops else a.ops
     sizes = ",".join(str(s) for s in common.parse_sizes(a.sizes))
@@ -43,7 +45,10 @@ def main() -> int:
     exe = os.path.join(ROOT, "target", "release", "examples", "peer_method")
     run = os.path.join(ROOT, "target", "release", "dmscrun")
     c2c_before = common.c2c_ns() if hasattr(common, "c2c_ns") else None
-    out = subprocess.run([run, "-n", str(a.world), exe, ops, sizes, str(a.budget), str(a.min_iters), str(a.iters)],
+    cmd = [run, "-n", str(a.world), exe, ops, sizes, str(a.budget), str(a.min_iters), str(a.iters)]
+    if a.out_of_place:
+        cmd.append("out-of-place")
+    out = subprocess.run(cmd,
                          capture_output=True, text=True, timeout=a.timeout)
     if out.returncode != 0:
         sys.stderr.write(out.stdout + out.stderr)
@@ -55,7 +60,8 @@ def main() -> int:
         if not line.startswith("{"):
             continue
         d = json.loads(line)
-        results.append(common.summarize(d["op"], d["bytes"], a.world, d["max"], d["rank0"], d["warmup"], d["correct"]))
+        results.append(common.summarize(d["op"], d["bytes"], a.world, d["max"], d["rank0"], d["warmup"], d["correct"],
+                                        inplace=(d["op"] == "allreduce" and not a.out_of_place)))
     title = f"dmsc  world={a.world}  c2c_ns={c2c_before}->{c2c_after}"
     if not a.quiet:
         print(common.table(results, title))

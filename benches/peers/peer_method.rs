@@ -4,8 +4,14 @@
 //! max across ranks. Rank 0 prints one JSON object per (op, size) with the per-iteration
 //! times; `dmsc_allreduce.py` turns them into the peers' JSON schema.
 //!
+//! The buffers follow the peers' scripts too: all-reduce works in place (`MPI_IN_PLACE`, as
+//! `torch.distributed.all_reduce` and Gloo do) unless `out-of-place` is given; after the
+//! check, the timed calls run on zeros (the peers zero `buf`, or the all-gather's and the
+//! out-of-place all-reduce's input).
+//!
 //! Run under dmscrun: `dmscrun -n 2 target/release/examples/peer_method allreduce 8,1M 4 5 200`
-//! (ops, sizes in bytes, budget seconds, min iters, max iters).
+//! (ops, sizes in bytes, budget seconds, min iters, max iters, then optionally
+//! `out-of-place`).
 
 use dmsc::{Communicator, ReduceOp};
 use std::time::Instant;
@@ -21,6 +27,11 @@ fn main() -> dmsc::Result<()> {
     let budget: f64 = a[3].parse().expect("budget");
     let min_iters: usize = a[4].parse().expect("min iters");
     let max_iters: usize = a[5].parse().expect("max iters");
+    let out_of_place = match a.get(6).map(String::as_str) {
+        None => false,
+        Some("out-of-place") => true,
+        Some(other) => panic!("unknown option {other}: only out-of-place"),
+    };
     let c = Communicator::from_env()?;
     let (r, w) = (c.rank(), c.size());
     for op in &ops {
@@ -40,18 +51,21 @@ fn main() -> dmsc::Result<()> {
             dmsc::perf::huge::advise(bytes_of(&mut out));
             // Broadcast works in place, as the peers' `Bcast(buf)` does: the root's buffer
             // holds the data, the others' are zero; nothing is copied inside the timed call.
-            if *op == "broadcast" && r == 0 {
+            // So does the all-reduce unless out of place.
+            let in_place = *op == "allreduce" && !out_of_place;
+            if (*op == "broadcast" && r == 0) || in_place {
                 out.copy_from_slice(&input);
             }
-            let run = |c: &Communicator, out: &mut [f32]| -> dmsc::Result<()> {
+            let run = |c: &Communicator, input: &[f32], out: &mut [f32]| -> dmsc::Result<()> {
                 match *op {
-                    "allreduce" => c.all_reduce(&input, out, ReduceOp::Sum),
+                    "allreduce" if in_place => c.all_reduce_in_place(out, ReduceOp::Sum),
+                    "allreduce" => c.all_reduce(input, out, ReduceOp::Sum),
                     "allgather" => c.all_gather(&input, out),
                     "broadcast" => c.broadcast(out, 0),
                     other => panic!("unknown op {other}"),
                 }
             };
-            run(&c, &mut out)?;
+            run(&c, &input, &mut out)?;
             let correct = match *op {
                 "allreduce" => out
                     .iter()
@@ -66,6 +80,12 @@ fn main() -> dmsc::Result<()> {
                     .enumerate()
                     .all(|(i, &v)| v == 1.0 + (i % 13) as f32),
             };
+            // As the peers: the timed calls move zeros.
+            match *op {
+                "allreduce" if in_place => out.fill(0.0),
+                "allreduce" | "allgather" => input.fill(0.0),
+                _ => {}
+            }
             let warmup = if nbytes <= 64 << 10 {
                 20
             } else if nbytes <= 16 << 20 {
@@ -77,7 +97,7 @@ fn main() -> dmsc::Result<()> {
             for _ in 0..warmup {
                 c.barrier()?;
                 let t = Instant::now();
-                run(&c, &mut out)?;
+                run(&c, &input, &mut out)?;
                 est = est.min(t.elapsed().as_secs_f64());
             }
             // Same iteration count on every rank: the max of the estimates.
@@ -88,7 +108,7 @@ fn main() -> dmsc::Result<()> {
             for t in times.iter_mut() {
                 c.barrier()?;
                 let t0 = Instant::now();
-                run(&c, &mut out)?;
+                run(&c, &input, &mut out)?;
                 *t = t0.elapsed().as_secs_f64();
             }
             let mine = times.clone();
