@@ -1,5 +1,6 @@
 //! The typed loops behind [`reduce_in_place`], [`reduce_into`] and [`scale_div`].
 
+use super::isa::{self, Isa};
 use crate::error::{Error, Result};
 use crate::types::{DataType, ReduceOp};
 use half::slice::HalfFloatSliceExt;
@@ -43,8 +44,50 @@ macro_rules! float_elem {
 }
 float_elem!(f32, f64);
 
-/// `dst[i] = f(dst[i], src[i])`, monomorphized per operator so the loop vectorizes.
+/// `dst[i] = f(dst[i], src[i])` with the widest vectors this CPU has ([`isa`]).
 fn in_place<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
+    match isa::chosen() {
+        // SAFETY: the CPU has AVX2 (`isa` detected it at run time).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { wide::in_place_avx2(op, dst, src) },
+        _ => in_place_loop(op, dst, src),
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])` with the widest vectors this CPU has ([`isa`]).
+fn into<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+    match isa::chosen() {
+        // SAFETY: as in `in_place`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { wide::into_avx2(op, dst, a, b) },
+        _ => into_loop(op, dst, a, b),
+    }
+}
+
+/// The loops again, compiled with AVX2 enabled (inlined into each variant, so the compiler
+/// vectorizes them for it).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::{in_place_loop, into_loop, Elem, ReduceOp};
+
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn in_place_avx2<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
+        in_place_loop(op, dst, src)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn into_avx2<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+        into_loop(op, dst, a, b)
+    }
+}
+
+/// `dst[i] = f(dst[i], src[i])`, monomorphized per operator so the loop vectorizes.
+#[inline(always)]
+fn in_place_loop<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
     macro_rules! run {
         ($f:expr) => {
             for (d, s) in dst.iter_mut().zip(src) {
@@ -61,7 +104,8 @@ fn in_place<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
 }
 
 /// `dst[i] = f(a[i], b[i])`.
-fn into<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+#[inline(always)]
+fn into_loop<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
     macro_rules! run {
         ($f:expr) => {
             for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
@@ -228,4 +272,72 @@ pub fn scale_div(dtype: DataType, dst: &mut [u8], n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Values that exercise wrapping, signs, NaN and infinities, from a fixed LCG.
+    fn values<T: Copy>(n: usize, seed: u64, make: impl Fn(u64) -> T) -> Vec<T> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                make(x >> 11)
+            })
+            .collect()
+    }
+
+    /// The AVX2 variants give bit for bit what the baseline loops give, for every operator,
+    /// at lengths that leave vector tails.
+    fn same<T: Elem + PartialEq + std::fmt::Debug>(make: impl Fn(u64) -> T + Copy) {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let bits = |v: &[T]| -> Vec<u8> {
+            // SAFETY: plain-old-data elements viewed as bytes.
+            unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+                .to_vec()
+        };
+        for n in [0, 1, 7, 31, 64, 1000, 4099] {
+            let (a, b) = (
+                values(n, 1 + n as u64, make),
+                values(n, 99 + n as u64, make),
+            );
+            for op in ReduceOp::ALL {
+                let (mut x, mut y) = (a.clone(), a.clone());
+                in_place_loop(op, &mut x, &b);
+                // SAFETY: AVX2 was detected above.
+                unsafe { wide::in_place_avx2(op, &mut y, &b) };
+                assert_eq!(bits(&x), bits(&y), "in place, {op:?}, n = {n}");
+                let (mut x, mut y) = (b.clone(), b.clone());
+                into_loop(op, &mut x, &a, &b);
+                // SAFETY: AVX2 was detected above.
+                unsafe { wide::into_avx2(op, &mut y, &a, &b) };
+                assert_eq!(bits(&x), bits(&y), "into, {op:?}, n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn wide_variants_match_the_baseline_bit_for_bit() {
+        same(|r| r as u8 as i8);
+        same(|r| r as u8);
+        same(|r| r as i32);
+        same(|r| r as u32);
+        same(|r| r as i64);
+        same(|r| r);
+        let f = |r: u64| match r % 17 {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => -0.0,
+            _ => (r % 2001) as f32 / 7.0 - 140.0,
+        };
+        same(f);
+        same(move |r| f(r) as f64);
+    }
 }

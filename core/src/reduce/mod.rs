@@ -1,12 +1,14 @@
 //! Reduction kernels: element-wise `dst = a ⊕ b` for every [`DataType`] and [`ReduceOp`].
 //!
 //! The kernels are plain loops over typed slices that the compiler auto-vectorizes
-//! (`sum`/`min`/`max` become packed SIMD instructions). float16 and bfloat16 are widened to
+//! (`sum`/`min`/`max` become packed SIMD instructions), compiled for the target's baseline
+//! and again for AVX2, chosen at run time ([`isa`]). float16 and bfloat16 are widened to
 //! float32 in blocks that fit the L1 cache, combined there, and rounded back once, with the
 //! `half` crate's slice conversions (the approach of NCCL's and Gloo's half kernels).
 //! Integer sums and products wrap, as in NCCL. `Avg` combines as `Sum`; [`scale_div`]
 //! applies the final division.
 
+mod isa;
 mod kernels;
 
 pub use kernels::{reduce_in_place, reduce_into, scale_div};
