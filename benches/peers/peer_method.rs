@@ -60,7 +60,7 @@ fn main() -> dmsc::Result<()> {
                 match *op {
                     "allreduce" if in_place => c.all_reduce_in_place(out, ReduceOp::Sum),
                     "allreduce" => c.all_reduce(input, out, ReduceOp::Sum),
-                    "allgather" => c.all_gather(&input, out),
+                    "allgather" => c.all_gather(input, out),
                     "broadcast" => c.broadcast(out, 0),
                     other => panic!("unknown op {other}"),
                 }
