@@ -315,8 +315,7 @@ impl Exec {
             }
             self.chunks.clear();
             self.epoch = self.epoch.wrapping_add(1);
-            let sched = self.sched.clone();
-            self.setup_actions(&sched.steps[self.step].actions, dev)?;
+            self.setup_actions(dev)?;
             self.remaining = self.chunks.len();
             if self.remaining > 0 {
                 return Ok(());
@@ -325,13 +324,22 @@ impl Exec {
         }
     }
 
-    fn setup_actions(&mut self, actions: &[Action], dev: &mut dyn Device) -> Result<()> {
+    /// The current step's local actions, run now, and its transfers, cut into queued chunks.
+    /// Actions are read by index (they are `Copy`), not through a clone of the schedule's
+    /// `Arc`: an atomic increment per step is a measurable share of a small call.
+    fn setup_actions(&mut self, dev: &mut dyn Device) -> Result<()> {
         let elem = self.elem;
-        for a in actions.iter().filter(|a| a.is_local()) {
-            self.run_local(a, dev)?;
+        let step = self.step;
+        let count = self.sched.steps[step].actions.len();
+        for k in 0..count {
+            let a = self.sched.steps[step].actions[k];
+            if a.is_local() {
+                self.run_local(&a, dev)?;
+            }
         }
-        for (i, a) in actions.iter().enumerate() {
-            let (peer, dir, main, local) = match *a {
+        for i in 0..count {
+            let a = self.sched.steps[step].actions[i];
+            let (peer, dir, main, local) = match a {
                 Action::Send { peer, src } => (peer, Dir::Send, src, None),
                 Action::Recv { peer, dst } => (peer, Dir::Recv, dst, None),
                 Action::RecvReduce { peer, local, dst } => {
