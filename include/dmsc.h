@@ -45,6 +45,15 @@
  *   at any time. Groups and the last-error message are per thread.
  * Failures inside dmsc never abort the process: a panic is caught and returned as
  *   dmscInternalError.
+ *
+ * NCCL calls without a dmsc counterpart in this version
+ * -----------------------------------------------------
+ *   ncclCommInitRankScalable, ncclCommInitAll's device placement (devlist is accepted and
+ *   checked, but every communicator is a host one), ncclCommRegister / ncclCommDeregister
+ *   and ncclMemAlloc / ncclMemFree (no transport here registers memory), ncclRedOpCreatePreMulSum
+ *   and ncclRedOpDestroy (custom reduction operators), ncclCommCuDevice, ncclCommWindowRegister,
+ *   and device streams (see Streams). NCCL has no gather or scatter collective; dmsc follows
+ *   it (build them from dmscSend/dmscRecv in a group, as nccl-tests' gather_perf does).
  */
 #ifndef DMSC_H
 #define DMSC_H
@@ -483,6 +492,21 @@ dmscResult_t dmscBroadcast(const void *sendbuff,
                            void *stream);
 
 /**
+ * In-place broadcast (`ncclBcast`, NCCL's legacy form): `buff` of rank `root` is copied
+ * into `buff` of every other rank; the same as `dmscBroadcast(buff, buff, ...)`.
+ *
+ * Errors: the common ones (the buffer is named `buff`), and `dmscInvalidArgument` if
+ * `root` is out of range.
+ * Thread safety: one thread at a time per communicator.
+ */
+dmscResult_t dmscBcast(void *buff,
+                       size_t count,
+                       dmscDataType_t datatype,
+                       int root,
+                       dmscComm_t comm,
+                       void *stream);
+
+/**
  * Reduce (`ncclReduce`): `recvbuff` on rank `root` becomes the element-wise `op` reduction
  * of the `sendbuff`s of all ranks. `recvbuff` is only written on the root (it may be NULL
  * elsewhere). In place when `sendbuff == recvbuff`.
@@ -692,6 +716,21 @@ dmscResult_t dmscCommGetAsyncError(dmscComm_t comm,
                                    dmscResult_t *asyncError);
 
 /**
+ * Finish every operation issued on `comm` (`ncclCommFinalize`): returns once all of this
+ * rank's operations on it, non-blocking ones included, have completed and every rank of
+ * `comm` has called it (it ends with a barrier, so no peer still needs this rank). After
+ * it, `comm` takes no operation (`dmscInvalidUsage`) but answers queries, and
+ * `dmscCommDestroy` frees it without waiting for anyone. Collective over all ranks of
+ * `comm`, like an operation on it.
+ *
+ * Errors: `dmscInvalidArgument` if `comm` is NULL; `dmscInvalidUsage` if it is not a live
+ * communicator, was already finalized, or the call is between `dmscGroupStart` and
+ * `dmscGroupEnd`; and the errors of an operation on `comm` (then it is not finalized).
+ * Thread safety: as an operation on `comm`.
+ */
+dmscResult_t dmscCommFinalize(dmscComm_t comm);
+
+/**
  * Start a group (`ncclGroupStart`): until the matching outermost `dmscGroupEnd`, this
  * thread's blocking operations (collectives, `dmscSend`, `dmscRecv`, on any communicator)
  * are checked and recorded, not run; each returns `dmscSuccess` or its argument error at
@@ -766,6 +805,24 @@ dmscResult_t dmscCommInitRankConfig(dmscComm_t *comm,
                                     dmscUniqueId commId,
                                     int rank,
                                     const dmscConfig_t *config);
+
+/**
+ * Make `ndev` communicators of one job in this process (`ncclCommInitAll`): `comms[i]`
+ * becomes rank `i` of `ndev`, all connected to each other (shared memory within the
+ * process), with settings from the `DMSC_*` environment. NCCL puts rank `i` on GPU
+ * `devlist[i]`; dmsc communicators are host ones, so `devlist` may be NULL and otherwise
+ * must hold `ndev` distinct device numbers >= 0, which are checked and not used yet. Use
+ * each communicator from its own thread (operations block until all ranks take part).
+ * On failure every `comms[i]` is NULL and nothing stays allocated.
+ *
+ * Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` < 1, or `devlist` holds a
+ * negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
+ * connect.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommInitAll(dmscComm_t *comms,
+                             int ndev,
+                             const int *devlist);
 
 /**
  * Join the communicator described by the launcher's environment: dmscrun and torchrun

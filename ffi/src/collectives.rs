@@ -62,6 +62,30 @@ pub unsafe extern "C" fn dmscBroadcast(
     }
 }
 
+/// In-place broadcast (`ncclBcast`, NCCL's legacy form): `buff` of rank `root` is copied
+/// into `buff` of every other rank; the same as `dmscBroadcast(buff, buff, ...)`.
+///
+/// Errors: the common ones (the buffer is named `buff`), and `dmscInvalidArgument` if
+/// `root` is out of range.
+/// Thread safety: one thread at a time per communicator.
+#[no_mangle]
+pub unsafe extern "C" fn dmscBcast(
+    buff: *mut c_void,
+    count: usize,
+    datatype: RawDataType,
+    root: c_int,
+    comm: dmscComm_t,
+    stream: *mut c_void,
+) -> dmscResult_t {
+    const F: &str = "dmscBcast";
+    // SAFETY: the C contract: the buffer is valid for the call (or the group).
+    unsafe {
+        blocking(F, comm, stream, |c| {
+            validate::bcast(F, c, buff, count, datatype, root)
+        })
+    }
+}
+
 /// Reduce (`ncclReduce`): `recvbuff` on rank `root` becomes the element-wise `op` reduction
 /// of the `sendbuff`s of all ranks. `recvbuff` is only written on the root (it may be NULL
 /// elsewhere). In place when `sendbuff == recvbuff`.

@@ -9,18 +9,60 @@ use crate::handle::{id_of, Registry};
 use crate::last_error;
 use crate::result::{code_of, dmscResult_t};
 use dmsc_rs::Communicator;
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use crate::handle::dmscComm_t;
 
 /// Live communicators by handle id.
 pub(crate) static COMMS: Registry<Communicator> = Registry::new("communicator");
 
+/// Ids of live communicators that `dmscCommFinalize` finished: they take no operation any
+/// more, only queries and `dmscCommDestroy`.
+static FINALIZED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
 /// The communicator argument `comm` of function `f`, with its id.
 pub(crate) fn comm_arg(f: &str, comm: dmscComm_t) -> Res<(usize, Arc<Communicator>)> {
     let id = id_of(comm);
     Ok((id, COMMS.lookup(f, "comm", id)?))
+}
+
+/// As [`comm_arg`], for a function that starts an operation: a finalized communicator is
+/// refused.
+pub(crate) fn comm_for_op(f: &str, comm: dmscComm_t) -> Res<(usize, Arc<Communicator>)> {
+    let (id, c) = comm_arg(f, comm)?;
+    if is_finalized(id) {
+        return Err(FfiError::usage(
+            f,
+            format_args!(
+                "comm ({id:#x}) was finalized by dmscCommFinalize: it takes no operation any \
+                 more; destroy it with dmscCommDestroy"
+            ),
+        ));
+    }
+    Ok((id, c))
+}
+
+fn finalized() -> std::sync::MutexGuard<'static, Option<HashSet<usize>>> {
+    FINALIZED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether communicator `id` was finalized.
+pub(crate) fn is_finalized(id: usize) -> bool {
+    finalized().as_ref().is_some_and(|s| s.contains(&id))
+}
+
+/// Mark communicator `id` finalized (until it is destroyed).
+pub(crate) fn mark_finalized(id: usize) {
+    finalized().get_or_insert_with(HashSet::new).insert(id);
+}
+
+/// Forget communicator `id` (it was destroyed or aborted).
+fn forget(id: usize) {
+    if let Some(s) = finalized().as_mut() {
+        s.remove(&id);
+    }
 }
 
 /// Destroy `comm` (`ncclCommDestroy`): wait for the operations still in flight on it
@@ -47,6 +89,7 @@ pub extern "C" fn dmscCommDestroy(comm: dmscComm_t) -> dmscResult_t {
             ));
         }
         let c = COMMS.take(F, "comm", id_of(comm))?;
+        forget(id_of(comm));
         // The last reference's drop drains the queue of operations and joins the
         // communicator's progress thread.
         drop(c);
@@ -69,6 +112,7 @@ pub extern "C" fn dmscCommAbort(comm: dmscComm_t) -> dmscResult_t {
     const F: &str = "dmscCommAbort";
     guard(F, || {
         let c = COMMS.take(F, "comm", id_of(comm))?;
+        forget(id_of(comm));
         c.abort();
         // Freed here, or by the last thread still inside an operation on it.
         drop(c);

@@ -3,7 +3,7 @@
 //! thread's group, or post it and return a request.
 
 use crate::args::{no_stream, out};
-use crate::comm::comm_arg;
+use crate::comm::comm_for_op;
 use crate::group;
 use crate::guard::{guard, Ctx, FfiError, Res};
 use crate::handle::{dmscComm_t, dmscRequest_t};
@@ -27,7 +27,7 @@ pub(crate) unsafe fn blocking(
     build: impl FnOnce(&Communicator) -> Res<Call>,
 ) -> dmscResult_t {
     guard(f, || {
-        let (id, c) = comm_arg(f, comm)?;
+        let (id, c) = comm_for_op(f, comm)?;
         no_stream(f, stream)?;
         let call = build(&c)?;
         if let Some(call) = group::record(f, id, &c, call) {
@@ -55,7 +55,7 @@ pub(crate) unsafe fn nonblocking(
         let slot = out(f, "request", request)?;
         // SAFETY: non-NULL and writable by the caller's contract.
         unsafe { slot.write(std::ptr::null_mut()) };
-        let (_, c) = comm_arg(f, comm)?;
+        let (_, c) = comm_for_op(f, comm)?;
         no_stream(f, stream)?;
         if group::depth() > 0 {
             return Err(FfiError::usage(

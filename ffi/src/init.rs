@@ -1,5 +1,5 @@
 //! Making communicators: unique ids, init from an id or from the launcher's environment,
-//! split and shrink (`ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitRankConfig`,
+//! split and shrink (`ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitRankConfig`, `ncclCommInitAll`,
 //! `ncclCommSplit`, `ncclCommShrink` in NCCL's `nccl.h`).
 
 use crate::args::{out, rank_arg};
@@ -160,6 +160,93 @@ unsafe fn init_rank(
         let c = Communicator::init_with_id(&id, rank, nranks as usize, cfg).ctx(f)?;
         // SAFETY: comm is non-NULL and writable.
         unsafe { publish(comm, c) };
+        Ok(())
+    })
+}
+
+/// Make `ndev` communicators of one job in this process (`ncclCommInitAll`): `comms[i]`
+/// becomes rank `i` of `ndev`, all connected to each other (shared memory within the
+/// process), with settings from the `DMSC_*` environment. NCCL puts rank `i` on GPU
+/// `devlist[i]`; dmsc communicators are host ones, so `devlist` may be NULL and otherwise
+/// must hold `ndev` distinct device numbers >= 0, which are checked and not used yet. Use
+/// each communicator from its own thread (operations block until all ranks take part).
+/// On failure every `comms[i]` is NULL and nothing stays allocated.
+///
+/// Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` < 1, or `devlist` holds a
+/// negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
+/// connect.
+/// Thread safety: callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn dmscCommInitAll(
+    comms: *mut dmscComm_t,
+    ndev: c_int,
+    devlist: *const c_int,
+) -> dmscResult_t {
+    const F: &str = "dmscCommInitAll";
+    guard(F, || {
+        let comms = out(F, "comms", comms)?;
+        if ndev < 1 {
+            return Err(FfiError::invalid(
+                F,
+                format_args!("ndev {ndev} must be at least 1"),
+            ));
+        }
+        let n = ndev as usize;
+        // SAFETY: non-NULL; the caller passes an array of ndev handles.
+        let slots = unsafe { std::slice::from_raw_parts_mut(comms, n) };
+        slots.fill(std::ptr::null_mut());
+        if !devlist.is_null() {
+            // SAFETY: the caller passes NULL or an array of ndev ints.
+            let devs = unsafe { std::slice::from_raw_parts(devlist, n) };
+            for (i, &d) in devs.iter().enumerate() {
+                if d < 0 || devs[..i].contains(&d) {
+                    return Err(FfiError::invalid(
+                        F,
+                        format_args!(
+                            "devlist[{i}] is {d}: device numbers must be >= 0 and distinct"
+                        ),
+                    ));
+                }
+            }
+        }
+        // SAFETY: NULL selects the environment's settings.
+        let cfg = unsafe { resolve(F, std::ptr::null(), Base::Env) }?;
+        let id = dmsc_rs::new_unique_id().ctx(F)?;
+        // Every rank joins at once, each on its own thread: joining blocks until all have.
+        let joined: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..n)
+                .map(|r| {
+                    let (id, cfg) = (&id, cfg.clone());
+                    s.spawn(move || Communicator::init_with_id(id, r, n, cfg))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(dmsc_rs::Error::internal("a joining thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        let mut made = Vec::with_capacity(n);
+        let mut first_err = None;
+        for r in joined {
+            match r {
+                Ok(c) => made.push(c),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Dropped together: none is handed out.
+            drop(made);
+            return Err(e).ctx(F);
+        }
+        for (slot, c) in slots.iter_mut().zip(made) {
+            // SAFETY: slot points into the caller's writable array.
+            unsafe { publish(slot, c) };
+        }
         Ok(())
     })
 }

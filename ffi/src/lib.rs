@@ -32,6 +32,7 @@ mod collectives;
 mod comm;
 mod config;
 mod dispatch;
+mod finalize;
 mod group;
 mod guard;
 mod handle;

@@ -105,6 +105,38 @@ pub(crate) fn broadcast(
     )
 }
 
+/// The one buffer of `dmscBcast`.
+const BCAST_NAMES: Names = Names {
+    input: "buff",
+    output: "buff",
+    in_place: "buff",
+    v: C_NAMES.v,
+};
+
+/// `dmscBcast` arguments: an in-place broadcast of `buff`.
+pub(crate) fn bcast(
+    f: &str,
+    comm: &Communicator,
+    buff: *mut c_void,
+    count: usize,
+    datatype: RawDataType,
+    root: c_int,
+) -> Res<Call> {
+    let dtype = data_type(f, datatype)?;
+    let root = root_arg(f, comm, root)?;
+    let len = byte_len(f, "count", count, 1, dtype)?;
+    let args = CollArgs {
+        kind: CollKind::Broadcast,
+        dtype,
+        op: ReduceOp::Sum,
+        root,
+        input: Some(span(buff, len)),
+        output: span(buff, len),
+        count: Some(count),
+    };
+    Call::collective(comm.shape(), args, &BCAST_NAMES).ctx(f)
+}
+
 /// `dmscReduce` arguments; `recvbuff` is written on the root only (NULL elsewhere is fine).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reduce(

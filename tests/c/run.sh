@@ -100,4 +100,40 @@ done
 out=$(LD_LIBRARY_PATH="$PREFIX_DIR/lib" timeout 120 "$REL/dmscrun" -n 2 -- "$OUT/readme_example") \
     || die "the README's example does not start or run: $out"
 [ "$(grep -c README-EXAMPLE-OK <<<"$out")" = 2 ] || die "the README's example did not pass on both ranks: $out"
-echo "C API tests passed (shared and static, $NP ranks; path metrics with 3 paths per peer)"
+# Against the installed prefix only: pkg-config, and a CMake project with find_package(dmsc).
+export PKG_CONFIG_PATH="$PREFIX_DIR/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+step "pkg-config --cflags --libs dmsc: readme_example on 3 ranks, init_all_test (dmscCommInitAll, dmscBcast, dmscCommFinalize)"
+command -v pkg-config >/dev/null || die "pkg-config not found (apt-get install pkg-config)"
+[ "$(pkg-config --modversion dmsc)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] \
+    || die "pkg-config reports dmsc $(pkg-config --modversion dmsc), not the workspace version"
+# shellcheck disable=SC2046
+"$CC" -std=c99 -Wall -Wextra -Werror tests/c/readme_example.c $(pkg-config --cflags --libs dmsc) \
+    -o "$OUT/readme_example_pc" || die "readme_example.c does not build with pkg-config"
+out=$(LD_LIBRARY_PATH="$PREFIX_DIR/lib" timeout 120 "$REL/dmscrun" -n 3 -- "$OUT/readme_example_pc") \
+    || die "the pkg-config build does not run on 3 ranks: $out"
+[ "$(grep -c README-EXAMPLE-OK <<<"$out")" = 3 ] || die "the pkg-config build did not pass on 3 ranks: $out"
+# shellcheck disable=SC2046
+"$CC" -std=c99 -Wall -Wextra -Werror tests/c/init_all_test.c $(pkg-config --cflags --libs dmsc) -lpthread \
+    -o "$OUT/init_all_test" || die "init_all_test.c does not build with pkg-config"
+out=$(LD_LIBRARY_PATH="$PREFIX_DIR/lib" timeout 120 "$OUT/init_all_test" 2>&1) \
+    || die "init_all_test failed: $out"
+grep -q INIT-ALL-OK <<<"$out" || die "init_all_test did not pass: $out"
+step "cmake: find_package(dmsc) with CMAKE_PREFIX_PATH=prefix, shared and static, 3 ranks"
+if ! command -v cmake >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -q cmake >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q cmake >/dev/null; } \
+            || die "installing cmake with apt-get failed"
+    else
+        die "cmake not found (install it, e.g. apt-get install cmake)"
+    fi
+fi
+rm -rf "$OUT/cmake-build"
+cmake -S tests/c/cmake -B "$OUT/cmake-build" -DCMAKE_PREFIX_PATH="$PREFIX_DIR" \
+    -DEXAMPLE_SOURCE="$ROOT/tests/c/readme_example.c" >/dev/null || die "cmake could not configure against the prefix"
+cmake --build "$OUT/cmake-build" >/dev/null || die "the CMake project does not build"
+for exe in readme_example_cmake readme_example_cmake_static; do
+    out=$(LD_LIBRARY_PATH="$PREFIX_DIR/lib" timeout 120 "$REL/dmscrun" -n 3 -- "$OUT/cmake-build/$exe") \
+        || die "$exe does not run on 3 ranks: $out"
+    [ "$(grep -c README-EXAMPLE-OK <<<"$out")" = 3 ] || die "$exe did not pass on 3 ranks: $out"
+done
+echo "C API tests passed (shared and static, $NP ranks; path metrics with 3 paths per peer; installed prefix via pkg-config and CMake on 3 ranks; dmscCommInitAll)"
