@@ -1,7 +1,8 @@
 //! The command line of dmsc-perf: nccl-tests' flags (short `-b 8`/`-b8`, long `--minbytes 8`
 //! or `--minbytes=8`), the collective as a positional argument, plus `--np N` (start N ranks
-//! through [`crate::launch`]) and `--json PATH`.
+//! through [`crate::launch`]), `--json PATH` and `--csv PATH`.
 
+use super::average::Average;
 use super::sizes::{parse_size, Step};
 use super::PerfOp;
 use crate::{DataType, ReduceOp};
@@ -27,6 +28,16 @@ pub struct Options {
     pub warmup: u32,
     /// Correctness checks per row (`-c`; 0 disables the `#wrong` column).
     pub check: u32,
+    /// Calls per timed iteration (`-m`, nccl-tests' `agg_iters`); the reported time is the
+    /// loop's time divided by `iters * agg_iters`.
+    pub agg_iters: u32,
+    /// `-z 1`: every call completes, then all ranks meet in a barrier, before the next call
+    /// starts (nccl-tests' blocking mode). `-z 0` (default): the `agg_iters` calls of one
+    /// timed iteration are started with the non-blocking `immediate_*` API and waited on
+    /// together at the end of the iteration.
+    pub blocking: bool,
+    /// How per-rank times are combined into the reported time (`-a`).
+    pub average: Average,
     /// Element types (`-d`, `all` for every type).
     pub dtypes: Vec<DataType>,
     /// Reduction operators (`-o`, `all` for every operator); ignored by collectives that do
@@ -37,14 +48,17 @@ pub struct Options {
     pub root: Option<usize>,
     /// Where rank 0 writes the JSON report (`--json`).
     pub json: Option<PathBuf>,
+    /// Where rank 0 writes the rows as CSV (`--csv`, see [`super::report::csv`]).
+    pub csv: Option<PathBuf>,
     /// Start this many ranks on this machine (`--np`); `None` joins the job described by the
     /// environment.
     pub np: Option<usize>,
 }
 
 impl Options {
-    /// nccl-tests' defaults (32 MiB, factor 2, 20 iterations, float sum, root 0) for `op`;
-    /// warm-up is 5 iterations (nccl-tests 2.13 and older; newer ones use 1).
+    /// nccl-tests' defaults (32 MiB, factor 2, 20 iterations, 1 call per iteration,
+    /// non-blocking, mean time over ranks, float sum, root 0) for `op`; warm-up is 5
+    /// iterations (nccl-tests 2.13 and older; newer ones use 1).
     pub fn defaults(op: PerfOp) -> Options {
         Options {
             op,
@@ -54,10 +68,14 @@ impl Options {
             iters: 20,
             warmup: 5,
             check: 1,
+            agg_iters: 1,
+            blocking: false,
+            average: Average::Mean,
             dtypes: vec![DataType::Float32],
             redops: vec![ReduceOp::Sum],
             root: Some(0),
             json: None,
+            csv: None,
             np: None,
         }
     }
@@ -81,12 +99,19 @@ impl Options {
         push("-n", self.iters.to_string());
         push("-w", self.warmup.to_string());
         push("-c", self.check.to_string());
+        push("-m", self.agg_iters.to_string());
+        push("-z", u32::from(self.blocking).to_string());
+        push("-a", self.average.flag().to_string());
         let names = |v: Vec<&str>| v.join(",");
         push("-d", names(self.dtypes.iter().map(|d| d.name()).collect()));
         push("-o", names(self.redops.iter().map(|o| o.name()).collect()));
         push("-r", self.root.map_or("-1".into(), |r| r.to_string()));
         if let Some(p) = &self.json {
             a.push("--json".into());
+            a.push(p.clone().into_os_string());
+        }
+        if let Some(p) = &self.csv {
+            a.push("--csv".into());
             a.push(p.clone().into_os_string());
         }
         a
@@ -127,12 +152,16 @@ enum Key {
     Iters,
     Warmup,
     Check,
+    AggIters,
+    Blocking,
+    Average,
     Datatype,
     Op,
     Root,
     Ngpus,
     Nthreads,
     Json,
+    Csv,
     Np,
     Help,
 }
@@ -146,12 +175,16 @@ const FLAGS: &[(Option<u8>, &str, Key)] = &[
     (Some(b'n'), "iters", Key::Iters),
     (Some(b'w'), "warmup_iters", Key::Warmup),
     (Some(b'c'), "check", Key::Check),
+    (Some(b'm'), "agg_iters", Key::AggIters),
+    (Some(b'z'), "blocking", Key::Blocking),
+    (Some(b'a'), "average", Key::Average),
     (Some(b'd'), "datatype", Key::Datatype),
     (Some(b'o'), "op", Key::Op),
     (Some(b'r'), "root", Key::Root),
     (Some(b'g'), "ngpus", Key::Ngpus),
     (Some(b't'), "nthreads", Key::Nthreads),
     (None, "json", Key::Json),
+    (None, "csv", Key::Csv),
     (None, "np", Key::Np),
     (Some(b'h'), "help", Key::Help),
 ];
@@ -184,6 +217,14 @@ pub fn usage() -> String {
          \x20 -n, --iters N             timed iterations per size (default 20)\n\
          \x20 -w, --warmup_iters N      warm-up iterations per size (default 5)\n\
          \x20 -c, --check N             correctness checks per size, 0 to skip (default 1)\n\
+         \x20 -m, --agg_iters N         calls per timed iteration; time = loop / (n * m)\n\
+         \x20                           (default 1)\n\
+         \x20 -z, --blocking 0|1        0: each iteration's m calls start with the non-blocking\n\
+         \x20                           immediate_* API and are waited on together (default);\n\
+         \x20                           1: each call completes and all ranks meet in a barrier\n\
+         \x20                           before the next call starts\n\
+         \x20 -a, --average 0|1|2|3     reported time: 0 rank 0's, 1 mean over ranks (default),\n\
+         \x20                           2 minimum, 3 maximum over ranks\n\
          \x20 -d, --datatype T          {}, a comma list or all (default float)\n\
          \x20 -o, --op OP               {}, a comma list or all (default sum)\n\
          \x20 -r, --root R              root of broadcast and reduce, -1 for each rank (default 0)\n\
@@ -191,6 +232,7 @@ pub fn usage() -> String {
          \x20     --np N                start N ranks on this machine (else join via dmscrun/env)\n\
          \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\
          \x20                           or an array of them for several types/ops/roots)\n\
+         \x20     --csv PATH            rank 0 writes one CSV line per measurement to PATH\n\
          \x20 -h, --help                this text\n",
         ops.join(", "),
         types.join(", "),
@@ -300,11 +342,16 @@ fn apply(
     factor: &mut Option<u64>,
     step_bytes: &mut Option<u64>,
 ) -> Result<(), ArgError> {
-    if key == Key::Json {
+    if key == Key::Json || key == Key::Csv {
         if raw.is_empty() {
-            return err("--json needs a file path");
+            return err(format!("{} needs a file path", flag_name(key)));
         }
-        o.json = Some(PathBuf::from(raw));
+        let path = Some(PathBuf::from(raw));
+        if key == Key::Json {
+            o.json = path;
+        } else {
+            o.csv = path;
+        }
         return Ok(());
     }
     let name = flag_name(key);
@@ -328,6 +375,21 @@ fn apply(
         Key::Iters => o.iters = uint()?,
         Key::Warmup => o.warmup = uint()?,
         Key::Check => o.check = uint()?,
+        Key::AggIters => match uint()? {
+            0 => return Err(bad("a number of calls per iteration >= 1")),
+            m => o.agg_iters = m,
+        },
+        Key::Blocking => match v.trim() {
+            "0" => o.blocking = false,
+            "1" => o.blocking = true,
+            _ => return Err(bad("0 (non-blocking) or 1 (blocking)")),
+        },
+        Key::Average => {
+            o.average = uint()
+                .ok()
+                .and_then(Average::from_flag)
+                .ok_or_else(|| bad("0 (rank 0), 1 (mean), 2 (min) or 3 (max)"))?
+        }
         Key::Datatype => {
             o.dtypes = parse_list(v, DataType::ALL.as_slice(), DataType::parse).map_err(|()| {
                 bad(&format!(
@@ -364,7 +426,7 @@ fn apply(
                 ));
             }
         }
-        Key::Json | Key::Help => {}
+        Key::Json | Key::Csv | Key::Help => {}
     }
     Ok(())
 }
@@ -427,6 +489,10 @@ mod tests {
         assert_eq!((o.min_bytes, o.max_bytes), (32 << 20, 32 << 20));
         assert_eq!((o.iters, o.warmup, o.check), (20, 5, 1));
         assert_eq!(o.step, Step::Factor(2));
+        assert_eq!(
+            (o.agg_iters, o.blocking, o.average),
+            (1, false, Average::Mean)
+        );
     }
 
     #[test]
@@ -454,8 +520,19 @@ mod tests {
             "-g",
             "1",
             "-t1",
+            "-m",
+            "3",
+            "-z1",
+            "--average=2",
+            "--csv",
+            "/tmp/x.csv",
         ])
         .unwrap();
+        assert_eq!(
+            (o.agg_iters, o.blocking, o.average),
+            (3, true, Average::Min)
+        );
+        assert_eq!(o.csv, Some(PathBuf::from("/tmp/x.csv")));
         assert_eq!(o.op, PerfOp::AllGather);
         assert_eq!(
             (o.min_bytes, o.max_bytes, o.step),
@@ -521,7 +598,12 @@ mod tests {
             (&["all_reduce", "-g", "2"], "-g/--ngpus"),
             (&["all_reduce", "-b"], "-b/--minbytes needs a value"),
             (&["all_reduce", "--frobnicate"], "--frobnicate"),
-            (&["all_reduce", "-z", "1"], "'-z'"),
+            (&["all_reduce", "-q", "1"], "'-q'"),
+            (&["all_reduce", "-z", "2"], "-z/--blocking"),
+            (&["all_reduce", "-m", "0"], "-m/--agg_iters"),
+            (&["all_reduce", "-a", "4"], "-a/--average"),
+            (&["all_reduce", "--average=mean"], "-a/--average"),
+            (&["all_reduce", "--csv="], "--csv needs a file path"),
             (
                 &["all_reduce", "-b", "2M", "-e", "1M"],
                 "-b/--minbytes (2097152)",
@@ -568,6 +650,9 @@ mod tests {
                 "2",
                 "--json",
                 "o.json",
+            ],
+            &[
+                "sendrecv", "-m", "4", "-z", "1", "-a", "0", "--csv", "o.csv",
             ],
         ] {
             let mut o = run(args).unwrap();

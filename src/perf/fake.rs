@@ -1,9 +1,11 @@
 //! An in-memory communicator for tests: one thread per rank; every collective publishes each
-//! rank's contribution and computes the results with dmsc-core's reduction kernels.
+//! rank's contribution and computes the results with dmsc-core's reduction kernels. The
+//! non-blocking calls run to completion before they return a finished request.
 
 use super::run::{AlignedBuf, PerfComm};
-use crate::{CollKind, DataType, Error, ReduceOp, Result};
+use crate::{CollKind, DataType, Error, ReduceOp, Request, Result};
 use dmsc_core::reduce::{reduce_in_place, scale_div};
+use std::cell::Cell;
 use std::sync::{Arc, Barrier, Mutex};
 
 /// The state shared by the ranks of one fake group.
@@ -19,6 +21,10 @@ pub struct FakeComm {
     /// When set, this rank's results longer than 8 bytes have their first byte flipped (to
     /// test `#wrong`; the 8-byte all-reduces of times and counts stay intact).
     pub corrupt: bool,
+    /// Non-blocking calls started on this rank so far.
+    pub immediate_calls: Cell<u64>,
+    /// Barriers entered by this rank so far.
+    pub barriers: Cell<u64>,
 }
 
 /// `n` connected fake ranks.
@@ -32,6 +38,8 @@ pub fn group(n: usize) -> Vec<FakeComm> {
             rank,
             group: group.clone(),
             corrupt: false,
+            immediate_calls: Cell::new(0),
+            barriers: Cell::new(0),
         })
         .collect()
 }
@@ -189,7 +197,33 @@ impl PerfComm for FakeComm {
         Ok(())
     }
 
+    fn immediate_collective_bytes<'a>(
+        &'a self,
+        kind: CollKind,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Request<'a> {
+        self.immediate_calls.set(self.immediate_calls.get() + 1);
+        Request::done(self.collective_bytes(kind, input, output, count, dtype, op, root))
+    }
+
+    fn immediate_send_recv_bytes<'a>(
+        &'a self,
+        send: &'a [u8],
+        to: usize,
+        recv: &'a mut [u8],
+        from: usize,
+    ) -> Request<'a> {
+        self.immediate_calls.set(self.immediate_calls.get() + 1);
+        Request::done(self.send_recv_bytes(send, to, recv, from))
+    }
+
     fn barrier(&self) -> Result<()> {
+        self.barriers.set(self.barriers.get() + 1);
         self.group.barrier.wait();
         Ok(())
     }

@@ -2,20 +2,24 @@
 //! [nccl-tests](https://github.com/NVIDIA/nccl-tests) does it, so that its figures can be read
 //! next to NCCL's.
 //!
-//! * [`args`]: the command line (nccl-tests' flags, plus `--np` and `--json`).
+//! * [`args`]: the command line (nccl-tests' flags, plus `--np`, `--json` and `--csv`).
+//! * [`average`]: how per-rank times are combined into the reported time (`-a`).
 //! * [`sizes`]: message sizes, element counts per collective and bus-bandwidth factors
 //!   (nccl-tests' `getCollByteCount` and `getBw`, see its `doc/PERFORMANCE.md`).
 //! * [`check`]: deterministic rank-dependent inputs and the expected results, to count wrong
 //!   elements (the `#wrong` column).
 //! * [`huge`]: huge-page advice for large buffers, as numpy gives its arrays.
-//! * [`report`]: the table, the footer and the JSON report.
+//! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
+//! * [`report`]: the table, the footer, the JSON report and the CSV file.
 //! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
 //!
 //! Only rank 0 prints; every rank prints its own errors.
 
 pub mod args;
+pub mod average;
 pub mod check;
 pub mod huge;
+pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod sizes;
