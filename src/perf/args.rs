@@ -43,7 +43,7 @@ pub struct Options {
     /// Reduction operators (`-o`, `all` for every operator); ignored by collectives that do
     /// not reduce.
     pub redops: Vec<ReduceOp>,
-    /// Root of broadcast and reduce (`-r`); `None` (`-r -1` or `-r all`) runs every rank as
+    /// Root of broadcast, reduce, gather and scatter (`-r`); `None` (`-r -1` or `-r all`) runs every rank as
     /// root in turn, as nccl-tests does.
     pub root: Option<usize>,
     /// Where rank 0 writes the JSON report (`--json`).
@@ -208,6 +208,8 @@ pub fn usage() -> String {
          \n\
          Measures a dmsc collective the way nccl-tests does and prints its table.\n\
          OP: {}\n\
+         (all_to_allv: uneven per-peer counts, see dmsc::perf::vsplit; gather and scatter:\n\
+         \x20grouped sends and receives to/from the root, as nccl-tests' gather/scatter_perf)\n\
          \n\
          options (nccl-tests' flags):\n\
          \x20 -b, --minbytes SIZE       smallest size in bytes, K/M/G suffixes (default 32M)\n\
@@ -227,7 +229,8 @@ pub fn usage() -> String {
          \x20                           2 minimum, 3 maximum over ranks\n\
          \x20 -d, --datatype T          {}, a comma list or all (default float)\n\
          \x20 -o, --op OP               {}, a comma list or all (default sum)\n\
-         \x20 -r, --root R              root of broadcast and reduce, -1 for each rank (default 0)\n\
+         \x20 -r, --root R              root of broadcast, reduce, gather and scatter, -1 for\n\
+         \x20                           each rank (default 0)\n\
          \x20 -g, --ngpus 1, -t, --nthreads 1   accepted for compatibility (one rank per process)\n\
          \x20     --np N                start N ranks on this machine (else join via dmscrun/env)\n\
          \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\

@@ -8,6 +8,7 @@
 //!   (nccl-tests' `getCollByteCount` and `getBw`, see its `doc/PERFORMANCE.md`).
 //! * [`check`]: deterministic rank-dependent inputs and the expected results, to count wrong
 //!   elements (the `#wrong` column).
+//! * [`vsplit`]: the non-uniform per-peer counts of `all_to_allv`.
 //! * [`huge`]: huge-page advice for large buffers, as numpy gives its arrays.
 //! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
 //! * [`report`]: the table, the footer, the JSON report and the CSV file.
@@ -23,6 +24,7 @@ pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod sizes;
+pub mod vsplit;
 
 #[cfg(test)]
 mod fake;
@@ -47,11 +49,20 @@ pub enum PerfOp {
     AllToAll,
     /// `sendrecv` (sendrecv_perf): every rank sends to rank+1 and receives from rank-1.
     SendRecv,
+    /// `all_to_allv`: [`crate::Communicator::all_to_all_v_bytes`] with the non-uniform
+    /// per-peer counts of [`vsplit`] (nccl-tests has no such binary).
+    AllToAllV,
+    /// `gather` (gather_perf): every rank sends its block to the root, which receives one
+    /// block from each rank, all in one group of sends and receives ([`crate::Group`]).
+    Gather,
+    /// `scatter` (scatter_perf): the root sends block `r` to each rank `r`, which receives
+    /// it, all in one group of sends and receives.
+    Scatter,
 }
 
 impl PerfOp {
     /// Every collective, in the order of the usage text.
-    pub const ALL: [PerfOp; 7] = [
+    pub const ALL: [PerfOp; 10] = [
         PerfOp::AllReduce,
         PerfOp::AllGather,
         PerfOp::ReduceScatter,
@@ -59,6 +70,9 @@ impl PerfOp {
         PerfOp::Reduce,
         PerfOp::AllToAll,
         PerfOp::SendRecv,
+        PerfOp::AllToAllV,
+        PerfOp::Gather,
+        PerfOp::Scatter,
     ];
 
     /// The name used on the command line and in reports.
@@ -71,6 +85,9 @@ impl PerfOp {
             PerfOp::Reduce => "reduce",
             PerfOp::AllToAll => "all_to_all",
             PerfOp::SendRecv => "sendrecv",
+            PerfOp::AllToAllV => "all_to_allv",
+            PerfOp::Gather => "gather",
+            PerfOp::Scatter => "scatter",
         }
     }
 
@@ -87,11 +104,15 @@ impl PerfOp {
             "reduce" => PerfOp::Reduce,
             "all_to_all" | "alltoall" => PerfOp::AllToAll,
             "sendrecv" | "send_recv" => PerfOp::SendRecv,
+            "all_to_allv" | "all_to_all_v" | "alltoallv" => PerfOp::AllToAllV,
+            "gather" => PerfOp::Gather,
+            "scatter" => PerfOp::Scatter,
             _ => return None,
         })
     }
 
-    /// The collective kind passed to the communicator.
+    /// The collective kind this measures (gather and scatter are groups of sends and
+    /// receives: [`CollKind::SendRecv`]).
     pub const fn kind(self) -> CollKind {
         match self {
             PerfOp::AllReduce => CollKind::AllReduce,
@@ -100,7 +121,8 @@ impl PerfOp {
             PerfOp::Broadcast => CollKind::Broadcast,
             PerfOp::Reduce => CollKind::Reduce,
             PerfOp::AllToAll => CollKind::AllToAll,
-            PerfOp::SendRecv => CollKind::SendRecv,
+            PerfOp::SendRecv | PerfOp::Gather | PerfOp::Scatter => CollKind::SendRecv,
+            PerfOp::AllToAllV => CollKind::AllToAllV,
         }
     }
 
@@ -114,7 +136,10 @@ impl PerfOp {
 
     /// True when the collective has a root (`-r` matters).
     pub const fn has_root(self) -> bool {
-        matches!(self, PerfOp::Broadcast | PerfOp::Reduce)
+        matches!(
+            self,
+            PerfOp::Broadcast | PerfOp::Reduce | PerfOp::Gather | PerfOp::Scatter
+        )
     }
 
     /// True when dmsc-perf measures an in-place variant. `sendrecv` has none: a send and a
@@ -143,6 +168,8 @@ mod tests {
         assert_eq!(PerfOp::parse("alltoall"), Some(PerfOp::AllToAll));
         assert_eq!(PerfOp::parse("Reduce-Scatter"), Some(PerfOp::ReduceScatter));
         assert_eq!(PerfOp::parse("sendrecv_perf"), Some(PerfOp::SendRecv));
-        assert_eq!(PerfOp::parse("gather"), None);
+        assert_eq!(PerfOp::parse("alltoallv_perf"), Some(PerfOp::AllToAllV));
+        assert_eq!(PerfOp::parse("gather_perf"), Some(PerfOp::Gather));
+        assert_eq!(PerfOp::parse("all_gatherv"), None);
     }
 }

@@ -17,6 +17,7 @@ use super::check::CheckSpec;
 use super::ranks;
 use super::report::{self, Row, Run};
 use super::sizes::{bandwidths, layout, sizes, Layout, Step};
+use super::vsplit::VSplit;
 use super::PerfOp;
 use crate::launch::{launch_with, LaunchOptions};
 use crate::{CollKind, Communicator, DataType, Error, ReduceOp, Request, Result};
@@ -67,8 +68,49 @@ pub trait PerfComm {
         recv: &'a mut [u8],
         from: usize,
     ) -> Request<'a>;
+    /// See [`Communicator::all_to_all_v_bytes`].
+    fn all_to_all_v_bytes(
+        &self,
+        dtype: DataType,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        v: [&[usize]; 4],
+    ) -> Result<()>;
+    /// See [`Communicator::immediate_all_to_all_v_bytes`].
+    fn immediate_all_to_all_v_bytes<'a>(
+        &'a self,
+        dtype: DataType,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        v: [&[usize]; 4],
+    ) -> Request<'a>;
+    /// One group ([`crate::Group`]) of byte sends `(buffer, to)` and receives
+    /// `(buffer, from)`, run to completion.
+    fn group_bytes(&self, sends: Vec<(&[u8], usize)>, recvs: Vec<(&mut [u8], usize)>)
+        -> Result<()>;
+    /// The same group, started with [`crate::Group::immediate_end`].
+    fn immediate_group_bytes<'a>(
+        &'a self,
+        sends: Vec<(&'a [u8], usize)>,
+        recvs: Vec<(&'a mut [u8], usize)>,
+    ) -> Request<'a>;
     /// See [`Communicator::barrier`].
     fn barrier(&self) -> Result<()>;
+}
+
+/// Add `sends` and `recvs` (bytes, tag 0) to `g`.
+fn add_to_group<'b>(
+    g: &mut crate::Group<'_, 'b>,
+    sends: Vec<(&'b [u8], usize)>,
+    recvs: Vec<(&'b mut [u8], usize)>,
+) -> Result<()> {
+    for (buf, to) in sends {
+        g.send_bytes(buf, to, 0, DataType::Uint8)?;
+    }
+    for (buf, from) in recvs {
+        g.recv_bytes(buf, from, 0, DataType::Uint8)?;
+    }
+    Ok(())
 }
 
 impl PerfComm for Communicator {
@@ -124,9 +166,61 @@ impl PerfComm for Communicator {
             }
         }
     }
+    fn all_to_all_v_bytes(
+        &self,
+        dtype: DataType,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        v: [&[usize]; 4],
+    ) -> Result<()> {
+        Communicator::all_to_all_v_bytes(self, dtype, input, output, v)
+    }
+    fn immediate_all_to_all_v_bytes<'a>(
+        &'a self,
+        dtype: DataType,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        v: [&[usize]; 4],
+    ) -> Request<'a> {
+        Communicator::immediate_all_to_all_v_bytes(self, dtype, input, output, v)
+    }
+    fn group_bytes(
+        &self,
+        sends: Vec<(&[u8], usize)>,
+        recvs: Vec<(&mut [u8], usize)>,
+    ) -> Result<()> {
+        let mut g = self.group();
+        add_to_group(&mut g, sends, recvs)?;
+        g.end()
+    }
+    fn immediate_group_bytes<'a>(
+        &'a self,
+        sends: Vec<(&'a [u8], usize)>,
+        recvs: Vec<(&'a mut [u8], usize)>,
+    ) -> Request<'a> {
+        let mut g = self.group();
+        match add_to_group(&mut g, sends, recvs) {
+            Ok(()) => g.immediate_end(),
+            Err(e) => Request::done(Err(e)),
+        }
+    }
     fn barrier(&self) -> Result<()> {
         Communicator::barrier(self)
     }
+}
+
+/// The sends and receives of one group.
+type P2pLists<'a> = (Vec<(&'a [u8], usize)>, Vec<(&'a mut [u8], usize)>);
+
+/// Cut `buf` into `n` consecutive blocks of `b` bytes (`b` may be 0).
+fn blocks_mut(mut buf: &mut [u8], b: usize, n: usize) -> Vec<&mut [u8]> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(b);
+        out.push(head);
+        buf = rest;
+    }
+    out
 }
 
 /// A zeroed byte buffer aligned to 64 bytes (so that every element type is aligned, as the
@@ -225,9 +319,57 @@ impl Call {
         d
     }
 
+    /// The groups of gather and scatter, as nccl-tests' gather_perf and scatter_perf issue
+    /// them: gather sends every rank's block to the root, which receives block `r` from rank
+    /// `r`; scatter the reverse. In place (`input == None`, blocks at `rank * count` of
+    /// `output`), the root's own block is already where it belongs and is not sent.
+    fn p2p_lists<'a>(&self, input: Option<&'a [u8]>, output: &'a mut [u8]) -> P2pLists<'a> {
+        let s = &self.spec;
+        let (n, me, root) = (s.nranks, s.rank, s.root);
+        let b = s.count * s.dtype.size();
+        let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+        match (s.op, input) {
+            (PerfOp::Gather, Some(input)) => {
+                sends.push((input, root));
+                if me == root {
+                    recvs.extend(blocks_mut(output, b, n).into_iter().zip(0..n));
+                }
+            }
+            (PerfOp::Gather, None) if me == root => {
+                let blocks = blocks_mut(output, b, n).into_iter().zip(0..n);
+                recvs.extend(blocks.filter(|(_, r)| *r != root));
+            }
+            (PerfOp::Gather, None) => {
+                let out: &'a [u8] = output;
+                sends.push((&out[me * b..(me + 1) * b], root));
+            }
+            (_, Some(input)) => {
+                if me == root {
+                    sends.extend((0..n).map(|r| (&input[r * b..(r + 1) * b], r)));
+                }
+                recvs.push((output, root));
+            }
+            (_, None) if me == root => {
+                let out: &'a [u8] = output;
+                let blocks = (0..n).map(|r| (&out[r * b..(r + 1) * b], r));
+                sends.extend(blocks.filter(|(_, r)| *r != root));
+            }
+            (_, None) => recvs.push((&mut output[me * b..(me + 1) * b], root)),
+        }
+        (sends, recvs)
+    }
+
     fn run(&self, comm: &dyn PerfComm, input: Option<&[u8]>, output: &mut [u8]) -> Result<()> {
         let s = &self.spec;
         match s.op {
+            PerfOp::Gather | PerfOp::Scatter => {
+                let (sends, recvs) = self.p2p_lists(input, output);
+                comm.group_bytes(sends, recvs)
+            }
+            PerfOp::AllToAllV => {
+                let v = VSplit::for_rank(s.count * s.nranks, s.nranks, s.rank);
+                comm.all_to_all_v_bytes(s.dtype, input, output, v.args())
+            }
             PerfOp::SendRecv => {
                 let (n, r) = (s.nranks, s.rank);
                 comm.send_recv_bytes(input.unwrap_or(&[]), (r + 1) % n, output, (r + n - 1) % n)
@@ -247,6 +389,14 @@ impl Call {
     ) -> Request<'a> {
         let s = &self.spec;
         match s.op {
+            PerfOp::Gather | PerfOp::Scatter => {
+                let (sends, recvs) = self.p2p_lists(input, output);
+                comm.immediate_group_bytes(sends, recvs)
+            }
+            PerfOp::AllToAllV => {
+                let v = VSplit::for_rank(s.count * s.nranks, s.nranks, s.rank);
+                comm.immediate_all_to_all_v_bytes(s.dtype, input, output, v.args())
+            }
             PerfOp::SendRecv => {
                 let (n, r) = (s.nranks, s.rank);
                 let send = input.unwrap_or(&[]);
