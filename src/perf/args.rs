@@ -3,6 +3,7 @@
 //! through [`crate::launch`]), `--json PATH` and `--csv PATH`.
 
 use super::average::Average;
+use super::osu::{OsuOptions, OsuTest};
 use super::sizes::{parse_size, Step};
 use super::PerfOp;
 use crate::{DataType, ReduceOp};
@@ -123,6 +124,8 @@ impl Options {
 pub enum Parsed {
     /// Run with these options.
     Run(Options),
+    /// An OSU-style point-to-point test (`osu_latency`, `osu_bw`, `osu_bibw`).
+    Osu(OsuOptions),
     /// `-h`/`--help`: print [`usage`].
     Help,
 }
@@ -162,6 +165,7 @@ enum Key {
     Nthreads,
     Json,
     Csv,
+    Window,
     Np,
     Help,
 }
@@ -185,6 +189,7 @@ const FLAGS: &[(Option<u8>, &str, Key)] = &[
     (Some(b't'), "nthreads", Key::Nthreads),
     (None, "json", Key::Json),
     (None, "csv", Key::Csv),
+    (Some(b'W'), "window", Key::Window),
     (None, "np", Key::Np),
     (Some(b'h'), "help", Key::Help),
 ];
@@ -236,7 +241,15 @@ pub fn usage() -> String {
          \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\
          \x20                           or an array of them for several types/ops/roots)\n\
          \x20     --csv PATH            rank 0 writes one CSV line per measurement to PATH\n\
-         \x20 -h, --help                this text\n",
+         \x20 -h, --help                this text\n\
+         \n\
+         OSU-style point-to-point tests on exactly 2 ranks (see dmsc::perf::osu):\n\
+         \x20 dmsc-perf --np 2 osu_latency|osu_bw|osu_bibw [-b -e -f -i -n -w] [-W N]\n\
+         \x20 osu_latency: ping-pong, one-way latency; osu_bw: -W messages in flight one way;\n\
+         \x20 osu_bibw: -W each way. Rows: size, average latency (us) or bandwidth (MB/s),\n\
+         \x20 then min, median and p99 of the per-sample times (us). Defaults: -b 1 -e 4M\n\
+         \x20 -f 2 -n 100 -w 10 -W 64.\n\
+         \x20 -W, --window N            messages per window of osu_bw/osu_bibw (default 64)\n",
         ops.join(", "),
         types.join(", "),
         redops.join(", ")
@@ -292,6 +305,11 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
         };
         values.push((key, value));
     }
+    if let [name] = positional.as_slice() {
+        if let Some(test) = OsuTest::parse(&name.to_string_lossy()) {
+            return parse_osu(test, values);
+        }
+    }
     let op = match positional.as_slice() {
         [] => {
             return err(format!(
@@ -318,18 +336,91 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
     let mut o = Options::defaults(op);
     let (mut factor, mut step_bytes) = (None, None);
     for (key, raw) in values {
+        if key == Key::Window {
+            return err("-W/--window applies only to osu_bw and osu_bibw");
+        }
         apply(&mut o, key, &raw, &mut factor, &mut step_bytes)?;
     }
-    o.step = match (factor, step_bytes) {
+    o.step = resolve_step(factor, step_bytes)?;
+    validate(&o)?;
+    Ok(Parsed::Run(o))
+}
+
+/// The step from `-f` and `-i` (nccl-tests: a factor above 1 wins, else `-i` bytes).
+fn resolve_step(factor: Option<u64>, step_bytes: Option<u64>) -> Result<Step, ArgError> {
+    Ok(match (factor, step_bytes) {
         (Some(0), _) => return err("-f/--stepfactor must be at least 1"),
         (Some(f), _) if f > 1 => Step::Factor(f),
         (_, Some(0)) => return err("-i/--stepbytes must be at least 1 byte"),
         (_, Some(b)) => Step::Bytes(b),
         (Some(_), None) => Step::Bytes(1 << 20),
         (None, None) => Step::Factor(2),
+    })
+}
+
+/// The options of an OSU test: the size, iteration and `--np` flags, and `-W`; any other
+/// flag is refused by name.
+fn parse_osu(test: OsuTest, values: Vec<(Key, OsString)>) -> Result<Parsed, ArgError> {
+    let d = OsuOptions::defaults(test);
+    let mut o = Options {
+        min_bytes: d.min_bytes,
+        max_bytes: d.max_bytes,
+        iters: d.iters,
+        warmup: d.warmup,
+        ..Options::defaults(PerfOp::SendRecv)
     };
+    let mut window = d.window;
+    let (mut factor, mut step_bytes) = (None, None);
+    for (key, raw) in values {
+        match key {
+            Key::Window => {
+                let name = flag_name(key);
+                window = raw
+                    .to_str()
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .filter(|&w| w >= 1)
+                    .ok_or_else(|| {
+                        ArgError(format!(
+                            "invalid value {raw:?} for {name}: expected a number of messages >= 1"
+                        ))
+                    })?;
+            }
+            Key::MinBytes
+            | Key::MaxBytes
+            | Key::StepFactor
+            | Key::StepBytes
+            | Key::Iters
+            | Key::Warmup
+            | Key::Np
+            | Key::Ngpus
+            | Key::Nthreads => apply(&mut o, key, &raw, &mut factor, &mut step_bytes)?,
+            other => {
+                return err(format!(
+                    "option {} does not apply to {} (see --help)",
+                    flag_name(other),
+                    test.name()
+                ))
+            }
+        }
+    }
+    o.step = resolve_step(factor, step_bytes)?;
     validate(&o)?;
-    Ok(Parsed::Run(o))
+    if let Some(np) = o.np.filter(|&n| n != 2) {
+        return err(format!(
+            "--np {np}: {} runs on exactly 2 ranks",
+            test.name()
+        ));
+    }
+    Ok(Parsed::Osu(OsuOptions {
+        test,
+        min_bytes: o.min_bytes,
+        max_bytes: o.max_bytes,
+        step: o.step,
+        iters: o.iters,
+        warmup: o.warmup,
+        window,
+        np: o.np,
+    }))
 }
 
 fn op_names() -> String {
@@ -429,7 +520,7 @@ fn apply(
                 ));
             }
         }
-        Key::Json | Key::Csv | Key::Help => {}
+        Key::Json | Key::Csv | Key::Window | Key::Help => {}
     }
     Ok(())
 }
@@ -478,6 +569,7 @@ mod tests {
         match parse(&v)? {
             Parsed::Run(o) => Ok(o),
             Parsed::Help => panic!("help"),
+            Parsed::Osu(o) => panic!("osu {o:?}"),
         }
     }
 
@@ -625,6 +717,50 @@ mod tests {
         for (args, want) in cases {
             let e = error(args);
             assert!(e.contains(want), "{args:?}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn osu_tests_parse_their_flags_and_refuse_others() {
+        let v = |a: &[&str]| -> Vec<OsString> { a.iter().map(OsString::from).collect() };
+        let Parsed::Osu(o) = parse(&v(&[
+            "--np", "2", "osu_bw", "-b", "8", "-e", "1K", "-W", "16", "-n", "7",
+        ]))
+        .unwrap() else {
+            panic!("not osu");
+        };
+        assert_eq!(o.test, OsuTest::Bw);
+        assert_eq!(
+            (o.min_bytes, o.max_bytes, o.window, o.iters),
+            (8, 1024, 16, 7)
+        );
+        assert_eq!((o.warmup, o.np, o.step), (10, Some(2), Step::Factor(2)));
+        let Parsed::Osu(d) = parse(&v(&["osu_latency"])).unwrap() else {
+            panic!("not osu");
+        };
+        assert_eq!(d, OsuOptions::defaults(OsuTest::Latency));
+        // The rank arguments re-create the options.
+        let mut o2 = o.clone();
+        o2.np = None;
+        let args = o.to_rank_args();
+        assert_eq!(parse(&args).unwrap(), Parsed::Osu(o2));
+        for (a, want) in [
+            (
+                &["osu_bw", "-d", "half"][..],
+                "-d/--datatype does not apply to osu_bw",
+            ),
+            (
+                &["osu_bibw", "--np", "3"],
+                "--np 3: osu_bibw runs on exactly 2 ranks",
+            ),
+            (&["osu_bw", "-W", "0"], "-W/--window"),
+            (
+                &["all_reduce", "-W", "4"],
+                "-W/--window applies only to osu_bw",
+            ),
+        ] {
+            let e = parse(&v(a)).unwrap_err().0;
+            assert!(e.contains(want), "{a:?}: {e}");
         }
     }
 

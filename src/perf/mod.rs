@@ -10,6 +10,7 @@
 //!   elements (the `#wrong` column).
 //! * [`vsplit`]: the non-uniform per-peer counts of `all_to_allv`.
 //! * [`huge`]: huge-page advice for large buffers, as numpy gives its arrays.
+//! * [`osu`]: the OSU-style point-to-point mode (`osu_latency`, `osu_bw`, `osu_bibw`).
 //! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
 //! * [`report`]: the table, the footer, the JSON report and the CSV file.
 //! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
@@ -20,6 +21,7 @@ pub mod args;
 pub mod average;
 pub mod check;
 pub mod huge;
+pub mod osu;
 pub mod ranks;
 pub mod report;
 pub mod run;

@@ -705,6 +705,7 @@ pub fn run_rank(comm: &dyn PerfComm, o: &Options) -> i32 {
 pub fn main(args: &[OsString]) -> i32 {
     let o = match args::parse(args) {
         Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Osu(o)) => return osu_main(&o),
         Ok(Parsed::Help) => {
             print!("{}", args::usage());
             return 0;
@@ -715,25 +716,56 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     if let Some(np) = o.np {
-        return launch_ranks(np, &o);
+        return launch_ranks(np, &o.to_rank_args());
     }
-    let comm = match Communicator::from_env() {
-        Ok(c) => c,
+    match join() {
+        Some(comm) => run_rank(&comm, &o),
+        None => 1,
+    }
+}
+
+/// Join the job described by the environment, printing why not on failure.
+fn join() -> Option<Communicator> {
+    match Communicator::from_env() {
+        Ok(c) => Some(c),
         Err(e) => {
             let rank = std::env::var("RANK").map_or(String::new(), |r| format!("rank {r}: "));
             eprintln!(
                 "dmsc-perf: {rank}cannot join the job: {e}\n\
                  (start the ranks with dmscrun -n N dmsc-perf ..., or pass --np N)"
             );
-            return 1;
+            None
         }
+    }
+}
+
+/// The OSU mode: launch 2 ranks with `--np 2`, else run as one rank of the job; rank 0
+/// prints the rows. Returns the exit code.
+fn osu_main(o: &super::osu::OsuOptions) -> i32 {
+    if let Some(np) = o.np {
+        return launch_ranks(np, &o.to_rank_args());
+    }
+    let Some(comm) = join() else {
+        return 1;
     };
-    run_rank(&comm, &o)
+    let rank = comm.rank();
+    let result = if rank == 0 {
+        super::osu::benchmark(&comm, o, &mut io::stdout().lock())
+    } else {
+        super::osu::benchmark(&comm, o, &mut io::sink())
+    };
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("dmsc-perf: rank {rank}: {}: {e}", o.test.name());
+            1
+        }
+    }
 }
 
 /// Start `np` ranks of this executable with the same options; rank 0's table goes to stdout
 /// unprefixed, errors keep their `[rank]` prefix.
-fn launch_ranks(np: usize, o: &Options) -> i32 {
+fn launch_ranks(np: usize, rank_args: &[OsString]) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -745,7 +777,7 @@ fn launch_ranks(np: usize, o: &Options) -> i32 {
         prefix_stdout: false,
         ..LaunchOptions::default()
     };
-    match launch_with(np, exe.as_os_str(), &o.to_rank_args(), &[], &opts) {
+    match launch_with(np, exe.as_os_str(), rank_args, &[], &opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dmsc-perf: cannot start {np} ranks: {e}");
