@@ -154,17 +154,7 @@ impl PerfComm for Communicator {
         recv: &'a mut [u8],
         from: usize,
     ) -> Request<'a> {
-        let mut g = self.group();
-        let added = g
-            .send_bytes(send, to, 0, DataType::Uint8)
-            .and_then(|()| g.recv_bytes(recv, from, 0, DataType::Uint8));
-        match added {
-            Ok(()) => g.immediate_end(),
-            Err(e) => {
-                drop(g);
-                Request::done(Err(e))
-            }
-        }
+        self.immediate_group_bytes(vec![(send, to)], vec![(recv, from)])
     }
     fn all_to_all_v_bytes(
         &self,
@@ -851,6 +841,25 @@ mod tests {
         assert!(!text.contains("Blocking Enabled"), "{text}");
         let (text, r) = run_fake_counted(2, &Options { ..o.clone() }, Some(1));
         assert!(r.iter().all(|x| x.0.wrong_total > 0), "{text}");
+    }
+
+    #[test]
+    fn every_op_checks_clean_in_both_modes_with_aggregation() {
+        for op in PerfOp::ALL {
+            for blocking in [false, true] {
+                let o = Options {
+                    agg_iters: 3,
+                    blocking,
+                    root: None,
+                    ..opts(op)
+                };
+                let (text, r) = run_fake_counted(3, &o, None);
+                for (s, immediate, _) in &r {
+                    assert_eq!(s.wrong_total, 0, "{op} blocking={blocking}:\n{text}");
+                    assert_eq!(*immediate == 0, blocking, "{op} blocking={blocking}");
+                }
+            }
+        }
     }
 
     #[test]
