@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -q --bin dmsc-perf
 PERF=target/release/dmsc-perf
 NPS="${NPS:-1 2 3 4 5 8}"
-OPS="${OPS:-all_reduce all_gather reduce_scatter broadcast reduce all_to_all sendrecv}"
+OPS="${OPS:-all_reduce all_gather reduce_scatter broadcast reduce all_to_all sendrecv all_to_allv gather scatter}"
 MAXB="${MAXB:-16M}"
 fail=0
 run() {

@@ -1,7 +1,9 @@
 //! The command line of dmsc-perf: nccl-tests' flags (short `-b 8`/`-b8`, long `--minbytes 8`
 //! or `--minbytes=8`), the collective as a positional argument, plus `--np N` (start N ranks
-//! through [`crate::launch`]) and `--json PATH`.
+//! through [`crate::launch`]), `--json PATH` and `--csv PATH`.
 
+use super::average::Average;
+use super::osu::{OsuOptions, OsuTest};
 use super::sizes::{parse_size, Step};
 use super::PerfOp;
 use crate::{DataType, ReduceOp};
@@ -27,24 +29,37 @@ pub struct Options {
     pub warmup: u32,
     /// Correctness checks per row (`-c`; 0 disables the `#wrong` column).
     pub check: u32,
+    /// Calls per timed iteration (`-m`, nccl-tests' `agg_iters`); the reported time is the
+    /// loop's time divided by `iters * agg_iters`.
+    pub agg_iters: u32,
+    /// `-z 1`: every call completes, then all ranks meet in a barrier, before the next call
+    /// starts (nccl-tests' blocking mode). `-z 0` (default): the `agg_iters` calls of one
+    /// timed iteration are started with the non-blocking `immediate_*` API and waited on
+    /// together at the end of the iteration.
+    pub blocking: bool,
+    /// How per-rank times are combined into the reported time (`-a`).
+    pub average: Average,
     /// Element types (`-d`, `all` for every type).
     pub dtypes: Vec<DataType>,
     /// Reduction operators (`-o`, `all` for every operator); ignored by collectives that do
     /// not reduce.
     pub redops: Vec<ReduceOp>,
-    /// Root of broadcast and reduce (`-r`); `None` (`-r -1` or `-r all`) runs every rank as
+    /// Root of broadcast, reduce, gather and scatter (`-r`); `None` (`-r -1` or `-r all`) runs every rank as
     /// root in turn, as nccl-tests does.
     pub root: Option<usize>,
     /// Where rank 0 writes the JSON report (`--json`).
     pub json: Option<PathBuf>,
+    /// Where rank 0 writes the rows as CSV (`--csv`, see [`super::report::csv`]).
+    pub csv: Option<PathBuf>,
     /// Start this many ranks on this machine (`--np`); `None` joins the job described by the
     /// environment.
     pub np: Option<usize>,
 }
 
 impl Options {
-    /// nccl-tests' defaults (32 MiB, factor 2, 20 iterations, float sum, root 0) for `op`;
-    /// warm-up is 5 iterations (nccl-tests 2.13 and older; newer ones use 1).
+    /// nccl-tests' defaults (32 MiB, factor 2, 20 iterations, 1 call per iteration,
+    /// non-blocking, mean time over ranks, float sum, root 0) for `op`; warm-up is 5
+    /// iterations (nccl-tests 2.13 and older; newer ones use 1).
     pub fn defaults(op: PerfOp) -> Options {
         Options {
             op,
@@ -54,10 +69,14 @@ impl Options {
             iters: 20,
             warmup: 5,
             check: 1,
+            agg_iters: 1,
+            blocking: false,
+            average: Average::Mean,
             dtypes: vec![DataType::Float32],
             redops: vec![ReduceOp::Sum],
             root: Some(0),
             json: None,
+            csv: None,
             np: None,
         }
     }
@@ -81,12 +100,19 @@ impl Options {
         push("-n", self.iters.to_string());
         push("-w", self.warmup.to_string());
         push("-c", self.check.to_string());
+        push("-m", self.agg_iters.to_string());
+        push("-z", u32::from(self.blocking).to_string());
+        push("-a", self.average.flag().to_string());
         let names = |v: Vec<&str>| v.join(",");
         push("-d", names(self.dtypes.iter().map(|d| d.name()).collect()));
         push("-o", names(self.redops.iter().map(|o| o.name()).collect()));
         push("-r", self.root.map_or("-1".into(), |r| r.to_string()));
         if let Some(p) = &self.json {
             a.push("--json".into());
+            a.push(p.clone().into_os_string());
+        }
+        if let Some(p) = &self.csv {
+            a.push("--csv".into());
             a.push(p.clone().into_os_string());
         }
         a
@@ -98,6 +124,8 @@ impl Options {
 pub enum Parsed {
     /// Run with these options.
     Run(Options),
+    /// An OSU-style point-to-point test (`osu_latency`, `osu_bw`, `osu_bibw`).
+    Osu(OsuOptions),
     /// `-h`/`--help`: print [`usage`].
     Help,
 }
@@ -127,12 +155,17 @@ enum Key {
     Iters,
     Warmup,
     Check,
+    AggIters,
+    Blocking,
+    Average,
     Datatype,
     Op,
     Root,
     Ngpus,
     Nthreads,
     Json,
+    Csv,
+    Window,
     Np,
     Help,
 }
@@ -146,12 +179,17 @@ const FLAGS: &[(Option<u8>, &str, Key)] = &[
     (Some(b'n'), "iters", Key::Iters),
     (Some(b'w'), "warmup_iters", Key::Warmup),
     (Some(b'c'), "check", Key::Check),
+    (Some(b'm'), "agg_iters", Key::AggIters),
+    (Some(b'z'), "blocking", Key::Blocking),
+    (Some(b'a'), "average", Key::Average),
     (Some(b'd'), "datatype", Key::Datatype),
     (Some(b'o'), "op", Key::Op),
     (Some(b'r'), "root", Key::Root),
     (Some(b'g'), "ngpus", Key::Ngpus),
     (Some(b't'), "nthreads", Key::Nthreads),
     (None, "json", Key::Json),
+    (None, "csv", Key::Csv),
+    (Some(b'W'), "window", Key::Window),
     (None, "np", Key::Np),
     (Some(b'h'), "help", Key::Help),
 ];
@@ -175,6 +213,8 @@ pub fn usage() -> String {
          \n\
          Measures a dmsc collective the way nccl-tests does and prints its table.\n\
          OP: {}\n\
+         (all_to_allv: uneven per-peer counts, see dmsc::perf::vsplit; gather and scatter:\n\
+         \x20grouped sends and receives to/from the root, as nccl-tests' gather/scatter_perf)\n\
          \n\
          options (nccl-tests' flags):\n\
          \x20 -b, --minbytes SIZE       smallest size in bytes, K/M/G suffixes (default 32M)\n\
@@ -184,14 +224,32 @@ pub fn usage() -> String {
          \x20 -n, --iters N             timed iterations per size (default 20)\n\
          \x20 -w, --warmup_iters N      warm-up iterations per size (default 5)\n\
          \x20 -c, --check N             correctness checks per size, 0 to skip (default 1)\n\
+         \x20 -m, --agg_iters N         calls per timed iteration; time = loop / (n * m)\n\
+         \x20                           (default 1)\n\
+         \x20 -z, --blocking 0|1        0: each iteration's m calls start with the non-blocking\n\
+         \x20                           immediate_* API and are waited on together (default);\n\
+         \x20                           1: each call completes and all ranks meet in a barrier\n\
+         \x20                           before the next call starts\n\
+         \x20 -a, --average 0|1|2|3     reported time: 0 rank 0's, 1 mean over ranks (default),\n\
+         \x20                           2 minimum, 3 maximum over ranks\n\
          \x20 -d, --datatype T          {}, a comma list or all (default float)\n\
          \x20 -o, --op OP               {}, a comma list or all (default sum)\n\
-         \x20 -r, --root R              root of broadcast and reduce, -1 for each rank (default 0)\n\
+         \x20 -r, --root R              root of broadcast, reduce, gather and scatter, -1 for\n\
+         \x20                           each rank (default 0)\n\
          \x20 -g, --ngpus 1, -t, --nthreads 1   accepted for compatibility (one rank per process)\n\
          \x20     --np N                start N ranks on this machine (else join via dmscrun/env)\n\
          \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\
          \x20                           or an array of them for several types/ops/roots)\n\
-         \x20 -h, --help                this text\n",
+         \x20     --csv PATH            rank 0 writes one CSV line per measurement to PATH\n\
+         \x20 -h, --help                this text\n\
+         \n\
+         OSU-style point-to-point tests on exactly 2 ranks (see dmsc::perf::osu):\n\
+         \x20 dmsc-perf --np 2 osu_latency|osu_bw|osu_bibw [-b -e -f -i -n -w] [-W N]\n\
+         \x20 osu_latency: ping-pong, one-way latency; osu_bw: -W messages in flight one way;\n\
+         \x20 osu_bibw: -W each way. Rows: size, average latency (us) or bandwidth (MB/s),\n\
+         \x20 then min, median and p99 of the per-sample times (us). Defaults: -b 1 -e 4M\n\
+         \x20 -f 2 -n 100 -w 10 -W 64.\n\
+         \x20 -W, --window N            messages per window of osu_bw/osu_bibw (default 64)\n",
         ops.join(", "),
         types.join(", "),
         redops.join(", ")
@@ -247,6 +305,11 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
         };
         values.push((key, value));
     }
+    if let [name] = positional.as_slice() {
+        if let Some(test) = OsuTest::parse(&name.to_string_lossy()) {
+            return parse_osu(test, values);
+        }
+    }
     let op = match positional.as_slice() {
         [] => {
             return err(format!(
@@ -273,18 +336,91 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, ArgError> {
     let mut o = Options::defaults(op);
     let (mut factor, mut step_bytes) = (None, None);
     for (key, raw) in values {
+        if key == Key::Window {
+            return err("-W/--window applies only to osu_bw and osu_bibw");
+        }
         apply(&mut o, key, &raw, &mut factor, &mut step_bytes)?;
     }
-    o.step = match (factor, step_bytes) {
+    o.step = resolve_step(factor, step_bytes)?;
+    validate(&o)?;
+    Ok(Parsed::Run(o))
+}
+
+/// The step from `-f` and `-i` (nccl-tests: a factor above 1 wins, else `-i` bytes).
+fn resolve_step(factor: Option<u64>, step_bytes: Option<u64>) -> Result<Step, ArgError> {
+    Ok(match (factor, step_bytes) {
         (Some(0), _) => return err("-f/--stepfactor must be at least 1"),
         (Some(f), _) if f > 1 => Step::Factor(f),
         (_, Some(0)) => return err("-i/--stepbytes must be at least 1 byte"),
         (_, Some(b)) => Step::Bytes(b),
         (Some(_), None) => Step::Bytes(1 << 20),
         (None, None) => Step::Factor(2),
+    })
+}
+
+/// The options of an OSU test: the size, iteration and `--np` flags, and `-W`; any other
+/// flag is refused by name.
+fn parse_osu(test: OsuTest, values: Vec<(Key, OsString)>) -> Result<Parsed, ArgError> {
+    let d = OsuOptions::defaults(test);
+    let mut o = Options {
+        min_bytes: d.min_bytes,
+        max_bytes: d.max_bytes,
+        iters: d.iters,
+        warmup: d.warmup,
+        ..Options::defaults(PerfOp::SendRecv)
     };
+    let mut window = d.window;
+    let (mut factor, mut step_bytes) = (None, None);
+    for (key, raw) in values {
+        match key {
+            Key::Window => {
+                let name = flag_name(key);
+                window = raw
+                    .to_str()
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .filter(|&w| w >= 1)
+                    .ok_or_else(|| {
+                        ArgError(format!(
+                            "invalid value {raw:?} for {name}: expected a number of messages >= 1"
+                        ))
+                    })?;
+            }
+            Key::MinBytes
+            | Key::MaxBytes
+            | Key::StepFactor
+            | Key::StepBytes
+            | Key::Iters
+            | Key::Warmup
+            | Key::Np
+            | Key::Ngpus
+            | Key::Nthreads => apply(&mut o, key, &raw, &mut factor, &mut step_bytes)?,
+            other => {
+                return err(format!(
+                    "option {} does not apply to {} (see --help)",
+                    flag_name(other),
+                    test.name()
+                ))
+            }
+        }
+    }
+    o.step = resolve_step(factor, step_bytes)?;
     validate(&o)?;
-    Ok(Parsed::Run(o))
+    if let Some(np) = o.np.filter(|&n| n != 2) {
+        return err(format!(
+            "--np {np}: {} runs on exactly 2 ranks",
+            test.name()
+        ));
+    }
+    Ok(Parsed::Osu(OsuOptions {
+        test,
+        min_bytes: o.min_bytes,
+        max_bytes: o.max_bytes,
+        step: o.step,
+        iters: o.iters,
+        warmup: o.warmup,
+        window,
+        np: o.np,
+    }))
 }
 
 fn op_names() -> String {
@@ -300,11 +436,16 @@ fn apply(
     factor: &mut Option<u64>,
     step_bytes: &mut Option<u64>,
 ) -> Result<(), ArgError> {
-    if key == Key::Json {
+    if key == Key::Json || key == Key::Csv {
         if raw.is_empty() {
-            return err("--json needs a file path");
+            return err(format!("{} needs a file path", flag_name(key)));
         }
-        o.json = Some(PathBuf::from(raw));
+        let path = Some(PathBuf::from(raw));
+        if key == Key::Json {
+            o.json = path;
+        } else {
+            o.csv = path;
+        }
         return Ok(());
     }
     let name = flag_name(key);
@@ -328,6 +469,21 @@ fn apply(
         Key::Iters => o.iters = uint()?,
         Key::Warmup => o.warmup = uint()?,
         Key::Check => o.check = uint()?,
+        Key::AggIters => match uint()? {
+            0 => return Err(bad("a number of calls per iteration >= 1")),
+            m => o.agg_iters = m,
+        },
+        Key::Blocking => match v.trim() {
+            "0" => o.blocking = false,
+            "1" => o.blocking = true,
+            _ => return Err(bad("0 (non-blocking) or 1 (blocking)")),
+        },
+        Key::Average => {
+            o.average = uint()
+                .ok()
+                .and_then(Average::from_flag)
+                .ok_or_else(|| bad("0 (rank 0), 1 (mean), 2 (min) or 3 (max)"))?
+        }
         Key::Datatype => {
             o.dtypes = parse_list(v, DataType::ALL.as_slice(), DataType::parse).map_err(|()| {
                 bad(&format!(
@@ -364,7 +520,7 @@ fn apply(
                 ));
             }
         }
-        Key::Json | Key::Help => {}
+        Key::Json | Key::Csv | Key::Window | Key::Help => {}
     }
     Ok(())
 }
@@ -413,6 +569,7 @@ mod tests {
         match parse(&v)? {
             Parsed::Run(o) => Ok(o),
             Parsed::Help => panic!("help"),
+            Parsed::Osu(o) => panic!("osu {o:?}"),
         }
     }
 
@@ -427,6 +584,10 @@ mod tests {
         assert_eq!((o.min_bytes, o.max_bytes), (32 << 20, 32 << 20));
         assert_eq!((o.iters, o.warmup, o.check), (20, 5, 1));
         assert_eq!(o.step, Step::Factor(2));
+        assert_eq!(
+            (o.agg_iters, o.blocking, o.average),
+            (1, false, Average::Mean)
+        );
     }
 
     #[test]
@@ -454,8 +615,19 @@ mod tests {
             "-g",
             "1",
             "-t1",
+            "-m",
+            "3",
+            "-z1",
+            "--average=2",
+            "--csv",
+            "/tmp/x.csv",
         ])
         .unwrap();
+        assert_eq!(
+            (o.agg_iters, o.blocking, o.average),
+            (3, true, Average::Min)
+        );
+        assert_eq!(o.csv, Some(PathBuf::from("/tmp/x.csv")));
         assert_eq!(o.op, PerfOp::AllGather);
         assert_eq!(
             (o.min_bytes, o.max_bytes, o.step),
@@ -521,7 +693,12 @@ mod tests {
             (&["all_reduce", "-g", "2"], "-g/--ngpus"),
             (&["all_reduce", "-b"], "-b/--minbytes needs a value"),
             (&["all_reduce", "--frobnicate"], "--frobnicate"),
-            (&["all_reduce", "-z", "1"], "'-z'"),
+            (&["all_reduce", "-q", "1"], "'-q'"),
+            (&["all_reduce", "-z", "2"], "-z/--blocking"),
+            (&["all_reduce", "-m", "0"], "-m/--agg_iters"),
+            (&["all_reduce", "-a", "4"], "-a/--average"),
+            (&["all_reduce", "--average=mean"], "-a/--average"),
+            (&["all_reduce", "--csv="], "--csv needs a file path"),
             (
                 &["all_reduce", "-b", "2M", "-e", "1M"],
                 "-b/--minbytes (2097152)",
@@ -540,6 +717,50 @@ mod tests {
         for (args, want) in cases {
             let e = error(args);
             assert!(e.contains(want), "{args:?}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn osu_tests_parse_their_flags_and_refuse_others() {
+        let v = |a: &[&str]| -> Vec<OsString> { a.iter().map(OsString::from).collect() };
+        let Parsed::Osu(o) = parse(&v(&[
+            "--np", "2", "osu_bw", "-b", "8", "-e", "1K", "-W", "16", "-n", "7",
+        ]))
+        .unwrap() else {
+            panic!("not osu");
+        };
+        assert_eq!(o.test, OsuTest::Bw);
+        assert_eq!(
+            (o.min_bytes, o.max_bytes, o.window, o.iters),
+            (8, 1024, 16, 7)
+        );
+        assert_eq!((o.warmup, o.np, o.step), (10, Some(2), Step::Factor(2)));
+        let Parsed::Osu(d) = parse(&v(&["osu_latency"])).unwrap() else {
+            panic!("not osu");
+        };
+        assert_eq!(d, OsuOptions::defaults(OsuTest::Latency));
+        // The rank arguments re-create the options.
+        let mut o2 = o.clone();
+        o2.np = None;
+        let args = o.to_rank_args();
+        assert_eq!(parse(&args).unwrap(), Parsed::Osu(o2));
+        for (a, want) in [
+            (
+                &["osu_bw", "-d", "half"][..],
+                "-d/--datatype does not apply to osu_bw",
+            ),
+            (
+                &["osu_bibw", "--np", "3"],
+                "--np 3: osu_bibw runs on exactly 2 ranks",
+            ),
+            (&["osu_bw", "-W", "0"], "-W/--window"),
+            (
+                &["all_reduce", "-W", "4"],
+                "-W/--window applies only to osu_bw",
+            ),
+        ] {
+            let e = parse(&v(a)).unwrap_err().0;
+            assert!(e.contains(want), "{a:?}: {e}");
         }
     }
 
@@ -568,6 +789,9 @@ mod tests {
                 "2",
                 "--json",
                 "o.json",
+            ],
+            &[
+                "sendrecv", "-m", "4", "-z", "1", "-a", "0", "--csv", "o.csv",
             ],
         ] {
             let mut o = run(args).unwrap();

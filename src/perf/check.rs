@@ -18,6 +18,7 @@
 //! exact range).
 
 use super::sizes::Layout;
+use super::vsplit;
 use super::PerfOp;
 use crate::{DataType, ReduceOp};
 use half::{bf16, f16};
@@ -39,7 +40,7 @@ pub struct CheckSpec {
     pub nranks: usize,
     /// This rank.
     pub rank: usize,
-    /// Root of broadcast and reduce.
+    /// Root of broadcast, reduce, gather and scatter.
     pub root: usize,
     /// The count passed to the collective ([`Layout::count`]).
     pub count: usize,
@@ -64,7 +65,9 @@ impl CheckSpec {
         let (send, recv) = match self.op {
             PerfOp::AllGather => (c, c * n),
             PerfOp::ReduceScatter => (c * n, c),
-            PerfOp::AllToAll => (c * n, c * n),
+            PerfOp::AllToAll | PerfOp::AllToAllV => (c * n, c * n),
+            PerfOp::Gather => (c, c * n),
+            PerfOp::Scatter => (c * n, c),
             _ => (c, c),
         };
         Layout {
@@ -111,13 +114,13 @@ impl CheckSpec {
     }
 
     /// Fill the single buffer of an in-place call (`layout().in_place()` elements): this
-    /// rank's input where the collective reads it (at `rank * count` for all_gather, at the
-    /// start otherwise), [`SENTINEL`] elsewhere.
+    /// rank's input where the collective reads it (at `rank * count` for all_gather and
+    /// gather, at the start otherwise), [`SENTINEL`] elsewhere.
     pub fn fill_in_place(&self, buf: &mut [u8]) {
         buf.fill(SENTINEL);
         let e = self.dtype.size();
         let start = match self.op {
-            PerfOp::AllGather => self.rank * self.count * e,
+            PerfOp::AllGather | PerfOp::Gather => self.rank * self.count * e,
             _ => 0,
         };
         let len = self.layout().send * e;
@@ -139,6 +142,15 @@ impl CheckSpec {
             PerfOp::AllGather => copy(idx / c.max(1), idx % c.max(1)),
             PerfOp::AllToAll => copy(idx / c.max(1), me * c + idx % c.max(1)),
             PerfOp::SendRecv => copy((me + n - 1) % n, idx),
+            PerfOp::AllToAllV => {
+                let (src, at) = vsplit::source_of(c * n, n, me, idx)?;
+                copy(src, at)
+            }
+            PerfOp::Gather => {
+                (me == self.root).then_some(())?;
+                copy(idx / c.max(1), idx % c.max(1))
+            }
+            PerfOp::Scatter => copy(self.root, me * c + idx),
         }
     }
 
@@ -172,13 +184,13 @@ impl CheckSpec {
     }
 
     /// Count the wrong elements of this rank's result. `output` is the receive buffer of an
-    /// out-of-place call or the single buffer of an in-place one (for reduce_scatter in
-    /// place the result is read at `rank * count`).
+    /// out-of-place call or the single buffer of an in-place one (for reduce_scatter and
+    /// scatter in place the result is read at `rank * count`).
     pub fn count_wrong(&self, output: &[u8], in_place: bool) -> u64 {
         let e = self.dtype.size();
         let recv = self.layout().recv;
         let start = match (in_place, self.op) {
-            (true, PerfOp::ReduceScatter) => self.rank * self.count,
+            (true, PerfOp::ReduceScatter | PerfOp::Scatter) => self.rank * self.count,
             _ => 0,
         };
         let Some(region) = output.get(start * e..(start + recv) * e) else {
@@ -332,6 +344,11 @@ mod tests {
     #[test]
     fn reference_results_pass_and_corruption_is_counted() {
         for op in PerfOp::ALL {
+            if matches!(op, PerfOp::AllToAllV | PerfOp::Gather | PerfOp::Scatter) {
+                // Not collectives of the fake's `reference`: run.rs's tests check them end
+                // to end through the fake's all_to_all_v and groups of sends and receives.
+                continue;
+            }
             let redops: &[ReduceOp] = if op.reduces() {
                 &ReduceOp::ALL
             } else {

@@ -2,23 +2,31 @@
 //! [nccl-tests](https://github.com/NVIDIA/nccl-tests) does it, so that its figures can be read
 //! next to NCCL's.
 //!
-//! * [`args`]: the command line (nccl-tests' flags, plus `--np` and `--json`).
+//! * [`args`]: the command line (nccl-tests' flags, plus `--np`, `--json` and `--csv`).
+//! * [`average`]: how per-rank times are combined into the reported time (`-a`).
 //! * [`sizes`]: message sizes, element counts per collective and bus-bandwidth factors
 //!   (nccl-tests' `getCollByteCount` and `getBw`, see its `doc/PERFORMANCE.md`).
 //! * [`check`]: deterministic rank-dependent inputs and the expected results, to count wrong
 //!   elements (the `#wrong` column).
+//! * [`vsplit`]: the non-uniform per-peer counts of `all_to_allv`.
 //! * [`huge`]: huge-page advice for large buffers, as numpy gives its arrays.
-//! * [`report`]: the table, the footer and the JSON report.
+//! * [`osu`]: the OSU-style point-to-point mode (`osu_latency`, `osu_bw`, `osu_bibw`).
+//! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
+//! * [`report`]: the table, the footer, the JSON report and the CSV file.
 //! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
 //!
 //! Only rank 0 prints; every rank prints its own errors.
 
 pub mod args;
+pub mod average;
 pub mod check;
 pub mod huge;
+pub mod osu;
+pub mod ranks;
 pub mod report;
 pub mod run;
 pub mod sizes;
+pub mod vsplit;
 
 #[cfg(test)]
 mod fake;
@@ -43,11 +51,20 @@ pub enum PerfOp {
     AllToAll,
     /// `sendrecv` (sendrecv_perf): every rank sends to rank+1 and receives from rank-1.
     SendRecv,
+    /// `all_to_allv`: [`crate::Communicator::all_to_all_v_bytes`] with the non-uniform
+    /// per-peer counts of [`vsplit`] (nccl-tests has no such binary).
+    AllToAllV,
+    /// `gather` (gather_perf): every rank sends its block to the root, which receives one
+    /// block from each rank, all in one group of sends and receives ([`crate::Group`]).
+    Gather,
+    /// `scatter` (scatter_perf): the root sends block `r` to each rank `r`, which receives
+    /// it, all in one group of sends and receives.
+    Scatter,
 }
 
 impl PerfOp {
     /// Every collective, in the order of the usage text.
-    pub const ALL: [PerfOp; 7] = [
+    pub const ALL: [PerfOp; 10] = [
         PerfOp::AllReduce,
         PerfOp::AllGather,
         PerfOp::ReduceScatter,
@@ -55,6 +72,9 @@ impl PerfOp {
         PerfOp::Reduce,
         PerfOp::AllToAll,
         PerfOp::SendRecv,
+        PerfOp::AllToAllV,
+        PerfOp::Gather,
+        PerfOp::Scatter,
     ];
 
     /// The name used on the command line and in reports.
@@ -67,6 +87,9 @@ impl PerfOp {
             PerfOp::Reduce => "reduce",
             PerfOp::AllToAll => "all_to_all",
             PerfOp::SendRecv => "sendrecv",
+            PerfOp::AllToAllV => "all_to_allv",
+            PerfOp::Gather => "gather",
+            PerfOp::Scatter => "scatter",
         }
     }
 
@@ -83,11 +106,15 @@ impl PerfOp {
             "reduce" => PerfOp::Reduce,
             "all_to_all" | "alltoall" => PerfOp::AllToAll,
             "sendrecv" | "send_recv" => PerfOp::SendRecv,
+            "all_to_allv" | "all_to_all_v" | "alltoallv" => PerfOp::AllToAllV,
+            "gather" => PerfOp::Gather,
+            "scatter" => PerfOp::Scatter,
             _ => return None,
         })
     }
 
-    /// The collective kind passed to the communicator.
+    /// The collective kind this measures (gather and scatter are groups of sends and
+    /// receives: [`CollKind::SendRecv`]).
     pub const fn kind(self) -> CollKind {
         match self {
             PerfOp::AllReduce => CollKind::AllReduce,
@@ -96,7 +123,8 @@ impl PerfOp {
             PerfOp::Broadcast => CollKind::Broadcast,
             PerfOp::Reduce => CollKind::Reduce,
             PerfOp::AllToAll => CollKind::AllToAll,
-            PerfOp::SendRecv => CollKind::SendRecv,
+            PerfOp::SendRecv | PerfOp::Gather | PerfOp::Scatter => CollKind::SendRecv,
+            PerfOp::AllToAllV => CollKind::AllToAllV,
         }
     }
 
@@ -110,7 +138,10 @@ impl PerfOp {
 
     /// True when the collective has a root (`-r` matters).
     pub const fn has_root(self) -> bool {
-        matches!(self, PerfOp::Broadcast | PerfOp::Reduce)
+        matches!(
+            self,
+            PerfOp::Broadcast | PerfOp::Reduce | PerfOp::Gather | PerfOp::Scatter
+        )
     }
 
     /// True when dmsc-perf measures an in-place variant. `sendrecv` has none: a send and a
@@ -139,6 +170,8 @@ mod tests {
         assert_eq!(PerfOp::parse("alltoall"), Some(PerfOp::AllToAll));
         assert_eq!(PerfOp::parse("Reduce-Scatter"), Some(PerfOp::ReduceScatter));
         assert_eq!(PerfOp::parse("sendrecv_perf"), Some(PerfOp::SendRecv));
-        assert_eq!(PerfOp::parse("gather"), None);
+        assert_eq!(PerfOp::parse("alltoallv_perf"), Some(PerfOp::AllToAllV));
+        assert_eq!(PerfOp::parse("gather_perf"), Some(PerfOp::Gather));
+        assert_eq!(PerfOp::parse("all_gatherv"), None);
     }
 }

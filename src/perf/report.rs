@@ -1,6 +1,6 @@
 //! The results and how they are printed: nccl-tests' table (the format strings of its
 //! `src/common.cu` up to version 2.16, column for column: the layout most published results
-//! and parsers use), its footer, and a JSON report.
+//! and parsers use), its footer, a JSON report and a CSV file.
 //!
 //! # JSON
 //!
@@ -16,7 +16,23 @@
 //! `null` when checking is off (`-c 0`); non-finite numbers are `null`. A run of a single
 //! combination writes that object; a run of several (`-d all`, `-o all`, a list, or every
 //! root with `-r -1`) writes a JSON array of them, in the order of the table.
+//!
+//! # CSV
+//!
+//! `--csv PATH` writes a header line, then one line per measurement (each half of each table
+//! row: out-of-place, then in-place), in the order of the table, with the columns
+//!
+//! `op,nranks,dtype,redop,root,size,count,inplace,time_us,algbw,busbw,wrong`
+//!
+//! `op`, `dtype` and `redop` are names as on the command line (`redop` is `none` and `root`
+//! -1 where they do not apply); `size` is bytes and `count` elements as in the table;
+//! `inplace` is `0` or `1`; `time_us` is microseconds per call (combined over ranks as `-a`
+//! says); `algbw` and `busbw` are GB/s (1e9 bytes/s); `wrong` is the wrong elements summed
+//! over ranks, empty when checking is off (`-c 0`). Numbers are written in full precision,
+//! non-finite ones as `nan`/`inf`. No field needs quoting.
 
+use super::average::Average;
+use super::ranks::RankInfo;
 use super::PerfOp;
 use crate::{DataType, ReduceOp};
 use std::fmt::Write as _;
@@ -30,7 +46,7 @@ pub struct Row {
     pub count: usize,
     /// In-place variant.
     pub inplace: bool,
-    /// Average time of one iteration in microseconds, the maximum over ranks.
+    /// Average time of one call in microseconds, combined over ranks as `-a` says.
     pub time_us: f64,
     /// Algorithm bandwidth, GB/s.
     pub algbw: f64,
@@ -118,8 +134,16 @@ pub fn c_g(value: f64) -> String {
     }
 }
 
-/// The lines above the table: a description of the run, then nccl-tests' column header.
-pub fn header(op: PerfOp, nranks: usize, settings: &str) -> String {
+/// The lines above the table: a description of the run, nccl-tests' line for blocking mode,
+/// its per-rank lines (`ranks`, in rank order), then its column header.
+pub fn header(
+    op: PerfOp,
+    nranks: usize,
+    settings: &str,
+    blocking: bool,
+    average: Average,
+    ranks: &[RankInfo],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -128,11 +152,25 @@ pub fn header(op: PerfOp, nranks: usize, settings: &str) -> String {
         if nranks == 1 { "" } else { "s" }
     );
     let _ = writeln!(s, "# {settings}");
+    if blocking {
+        let _ = writeln!(
+            s,
+            "# Blocking Enabled: wait for completion and barrier after each collective "
+        );
+    }
     let _ = writeln!(
         s,
-        "# time: average of one iteration of the timed loop, maximum over ranks"
+        "# time: average of one call of the timed loop, {}",
+        average.describe()
     );
     s.push_str("#\n");
+    if !ranks.is_empty() {
+        s.push_str("# Using devices\n");
+        for (r, info) in ranks.iter().enumerate() {
+            let _ = writeln!(s, "{}", info.line(r));
+        }
+        s.push_str("#\n");
+    }
     let _ = writeln!(
         s,
         "# {:>10}  {:>12}  {:>8}  {:>6}  {:>6}           out-of-place                       in-place          ",
@@ -249,6 +287,36 @@ pub fn run_json(run: &Run) -> String {
     s
 }
 
+/// The CSV columns (see the module documentation).
+pub const CSV_HEADER: &str =
+    "op,nranks,dtype,redop,root,size,count,inplace,time_us,algbw,busbw,wrong";
+
+/// The CSV file: [`CSV_HEADER`], then one line per measurement.
+pub fn csv(runs: &[Run]) -> String {
+    let mut s = format!("{CSV_HEADER}\n");
+    for run in runs {
+        for r in &run.rows {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                run.op.name(),
+                run.nranks,
+                run.dtype.name(),
+                redop_name(run.redop),
+                root_value(run.root),
+                r.size,
+                r.count,
+                u8::from(r.inplace),
+                r.time_us,
+                r.algbw,
+                r.busbw,
+                r.wrong.map_or(String::new(), |w| w.to_string())
+            );
+        }
+    }
+    s
+}
+
 /// The whole report: the single combination's object, or an array of them.
 pub fn json(runs: &[Run]) -> String {
     let mut s = match runs {
@@ -295,7 +363,17 @@ mod tests {
 
     #[test]
     fn table_lines_line_up_with_nccl_tests() {
-        let h = header(PerfOp::AllReduce, 4, "x");
+        let ranks = [RankInfo {
+            pid: 7,
+            host: "h".into(),
+        }];
+        let h = header(PerfOp::AllReduce, 4, "x", true, Average::Mean, &ranks);
+        assert!(h.contains("\n# Blocking Enabled: wait for completion and barrier"));
+        assert!(h.contains("mean over ranks (-a 1)"));
+        assert!(h.contains("\n# Using devices\n#  Rank  0 Group  0 Pid      7 on          h"));
+        let plain = header(PerfOp::AllReduce, 4, "x", false, Average::Max, &[]);
+        assert!(!plain.contains("Blocking") && !plain.contains("Using devices"));
+        assert!(plain.contains("maximum over ranks (-a 3)"));
         let lines: Vec<&str> = h.lines().collect();
         let n = lines.len();
         assert_eq!(
@@ -365,8 +443,43 @@ mod tests {
              \"root\":1,\"rows\":[{\"size\":8,\"count\":2,\"inplace\":true,\"time_us\":1.5,\
              \"algbw\":null,\"busbw\":0.25,\"wrong\":null}]}\n"
         );
-        let two = json(&[run.clone(), run]);
+        let two = json(&[run.clone(), run.clone()]);
         assert!(two.starts_with("[{") && two.ends_with("}]\n"));
         assert_eq!(json_str("a\"b\\\n\u{1}"), "\"a\\\"b\\\\\\n\\u0001\"");
+    }
+
+    #[test]
+    fn csv_lines() {
+        let row = |inplace, wrong| Row {
+            size: 1024,
+            count: 256,
+            inplace,
+            time_us: 12.5,
+            algbw: 0.08192,
+            busbw: 0.12288,
+            wrong,
+        };
+        let run = Run {
+            op: PerfOp::AllReduce,
+            nranks: 4,
+            dtype: DataType::Float32,
+            redop: Some(ReduceOp::Sum),
+            root: None,
+            rows: vec![row(false, Some(0)), row(true, None)],
+        };
+        let text = csv(&[run]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(
+            lines[1],
+            "all_reduce,4,float,sum,-1,1024,256,0,12.5,0.08192,0.12288,0"
+        );
+        assert_eq!(
+            lines[2],
+            "all_reduce,4,float,sum,-1,1024,256,1,12.5,0.08192,0.12288,"
+        );
+        assert_eq!(lines.len(), 3);
+        let cols = CSV_HEADER.split(',').count();
+        assert!(lines.iter().all(|l| l.split(',').count() == cols));
     }
 }

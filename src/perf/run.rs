@@ -1,19 +1,26 @@
 //! The driver: for every (type, operator, root) and size, time the out-of-place and in-place
 //! variants over a [`PerfComm`], check them, and print nccl-tests' table on rank 0.
 //!
-//! One row's measurement: the buffers are filled (see [`super::check`]), `-w` warm-up calls
-//! run, all ranks meet in a barrier, then `-n` calls run back to back; the row's time is the
-//! loop's time divided by `-n`, the maximum over ranks (an all-reduce of an `f64`). With
-//! `-c N`, the call then runs N more times on freshly filled buffers and the wrong elements,
-//! summed over ranks (an all-reduce of a `u64`), fill the `#wrong` column.
+//! One row's measurement, as nccl-tests' `BenchTime`: the buffers are filled (see
+//! [`super::check`]), `-w` warm-up calls run, all ranks meet in a barrier, then `-n` timed
+//! iterations of `-m` calls each run back to back; the row's time is the loop's time divided
+//! by `n * m`, combined over ranks as `-a` says ([`super::average`]). With `-z 0` the `m`
+//! calls of an iteration are started with the non-blocking `immediate_*` API, each on its own
+//! output buffer (so `m` buffers are allocated), and waited on together at the end of the
+//! iteration; with `-z 1` each call completes and the ranks meet in a barrier before the next
+//! one starts. With `-c N`, the call then runs N more times (in the same mode) on freshly
+//! filled buffers and the wrong elements, summed over ranks (an all-reduce of a `u64`), fill
+//! the `#wrong` column.
 
 use super::args::{self, Options, Parsed};
 use super::check::CheckSpec;
+use super::ranks;
 use super::report::{self, Row, Run};
 use super::sizes::{bandwidths, layout, sizes, Layout, Step};
+use super::vsplit::VSplit;
 use super::PerfOp;
 use crate::launch::{launch_with, LaunchOptions};
-use crate::{CollKind, Communicator, DataType, Error, ReduceOp, Result};
+use crate::{CollKind, Communicator, DataType, Error, ReduceOp, Request, Result};
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
@@ -38,10 +45,72 @@ pub trait PerfComm {
         op: ReduceOp,
         root: usize,
     ) -> Result<()>;
+    /// See [`Communicator::immediate_collective_bytes`].
+    #[allow(clippy::too_many_arguments)]
+    fn immediate_collective_bytes<'a>(
+        &'a self,
+        kind: CollKind,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Request<'a>;
     /// See [`Communicator::send_recv_bytes`].
     fn send_recv_bytes(&self, send: &[u8], to: usize, recv: &mut [u8], from: usize) -> Result<()>;
+    /// Non-blocking [`PerfComm::send_recv_bytes`]: a group of one send and one receive
+    /// started with [`crate::Group::immediate_end`].
+    fn immediate_send_recv_bytes<'a>(
+        &'a self,
+        send: &'a [u8],
+        to: usize,
+        recv: &'a mut [u8],
+        from: usize,
+    ) -> Request<'a>;
+    /// See [`Communicator::all_to_all_v_bytes`].
+    fn all_to_all_v_bytes(
+        &self,
+        dtype: DataType,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        v: [&[usize]; 4],
+    ) -> Result<()>;
+    /// See [`Communicator::immediate_all_to_all_v_bytes`].
+    fn immediate_all_to_all_v_bytes<'a>(
+        &'a self,
+        dtype: DataType,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        v: [&[usize]; 4],
+    ) -> Request<'a>;
+    /// One group ([`crate::Group`]) of byte sends `(buffer, to)` and receives
+    /// `(buffer, from)`, run to completion.
+    fn group_bytes(&self, sends: Vec<(&[u8], usize)>, recvs: Vec<(&mut [u8], usize)>)
+        -> Result<()>;
+    /// The same group, started with [`crate::Group::immediate_end`].
+    fn immediate_group_bytes<'a>(
+        &'a self,
+        sends: Vec<(&'a [u8], usize)>,
+        recvs: Vec<(&'a mut [u8], usize)>,
+    ) -> Request<'a>;
     /// See [`Communicator::barrier`].
     fn barrier(&self) -> Result<()>;
+}
+
+/// Add `sends` and `recvs` (bytes, tag 0) to `g`.
+fn add_to_group<'b>(
+    g: &mut crate::Group<'_, 'b>,
+    sends: Vec<(&'b [u8], usize)>,
+    recvs: Vec<(&'b mut [u8], usize)>,
+) -> Result<()> {
+    for (buf, to) in sends {
+        g.send_bytes(buf, to, 0, DataType::Uint8)?;
+    }
+    for (buf, from) in recvs {
+        g.recv_bytes(buf, from, 0, DataType::Uint8)?;
+    }
+    Ok(())
 }
 
 impl PerfComm for Communicator {
@@ -63,12 +132,85 @@ impl PerfComm for Communicator {
     ) -> Result<()> {
         Communicator::collective_bytes(self, kind, input, output, count, dtype, op, root)
     }
+    fn immediate_collective_bytes<'a>(
+        &'a self,
+        kind: CollKind,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Request<'a> {
+        Communicator::immediate_collective_bytes(self, kind, input, output, count, dtype, op, root)
+    }
     fn send_recv_bytes(&self, send: &[u8], to: usize, recv: &mut [u8], from: usize) -> Result<()> {
         Communicator::send_recv_bytes(self, send, to, recv, from)
+    }
+    fn immediate_send_recv_bytes<'a>(
+        &'a self,
+        send: &'a [u8],
+        to: usize,
+        recv: &'a mut [u8],
+        from: usize,
+    ) -> Request<'a> {
+        self.immediate_group_bytes(vec![(send, to)], vec![(recv, from)])
+    }
+    fn all_to_all_v_bytes(
+        &self,
+        dtype: DataType,
+        input: Option<&[u8]>,
+        output: &mut [u8],
+        v: [&[usize]; 4],
+    ) -> Result<()> {
+        Communicator::all_to_all_v_bytes(self, dtype, input, output, v)
+    }
+    fn immediate_all_to_all_v_bytes<'a>(
+        &'a self,
+        dtype: DataType,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+        v: [&[usize]; 4],
+    ) -> Request<'a> {
+        Communicator::immediate_all_to_all_v_bytes(self, dtype, input, output, v)
+    }
+    fn group_bytes(
+        &self,
+        sends: Vec<(&[u8], usize)>,
+        recvs: Vec<(&mut [u8], usize)>,
+    ) -> Result<()> {
+        let mut g = self.group();
+        add_to_group(&mut g, sends, recvs)?;
+        g.end()
+    }
+    fn immediate_group_bytes<'a>(
+        &'a self,
+        sends: Vec<(&'a [u8], usize)>,
+        recvs: Vec<(&'a mut [u8], usize)>,
+    ) -> Request<'a> {
+        let mut g = self.group();
+        match add_to_group(&mut g, sends, recvs) {
+            Ok(()) => g.immediate_end(),
+            Err(e) => Request::done(Err(e)),
+        }
     }
     fn barrier(&self) -> Result<()> {
         Communicator::barrier(self)
     }
+}
+
+/// The sends and receives of one group.
+type P2pLists<'a> = (Vec<(&'a [u8], usize)>, Vec<(&'a mut [u8], usize)>);
+
+/// Cut `buf` into `n` consecutive blocks of `b` bytes (`b` may be 0).
+fn blocks_mut(mut buf: &mut [u8], b: usize, n: usize) -> Vec<&mut [u8]> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(b);
+        out.push(head);
+        buf = rest;
+    }
+    out
 }
 
 /// A zeroed byte buffer aligned to 64 bytes (so that every element type is aligned, as the
@@ -167,9 +309,57 @@ impl Call {
         d
     }
 
+    /// The groups of gather and scatter, as nccl-tests' gather_perf and scatter_perf issue
+    /// them: gather sends every rank's block to the root, which receives block `r` from rank
+    /// `r`; scatter the reverse. In place (`input == None`, blocks at `rank * count` of
+    /// `output`), the root's own block is already where it belongs and is not sent.
+    fn p2p_lists<'a>(&self, input: Option<&'a [u8]>, output: &'a mut [u8]) -> P2pLists<'a> {
+        let s = &self.spec;
+        let (n, me, root) = (s.nranks, s.rank, s.root);
+        let b = s.count * s.dtype.size();
+        let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+        match (s.op, input) {
+            (PerfOp::Gather, Some(input)) => {
+                sends.push((input, root));
+                if me == root {
+                    recvs.extend(blocks_mut(output, b, n).into_iter().zip(0..n));
+                }
+            }
+            (PerfOp::Gather, None) if me == root => {
+                let blocks = blocks_mut(output, b, n).into_iter().zip(0..n);
+                recvs.extend(blocks.filter(|(_, r)| *r != root));
+            }
+            (PerfOp::Gather, None) => {
+                let out: &'a [u8] = output;
+                sends.push((&out[me * b..(me + 1) * b], root));
+            }
+            (_, Some(input)) => {
+                if me == root {
+                    sends.extend((0..n).map(|r| (&input[r * b..(r + 1) * b], r)));
+                }
+                recvs.push((output, root));
+            }
+            (_, None) if me == root => {
+                let out: &'a [u8] = output;
+                let blocks = (0..n).map(|r| (&out[r * b..(r + 1) * b], r));
+                sends.extend(blocks.filter(|(_, r)| *r != root));
+            }
+            (_, None) => recvs.push((&mut output[me * b..(me + 1) * b], root)),
+        }
+        (sends, recvs)
+    }
+
     fn run(&self, comm: &dyn PerfComm, input: Option<&[u8]>, output: &mut [u8]) -> Result<()> {
         let s = &self.spec;
         match s.op {
+            PerfOp::Gather | PerfOp::Scatter => {
+                let (sends, recvs) = self.p2p_lists(input, output);
+                comm.group_bytes(sends, recvs)
+            }
+            PerfOp::AllToAllV => {
+                let v = VSplit::for_rank(s.count * s.nranks, s.nranks, s.rank);
+                comm.all_to_all_v_bytes(s.dtype, input, output, v.args())
+            }
             PerfOp::SendRecv => {
                 let (n, r) = (s.nranks, s.rank);
                 comm.send_recv_bytes(input.unwrap_or(&[]), (r + 1) % n, output, (r + n - 1) % n)
@@ -179,9 +369,74 @@ impl Call {
             }
         }
     }
+
+    /// Start the call without waiting for it.
+    fn start<'a>(
+        &self,
+        comm: &'a dyn PerfComm,
+        input: Option<&'a [u8]>,
+        output: &'a mut [u8],
+    ) -> Request<'a> {
+        let s = &self.spec;
+        match s.op {
+            PerfOp::Gather | PerfOp::Scatter => {
+                let (sends, recvs) = self.p2p_lists(input, output);
+                comm.immediate_group_bytes(sends, recvs)
+            }
+            PerfOp::AllToAllV => {
+                let v = VSplit::for_rank(s.count * s.nranks, s.nranks, s.rank);
+                comm.immediate_all_to_all_v_bytes(s.dtype, input, output, v.args())
+            }
+            PerfOp::SendRecv => {
+                let (n, r) = (s.nranks, s.rank);
+                let send = input.unwrap_or(&[]);
+                comm.immediate_send_recv_bytes(send, (r + 1) % n, output, (r + n - 1) % n)
+            }
+            op => comm.immediate_collective_bytes(
+                op.kind(),
+                input,
+                output,
+                s.count,
+                s.dtype,
+                s.redop,
+                s.root,
+            ),
+        }
+    }
+
+    /// One batch: one call per buffer of `outputs`. Blocking: each call completes, then a
+    /// barrier, before the next; non-blocking: all are started, then all are waited on (every
+    /// request is waited on even after a failure; the first error is returned).
+    fn batch(
+        &self,
+        comm: &dyn PerfComm,
+        input: Option<&[u8]>,
+        outputs: &mut [AlignedBuf],
+        blocking: bool,
+    ) -> Result<()> {
+        if blocking {
+            for out in outputs.iter_mut() {
+                self.run(comm, input, out.bytes_mut())?;
+                comm.barrier()?;
+            }
+            return Ok(());
+        }
+        let requests: Vec<Request<'_>> = outputs
+            .iter_mut()
+            .map(|out| self.start(comm, input, out.bytes_mut()))
+            .collect();
+        let mut first = Ok(());
+        for r in requests {
+            let done = r.wait();
+            if first.is_ok() {
+                first = done;
+            }
+        }
+        first
+    }
 }
 
-/// Time and check one half of a row; returns (seconds per iteration, wrong elements).
+/// Time and check one half of a row; returns (seconds per call, wrong elements).
 fn measure(
     comm: &dyn PerfComm,
     o: &Options,
@@ -192,34 +447,46 @@ fn measure(
     let e = call.spec.dtype.size();
     let l = call.layout;
     let mut input = AlignedBuf::new(if in_place { 0 } else { l.send * e });
-    let mut output = AlignedBuf::new(if in_place { l.in_place() } else { l.recv } * e);
-    let fill = |spec: &CheckSpec, input: &mut AlignedBuf, output: &mut AlignedBuf| {
-        if in_place {
-            spec.fill_in_place(output.bytes_mut());
-        } else {
+    let out_len = if in_place { l.in_place() } else { l.recv } * e;
+    // Non-blocking batches need one output buffer per call in flight.
+    let nbuf = if o.blocking {
+        1
+    } else {
+        o.agg_iters.max(1) as usize
+    };
+    let mut outputs: Vec<AlignedBuf> = (0..nbuf).map(|_| AlignedBuf::new(out_len)).collect();
+    let fill = |spec: &CheckSpec, input: &mut AlignedBuf, outputs: &mut [AlignedBuf]| {
+        if !in_place {
             spec.fill_input(input.bytes_mut());
-            spec.fill_output(output.bytes_mut());
+        }
+        for out in outputs {
+            if in_place {
+                spec.fill_in_place(out.bytes_mut());
+            } else {
+                spec.fill_output(out.bytes_mut());
+            }
         }
     };
-    fill(&call.spec, &mut input, &mut output);
+    fill(&call.spec, &mut input, &mut outputs);
+    let input_ref = (!in_place).then_some(input.bytes());
     for _ in 0..o.warmup {
-        call.run(
-            comm,
-            (!in_place).then_some(input.bytes()),
-            output.bytes_mut(),
-        )?;
+        call.batch(comm, input_ref, &mut outputs[..1], o.blocking)?;
     }
     comm.barrier()?;
     let start = Instant::now();
     for _ in 0..o.iters {
-        call.run(
-            comm,
-            (!in_place).then_some(input.bytes()),
-            output.bytes_mut(),
-        )?;
+        if o.blocking {
+            for _ in 0..o.agg_iters {
+                call.batch(comm, input_ref, &mut outputs[..1], true)?;
+            }
+        } else {
+            call.batch(comm, input_ref, &mut outputs, false)?;
+        }
     }
-    let secs = start.elapsed().as_secs_f64() / f64::from(o.iters.max(1));
-    let secs = max_over_ranks(comm, secs)?;
+    let calls = f64::from(o.iters.max(1)) * f64::from(o.agg_iters.max(1));
+    let secs = o
+        .average
+        .combine(comm, start.elapsed().as_secs_f64() / calls)?;
     if o.check == 0 {
         return Ok((secs, None));
     }
@@ -227,27 +494,12 @@ fn measure(
     for _ in 0..o.check {
         *seed += 1;
         call.spec.seed = *seed;
-        fill(&call.spec, &mut input, &mut output);
-        call.run(
-            comm,
-            (!in_place).then_some(input.bytes()),
-            output.bytes_mut(),
-        )?;
-        wrong += call.spec.count_wrong(output.bytes(), in_place);
+        fill(&call.spec, &mut input, &mut outputs[..1]);
+        let input_ref = (!in_place).then_some(input.bytes());
+        call.batch(comm, input_ref, &mut outputs[..1], o.blocking)?;
+        wrong += call.spec.count_wrong(outputs[0].bytes(), in_place);
     }
     Ok((secs, Some(sum_over_ranks(comm, wrong)?)))
-}
-
-/// The maximum of `x` over all ranks.
-pub fn max_over_ranks(comm: &dyn PerfComm, x: f64) -> Result<f64> {
-    let mut out = AlignedBuf::new(8);
-    let input = AlignedBuf::from_bytes(&x.to_ne_bytes());
-    let kind = CollKind::AllReduce;
-    let (dt, op) = (DataType::Float64, ReduceOp::Max);
-    comm.collective_bytes(kind, Some(input.bytes()), out.bytes_mut(), 1, dt, op, 0)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(out.bytes());
-    Ok(f64::from_ne_bytes(b))
 }
 
 /// The sum of `x` over all ranks.
@@ -269,8 +521,8 @@ fn settings(o: &Options) -> String {
         Step::Bytes(b) => format!("{b}(bytes)"),
     };
     format!(
-        "minBytes {} maxBytes {} step: {step} warmup iters: {} iters: {} validation: {}",
-        o.min_bytes, o.max_bytes, o.warmup, o.iters, o.check
+        "minBytes {} maxBytes {} step: {step} warmup iters: {} iters: {} agg iters: {} validation: {}",
+        o.min_bytes, o.max_bytes, o.warmup, o.iters, o.agg_iters, o.check
     )
 }
 
@@ -302,7 +554,12 @@ pub fn benchmark(
     } else {
         vec![None]
     };
-    let _ = write!(out, "{}", report::header(o.op, n, &settings(o)));
+    let devices = ranks::gather(comm).map_err(plain)?;
+    let _ = write!(
+        out,
+        "{}",
+        report::header(o.op, n, &settings(o), o.blocking, o.average, &devices)
+    );
     let _ = out.flush();
     let mut summary = Summary {
         runs: Vec::new(),
@@ -413,6 +670,12 @@ pub fn run_rank(comm: &dyn PerfComm, o: &Options) -> i32 {
                 return 1;
             }
         }
+        if let Some(path) = &o.csv {
+            if let Err(e) = std::fs::write(path, report::csv(&summary.runs)) {
+                eprintln!("dmsc-perf: cannot write --csv {}: {e}", path.display());
+                return 1;
+            }
+        }
     }
     if summary.wrong_total > 0 {
         if rank == 0 {
@@ -432,6 +695,7 @@ pub fn run_rank(comm: &dyn PerfComm, o: &Options) -> i32 {
 pub fn main(args: &[OsString]) -> i32 {
     let o = match args::parse(args) {
         Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Osu(o)) => return osu_main(&o),
         Ok(Parsed::Help) => {
             print!("{}", args::usage());
             return 0;
@@ -442,25 +706,56 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     if let Some(np) = o.np {
-        return launch_ranks(np, &o);
+        return launch_ranks(np, &o.to_rank_args());
     }
-    let comm = match Communicator::from_env() {
-        Ok(c) => c,
+    match join() {
+        Some(comm) => run_rank(&comm, &o),
+        None => 1,
+    }
+}
+
+/// Join the job described by the environment, printing why not on failure.
+fn join() -> Option<Communicator> {
+    match Communicator::from_env() {
+        Ok(c) => Some(c),
         Err(e) => {
             let rank = std::env::var("RANK").map_or(String::new(), |r| format!("rank {r}: "));
             eprintln!(
                 "dmsc-perf: {rank}cannot join the job: {e}\n\
                  (start the ranks with dmscrun -n N dmsc-perf ..., or pass --np N)"
             );
-            return 1;
+            None
         }
+    }
+}
+
+/// The OSU mode: launch 2 ranks with `--np 2`, else run as one rank of the job; rank 0
+/// prints the rows. Returns the exit code.
+fn osu_main(o: &super::osu::OsuOptions) -> i32 {
+    if let Some(np) = o.np {
+        return launch_ranks(np, &o.to_rank_args());
+    }
+    let Some(comm) = join() else {
+        return 1;
     };
-    run_rank(&comm, &o)
+    let rank = comm.rank();
+    let result = if rank == 0 {
+        super::osu::benchmark(&comm, o, &mut io::stdout().lock())
+    } else {
+        super::osu::benchmark(&comm, o, &mut io::sink())
+    };
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("dmsc-perf: rank {rank}: {}: {e}", o.test.name());
+            1
+        }
+    }
 }
 
 /// Start `np` ranks of this executable with the same options; rank 0's table goes to stdout
 /// unprefixed, errors keep their `[rank]` prefix.
-fn launch_ranks(np: usize, o: &Options) -> i32 {
+fn launch_ranks(np: usize, rank_args: &[OsString]) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -472,7 +767,7 @@ fn launch_ranks(np: usize, o: &Options) -> i32 {
         prefix_stdout: false,
         ..LaunchOptions::default()
     };
-    match launch_with(np, exe.as_os_str(), &o.to_rank_args(), &[], &opts) {
+    match launch_with(np, exe.as_os_str(), rank_args, &[], &opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dmsc-perf: cannot start {np} ranks: {e}");
@@ -484,12 +779,23 @@ fn launch_ranks(np: usize, o: &Options) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::perf::average::Average;
     use crate::perf::fake;
     use std::thread;
 
     /// Run `o` on `n` fake ranks; returns rank 0's output and every rank's summary.
     fn run_fake(n: usize, o: &Options, corrupt: Option<usize>) -> (String, Vec<Summary>) {
-        let results: Vec<(Vec<u8>, Summary)> = thread::scope(|s| {
+        let (text, results) = run_fake_counted(n, o, corrupt);
+        (text, results.into_iter().map(|r| r.0).collect())
+    }
+
+    /// [`run_fake`], with every rank's count of non-blocking calls and barriers.
+    fn run_fake_counted(
+        n: usize,
+        o: &Options,
+        corrupt: Option<usize>,
+    ) -> (String, Vec<(Summary, u64, u64)>) {
+        let results: Vec<(Vec<u8>, (Summary, u64, u64))> = thread::scope(|s| {
             let handles: Vec<_> = fake::group(n)
                 .into_iter()
                 .map(|mut comm| {
@@ -497,7 +803,8 @@ mod tests {
                     s.spawn(move || {
                         let mut out = Vec::new();
                         let summary = benchmark(&comm, o, &mut out).expect("benchmark");
-                        (out, summary)
+                        let counts = (comm.immediate_calls.get(), comm.barriers.get());
+                        (out, (summary, counts.0, counts.1))
                     })
                 })
                 .collect();
@@ -508,6 +815,102 @@ mod tests {
         });
         let text = String::from_utf8(results[0].0.clone()).expect("utf8");
         (text, results.into_iter().map(|r| r.1).collect())
+    }
+
+    #[test]
+    fn aggregated_non_blocking_calls_use_requests() {
+        // One size, out-of-place and in-place: per half, warmup + iters * agg + check calls.
+        let (warmup, iters, agg, check) = (2u32, 3u32, 4u32, 2u32);
+        let o = Options {
+            min_bytes: 64,
+            max_bytes: 64,
+            warmup,
+            iters,
+            agg_iters: agg,
+            check,
+            ..opts(PerfOp::AllReduce)
+        };
+        let per_half = u64::from(warmup + iters * agg + check);
+        let (text, r) = run_fake_counted(3, &o, None);
+        for (s, immediate, barriers) in &r {
+            assert_eq!(s.wrong_total, 0, "{text}");
+            assert_eq!(*immediate, 2 * per_half);
+            assert_eq!(*barriers, 2, "one barrier before each timed loop");
+        }
+        assert!(text.contains("agg iters: 4"), "{text}");
+        assert!(!text.contains("Blocking Enabled"), "{text}");
+        let (text, r) = run_fake_counted(2, &Options { ..o.clone() }, Some(1));
+        assert!(r.iter().all(|x| x.0.wrong_total > 0), "{text}");
+    }
+
+    #[test]
+    fn every_op_checks_clean_in_both_modes_with_aggregation() {
+        for op in PerfOp::ALL {
+            for blocking in [false, true] {
+                let o = Options {
+                    agg_iters: 3,
+                    blocking,
+                    root: None,
+                    ..opts(op)
+                };
+                let (text, r) = run_fake_counted(3, &o, None);
+                for (s, immediate, _) in &r {
+                    assert_eq!(s.wrong_total, 0, "{op} blocking={blocking}:\n{text}");
+                    assert_eq!(*immediate == 0, blocking, "{op} blocking={blocking}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_mode_barriers_after_each_call() {
+        let (warmup, iters, agg, check) = (1u32, 2u32, 3u32, 1u32);
+        let o = Options {
+            min_bytes: 64,
+            max_bytes: 64,
+            warmup,
+            iters,
+            agg_iters: agg,
+            check,
+            blocking: true,
+            ..opts(PerfOp::SendRecv)
+        };
+        // sendrecv has no in-place half: one half per row.
+        let calls = u64::from(warmup + iters * agg + check);
+        let (text, r) = run_fake_counted(3, &o, None);
+        for (s, immediate, barriers) in &r {
+            assert_eq!(s.wrong_total, 0, "{text}");
+            assert_eq!(*immediate, 0);
+            assert_eq!(*barriers, calls + 1);
+        }
+        assert!(text.contains("# Blocking Enabled"), "{text}");
+        let (_, r) = run_fake_counted(
+            3,
+            &Options {
+                blocking: false,
+                ..o.clone()
+            },
+            None,
+        );
+        assert!(r.iter().all(|x| x.1 == calls && x.0.wrong_total == 0));
+    }
+
+    #[test]
+    fn header_lists_every_rank_and_the_average() {
+        for (avg, what) in [(Average::Rank0, "rank 0's time"), (Average::Min, "minimum")] {
+            let o = Options {
+                average: avg,
+                ..opts(PerfOp::AllGather)
+            };
+            let (text, _) = run_fake(3, &o, None);
+            assert!(text.contains(what), "{text}");
+            let pid = format!("Pid {:>6} on ", std::process::id());
+            for r in 0..3 {
+                let line = format!("#  Rank {r:>2} Group  0 {pid}");
+                assert!(text.contains(&line), "{line:?} in\n{text}");
+            }
+            assert!(!text.contains("#  Rank  3"));
+        }
     }
 
     fn opts(op: PerfOp) -> Options {
@@ -529,6 +932,9 @@ mod tests {
                     dtypes: DataType::ALL.to_vec(),
                     redops: ReduceOp::ALL.to_vec(),
                     root: if n > 1 { None } else { Some(0) },
+                    // Maxima are exact whatever order the fake reduces in (a mean's sum is
+                    // not), so every rank must agree on everything.
+                    average: Average::Max,
                     ..opts(op)
                 };
                 let (text, summaries) = run_fake(n, &o, None);

@@ -9,8 +9,10 @@
 //!
 //! Bandwidths follow nccl-tests' `doc/PERFORMANCE.md`: `algbw = size / time` in GB/s
 //! (1 GB = 1e9 bytes) and `busbw = algbw * factor`, with factor `2(n-1)/n` for all_reduce,
-//! `(n-1)/n` for all_gather, reduce_scatter and all_to_all, and 1 for broadcast, reduce and
-//! sendrecv.
+//! `(n-1)/n` for all_gather, reduce_scatter, all_to_all, gather and scatter (nccl-tests'
+//! `GatherGetBw` and `ScatterGetBw`), and 1 for broadcast, reduce and sendrecv. all_to_allv
+//! has the layout and factor of all_to_all: each rank sends and receives the same total,
+//! split unevenly between peers (see [`super::vsplit`]).
 
 use super::PerfOp;
 use crate::DataType;
@@ -102,7 +104,9 @@ pub fn layout(op: PerfOp, bytes: u64, dtype: DataType, nranks: usize) -> Layout 
         }
         PerfOp::AllGather => (per_rank, per_rank, per_rank * n),
         PerfOp::ReduceScatter => (per_rank, per_rank * n, per_rank),
-        PerfOp::AllToAll => (per_rank, per_rank * n, per_rank * n),
+        PerfOp::AllToAll | PerfOp::AllToAllV => (per_rank, per_rank * n, per_rank * n),
+        PerfOp::Gather => (per_rank, per_rank, per_rank * n),
+        PerfOp::Scatter => (per_rank, per_rank * n, per_rank),
     };
     Layout {
         count,
@@ -117,7 +121,12 @@ pub fn bus_factor(op: PerfOp, nranks: usize) -> f64 {
     let n = nranks.max(1) as f64;
     match op {
         PerfOp::AllReduce => 2.0 * (n - 1.0) / n,
-        PerfOp::AllGather | PerfOp::ReduceScatter | PerfOp::AllToAll => (n - 1.0) / n,
+        PerfOp::AllGather
+        | PerfOp::ReduceScatter
+        | PerfOp::AllToAll
+        | PerfOp::AllToAllV
+        | PerfOp::Gather
+        | PerfOp::Scatter => (n - 1.0) / n,
         PerfOp::Broadcast | PerfOp::Reduce | PerfOp::SendRecv => 1.0,
     }
 }
