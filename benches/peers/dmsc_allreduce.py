@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""dmsc in the peers' benchmark loop (../shared/peers/run_all.sh, DMSC_BENCH=...).
+"""dmsc in the peers' benchmark loop (benches/peers/harness/peers/run_all.sh, DMSC_BENCH=...).
 
 Accepts the peers' flags (-w --sizes --ops --budget --timeout --json --out-of-place ...), runs
 `dmscrun -n W target/release/examples/peer_method` (same method as common.py: per iteration
 barrier; t0; op; t1, max across ranks, median over iterations) and writes the peers' JSON.
 
   DMSC_BENCH="/opt/peers-venv/bin/python $PWD/benches/peers/dmsc_allreduce.py" \
-      bash ../shared/peers/run_all.sh
+      bash benches/peers/harness/peers/run_all.sh
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PEERS = os.environ.get("PEERS_DIR", os.path.join(os.path.dirname(ROOT), "shared", "peers"))
+PEERS = os.environ.get("PEERS_DIR", os.path.join(ROOT, "benches", "peers", "harness", "peers"))
 sys.path.insert(0, PEERS)
 import common  # noqa: E402
 

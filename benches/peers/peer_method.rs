@@ -1,4 +1,4 @@
-//! dmsc measured with the method of `../shared/peers` (common.py), so its figures sit in the
+//! dmsc measured with the method of `benches/peers/harness/peers` (common.py), so its figures sit in the
 //! same tables as Gloo's and Open MPI's: per size, one correctness check on patterned data,
 //! warmup, then timed iterations of `barrier; t0; op; t1`; the time of an iteration is the
 //! max across ranks. Rank 0 prints one JSON object per (op, size) with the per-iteration
