@@ -83,6 +83,7 @@ impl Communicator {
     /// Join with explicit settings.
     pub fn init(opts: InitOptions) -> Result<Communicator> {
         check_world(opts.rank, opts.nranks)?;
+        crate::logger::install(&opts.config.log, Some(opts.rank))?;
         let timeout = opts.config.engine.timeout;
         let (host, port) = split_host_port(&opts.store_addr)?;
         let secret = opts.config.secret.as_ref();
@@ -116,6 +117,7 @@ impl Communicator {
         mut config: Config,
     ) -> Result<Communicator> {
         check_world(rank, nranks)?;
+        crate::logger::install(&config.log, Some(rank))?;
         config.secret = Some(dmsc_core::auth::Secret::new(id.secret())?);
         let timeout = config.engine.timeout;
         let client = StoreClient::connect(id.store_addr(), timeout, config.secret.as_ref())?;
@@ -152,6 +154,7 @@ impl Communicator {
         let transport_name = engine.transport_name();
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
+        crate::banner::log_banner(rank, nranks, &peer_transports, bind_ip, &config);
         let exec = Executor::start(engine)?;
         Ok(Communicator {
             rank,

@@ -196,9 +196,10 @@ pub fn connect(
             opts.comm_id,
             until,
         ) {
-            auth::log_refusal(format_args!(
-                "dmsc: rank {me} refused a same-host connection: {e}"
-            ));
+            auth::log_refusal(
+                dmsc_core::subsys::SHM,
+                format_args!("rank {me} refused a same-host connection: {e}"),
+            );
             continue;
         }
         set_timeout(&s, until)?;

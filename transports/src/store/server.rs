@@ -247,7 +247,10 @@ fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
         };
         if let Some(why) = why {
             drop(conns);
-            auth::log_refusal(format_args!("dmsc: store refused {from}: {why}"));
+            auth::log_refusal(
+                dmsc_core::subsys::BOOTSTRAP,
+                format_args!("store refused {from}: {why}"),
+            );
             return auth::refuse(&mut stream, why);
         }
         conns.0 += 1;
@@ -297,7 +300,10 @@ fn authenticate(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> bo
         Ok(()) => true,
         Err(e) => {
             if !shared.stop.load(Ordering::SeqCst) {
-                auth::log_refusal(format_args!("dmsc: store refused {from}: {e}"));
+                auth::log_refusal(
+                    dmsc_core::subsys::BOOTSTRAP,
+                    format_args!("store refused {from}: {e}"),
+                );
             }
             false
         }
