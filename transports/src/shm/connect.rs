@@ -254,6 +254,14 @@ pub fn connect(
     } else {
         cma::SHM_REF_MIN
     };
+    log::info!(
+        target: dmsc_core::subsys::SHM,
+        "rank {me}: shared memory with rank(s) {peers:?}, data rings of {} B, memory attach \
+         from {} B with {} of them",
+        opts.data_ring,
+        ref_min,
+        memory.iter().filter(|m| m.is_some()).count()
+    );
     let shm = ShmTransport::new(me, opts.nranks, links)?;
     if memory.iter().any(Option::is_some) {
         Ok(Box::new(cma::CmaTransport::new(
