@@ -84,6 +84,7 @@ impl Communicator {
     pub fn init(opts: InitOptions) -> Result<Communicator> {
         check_world(opts.rank, opts.nranks)?;
         crate::logger::install(&opts.config.log, Some(opts.rank))?;
+        crate::config::warn_short_secret(opts.config.secret.as_ref());
         let timeout = opts.config.engine.timeout;
         let (host, port) = split_host_port(&opts.store_addr)?;
         let secret = opts.config.secret.as_ref();
@@ -262,6 +263,8 @@ static ID_SERVERS: Mutex<Vec<(u64, StoreServer)>> = Mutex::new(Vec::new());
 /// Pass the id's 128 bytes ([`UniqueId::to_bytes`]) to every rank, then call
 /// [`Communicator::init_with_id`] on each.
 pub fn new_unique_id() -> Result<UniqueId> {
+    // The store this process serves logs the connections it refuses.
+    crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
     let spec = std::env::var("DMSC_SOCKET_IFNAME")
         .ok()
         .filter(|s| !s.is_empty());

@@ -104,7 +104,7 @@ fn flag_var(name: &str, default: bool) -> Result<bool> {
 }
 
 /// The job's secret from `DMSC_SECRET` (its bytes as given; unset, empty or blank: none).
-/// A secret shorter than 16 bytes works but is warned about once per process.
+/// A secret shorter than 16 bytes works; [`warn_short_secret`] says so.
 pub fn secret_from_env() -> Result<Option<Secret>> {
     use std::os::unix::ffi::OsStrExt;
     let Some(raw) = std::env::var_os("DMSC_SECRET") else {
@@ -114,18 +114,23 @@ pub fn secret_from_env() -> Result<Option<Secret>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    if bytes.len() < MIN_ADVISED_SECRET {
-        static SHORT: std::sync::Once = std::sync::Once::new();
-        SHORT.call_once(|| {
-            log::warn!(
-                target: dmsc_core::subsys::INIT,
-                "DMSC_SECRET has only {} bytes; use at least {MIN_ADVISED_SECRET} random \
-                 bytes (e.g. `openssl rand -hex 32`)",
-                bytes.len()
-            )
-        });
-    }
     Secret::new(bytes).map(Some)
+}
+
+/// Warn once per process when `secret` has fewer than 16 bytes. Called once the logger is set
+/// up (by the first communicator, or the store), so that the warning reaches it.
+pub fn warn_short_secret(secret: Option<&Secret>) {
+    let Some(len) = secret.map(Secret::len).filter(|&n| n < MIN_ADVISED_SECRET) else {
+        return;
+    };
+    static SHORT: std::sync::Once = std::sync::Once::new();
+    SHORT.call_once(|| {
+        log::warn!(
+            target: dmsc_core::subsys::INIT,
+            "DMSC_SECRET has only {len} bytes; use at least {MIN_ADVISED_SECRET} random bytes \
+             (e.g. `openssl rand -hex 32`)"
+        )
+    });
 }
 
 /// `DMSC_HEARTBEAT_TIMEOUT`: seconds within which a silent peer is declared lost; `0` turns

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    dmsc::config::warn_short_secret(secret.as_ref());
     if secret.is_none() {
         dmsc_transports::auth::warn_unauthenticated();
     }
