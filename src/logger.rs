@@ -152,7 +152,13 @@ fn open(settings: &LogSettings, host: &str) -> Result<Box<dyn Write + Send>> {
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| Error::io(format!("opening DMSC_DEBUG_FILE={pattern} ({path})"), &e))?;
+        // A setting that cannot be used, not a failure of the system: a launcher must not take
+        // its ENOENT for a missing program.
+        .map_err(|e| {
+            Error::invalid(format!(
+                "DMSC_DEBUG_FILE={pattern}: cannot open {path}: {e}"
+            ))
+        })?;
     Ok(Box::new(f))
 }
 
@@ -223,6 +229,20 @@ mod tests {
         assert!(lines[1].ends_with(" DMSC WARN NET: refused"), "{text}");
         let rank = lines[0].split(' ').nth(1).unwrap();
         assert!(rank.starts_with('[') && rank.ends_with(']'), "{text}");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_an_error_naming_it() {
+        let settings = LogSettings {
+            file: Some("/nonexistent-dir/dmsc.%h.log".into()),
+            ..LogSettings::default()
+        };
+        let e = open(&settings, "node-7").err().unwrap().to_string();
+        assert!(
+            e.contains("DMSC_DEBUG_FILE=/nonexistent-dir/dmsc.%h.log")
+                && e.contains("/nonexistent-dir/dmsc.node-7.log"),
+            "{e}"
+        );
     }
 
     #[test]
