@@ -9,8 +9,8 @@
 //! Authentication: before any request, each connection runs the challenge–response of
 //! [`dmsc_core::auth`] (with the job's secret, or unauthenticated when there is none, which
 //! the client must match) within [`ACCEPT_DEADLINE`]. A connection that fails it, sends
-//! garbage or stays silent is closed and logged as `dmsc: store refused ADDR: reason` (rate
-//! limited); until it passes, only the fixed 40-byte authentication messages are read from
+//! garbage or stays silent is closed and logged as a warning of subsystem `BOOTSTRAP`,
+//! `store refused ADDR: reason` (rate limited); until it passes, only the fixed 40-byte authentication messages are read from
 //! it, so a stranger never makes the server allocate or parse anything else.
 //!
 //! Bounds: at most [`ServerConfig::max_connections`] connections, of which at most
