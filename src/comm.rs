@@ -83,6 +83,8 @@ impl Communicator {
     /// Join with explicit settings.
     pub fn init(opts: InitOptions) -> Result<Communicator> {
         check_world(opts.rank, opts.nranks)?;
+        crate::logger::install(&opts.config.log, Some(opts.rank))?;
+        crate::config::warn_short_secret(opts.config.secret.as_ref());
         let timeout = opts.config.engine.timeout;
         let (host, port) = split_host_port(&opts.store_addr)?;
         let secret = opts.config.secret.as_ref();
@@ -116,6 +118,7 @@ impl Communicator {
         mut config: Config,
     ) -> Result<Communicator> {
         check_world(rank, nranks)?;
+        crate::logger::install(&config.log, Some(rank))?;
         config.secret = Some(dmsc_core::auth::Secret::new(id.secret())?);
         let timeout = config.engine.timeout;
         let client = StoreClient::connect(id.store_addr(), timeout, config.secret.as_ref())?;
@@ -152,6 +155,7 @@ impl Communicator {
         let transport_name = engine.transport_name();
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
+        crate::banner::log_banner(rank, nranks, &peer_transports, bind_ip, &config);
         let exec = Executor::start(engine)?;
         Ok(Communicator {
             rank,
@@ -259,6 +263,8 @@ static ID_SERVERS: Mutex<Vec<(u64, StoreServer)>> = Mutex::new(Vec::new());
 /// Pass the id's 128 bytes ([`UniqueId::to_bytes`]) to every rank, then call
 /// [`Communicator::init_with_id`] on each.
 pub fn new_unique_id() -> Result<UniqueId> {
+    // The store this process serves logs the connections it refuses.
+    crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
     let spec = std::env::var("DMSC_SOCKET_IFNAME")
         .ok()
         .filter(|s| !s.is_empty());

@@ -1,5 +1,6 @@
 //! Settings read from `DMSC_*` environment variables (see the README's table).
 
+use crate::log_settings::{parse_subsys, LogLevel, LogSettings};
 use dmsc_core::auth::{Secret, MIN_ADVISED_SECRET};
 use dmsc_core::bootstrap::env::env_duration;
 use dmsc_core::engine::EngineConfig;
@@ -14,7 +15,10 @@ use std::time::Duration;
 /// Everything a communicator can be tuned with.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Engine settings: chunking, window, deadline, spinning, debug logging.
+    /// Logging: level, subsystems and destination (`DMSC_DEBUG`, `DMSC_DEBUG_SUBSYS`,
+    /// `DMSC_DEBUG_FILE`); used by the first communicator of a process to set up the logger.
+    pub log: LogSettings,
+    /// Engine settings: chunking, window, deadline, spinning.
     pub engine: EngineConfig,
     /// Planner settings: algorithm override, pipeline segment size.
     pub plan: PlanConfig,
@@ -52,6 +56,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            log: LogSettings::default(),
             engine: EngineConfig::default(),
             plan: PlanConfig::default(),
             backend: Backend::Auto,
@@ -99,7 +104,7 @@ fn flag_var(name: &str, default: bool) -> Result<bool> {
 }
 
 /// The job's secret from `DMSC_SECRET` (its bytes as given; unset, empty or blank: none).
-/// A secret shorter than 16 bytes works but is warned about once per process.
+/// A secret shorter than 16 bytes works; [`warn_short_secret`] says so.
 pub fn secret_from_env() -> Result<Option<Secret>> {
     use std::os::unix::ffi::OsStrExt;
     let Some(raw) = std::env::var_os("DMSC_SECRET") else {
@@ -109,17 +114,23 @@ pub fn secret_from_env() -> Result<Option<Secret>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    if bytes.len() < MIN_ADVISED_SECRET {
-        static SHORT: std::sync::Once = std::sync::Once::new();
-        SHORT.call_once(|| {
-            eprintln!(
-                "dmsc: DMSC_SECRET has only {} bytes; use at least {MIN_ADVISED_SECRET} random \
-                 bytes (e.g. `openssl rand -hex 32`)",
-                bytes.len()
-            )
-        });
-    }
     Secret::new(bytes).map(Some)
+}
+
+/// Warn once per process when `secret` has fewer than 16 bytes. Called once the logger is set
+/// up (by the first communicator, or the store), so that the warning reaches it.
+pub fn warn_short_secret(secret: Option<&Secret>) {
+    let Some(len) = secret.map(Secret::len).filter(|&n| n < MIN_ADVISED_SECRET) else {
+        return;
+    };
+    static SHORT: std::sync::Once = std::sync::Once::new();
+    SHORT.call_once(|| {
+        log::warn!(
+            target: dmsc_core::subsys::INIT,
+            "DMSC_SECRET has only {len} bytes; use at least {MIN_ADVISED_SECRET} random bytes \
+             (e.g. `openssl rand -hex 32`)"
+        )
+    });
 }
 
 /// `DMSC_HEARTBEAT_TIMEOUT`: seconds within which a silent peer is declared lost; `0` turns
@@ -142,11 +153,32 @@ fn heartbeat_var(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Duration
     Ok(Some(t))
 }
 
+/// The logging settings `DMSC_DEBUG`, `DMSC_DEBUG_SUBSYS` and `DMSC_DEBUG_FILE` give, from
+/// `get` (see [`crate::log_settings`]); unset ones keep their defaults.
+fn log_from(get: &dyn Fn(&str) -> Option<String>) -> Result<LogSettings> {
+    let mut l = LogSettings::default();
+    if let Some(v) = get("DMSC_DEBUG") {
+        l.level = LogLevel::parse(&v)?;
+    }
+    if let Some(v) = get("DMSC_DEBUG_SUBSYS") {
+        l.subsys = parse_subsys(&v)?;
+    }
+    l.file = get("DMSC_DEBUG_FILE");
+    Ok(l)
+}
+
+/// The logging settings of this process's environment alone (for a launcher or a store,
+/// which set up the logger without a communicator's [`Config`]).
+pub fn log_settings_from_env() -> Result<LogSettings> {
+    log_from(&|n: &str| var(n))
+}
+
 impl Config {
     /// Read the `DMSC_*` variables of this process, with defaults for the unset ones.
     pub fn from_env() -> Result<Config> {
         let mut c = Config::default();
         let get = |n: &str| var(n);
+        c.log = log_from(&get)?;
         c.engine.timeout = env_duration(&get, "DMSC_TIMEOUT", c.engine.timeout)?;
         if c.engine.timeout.is_zero() {
             return Err(Error::invalid("DMSC_TIMEOUT must be positive"));
@@ -171,12 +203,6 @@ impl Config {
                 ))
             })?;
             c.engine.spin = Duration::from_micros(us);
-        }
-        if let Some(v) = var("DMSC_DEBUG") {
-            c.engine.debug = matches!(
-                v.to_ascii_uppercase().as_str(),
-                "INFO" | "TRACE" | "DEBUG" | "1"
-            );
         }
         if let Some(v) = var("DMSC_ALGO") {
             c.plan.algo = Some(Algo::parse(&v).ok_or_else(|| {
@@ -232,6 +258,39 @@ mod tests {
             assert_eq!(k, "DMSC_HEARTBEAT_TIMEOUT");
             v.map(str::to_string)
         })
+    }
+
+    fn log(vars: &[(&str, &str)]) -> Result<LogSettings> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        log_from(&move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn logging_variables_defaults_values_and_errors() {
+        assert_eq!(log(&[]).unwrap(), LogSettings::default());
+        let l = log(&[
+            ("DMSC_DEBUG", "trace"),
+            ("DMSC_DEBUG_SUBSYS", "^COLL"),
+            ("DMSC_DEBUG_FILE", "/tmp/d.%h.%p"),
+        ])
+        .unwrap();
+        assert_eq!(l.level, LogLevel::Trace);
+        let coll = dmsc_core::subsys::Subsys::named("COLL").unwrap();
+        assert!(!l.subsys.contains(coll));
+        assert_eq!(l.file.as_deref(), Some("/tmp/d.%h.%p"));
+        assert_eq!(log(&[("DMSC_DEBUG", "1")]).unwrap().level, LogLevel::Info);
+        let e = log(&[("DMSC_DEBUG", "LOUD")]).unwrap_err().to_string();
+        assert!(
+            e.contains("DMSC_DEBUG=LOUD") && e.contains("VERSION, WARN, INFO, TRACE"),
+            "{e}"
+        );
+        let e = log(&[("DMSC_DEBUG_SUBSYS", "NET,DISK")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DMSC_DEBUG_SUBSYS") && e.contains("DISK"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,6 @@ fn options(
     mesh.paths = paths;
     mesh.path_ips = path_ips;
     mesh.spray = config.spray;
-    mesh.debug = config.engine.debug;
     let opts = ConnectOptions {
         mesh,
         choice: config.transport,

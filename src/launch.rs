@@ -141,6 +141,8 @@ pub fn launch_with(
     if n == 0 {
         return Err(Error::invalid("the number of ranks must be at least 1"));
     }
+    // The store this launcher serves logs the connections it refuses.
+    crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
     let _serial = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let grace = kill_grace();
     let extra_env = &with_job_secret(extra_env)?;

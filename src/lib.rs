@@ -13,6 +13,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod banner;
 pub mod call;
 mod comm;
 pub mod config;
@@ -20,6 +21,8 @@ mod connect;
 mod element;
 mod group;
 pub mod launch;
+pub mod log_settings;
+pub mod logger;
 mod ops;
 pub mod perf;
 mod plan_cache;
@@ -28,6 +31,9 @@ mod shrink;
 pub mod size;
 mod split;
 mod store_link;
+
+/// This crate's version, as the init banner and `DMSC_DEBUG=VERSION` print it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use comm::{new_unique_id, Communicator, InitOptions};
 pub use config::Config;

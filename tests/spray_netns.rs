@@ -556,7 +556,7 @@ fn cut_many(cuts: usize) -> (Vec<f64>, Vec<(Option<f64>, f64)>) {
         for l in job
             .log
             .iter()
-            .filter(|l| l.contains("dmsc: rank") && l.contains("path"))
+            .filter(|l| (l.contains(" DMSC ") || l.contains("dmsc: rank")) && l.contains("path"))
         {
             eprintln!("{l}");
         }

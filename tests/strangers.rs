@@ -278,7 +278,9 @@ fn a_job_survives_strangers() {
     let all = texts.join("\n----\n");
     assert!(codes.iter().all(|&c| c == Some(0)), "{codes:?}\n{all}");
     assert_eq!(all.matches("STRANGERS-OK").count(), RANKS, "{all}");
-    let refusals = texts[0].matches("dmsc: store refused 127.0.0.1:").count();
+    let refusals = texts[0]
+        .matches("DMSC WARN BOOTSTRAP: store refused 127.0.0.1:")
+        .count();
     assert!(
         refusals >= 5,
         "rank 0 logged {refusals} refusals:\n{}",

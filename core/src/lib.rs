@@ -21,6 +21,7 @@ pub mod reduce;
 pub mod schedule;
 pub mod sim;
 pub mod spray;
+pub mod subsys;
 #[doc(hidden)]
 pub mod sync;
 pub mod types;

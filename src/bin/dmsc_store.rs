@@ -62,6 +62,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The store logs the connections it refuses (and DMSC_SECRET's warnings) through it.
+    if let Err(e) =
+        dmsc::config::log_settings_from_env().and_then(|l| dmsc::logger::install(&l, None))
+    {
+        eprintln!("dmsc-store: {e}");
+        return ExitCode::from(2);
+    }
     let secret = match dmsc::config::secret_from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    dmsc::config::warn_short_secret(secret.as_ref());
     if secret.is_none() {
         dmsc_transports::auth::warn_unauthenticated();
     }

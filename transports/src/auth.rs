@@ -199,7 +199,10 @@ pub fn new_secret_hex() -> Result<String> {
 pub fn warn_unauthenticated() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        eprintln!("dmsc: no DMSC_SECRET set: connections are not authenticated");
+        log::warn!(
+            target: dmsc_core::subsys::INIT,
+            "no DMSC_SECRET set: connections are not authenticated"
+        );
     });
 }
 
@@ -207,10 +210,10 @@ pub fn warn_unauthenticated() {
 const LOG_BURST: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// Print a line about a refused connection to stderr, at most [`LOG_BURST`] per
+/// Log a line about a refused connection (a warning of subsystem `target`), at most [`LOG_BURST`] per
 /// [`LOG_WINDOW`] per process (a flood of strangers must not flood the log); the number of
 /// lines left out is reported with the next line printed.
-pub fn log_refusal(line: fmt::Arguments<'_>) {
+pub fn log_refusal(target: &str, line: fmt::Arguments<'_>) {
     static STATE: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
@@ -224,10 +227,10 @@ pub fn log_refusal(line: fmt::Arguments<'_>) {
     }
     *printed += 1;
     if *dropped > 0 {
-        eprintln!("{line} ({dropped} similar lines were left out)");
+        log::warn!(target: target, "{line} ({dropped} similar lines were left out)");
         *dropped = 0;
     } else {
-        eprintln!("{line}");
+        log::warn!(target: target, "{line}");
     }
 }
 

@@ -60,7 +60,6 @@ pub fn mesh_hello(data: &[u8]) {
         paths: 1,
         path_ips: Vec::new(),
         spray: Default::default(),
-        debug: false,
         serve: None,
     };
     let again = crate::tcp::hello::hello(&opts, role);
@@ -263,7 +262,6 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 paths: 1,
                 path_ips: Vec::new(),
                 spray: Default::default(),
-                debug: false,
                 serve: None,
             };
             let data = crate::tcp::hello::hello(&opts(2), Role::Data);

@@ -21,8 +21,6 @@ pub struct EngineConfig {
     pub spin_yield: bool,
     /// How long a timing-out rank waits for the others' status replies.
     pub status_grace: Duration,
-    /// Log every operation's start and end (`DMSC_DEBUG=INFO`).
-    pub debug: bool,
     /// Put a CRC32C of every chunk's payload in its frame header and check it on arrival
     /// (`DMSC_CHECKSUM=1`). Must be the same on every rank.
     pub checksum: bool,
@@ -58,7 +56,6 @@ impl Default for EngineConfig {
             spin: Duration::from_micros(50),
             spin_yield: true,
             status_grace: Duration::from_millis(500),
-            debug: false,
             checksum: false,
             heartbeat_timeout: Some(Self::DEFAULT_HEARTBEAT_TIMEOUT),
             registration: RegCacheConfig::default(),

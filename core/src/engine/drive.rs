@@ -24,9 +24,7 @@ impl Engine {
             kind: b.kind(),
             ..Region::host(b.ptr(), b.len())
         });
-        if self.cfg.debug {
-            eprintln!("dmsc: rank {} start {} {desc}", self.rank, labels.short());
-        }
+        log::info!(target: crate::subsys::COLL, "rank {} start {} {desc}", self.rank, labels.short());
         self.current = Some(desc);
         // Registered memory (transports that need it only): leased before anything is
         // posted, given back once nothing posted uses it.
@@ -64,28 +62,26 @@ impl Engine {
         self.epoch = ex.epoch();
         self.current = None;
         if let Err(e) = &r {
-            if self.cfg.debug {
-                eprintln!(
-                    "dmsc: rank {} failed {} after {:.1} us: {e}",
-                    self.rank,
-                    ex.labels.short(),
-                    started_at.elapsed().as_secs_f64() * 1e6
-                );
-            }
+            log::info!(
+                target: crate::subsys::COLL,
+                "rank {} failed {} after {:.1} us: {e}",
+                self.rank,
+                ex.labels.short(),
+                started_at.elapsed().as_secs_f64() * 1e6
+            );
             self.transport.cancel_all();
             ex.release(&mut self.pool);
             self.release_memory(leases);
             self.fail(e.clone(), &ex.labels);
         } else {
             self.release_memory(leases);
-            if self.cfg.debug {
-                eprintln!(
-                    "dmsc: rank {} end {} in {:.1} us",
-                    self.rank,
-                    ex.labels.short(),
-                    started_at.elapsed().as_secs_f64() * 1e6
-                );
-            }
+            log::info!(
+                target: crate::subsys::COLL,
+                "rank {} end {} in {:.1} us",
+                self.rank,
+                ex.labels.short(),
+                started_at.elapsed().as_secs_f64() * 1e6
+            );
         }
         // Nothing is posted any more (completed, or withdrawn by `cancel_all`).
         self.exec_bufs = ex.into_bufs();

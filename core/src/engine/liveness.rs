@@ -412,10 +412,13 @@ impl Engine {
 impl Drop for Engine {
     /// Say goodbye, so that peers take the closing connections for a departure.
     fn drop(&mut self) {
-        if self.cfg.debug && self.live.timeout().is_some() {
+        if self.live.timeout().is_some()
+            && log::log_enabled!(target: crate::subsys::RAS, log::Level::Info)
+        {
             let (quiet, peer) = self.live.longest_silence();
-            eprintln!(
-                "dmsc: rank {} longest silence of a live peer: {:.1} ms (rank {peer})",
+            log::info!(
+                target: crate::subsys::RAS,
+                "rank {} longest silence of a live peer: {:.1} ms (rank {peer})",
                 self.rank,
                 quiet.as_secs_f64() * 1e3
             );

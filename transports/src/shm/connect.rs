@@ -196,9 +196,10 @@ pub fn connect(
             opts.comm_id,
             until,
         ) {
-            auth::log_refusal(format_args!(
-                "dmsc: rank {me} refused a same-host connection: {e}"
-            ));
+            auth::log_refusal(
+                dmsc_core::subsys::SHM,
+                format_args!("rank {me} refused a same-host connection: {e}"),
+            );
             continue;
         }
         set_timeout(&s, until)?;
@@ -253,6 +254,14 @@ pub fn connect(
     } else {
         cma::SHM_REF_MIN
     };
+    log::info!(
+        target: dmsc_core::subsys::SHM,
+        "rank {me}: shared memory with rank(s) {peers:?}, data rings of {} B, memory attach \
+         from {} B with {} of them",
+        opts.data_ring,
+        ref_min,
+        memory.iter().filter(|m| m.is_some()).count()
+    );
     let shm = ShmTransport::new(me, opts.nranks, links)?;
     if memory.iter().any(Option::is_some) {
         Ok(Box::new(cma::CmaTransport::new(

@@ -9,8 +9,8 @@
 //! Authentication: before any request, each connection runs the challenge–response of
 //! [`dmsc_core::auth`] (with the job's secret, or unauthenticated when there is none, which
 //! the client must match) within [`ACCEPT_DEADLINE`]. A connection that fails it, sends
-//! garbage or stays silent is closed and logged as `dmsc: store refused ADDR: reason` (rate
-//! limited); until it passes, only the fixed 40-byte authentication messages are read from
+//! garbage or stays silent is closed and logged as a warning of subsystem `BOOTSTRAP`,
+//! `store refused ADDR: reason` (rate limited); until it passes, only the fixed 40-byte authentication messages are read from
 //! it, so a stranger never makes the server allocate or parse anything else.
 //!
 //! Bounds: at most [`ServerConfig::max_connections`] connections, of which at most
@@ -247,7 +247,10 @@ fn admit(mut stream: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
         };
         if let Some(why) = why {
             drop(conns);
-            auth::log_refusal(format_args!("dmsc: store refused {from}: {why}"));
+            auth::log_refusal(
+                dmsc_core::subsys::BOOTSTRAP,
+                format_args!("store refused {from}: {why}"),
+            );
             return auth::refuse(&mut stream, why);
         }
         conns.0 += 1;
@@ -297,7 +300,10 @@ fn authenticate(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> bo
         Ok(()) => true,
         Err(e) => {
             if !shared.stop.load(Ordering::SeqCst) {
-                auth::log_refusal(format_args!("dmsc: store refused {from}: {e}"));
+                auth::log_refusal(
+                    dmsc_core::subsys::BOOTSTRAP,
+                    format_args!("store refused {from}: {e}"),
+                );
             }
             false
         }

@@ -306,8 +306,9 @@ pub(super) fn greet_all(
                         // Closed under us (say the peer, busy, dropped it after its deadline
                         // for strangers): connect again.
                         (Some((peer, role)), Fail::Closed(e)) => {
-                            eprintln!(
-                                "dmsc: rank {}: the {role:?} connection to rank {peer} at {} \
+                            log::warn!(
+                                target: dmsc_core::subsys::NET,
+                                "rank {}: the {role:?} connection to rank {peer} at {} \
                                  closed during authentication ({e}); connecting again",
                                 opts.rank, p.addr
                             );
@@ -439,10 +440,13 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 fn refused(opts: &MeshOptions, from: SocketAddr, why: &str) {
-    auth::log_refusal(format_args!(
-        "dmsc: rank {}: refused a connection from {from}: {why}",
-        opts.rank
-    ));
+    auth::log_refusal(
+        dmsc_core::subsys::NET,
+        format_args!(
+            "rank {}: refused a connection from {from}: {why}",
+            opts.rank
+        ),
+    );
 }
 
 fn pollfd(fd: i32) -> libc::pollfd {

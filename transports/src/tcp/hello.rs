@@ -98,7 +98,6 @@ mod tests {
             paths: 1,
             path_ips: Vec::new(),
             spray: Default::default(),
-            debug: false,
             serve: None,
         }
     }

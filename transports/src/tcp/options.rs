@@ -37,8 +37,6 @@ pub struct MeshOptions {
     pub path_ips: Vec<IpAddr>,
     /// How chunks are sprayed over the paths.
     pub spray: SprayConfig,
-    /// Log path state changes (`DMSC_DEBUG=INFO`).
-    pub debug: bool,
     /// The peers this mesh connects, indexed by rank (`None`: all of them). Peers another
     /// transport serves (shared memory on this host) are left out on both ends.
     pub serve: Option<Vec<bool>>,
@@ -66,7 +64,6 @@ impl MeshOptions {
             paths: 1,
             path_ips: Vec::new(),
             spray: SprayConfig::default(),
-            debug: false,
             serve: None,
         }
     }

@@ -16,6 +16,7 @@ use dmsc_core::engine::{Completion, PeerPaths, Waker};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::spray::wire::{Ack, UnitHeader, UnitKind};
 use dmsc_core::spray::{PathState, Placement, Receiver, Sender};
+use dmsc_core::subsys::SPRAY;
 use dmsc_core::wire::FrameHeader;
 use dmsc_core::Rank;
 use std::net::{SocketAddr, TcpListener};
@@ -65,7 +66,6 @@ pub(crate) struct SprayMesh {
     npaths: usize,
     pub(crate) peers: Vec<Option<PeerState>>,
     service: PathService,
-    debug: bool,
     metrics: Arc<Mutex<Vec<PeerPaths>>>,
     metrics_at: Instant,
     /// Connections made again, waiting for their predecessor to drain.
@@ -107,7 +107,6 @@ impl SprayMesh {
             npaths,
             peers,
             service: PathService::new(opts, listeners)?,
-            debug: opts.debug,
             metrics: Arc::new(Mutex::new(Vec::new())),
             metrics_at: now,
             pending: Vec::new(),
@@ -350,16 +349,15 @@ impl SprayMesh {
     /// Close the paths the sender gave up on or the receiver found stuck, and tell each
     /// peer which paths were suspected just now.
     fn close_suspected(&mut self, conns: &mut Conns, now: Instant) {
-        let (rank, debug) = (self.rank, self.debug);
+        let rank = self.rank;
         for (peer, p) in self.peers.iter_mut().enumerate() {
             let Some(p) = p.as_mut() else { continue };
             let mut victims = p.tx.handle_timeout(now);
             while let Some(bad) = p.tx.poll_suspected() {
-                if debug {
-                    eprintln!(
-                        "dmsc: rank {rank}: path {bad} to rank {peer} suspected, its chunks re-sent on the others"
-                    );
-                }
+                log::warn!(
+                    target: SPRAY,
+                    "rank {rank}: path {bad} to rank {peer} suspected, its chunks re-sent on the others"
+                );
                 let via =
                     p.tx.healthy_paths(now)
                         .into_iter()
@@ -389,9 +387,7 @@ impl SprayMesh {
             }
             for (path, why) in victims {
                 if let Some(c) = conn_mut(conns, p.conn[path]) {
-                    if debug {
-                        eprintln!("dmsc: rank {rank}: path {path} to rank {peer} suspected: {why}");
-                    }
+                    log::warn!(target: SPRAY, "rank {rank}: path {path} to rank {peer} suspected: {why}");
                     kill(c, &why);
                 }
             }
@@ -423,12 +419,11 @@ impl SprayMesh {
             p.conn[path] = None;
             p.tx.on_path_down(path, &why, now);
             p.rx.on_path_down(path);
-            if self.debug {
-                eprintln!(
-                    "dmsc: rank {}: path {path} (incarnation {epoch}) to rank {peer} down: {why}",
-                    self.rank
-                );
-            }
+            log::warn!(
+                target: SPRAY,
+                "rank {}: path {path} (incarnation {epoch}) to rank {peer} down: {why}",
+                self.rank
+            );
             p.failure[path] = why;
             if p.dialer && !p.closed {
                 let when = now + p.tx.redial_delay(path, 0);
@@ -481,12 +476,11 @@ impl SprayMesh {
             p.redial[path] = Redial::Idle;
             p.tx.on_path_up(path, epoch, now);
             p.rx.on_path_up(path, epoch);
-            if self.debug {
-                eprintln!(
-                    "dmsc: rank {}: path {path} to rank {peer} up again (incarnation {epoch})",
-                    self.rank
-                );
-            }
+            log::info!(
+                target: SPRAY,
+                "rank {}: path {path} to rank {peer} up again (incarnation {epoch})",
+                self.rank
+            );
         }
         self.pending = later;
     }
@@ -635,14 +629,15 @@ impl PeerState {
 impl Drop for SprayMesh {
     /// With `DMSC_DEBUG=INFO`, each path's metrics when the communicator closes.
     fn drop(&mut self) {
-        if !self.debug {
+        if !log::log_enabled!(target: SPRAY, log::Level::Info) {
             return;
         }
         for (peer, p) in self.peers.iter().enumerate() {
             let Some(p) = p else { continue };
             for m in p.tx.metrics() {
-                eprintln!(
-                    "dmsc: rank {}: path {} to rank {peer}: {}, incarnation {}, {:.1} MB/s, srtt {:.1} ms, \
+                log::info!(
+                    target: SPRAY,
+                    "rank {}: path {} to rank {peer}: {}, incarnation {}, {:.1} MB/s, srtt {:.1} ms, \
                      sent {} B, acked {} B, re-queued {} B, duplicated {} B, {} failure(s){}",
                     self.rank,
                     m.path,

@@ -191,15 +191,18 @@ fn accept_loop(
                         });
                         poke(&waker);
                     }
-                    Ok((_, peer, role)) => crate::auth::log_refusal(format_args!(
-                        "dmsc: rank {}: refused a {role:?} connection from rank {peer} at \
+                    Ok((_, peer, role)) => crate::auth::log_refusal(
+                        dmsc_core::subsys::NET,
+                        format_args!(
+                            "rank {}: refused a {role:?} connection from rank {peer} at \
                          {from} after setup",
-                        opts.rank
-                    )),
-                    Err(e) => crate::auth::log_refusal(format_args!(
-                        "dmsc: rank {}: refused a connection from {from}: {e}",
-                        opts.rank
-                    )),
+                            opts.rank
+                        ),
+                    ),
+                    Err(e) => crate::auth::log_refusal(
+                        dmsc_core::subsys::NET,
+                        format_args!("rank {}: refused a connection from {from}: {e}", opts.rank),
+                    ),
                 }
             }
         }

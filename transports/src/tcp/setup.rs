@@ -62,6 +62,12 @@ pub fn listen(opts: &MeshOptions) -> Result<Listening> {
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::io("reading the listening address", &e))?;
+    log::info!(
+        target: dmsc_core::subsys::NET,
+        "rank {}: listening on {}",
+        opts.rank,
+        mine.join(",")
+    );
     Ok(Listening {
         listeners,
         addrs: mine.join(","),
@@ -144,6 +150,13 @@ pub fn connect_listening(
     let mut path_of = vec![vec![None; npaths]; opts.nranks];
     for (i, (s, peer, role)) in conns.iter_mut().enumerate() {
         tune(s)?;
+        log::trace!(
+            target: dmsc_core::subsys::NET,
+            "rank {}: {role:?} connection with rank {peer} up ({} to {})",
+            opts.rank,
+            s.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            s.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string())
+        );
         match role {
             Role::Data => data_of[*peer] = Some(i),
             Role::Control => control_of[*peer] = Some(i),
@@ -190,6 +203,13 @@ pub fn connect_listening(
         },
         opts.backend,
     )?;
+    log::info!(
+        target: dmsc_core::subsys::NET,
+        "rank {}: connected to {} peer(s) over {}",
+        opts.rank,
+        peers.len(),
+        inner.name()
+    );
     if memory.iter().any(Option::is_some) {
         Ok(Box::new(cma::CmaTransport::new(
             inner,
@@ -277,7 +297,6 @@ mod tests {
             paths: 1,
             path_ips: Vec::new(),
             spray: Default::default(),
-            debug: false,
             serve: None,
         }
     }

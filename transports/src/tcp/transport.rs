@@ -23,17 +23,18 @@ pub(crate) fn make_transport(mesh: Mesh, backend: Backend) -> Result<Box<dyn Tra
             })?;
             Ok(Box::new(UringTransport::new(mesh, ring)?))
         }
-        Backend::Auto => {
-            match uring::probe_ring(entries) {
-                Ok(ring) => Ok(Box::new(UringTransport::new(mesh, ring)?)),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS)) => {
-                    FALLBACK_LOGGED.call_once(|| {
-                    eprintln!("dmsc: io_uring is not available ({e}); using plain sockets with poll(2)");
+        Backend::Auto => match uring::probe_ring(entries) {
+            Ok(ring) => Ok(Box::new(UringTransport::new(mesh, ring)?)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS)) => {
+                FALLBACK_LOGGED.call_once(|| {
+                    log::info!(
+                        target: dmsc_core::subsys::NET,
+                        "io_uring is not available ({e}); using plain sockets with poll(2)"
+                    );
                 });
-                    Ok(Box::new(SocketTransport::new(mesh)?))
-                }
-                Err(e) => Err(Error::io("creating an io_uring", &e)),
+                Ok(Box::new(SocketTransport::new(mesh)?))
             }
-        }
+            Err(e) => Err(Error::io("creating an io_uring", &e)),
+        },
     }
 }

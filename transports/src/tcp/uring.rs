@@ -285,10 +285,16 @@ const ABORT_AFTER: Duration = Duration::from_secs(30);
 /// The kernel may still use memory that the caller is about to free or reuse: no error can
 /// be returned safely from here, so stop the process.
 fn quiesce_failed(what: &str) -> ! {
-    eprintln!(
-        "dmsc: fatal: cannot withdraw io_uring operations ({what}); aborting rather than \
-         letting the kernel write into memory that is handed back"
+    let line = format!(
+        "fatal: cannot withdraw io_uring operations ({what}); aborting rather than letting \
+         the kernel write into memory that is handed back"
     );
+    log::error!(target: dmsc_core::subsys::NET, "{line}");
+    // The process is about to end: with no logger to carry the reason, print it anyway.
+    if log::max_level() < log::LevelFilter::Error {
+        eprintln!("dmsc: {line}");
+    }
+    log::logger().flush();
     std::process::abort()
 }
 
