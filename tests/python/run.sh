@@ -44,6 +44,19 @@ rm -f target/wheels/dmsc-*.whl
 "$VENV/bin/maturin" build --release -m python/Cargo.toml -o target/wheels
 "$PY" -m pip install -q --force-reinstall --no-deps target/wheels/dmsc-*.whl
 
+echo "== wheel tag: abi3 for CPython >= 3.11 and a manylinux tag that the library's glibc needs allow"
+whl=$(basename target/wheels/dmsc-*.whl)
+tag=$(sed -n 's/^dmsc-[^-]*-cp311-abi3-manylinux_2_\([0-9]*\)_x86_64\.whl$/\1/p' <<<"$whl")
+[ -n "$tag" ] || { echo "wheel $whl is not tagged cp311-abi3-manylinux_2_N_x86_64"; exit 1; }
+so=$("$PY" -c 'import dmsc._dmsc as m; print(m.__file__)')
+need=$(objdump -T "$so" | grep -o 'GLIBC_2\.[0-9]*' | sed 's/GLIBC_2\.//' | sort -n | tail -1)
+[ "${need:-0}" -le "$tag" ] || { echo "wheel $whl claims manylinux_2_$tag but $so needs GLIBC_2.$need"; exit 1; }
+echo "   $whl: needs glibc 2.$need at most, tagged manylinux_2_$tag"
+
+echo "== the dmscrun console script launches ranks"
+out=$("$VENV/bin/dmscrun" -n 2 --no-python "$PY" -c 'import os; print("RANK-" + os.environ["RANK"])')
+[ "$(grep -c 'RANK-[01]' <<<"$out")" = 2 ] || { echo "dmscrun (console script) did not start 2 ranks: $out"; exit 1; }
+
 echo "== type stubs match the module (mypy stubtest)"
 (cd "$ROOT/target" && "$PY" -m mypy.stubtest dmsc)
 
