@@ -251,7 +251,7 @@ impl Communicator {
     pub(crate) fn run_async<'a>(&self, job: Job) -> Request<'a> {
         // SAFETY: the job's regions come from borrows that the returned request holds for
         // 'a, and a request waits for its job when dropped.
-        Request::new(unsafe { self.exec.submit(job) })
+        Request::new(unsafe { self.exec.submit(job) }, Some(self.exec.helper()))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Handles of non-blocking operations.
 
+use dmsc_core::engine::executor::Helper;
 pub(crate) use dmsc_core::engine::executor::JobSlot as Slot;
 use dmsc_core::{Error, Result};
 use std::marker::PhantomData;
@@ -13,20 +14,32 @@ use std::time::{Duration, Instant};
 #[must_use = "a request must be waited on (dropping it waits too)"]
 pub struct Request<'a> {
     slot: Arc<Slot>,
+    /// The communicator's queue, so that a waiter runs queued operations itself (`None` for
+    /// a request that finished before it was queued).
+    helper: Option<Helper>,
     _buffers: PhantomData<&'a mut ()>,
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn new(slot: Arc<Slot>) -> Request<'a> {
+    pub(crate) fn new(slot: Arc<Slot>, helper: Option<Helper>) -> Request<'a> {
         Request {
             slot,
+            helper,
             _buffers: PhantomData,
         }
     }
 
     /// A request that already finished with `r` (e.g. a call rejected up front).
     pub(crate) fn done(r: Result<()>) -> Request<'a> {
-        Request::new(Slot::finished(r))
+        Request::new(Slot::finished(r), None)
+    }
+
+    /// Wait without a deadline, running queued operations on this thread when none runs.
+    fn wait_ref(&self) -> Result<()> {
+        match &self.helper {
+            Some(h) => h.wait(&self.slot),
+            None => self.slot.wait_until(None).unwrap_or(Ok(())),
+        }
     }
 
     /// Detach the request from the borrows of its buffers, for front ends (C, Python) whose
@@ -39,9 +52,9 @@ impl<'a> Request<'a> {
     /// `test` returned true, or the request was dropped.
     pub unsafe fn detach(self) -> Request<'static> {
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so moving its slot out leaves no double drop.
-        let slot = unsafe { std::ptr::read(&this.slot) };
-        Request::new(slot)
+        // SAFETY: `this` is never dropped, so moving its fields out leaves no double drop.
+        let (slot, helper) = unsafe { (std::ptr::read(&this.slot), std::ptr::read(&this.helper)) };
+        Request::new(slot, helper)
     }
 
     /// True once the operation has finished (successfully or not); never blocks.
@@ -52,7 +65,7 @@ impl<'a> Request<'a> {
     /// Block until the operation finishes and return its result. The operation's own
     /// deadline (`DMSC_TIMEOUT`) bounds the wait.
     pub fn wait(self) -> Result<()> {
-        self.slot.wait_until(None).unwrap_or(Ok(()))
+        self.wait_ref()
     }
 
     /// Wait at most `timeout`. On expiry returns [`Error::Timeout`] and the request stays
@@ -72,7 +85,7 @@ impl<'a> Request<'a> {
 
 impl Drop for Request<'_> {
     fn drop(&mut self) {
-        let _ = self.slot.wait_until(None);
+        let _ = self.wait_ref();
     }
 }
 
@@ -100,7 +113,7 @@ mod loom_tests {
                 let slot = slot.clone();
                 thread::spawn(move || slot.finish(Err(Error::usage("boom"))))
             };
-            let req = Request::new(slot.clone());
+            let req = Request::new(slot.clone(), None);
             if req.test() {
                 assert!(slot.peek().is_some_and(|r| r.is_err()));
             }
@@ -125,7 +138,7 @@ mod loom_tests {
                     slot.finish(Ok(()));
                 })
             };
-            drop(Request::new(slot));
+            drop(Request::new(slot, None));
             // SAFETY: the request was dropped, which waited for the operation.
             assert_eq!(buffer.0.with(|p| unsafe { *p }), 42);
             worker.join().unwrap();

@@ -208,6 +208,79 @@ impl Executor {
     }
 }
 
+/// A waiter's access to the queue of an [`Executor`]: [`Helper::wait`] runs the queued jobs
+/// on the waiting thread instead of waking the progress thread and sleeping until it is done,
+/// which costs two thread hand-offs per operation (about 8 µs on the development VM against
+/// 1.6 µs for a blocking 8 B all-reduce).
+#[derive(Clone)]
+pub struct Helper(Arc<Shared>);
+
+/// How long a waiter looks for the result of a job that another thread runs before it
+/// sleeps.
+const WAITER_SPIN: Duration = Duration::from_micros(50);
+
+impl Executor {
+    /// A handle for waiters of this executor's jobs.
+    pub fn helper(&self) -> Helper {
+        Helper(self.shared.clone())
+    }
+}
+
+impl Helper {
+    /// Wait for `slot`'s job without a deadline. While no job runs, the front job of the
+    /// queue runs here (jobs keep their order: the queue is taken front first, and only one
+    /// job runs at a time, here or on the progress thread); once `slot` is done, or another
+    /// thread runs a job, this waits as [`JobSlot::wait_until`] does.
+    pub fn wait(&self, slot: &JobSlot) -> Result<()> {
+        loop {
+            if let Some(r) = slot.peek() {
+                return r;
+            }
+            let mut q = lock(&self.0.queue);
+            if q.running {
+                drop(q);
+                // Another thread runs a job (often the progress thread with this one): look
+                // for the result a little before sleeping, so that its end costs no wake-up
+                // of this thread. Each look yields, so a thread on this core can finish it.
+                let until = Instant::now() + WAITER_SPIN;
+                while Instant::now() < until {
+                    if let Some(r) = slot.peek() {
+                        return r;
+                    }
+                    if !lock(&self.0.queue).running {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                if lock(&self.0.queue).running || slot.peek().is_some() {
+                    return slot.wait_until(None).unwrap_or(Ok(()));
+                }
+                continue;
+            }
+            let Some((job, done)) = q.jobs.pop_front() else {
+                drop(q);
+                return slot.wait_until(None).unwrap_or(Ok(()));
+            };
+            q.running = true;
+            let mut e = lock(&self.0.engine);
+            drop(q);
+            done.finish(run_caught(job, &mut e));
+            drop(e);
+            lock(&self.0.queue).running = false;
+        }
+    }
+}
+
+/// Run `job`, turning a panic into an error: the job's slot must get a result.
+fn run_caught(job: Job, e: &mut Engine) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: whoever submitted the job keeps its memory valid until the slot holds a
+        // result (`Executor::submit`'s contract), which the caller delivers right after.
+        unsafe { job.run(e) }
+    }))
+    .unwrap_or_else(|_| Err(Error::internal("panic while running a queued operation")))
+}
+
 /// Run queued jobs; while idle, serve the engine every `period` (heartbeats, peers' status
 /// queries and errors) without ever waiting for it.
 fn worker_loop(s: &Shared, period: Duration) {
@@ -218,12 +291,7 @@ fn worker_loop(s: &Shared, period: Duration) {
             let mut e = lock(&s.engine);
             drop(q);
             // Whatever happens, the slot gets a result: a waiter must never hang.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // SAFETY: whoever submitted the job keeps its memory valid until the slot
-                // holds a result (`Executor::submit`'s contract), which happens below.
-                unsafe { job.run(&mut e) }
-            }))
-            .unwrap_or_else(|_| Err(Error::internal("panic while running a queued operation")));
+            let r = run_caught(job, &mut e);
             drop(e);
             slot.finish(r);
             q = lock(&s.queue);
