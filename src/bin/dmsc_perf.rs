@@ -3,5 +3,5 @@
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    std::process::exit(dmsc::perf::run::main(&args));
+    std::process::exit(dmsc::perf::main::main(&args));
 }

@@ -16,7 +16,8 @@
 //! nccl-tests' usage text documents 0 to 3 (its value 4, a plain sum, serves the `#wrong`
 //! counts); dmsc-perf refuses any other value with an error naming `-a/--average`.
 
-use super::run::{AlignedBuf, PerfComm};
+use super::buf::AlignedBuf;
+use super::comm::PerfComm;
 use crate::{CollKind, DataType, ReduceOp, Result};
 use std::fmt;
 

@@ -306,8 +306,8 @@ pub fn read_element(dtype: DataType, el: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::perf::buf::AlignedBuf;
     use crate::perf::fake::reference;
-    use crate::perf::run::AlignedBuf;
 
     /// Every rank's input and the reference result of every rank; checks that the result
     /// counts as right, and that one corrupted element counts as one wrong element.

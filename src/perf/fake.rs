@@ -2,7 +2,8 @@
 //! rank's contribution and computes the results with dmsc-core's reduction kernels. The
 //! non-blocking calls run to completion before they return a finished request.
 
-use super::run::{AlignedBuf, PerfComm};
+use super::buf::AlignedBuf;
+use super::comm::PerfComm;
 use crate::{CollKind, DataType, Error, ReduceOp, Request, Result};
 use dmsc_core::reduce::{reduce_in_place, scale_div};
 use std::cell::Cell;

@@ -13,14 +13,21 @@
 //! * [`osu`]: the OSU-style point-to-point mode (`osu_latency`, `osu_bw`, `osu_bibw`).
 //! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
 //! * [`report`]: the table, the footer, the JSON report and the CSV file.
-//! * [`run`]: the driver: timing loops over a [`run::PerfComm`], and the program's `main`.
+//! * [`comm`]: what dmsc-perf needs of a communicator ([`comm::PerfComm`]); [`buf`]: aligned
+//!   buffers; `call`: one measured call, blocking or not.
+//! * [`run`]: the driver: the timed loops and checks of every row.
+//! * [`main`]: the program: command line, `--np`, joining a job, the OSU mode.
 //!
 //! Only rank 0 prints; every rank prints its own errors.
 
 pub mod args;
 pub mod average;
+pub mod buf;
+mod call;
 pub mod check;
+pub mod comm;
 pub mod huge;
+pub mod main;
 pub mod osu;
 pub mod ranks;
 pub mod report;

@@ -17,7 +17,8 @@
 //! per-sample times in µs. Receive buffers are one per message in flight (`-W` of them),
 //! since two receives in flight may not share memory.
 
-use super::run::{AlignedBuf, PerfComm};
+use super::buf::AlignedBuf;
+use super::comm::PerfComm;
 use super::sizes::{sizes, Step};
 use crate::{Error, Request, Result};
 use std::ffi::OsString;

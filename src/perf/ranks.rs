@@ -7,7 +7,8 @@
 //! length (`u8`), then the host name's bytes (at most `RECORD - 5`, cut at a character
 //! boundary), zero-padded.
 
-use super::run::{AlignedBuf, PerfComm};
+use super::buf::AlignedBuf;
+use super::comm::PerfComm;
 use crate::{CollKind, DataType, ReduceOp, Result};
 
 /// Bytes of one rank's record.
