@@ -22,6 +22,8 @@ echo "== C API: libdmsc.so/.a, header up to date and warning-free, exports, 4-ra
 bash tests/c/run.sh
 echo "== Python package: wheel built with maturin, installed into a fresh venv, pytest on 1-5 ranks"
 bash tests/python/run.sh
+echo "== Python 3.13: pip install ./python in a Debian trixie chroot, and its tests there"
+bash tests/python/py313.sh
 echo "== scheduler/ (the control layer, its own workspace): fmt, clippy, tests, benches compile"
 CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" bash scheduler/ci.sh
 echo "== criterion benches compile"
