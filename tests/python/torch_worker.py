@@ -1,0 +1,293 @@
+"""One rank of a torch.distributed test of the "dmsc" backend:
+``python -m dmsc.run -n N torch_worker.py CASE...`` (or torchrun).
+
+It joins exactly as a torch user does -- ``import dmsc.torch`` then
+``dist.init_process_group("dmsc")`` from MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE -- and makes
+a gloo group over the same ranks as the reference. Every check computes the expected values
+from the ranks' deterministic inputs; any failure raises, the rank exits non-zero and the
+launcher stops the others. Each case ends by printing ``OK CASE``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import dmsc
+import dmsc.torch  # noqa: F401  registers "dmsc"
+
+CHECKS = 0
+
+INT_DTYPES = [torch.int8, torch.uint8, torch.int32, torch.int64]
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+DTYPES = INT_DTYPES + FLOAT_DTYPES
+
+
+def check(got: torch.Tensor, want: torch.Tensor, what: str, rtol: float = 0.0) -> None:
+    """Exact unless rtol (for AVG and PREMUL_SUM, whose divisions and products round)."""
+    global CHECKS
+    CHECKS += 1
+    assert isinstance(got, torch.Tensor), f"{what}: got {type(got)}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if rtol and (want.dtype.is_floating_point or want.dtype.is_complex):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=0, msg=lambda m: f"{what}: {m}")
+    else:
+        assert torch.equal(got, want), f"{what}: got {got.flatten()[:8]}, want {want.flatten()[:8]}"
+
+
+def expect_error(fn, *words: str, exc: type = Exception) -> None:
+    """``fn()`` raises ``exc`` whose message contains every word."""
+    global CHECKS
+    CHECKS += 1
+    try:
+        fn()
+    except exc as e:
+        msg = str(e)
+        for w in words:
+            assert w in msg, f"error {type(e).__name__} {msg!r} does not name {w!r}"
+        return
+    raise AssertionError(f"no {exc.__name__} naming {words}")
+
+
+def vals(rank: int, shape, dt: torch.dtype, op: str = "SUM") -> torch.Tensor:
+    """Rank ``rank``'s input: small integers, so sums and products are exact in every type."""
+    n = 1
+    for s in shape if isinstance(shape, tuple) else (shape,):
+        n *= s
+    i = torch.arange(n, dtype=torch.int64)
+    v = (i + rank) % 3 + 1 if op == "PRODUCT" else (i * 7 + rank * 3) % 11 + rank
+    return v.to(dt).reshape(shape)
+
+
+def ref(ts: list[torch.Tensor], op: str) -> torch.Tensor:
+    s = torch.stack([t.to(torch.float64) if t.dtype.is_floating_point else t.to(torch.int64) for t in ts])
+    dt = ts[0].dtype
+    if op == "SUM":
+        r = s.sum(0)
+    elif op == "PRODUCT":
+        r = s.prod(0)
+    elif op == "MIN":
+        r = s.min(0).values
+    elif op == "MAX":
+        r = s.max(0).values
+    elif op == "AVG":
+        r = s.sum(0) / len(ts) if dt.is_floating_point else torch.div(s.sum(0), len(ts), rounding_mode="floor")
+    else:
+        raise ValueError(op)
+    return r.to(dt)
+
+
+def noncontig(t: torch.Tensor) -> torch.Tensor:
+    """The same values as ``t`` (1-D), in a non-contiguous tensor (every other element)."""
+    big = torch.zeros(t.numel() * 2, dtype=t.dtype)
+    v = big[::2]
+    v.copy_(t.reshape(-1))
+    assert not v.is_contiguous()
+    return v
+
+
+OPS = {
+    "SUM": dist.ReduceOp.SUM,
+    "PRODUCT": dist.ReduceOp.PRODUCT,
+    "MIN": dist.ReduceOp.MIN,
+    "MAX": dist.ReduceOp.MAX,
+    "AVG": dist.ReduceOp.AVG,
+}
+
+
+def tol(dt: torch.dtype, op: str) -> float:
+    if op != "AVG" or not dt.is_floating_point:
+        return 0.0
+    return {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dt, 1e-6)
+
+
+def case_collectives() -> None:
+    """Every collective, dtypes and ops, contiguous or not, blocking and async with futures."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    assert dist.get_backend() == "dmsc", dist.get_backend()
+    c = 13
+    for dt in DTYPES:
+        for name, op in OPS.items():
+            t = vals(r, c, dt, name)
+            want = ref([vals(k, c, dt, name) for k in range(n)], name)
+            dist.all_reduce(t, op=op)
+            check(t, want, f"all_reduce {dt} {name}", tol(dt, name))
+            nc = noncontig(vals(r, c, dt, name))
+            dist.all_reduce(nc, op=op)
+            check(nc, want, f"all_reduce non-contiguous {dt} {name}", tol(dt, name))
+            # reduce onto every root; non-roots keep their input
+            root = (n - 1) if name == "MAX" else 0
+            t = vals(r, (c,), dt, name)
+            dist.reduce(t, dst=root, op=op)
+            check(t, want if r == root else vals(r, c, dt, name), f"reduce {dt} {name} root {root}", tol(dt, name))
+            # reduce_scatter_tensor and reduce_scatter (list)
+            full = [vals(k, n * 4, dt, name) for k in range(n)]
+            want_rs = ref(full, name)[r * 4 : (r + 1) * 4]
+            out = torch.zeros(4, dtype=dt)
+            dist.reduce_scatter_tensor(out, vals(r, n * 4, dt, name), op=op)
+            check(out, want_rs, f"reduce_scatter_tensor {dt} {name}", tol(dt, name))
+            out = torch.zeros(4, dtype=dt)
+            dist.reduce_scatter(out, list(vals(r, n * 4, dt, name).chunk(n)), op=op)
+            check(out, want_rs, f"reduce_scatter list {dt} {name}", tol(dt, name))
+        # data movement: 2-D tensors
+        x = vals(r, (3, 5), dt)
+        outs = [torch.zeros(3, 5, dtype=dt) for _ in range(n)]
+        dist.all_gather(outs, x)
+        for k in range(n):
+            check(outs[k], vals(k, (3, 5), dt), f"all_gather {dt} from {k}")
+        big = torch.zeros(n * 3, 5, dtype=dt)
+        dist.all_gather_into_tensor(big, x)
+        check(big, torch.cat([vals(k, (3, 5), dt) for k in range(n)]), f"all_gather_into_tensor {dt}")
+        b = vals(r, (2, 7), dt)
+        dist.broadcast(b, src=n - 1)
+        check(b, vals(n - 1, (2, 7), dt), f"broadcast {dt}")
+        # all_to_all_single, even and with split sizes (rows)
+        inp = torch.cat([torch.full((2, 3), r * 10 + j).to(dt) for j in range(n)])
+        out = torch.empty_like(inp)
+        dist.all_to_all_single(out, inp)
+        check(out, torch.cat([torch.full((2, 3), k * 10 + r).to(dt) for k in range(n)]), f"all_to_all_single {dt}")
+        in_rows = [(r + j) % 3 + 1 for j in range(n)]
+        out_rows = [(k + r) % 3 + 1 for k in range(n)]
+        inp = torch.cat([torch.full((in_rows[j], 2), r * 10 + j).to(dt) for j in range(n)])
+        out = torch.empty(sum(out_rows), 2, dtype=dt)
+        dist.all_to_all_single(out, inp, out_rows, in_rows)
+        check(out, torch.cat([torch.full((out_rows[k], 2), k * 10 + r).to(dt) for k in range(n)]), f"all_to_all_single splits {dt}")
+        # all_to_all (lists)
+        ins = [torch.full((j + 1,), r * 10 + j).to(dt) for j in range(n)]
+        outs = [torch.empty(r + 1, dtype=dt) for _ in range(n)]
+        dist.all_to_all(outs, ins)
+        for k in range(n):
+            check(outs[k], torch.full((r + 1,), k * 10 + r).to(dt), f"all_to_all {dt} from {k}")
+        # gather / scatter
+        g = [torch.zeros(4, dtype=dt) for _ in range(n)] if r == 1 % n else None
+        dist.gather(vals(r, 4, dt), g, dst=1 % n)
+        if g is not None:
+            for k in range(n):
+                check(g[k], vals(k, 4, dt), f"gather {dt} from {k}")
+        s_out = torch.zeros(3, dtype=dt)
+        dist.scatter(s_out, [vals(j + 100, 3, dt) for j in range(n)] if r == 0 else None, src=0)
+        check(s_out, vals(r + 100, 3, dt), f"scatter {dt}")
+
+    # bool (as uint8: SUM/MAX = or, PRODUCT/MIN = and), int16 and complex through bytes
+    bt = torch.tensor([r == 0, False, True, r == 1])
+    dist.all_reduce(bt)
+    check(bt, torch.tensor([True, False, True, n > 1]), "all_reduce bool SUM (or)")
+    bt = torch.tensor([r == 0, True])
+    dist.all_reduce(bt, op=dist.ReduceOp.MIN)
+    check(bt, torch.tensor([n == 1, True]), "all_reduce bool MIN (and)")
+    i16 = [torch.zeros(3, dtype=torch.int16) for _ in range(n)]
+    dist.all_gather(i16, torch.full((3,), -300 - r, dtype=torch.int16))
+    for k in range(n):
+        check(i16[k], torch.full((3,), -300 - k, dtype=torch.int16), "all_gather int16")
+    z = torch.tensor([1 + 2j, r * 1j], dtype=torch.complex64)
+    dist.all_reduce(z)
+    check(z, torch.tensor([n * (1 + 2j), (n * (n - 1) // 2) * 1j], dtype=torch.complex64), "all_reduce complex64")
+
+    # non-contiguous outputs of data movement
+    outs = [noncontig(torch.zeros(4, dtype=torch.float32)) for _ in range(n)]
+    dist.all_gather(outs, noncontig(torch.full((4,), float(r))))
+    for k in range(n):
+        check(outs[k], torch.full((4,), float(k)), "all_gather non-contiguous")
+    bc = noncontig(torch.full((5,), float(r)))
+    dist.broadcast(bc, src=0)
+    check(bc, torch.zeros(5), "broadcast non-contiguous")
+    out2d = torch.zeros(5, n * 3).t()  # (n*3, 5), non-contiguous
+    dist.all_gather_into_tensor(out2d, torch.full((3, 5), float(r)))
+    check(out2d, torch.cat([torch.full((3, 5), float(k)) for k in range(n)]), "all_gather_into_tensor non-contiguous out")
+
+    # all_gather with uneven sizes
+    outs = [torch.zeros(k + 1, dtype=torch.int64) for k in range(n)]
+    dist.all_gather(outs, torch.arange(r + 1) + 100 * r)
+    for k in range(n):
+        check(outs[k], torch.arange(k + 1) + 100 * k, "all_gather uneven")
+
+    # all_reduce_coalesced
+    a, b2 = torch.ones(3) * (r + 1), torch.arange(4, dtype=torch.int32) * (r + 1)
+    with dist._coalescing_manager(async_ops=False):
+        dist.all_reduce(a)
+        dist.all_reduce(b2)
+    check(a, torch.ones(3) * (n * (n + 1) // 2), "coalesced all_reduce float")
+    check(b2, torch.arange(4, dtype=torch.int32) * (n * (n + 1) // 2), "coalesced all_reduce int")
+
+    # async_op=True: Work.wait, futures completed without wait, callbacks
+    works = []
+    for k in range(6):
+        t = torch.full((1000,), float(k + r))
+        works.append((dist.all_reduce(t, async_op=True), t, k))
+    fut = works[-1][0].get_future()
+    chained = fut.then(lambda f: f.value()[0].sum().item())
+    for w, t, k in works:
+        assert w.wait() is True
+        check(t, torch.full((1000,), float(n * k + n * (n - 1) // 2)), "async all_reduce")
+    assert chained.wait() == 1000 * float(n * 5 + n * (n - 1) // 2), chained.wait()
+    t = torch.full((8,), 1.0)
+    f = dist.all_reduce(t, async_op=True).get_future()
+    got = f.wait()  # never called Work.wait
+    check(got[0], torch.full((8,), float(n)), "future value of all_reduce")
+    out = torch.zeros(n * 2)
+    w = dist.all_gather_into_tensor(out, torch.full((2,), float(r)), async_op=True)
+    w.get_future().wait()
+    check(out, torch.arange(n).repeat_interleave(2).float(), "async all_gather_into_tensor via future")
+    w = dist.barrier(async_op=True)
+    w.wait(timeout=datetime.timedelta(seconds=60))
+    # The backend's own Work (torch's wrapper forwards wait and get_future only).
+    be = dist.group.WORLD._get_backend(torch.device("cpu"))
+    assert isinstance(be, dmsc.torch.DmscBackend), type(be)
+    opts = dist.AllreduceOptions()
+    t = torch.ones(4)
+    bw = be.allreduce([t], opts)
+    assert bw.wait(datetime.timedelta(seconds=60)) and bw.is_completed() and bw.is_success() and bw.exception() is None
+    check(t, torch.full((4,), float(n)), "backend allreduce Work")
+    print(f"{CHECKS} torch collective checks", flush=True)
+
+
+def case_new_group() -> None:
+    """new_group and split_group get their own communicators."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    evens = [k for k in range(n) if k % 2 == 0]
+    odds = [k for k in range(n) if k % 2 == 1]
+    ge = dist.new_group(evens, backend="dmsc")
+    go = dist.new_group(odds, backend="dmsc") if odds else None
+    mine = ge if r % 2 == 0 else go
+    group_ranks = evens if r % 2 == 0 else odds
+    t = torch.full((5,), float(r))
+    dist.all_reduce(t, group=mine)
+    check(t, torch.full((5,), float(sum(group_ranks))), "all_reduce in new_group")
+    sub = dist.split_group(split_ranks=[evens, odds] if odds else [evens])
+    assert sub is not None
+    assert dist.get_world_size(sub) == len(group_ranks), (dist.get_world_size(sub), group_ranks)
+    t = torch.full((3,), r + 1, dtype=torch.int64)
+    dist.all_reduce(t, group=sub, op=dist.ReduceOp.PRODUCT)
+    prod = 1
+    for k in group_ranks:
+        prod *= k + 1
+    check(t, torch.full((3,), prod, dtype=torch.int64), "all_reduce in split_group")
+    b = torch.full((2,), r)
+    dist.broadcast(b, group_src=len(group_ranks) - 1, group=sub)
+    check(b, torch.full((2,), group_ranks[-1]), "broadcast in split_group")
+    print(f"{CHECKS} group checks", flush=True)
+
+
+CASES = {
+    "collectives": case_collectives,
+    "new_group": case_new_group,
+}
+
+
+def main() -> int:
+    dist.init_process_group("dmsc", timeout=datetime.timedelta(seconds=120))
+    assert dist.get_rank() == int(os.environ["RANK"]) and dist.get_world_size() == int(os.environ["WORLD_SIZE"])
+    for case in sys.argv[1:]:
+        CASES[case]()
+        print(f"OK {case}", flush=True)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
