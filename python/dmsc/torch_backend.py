@@ -174,6 +174,11 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         return True
 
     @property
+    def options(self) -> Any:
+        """c10d Backend.Options (torch's ``split_group`` clones them for the new group)."""
+        return _C10dBackend.Options(BACKEND_NAME, self._timeout)
+
+    @property
     def supports_coalescing(self) -> bool:
         return True
 
