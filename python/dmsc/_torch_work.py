@@ -60,7 +60,11 @@ class DmscTorchWork(dist._Work):  # type: ignore[misc]  # torch's Work binding i
         # Buffers the operations use (contiguous copies, packed inputs): alive until done.
         self._keep: list[object] = list(keep)
         self._children: list[DmscTorchWork] = list(children)
-        self._future: torch.futures.Future[Any] = torch.futures.Future()
+        # The public future is a continuation of a private one, so that a failure is the
+        # C++ future's error (torch's Future.set_exception only marks the Python wrapper,
+        # which torch's PyWorkHolder does not hand back: the error would read as a value).
+        self._source: torch.futures.Future[Any] = torch.futures.Future()
+        self._future: torch.futures.Future[Any] = self._source.then(_unwrap)
         self._done = threading.Event()
         self._error: Optional[BaseException] = None
 
@@ -90,10 +94,7 @@ class DmscTorchWork(dist._Work):  # type: ignore[misc]  # torch's Work binding i
         for child in self._children:
             child._set_done(error)
         self._children = []
-        if error is None:
-            self._future.set_result(self._result)
-        else:
-            self._future.set_exception(error)
+        self._source.set_result(self._result if error is None else _Failed(error))
 
     def wait(self, timeout: Union[datetime.timedelta, float, None] = None) -> bool:
         """Block until the call completed; return True or raise its error.
@@ -131,13 +132,28 @@ class DmscTorchWork(dist._Work):  # type: ignore[misc]  # torch's Work binding i
         return self._result
 
     def get_future(self) -> torch.futures.Future[Any]:
-        """A Future completed with the output tensors (or the error) when the call
-        completes, whether or not anyone waits."""
+        """A Future completed with the output tensors (or failed with the error, which
+        torch reports as a RuntimeError naming the dmsc error) when the call completes,
+        whether or not anyone waits."""
         return self._future
 
     def __repr__(self) -> str:
         state = "failed" if self._error is not None else ("done" if self._done.is_set() else "pending")
         return f"DmscTorchWork({self.name}, {state})"
+
+
+class _Failed:
+    """A failure travelling through the private future."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _unwrap(fut: torch.futures.Future[Any]) -> Any:
+    value = fut.value()
+    if isinstance(value, _Failed):
+        raise value.error
+    return value
 
 
 class Completer:

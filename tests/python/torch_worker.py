@@ -273,9 +273,135 @@ def case_new_group() -> None:
     print(f"{CHECKS} group checks", flush=True)
 
 
+def case_p2p() -> None:
+    """send/recv with tags, isend/irecv, and batch_isend_irecv: a ring both ways, large
+    messages and a batch in an adversarial order (receives first, several peers)."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    right, left = (r + 1) % n, (r - 1) % n
+    if r == 0:
+        dist.send(torch.arange(6, dtype=torch.float64), dst=1, tag=5)
+        back = torch.zeros(3, dtype=torch.int32)
+        dist.recv(back, src=1, tag=9)
+        check(back, torch.tensor([7, 8, 9], dtype=torch.int32), "recv tag 9")
+    elif r == 1:
+        got = torch.zeros(6, dtype=torch.float64)
+        dist.recv(got, src=0, tag=5)
+        check(got, torch.arange(6, dtype=torch.float64), "recv tag 5")
+        dist.send(torch.tensor([7, 8, 9], dtype=torch.int32), dst=0, tag=9)
+    # isend / irecv on a ring (small messages)
+    inbox = torch.zeros(4)
+    ws = [dist.isend(torch.full((4,), float(r)), dst=right), dist.irecv(inbox, src=left)]
+    for w in ws:
+        w.wait()
+    check(inbox, torch.full((4,), float(left)), "isend/irecv ring")
+    # batch_isend_irecv: a ring in both directions with 4 MiB messages, receives listed first
+    big = 1 << 20
+    from_left, from_right = torch.zeros(big), torch.zeros(big)
+    ops = [
+        dist.P2POp(dist.irecv, from_left, left),
+        dist.P2POp(dist.irecv, from_right, right),
+        dist.P2POp(dist.isend, torch.full((big,), float(r)), right),
+        dist.P2POp(dist.isend, torch.full((big,), float(r) + 0.5), left),
+    ]
+    reqs = dist.batch_isend_irecv(ops)
+    for w in reqs:
+        w.wait()
+    check(from_left, torch.full((big,), float(left)), "batch ring from the left")
+    check(from_right, torch.full((big,), float(right) + 0.5), "batch ring from the right")
+    # every rank sends a different-size block to every other rank, in a rank-dependent order
+    peers = [p for p in range(n) if p != r]
+    recv = {p: torch.zeros(p + 1 + (1 << 18), dtype=torch.int64) for p in peers}
+    ops = []
+    for p in (peers if r % 2 else reversed(peers)):
+        ops.append(dist.P2POp(dist.isend, torch.full((r + 1 + (1 << 18),), 1000 * r + p), p))
+    for p in peers:
+        ops.insert(0 if r % 2 else len(ops), dist.P2POp(dist.irecv, recv[p], p))
+    for w in dist.batch_isend_irecv(ops):
+        w.wait()
+    for p in peers:
+        check(recv[p], torch.full((p + 1 + (1 << 18),), 1000 * p + r), f"batch all-pairs from {p}")
+    # non-contiguous receive in a batch
+    nc = noncontig(torch.zeros(5))
+    for w in dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.full((5,), float(r)), right), dist.P2POp(dist.irecv, nc, left)]):
+        w.wait()
+    check(nc, torch.full((5,), float(left)), "batch non-contiguous receive")
+    print(f"{CHECKS} p2p checks", flush=True)
+
+
+def case_extra_ops() -> None:
+    """BAND/BOR/BXOR and PREMUL_SUM (when this dmsc has them)."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    have = all(hasattr(dmsc.ReduceOp, a) for a in ("BAND", "BOR", "BXOR", "PREMUL_SUM"))
+    if not have:
+        # the mapping must then fail with a clear error
+        expect_error(lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.BAND), "BAND", exc=RuntimeError)
+        print("extra ops: this dmsc has no BAND/BOR/BXOR/PREMUL_SUM", flush=True)
+        return
+    for dt in INT_DTYPES:
+        for name, fn in (("BAND", lambda a, b: a & b), ("BOR", lambda a, b: a | b), ("BXOR", lambda a, b: a ^ b)):
+            xs = [((torch.arange(9, dtype=torch.int64) * 37 + k * 11) % 120).to(dt) for k in range(n)]
+            want = xs[0]
+            for x in xs[1:]:
+                want = fn(want, x)
+            t = xs[r].clone()
+            dist.all_reduce(t, op=getattr(dist.ReduceOp, name))
+            check(t, want, f"all_reduce {name} {dt}")
+    expect_error(lambda: dist.all_reduce(torch.ones(2), op=dist.ReduceOp.BXOR), "BXOR", "integer")
+    for make in (dist._make_nccl_premul_sum, dist.ReduceOp.PREMUL_SUM):
+        for dt in (torch.float32, torch.float64, torch.bfloat16):
+            op = make(2.5)
+            t = vals(r, 6, dt)
+            want = (sum(vals(k, 6, torch.float64) for k in range(n)) * 2.5).to(dt)
+            dist.all_reduce(t, op=op)
+            check(t, want, f"all_reduce PREMUL_SUM {dt}", 1e-2 if dt == torch.bfloat16 else 1e-6)
+            t = vals(r, 6, dt)
+            dist.reduce(t, dst=0, op=make(0.5))
+            if r == 0:
+                check(t, (sum(vals(k, 6, torch.float64) for k in range(n)) * 0.5).to(dt), f"reduce PREMUL_SUM {dt}", 1e-2 if dt == torch.bfloat16 else 1e-6)
+            out = torch.zeros(2, dtype=dt)
+            dist.reduce_scatter_tensor(out, vals(r, 2 * n, dt), op=make(0.25))
+            full = sum(vals(k, 2 * n, torch.float64) for k in range(n)) * 0.25
+            check(out, full[2 * r : 2 * r + 2].to(dt), f"reduce_scatter_tensor PREMUL_SUM {dt}", 1e-2 if dt == torch.bfloat16 else 1e-6)
+    print(f"{CHECKS} extra op checks", flush=True)
+
+
+def case_errors() -> None:
+    """Unsupported calls name themselves; bad op/dtype combinations say what is wrong."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    expect_error(lambda: dist.recv(torch.zeros(2)), "dmsc backend does not support recv_anysource", exc=RuntimeError)
+    expect_error(lambda: dist.monitored_barrier(), "dmsc backend does not support monitored_barrier", exc=RuntimeError)
+    expect_error(lambda: dist.all_reduce(torch.ones(2, dtype=torch.bool), op=dist.ReduceOp.AVG), "AVG", "bool")
+    expect_error(lambda: dist.all_reduce(torch.ones(2, dtype=torch.complex64), op=dist.ReduceOp.MAX), "MAX", "complex")
+    expect_error(lambda: dist.all_reduce(torch.ones(2, dtype=torch.int16)), "int16")
+    expect_error(lambda: dist.all_gather_into_tensor(torch.zeros(3), torch.zeros(2)), "all_gather_single", "elements")
+    expect_error(lambda: dist.send(torch.ones(2), dst=(r + 1) % n, tag=-1), "tag")
+    # Still in step after the errors (none of them reached the wire).
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    check(t, torch.full((3,), float(n)), "all_reduce after errors")
+    # A dmsc failure reaches wait(), exception() and the future: a receive nobody sends.
+    sub = dist.new_group(list(range(n)), backend="dmsc", timeout=datetime.timedelta(seconds=2))
+    if r == 0:
+        w = dist.irecv(torch.zeros(2), src=1, group=sub, tag=77)
+        fut = w.get_future()
+        expect_error(fut.wait, "did not complete within", exc=RuntimeError)  # torch names it "Timeout: ..."
+        assert fut.done()
+        expect_error(w.wait, "did not complete within")
+        # The backend's own Work: the dmsc error itself.
+        be = sub._get_backend(torch.device("cpu"))
+        bw = be.recv([torch.zeros(2)], 1, 78)
+        expect_error(bw.wait, "did not complete within", exc=dmsc.Timeout)
+        assert bw.is_completed() and not bw.is_success() and isinstance(bw.exception(), dmsc.Timeout)
+    dist.barrier()
+    print(f"{CHECKS} error checks", flush=True)
+
+
 CASES = {
     "collectives": case_collectives,
     "new_group": case_new_group,
+    "p2p": case_p2p,
+    "extra_ops": case_extra_ops,
+    "errors": case_errors,
 }
 
 
