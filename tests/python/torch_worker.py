@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -396,12 +397,155 @@ def case_errors() -> None:
     print(f"{CHECKS} error checks", flush=True)
 
 
+def _mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+
+
+def _batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(8, 12, generator=g), torch.randn(8, 3, generator=g)
+
+
+def _assert_close_params(a: torch.nn.Module, b: torch.nn.Module, what: str, rtol: float) -> None:
+    global CHECKS
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        CHECKS += 1
+        pa, pb = pa.detach(), pb.detach()
+        err = ((pa - pb).abs().max() / pb.abs().max().clamp_min(1e-12)).item()
+        assert err <= rtol, f"{what}: {name} differs by {err:.3g} relative"
+
+
+def case_ddp() -> None:
+    """DDP with no comm hook: the same MLP trained on dmsc and on gloo ends equal."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    r = dist.get_rank()
+    gloo = dist.new_group(backend="gloo")
+    models = {}
+    for backend, group in (("dmsc", None), ("gloo", gloo)):
+        model = DDP(_mlp(0), process_group=group, bucket_cap_mb=0.001)  # several buckets
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for step in range(6):
+            x, y = _batch(step, r)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        models[backend] = model.module
+    _assert_close_params(models["dmsc"], models["gloo"], "DDP dmsc vs gloo", 1e-6)
+    # and the ranks agree (DDP keeps replicas identical)
+    flat = torch.cat([p.detach().reshape(-1) for p in models["dmsc"].parameters()])
+    ref0 = flat.clone()
+    dist.broadcast(ref0, src=0)
+    check(flat, ref0, "DDP replicas equal across ranks")
+    # the model changed from its initial weights
+    assert not torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in _mlp(0).parameters()]))
+    print(f"{CHECKS} ddp checks", flush=True)
+
+
+def _fully_shard() -> Any:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def case_fsdp() -> None:
+    """FSDP2 fully_shard on CPU: the same training on dmsc and on gloo gives equal losses and
+    weights (reduce-scatter with AVG, all-gather into tensors)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    fully_shard = _fully_shard()
+    n, r = dist.get_world_size(), dist.get_rank()
+    gloo = dist.new_group(backend="gloo")
+    results = {}
+    for backend, group in (("dmsc", dist.group.WORLD), ("gloo", gloo)):
+        from torch.distributed.device_mesh import DeviceMesh
+
+        mesh = DeviceMesh.from_group(group, "cpu")
+        model = _mlp(1)
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for step in range(4):
+            x, y = _batch(step, r)
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        full = [p.full_tensor() if isinstance(p, DTensor) else p for p in model.parameters()]
+        results[backend] = (losses, [f.detach().clone() for f in full])
+    global CHECKS
+    (ld, wd), (lg, wg) = results["dmsc"], results["gloo"]
+    for a, b in zip(ld, lg):
+        CHECKS += 1
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), f"FSDP losses dmsc {ld} vs gloo {lg}"
+    for a, b in zip(wd, wg):
+        CHECKS += 1
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ld[-1] != ld[0], ld
+    print(f"{CHECKS} fsdp checks (losses {ld})", flush=True)
+
+
+def case_mesh() -> None:
+    """A 2-D DeviceMesh ("cpu", (2, N/2)): collectives along each dimension, against the
+    expected values and against the same on gloo."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    n, r = dist.get_world_size(), dist.get_rank()
+    assert n % 2 == 0
+    mesh = init_device_mesh("cpu", (2, n // 2), mesh_dim_names=("dp", "tp"))
+    coords = divmod(r, n // 2)
+    gloo_groups = {
+        "dp": [dist.new_group([i * (n // 2) + j for i in range(2)], backend="gloo") for j in range(n // 2)],
+        "tp": [dist.new_group([i * (n // 2) + j for j in range(n // 2)], backend="gloo") for i in range(2)],
+    }
+    for dim, name in enumerate(("dp", "tp")):
+        g = mesh.get_group(name)
+        assert dist.get_backend(g) == "dmsc", dist.get_backend(g)
+        members = [k for k in range(n) if divmod(k, n // 2)[1 - dim] == coords[1 - dim]]
+        assert dist.get_process_group_ranks(g) == members, (name, dist.get_process_group_ranks(g), members)
+        gg = gloo_groups[name][coords[1 - dim]]
+        t = torch.arange(6, dtype=torch.float32) + r
+        tg = t.clone()
+        dist.all_reduce(t, group=g)
+        dist.all_reduce(tg, group=gg)
+        check(t, sum(torch.arange(6, dtype=torch.float32) + k for k in members), f"mesh {name} all_reduce")
+        check(t, tg, f"mesh {name} all_reduce vs gloo")
+        out = torch.zeros(len(members) * 2, dtype=torch.int64)
+        dist.all_gather_into_tensor(out, torch.full((2,), r), group=g)
+        check(out, torch.tensor(members).repeat_interleave(2), f"mesh {name} all_gather_into_tensor")
+        rs = torch.zeros(2)
+        dist.reduce_scatter_tensor(rs, torch.arange(2.0 * len(members)) * (r + 1), group=g)
+        i = members.index(r)
+        check(rs, torch.arange(2.0 * len(members))[2 * i : 2 * i + 2] * sum(k + 1 for k in members), f"mesh {name} reduce_scatter")
+        b = torch.full((3,), float(r))
+        dist.broadcast(b, group=g, group_src=len(members) - 1)
+        check(b, torch.full((3,), float(members[-1])), f"mesh {name} broadcast")
+        a2a = torch.arange(len(members), dtype=torch.int32) + 10 * r
+        out = torch.empty_like(a2a)
+        dist.all_to_all_single(out, a2a, group=g)
+        check(out, torch.tensor([10 * k + i for k in members], dtype=torch.int32), f"mesh {name} all_to_all_single")
+    print(f"{CHECKS} mesh checks", flush=True)
+
+
 CASES = {
     "collectives": case_collectives,
     "new_group": case_new_group,
     "p2p": case_p2p,
     "extra_ops": case_extra_ops,
     "errors": case_errors,
+    "ddp": case_ddp,
+    "fsdp": case_fsdp,
+    "mesh": case_mesh,
 }
 
 
