@@ -48,7 +48,7 @@ class DmscTorchWork(dist._Work):  # type: ignore[misc]  # torch's Work binding i
         name: str,
         works: Sequence[_DmscWork],
         result: Any,
-        finish: Sequence[Callable[[], None]] = (),
+        finish: Sequence[Callable[[], object]] = (),
         keep: Sequence[object] = (),
         children: Sequence[DmscTorchWork] = (),
     ) -> None:
@@ -56,7 +56,7 @@ class DmscTorchWork(dist._Work):  # type: ignore[misc]  # torch's Work binding i
         self.name = name
         self._works: list[_DmscWork] = list(works)
         self._result = result
-        self._finish_steps: list[Callable[[], None]] = list(finish)
+        self._finish_steps: list[Callable[[], object]] = list(finish)
         # Buffers the operations use (contiguous copies, packed inputs): alive until done.
         self._keep: list[object] = list(keep)
         self._children: list[DmscTorchWork] = list(children)

@@ -106,7 +106,7 @@ class _Call:
     def __init__(self, name: str) -> None:
         self.name = name
         self.works: list[_DmscWork] = []
-        self.finish: list[Callable[[], None]] = []
+        self.finish: list[Callable[[], object]] = []
         self.keep: list[object] = []
 
     def contig(self, t: torch.Tensor, output: bool) -> torch.Tensor:
@@ -154,9 +154,9 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         seconds = timeout.total_seconds() if timeout is not None else None
         if rank == 0:
             uid = new_unique_id()
-            store.set(UNIQUE_ID_KEY, uid)
+            store.set(UNIQUE_ID_KEY, uid.hex())
         else:
-            uid = bytes(store.get(UNIQUE_ID_KEY))
+            uid = bytes.fromhex(store.get(UNIQUE_ID_KEY).decode())
         self.comm: Communicator = Communicator(rank, size, unique_id=uid, timeout=seconds)
         self._rank = rank
         self._size = size
@@ -287,7 +287,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
                 )
             )
             if self._rank == root:
-                call.finish.append(lambda t=t, out=out: t.copy_(out))
+                call.finish.append(_copier(t, out))
         return self._submit(call, tensors)
 
     # ----- all-gather ---------------------------------------------------------------------
@@ -326,7 +326,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
                 send = src.repeat(self._size)
                 call.keep.append(send)
                 call.add(self.comm.all_to_all_v(buf, send, nbytes, [src.numel()] * self._size, async_op=True))
-            call.finish.append(lambda outs=outs, buf=buf, nbytes=nbytes: _unpack(buf, outs, nbytes))
+            call.finish.append(_unpacker(buf, outs, nbytes))
         return self._submit(call, output_lists)
 
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any) -> DmscTorchWork:
@@ -468,7 +468,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         call.keep += [send, recv]
         in_bytes = [t.numel() * t.element_size() for t in input_tensors]
         call.add(self.comm.all_to_all_v(recv, send, out_bytes, in_bytes, async_op=True))
-        call.finish.append(lambda: _unpack(recv, output_tensors, out_bytes))
+        call.finish.append(_unpacker(recv, output_tensors, out_bytes))
         return self._submit(call, output_tensors)
 
     # ----- gather, scatter (all-to-all-v with the root's blocks only) -----------------
@@ -490,7 +490,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         call.keep.append(recv)
         call.add(self.comm.all_to_all_v(recv, src, recv_bytes, sends, async_op=True))
         if self._rank == root:
-            call.finish.append(lambda: _unpack(recv, outs, recv_bytes))
+            call.finish.append(_unpacker(recv, outs, recv_bytes))
         return self._submit(call, output_lists)
 
     def scatter(self, output_tensors: list[torch.Tensor], input_lists: list[list[torch.Tensor]], opts: Any) -> DmscTorchWork:
@@ -584,16 +584,16 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
                 s = _as_bytes(call.contig(sends[k][0], output=False))
                 r = _as_bytes(call.contig(recvs[k][0], output=True))
                 call.add(self.comm.send_recv(s, peer, r, peer, sends[k][1], async_op=True))
-            rest_s = [
-                lambda t=t, tag=tag: call.add(self.comm.send(_as_bytes(call.contig(t, output=False)), peer, tag, async_op=True))
-                for t, tag in sends[paired:]
-            ]
-            rest_r = [
-                lambda t=t, tag=tag: call.add(self.comm.recv(_as_bytes(call.contig(t, output=True)), peer, tag, async_op=True))
-                for t, tag in recvs[paired:]
-            ]
-            for issue in (rest_s + rest_r) if me < peer else (rest_r + rest_s):
-                issue()
+            def issue_send(t: torch.Tensor, tag: int, peer: int = peer) -> None:
+                call.add(self.comm.send(_as_bytes(call.contig(t, output=False)), peer, tag, async_op=True))
+
+            def issue_recv(t: torch.Tensor, tag: int, peer: int = peer) -> None:
+                call.add(self.comm.recv(_as_bytes(call.contig(t, output=True)), peer, tag, async_op=True))
+
+            rest_s = [(issue_send, t, tag) for t, tag in sends[paired:]]
+            rest_r = [(issue_recv, t, tag) for t, tag in recvs[paired:]]
+            for issue, t, tag in (rest_s + rest_r) if me < peer else (rest_r + rest_s):
+                issue(t, tag)
         children = [w for *_, w in ops]
         work = DmscTorchWork(call.name, call.works, [t for _, t, _, _, _ in ops], call.finish, call.keep, children)
         return self._completer.submit(work)
@@ -640,6 +640,14 @@ def _unpack(buf: torch.Tensor, outs: Sequence[torch.Tensor], nbytes: Sequence[in
             _as_bytes(o).copy_(block)
         else:
             o.copy_(_from_bytes(block, o))
+
+
+def _unpacker(buf: torch.Tensor, outs: Sequence[torch.Tensor], nbytes: Sequence[int]) -> Callable[[], None]:
+    return lambda: _unpack(buf, outs, nbytes)
+
+
+def _copier(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], object]:
+    return lambda: dst.copy_(src)
 
 
 def _from_bytes(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
