@@ -50,8 +50,8 @@
  * -----------------------------------------------------
  *   ncclCommInitRankScalable, ncclCommInitAll's device placement (devlist is accepted and
  *   checked, but every communicator is a host one), ncclCommRegister / ncclCommDeregister
- *   and ncclMemAlloc / ncclMemFree (no transport here registers memory), ncclRedOpCreatePreMulSum
- *   and ncclRedOpDestroy (custom reduction operators), ncclCommCuDevice, ncclCommWindowRegister,
+ *   and ncclMemAlloc / ncclMemFree (no transport here registers memory), ncclCommCuDevice,
+ *   ncclCommWindowRegister,
  *   and device streams (see Streams). NCCL has no gather or scatter collective; dmsc follows
  *   it (build them from dmscSend/dmscRecv in a group, as nccl-tests' gather_perf does).
  */
@@ -276,6 +276,22 @@ typedef enum {
      */
     dmscAvg = 4,
 } dmscRedOp_t;
+
+/**
+ * Where the scalar of `dmscRedOpCreatePreMulSum` lives (NCCL's `ncclScalarResidence_t`,
+ * same values).
+ */
+typedef enum {
+    /**
+     * The scalar stays at its address and is read at each operation that uses the
+     * operator (the address must stay valid until `dmscRedOpDestroy`).
+     */
+    dmscScalarDevice = 0,
+    /**
+     * The scalar is read once, by `dmscRedOpCreatePreMulSum`.
+     */
+    dmscScalarHostImmediate = 1,
+} dmscScalarResidence_t;
 
 /**
  * The opaque communicator type; only pointers to it (`dmscComm_t`) exist. (Not `repr(C)`,
@@ -1075,6 +1091,41 @@ dmscResult_t dmscCommGetPathMetrics(dmscComm_t comm,
                                     dmscPathMetrics_t *out,
                                     int capacity,
                                     int *count);
+
+/**
+ * Create a pre-multiplied sum (`ncclRedOpCreatePreMulSum`): a reduction operator for
+ * `comm` that sums every rank's input multiplied by that rank's `*scalar`, a value of
+ * `datatype` (ranks may pass different scalars). The new operator's value (5 or more) is
+ * stored in `*op`; use it as the `op` of dmscAllReduce, dmscReduce and dmscReduceScatter
+ * (and their Async forms) on `comm`, with the same `datatype`. Integer types multiply by
+ * the scalar with wrapping; float16 and bfloat16 multiply in float32. The input buffers are
+ * never written: the product goes to memory of the operation's own.
+ *
+ * With `dmscScalarHostImmediate` the scalar is read now. With `dmscScalarDevice` it is read
+ * at each call that uses the operator, so `scalar` must stay valid until
+ * `dmscRedOpDestroy` (dmsc communicators use host memory: the pointer is read on the host).
+ *
+ * Errors: `dmscInvalidArgument` if `op` or `scalar` is NULL, `datatype` or `residence` is
+ * unknown, or `comm` is NULL; `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: any thread.
+ */
+dmscResult_t dmscRedOpCreatePreMulSum(dmscRedOp_t *op,
+                                      void *scalar,
+                                      dmscDataType_t datatype,
+                                      dmscScalarResidence_t residence,
+                                      dmscComm_t comm);
+
+/**
+ * Destroy an operator made by `dmscRedOpCreatePreMulSum` on `comm`
+ * (`ncclRedOpDestroy`); its value may be given to a later operator. Operations already
+ * started with it are unaffected.
+ *
+ * Errors: `dmscInvalidArgument` if `op` is a built-in operator or was not created on
+ * `comm`, or `comm` is NULL; `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: any thread.
+ */
+dmscResult_t dmscRedOpDestroy(dmscRedOp_t op,
+                              dmscComm_t comm);
 
 /**
  * Check whether the operation of `request` has finished, without blocking (`MPI_Test`):

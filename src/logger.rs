@@ -7,6 +7,11 @@
 //! the application installed: when `log::set_boxed_logger` fails, that logger stays and gets
 //! dmsc's records, which name their subsystem as their target (`dmsc::NET`, see
 //! [`dmsc_core::subsys`]). Records of other crates are not printed by this logger.
+//!
+//! A front end with logging of its own (the Python package routes to Python's `logging`)
+//! hands the lines to a [`LineSink`] instead of standard error, with [`route_to`]; a
+//! `DMSC_DEBUG_FILE` still wins. The filter stays here, so a record `DMSC_DEBUG` drops never
+//! reaches the sink.
 
 use crate::log_settings::{expand_file, LogLevel, LogSettings};
 use dmsc_core::subsys::Subsys;
@@ -24,12 +29,38 @@ static LOGGER: OnceLock<DmscLogger> = OnceLock::new();
 /// Set by the first [`install`] that got as far as `log::set_logger`: whether it succeeded.
 static OURS: OnceLock<bool> = OnceLock::new();
 
+/// A destination of whole lines that is not a byte stream, such as a language's logging
+/// module.
+pub trait LineSink: Send + Sync {
+    /// One line in NCCL's shape, without its newline, of `level` (`Info` for the version
+    /// line), from subsystem `subsys` (`None` for lines of no subsystem).
+    fn line(&self, level: log::Level, subsys: Option<&str>, line: &str);
+}
+
+/// The sink [`route_to`] set, if any.
+static SINK: OnceLock<Box<dyn LineSink>> = OnceLock::new();
+
+/// Send dmsc's lines to `sink` rather than standard error (a `DMSC_DEBUG_FILE` still gets
+/// them). Takes effect for the logger [`install`] makes, so call it before the first
+/// communicator; false if a sink was already set or the logger already made.
+pub fn route_to(sink: Box<dyn LineSink>) -> bool {
+    LOGGER.get().is_none() && SINK.set(sink).is_ok()
+}
+
+/// Where a logger's lines go.
+enum Dest {
+    /// A byte stream: standard error or the `DMSC_DEBUG_FILE`.
+    Stream(Mutex<Box<dyn Write + Send>>),
+    /// The sink of [`route_to`].
+    Sink(&'static dyn LineSink),
+}
+
 /// The logger: the filter and the destination, and the host name of every line.
 struct DmscLogger {
     level: LogLevel,
     subsys: Subsys,
     host: String,
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Dest,
 }
 
 impl DmscLogger {
@@ -47,11 +78,24 @@ impl DmscLogger {
     }
 
     /// One whole line, written with a single call so that threads do not interleave.
-    fn write_line(&self, label: &str, subsys: &str, args: &std::fmt::Arguments<'_>) {
-        let line = format!("{} DMSC {label} {subsys}{args}\n", prefix(&self.host));
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = out.write_all(line.as_bytes());
-        let _ = out.flush();
+    /// `subsys` is the subsystem's name, if the record has one.
+    fn write_line(
+        &self,
+        level: log::Level,
+        label: &str,
+        subsys: Option<&str>,
+        args: &std::fmt::Arguments<'_>,
+    ) {
+        let shown = subsys.map(|s| format!("{s}: ")).unwrap_or_default();
+        let line = format!("{} DMSC {label} {shown}{args}", prefix(&self.host));
+        match &self.out {
+            Dest::Stream(out) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = out.write_all(format!("{line}\n").as_bytes());
+                let _ = out.flush();
+            }
+            Dest::Sink(sink) => sink.line(level, subsys, &line),
+        }
     }
 }
 
@@ -71,14 +115,16 @@ impl log::Log for DmscLogger {
             log::Level::Debug | log::Level::Trace => "TRACE",
         };
         let subsys = match r.target().strip_prefix("dmsc::") {
-            Some(s) if Subsys::of_target(r.target()).is_some() => format!("{s}: "),
-            _ => String::new(),
+            Some(s) if Subsys::of_target(r.target()).is_some() => Some(s),
+            _ => None,
         };
-        self.write_line(label, &subsys, r.args());
+        self.write_line(r.level(), label, subsys, r.args());
     }
 
     fn flush(&self) {
-        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        if let Dest::Stream(out) = &self.out {
+            let _ = out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
     }
 }
 
@@ -120,7 +166,7 @@ pub fn install(settings: &LogSettings, rank: Option<Rank>) -> Result<()> {
                 level: settings.level,
                 subsys: settings.subsys,
                 host,
-                out: Mutex::new(out),
+                out,
             })
         }
     };
@@ -135,17 +181,22 @@ pub fn install(settings: &LogSettings, rank: Option<Rank>) -> Result<()> {
     if ours && rank.is_some() && logger.level == LogLevel::Version {
         static SHOWN: std::sync::Once = std::sync::Once::new();
         SHOWN.call_once(|| {
-            logger.write_line("VERSION", "", &format_args!("dmsc {}", crate::VERSION))
+            let version = format_args!("dmsc {}", crate::VERSION);
+            logger.write_line(log::Level::Info, "VERSION", None, &version)
         });
     }
     Ok(())
 }
 
 /// Where the lines go: `DMSC_DEBUG_FILE` with `%h` and `%p` substituted (appended to), else
-/// standard error.
-fn open(settings: &LogSettings, host: &str) -> Result<Box<dyn Write + Send>> {
+/// the sink of [`route_to`], else standard error.
+fn open(settings: &LogSettings, host: &str) -> Result<Dest> {
+    let stream = |w: Box<dyn Write + Send>| Dest::Stream(Mutex::new(w));
     let Some(pattern) = &settings.file else {
-        return Ok(Box::new(std::io::stderr()));
+        return Ok(match SINK.get() {
+            Some(sink) => Dest::Sink(sink.as_ref()),
+            None => stream(Box::new(std::io::stderr())),
+        });
     };
     let path = expand_file(pattern, host, std::process::id());
     let f = std::fs::OpenOptions::new()
@@ -159,7 +210,7 @@ fn open(settings: &LogSettings, host: &str) -> Result<Box<dyn Write + Send>> {
                 "DMSC_DEBUG_FILE={pattern}: cannot open {path}: {e}"
             ))
         })?;
-    Ok(Box::new(f))
+    Ok(stream(Box::new(f)))
 }
 
 /// Whether dmsc's logger is the process's logger (false before [`install`], or when the
@@ -194,7 +245,7 @@ mod tests {
             level,
             subsys: parse_subsys(subsys).unwrap(),
             host: "node-7".into(),
-            out: Mutex::new(Box::new(buf.clone())),
+            out: Dest::Stream(Mutex::new(Box::new(buf.clone()))),
         };
         (l, buf)
     }
@@ -256,5 +307,44 @@ mod tests {
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(" DMSC TRACE NET: conn up"), "{text}");
+    }
+
+    /// A sink that keeps what it got.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<(log::Level, Option<String>, String)>>);
+    impl LineSink for Kept {
+        fn line(&self, level: log::Level, subsys: Option<&str>, line: &str) {
+            let entry = (level, subsys.map(str::to_string), line.to_string());
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_whole_filtered_lines_with_their_level_and_subsystem() {
+        let kept: &'static Kept = Box::leak(Box::default());
+        let l = DmscLogger {
+            level: LogLevel::Info,
+            subsys: parse_subsys("ALL").unwrap(),
+            host: "node-7".into(),
+            out: Dest::Sink(kept),
+        };
+        emit(&l, log::Level::Info, dmsc_core::subsys::INIT, "banner");
+        emit(
+            &l,
+            log::Level::Trace,
+            dmsc_core::subsys::NET,
+            "filtered out",
+        );
+        emit(&l, log::Level::Warn, "dmsc", "no subsystem");
+        let got = kept.0.lock().unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0].0, got[0].1.as_deref()),
+            (log::Level::Info, Some("INIT"))
+        );
+        assert!(got[0].2.starts_with("node-7:") && got[0].2.ends_with(" DMSC INFO INIT: banner"));
+        assert!(!got[0].2.ends_with('\n'));
+        assert_eq!((got[1].0, got[1].1.as_deref()), (log::Level::Warn, None));
+        assert!(got[1].2.ends_with(" DMSC WARN no subsystem"), "{got:?}");
     }
 }

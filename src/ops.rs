@@ -26,6 +26,19 @@ impl Communicator {
         count: Option<usize>,
         dtype: DataType,
     ) -> Result<Call> {
+        self.call_with_factor((kind, op, root), input, output, count, dtype, None)
+    }
+
+    /// [`Communicator::call_of`] with a premultiplication factor.
+    fn call_with_factor(
+        &self,
+        (kind, op, root): What,
+        input: Option<&[u8]>,
+        output: &[u8],
+        count: Option<usize>,
+        dtype: DataType,
+        factor: Option<f64>,
+    ) -> Result<Call> {
         let args = CollArgs {
             kind,
             dtype,
@@ -34,6 +47,7 @@ impl Communicator {
             input: input.map(Span::of),
             output: Span::of(output),
             count,
+            factor,
         };
         Call::collective(self.shape(), args, &Names::RUST)
     }
@@ -151,6 +165,62 @@ impl Communicator {
         op: ReduceOp,
     ) -> Request<'a> {
         self.typed_async((CollKind::AllReduce, op, 0), Some(input), output)
+    }
+
+    /// A [`ReduceOp::PreMulSum`] collective of `kind`: every rank's input multiplied by its
+    /// own `factor`, then summed (the caller's input is not written).
+    fn premul<T: Element>(
+        &self,
+        (kind, root): (CollKind, usize),
+        factor: f64,
+        input: Option<&[T]>,
+        output: &mut [T],
+    ) -> Result<()> {
+        let what = (kind, ReduceOp::PreMulSum, root);
+        let (input, output) = (input.map(bytes), crate::element::bytes_mut(output));
+        let call = self.call_with_factor(what, input, output, None, T::DTYPE, Some(factor))?;
+        // SAFETY: the spans are `input` and `output`, borrowed (the output mutably) for this
+        // whole call.
+        unsafe { self.run_call(&call) }
+    }
+
+    /// `output` = the sum over ranks of each rank's `input` times its own `factor` (NCCL's
+    /// `ncclRedOpCreatePreMulSum` operator, torch's `PREMUL_SUM`). Ranks may pass different
+    /// factors; for integer types the factor must be a whole number.
+    pub fn all_reduce_premul<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        factor: f64,
+    ) -> Result<()> {
+        self.premul((CollKind::AllReduce, 0), factor, Some(input), output)
+    }
+
+    /// [`Communicator::all_reduce_premul`] in place on `buf`.
+    pub fn all_reduce_premul_in_place<T: Element>(&self, buf: &mut [T], factor: f64) -> Result<()> {
+        self.premul((CollKind::AllReduce, 0), factor, None, buf)
+    }
+
+    /// Reduce-scatter with [`ReduceOp::PreMulSum`] (see [`Communicator::all_reduce_premul`]).
+    pub fn reduce_scatter_premul<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        factor: f64,
+    ) -> Result<()> {
+        self.premul((CollKind::ReduceScatter, 0), factor, Some(input), output)
+    }
+
+    /// Reduce onto `root` with [`ReduceOp::PreMulSum`] (see
+    /// [`Communicator::all_reduce_premul`]).
+    pub fn reduce_premul<T: Element>(
+        &self,
+        input: &[T],
+        output: &mut [T],
+        factor: f64,
+        root: usize,
+    ) -> Result<()> {
+        self.premul((CollKind::Reduce, root), factor, Some(input), output)
     }
 
     /// Reduce `input` (`size()` blocks of `output.len()`) and keep block `rank()`.

@@ -127,16 +127,30 @@ pub enum ReduceOp {
     Max = 3,
     /// Sum divided by the number of ranks (integer division for integer types).
     Avg = 4,
+    /// Bitwise and (integer types only).
+    BAnd = 5,
+    /// Bitwise or (integer types only).
+    BOr = 6,
+    /// Bitwise exclusive or (integer types only).
+    BXor = 7,
+    /// Sum of each rank's input multiplied by that rank's own factor (NCCL's
+    /// `ncclRedOpCreatePreMulSum`, torch's `PREMUL_SUM`). The factor is a per-rank argument of
+    /// the call, not part of what ranks agree on; ranks may pass different factors.
+    PreMulSum = 8,
 }
 
 impl ReduceOp {
     /// Every operator, in wire-code order.
-    pub const ALL: [ReduceOp; 5] = [
+    pub const ALL: [ReduceOp; 9] = [
         ReduceOp::Sum,
         ReduceOp::Prod,
         ReduceOp::Min,
         ReduceOp::Max,
         ReduceOp::Avg,
+        ReduceOp::BAnd,
+        ReduceOp::BOr,
+        ReduceOp::BXor,
+        ReduceOp::PreMulSum,
     ];
 
     /// Lower-case name, as printed by dmsc-perf.
@@ -147,7 +161,26 @@ impl ReduceOp {
             ReduceOp::Min => "min",
             ReduceOp::Max => "max",
             ReduceOp::Avg => "avg",
+            ReduceOp::BAnd => "band",
+            ReduceOp::BOr => "bor",
+            ReduceOp::BXor => "bxor",
+            ReduceOp::PreMulSum => "premul_sum",
         }
+    }
+
+    /// A bitwise operator, defined on integer types only.
+    pub const fn is_bitwise(self) -> bool {
+        matches!(self, ReduceOp::BAnd | ReduceOp::BOr | ReduceOp::BXor)
+    }
+
+    /// Whether this operator applies to `dtype`: bitwise operators need an integer type.
+    pub fn check_dtype(self, dtype: DataType) -> crate::Result<()> {
+        if self.is_bitwise() && dtype.is_float() {
+            return Err(crate::Error::invalid(format!(
+                "reduce op {self} applies to integer types only, not {dtype}"
+            )));
+        }
+        Ok(())
     }
 
     /// Decode a wire code.
@@ -155,7 +188,8 @@ impl ReduceOp {
         ReduceOp::ALL.get(code as usize).copied()
     }
 
-    /// Parse a name (`sum`, `prod`, `min`, `max`, `avg`; case-insensitive).
+    /// Parse a name (`sum`, `prod`, `min`, `max`, `avg`, `band`, `bor`, `bxor`, `premul_sum`;
+    /// case-insensitive).
     pub fn parse(s: &str) -> Option<ReduceOp> {
         ReduceOp::ALL
             .into_iter()
@@ -163,10 +197,11 @@ impl ReduceOp {
     }
 
     /// The operator applied pairwise while combining partial results: `Avg` combines as `Sum`
-    /// and is divided by the rank count once at the end.
+    /// and is divided by the rank count once at the end; `PreMulSum` combines as `Sum` of
+    /// inputs already multiplied by their factors.
     pub const fn combiner(self) -> ReduceOp {
         match self {
-            ReduceOp::Avg => ReduceOp::Sum,
+            ReduceOp::Avg | ReduceOp::PreMulSum => ReduceOp::Sum,
             o => o,
         }
     }

@@ -90,6 +90,7 @@ pub extern "C" fn dmscCommDestroy(comm: dmscComm_t) -> dmscResult_t {
         }
         let c = COMMS.take(F, "comm", id_of(comm))?;
         forget(id_of(comm));
+        crate::premul::forget_comm(&c);
         // The last reference's drop drains the queue of operations and joins the
         // communicator's progress thread.
         drop(c);
@@ -113,6 +114,7 @@ pub extern "C" fn dmscCommAbort(comm: dmscComm_t) -> dmscResult_t {
     guard(F, || {
         let c = COMMS.take(F, "comm", id_of(comm))?;
         forget(id_of(comm));
+        crate::premul::forget_comm(&c);
         c.abort();
         // Freed here, or by the last thread still inside an operation on it.
         drop(c);

@@ -41,6 +41,7 @@ mod last_error;
 mod nonblocking;
 mod op;
 mod path_metrics;
+mod premul;
 mod request;
 mod result;
 mod types;

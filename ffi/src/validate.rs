@@ -8,7 +8,8 @@
 
 use crate::args::byte_len;
 use crate::guard::{Ctx, Res};
-use crate::types::{data_type, red_op, RawDataType, RawRedOp};
+use crate::premul::resolve;
+use crate::types::{data_type, RawDataType, RawRedOp};
 use dmsc_rs::call::{end_of, rank_arg, Call, CollArgs, Names, P2pCall, Span};
 use dmsc_rs::{CollKind, Communicator, DataType, ReduceOp};
 use std::ffi::{c_int, c_void};
@@ -39,7 +40,7 @@ fn root_arg(f: &str, comm: &Communicator, root: c_int) -> Res<usize> {
 fn coll(
     f: &str,
     comm: &Communicator,
-    (kind, op, root): (CollKind, ReduceOp, usize),
+    (kind, (op, factor), root): (CollKind, (ReduceOp, Option<f64>), usize),
     (sendbuff, recvbuff): (*const c_void, *mut c_void),
     (cname, count): (&str, usize),
     (in_blocks, out_blocks): (usize, usize),
@@ -55,6 +56,7 @@ fn coll(
         input: Some(span(sendbuff, in_len)),
         output: span(recvbuff, out_len),
         count: Some(count),
+        factor,
     };
     Call::collective(comm.shape(), args, &C_NAMES).ctx(f)
 }
@@ -69,7 +71,10 @@ pub(crate) fn all_reduce(
     datatype: RawDataType,
     op: RawRedOp,
 ) -> Res<Call> {
-    let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
+    let (dtype, op) = {
+        let dtype = data_type(f, datatype)?;
+        (dtype, resolve(f, comm, op, dtype)?)
+    };
     let what = (CollKind::AllReduce, op, 0);
     coll(
         f,
@@ -93,7 +98,11 @@ pub(crate) fn broadcast(
     root: c_int,
 ) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let what = (CollKind::Broadcast, ReduceOp::Sum, root_arg(f, comm, root)?);
+    let what = (
+        CollKind::Broadcast,
+        (ReduceOp::Sum, None),
+        root_arg(f, comm, root)?,
+    );
     coll(
         f,
         comm,
@@ -133,6 +142,7 @@ pub(crate) fn bcast(
         input: Some(span(buff, len)),
         output: span(buff, len),
         count: Some(count),
+        factor: None,
     };
     Call::collective(comm.shape(), args, &BCAST_NAMES).ctx(f)
 }
@@ -149,7 +159,10 @@ pub(crate) fn reduce(
     op: RawRedOp,
     root: c_int,
 ) -> Res<Call> {
-    let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
+    let (dtype, op) = {
+        let dtype = data_type(f, datatype)?;
+        (dtype, resolve(f, comm, op, dtype)?)
+    };
     let what = (CollKind::Reduce, op, root_arg(f, comm, root)?);
     coll(
         f,
@@ -172,7 +185,7 @@ pub(crate) fn all_gather(
     datatype: RawDataType,
 ) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let what = (CollKind::AllGather, ReduceOp::Sum, 0);
+    let what = (CollKind::AllGather, (ReduceOp::Sum, None), 0);
     let blocks = (1, comm.size());
     coll(
         f,
@@ -195,7 +208,10 @@ pub(crate) fn reduce_scatter(
     datatype: RawDataType,
     op: RawRedOp,
 ) -> Res<Call> {
-    let (dtype, op) = (data_type(f, datatype)?, red_op(f, op)?);
+    let (dtype, op) = {
+        let dtype = data_type(f, datatype)?;
+        (dtype, resolve(f, comm, op, dtype)?)
+    };
     let what = (CollKind::ReduceScatter, op, 0);
     let blocks = (comm.size(), 1);
     coll(
@@ -219,7 +235,7 @@ pub(crate) fn all_to_all(
     datatype: RawDataType,
 ) -> Res<Call> {
     let dtype = data_type(f, datatype)?;
-    let what = (CollKind::AllToAll, ReduceOp::Sum, 0);
+    let what = (CollKind::AllToAll, (ReduceOp::Sum, None), 0);
     let blocks = (comm.size(), comm.size());
     coll(
         f,

@@ -70,8 +70,12 @@ class _PathMetrics(TypedDict):
 class ReduceOp:
     """Reduction operator, named as in ``torch.distributed.ReduceOp``.
 
-    AVG divides the sum by the number of ranks (integer division for integer types).
-    Members compare equal to themselves and to their integer codes (SUM=0 ... AVG=4).
+    AVG divides the sum by the number of ranks (integer division for integer types). BAND,
+    BOR and BXOR apply to integer types only. PREMUL_SUM sums every rank's tensor multiplied
+    by that rank's own ``factor=`` (a whole number for integer types), as torch's
+    ``_make_nccl_premul_sum``; the tensor itself is not written before the result lands.
+    Members compare equal to themselves and to their integer codes (SUM=0 ... AVG=4,
+    BAND=5, BOR=6, BXOR=7, PREMUL_SUM=8).
     """
 
     SUM: ClassVar[ReduceOp]
@@ -79,10 +83,15 @@ class ReduceOp:
     MIN: ClassVar[ReduceOp]
     MAX: ClassVar[ReduceOp]
     AVG: ClassVar[ReduceOp]
+    BAND: ClassVar[ReduceOp]
+    BOR: ClassVar[ReduceOp]
+    BXOR: ClassVar[ReduceOp]
+    PREMUL_SUM: ClassVar[ReduceOp]
 
     @property
     def name(self) -> str:
-        """``"SUM"``, ``"PRODUCT"``, ``"MIN"``, ``"MAX"`` or ``"AVG"``."""
+        """``"SUM"``, ``"PRODUCT"``, ``"MIN"``, ``"MAX"``, ``"AVG"``, ``"BAND"``, ``"BOR"``,
+        ``"BXOR"`` or ``"PREMUL_SUM"``."""
 
     def __int__(self) -> int: ...
 
@@ -157,22 +166,23 @@ class Communicator:
 
     @overload
     def all_reduce(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[False] = False
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[False] = False, factor: Optional[float] = None
     ) -> None:
         """Reduce ``tensor`` across ranks with ``op``; the result replaces ``tensor`` or goes to
-        ``out`` (same type and length)."""
+        ``out`` (same type and length). ``factor`` is this rank's multiplier for
+        ``ReduceOp.PREMUL_SUM`` (required with it, refused with any other op)."""
     @overload
     def all_reduce(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[True]
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[True], factor: Optional[float] = None
     ) -> Work: ...
     @overload
     def all_reduce(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: bool = False
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: bool = False, factor: Optional[float] = None
     ) -> Optional[Work]: ...
 
     @overload
     def reduce_scatter(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[False] = False
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[False] = False, factor: Optional[float] = None
     ) -> None:
         """Reduce ``tensor`` (``size`` equal blocks) with ``op`` and keep block ``rank``.
 
@@ -181,11 +191,11 @@ class Communicator:
         """
     @overload
     def reduce_scatter(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[True]
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: Literal[True], factor: Optional[float] = None
     ) -> Work: ...
     @overload
     def reduce_scatter(
-        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: bool = False
+        self, tensor: _Tensor, op: _OpLike = ReduceOp.SUM, *, out: Optional[_Tensor] = None, async_op: bool = False, factor: Optional[float] = None
     ) -> Optional[Work]: ...
 
     @overload
@@ -226,7 +236,7 @@ class Communicator:
         op: _OpLike = ReduceOp.SUM,
         *,
         out: Optional[_Tensor] = None,
-        async_op: Literal[False] = False,
+        async_op: Literal[False] = False, factor: Optional[float] = None,
     ) -> None:
         """Reduce every rank's ``tensor`` with ``op`` onto ``root``.
 
@@ -242,7 +252,7 @@ class Communicator:
         op: _OpLike = ReduceOp.SUM,
         *,
         out: Optional[_Tensor] = None,
-        async_op: Literal[True],
+        async_op: Literal[True], factor: Optional[float] = None,
     ) -> Work: ...
     @overload
     def reduce(
@@ -252,7 +262,7 @@ class Communicator:
         op: _OpLike = ReduceOp.SUM,
         *,
         out: Optional[_Tensor] = None,
-        async_op: bool = False,
+        async_op: bool = False, factor: Optional[float] = None,
     ) -> Optional[Work]: ...
 
     @overload

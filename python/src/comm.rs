@@ -217,7 +217,7 @@ impl Communicator {
 
     /// Reduce `tensor` across ranks with `op`; the result replaces `tensor`, or goes to `out`
     /// (same type and length).
-    #[pyo3(signature = (tensor, op=None, *, out=None, async_op=false))]
+    #[pyo3(signature = (tensor, op=None, *, out=None, async_op=false, factor=None))]
     fn all_reduce(
         &self,
         py: Python<'_>,
@@ -225,6 +225,7 @@ impl Communicator {
         op: Option<&Bound<'_, PyAny>>,
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
+        factor: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let op = ops::parse(op)?;
         let call = layout::collective(
@@ -232,7 +233,7 @@ impl Communicator {
             CollKind::AllReduce,
             tensor,
             out,
-            (op, 0),
+            (op, factor, 0),
             true,
         )?;
         self.run(py, call, async_op)
@@ -240,7 +241,7 @@ impl Communicator {
 
     /// Reduce `tensor` (`size` equal blocks) across ranks with `op` and keep block `rank`: in
     /// place it lands in block `rank` of `tensor`; with `out` (one block long) it goes there.
-    #[pyo3(signature = (tensor, op=None, *, out=None, async_op=false))]
+    #[pyo3(signature = (tensor, op=None, *, out=None, async_op=false, factor=None))]
     fn reduce_scatter(
         &self,
         py: Python<'_>,
@@ -248,6 +249,7 @@ impl Communicator {
         op: Option<&Bound<'_, PyAny>>,
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
+        factor: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let op = ops::parse(op)?;
         let call = layout::collective(
@@ -255,7 +257,7 @@ impl Communicator {
             CollKind::ReduceScatter,
             tensor,
             out,
-            (op, 0),
+            (op, factor, 0),
             true,
         )?;
         self.run(py, call, async_op)
@@ -277,7 +279,7 @@ impl Communicator {
             CollKind::AllGather,
             tensor,
             out,
-            (ReduceOp::Sum, 0),
+            (ReduceOp::Sum, None, 0),
             true,
         )?;
         self.run(py, call, async_op)
@@ -301,7 +303,7 @@ impl Communicator {
             CollKind::Broadcast,
             tensor,
             out,
-            (ReduceOp::Sum, root),
+            (ReduceOp::Sum, None, root),
             writable,
         )?;
         self.run(py, call, async_op)
@@ -311,7 +313,8 @@ impl Communicator {
     /// `root`'s `tensor` (other ranks' tensors may be used as scratch space); with `out`, it
     /// goes to `root`'s `out` and every `tensor` is left unchanged (`out` is not written on
     /// other ranks).
-    #[pyo3(signature = (tensor, root=0, op=None, *, out=None, async_op=false))]
+    #[pyo3(signature = (tensor, root=0, op=None, *, out=None, async_op=false, factor=None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn reduce(
         &self,
         py: Python<'_>,
@@ -320,6 +323,7 @@ impl Communicator {
         op: Option<&Bound<'_, PyAny>>,
         out: Option<&Bound<'_, PyAny>>,
         async_op: bool,
+        factor: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let root = layout::rank(self.shape(), "root", root)?;
         let op = ops::parse(op)?;
@@ -328,7 +332,7 @@ impl Communicator {
             CollKind::Reduce,
             tensor,
             out,
-            (op, root),
+            (op, factor, root),
             true,
         )?;
         self.run(py, call, async_op)
@@ -349,7 +353,7 @@ impl Communicator {
             CollKind::AllToAll,
             tensor,
             out,
-            (ReduceOp::Sum, 0),
+            (ReduceOp::Sum, None, 0),
             true,
         )?;
         self.run(py, call, async_op)

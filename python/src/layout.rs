@@ -44,7 +44,7 @@ pub fn collective(
     kind: CollKind,
     tensor: &Bound<'_, PyAny>,
     out: Option<&Bound<'_, PyAny>>,
-    (op, root): (ReduceOp, usize),
+    (op, factor, root): (ReduceOp, Option<f64>, usize),
     in_place_writable: bool,
 ) -> PyResult<Call> {
     let (bufs, dtype, input) = match out {
@@ -69,6 +69,7 @@ pub fn collective(
         input,
         output: bufs[0].span(),
         count: None,
+        factor,
     };
     let call = dmsc::call::Call::collective(shape, args, &NAMES).map_err(to_py)?;
     Ok(Call::new(call, bufs))

@@ -5,6 +5,7 @@
 //! * [`buffer`], [`dlpack`]: zero-copy access to buffer-protocol objects and DLPack tensors.
 //! * [`work`]: `Work`, the handle of `async_op=True` calls.
 //! * [`ops`]: `ReduceOp`; [`errors`]: the exception classes; [`launch`]: `python -m dmsc.run`.
+//! * [`log_bridge`]: dmsc's log lines into Python's `logging`.
 
 mod buffer;
 mod call;
@@ -13,6 +14,7 @@ mod dlpack;
 mod errors;
 mod launch;
 mod layout;
+mod log_bridge;
 mod ops;
 mod work;
 
@@ -52,5 +54,6 @@ fn _dmsc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(new_unique_id, m)?)?;
     m.add_function(wrap_pyfunction!(launch::launch, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    log_bridge::install(m.py())?;
     Ok(())
 }

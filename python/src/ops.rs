@@ -28,11 +28,24 @@ pub enum ReduceOp {
     /// Sum divided by the number of ranks.
     #[pyo3(name = "AVG")]
     Avg = 4,
+    /// Bitwise and (integer types only).
+    #[pyo3(name = "BAND")]
+    Band = 5,
+    /// Bitwise or (integer types only).
+    #[pyo3(name = "BOR")]
+    Bor = 6,
+    /// Bitwise exclusive or (integer types only).
+    #[pyo3(name = "BXOR")]
+    Bxor = 7,
+    /// Sum of each rank's tensor multiplied by that rank's `factor=` argument.
+    #[pyo3(name = "PREMUL_SUM")]
+    PremulSum = 8,
 }
 
 #[pymethods]
 impl ReduceOp {
-    /// The operator's name: `"SUM"`, `"PRODUCT"`, `"MIN"`, `"MAX"` or `"AVG"`.
+    /// The operator's name: `"SUM"`, `"PRODUCT"`, `"MIN"`, `"MAX"`, `"AVG"`, `"BAND"`,
+    /// `"BOR"`, `"BXOR"` or `"PREMUL_SUM"`.
     #[getter]
     fn name(&self) -> &'static str {
         match self {
@@ -41,6 +54,10 @@ impl ReduceOp {
             ReduceOp::Min => "MIN",
             ReduceOp::Max => "MAX",
             ReduceOp::Avg => "AVG",
+            ReduceOp::Band => "BAND",
+            ReduceOp::Bor => "BOR",
+            ReduceOp::Bxor => "BXOR",
+            ReduceOp::PremulSum => "PREMUL_SUM",
         }
     }
 }
@@ -53,6 +70,10 @@ impl ReduceOp {
             ReduceOp::Min => dmsc::ReduceOp::Min,
             ReduceOp::Max => dmsc::ReduceOp::Max,
             ReduceOp::Avg => dmsc::ReduceOp::Avg,
+            ReduceOp::Band => dmsc::ReduceOp::BAnd,
+            ReduceOp::Bor => dmsc::ReduceOp::BOr,
+            ReduceOp::Bxor => dmsc::ReduceOp::BXor,
+            ReduceOp::PremulSum => dmsc::ReduceOp::PreMulSum,
         }
     }
 }
@@ -64,6 +85,10 @@ fn by_name(s: &str) -> Option<dmsc::ReduceOp> {
         "min" => dmsc::ReduceOp::Min,
         "max" => dmsc::ReduceOp::Max,
         "avg" => dmsc::ReduceOp::Avg,
+        "band" => dmsc::ReduceOp::BAnd,
+        "bor" => dmsc::ReduceOp::BOr,
+        "bxor" => dmsc::ReduceOp::BXor,
+        "premul_sum" => dmsc::ReduceOp::PreMulSum,
         _ => return None,
     })
 }
@@ -92,7 +117,7 @@ pub fn parse(op: Option<&Bound<'_, PyAny>>) -> PyResult<dmsc::ReduceOp> {
         .map(|r| r.to_string())
         .unwrap_or_else(|_| "?".into());
     Err(invalid(format!(
-        "op {shown} is not a supported reduction: use dmsc.ReduceOp.SUM, PRODUCT, MIN, MAX or \
-         AVG (or their names as strings)"
+        "op {shown} is not a supported reduction: use dmsc.ReduceOp.SUM, PRODUCT, MIN, MAX, \
+         AVG, BAND, BOR, BXOR or PREMUL_SUM (or their names as strings)"
     )))
 }

@@ -27,6 +27,9 @@ pub struct CollArgs {
     /// NCCL's count for `kind` (see [`CollKind`]) when the front end has one (C, the byte
     /// API); `None` derives it from the buffers' lengths.
     pub count: Option<usize>,
+    /// This rank's factor for [`ReduceOp::PreMulSum`], which needs one; no other operator
+    /// takes one.
+    pub factor: Option<f64>,
 }
 
 impl Call {
@@ -38,6 +41,29 @@ impl Call {
                 return Err(Error::invalid(format!("{kind} has its own entry point")))
             }
             CollKind::Barrier => return Ok(Call::barrier()),
+            _ => {}
+        }
+        let reduces = matches!(
+            kind,
+            CollKind::AllReduce | CollKind::ReduceScatter | CollKind::Reduce
+        );
+        let op = if reduces { a.op } else { ReduceOp::Sum };
+        let factor = if reduces { a.factor } else { None };
+        op.check_dtype(dtype)?;
+        match (op, factor) {
+            (ReduceOp::PreMulSum, None) => {
+                return Err(Error::invalid(format!(
+                    "{kind} with reduce op premul_sum needs this rank's factor"
+                )))
+            }
+            (ReduceOp::PreMulSum, Some(f)) => {
+                dmsc_core::reduce::factor_as_int(dtype, f)?;
+            }
+            (op, Some(f)) => {
+                return Err(Error::invalid(format!(
+                    "a factor ({f}) is given with reduce op {op}; only premul_sum takes one"
+                )))
+            }
             _ => {}
         }
         let root = match kind {
@@ -81,7 +107,7 @@ impl Call {
             kind,
             count,
             dtype,
-            op: a.op,
+            op,
             root,
         };
         let (in_elems, out_elems) = plan::buffer_elems(&desc, n)?;
@@ -100,6 +126,7 @@ impl Call {
             desc,
             input,
             output,
+            factor,
         })
     }
 
@@ -115,6 +142,7 @@ impl Call {
             },
             input: Some(Span::EMPTY),
             output: Span::EMPTY,
+            factor: None,
         }
     }
 }
@@ -209,6 +237,7 @@ mod tests {
             dtype: DataType::Float32,
             op: ReduceOp::Sum,
             root: 0,
+            factor: None,
             input,
             output,
             count,
@@ -311,5 +340,63 @@ mod tests {
         let far = CollArgs { root: 2, ..red };
         let e = Call::collective(leaf, far, &C).unwrap_err().to_string();
         assert!(e.contains("root 2 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn operators_are_checked_against_the_type_and_the_factor() {
+        let (a, b) = (vec![0f32; 4], vec![0f32; 4]);
+        let shape = Shape { rank: 0, size: 2 };
+        let base = args(CollKind::AllReduce, Some(at(&a, 0, 4)), at(&b, 0, 4), None);
+        let err = |x: CollArgs| Call::collective(shape, x, &C).unwrap_err().to_string();
+        let band = CollArgs {
+            op: ReduceOp::BAnd,
+            ..base
+        };
+        let e = err(band);
+        assert!(
+            e.contains("band applies to integer types only, not float"),
+            "{e}"
+        );
+        let ints = CollArgs {
+            dtype: DataType::Int32,
+            ..band
+        };
+        assert!(Call::collective(shape, ints, &C).is_ok());
+        let premul = CollArgs {
+            op: ReduceOp::PreMulSum,
+            ..base
+        };
+        assert!(
+            err(premul).contains("all_reduce with reduce op premul_sum needs this rank's factor")
+        );
+        let with = CollArgs {
+            factor: Some(0.5),
+            ..premul
+        };
+        let Call::Collective { desc, factor, .. } = Call::collective(shape, with, &C).unwrap()
+        else {
+            panic!("not a collective")
+        };
+        assert_eq!((desc.op, factor), (ReduceOp::PreMulSum, Some(0.5)));
+        let whole = CollArgs {
+            dtype: DataType::Int32,
+            ..with
+        };
+        assert!(err(whole).contains("factor 0.5 is not a whole number, which int32 needs"));
+        let stray = CollArgs {
+            factor: Some(2.0),
+            ..base
+        };
+        assert!(err(stray)
+            .contains("a factor (2) is given with reduce op sum; only premul_sum takes one"));
+        // Collectives that do not reduce ignore the operator and its factor.
+        let ag = CollArgs {
+            kind: CollKind::Broadcast,
+            ..with
+        };
+        let Call::Collective { desc, factor, .. } = Call::collective(shape, ag, &C).unwrap() else {
+            panic!("not a collective")
+        };
+        assert_eq!((desc.op, factor), (ReduceOp::Sum, None));
     }
 }

@@ -41,6 +41,8 @@ pub enum Call {
         input: Option<Span>,
         /// The buffer written.
         output: Span,
+        /// This rank's factor when `desc.op` is `PreMulSum` (`None` otherwise).
+        factor: Option<f64>,
     },
     /// All-to-all-v; `input == None` is in place on `output`.
     AllToAllV {

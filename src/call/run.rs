@@ -61,7 +61,11 @@ impl Communicator {
                 desc,
                 input,
                 output,
-            } => self.collective_job(*desc, *input, *output).map(Some),
+                factor,
+            } => {
+                // SAFETY: forwarded contract.
+                unsafe { self.collective_job(*desc, *input, *output, *factor) }.map(Some)
+            }
             Call::AllToAllV {
                 dtype,
                 input,
@@ -91,7 +95,12 @@ impl Communicator {
                     group: vec![],
                 };
                 let sched = sched.into();
-                Ok(Some(Job::Collective { desc, sched, mem }))
+                Ok(Some(Job::Collective {
+                    desc,
+                    sched,
+                    mem,
+                    owned: None,
+                }))
             }
             // SAFETY: forwarded contract.
             Call::P2p { dtype, ops } => unsafe { self.p2p_job(*dtype, ops) },
@@ -99,38 +108,63 @@ impl Communicator {
     }
 
     /// A collective's job: its memory (in place, the whole buffer, with this rank's block
-    /// for all-gather and reduce-scatter) and its schedule.
-    fn collective_job(&self, desc: CollDesc, input: Option<Span>, output: Span) -> Result<Job> {
-        let mem = match input {
-            Some(i) => OpMemory {
-                input: region(i),
-                output: region(output),
-                group: vec![],
-            },
+    /// for all-gather and reduce-scatter) and its schedule. With a premultiplication
+    /// `factor`, the input is first multiplied into memory the job owns, and the call runs
+    /// out of place from there, so the caller's input is never written (NCCL's rule for
+    /// `sendbuff`); a reduction off the root then writes no output, as out of place.
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call`]: a premultiplied input is read now.
+    unsafe fn collective_job(
+        &self,
+        desc: CollDesc,
+        input: Option<Span>,
+        output: Span,
+        factor: Option<f64>,
+    ) -> Result<Job> {
+        let es = desc.dtype.size();
+        let (read, written) = match input {
+            Some(i) => (i, output),
             None => {
-                let block = || {
-                    output.sub(
-                        self.rank() * desc.count * desc.dtype.size(),
-                        desc.count * desc.dtype.size(),
-                    )
-                };
-                let (input, out) = match desc.kind {
+                let block = || output.sub(self.rank() * desc.count * es, desc.count * es);
+                match desc.kind {
                     CollKind::AllGather => (block(), output),
                     CollKind::ReduceScatter => (output, block()),
                     _ => (output, output),
-                };
-                OpMemory {
-                    input: region(input),
-                    output: region(out),
-                    group: vec![],
                 }
             }
         };
+        let (read, written, owned) = match factor {
+            None => (region(read), region(written), None),
+            Some(f) => {
+                let mut dev = HostDevice;
+                let buf = dev.alloc(read.len)?;
+                // SAFETY: the caller's contract makes `read` readable; `buf` is fresh memory of
+                // the same length, aligned to 8.
+                unsafe { dev.scale_mul(desc.dtype, buf.ptr(), read.ptr, read.len, f)? };
+                let off_root = desc.kind == CollKind::Reduce && self.rank() != desc.root;
+                let written = if off_root {
+                    Region::EMPTY
+                } else {
+                    region(written)
+                };
+                (Region::host(buf.ptr(), buf.len()), written, Some(buf))
+            }
+        };
+        let in_place = input.is_none() && owned.is_none();
+        let mem = OpMemory {
+            input: read,
+            output: written,
+            group: vec![],
+        };
         let shape = (self.rank(), self.size());
-        let sched = self
-            .plans
-            .get(&desc, input.is_none(), shape, &self.config.plan)?;
-        Ok(Job::Collective { desc, sched, mem })
+        let sched = self.plans.get(&desc, in_place, shape, &self.config.plan)?;
+        Ok(Job::Collective {
+            desc,
+            sched,
+            mem,
+            owned,
+        })
     }
 
     /// A group's job, after copying its sends to this rank itself into their receives (each

@@ -226,6 +226,74 @@ static void test_all_reduce(dmscComm_t comm) {
             }
 }
 
+/* dmscRedOpCreatePreMulSum: each rank's input times its own scalar, summed, for both
+ * residences, on all_reduce (in and out of place), reduce and reduce_scatter; the errors of
+ * a wrong datatype, an unknown residence and a destroyed operator. */
+static void test_premul_sum(dmscComm_t comm) {
+    const size_t count = 257;
+    size_t i;
+    int r;
+    double sum_f = 0; /* sum over ranks of (r + 1) * 0.5 */
+    for (r = 0; r < nranks; r++) sum_f += (r + 1) * 0.5;
+    {
+        float scalar = (float)(me + 1) * 0.5f, *send = xmalloc(count * 4), *recv = xmalloc(count * nranks * 4);
+        dmscRedOp_t op, op_dev;
+        OK(dmscRedOpCreatePreMulSum(&op, &scalar, dmscFloat32, dmscScalarHostImmediate, comm));
+        CHECK((int)op >= 5, "a created operator is numbered from dmscNumOps (5): %d", (int)op);
+        for (i = 0; i < count; i++) send[i] = (float)(i % 13);
+        OK(dmscAllReduce(send, recv, count, dmscFloat32, op, comm, NULL));
+        for (i = 0; i < count; i++) {
+            CHECK(send[i] == (float)(i % 13), "premul sendbuff was modified");
+            CHECK(recv[i] == (float)(sum_f * (double)(i % 13)), "premul all_reduce [%zu]: %g", i, recv[i]);
+        }
+        /* Immediate: changing the scalar afterwards changes nothing. */
+        scalar = 100.0f;
+        OK(dmscAllReduce(send, send, count, dmscFloat32, op, comm, NULL));
+        for (i = 0; i < count; i++)
+            CHECK(send[i] == (float)(sum_f * (double)(i % 13)), "in-place premul [%zu]: %g", i, send[i]);
+        /* Device residence: read at each call. */
+        OK(dmscRedOpCreatePreMulSum(&op_dev, &scalar, dmscFloat32, dmscScalarDevice, comm));
+        CHECK(op_dev != op, "two operators, two values");
+        scalar = (float)(me + 1) * 0.5f;
+        for (i = 0; i < count * nranks; i++) recv[i] = (float)(i % 5);
+        OK(dmscReduceScatter(recv, send, count, dmscFloat32, op_dev, comm, NULL));
+        for (i = 0; i < count; i++) {
+            double want = sum_f * (double)(((size_t)me * count + i) % 5);
+            CHECK(send[i] == (float)want, "premul reduce_scatter [%zu]: %g != %g", i, send[i], want);
+        }
+        scalar = 1.0f;
+        for (i = 0; i < count; i++) send[i] = 2.0f;
+        OK(dmscReduce(send, recv, count, dmscFloat32, op_dev, nranks - 1, comm, NULL));
+        if (me == nranks - 1)
+            for (i = 0; i < count; i++) CHECK(recv[i] == 2.0f * (float)nranks, "premul reduce [%zu]", i);
+        EXPECT(dmscAllReduce(send, recv, count, dmscFloat64, op, comm, NULL), dmscInvalidArgument,
+               "was created for dmscFloat32 but the call's datatype is dmscFloat64");
+        OK(dmscRedOpDestroy(op, comm));
+        OK(dmscRedOpDestroy(op_dev, comm));
+        EXPECT(dmscAllReduce(send, recv, count, dmscFloat32, op, comm, NULL), dmscInvalidArgument,
+               "nor an operator created on this communicator");
+        EXPECT(dmscRedOpDestroy(op, comm), dmscInvalidArgument, "was not created on this communicator");
+        EXPECT(dmscRedOpCreatePreMulSum(&op, &scalar, dmscFloat32, (dmscScalarResidence_t)7, comm),
+               dmscInvalidArgument, "residence 7 is not a dmscScalarResidence_t");
+        EXPECT(dmscRedOpCreatePreMulSum(NULL, &scalar, dmscFloat32, dmscScalarHostImmediate, comm),
+               dmscInvalidArgument, "op is NULL");
+        free(send);
+        free(recv);
+    }
+    {
+        /* Integers multiply by whole scalars. */
+        int64_t scalar = me + 1, x[3] = {1, -2, 3}, y[3];
+        dmscRedOp_t op;
+        long want = 0;
+        for (r = 0; r < nranks; r++) want += r + 1;
+        OK(dmscRedOpCreatePreMulSum(&op, &scalar, dmscInt64, dmscScalarHostImmediate, comm));
+        OK(dmscAllReduce(x, y, 3, dmscInt64, op, comm, NULL));
+        CHECK(y[0] == want && y[1] == -2 * want && y[2] == 3 * want, "premul int64: %lld %lld %lld",
+              (long long)y[0], (long long)y[1], (long long)y[2]);
+        OK(dmscRedOpDestroy(op, comm));
+    }
+}
+
 static void test_broadcast_reduce(dmscComm_t comm) {
     const size_t count = 1001;
     int ti, oi, inplace, k = 0;
@@ -1117,6 +1185,7 @@ int main(int argc, char **argv) {
     test_errors(world);
     test_path_metrics_count(world);
     test_all_reduce(world);
+    test_premul_sum(world);
     test_broadcast_reduce(world);
     test_gather_scatter(world);
     test_all_to_all(world);

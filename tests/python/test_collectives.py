@@ -11,8 +11,8 @@ from conftest import run_worker
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_numpy_collectives_async_p2p_split(n):
-    out = run_worker(n, "collectives", "async_p2p_split", "init_paths", timeout=150)
-    assert "collective checks" in out
+    out = run_worker(n, "collectives", "operators", "async_p2p_split", "init_paths", timeout=150)
+    assert "collective checks" in out and "operator checks passed" in out
 
 
 def test_failures_timeout_abort_mismatch_peer_lost():

@@ -172,6 +172,75 @@ def case_collectives(comm: dmsc.Communicator) -> None:
     print(f"{checks} collective checks", flush=True)
 
 
+def case_operators(comm: dmsc.Communicator) -> None:
+    """BAND, BOR and BXOR on every integer type; PREMUL_SUM with a different factor on each
+    rank on every type, on all_reduce, reduce_scatter and reduce; their argument errors."""
+    n, r = comm.size, comm.rank
+    c = 29
+    bitwise = {
+        dmsc.ReduceOp.BAND: np.bitwise_and,
+        dmsc.ReduceOp.BOR: np.bitwise_or,
+        dmsc.ReduceOp.BXOR: np.bitwise_xor,
+    }
+    for dt in DTYPES:
+        name = np.dtype(dt).name
+        is_int = np.issubdtype(dt, np.integer)
+        inputs = [values(k, c, dt) for k in range(n)]
+        for op, f in bitwise.items():
+            if not is_int:
+                try:
+                    comm.all_reduce(inputs[r].copy(), op)
+                except dmsc.InvalidArgument as e:
+                    assert "integer types only" in str(e), e
+                else:
+                    raise AssertionError(f"{op.name} on {name} was accepted")
+                continue
+            want = f.reduce(np.stack(inputs), axis=0).astype(dt)
+            a = inputs[r].copy()
+            comm.all_reduce(a, op)
+            check(a, want, f"all_reduce {op.name} {name}")
+        factors = [(k + 1) if is_int else (k + 1) * 0.5 for k in range(n)]
+        want = sum((inputs[k].astype(np.float64) * factors[k] for k in range(n)), np.zeros(c)).astype(dt)
+        pm = dmsc.ReduceOp.PREMUL_SUM
+        a = inputs[r].copy()
+        comm.all_reduce(a, pm, factor=factors[r])
+        check(a, want, f"all_reduce premul in place {name}")
+        out = np.zeros(c, dt)
+        src = inputs[r].copy()
+        comm.all_reduce(src, op="premul_sum", out=out, factor=factors[r])
+        check(out, want, f"all_reduce premul out {name}")
+        check(src, inputs[r], f"premul leaves its input {name}")
+        blocks = [values(k, n * c, dt) for k in range(n)]
+        full = sum((blocks[k].astype(np.float64) * factors[k] for k in range(n)), np.zeros(n * c)).astype(dt)
+        rs = np.zeros(c, dt)
+        comm.reduce_scatter(blocks[r], pm, out=rs, factor=factors[r])
+        check(rs, full[r * c:(r + 1) * c], f"reduce_scatter premul {name}")
+        out = np.zeros(c, dt)
+        w = comm.reduce(inputs[r], 0, pm, out=out, factor=factors[r], async_op=True)
+        w.wait()
+        if r == 0:
+            check(out, want, f"reduce premul {name}")
+    for bad, needle in [
+        (dict(op=dmsc.ReduceOp.PREMUL_SUM), "needs this rank's factor"),
+        (dict(op=dmsc.ReduceOp.SUM, factor=2.0), "only premul_sum takes one"),
+        (dict(op=dmsc.ReduceOp.PREMUL_SUM, factor=float("inf")), "not a finite number"),
+    ]:
+        try:
+            comm.all_reduce(np.zeros(4, np.float32), **bad)
+        except dmsc.InvalidArgument as e:
+            assert needle in str(e), e
+        else:
+            raise AssertionError(f"all_reduce({bad}) was accepted")
+    try:
+        comm.all_reduce(np.zeros(4, np.int32), dmsc.ReduceOp.PREMUL_SUM, factor=0.5)
+    except dmsc.InvalidArgument as e:
+        assert "not a whole number, which int32 needs" in str(e), e
+    else:
+        raise AssertionError("a fractional factor on int32 was accepted")
+    assert [int(o) for o in (dmsc.ReduceOp.BAND, dmsc.ReduceOp.BOR, dmsc.ReduceOp.BXOR, dmsc.ReduceOp.PREMUL_SUM)] == [5, 6, 7, 8]
+    print("operator checks passed", flush=True)
+
+
 def case_all_to_all_v(comm: dmsc.Communicator) -> None:
     n, r = comm.size, comm.rank
 
@@ -594,6 +663,7 @@ def case_torch(comm: dmsc.Communicator) -> None:
 
 CASES = {
     "collectives": case_collectives,
+    "operators": case_operators,
     "async_p2p_split": case_async_p2p_split,
     "init_paths": case_init_paths,
     "failures": case_failures,

@@ -42,10 +42,27 @@ fn value(op: ReduceOp, r: usize, i: usize) -> f64 {
     }
 }
 
+/// Rank `r`'s factor for [`ReduceOp::PreMulSum`] (whole, so integer types take it too).
+fn factor(r: usize) -> f64 {
+    (r + 1) as f64
+}
+
+/// The operators that apply to a type: bitwise ones to integers only.
+fn ops_for(is_int: bool) -> impl Iterator<Item = ReduceOp> {
+    ReduceOp::ALL
+        .into_iter()
+        .filter(move |o| is_int || !o.is_bitwise())
+}
+
 fn expected(op: ReduceOp, n: usize, i: usize) -> f64 {
     let vals = (0..n).map(|r| value(op, r, i));
+    let ints = || (0..n).map(|r| value(op, r, i) as i64);
     match op {
         ReduceOp::Sum => vals.sum(),
+        ReduceOp::PreMulSum => (0..n).map(|r| factor(r) * value(op, r, i)).sum(),
+        ReduceOp::BAnd => ints().fold(-1, |a, b| a & b) as f64,
+        ReduceOp::BOr => ints().fold(0, |a, b| a | b) as f64,
+        ReduceOp::BXor => ints().fold(0, |a, b| a ^ b) as f64,
         ReduceOp::Avg => {
             let s: f64 = vals.sum();
             s / n as f64
@@ -87,11 +104,14 @@ const COUNT: usize = 1001;
 
 fn all_reduce_typed<T: TestElem>(c: &Communicator, is_int: bool, count: usize) {
     let (r, n) = (c.rank(), c.size());
-    for op in ReduceOp::ALL {
+    for op in ops_for(is_int) {
         let input: Vec<T> = (0..count).map(|i| T::from_f64(value(op, r, i))).collect();
         let mut out = vec![T::from_f64(0.0); count];
-        c.all_reduce(&input, &mut out, op)
-            .unwrap_or_else(|e| fail(format!("all_reduce {op}: {e}")));
+        match op {
+            ReduceOp::PreMulSum => c.all_reduce_premul(&input, &mut out, factor(r)),
+            op => c.all_reduce(&input, &mut out, op),
+        }
+        .unwrap_or_else(|e| fail(format!("all_reduce {op}: {e}")));
         check(
             &format!("all_reduce {op} {}", T::DTYPE),
             &out,
@@ -99,8 +119,11 @@ fn all_reduce_typed<T: TestElem>(c: &Communicator, is_int: bool, count: usize) {
             is_int,
         );
         let mut buf = input.clone();
-        c.all_reduce_in_place(&mut buf, op)
-            .unwrap_or_else(|e| fail(format!("in-place all_reduce {op}: {e}")));
+        match op {
+            ReduceOp::PreMulSum => c.all_reduce_premul_in_place(&mut buf, factor(r)),
+            op => c.all_reduce_in_place(&mut buf, op),
+        }
+        .unwrap_or_else(|e| fail(format!("in-place all_reduce {op}: {e}")));
         check(
             &format!("in-place all_reduce {op} {}", T::DTYPE),
             &buf,
@@ -129,11 +152,25 @@ fn case_all_reduce_large(c: &Communicator) {
 
 fn case_reduce_scatter(c: &Communicator) {
     let (r, n) = (c.rank(), c.size());
-    for op in ReduceOp::ALL {
+    for op in ops_for(true) {
         let input: Vec<i64> = (0..COUNT * n).map(|i| value(op, r, i) as i64).collect();
         let mut out = vec![0i64; COUNT];
-        c.reduce_scatter(&input, &mut out, op)
-            .unwrap_or_else(|e| fail(format!("reduce_scatter: {e}")));
+        match op {
+            ReduceOp::PreMulSum => c.reduce_scatter_premul(&input, &mut out, factor(r)),
+            op => c.reduce_scatter(&input, &mut out, op),
+        }
+        .unwrap_or_else(|e| fail(format!("reduce_scatter {op}: {e}")));
+        if op == ReduceOp::PreMulSum {
+            // The input was only read.
+            check("premul input", &input, |i| value(op, r, i), true);
+            check(
+                "reduce_scatter premul",
+                &out,
+                |i| expected(op, n, r * COUNT + i),
+                true,
+            );
+            continue;
+        }
         check(
             "reduce_scatter",
             &out,
@@ -198,15 +235,22 @@ fn case_broadcast(c: &Communicator) {
 fn case_reduce(c: &Communicator) {
     let (r, n) = (c.rank(), c.size());
     for root in 0..n {
-        for op in ReduceOp::ALL {
+        for op in ops_for(false) {
             let input: Vec<f64> = (0..COUNT).map(|i| value(op, r, i)).collect();
             let mut out = vec![-1f64; COUNT];
-            c.reduce(&input, &mut out, op, root)
-                .unwrap_or_else(|e| fail(format!("reduce: {e}")));
+            match op {
+                ReduceOp::PreMulSum => c.reduce_premul(&input, &mut out, factor(r), root),
+                op => c.reduce(&input, &mut out, op, root),
+            }
+            .unwrap_or_else(|e| fail(format!("reduce {op}: {e}")));
             if r == root {
                 check("reduce", &out, |i| expected(op, n, i), false);
             } else {
                 check("reduce (non-root output untouched)", &out, |_| -1.0, false);
+            }
+            if op == ReduceOp::PreMulSum {
+                check("premul input", &input, |i| value(op, r, i), false);
+                continue;
             }
             let mut buf = input.clone();
             c.reduce_in_place(&mut buf, op, root)

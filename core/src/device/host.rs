@@ -82,6 +82,26 @@ impl Device for HostDevice {
         )
     }
 
+    unsafe fn scale_mul(
+        &mut self,
+        dtype: DataType,
+        dst: *mut u8,
+        src: *const u8,
+        n: usize,
+        factor: f64,
+    ) -> Result<()> {
+        let s = if std::ptr::eq(dst, src) {
+            None
+        } else {
+            // SAFETY: the caller guarantees the range, which does not overlap `dst`'s.
+            Some(unsafe { std::slice::from_raw_parts(src, n) })
+        };
+        // SAFETY: the caller guarantees the range; when it is `src`'s, only this view of it
+        // is made.
+        let d = unsafe { std::slice::from_raw_parts_mut(dst, n) };
+        reduce::scale_mul(dtype, d, s, factor)
+    }
+
     unsafe fn crc32c(&mut self, src: *const u8, n: usize) -> Result<u32> {
         // SAFETY: the caller guarantees the range.
         Ok(crc32c::crc32c(unsafe {

@@ -116,6 +116,21 @@ pub trait Device: Send {
         divisor: usize,
     ) -> Result<()>;
 
+    /// `dst[i] = src[i] * factor` over `n` bytes of `dtype` elements (the premultiplication
+    /// of [`ReduceOp::PreMulSum`]); `dst` may be `src`, otherwise the ranges do not overlap.
+    ///
+    /// # Safety
+    /// `src` valid for reads and `dst` for writes of `n` bytes, in this device's memory,
+    /// aligned for `dtype`.
+    unsafe fn scale_mul(
+        &mut self,
+        dtype: DataType,
+        dst: *mut u8,
+        src: *const u8,
+        n: usize,
+        factor: f64,
+    ) -> Result<()>;
+
     /// The CRC32C (Castagnoli) of `n` bytes at `src`.
     ///
     /// # Safety

@@ -75,6 +75,19 @@ impl Device for RecordingDevice {
         unsafe { HostDevice.scale_div(dtype, dst, n, divisor) }
     }
 
+    unsafe fn scale_mul(
+        &mut self,
+        dtype: DataType,
+        dst: *mut u8,
+        src: *const u8,
+        n: usize,
+        factor: f64,
+    ) -> Result<()> {
+        self.note(Call::Scale(n));
+        // SAFETY: forwarded contract.
+        unsafe { HostDevice.scale_mul(dtype, dst, src, n, factor) }
+    }
+
     unsafe fn crc32c(&mut self, src: *const u8, n: usize) -> Result<u32> {
         self.note(Call::Crc(n));
         // SAFETY: forwarded contract.

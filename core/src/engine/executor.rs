@@ -14,6 +14,7 @@
 //! so a waiter never hangs.
 
 use super::{Engine, OpMemory};
+use crate::device::DeviceBuffer;
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
@@ -35,6 +36,9 @@ pub enum Job {
         sched: Arc<Schedule>,
         /// Its buffers.
         mem: OpMemory,
+        /// Memory the job owns and its regions may point into (the premultiplied input of a
+        /// `PreMulSum`), freed when the job is done.
+        owned: Option<DeviceBuffer>,
     },
     /// A group of point-to-point operations.
     P2p {
@@ -61,7 +65,16 @@ impl Job {
         // SAFETY: forwarded contract.
         unsafe {
             match self {
-                Job::Collective { desc, sched, mem } => e.run_collective(desc, sched, mem),
+                Job::Collective {
+                    desc,
+                    sched,
+                    mem,
+                    owned,
+                } => {
+                    let r = e.run_collective(desc, sched, mem);
+                    drop(owned);
+                    r
+                }
                 Job::P2p {
                     dtype,
                     ops,

@@ -1,4 +1,5 @@
-//! The typed loops behind [`reduce_in_place`], [`reduce_into`] and [`scale_div`].
+//! The typed loops behind [`reduce_in_place`], [`reduce_into`], [`scale_div`] and
+//! [`scale_mul`].
 
 use super::isa::{self, Isa};
 use crate::error::{Error, Result};
@@ -15,6 +16,9 @@ trait Elem: Copy {
     fn min(a: Self, b: Self) -> Self;
     fn max(a: Self, b: Self) -> Self;
     fn div(a: Self, n: usize) -> Self;
+    fn and(a: Self, b: Self) -> Self;
+    fn or(a: Self, b: Self) -> Self;
+    fn xor(a: Self, b: Self) -> Self;
 }
 
 macro_rules! int_elem {
@@ -25,6 +29,9 @@ macro_rules! int_elem {
             #[inline(always)] fn min(a: Self, b: Self) -> Self { Ord::min(a, b) }
             #[inline(always)] fn max(a: Self, b: Self) -> Self { Ord::max(a, b) }
             #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+            #[inline(always)] fn and(a: Self, b: Self) -> Self { a & b }
+            #[inline(always)] fn or(a: Self, b: Self) -> Self { a | b }
+            #[inline(always)] fn xor(a: Self, b: Self) -> Self { a ^ b }
         }
     )*};
 }
@@ -39,6 +46,11 @@ macro_rules! float_elem {
             #[inline(always)] fn min(a: Self, b: Self) -> Self { if a < b || a.is_nan() { a } else { b } }
             #[inline(always)] fn max(a: Self, b: Self) -> Self { if a > b || a.is_nan() { a } else { b } }
             #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+            // Bitwise operators are refused for float types before any kernel runs
+            // ([`ReduceOp::check_dtype`]); on the bits, should one ever get here.
+            #[inline(always)] fn and(a: Self, b: Self) -> Self { Self::from_bits(a.to_bits() & b.to_bits()) }
+            #[inline(always)] fn or(a: Self, b: Self) -> Self { Self::from_bits(a.to_bits() | b.to_bits()) }
+            #[inline(always)] fn xor(a: Self, b: Self) -> Self { Self::from_bits(a.to_bits() ^ b.to_bits()) }
         }
     )*};
 }
@@ -96,10 +108,13 @@ fn in_place_loop<T: Elem>(op: ReduceOp, dst: &mut [T], src: &[T]) {
         };
     }
     match op {
-        ReduceOp::Sum | ReduceOp::Avg => run!(T::add),
+        ReduceOp::Sum | ReduceOp::Avg | ReduceOp::PreMulSum => run!(T::add),
         ReduceOp::Prod => run!(T::mul),
         ReduceOp::Min => run!(T::min),
         ReduceOp::Max => run!(T::max),
+        ReduceOp::BAnd => run!(T::and),
+        ReduceOp::BOr => run!(T::or),
+        ReduceOp::BXor => run!(T::xor),
     }
 }
 
@@ -114,10 +129,13 @@ fn into_loop<T: Elem>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
         };
     }
     match op {
-        ReduceOp::Sum | ReduceOp::Avg => run!(T::add),
+        ReduceOp::Sum | ReduceOp::Avg | ReduceOp::PreMulSum => run!(T::add),
         ReduceOp::Prod => run!(T::mul),
         ReduceOp::Min => run!(T::min),
         ReduceOp::Max => run!(T::max),
+        ReduceOp::BAnd => run!(T::and),
+        ReduceOp::BOr => run!(T::or),
+        ReduceOp::BXor => run!(T::xor),
     }
 }
 
@@ -188,6 +206,7 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 /// Errors when the lengths differ or are not whole, aligned elements.
 pub fn reduce_in_place(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) -> Result<()> {
     check_len("reduction source", src.len(), dst.len())?;
+    op.check_dtype(dtype)?;
     macro_rules! go {
         ($t:ty) => {
             in_place::<$t>(op, typed_mut::<$t>(dst)?, typed::<$t>(src)?)
@@ -218,6 +237,7 @@ pub fn reduce_into(
 ) -> Result<()> {
     check_len("first reduction operand", a.len(), dst.len())?;
     check_len("second reduction operand", b.len(), dst.len())?;
+    op.check_dtype(dtype)?;
     macro_rules! go {
         ($t:ty) => {
             into::<$t>(op, typed_mut::<$t>(dst)?, typed::<$t>(a)?, typed::<$t>(b)?)
@@ -272,6 +292,73 @@ pub fn scale_div(dtype: DataType, dst: &mut [u8], n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `dst[i] = src[i] * factor` (the premultiplication of [`ReduceOp::PreMulSum`]), or
+/// `dst[i] *= factor` when `src` is `None`. Floats multiply in their own precision (halves
+/// through f32); integers multiply wrapping by `factor`, which must be a whole number in
+/// `i64`'s range.
+pub fn scale_mul(dtype: DataType, dst: &mut [u8], src: Option<&[u8]>, factor: f64) -> Result<()> {
+    if let Some(s) = src {
+        check_len("scaled source", s.len(), dst.len())?;
+    }
+    let whole = factor_as_int(dtype, factor)?;
+    macro_rules! go {
+        ($t:ty, $f:expr) => {{
+            let d = typed_mut::<$t>(dst)?;
+            match src {
+                Some(s) => {
+                    for (d, s) in d.iter_mut().zip(typed::<$t>(s)?) {
+                        *d = $f(*s);
+                    }
+                }
+                None => {
+                    for d in d.iter_mut() {
+                        *d = $f(*d);
+                    }
+                }
+            }
+        }};
+    }
+    macro_rules! int {
+        ($t:ty) => {{
+            let f = whole as $t;
+            go!($t, |x: $t| x.wrapping_mul(f))
+        }};
+    }
+    match dtype {
+        DataType::Int8 => int!(i8),
+        DataType::Uint8 => int!(u8),
+        DataType::Int32 => int!(i32),
+        DataType::Uint32 => int!(u32),
+        DataType::Int64 => int!(i64),
+        DataType::Uint64 => int!(u64),
+        DataType::Float32 => go!(f32, |x: f32| x * factor as f32),
+        DataType::Float64 => go!(f64, |x: f64| x * factor),
+        DataType::Float16 => go!(f16, |x: f16| f16::from_f32(x.to_f32() * factor as f32)),
+        DataType::Bfloat16 => go!(bf16, |x: bf16| bf16::from_f32(x.to_f32() * factor as f32)),
+    }
+    Ok(())
+}
+
+/// A premultiplication factor as the integer an integer type multiplies by (0 for float
+/// types, which do not use it); errors when it is not finite, or not whole for an integer
+/// type.
+pub fn factor_as_int(dtype: DataType, factor: f64) -> Result<i64> {
+    if !factor.is_finite() {
+        return Err(Error::invalid(format!(
+            "premul_sum factor {factor} is not a finite number"
+        )));
+    }
+    if dtype.is_float() {
+        return Ok(0);
+    }
+    if factor.fract() != 0.0 || factor < i64::MIN as f64 || factor >= i64::MAX as f64 {
+        return Err(Error::invalid(format!(
+            "premul_sum factor {factor} is not a whole number, which {dtype} needs"
+        )));
+    }
+    Ok(factor as i64)
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

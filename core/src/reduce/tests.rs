@@ -24,6 +24,10 @@ fn int32_ops() {
         (ReduceOp::Prod, [2, -15, -63, i32::MAX]),
         (ReduceOp::Min, [1, -5, -9, 1]),
         (ReduceOp::Max, [2, 3, 7, i32::MAX]),
+        (ReduceOp::BAnd, [0, 3 & -5, 7 & -9, 1]),
+        (ReduceOp::BOr, [3, -5, -9, i32::MAX]),
+        (ReduceOp::BXor, [3, -5 ^ 3, 7 ^ -9, i32::MAX - 1]),
+        (ReduceOp::PreMulSum, [3, -2, -2, i32::MIN]),
     ] {
         let mut d = bytes(&a);
         reduce_in_place(DataType::Int32, op, &mut d, &bytes(&b)).unwrap();
@@ -84,4 +88,87 @@ fn bad_lengths_are_errors() {
     assert!(e.to_string().contains("reduction source"), "{e}");
     let mut d = vec![0u8; 6];
     assert!(reduce_in_place(DataType::Float32, ReduceOp::Sum, &mut d, &[0u8; 6]).is_err());
+}
+
+#[test]
+fn bitwise_ops_refuse_float_types() {
+    for dtype in [
+        DataType::Float32,
+        DataType::Float16,
+        DataType::Float64,
+        DataType::Bfloat16,
+    ] {
+        for op in [ReduceOp::BAnd, ReduceOp::BOr, ReduceOp::BXor] {
+            let mut d = vec![0u8; 8];
+            let e = reduce_in_place(dtype, op, &mut d, &[0u8; 8]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{op} applies to integer types only, not {dtype}")),
+                "{e}"
+            );
+            let e = reduce_into(dtype, op, &mut d, &[0u8; 8], &[0u8; 8]).unwrap_err();
+            assert!(e.to_string().contains("integer types only"), "{e}");
+        }
+    }
+    let mut d = bytes(&[0b1100u8, 0xff]);
+    reduce_in_place(
+        DataType::Uint8,
+        ReduceOp::BXor,
+        &mut d,
+        &bytes(&[0b1010u8, 0x0f]),
+    )
+    .unwrap();
+    assert_eq!(d, [0b0110, 0xf0]);
+}
+
+#[test]
+fn scale_mul_multiplies_every_type() {
+    let mut d = vec![0u8; 16];
+    scale_mul(
+        DataType::Int32,
+        &mut d,
+        Some(&bytes(&[1i32, -2, i32::MAX, 0])),
+        3.0,
+    )
+    .unwrap();
+    assert_eq!(from_bytes::<i32>(&d), [3, -6, i32::MAX.wrapping_mul(3), 0]);
+    let mut d = bytes(&[250u8, 3]);
+    scale_mul(DataType::Uint8, &mut d, None, 2.0).unwrap();
+    assert_eq!(d, [244, 6], "in place, wrapping");
+    let mut d = bytes(&[1.5f32, -2.0]);
+    scale_mul(DataType::Float32, &mut d, None, 0.5).unwrap();
+    assert_eq!(from_bytes::<f32>(&d), [0.75, -1.0]);
+    let mut d = vec![0u8; 16];
+    scale_mul(
+        DataType::Float64,
+        &mut d,
+        Some(&bytes(&[1.0f64, 3.0])),
+        1.0 / 3.0,
+    )
+    .unwrap();
+    assert_eq!(from_bytes::<f64>(&d), [1.0 / 3.0, 1.0]);
+    let mut d = bytes(&[f16::from_f32(3.0), f16::from_f32(-0.5)]);
+    scale_mul(DataType::Float16, &mut d, None, 4.0).unwrap();
+    assert_eq!(
+        from_bytes::<f16>(&d),
+        [f16::from_f32(12.0), f16::from_f32(-2.0)]
+    );
+    let mut d = bytes(&[bf16::from_f32(3.0)]);
+    scale_mul(DataType::Bfloat16, &mut d, None, 0.25).unwrap();
+    assert_eq!(from_bytes::<bf16>(&d), [bf16::from_f32(0.75)]);
+}
+
+#[test]
+fn scale_mul_factors_are_checked() {
+    let mut d = vec![0u8; 4];
+    let e = scale_mul(DataType::Int32, &mut d, None, 2.5).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("factor 2.5 is not a whole number, which int32 needs"),
+        "{e}"
+    );
+    let e = scale_mul(DataType::Float32, &mut d, None, f64::NAN).unwrap_err();
+    assert!(e.to_string().contains("not a finite number"), "{e}");
+    assert!(scale_mul(DataType::Int64, &mut [0u8; 8], None, 1e300).is_err());
+    assert!(scale_mul(DataType::Float32, &mut d, Some(&[0u8; 8]), 1.0).is_err());
 }

@@ -223,7 +223,8 @@ fn compare_reduction(c: &Case, what: &str, got: &[u8], parts: &[&[u8]]) -> Resul
     for (i, g) in got.iter().enumerate() {
         let xs = vals.iter().map(|v| v[i]);
         let (want, mag) = match c.op {
-            ReduceOp::Sum | ReduceOp::Avg => {
+            // A plan runs premul_sum as Sum: the factors were applied before it started.
+            ReduceOp::Sum | ReduceOp::Avg | ReduceOp::PreMulSum => {
                 let (s, m) = xs.fold((0.0, 0.0), |(s, m), x| (s + x, m + x.abs()));
                 if c.op == ReduceOp::Avg {
                     (s / c.n as f64, m / c.n as f64)
@@ -237,6 +238,9 @@ fn compare_reduction(c: &Case, what: &str, got: &[u8], parts: &[&[u8]]) -> Resul
             }
             ReduceOp::Min => (xs.fold(f64::INFINITY, f64::min), 0.0),
             ReduceOp::Max => (xs.fold(f64::NEG_INFINITY, f64::max), 0.0),
+            ReduceOp::BAnd | ReduceOp::BOr | ReduceOp::BXor => {
+                return Err(format!("{what}: bitwise op {} on {}", c.op, c.dtype))
+            }
         };
         let tol = 2.0 * u * (c.n + 1) as f64 * mag;
         if (g - want).abs() > tol {
