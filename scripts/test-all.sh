@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every test of dmsc, from a fresh clone: formatting, lints, unit and property tests,
-# multi-process tests over shared memory and again over TCP, and the dmsc-perf correctness sweep on 1-8 local ranks.
-# Needs only the Rust toolchain (cargo); installs nothing else today.
+# multi-process tests over shared memory and again over TCP, the dmsc-perf correctness sweep on
+# 1-8 local ranks, the C library against an installed prefix, the Python package with torch, and
+# Python 3.13 in a chroot. Needs the Rust toolchain (cargo); what else it needs it installs:
+# python3-venv, cmake, pkg-config and debootstrap with apt-get (as root), numpy, pytest, mypy,
+# maturin and torch (about 3 GB from PyPI) with pip into target/pyenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -20,8 +23,8 @@ echo "== dmsc-perf correctness sweep (every op, 1/2/3/4/5/8 ranks, all types and
 bash benches/sweep.sh
 echo "== C API: libdmsc.so/.a, header up to date and warning-free, exports, 4-rank C test (shared and static)"
 bash tests/c/run.sh
-echo "== Python package: wheel built with maturin, installed into a fresh venv, pytest on 1-5 ranks"
-bash tests/python/run.sh
+echo "== Python package: wheel built with maturin, installed into a fresh venv with torch, pytest on 1-5 ranks (the torch backend included)"
+DMSC_TORCH=1 bash tests/python/run.sh
 echo "== Python 3.13: pip install ./python in a Debian trixie chroot, and its tests there"
 bash tests/python/py313.sh
 echo "== scheduler/ (the control layer, its own workspace): fmt, clippy, tests, benches compile"

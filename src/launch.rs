@@ -6,7 +6,9 @@
 //! [`shrink`](crate::Communicator::shrink) through it), starts `n` copies of a program with
 //! the torchrun environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`,
 //! `LOCAL_RANK`, `LOCAL_WORLD_SIZE`) plus `DMSC_LAUNCHER=dmscrun`, `DMSC_STORE_ADDR` and
-//! `DMSC_STORE_EXTERNAL=1` (the store's address; no rank serves it), prefixes every line the
+//! `DMSC_STORE_EXTERNAL=1` (the store's address; no rank serves it). `MASTER_PORT` is
+//! another free port, not the store's, so that a torch program's rank 0 can serve torch's
+//! own store there (`init_process_group("dmsc")` under dmscrun); prefixes every line the
 //! ranks print with `[rank] `, and waits for all of them. Unless `DMSC_SECRET` is set (in the launcher's
 //! environment or `extra_env`), every rank also gets a fresh random `DMSC_SECRET` (64 hex
 //! digits), so the job's connections are authenticated with a secret only its ranks know.
@@ -178,10 +180,10 @@ fn run_attempt(
     opts: &LaunchOptions,
 ) -> Result<(i32, bool)> {
     let store = StoreServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), secret.clone())?;
-    let port = store.local_addr().port();
+    let ports = (store.local_addr().port(), free_port()?);
     let mut children = Vec::with_capacity(n);
     for rank in 0..n {
-        let mut cmd = rank_command(program, args, extra_env, rank, n, port);
+        let mut cmd = rank_command(program, args, extra_env, rank, n, ports);
         cmd.env("DMSC_RESTART_COUNT", attempt.to_string());
         match cmd.spawn() {
             Ok(child) => children.push(child),
@@ -252,14 +254,27 @@ fn job_secret(env: &[(String, String)]) -> Result<Option<Secret>> {
     }
 }
 
-/// The command line and environment of one rank.
+/// A TCP port of 127.0.0.1 that was free a moment ago, for `MASTER_PORT` (as torchrun's
+/// standalone mode picks one).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| Error::io("finding a free port for MASTER_PORT", &e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("finding a free port for MASTER_PORT", &e))
+}
+
+/// The command line and environment of one rank. `store_port` is the launcher's store
+/// (`DMSC_STORE_ADDR`); `master_port` is another, free port for `MASTER_PORT`, where rank 0
+/// of a torch job serves torch's own store (`init_process_group` with `env://`), which it
+/// could not bind on the launcher's.
 fn rank_command(
     program: &OsStr,
     args: &[OsString],
     extra_env: &[(String, String)],
     rank: usize,
     n: usize,
-    port: u16,
+    (store_port, master_port): (u16, u16),
 ) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -267,13 +282,13 @@ fn rank_command(
         cmd.env_remove(var);
     }
     cmd.env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
+        .env("MASTER_PORT", master_port.to_string())
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", n.to_string())
         .env("LOCAL_RANK", rank.to_string())
         .env("LOCAL_WORLD_SIZE", n.to_string())
         .env("DMSC_LAUNCHER", "dmscrun")
-        .env("DMSC_STORE_ADDR", format!("127.0.0.1:{port}"))
+        .env("DMSC_STORE_ADDR", format!("127.0.0.1:{store_port}"))
         .env("DMSC_STORE_EXTERNAL", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);

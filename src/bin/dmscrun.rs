@@ -16,7 +16,8 @@ usage: dmscrun -n N [--] COMMAND [ARGS...]
 
 Starts N ranks of COMMAND on this machine for one dmsc job (like torchrun --standalone):
 dmscrun serves the rendezvous store on a free port of 127.0.0.1 and each rank gets
-MASTER_ADDR=127.0.0.1, MASTER_PORT and DMSC_STORE_ADDR (the store), DMSC_STORE_EXTERNAL=1,
+DMSC_STORE_ADDR (the store), DMSC_STORE_EXTERNAL=1, MASTER_ADDR=127.0.0.1 and MASTER_PORT (a
+free port, not the store's, for torch's own store under init_process_group),
 RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, DMSC_RESTART_COUNT, DMSC_LAUNCHER=dmscrun
 and DMSC_SECRET (a fresh random one unless set). Output lines are prefixed with [rank].
 When a rank fails, the others get SIGTERM, then SIGKILL after DMSC_KILL_GRACE seconds

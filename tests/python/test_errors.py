@@ -205,12 +205,12 @@ def test_mismatched_dtypes(comm1):
 
 def test_unknown_ops(comm1):
     a = np.zeros(4, np.float32)
-    for op in ("band", "", 3, object(), None.__class__):
+    for op in ("bnot", "", 3, object(), None.__class__):
         with pytest.raises(dmsc.InvalidArgument, match="op .* is not a supported reduction"):
             comm1.all_reduce(a, op)
 
     class TorchLike:
-        name = "BAND"
+        name = "BNOT"
 
     with pytest.raises(dmsc.InvalidArgument, match="op"):
         comm1.reduce(a, 0, TorchLike())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from torch_launch import launch
+from conftest import run_ranks
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "torch_worker.py"
@@ -33,9 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_torch(n: int, *cases: str, timeout: float = 240) -> str:
-    rc, out = launch(n, [str(WORKER), *cases], timeout=timeout)
-    if rc != 0:
-        pytest.fail(f"torch_worker {' '.join(cases)} on {n} ranks exited with {rc}\n{out[-20000:]}")
+    """torch_worker.py CASES on n ranks under ``python -m dmsc.run`` (the launcher leaves
+    MASTER_PORT free for torch's store)."""
+    p = run_ranks(n, [WORKER, *cases], timeout=timeout)
+    out = p.stdout + p.stderr
     for case in cases:
         for r in range(n):
             assert f"[{r}] OK {case}" in out, f"rank {r} did not finish {case}\n{out[-20000:]}"
