@@ -825,14 +825,15 @@ dmscResult_t dmscCommInitRankConfig(dmscComm_t *comm,
 /**
  * Make `ndev` communicators of one job in this process (`ncclCommInitAll`): `comms[i]`
  * becomes rank `i` of `ndev`, all connected to each other (shared memory within the
- * process), with settings from the `DMSC_*` environment. NCCL puts rank `i` on GPU
+ * process; their rendezvous store listens on loopback only), with settings from the `DMSC_*`
+ * environment. NCCL puts rank `i` on GPU
  * `devlist[i]`; dmsc communicators are host ones, so `devlist` may be NULL and otherwise
  * must hold `ndev` distinct device numbers >= 0, which are checked and not used yet. Use
  * each communicator from its own thread (operations block until all ranks take part).
  * On failure every `comms[i]` is NULL and nothing stays allocated.
  *
- * Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` < 1, or `devlist` holds a
- * negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
+ * Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` is not in 1..=1024, or `devlist`
+ * holds a negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
  * connect.
  * Thread safety: callable from any thread.
  */
@@ -1102,8 +1103,10 @@ dmscResult_t dmscCommGetPathMetrics(dmscComm_t comm,
  * never written: the product goes to memory of the operation's own.
  *
  * With `dmscScalarHostImmediate` the scalar is read now. With `dmscScalarDevice` it is read
- * at each call that uses the operator, so `scalar` must stay valid until
+ * by each call that uses the operator, when that call is made (for a call inside a group or
+ * an Async call, when it is issued, not when it runs), so `scalar` must stay valid until
  * `dmscRedOpDestroy` (dmsc communicators use host memory: the pointer is read on the host).
+ * 64-bit integer scalars must be within 2^53 in magnitude.
  *
  * Errors: `dmscInvalidArgument` if `op` or `scalar` is NULL, `datatype` or `residence` is
  * unknown, or `comm` is NULL; `dmscInvalidUsage` if `comm` is not a live communicator.

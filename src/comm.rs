@@ -263,15 +263,32 @@ static ID_SERVERS: Mutex<Vec<(u64, StoreServer)>> = Mutex::new(Vec::new());
 /// Pass the id's 128 bytes ([`UniqueId::to_bytes`]) to every rank, then call
 /// [`Communicator::init_with_id`] on each.
 pub fn new_unique_id() -> Result<UniqueId> {
-    // The store this process serves logs the connections it refuses.
-    crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
     let spec = std::env::var("DMSC_SOCKET_IFNAME")
         .ok()
         .filter(|s| !s.is_empty());
-    let iface = ifaddr::select(spec.as_deref(), false)?;
+    make_unique_id(spec.as_deref(), false)
+}
+
+/// [`new_unique_id`] with the store on the loopback interface, for a job whose ranks are all
+/// in this process (`dmscCommInitAll`): nothing off the host can reach the store, and a host
+/// with no other interface works too.
+pub fn new_local_unique_id() -> Result<UniqueId> {
+    make_unique_id(None, true)
+}
+
+fn make_unique_id(spec: Option<&str>, loopback: bool) -> Result<UniqueId> {
+    // The store this process serves logs the connections it refuses.
+    crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
+    let iface = ifaddr::select(spec, loopback)?;
     let (id, server) = dmsc_transports::store::new_unique_id(iface.addr)?;
     lock(&ID_SERVERS).push((id.nonce(), server));
     Ok(id)
+}
+
+/// Stop the store of `id` if this process still serves it for no communicator: every join
+/// with it failed before one could take it over (dmscCommInitAll cleans up so).
+pub fn release_unique_id(id: &UniqueId) {
+    lock(&ID_SERVERS).retain(|(n, _)| *n != id.nonce());
 }
 
 fn check_world(rank: Rank, nranks: usize) -> Result<()> {

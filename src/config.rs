@@ -225,6 +225,15 @@ impl Config {
         c.cma = flag_var("DMSC_CMA", c.cma)?;
         c.secret = secret_from_env()?;
         c.engine.checksum = flag_var("DMSC_CHECKSUM", c.engine.checksum)?;
+        // Read by the reduction kernels themselves (core/src/reduce/isa.rs); checked here,
+        // where a wrong value can still be reported.
+        if let Some(v) = var("DMSC_ISA") {
+            if !dmsc_core::reduce::isa_setting_is_valid(&v) {
+                return Err(Error::invalid(format!(
+                    "DMSC_ISA={v} is not one of base, auto (the default: AVX2 when the CPU has it)"
+                )));
+            }
+        }
         if let Some(v) = var("DMSC_PATHS") {
             c.paths = Some(
                 v.parse::<usize>()

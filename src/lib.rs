@@ -35,7 +35,7 @@ mod store_link;
 /// This crate's version, as the init banner and `DMSC_DEBUG=VERSION` print it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use comm::{new_unique_id, Communicator, InitOptions};
+pub use comm::{new_local_unique_id, new_unique_id, release_unique_id, Communicator, InitOptions};
 pub use config::Config;
 pub use dmsc_core::auth::Secret;
 pub use dmsc_core::bootstrap::UniqueId;

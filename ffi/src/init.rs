@@ -3,7 +3,7 @@
 //! `ncclCommSplit`, `ncclCommShrink` in NCCL's `nccl.h`).
 
 use crate::args::{out, rank_arg};
-use crate::comm::{comm_arg, COMMS};
+use crate::comm::{comm_for_op, COMMS};
 use crate::config::{dmscConfig_t, resolve, Base};
 use crate::group;
 use crate::guard::{guard, Ctx, FfiError, Res};
@@ -164,16 +164,20 @@ unsafe fn init_rank(
     })
 }
 
+/// The most communicators one `dmscCommInitAll` makes.
+const MAX_INIT_ALL: c_int = 1024;
+
 /// Make `ndev` communicators of one job in this process (`ncclCommInitAll`): `comms[i]`
 /// becomes rank `i` of `ndev`, all connected to each other (shared memory within the
-/// process), with settings from the `DMSC_*` environment. NCCL puts rank `i` on GPU
+/// process; their rendezvous store listens on loopback only), with settings from the `DMSC_*`
+/// environment. NCCL puts rank `i` on GPU
 /// `devlist[i]`; dmsc communicators are host ones, so `devlist` may be NULL and otherwise
 /// must hold `ndev` distinct device numbers >= 0, which are checked and not used yet. Use
 /// each communicator from its own thread (operations block until all ranks take part).
 /// On failure every `comms[i]` is NULL and nothing stays allocated.
 ///
-/// Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` < 1, or `devlist` holds a
-/// negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
+/// Errors: `dmscInvalidArgument` if `comms` is NULL, `ndev` is not in 1..=1024, or `devlist`
+/// holds a negative or repeated entry; `dmscTimeout` or `dmscSystemError` if the ranks could not
 /// connect.
 /// Thread safety: callable from any thread.
 #[no_mangle]
@@ -185,10 +189,12 @@ pub unsafe extern "C" fn dmscCommInitAll(
     const F: &str = "dmscCommInitAll";
     guard(F, || {
         let comms = out(F, "comms", comms)?;
-        if ndev < 1 {
+        if !(1..=MAX_INIT_ALL).contains(&ndev) {
             return Err(FfiError::invalid(
                 F,
-                format_args!("ndev {ndev} must be at least 1"),
+                format_args!(
+                    "ndev {ndev} must be in 1..={MAX_INIT_ALL} (one thread joins per communicator)"
+                ),
             ));
         }
         let n = ndev as usize;
@@ -211,7 +217,7 @@ pub unsafe extern "C" fn dmscCommInitAll(
         }
         // SAFETY: NULL selects the environment's settings.
         let cfg = unsafe { resolve(F, std::ptr::null(), Base::Env) }?;
-        let id = dmsc_rs::new_unique_id().ctx(F)?;
+        let id = dmsc_rs::new_local_unique_id().ctx(F)?;
         // Every rank joins at once, each on its own thread: joining blocks until all have.
         let joined: Vec<_> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..n)
@@ -239,8 +245,9 @@ pub unsafe extern "C" fn dmscCommInitAll(
             }
         }
         if let Some(e) = first_err {
-            // Dropped together: none is handed out.
+            // Dropped together: none is handed out, and the store goes if none took it.
             drop(made);
+            dmsc_rs::release_unique_id(&id);
             return Err(e).ctx(F);
         }
         for (slot, c) in slots.iter_mut().zip(made) {
@@ -307,7 +314,7 @@ pub unsafe extern "C" fn dmscCommSplit(
         let newcomm = out(F, "newcomm", newcomm)?;
         // SAFETY: non-NULL and writable by the caller's contract.
         unsafe { newcomm.write(std::ptr::null_mut()) };
-        let (_, parent) = comm_arg(F, comm)?;
+        let (_, parent) = comm_for_op(F, comm)?;
         if group::depth() > 0 {
             return Err(FfiError::usage(
                 F,
@@ -370,7 +377,7 @@ pub unsafe extern "C" fn dmscCommShrink(
         let newcomm = out(F, "newcomm", newcomm)?;
         // SAFETY: non-NULL and writable by the caller's contract.
         unsafe { newcomm.write(std::ptr::null_mut()) };
-        let (_, parent) = comm_arg(F, comm)?;
+        let (_, parent) = comm_for_op(F, comm)?;
         if group::depth() > 0 {
             return Err(FfiError::usage(
                 F,

@@ -16,7 +16,7 @@ use crate::types::{c_name, data_type, red_op, RawDataType, RawRedOp};
 use dmsc_rs::{Communicator, DataType, ReduceOp};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Where the scalar of `dmscRedOpCreatePreMulSum` lives (NCCL's `ncclScalarResidence_t`,
 /// same values).
@@ -46,13 +46,17 @@ enum Scalar {
 }
 
 /// A created operator.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Created {
     dtype: DataType,
     scalar: Scalar,
+    /// Keeps the communicator's allocation (not the communicator) alive for as long as the
+    /// entry exists, so that no later communicator can have its address, the table's key.
+    _pin: Weak<Communicator>,
 }
 
-/// Created operators by (communicator address, operator value).
+/// Created operators by (communicator address, operator value). An entry's `_pin` keeps the
+/// address from being reused; entries go with their communicator ([`forget_comm`]).
 type Table = HashMap<(usize, c_int), Created>;
 
 static OPS: Mutex<Option<Table>> = Mutex::new(None);
@@ -65,20 +69,42 @@ fn key_of(comm: &Communicator) -> usize {
     comm as *const Communicator as usize
 }
 
-/// Read one scalar of `dtype` at `p` as an f64.
+/// The largest integer magnitude a factor may have: every integer up to it is an exact f64.
+const EXACT: u64 = 1 << 53;
+
+/// Read one scalar of `dtype` at `p` as an f64 (for function `f`'s errors). 64-bit integers
+/// beyond 2^53 are refused: they would not survive the trip through an f64 exactly.
 ///
 /// # Safety
 /// `p` is valid for reads of one `dtype` element (no alignment needed).
-unsafe fn read_scalar(dtype: DataType, p: *const c_void) -> f64 {
+unsafe fn read_scalar(f: &str, dtype: DataType, p: *const c_void) -> Res<f64> {
+    let too_big = |v: &dyn std::fmt::Display| {
+        FfiError::invalid(
+            f,
+            format_args!("scalar {v} is beyond 2^53, the largest integer factor dmsc keeps exact"),
+        )
+    };
     // SAFETY: the caller's contract; unaligned reads.
-    unsafe {
+    Ok(unsafe {
         match dtype {
+            DataType::Int64 => {
+                let v = (p as *const i64).read_unaligned();
+                if v.unsigned_abs() > EXACT {
+                    return Err(too_big(&v));
+                }
+                v as f64
+            }
+            DataType::Uint64 => {
+                let v = (p as *const u64).read_unaligned();
+                if v > EXACT {
+                    return Err(too_big(&v));
+                }
+                v as f64
+            }
             DataType::Int8 => (p as *const i8).read_unaligned() as f64,
             DataType::Uint8 => (p as *const u8).read_unaligned() as f64,
             DataType::Int32 => (p as *const i32).read_unaligned() as f64,
             DataType::Uint32 => (p as *const u32).read_unaligned() as f64,
-            DataType::Int64 => (p as *const i64).read_unaligned() as f64,
-            DataType::Uint64 => (p as *const u64).read_unaligned() as f64,
             DataType::Float16 => half::f16::from_bits((p as *const u16).read_unaligned()).to_f64(),
             DataType::Bfloat16 => {
                 half::bf16::from_bits((p as *const u16).read_unaligned()).to_f64()
@@ -86,7 +112,7 @@ unsafe fn read_scalar(dtype: DataType, p: *const c_void) -> f64 {
             DataType::Float32 => (p as *const f32).read_unaligned() as f64,
             DataType::Float64 => (p as *const f64).read_unaligned(),
         }
-    }
+    })
 }
 
 /// The operator argument `op` of function `f` on `comm` for a call on `dtype` elements: a
@@ -102,7 +128,7 @@ pub(crate) fn resolve(
     }
     let Some(op) = table()
         .as_ref()
-        .and_then(|t| t.get(&(key_of(comm), raw)).copied())
+        .and_then(|t| t.get(&(key_of(comm), raw)).cloned())
     else {
         return Err(FfiError::invalid(
             f,
@@ -126,7 +152,7 @@ pub(crate) fn resolve(
         Scalar::Value(v) => v,
         // SAFETY: dmscRedOpCreatePreMulSum's contract: a dmscScalarDevice scalar stays valid
         // until the operator is destroyed.
-        Scalar::At(p) => unsafe { read_scalar(dtype, p as *const c_void) },
+        Scalar::At(p) => unsafe { read_scalar(f, dtype, p as *const c_void)? },
     };
     Ok((ReduceOp::PreMulSum, Some(factor)))
 }
@@ -148,8 +174,10 @@ pub(crate) fn forget_comm(comm: &Communicator) {
 /// never written: the product goes to memory of the operation's own.
 ///
 /// With `dmscScalarHostImmediate` the scalar is read now. With `dmscScalarDevice` it is read
-/// at each call that uses the operator, so `scalar` must stay valid until
+/// by each call that uses the operator, when that call is made (for a call inside a group or
+/// an Async call, when it is issued, not when it runs), so `scalar` must stay valid until
 /// `dmscRedOpDestroy` (dmsc communicators use host memory: the pointer is read on the host).
+/// 64-bit integer scalars must be within 2^53 in magnitude.
 ///
 /// Errors: `dmscInvalidArgument` if `op` or `scalar` is NULL, `datatype` or `residence` is
 /// unknown, or `comm` is NULL; `dmscInvalidUsage` if `comm` is not a live communicator.
@@ -171,7 +199,7 @@ pub unsafe extern "C" fn dmscRedOpCreatePreMulSum(
         let scalar = match residence {
             r if r == dmscScalarResidence_t::dmscScalarHostImmediate as c_int => {
                 // SAFETY: the C contract: `scalar` points to one element of `datatype`.
-                Scalar::Value(unsafe { read_scalar(dtype, scalar) })
+                Scalar::Value(unsafe { read_scalar(F, dtype, scalar)? })
             }
             r if r == dmscScalarResidence_t::dmscScalarDevice as c_int => {
                 Scalar::At(scalar as usize)
@@ -192,7 +220,12 @@ pub unsafe extern "C" fn dmscRedOpCreatePreMulSum(
         let value = (FIRST..c_int::MAX)
             .find(|v| !t.contains_key(&(k, *v)))
             .ok_or_else(|| FfiError::usage(F, "no operator value is left on this communicator"))?;
-        t.insert((k, value), Created { dtype, scalar });
+        let created = Created {
+            dtype,
+            scalar,
+            _pin: Arc::downgrade(&c),
+        };
+        t.insert((k, value), created);
         // SAFETY: `op` is non-NULL and, by the C contract, writable.
         unsafe { op.write(value) };
         Ok(())

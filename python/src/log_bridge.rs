@@ -15,7 +15,9 @@
 //! the lines to `logging`, holding the GIL only while it does. A thread that logs while
 //! another holds the GIL and waits for it (a progress thread joined by `destroy`) thus
 //! cannot deadlock, which pyo3-log's direct calls could. At interpreter exit (`atexit`) the
-//! pending lines are delivered and later ones go to standard error.
+//! pending lines are delivered and later ones go to standard error. A forked child (which
+//! has no delivering thread) writes its lines to standard error too, and its exit hook does
+//! not wait.
 
 use pyo3::prelude::*;
 use pyo3::types::PyCFunction;
@@ -42,6 +44,9 @@ static STOPPED: AtomicBool = AtomicBool::new(false);
 /// The sink handed to dmsc's logger.
 struct PySink {
     tx: Sender<Msg>,
+    /// The process that started the delivering thread: a forked child has no such thread,
+    /// so its lines go to standard error.
+    pid: u32,
 }
 
 impl dmsc::logger::LineSink for PySink {
@@ -51,7 +56,8 @@ impl dmsc::logger::LineSink for PySink {
             subsys: subsys.map(str::to_string),
             text: text.to_string(),
         };
-        if STOPPED.load(Ordering::Acquire) || self.tx.send(Msg::Line(line)).is_err() {
+        let forked = std::process::id() != self.pid;
+        if forked || STOPPED.load(Ordering::Acquire) || self.tx.send(Msg::Line(line)).is_err() {
             eprintln!("{text}");
         }
     }
@@ -82,15 +88,28 @@ fn deliver(py: Python<'_>, logging: &Bound<'_, PyModule>, line: &Line) -> PyResu
     Ok(())
 }
 
-/// The delivering thread: lines in order, the GIL held per batch.
+/// The delivering thread: lines in order, the GIL held per batch. Once the exit hook's flush
+/// is answered, the interpreter may be finalizing: later lines go to standard error, and the
+/// GIL is never taken again.
 fn drain(rx: Receiver<Msg>) {
+    let mut exited = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        if exited {
+            for msg in batch {
+                match msg {
+                    Msg::Line(line) => eprintln!("{}", line.text),
+                    Msg::Flush(ack) => drop(ack.send(())),
+                }
+            }
+            continue;
+        }
         Python::attach(|py| {
             let logging = py.import("logging");
             for msg in batch {
                 match msg {
+                    Msg::Line(line) if exited => eprintln!("{}", line.text),
                     Msg::Line(line) => {
                         let done = match &logging {
                             Ok(l) => deliver(py, l, &line),
@@ -101,6 +120,7 @@ fn drain(rx: Receiver<Msg>) {
                         }
                     }
                     Msg::Flush(ack) => {
+                        exited |= STOPPED.load(Ordering::Acquire);
                         let _ = ack.send(());
                     }
                 }
@@ -114,7 +134,8 @@ fn drain(rx: Receiver<Msg>) {
 pub fn install(py: Python<'_>) -> PyResult<()> {
     let (tx, rx) = channel();
     let flush_tx = tx.clone();
-    if !dmsc::logger::route_to(Box::new(PySink { tx })) {
+    let pid = std::process::id();
+    if !dmsc::logger::route_to(Box::new(PySink { tx, pid })) {
         // A communicator was made before this module was imported (not possible from
         // Python) or the module was initialised twice: keep what is there.
         return Ok(());
@@ -140,6 +161,9 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let at_exit = PyCFunction::new_closure(py, None, None, move |args, _| {
         // New lines go to standard error from now on; those already sent are delivered.
         STOPPED.store(true, Ordering::Release);
+        if std::process::id() != pid {
+            return; // a forked child: no thread to wait for
+        }
         let (ack_tx, ack_rx) = sync_channel(1);
         if flush_tx.send(Msg::Flush(ack_tx)).is_ok() {
             // The delivering thread needs the GIL to finish.

@@ -53,7 +53,9 @@ impl Call {
         match (op, factor) {
             (ReduceOp::PreMulSum, None) => {
                 return Err(Error::invalid(format!(
-                    "{kind} with reduce op premul_sum needs this rank's factor"
+                    "{kind} with reduce op premul_sum needs this rank's factor (factor= in \
+                     Python, the *_premul methods in Rust, an operator made by \
+                     dmscRedOpCreatePreMulSum in C)"
                 )))
             }
             (ReduceOp::PreMulSum, Some(f)) => {

@@ -62,10 +62,9 @@ impl Communicator {
                 input,
                 output,
                 factor,
-            } => {
-                // SAFETY: forwarded contract.
-                unsafe { self.collective_job(*desc, *input, *output, *factor) }.map(Some)
-            }
+            } => self
+                .collective_job(*desc, *input, *output, *factor)
+                .map(Some),
             Call::AllToAllV {
                 dtype,
                 input,
@@ -99,7 +98,7 @@ impl Communicator {
                     desc,
                     sched,
                     mem,
-                    owned: None,
+                    premul: None,
                 }))
             }
             // SAFETY: forwarded contract.
@@ -109,13 +108,10 @@ impl Communicator {
 
     /// A collective's job: its memory (in place, the whole buffer, with this rank's block
     /// for all-gather and reduce-scatter) and its schedule. With a premultiplication
-    /// `factor`, the input is first multiplied into memory the job owns, and the call runs
-    /// out of place from there, so the caller's input is never written (NCCL's rule for
-    /// `sendbuff`); a reduction off the root then writes no output, as out of place.
-    ///
-    /// # Safety
-    /// As [`Communicator::run_call`]: a premultiplied input is read now.
-    unsafe fn collective_job(
+    /// `factor`, the job multiplies the input when it runs and then runs out of place (see
+    /// `Engine::run_collective_premul`), so the caller's input is never written (NCCL's rule
+    /// for `sendbuff`); a reduction off the root then writes no output, as out of place.
+    fn collective_job(
         &self,
         desc: CollDesc,
         input: Option<Span>,
@@ -134,26 +130,14 @@ impl Communicator {
                 }
             }
         };
-        let (read, written, owned) = match factor {
-            None => (region(read), region(written), None),
-            Some(f) => {
-                let mut dev = HostDevice;
-                let buf = dev.alloc(read.len)?;
-                // SAFETY: the caller's contract makes `read` readable; `buf` is fresh memory of
-                // the same length, aligned to 8.
-                unsafe { dev.scale_mul(desc.dtype, buf.ptr(), read.ptr, read.len, f)? };
-                let off_root = desc.kind == CollKind::Reduce && self.rank() != desc.root;
-                let written = if off_root {
-                    Region::EMPTY
-                } else {
-                    region(written)
-                };
-                (Region::host(buf.ptr(), buf.len()), written, Some(buf))
-            }
+        let off_root = desc.kind == CollKind::Reduce && self.rank() != desc.root;
+        let written = match factor {
+            Some(_) if off_root => Region::EMPTY,
+            _ => region(written),
         };
-        let in_place = input.is_none() && owned.is_none();
+        let in_place = input.is_none() && factor.is_none();
         let mem = OpMemory {
-            input: read,
+            input: region(read),
             output: written,
             group: vec![],
         };
@@ -163,7 +147,7 @@ impl Communicator {
             desc,
             sched,
             mem,
-            owned,
+            premul: factor,
         })
     }
 

@@ -268,6 +268,24 @@ static void test_premul_sum(dmscComm_t comm) {
             for (i = 0; i < count; i++) CHECK(recv[i] == 2.0f * (float)nranks, "premul reduce [%zu]", i);
         EXPECT(dmscAllReduce(send, recv, count, dmscFloat64, op, comm, NULL), dmscInvalidArgument,
                "was created for dmscFloat32 but the call's datatype is dmscFloat64");
+        /* No elements, no buffers. */
+        OK(dmscAllReduce(NULL, NULL, 0, dmscFloat32, op, comm, NULL));
+        /* Issue order: the premultiplication reads its input when its turn comes, after the
+         * all_reduce queued before it has written that input. */
+        {
+            dmscRequest_t q[2];
+            double total = nranks * (nranks + 1) / 2.0;
+            scalar = 2.0f;
+            for (i = 0; i < count; i++) send[i] = (float)(me + 1);
+            OK(dmscAllReduceAsync(send, send, count, dmscFloat32, dmscSum, comm, NULL, &q[0]));
+            OK(dmscAllReduceAsync(send, recv, count, dmscFloat32, op_dev, comm, NULL, &q[1]));
+            OK(dmscWait(q[1]));
+            OK(dmscWait(q[0]));
+            OK(dmscRequestFree(q[0]));
+            OK(dmscRequestFree(q[1]));
+            for (i = 0; i < count; i++)
+                CHECK(recv[i] == (float)(2.0 * nranks * total), "premul after async sum [%zu]: %g", i, recv[i]);
+        }
         OK(dmscRedOpDestroy(op, comm));
         OK(dmscRedOpDestroy(op_dev, comm));
         EXPECT(dmscAllReduce(send, recv, count, dmscFloat32, op, comm, NULL), dmscInvalidArgument,

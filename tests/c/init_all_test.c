@@ -62,6 +62,10 @@ static void *run(void *arg) {
     if (dmscBcast(b[rank], COUNT, dmscFloat64, 0, c, NULL) != dmscInvalidUsage ||
         !strstr(dmscGetLastError(NULL), "finalized"))
         fail(rank, "an operation after dmscCommFinalize was not refused", c);
+    dmscComm_t sub = NULL;
+    if (dmscCommSplit(c, 0, rank, &sub, NULL) != dmscInvalidUsage || sub != NULL ||
+        !strstr(dmscGetLastError(NULL), "finalized"))
+        fail(rank, "dmscCommSplit after dmscCommFinalize was not refused", c);
     if (dmscCommCount(c, &n) != dmscSuccess) fail(rank, "dmscCommCount after finalize", c);
     if (dmscCommFinalize(c) != dmscInvalidUsage) fail(rank, "a second dmscCommFinalize was accepted", c);
     return NULL;
@@ -73,6 +77,10 @@ int main(void) {
     int dup[2] = {4, 4};
     if (dmscCommInitAll(bad, 0, NULL) != dmscInvalidArgument) { fprintf(stderr, "ndev 0 accepted\n"); return 1; }
     if (dmscCommInitAll(NULL, 2, NULL) != dmscInvalidArgument) { fprintf(stderr, "NULL comms accepted\n"); return 1; }
+    if (dmscCommInitAll(bad, 100000, NULL) != dmscInvalidArgument || !strstr(dmscGetLastError(NULL), "1..=1024")) {
+        fprintf(stderr, "ndev 100000 was not refused: %s\n", dmscGetLastError(NULL));
+        return 1;
+    }
     if (dmscCommInitAll(bad, 2, dup) != dmscInvalidArgument || bad[0] != NULL || bad[1] != NULL ||
         !strstr(dmscGetLastError(NULL), "devlist[1]")) {
         fprintf(stderr, "a repeated device was not refused by name: %s\n", dmscGetLastError(NULL));

@@ -51,3 +51,34 @@ def test_trace_with_subsys_net_gives_only_network_lines():
         assert recs, f"rank {r}: no NET line at TRACE"
         assert {x["name"] for x in recs} == {"dmsc.NET"}, recs
         assert any(x["level"] == 10 for x in recs), f"rank {r}: no TRACE (DEBUG) record: {recs}"
+
+
+FORK_SCRIPT = r"""
+import logging, os, socket, sys
+logging.basicConfig(level=logging.INFO)
+import dmsc
+pid = os.fork()
+if pid == 0:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    c = dmsc.Communicator(0, 1, store_addr=f"127.0.0.1:{port}", timeout=30)
+    c.destroy()
+    sys.exit(0)  # runs the exit hooks, dmsc's included
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+print("FORK-OK", flush=True)
+"""
+
+
+def test_a_forked_child_logs_to_stderr():
+    """A forked child has no delivering thread: its lines go straight to standard error
+    (not lost in a queue nobody reads), and its exit does not wait for that thread."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("DMSC_")}
+    env["DMSC_DEBUG"] = "INFO"
+    p = subprocess.run([sys.executable, "-W", "ignore", "-c", FORK_SCRIPT], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert p.returncode == 0 and "FORK-OK" in p.stdout, p.stdout + p.stderr
+    raw = [line for line in p.stderr.splitlines() if " DMSC INFO INIT: dmsc version" in line]
+    assert raw and all(not line.startswith("INFO:dmsc") for line in raw), p.stderr

@@ -220,6 +220,25 @@ def case_operators(comm: dmsc.Communicator) -> None:
         w.wait()
         if r == 0:
             check(out, want, f"reduce premul {name}")
+        # In place: reduce_scatter's result lands in this rank's block; reduce off the root
+        # leaves the tensor as it was.
+        t = blocks[r].copy()
+        comm.reduce_scatter(t, pm, factor=factors[r])
+        check(t[r * c:(r + 1) * c], full[r * c:(r + 1) * c], f"reduce_scatter premul in place {name}")
+        t = inputs[r].copy()
+        comm.reduce(t, n - 1, pm, factor=factors[r])
+        check(t, want if r == n - 1 else inputs[r], f"reduce premul in place {name}")
+        comm.all_reduce(np.zeros(0, dt), pm, factor=factors[r])
+    # Issue order: the premultiplication reads its input when its turn comes, after the
+    # operation queued before it has written that input.
+    a = np.full(1000, float(r + 1), np.float32)
+    b = np.zeros(1000, np.float32)
+    w1 = comm.all_reduce(a, async_op=True)
+    w2 = comm.all_reduce(a, dmsc.ReduceOp.PREMUL_SUM, out=b, factor=2.0, async_op=True)
+    w2.wait()
+    w1.wait()
+    total = n * (n + 1) / 2
+    check(b, np.full(1000, 2.0 * n * total, np.float32), "premul after an async all_reduce of its input")
     for bad, needle in [
         (dict(op=dmsc.ReduceOp.PREMUL_SUM), "needs this rank's factor"),
         (dict(op=dmsc.ReduceOp.SUM, factor=2.0), "only premul_sum takes one"),

@@ -4,7 +4,10 @@
 //! An [`Executor`] owns the [`Engine`]. Jobs run in submission order, which is the order
 //! every rank must call them in. A blocking call runs its job on the calling thread when
 //! nothing is queued or running (no thread hand-off on the latency path); otherwise it
-//! queues behind the others and waits. While idle, the progress thread serves the engine
+//! queues behind the others and waits. A thread waiting for a request ([`Helper::wait`])
+//! may likewise run queued jobs itself, its own and those queued ahead of it, in order. One
+//! thread at a time holds the turn to run a job (`running` in the queue), whichever thread
+//! it is. While idle, the progress thread serves the engine
 //! every [`EngineConfig::idle_period`](super::EngineConfig::idle_period): heartbeats go out,
 //! a lost peer or a peer's error is recorded so that the next call fails at once, and peers'
 //! status queries are answered, which is what lets a timed-out rank name the ranks that
@@ -14,7 +17,6 @@
 //! so a waiter never hangs.
 
 use super::{Engine, OpMemory};
-use crate::device::DeviceBuffer;
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
@@ -36,9 +38,9 @@ pub enum Job {
         sched: Arc<Schedule>,
         /// Its buffers.
         mem: OpMemory,
-        /// Memory the job owns and its regions may point into (the premultiplied input of a
-        /// `PreMulSum`), freed when the job is done.
-        owned: Option<DeviceBuffer>,
+        /// This rank's factor of a `PreMulSum` (then `sched` is out of place): the input is
+        /// multiplied when the job runs ([`Engine::run_collective_premul`]).
+        premul: Option<f64>,
     },
     /// A group of point-to-point operations.
     P2p {
@@ -69,12 +71,14 @@ impl Job {
                     desc,
                     sched,
                     mem,
-                    owned,
-                } => {
-                    let r = e.run_collective(desc, sched, mem);
-                    drop(owned);
-                    r
-                }
+                    premul: None,
+                } => e.run_collective(desc, sched, mem),
+                Job::Collective {
+                    desc,
+                    sched,
+                    mem,
+                    premul: Some(f),
+                } => e.run_collective_premul(desc, sched, mem, f),
                 Job::P2p {
                     dtype,
                     ops,
@@ -156,6 +160,15 @@ struct Shared {
     cond: Condvar,
 }
 
+impl Shared {
+    /// The thread that set `running` (the one owner of the turn to run a job) gives the turn
+    /// up, and wakes the progress thread for the next job.
+    fn done_running(&self) {
+        lock(&self.queue).running = false;
+        self.cond.notify_all();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -192,12 +205,13 @@ impl Executor {
     /// # Safety
     /// The job's memory must stay valid and unaliased until this returns.
     pub unsafe fn run_blocking(&self, job: Job) -> Result<()> {
-        let q = lock(&self.shared.queue);
+        let mut q = lock(&self.shared.queue);
         if q.jobs.is_empty() && !q.running {
-            let mut e = lock(&self.shared.engine);
+            q.running = true;
             drop(q);
-            // SAFETY: forwarded contract.
-            return unsafe { job.run(&mut e) };
+            let r = run_caught(job, &mut lock(&self.shared.engine));
+            self.shared.done_running();
+            return r;
         }
         drop(q);
         let slot = self.enqueue(job);
@@ -275,11 +289,10 @@ impl Helper {
                 return slot.wait_until(None).unwrap_or(Ok(()));
             };
             q.running = true;
-            let mut e = lock(&self.0.engine);
             drop(q);
-            done.finish(run_caught(job, &mut e));
-            drop(e);
-            lock(&self.0.queue).running = false;
+            let r = run_caught(job, &mut lock(&self.0.engine));
+            done.finish(r);
+            self.0.done_running();
         }
     }
 }
@@ -299,27 +312,28 @@ fn run_caught(job: Job, e: &mut Engine) -> Result<()> {
 fn worker_loop(s: &Shared, period: Duration) {
     let mut q = lock(&s.queue);
     loop {
-        if let Some((job, slot)) = q.jobs.pop_front() {
-            q.running = true;
-            let mut e = lock(&s.engine);
-            drop(q);
-            // Whatever happens, the slot gets a result: a waiter must never hang.
-            let r = run_caught(job, &mut e);
-            drop(e);
-            slot.finish(r);
-            q = lock(&s.queue);
-            q.running = false;
-            continue;
-        }
-        if q.shutdown {
-            return;
+        if !q.running {
+            if let Some((job, slot)) = q.jobs.pop_front() {
+                q.running = true;
+                drop(q);
+                // Whatever happens, the slot gets a result: a waiter must never hang.
+                let r = run_caught(job, &mut lock(&s.engine));
+                slot.finish(r);
+                s.done_running();
+                q = lock(&s.queue);
+                continue;
+            }
+            // Shut down only once nothing runs or waits, on any thread.
+            if q.shutdown {
+                return;
+            }
         }
         let (g, t) = s
             .cond
             .wait_timeout(q, period)
             .unwrap_or_else(|p| p.into_inner());
         q = g;
-        if t.timed_out() && q.jobs.is_empty() {
+        if t.timed_out() && q.jobs.is_empty() && !q.running {
             // Idle: serve the engine unless a caller holds it (then that caller's operation
             // does the same). The queue stays unlocked meanwhile, so that no caller waits on
             // it; a job queued in between is seen at the top of the loop.

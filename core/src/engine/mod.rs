@@ -248,6 +248,42 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::run_collective`] of a `PreMulSum`: `mem.input` is first multiplied by this
+    /// rank's `factor` into scratch memory of this engine's device, and the collective runs
+    /// out of place from there (`sched` must be an out-of-place schedule), so the caller's
+    /// input is only read. Done here, when the operation's turn comes, so that the input is
+    /// read in issue order, after every operation queued before it.
+    ///
+    /// # Safety
+    /// As [`Engine::run_collective`].
+    pub unsafe fn run_collective_premul(
+        &mut self,
+        desc: CollDesc,
+        sched: impl Into<Arc<Schedule>>,
+        mut mem: OpMemory,
+        factor: f64,
+    ) -> Result<()> {
+        self.check_usable()?;
+        let n = mem.input.len;
+        let scaled = self.device.alloc(n)?;
+        if n > 0 {
+            // SAFETY: the caller guarantees that `mem.input` is readable for `n` bytes in this
+            // device's memory; `scaled` is fresh memory of `n` bytes, aligned to 8.
+            unsafe {
+                self.device
+                    .scale_mul(desc.dtype, scaled.ptr(), mem.input.ptr, n, factor)?
+            };
+        }
+        mem.input = Region {
+            kind: scaled.kind(),
+            ..Region::host(scaled.ptr(), n)
+        };
+        // SAFETY: forwarded contract; `scaled` lives until the collective has returned.
+        let r = unsafe { self.run_collective(desc, sched, mem) };
+        drop(scaled);
+        r
+    }
+
     /// Run one collective to completion.
     ///
     /// # Safety

@@ -34,12 +34,21 @@ pub(crate) fn chosen() -> Isa {
     }
 }
 
-/// `found`, lowered to the baseline when `limit` says so.
+/// `found`, lowered to the baseline when `limit` (`DMSC_ISA`, case-insensitive) says so.
 fn cap(found: Isa, limit: Option<&str>) -> Isa {
     match limit {
-        Some("base") => Isa::Base,
+        Some(v) if v.trim().eq_ignore_ascii_case("base") => Isa::Base,
         _ => found,
     }
+}
+
+/// Whether `v` is a value of `DMSC_ISA` the kernels understand: `base` or `auto`
+/// (case-insensitive). The facade checks the variable with this when it reads the
+/// configuration, since the kernels, which read it lazily, cannot report an error.
+pub fn isa_setting_is_valid(v: &str) -> bool {
+    ["base", "auto"]
+        .iter()
+        .any(|a| v.trim().eq_ignore_ascii_case(a))
 }
 
 fn detect() -> Isa {
@@ -62,5 +71,16 @@ mod tests {
         assert_eq!(cap(Isa::Base, Some("avx2")), Isa::Base);
         assert_eq!(cap(Isa::Avx2, Some("other")), Isa::Avx2);
         assert_eq!(cap(Isa::Avx2, None), Isa::Avx2);
+        assert_eq!(cap(Isa::Avx2, Some(" BASE ")), Isa::Base);
+    }
+
+    #[test]
+    fn only_base_and_auto_are_settings() {
+        for v in ["base", "Base", "auto", "AUTO "] {
+            assert!(isa_setting_is_valid(v), "{v}");
+        }
+        for v in ["", "avx2", "sse2", "basic"] {
+            assert!(!isa_setting_is_valid(v), "{v}");
+        }
     }
 }

@@ -342,8 +342,8 @@ pub fn scale_mul(dtype: DataType, dst: &mut [u8], src: Option<&[u8]>, factor: f6
 }
 
 /// A premultiplication factor as the integer an integer type multiplies by (0 for float
-/// types, which do not use it); errors when it is not finite, or not whole for an integer
-/// type.
+/// types, which do not use it); errors when it is not finite, or, for an integer type, not
+/// whole or beyond 2^53.
 pub fn factor_as_int(dtype: DataType, factor: f64) -> Result<i64> {
     if !factor.is_finite() {
         return Err(Error::invalid(format!(
@@ -353,9 +353,15 @@ pub fn factor_as_int(dtype: DataType, factor: f64) -> Result<i64> {
     if dtype.is_float() {
         return Ok(0);
     }
-    if factor.fract() != 0.0 || factor < i64::MIN as f64 || factor >= i64::MAX as f64 {
+    if factor.fract() != 0.0 {
         return Err(Error::invalid(format!(
             "premul_sum factor {factor} is not a whole number, which {dtype} needs"
+        )));
+    }
+    // Every integer up to 2^53 is an exact f64; beyond, the factor would already be rounded.
+    if factor.abs() > (1u64 << 53) as f64 {
+        return Err(Error::invalid(format!(
+            "premul_sum factor {factor} of {dtype} is beyond 2^53, the largest integer factor kept exact"
         )));
     }
     Ok(factor as i64)

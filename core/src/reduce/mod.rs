@@ -13,6 +13,7 @@
 mod isa;
 mod kernels;
 
+pub use isa::isa_setting_is_valid;
 pub use kernels::{factor_as_int, reduce_in_place, reduce_into, scale_div, scale_mul};
 
 #[cfg(test)]

@@ -169,6 +169,8 @@ fn scale_mul_factors_are_checked() {
     );
     let e = scale_mul(DataType::Float32, &mut d, None, f64::NAN).unwrap_err();
     assert!(e.to_string().contains("not a finite number"), "{e}");
-    assert!(scale_mul(DataType::Int64, &mut [0u8; 8], None, 1e300).is_err());
+    let e = scale_mul(DataType::Int64, &mut [0u8; 8], None, 1e300).unwrap_err();
+    assert!(e.to_string().contains("beyond 2^53"), "{e}");
+    assert!(scale_mul(DataType::Int64, &mut [0u8; 8], None, 9007199254740992.0).is_ok());
     assert!(scale_mul(DataType::Float32, &mut d, Some(&[0u8; 8]), 1.0).is_err());
 }
