@@ -358,7 +358,7 @@ mod tests {
                 continue;
             }
             let redops: &[ReduceOp] = if op.reduces() {
-                &ReduceOp::ALL
+                &crate::perf::args::REDOPS
             } else {
                 &[ReduceOp::Sum]
             };
