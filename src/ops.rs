@@ -17,20 +17,9 @@ use dmsc_core::{CollKind, DataType, ReduceOp, Result};
 type What = (CollKind, ReduceOp, usize);
 
 impl Communicator {
-    /// The [`Call`] of a collective on byte buffers; `count: None` derives it.
+    /// The [`Call`] of a collective on byte buffers; `count: None` derives it; `factor` is
+    /// this rank's premultiplication factor (for `PreMulSum` only).
     fn call_of(
-        &self,
-        (kind, op, root): What,
-        input: Option<&[u8]>,
-        output: &[u8],
-        count: Option<usize>,
-        dtype: DataType,
-    ) -> Result<Call> {
-        self.call_with_factor((kind, op, root), input, output, count, dtype, None)
-    }
-
-    /// [`Communicator::call_of`] with a premultiplication factor.
-    fn call_with_factor(
         &self,
         (kind, op, root): What,
         input: Option<&[u8]>,
@@ -61,7 +50,7 @@ impl Communicator {
         count: Option<usize>,
         dtype: DataType,
     ) -> Result<()> {
-        let call = self.call_of(what, input, output, count, dtype)?;
+        let call = self.call_of(what, input, output, count, dtype, None)?;
         // SAFETY: the spans are `input` and `output`, borrowed (the output mutably) for this
         // whole call.
         unsafe { self.run_call(&call) }
@@ -76,7 +65,7 @@ impl Communicator {
         count: Option<usize>,
         dtype: DataType,
     ) -> Request<'a> {
-        match self.call_of(what, input, output, count, dtype) {
+        match self.call_of(what, input, output, count, dtype, None) {
             // SAFETY: the spans are `input` and `output`, which the request borrows for 'a;
             // a request waits for its operation when dropped.
             Ok(call) => unsafe { self.start_call(&call) },
@@ -178,7 +167,7 @@ impl Communicator {
     ) -> Result<()> {
         let what = (kind, ReduceOp::PreMulSum, root);
         let (input, output) = (input.map(bytes), crate::element::bytes_mut(output));
-        let call = self.call_with_factor(what, input, output, None, T::DTYPE, Some(factor))?;
+        let call = self.call_of(what, input, output, None, T::DTYPE, Some(factor))?;
         // SAFETY: the spans are `input` and `output`, borrowed (the output mutably) for this
         // whole call.
         unsafe { self.run_call(&call) }
