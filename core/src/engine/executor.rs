@@ -71,14 +71,11 @@ impl Job {
                     desc,
                     sched,
                     mem,
-                    premul: None,
-                } => e.run_collective(desc, sched, mem),
-                Job::Collective {
-                    desc,
-                    sched,
-                    mem,
-                    premul: Some(f),
-                } => e.run_collective_premul(desc, sched, mem, f),
+                    premul,
+                } => match premul {
+                    None => e.run_collective(desc, sched, mem),
+                    Some(f) => e.run_collective_premul(desc, sched, mem, f),
+                },
                 Job::P2p {
                     dtype,
                     ops,
