@@ -72,13 +72,15 @@ fn rank_entry() {
                         .unwrap_or(0);
                     for m in &p.paths {
                         println!(
-                            "SN-PM {rank} {at} {} {} {} {} {} {}",
+                            "SN-PM {rank} {at} {} {} {} {} {} {} {:.0} {}",
                             p.peer,
                             m.path,
                             m.state.name(),
                             m.epoch,
                             m.bytes_acked,
-                            m.failures
+                            m.failures,
+                            m.rate_bps,
+                            m.inflight
                         );
                     }
                 }
@@ -346,14 +348,41 @@ impl Job {
             })
             .collect();
         let from = tail.len().saturating_sub(150);
+        let changes = self.path_changes();
         panic!(
-            "{why}\n--- output (last lines, metrics left out) ---\n{}",
+            "{why}\n--- path state changes (rank at peer path state epoch acked failures rate inflight) ---\n{}\n--- output (last lines, metrics left out) ---\n{}",
+            changes.join("\n"),
             tail[from..]
                 .iter()
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+
+    /// The metrics lines where a path's state or incarnation changed, per rank and path,
+    /// and the last metrics line of each.
+    fn path_changes(&self) -> Vec<&str> {
+        let mut seen: std::collections::HashMap<(String, String), (String, String)> =
+            Default::default();
+        let mut last: std::collections::BTreeMap<(String, String), &str> = Default::default();
+        let mut changes = Vec::new();
+        for l in &self.log {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 || f[1] != "SN-PM" {
+                continue;
+            }
+            let key = (f[2].to_string(), f[5].to_string());
+            let val = (f[6].to_string(), f[7].to_string());
+            last.insert(key.clone(), l.as_str());
+            if seen.get(&key) != Some(&val) {
+                changes.push(l.as_str());
+                seen.insert(key, val);
+            }
+        }
+        changes.push("(last)");
+        changes.extend(last.into_values());
+        changes
     }
 
     /// Consume lines until `until`, passing each to `each`; fail after `limit`.
@@ -461,7 +490,7 @@ fn acked_series(log: &[String]) -> Vec<(u128, u64)> {
     let mut snaps: std::collections::BTreeMap<u128, [u64; PATHS]> = Default::default();
     for l in log {
         let f: Vec<&str> = l.split_whitespace().collect();
-        // "[0] SN-PM rank at peer path state epoch acked failures"
+        // "[0] SN-PM rank at peer path state epoch acked failures rate inflight"
         if f.len() < 10 || f[1] != "SN-PM" || f[2] != "0" {
             continue;
         }
@@ -553,6 +582,9 @@ fn cut_many(cuts: usize) -> (Vec<f64>, Vec<(Option<f64>, f64)>) {
     }
     let series = acked_series(&job.log);
     if std::env::var("SN_TRACE").is_ok() {
+        for l in job.path_changes() {
+            eprintln!("{l}");
+        }
         for l in job
             .log
             .iter()

@@ -119,6 +119,8 @@ pub(crate) struct PathTx {
     recovered_at: Option<Instant>,
     /// A path that keeps being suspected takes no new data until then.
     pub(crate) quarantine_until: Option<Instant>,
+    /// When the path last took a copy (its creation, before the first).
+    last_send: Instant,
     pub(crate) metrics: PathMetrics,
     created: Instant,
 }
@@ -131,6 +133,9 @@ pub const HARD_FAIL: Duration = Duration::from_secs(1);
 const RATE_INTERVAL: Duration = Duration::from_millis(10);
 /// Target queueing on a path: its window is its rate times this.
 pub(crate) const TARGET_DELAY: Duration = Duration::from_millis(50);
+/// A usable path idle this long while data waits for room elsewhere is sent a copy
+/// whatever its estimate says (see [`PathTx::probe_due`]).
+pub(crate) const PROBE_IDLE: Duration = Duration::from_millis(200);
 /// A path that fails within this long of coming back has flapped.
 pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(2);
 /// Stable this long, a path's flap count is forgotten.
@@ -166,6 +171,7 @@ impl PathTx {
             soft_flaps: 0,
             recovered_at: None,
             quarantine_until: None,
+            last_send: now,
             metrics: PathMetrics {
                 path,
                 state: PathState::Up,
@@ -219,6 +225,16 @@ impl PathTx {
         self.usable(now) && (self.inflight == 0 || self.inflight + len <= self.window(seg))
     }
 
+    /// Whether the path should be sent a copy to measure it again: usable, nothing in
+    /// flight, and nothing sent for [`PROBE_IDLE`]. A rate is only revised by sending, so
+    /// without probes a path measured slow once (a stall, a neighbour's burst, a slow
+    /// start) would lose every earliest-completion choice and never carry data again.
+    pub(crate) fn probe_due(&self, now: Instant) -> bool {
+        self.usable(now)
+            && self.flights.is_empty()
+            && now.saturating_duration_since(self.last_send) >= PROBE_IDLE
+    }
+
     /// Expected time until a copy of `len` bytes handed over now is delivered (infinite for
     /// a path that takes no data now).
     pub(crate) fn completion_estimate(&self, len: u64, default_rate: f64, now: Instant) -> f64 {
@@ -244,6 +260,7 @@ impl PathTx {
             self.anchor_full = true;
         }
         self.inflight += f.len;
+        self.last_send = f.sent_at;
         self.metrics.bytes_sent += f.len;
         if dup {
             self.metrics.bytes_duplicated += f.len;

@@ -218,7 +218,12 @@ impl Sender {
                     .filter(|(_, p)| p.usable(now))
                     .map(|(i, p)| (i, p.completion_estimate(len, dr, now)))
                     .min_by(|a, b| a.1.total_cmp(&b.1))?;
-                self.paths[best].has_room(len, seg, now).then_some(best)
+                if self.paths[best].has_room(len, seg, now) {
+                    return Some(best);
+                }
+                // The data waits for room on the best path: an idle path not tried for a
+                // while takes it instead, so that its rate is measured again.
+                self.paths.iter().position(|p| p.probe_due(now))
             }
         }
     }

@@ -608,3 +608,35 @@ fn mismatched_headers_are_reported() {
     bad.len = 10;
     assert!(rx.place(0, &bad, &t.header).is_err());
 }
+
+#[test]
+fn a_path_measured_slow_early_is_probed_and_used_again() {
+    // Path 0 runs at a tenth of its speed for its first second (a start-up stall, a
+    // neighbour's burst), so its first rate sample is far too low. An earliest-completion
+    // choice alone would then never pick it again, and its rate would never be measured
+    // again: an idle path must be probed.
+    let mut s = Sim::new(SprayConfig::default(), &MBIT, &[512 << 10; 1200], 5);
+    let nominal = s.paths[0].rate;
+    s.paths[0].rate = nominal / 10.0;
+    let mut sent_at_recovery = None;
+    let t = s.run(60.0, |s| {
+        if sent_at_recovery.is_none() && s.now >= 1.0 {
+            s.paths[0].rate = nominal;
+            sent_at_recovery = Some((s.now, s.tx.metrics()[0].bytes_sent));
+        }
+    });
+    let (t1, sent1) = sent_at_recovery.expect("the run lasted past 1 s");
+    let carried = (s.tx.metrics()[0].bytes_sent - sent1) as f64;
+    let total: f64 = s.src.iter().map(|v| v.len() as f64).sum();
+    let share = nominal / s.paths.iter().map(|p| p.rate).sum::<f64>();
+    eprintln!(
+        "path 0 carried {:.1} MB of {:.1} MB after {t1:.2} s, its fair share {:.1} MB (run {t:.2} s)",
+        carried / 1e6,
+        total / 1e6,
+        share * total / 1e6
+    );
+    assert!(
+        carried >= 0.5 * share * total * (t - t1) / t,
+        "path 0 carried {carried} bytes after its speed recovered: starved"
+    );
+}

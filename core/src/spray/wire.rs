@@ -13,6 +13,10 @@
 //!   delivered once.
 //! * `Suspect`: the sender suspects one of its paths, so the receiver need not wait for a
 //!   segment that path is still writing.
+//! * `Down`: the sender took one incarnation of one of its paths down, so the receiver
+//!   closes its end now instead of waiting for TCP to find the connection dead (on a cut
+//!   link that takes retransmission timeouts, seconds; the side that dials cannot connect
+//!   the path again until it knows).
 //!
 //! On a byte stream every unit's headers take 128 bytes: the unit header, then the engine
 //! header of a segment or 64 zero bytes, so that one read takes them whatever the kind.
@@ -28,7 +32,7 @@ pub const UNIT_LEN: usize = 64;
 /// `"DMSP"` in little endian.
 pub const UNIT_MAGIC: u32 = u32::from_le_bytes(*b"DMSP");
 /// Version of the path protocol.
-pub const UNIT_VERSION: u8 = 1;
+pub const UNIT_VERSION: u8 = 2;
 /// Most segments one transfer is cut into (an ack carries one 64-bit map per transfer).
 pub const MAX_SEGS: u32 = 64;
 /// Most paths per peer.
@@ -50,6 +54,9 @@ pub enum UnitKind {
     /// segments are being sent again elsewhere, so the receiver need not wait for a
     /// segment that path is still writing.
     Suspect = 4,
+    /// The sender took one of its paths to this peer down: `transfer` holds the path's
+    /// index and `seg` the incarnation that ended.
+    Down = 5,
 }
 
 /// A decoded unit header.
@@ -90,6 +97,15 @@ impl UnitHeader {
             offset: 0,
             len,
             total: 0,
+        }
+    }
+
+    /// A `Down` unit, sent on path `via` (incarnation `via_epoch`): this side took
+    /// incarnation `epoch` of its path `path` down.
+    pub fn down(via: u8, via_epoch: u32, path: u8, epoch: u32) -> UnitHeader {
+        UnitHeader {
+            seg: epoch,
+            ..UnitHeader::plain(UnitKind::Down, via, via_epoch, path as u64, 0)
         }
     }
 
@@ -136,6 +152,7 @@ impl UnitHeader {
             2 => UnitKind::Ack,
             3 => UnitKind::Control,
             4 => UnitKind::Suspect,
+            5 => UnitKind::Down,
             k => return Err(Error::protocol(format!("unknown path unit kind {k}"))),
         };
         if b[7] != 0 || b[48..UNIT_LEN].iter().any(|&x| x != 0) {
@@ -194,6 +211,19 @@ impl UnitHeader {
                 }
                 if kind == UnitKind::Ack && h.transfer != 0 {
                     return Err(Error::protocol("ack unit with a number"));
+                }
+            }
+            UnitKind::Down => {
+                if h.nsegs != 0
+                    || h.offset != 0
+                    || h.total != 0
+                    || h.len != 0
+                    || h.transfer >= MAX_PATHS as u64
+                {
+                    return Err(Error::protocol(format!(
+                        "path-down unit for path {} with other fields set",
+                        h.transfer
+                    )));
                 }
             }
             UnitKind::Suspect => {
@@ -352,6 +382,29 @@ mod tests {
         let c = UnitHeader::plain(UnitKind::Control, 1, 1, 99, MAX_CONTROL + 1);
         c.encode(&mut b);
         assert!(UnitHeader::decode(&b).is_err());
+    }
+
+    #[test]
+    fn down_units_name_the_path_and_incarnation_that_ended() {
+        let d = UnitHeader::down(2, 5, 3, 9);
+        let mut b = [0u8; UNIT_LEN];
+        d.encode(&mut b);
+        let got = UnitHeader::decode(&b).unwrap();
+        assert_eq!(got, d);
+        assert_eq!(
+            (got.kind, got.path, got.epoch, got.transfer, got.seg),
+            (UnitKind::Down, 2, 5, 3, 9)
+        );
+        let mut c = b;
+        c[16..24].copy_from_slice(&(MAX_PATHS as u64).to_le_bytes());
+        let e = UnitHeader::decode(&c).unwrap_err().to_string();
+        assert!(e.contains("path-down unit for path 16"), "{e}");
+        let mut c = b;
+        c[28] = 1;
+        assert!(
+            UnitHeader::decode(&c).is_err(),
+            "a path-down unit carries no payload"
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub(crate) struct PeerState {
     ack_path: usize,
     /// When something last arrived on each path.
     last_rx: Vec<Option<Instant>>,
+    /// Per path, the latest incarnation the peer said it took down (a `Down` unit; 0: none).
+    peer_downed: Vec<u32>,
 }
 
 /// Where the reconnection of one path stands.
@@ -99,6 +101,7 @@ impl SprayMesh {
                     closed: false,
                     ack_path: 0,
                     last_rx: vec![None; npaths],
+                    peer_downed: vec![0; npaths],
                 })
             })
             .collect();
@@ -193,6 +196,11 @@ impl PathSink for SprayMesh {
                 }
             }
             UnitKind::Suspect => p.rx.on_peer_suspects(unit.transfer as usize),
+            UnitKind::Down => {
+                if let Some(d) = p.peer_downed.get_mut(unit.transfer as usize) {
+                    *d = (*d).max(unit.seg);
+                }
+            }
             UnitKind::Segment => {}
         }
     }
@@ -358,22 +366,9 @@ impl SprayMesh {
                     target: SPRAY,
                     "rank {rank}: path {bad} to rank {peer} suspected, its chunks re-sent on the others"
                 );
-                let via =
-                    p.tx.healthy_paths(now)
-                        .into_iter()
-                        .find(|&q| q != bad && p.conn[q].is_some());
-                if let Some(q) = via {
-                    if let Some(c) = conn_mut(conns, p.conn[q]) {
-                        let u = UnitHeader::plain(
-                            UnitKind::Suspect,
-                            q as u8,
-                            p.epoch[q],
-                            bad as u64,
-                            0,
-                        );
-                        c.push_unit(&u, &[]);
-                    }
-                }
+                p.notify(conns, bad, now, |q, e| {
+                    UnitHeader::plain(UnitKind::Suspect, q, e, bad as u64, 0)
+                });
             }
             p.rx.handle_timeout(now);
             while let Some(k) = p.rx.poll_kill() {
@@ -384,6 +379,13 @@ impl SprayMesh {
                         dmsc_core::spray::STUCK_WRITER.as_millis()
                     ),
                 ));
+            }
+            // Incarnations the peer took down: its end is closed, so this one is useless.
+            for path in 0..p.peer_downed.len() {
+                let e = std::mem::take(&mut p.peer_downed[path]);
+                if e != 0 && e == p.epoch[path] && p.conn[path].is_some() {
+                    victims.push((path, format!("rank {peer} took incarnation {e} down")));
+                }
             }
             for (path, why) in victims {
                 if let Some(c) = conn_mut(conns, p.conn[path]) {
@@ -397,6 +399,7 @@ impl SprayMesh {
     /// Take down the paths whose connection is dead and no longer in the kernel's hands;
     /// schedule their reconnection, and report a peer whose every path is down.
     fn reap_dead(&mut self, conns: &mut Conns, now: Instant, out: &mut Vec<Completion>) {
+        let mut downed = Vec::new();
         for (ci, slot) in conns.iter_mut().enumerate() {
             let Some(c) = slot.as_deref() else {
                 continue;
@@ -425,6 +428,7 @@ impl SprayMesh {
                 self.rank
             );
             p.failure[path] = why;
+            downed.push((peer, path, epoch));
             if p.dialer && !p.closed {
                 let when = now + p.tx.redial_delay(path, 0);
                 p.redial[path] = Redial::Wait { when, attempt: 0 };
@@ -436,6 +440,18 @@ impl SprayMesh {
                     self.describe(peer).unwrap_or_default()
                 );
                 out.push(Completion::Closed { peer, detail });
+            }
+        }
+        // Tell each peer at once: the dialing side cannot connect the path again before it
+        // knows, and TCP alone may take seconds to tell it (a FIN or reset lost on a cut
+        // link waits for retransmission timeouts).
+        for (peer, path, epoch) in downed {
+            if let Some(p) = self.peers.get_mut(peer).and_then(Option::as_mut) {
+                if !p.closed {
+                    p.notify(conns, path, now, |q, e| {
+                        UnitHeader::down(q, e, path as u8, epoch)
+                    });
+                }
             }
         }
     }
@@ -532,6 +548,28 @@ impl SprayMesh {
 }
 
 impl PeerState {
+    /// Send the peer a notice about path `about` on the best healthy path other than it;
+    /// `unit` builds the header from the carrying path's index and incarnation. Nothing is
+    /// sent when no other path is healthy.
+    fn notify(
+        &mut self,
+        conns: &mut Conns,
+        about: usize,
+        now: Instant,
+        unit: impl FnOnce(u8, u32) -> UnitHeader,
+    ) {
+        let via = self
+            .tx
+            .healthy_paths(now)
+            .into_iter()
+            .find(|&q| q != about && self.conn[q].is_some());
+        if let Some(q) = via {
+            if let Some(c) = conn_mut(conns, self.conn[q]) {
+                c.push_unit(&unit(q as u8, self.epoch[q]), &[]);
+            }
+        }
+    }
+
     /// Completions, the ack that is due, and segments onto paths.
     fn flush(&mut self, peer: Rank, conns: &mut Conns, now: Instant, out: &mut Vec<Completion>) {
         while let Some((token, id)) = self.tx.poll_completed() {
