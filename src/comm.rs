@@ -155,6 +155,7 @@ impl Communicator {
         let transport_name = engine.transport_name();
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
+        let _rank = dmsc_core::log_rank::scope(rank);
         crate::banner::log_banner(rank, nranks, &peer_transports, bind_ip, &config);
         let exec = Executor::start(engine)?;
         Ok(Communicator {

@@ -65,6 +65,9 @@ pub(crate) fn connect_engine(
     comm_id: u64,
     exchange: Exchange<'_>,
 ) -> Result<(Engine, Config)> {
+    // What is logged while connecting names this communicator's rank, whatever others the
+    // process holds.
+    let _rank = dmsc_core::log_rank::scope(rank);
     let (opts, mut config) = options(config, rank, nranks, bind_ip, comm_id)?;
     let transport = connect(&opts, exchange)?;
     config.engine.spin_yield = oversubscribed(transport.name(), nranks);

@@ -20,7 +20,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// The rank shown in every line: that of the first communicator this process created.
+/// The rank shown in a line made on a thread no communicator marked
+/// ([`dmsc_core::log_rank`]): that of the first communicator this process created.
 static RANK: AtomicUsize = AtomicUsize::new(NO_RANK);
 const NO_RANK: usize = usize::MAX;
 
@@ -128,12 +129,14 @@ impl log::Log for DmscLogger {
     }
 }
 
-/// `host:pid:tid [rank]`, NCCL's prefix (`[-]` before the process has a rank).
+/// `host:pid:tid [rank]`, NCCL's prefix: the rank marked on this thread, else the process's
+/// first (`[-]` before the process has a rank).
 fn prefix(host: &str) -> String {
     // SAFETY: gettid takes no arguments, cannot fail and touches no memory of ours.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     let pid = std::process::id();
-    match RANK.load(Ordering::Relaxed) {
+    let rank = dmsc_core::log_rank::current().unwrap_or_else(|| RANK.load(Ordering::Relaxed));
+    match rank {
         NO_RANK => format!("{host}:{pid}:{tid} [-]"),
         r => format!("{host}:{pid}:{tid} [{r}]"),
     }

@@ -224,3 +224,81 @@ fn rank_entry() {
     assert!(v.iter().all(|&x| x == want), "all_reduce gave {}", v[0]);
     println!("LOG-OK rank {}", c.rank());
 }
+
+#[test]
+fn each_communicator_of_one_process_names_its_own_rank() {
+    let exe = std::env::current_exe().expect("test executable path");
+    let out = Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "two_communicators_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DMSC_LOG_TEST_TWO", "1")
+        .env("DMSC_DEBUG", "INFO")
+        .env("DMSC_DEBUG_SUBSYS", "INIT,COLL")
+        .env("DMSC_TIMEOUT", "20")
+        .env_remove("DMSC_DEBUG_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the two-communicator process");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("TWO-OK"),
+        "{text}\n{err}"
+    );
+    for r in 0..2 {
+        let mine: Vec<String> = err
+            .lines()
+            .filter(|l| l.contains(" DMSC "))
+            .map(parse_line)
+            .filter(|(_, rank, _, _)| *rank == format!("[{r}]"))
+            .map(|(_, _, _, rest)| rest)
+            .collect();
+        let banner = format!("rank {r} of 2");
+        assert!(
+            mine.iter().any(|l| l.contains(&banner)),
+            "no banner of rank {r} under [{r}]:\n{err}"
+        );
+        assert!(
+            !mine
+                .iter()
+                .any(|l| l.contains(&format!("rank {} of 2", 1 - r))),
+            "the banner of rank {} under [{r}]:\n{err}",
+            1 - r
+        );
+        assert!(
+            mine.iter()
+                .any(|l| l.starts_with("COLL: ") && l.contains(" end ")),
+            "no operation lines under [{r}]:\n{err}"
+        );
+    }
+}
+
+/// Two communicators of one job in this one process, one per thread (as
+/// `dmscCommInitAll` makes them); run by the test above.
+#[test]
+#[ignore = "entry point of the two-communicator logging test"]
+fn two_communicators_entry() {
+    if std::env::var_os("DMSC_LOG_TEST_TWO").is_none() {
+        return;
+    }
+    let id = dmsc::new_local_unique_id().expect("unique id");
+    std::thread::scope(|s| {
+        for r in 0..2usize {
+            let id = &id;
+            s.spawn(move || {
+                let config = dmsc::Config::from_env().expect("config");
+                let c = dmsc::Communicator::init_with_id(id, r, 2, config).expect("init");
+                let mut v = vec![r as f32 + 1.0; 1000];
+                c.all_reduce_in_place(&mut v, dmsc::ReduceOp::Sum)
+                    .expect("all_reduce");
+                assert!(v.iter().all(|&x| x == 3.0), "all_reduce gave {}", v[0]);
+            });
+        }
+    });
+    println!("TWO-OK");
+}

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod log_rank;
 pub mod model;
 pub mod plan;
 pub mod reduce;

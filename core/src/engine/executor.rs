@@ -187,7 +187,8 @@ impl Executor {
     /// Start the progress thread (named `dmsc-progress-<rank>`) for `engine`.
     pub fn start(engine: Engine) -> Result<Executor> {
         let period = engine.config().idle_period();
-        let name = format!("dmsc-progress-{}", engine.rank());
+        let rank = engine.rank();
+        let name = format!("dmsc-progress-{rank}");
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
             queue: Mutex::new(Queue::default()),
@@ -196,7 +197,10 @@ impl Executor {
         let s = shared.clone();
         let worker = std::thread::Builder::new()
             .name(name)
-            .spawn(move || worker_loop(&s, period))
+            .spawn(move || {
+                let _rank = crate::log_rank::scope(rank);
+                worker_loop(&s, period)
+            })
             .map_err(|e| Error::io("starting the communicator's progress thread", &e))?;
         Ok(Executor {
             shared,
@@ -303,6 +307,7 @@ impl Helper {
 
 /// Run `job`, turning a panic into an error: the job's slot must get a result.
 fn run_caught(job: Job, e: &mut Engine) -> Result<()> {
+    let _rank = crate::log_rank::scope(e.rank());
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: whoever submitted the job keeps its memory valid until the slot holds a
         // result (`Executor::submit`'s contract), which the caller delivers right after.

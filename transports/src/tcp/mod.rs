@@ -31,6 +31,7 @@ mod socket;
 mod sockopt;
 mod transport;
 mod uring;
+mod warn_limit;
 
 pub use backend::Backend;
 pub use options::MeshOptions;

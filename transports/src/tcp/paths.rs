@@ -11,6 +11,7 @@
 use super::options::MeshOptions;
 use super::redial::PathService;
 use super::sockopt::{limit_unsent, set_nonblocking, tune};
+use super::warn_limit::WarnLimit;
 use crate::conn::{Conn, PathSink, Role};
 use dmsc_core::engine::{Completion, PeerPaths, Waker};
 use dmsc_core::error::{Error, Result};
@@ -49,6 +50,10 @@ pub(crate) struct PeerState {
     last_rx: Vec<Option<Instant>>,
     /// Per path, the latest incarnation the peer said it took down (a `Down` unit; 0: none).
     peer_downed: Vec<u32>,
+    /// Per path, the rate limits of the warnings that it was suspected, closed and down.
+    suspect_warn: Vec<WarnLimit>,
+    close_warn: Vec<WarnLimit>,
+    down_warn: Vec<WarnLimit>,
 }
 
 /// Where the reconnection of one path stands.
@@ -102,6 +107,9 @@ impl SprayMesh {
                     ack_path: 0,
                     last_rx: vec![None; npaths],
                     peer_downed: vec![0; npaths],
+                    suspect_warn: vec![WarnLimit::default(); npaths],
+                    close_warn: vec![WarnLimit::default(); npaths],
+                    down_warn: vec![WarnLimit::default(); npaths],
                 })
             })
             .collect();
@@ -362,10 +370,10 @@ impl SprayMesh {
             let Some(p) = p.as_mut() else { continue };
             let mut victims = p.tx.handle_timeout(now);
             while let Some(bad) = p.tx.poll_suspected() {
-                log::warn!(
-                    target: SPRAY,
+                let what = format!(
                     "rank {rank}: path {bad} to rank {peer} suspected, its chunks re-sent on the others"
                 );
+                p.suspect_warn[bad].log(now, SPRAY, &what);
                 p.notify(conns, bad, now, |q, e| {
                     UnitHeader::plain(UnitKind::Suspect, q, e, bad as u64, 0)
                 });
@@ -389,7 +397,8 @@ impl SprayMesh {
             }
             for (path, why) in victims {
                 if let Some(c) = conn_mut(conns, p.conn[path]) {
-                    log::warn!(target: SPRAY, "rank {rank}: path {path} to rank {peer} suspected: {why}");
+                    let what = format!("rank {rank}: closing path {path} to rank {peer}: {why}");
+                    p.close_warn[path].log(now, SPRAY, &what);
                     kill(c, &why);
                 }
             }
@@ -422,11 +431,11 @@ impl SprayMesh {
             p.conn[path] = None;
             p.tx.on_path_down(path, &why, now);
             p.rx.on_path_down(path);
-            log::warn!(
-                target: SPRAY,
+            let what = format!(
                 "rank {}: path {path} (incarnation {epoch}) to rank {peer} down: {why}",
                 self.rank
             );
+            p.down_warn[path].log(now, SPRAY, &what);
             p.failure[path] = why;
             downed.push((peer, path, epoch));
             if p.dialer && !p.closed {
