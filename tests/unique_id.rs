@@ -65,7 +65,6 @@ fn a_request_kept_after_its_communicator_pins_no_connection() {
     let before = sockets();
     let id = new_unique_id().expect("unique id");
     let bytes = id.to_bytes();
-    drop(id);
     let n = 2;
     let dropped = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let counted = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
