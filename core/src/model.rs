@@ -98,6 +98,26 @@ impl CostModel {
         steps * (self.alpha + b * self.beta + b * self.gamma)
     }
 
+    /// Rabenseifner's all-reduce of `bytes` per rank over `p` ranks: `log2 q` halving rounds
+    /// (sending and combining `bytes·(1 - 1/q)` in all), as many doubling rounds (sending as
+    /// much), plus a fold and an unfold of the whole vector when `p` is not a power of two
+    /// `q` (Thakur, Rabenseifner and Gropp 2005, section 4.4).
+    pub fn rabenseifner_all_reduce(&self, bytes: usize, p: usize) -> f64 {
+        if p <= 1 {
+            return 0.0;
+        }
+        let q = 1usize << (usize::BITS - 1 - p.leading_zeros());
+        let rounds = q.trailing_zeros() as f64;
+        let b = bytes as f64;
+        let moved = b * (1.0 - 1.0 / q as f64);
+        let fold = if q == p {
+            0.0
+        } else {
+            2.0 * (self.alpha + b * self.beta) + b * self.gamma
+        };
+        fold + 2.0 * rounds * self.alpha + moved * (2.0 * self.beta + self.gamma)
+    }
+
     /// Pipelined double-binary-tree all-reduce of `bytes` per rank over `p` ranks in
     /// segments of `segment_bytes`.
     pub fn tree_all_reduce(&self, bytes: usize, p: usize, segment_bytes: usize) -> f64 {
@@ -165,8 +185,12 @@ impl CostModel {
         let bytes = desc.count.saturating_mul(desc.dtype.size());
         let tree = algo == Algo::Tree;
         match desc.kind {
-            CollKind::AllReduce if tree => self.tree_all_reduce(bytes, p, segment_bytes),
-            CollKind::AllReduce => self.ring_all_reduce(bytes, p),
+            CollKind::AllReduce => match algo {
+                Algo::Ring => self.ring_all_reduce(bytes, p),
+                Algo::Tree => self.tree_all_reduce(bytes, p, segment_bytes),
+                Algo::RecursiveDoubling => self.recursive_doubling_all_reduce(bytes, p),
+                Algo::Rabenseifner => self.rabenseifner_all_reduce(bytes, p),
+            },
             CollKind::Broadcast if tree => self.binomial_broadcast(bytes, p),
             CollKind::Broadcast => self.chain_broadcast(bytes, p, segment_bytes),
             CollKind::Reduce if tree => self.binomial_reduce(bytes, p),
@@ -276,6 +300,32 @@ mod tests {
         assert_eq!(
             choose_algo(&desc(CollKind::AllGather, 1), 64, &cfg),
             Algo::Ring
+        );
+    }
+
+    #[test]
+    fn rabenseifner_moves_the_rings_volume_in_fewer_steps() {
+        let m = CostModel::default();
+        for p in [4usize, 8, 16] {
+            for bytes in [1usize << 10, 1 << 20, 1 << 28] {
+                let (rab, ring) = (
+                    m.rabenseifner_all_reduce(bytes, p),
+                    m.ring_all_reduce(bytes, p),
+                );
+                // Same volume (up to the ring's rounding of blocks), fewer latencies.
+                let fewer = 2.0 * ((p - 1) as f64 - (p as f64).log2()) * m.alpha;
+                assert!(
+                    (ring - rab - fewer).abs() <= 1e-9 + 1e-6 * ring,
+                    "p={p} bytes={bytes}"
+                );
+            }
+        }
+        // Not a power of two: the fold and unfold of the whole vector cost extra.
+        assert!(m.rabenseifner_all_reduce(1 << 28, 6) > m.ring_all_reduce(1 << 28, 6));
+        let d = desc(CollKind::AllReduce, 1 << 20);
+        assert_eq!(
+            m.predict(&d, 8, Algo::Rabenseifner, 1 << 20),
+            m.rabenseifner_all_reduce(4 << 20, 8)
         );
     }
 

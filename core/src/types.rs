@@ -289,15 +289,19 @@ pub enum Algo {
     /// Recursive doubling: `⌈log2 p⌉` exchanges of the whole vector (all-reduce of small
     /// messages).
     RecursiveDoubling,
+    /// Rabenseifner's: reduce-scatter by recursive halving, all-gather by recursive doubling
+    /// (the ring's volume in `2·log2 p` steps).
+    Rabenseifner,
 }
 
 impl Algo {
-    /// Parse `ring`, `tree` or `rd` (`recursive_doubling`).
+    /// Parse `ring`, `tree`, `rd` (`recursive_doubling`) or `rabenseifner`.
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {
             "ring" => Some(Algo::Ring),
             "tree" => Some(Algo::Tree),
             "rd" | "recursive_doubling" | "recursivedoubling" => Some(Algo::RecursiveDoubling),
+            "rabenseifner" => Some(Algo::Rabenseifner),
             _ => None,
         }
     }

@@ -219,7 +219,12 @@ fn every_posted_frame_lies_in_a_range_registered_with_its_handle() {
     let (n, count) = (3usize, 5000usize);
     let results = on_ranks(n, move |e, rank| {
         let mut sums = Vec::new();
-        for algo in [Algo::Ring, Algo::Tree, Algo::RecursiveDoubling] {
+        for algo in [
+            Algo::Ring,
+            Algo::Tree,
+            Algo::RecursiveDoubling,
+            Algo::Rabenseifner,
+        ] {
             let mut input: Vec<f32> = (0..count).map(|i| (rank + i) as f32).collect();
             let mut output = vec![0f32; count];
             all_reduce(e, algo, &mut input, &mut output).unwrap();

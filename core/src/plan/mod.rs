@@ -10,7 +10,7 @@
 //!
 //! | collective | algorithm | module |
 //! | --- | --- | --- |
-//! | all_reduce | ring reduce-scatter + ring all-gather, pipelined double binary tree, or recursive doubling (small messages) | [`ring_all_reduce`], [`tree`], [`recursive_doubling`] |
+//! | all_reduce | ring reduce-scatter + ring all-gather, pipelined double binary tree, recursive doubling (small messages), or Rabenseifner's halving-doubling | [`ring_all_reduce`], [`tree`], [`recursive_doubling`], [`rabenseifner`] |
 //! | reduce_scatter | ring | [`reduce_scatter`] |
 //! | all_gather | ring | [`all_gather`] |
 //! | broadcast, reduce | pipelined chain or binomial tree | [`chain`], [`binomial`] |
@@ -45,6 +45,7 @@ pub mod all_to_all;
 pub mod barrier;
 pub mod binomial;
 pub mod chain;
+pub mod rabenseifner;
 pub mod recursive_doubling;
 pub mod reduce_scatter;
 pub mod ring_all_reduce;
@@ -135,18 +136,19 @@ pub fn plan(
             Algo::Ring => ring_all_reduce::plan(rank, nranks, count, avg),
             Algo::Tree => tree::plan(rank, nranks, count, seg, avg),
             Algo::RecursiveDoubling => recursive_doubling::plan(rank, nranks, count, avg),
+            Algo::Rabenseifner => rabenseifner::plan(rank, nranks, count, avg),
         },
         CollKind::ReduceScatter => reduce_scatter::plan(rank, nranks, count, inplace, avg),
         CollKind::AllGather => all_gather::plan(rank, nranks, count, inplace),
         CollKind::Broadcast => match algo {
             Algo::Ring => chain::broadcast(rank, nranks, desc.root, count, seg, inplace),
-            Algo::Tree | Algo::RecursiveDoubling => {
+            Algo::Tree | Algo::RecursiveDoubling | Algo::Rabenseifner => {
                 binomial::broadcast(rank, nranks, desc.root, count, inplace)
             }
         },
         CollKind::Reduce => match algo {
             Algo::Ring => chain::reduce(rank, nranks, desc.root, count, seg, avg),
-            Algo::Tree | Algo::RecursiveDoubling => {
+            Algo::Tree | Algo::RecursiveDoubling | Algo::Rabenseifner => {
                 binomial::reduce(rank, nranks, desc.root, count, avg)
             }
         },
@@ -159,9 +161,10 @@ pub fn plan(
 
 /// The algorithm [`plan`] uses for this call (for logging and dmsc-perf).
 ///
-/// For all-reduce: [`Algo::Ring`], [`Algo::Tree`] (double binary tree) or
-/// [`Algo::RecursiveDoubling`]. For broadcast and reduce: [`Algo::Ring`] stands for the
-/// pipelined chain, [`Algo::Tree`] (and a forced [`Algo::RecursiveDoubling`]) for the
+/// For all-reduce: [`Algo::Ring`], [`Algo::Tree`] (double binary tree),
+/// [`Algo::RecursiveDoubling`] or [`Algo::Rabenseifner`]. For broadcast and reduce:
+/// [`Algo::Ring`] stands for the pipelined chain, [`Algo::Tree`] (and a forced
+/// [`Algo::RecursiveDoubling`] or [`Algo::Rabenseifner`]) for the
 /// binomial tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
 /// [`PlanConfig::algo`] wins where it applies; otherwise the cheaper prediction of
 /// [`PlanConfig::model`] does (ring on ties).
@@ -176,7 +179,7 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
     if let Some(a) = cfg.algo {
         return match (desc.kind, a) {
             (CollKind::AllReduce, a) => a,
-            (_, Algo::RecursiveDoubling) => Algo::Tree,
+            (_, Algo::RecursiveDoubling | Algo::Rabenseifner) => Algo::Tree,
             (_, a) => a,
         };
     }

@@ -9,10 +9,11 @@ use crate::types::{Algo, CollDesc, CollKind, DataType, ReduceOp};
 use half::{bf16, f16};
 
 /// Every (kind, forced algorithm) pair.
-pub(super) const ALGOS: [(CollKind, Option<Algo>); 10] = [
+pub(super) const ALGOS: [(CollKind, Option<Algo>); 11] = [
     (CollKind::AllReduce, Some(Algo::Ring)),
     (CollKind::AllReduce, Some(Algo::Tree)),
     (CollKind::AllReduce, Some(Algo::RecursiveDoubling)),
+    (CollKind::AllReduce, Some(Algo::Rabenseifner)),
     (CollKind::ReduceScatter, None),
     (CollKind::AllGather, None),
     (CollKind::Broadcast, Some(Algo::Ring)),

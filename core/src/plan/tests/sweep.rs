@@ -62,6 +62,7 @@ fn every_type_and_operator() {
         (CollKind::AllReduce, Some(Algo::Ring)),
         (CollKind::AllReduce, Some(Algo::Tree)),
         (CollKind::AllReduce, Some(Algo::RecursiveDoubling)),
+        (CollKind::AllReduce, Some(Algo::Rabenseifner)),
         (CollKind::ReduceScatter, None),
         (CollKind::Reduce, Some(Algo::Ring)),
         (CollKind::Reduce, Some(Algo::Tree)),
