@@ -385,8 +385,8 @@ typedef struct {
      */
     const char *socketIfname;
     /**
-     * All-reduce algorithm: `"ring"` or `"tree"` (`DMSC_ALGO`; default: chosen by the cost
-     * model).
+     * All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling) or
+     * `"rabenseifner"` (`DMSC_ALGO`; default: chosen by the cost model).
      */
     const char *algo;
 } dmscConfig_t;

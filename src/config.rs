@@ -206,9 +206,7 @@ impl Config {
         }
         if let Some(v) = var("DMSC_ALGO") {
             c.plan.algo = Some(Algo::parse(&v).ok_or_else(|| {
-                Error::invalid(format!(
-                    "DMSC_ALGO={v} is not one of ring, tree, rd (recursive doubling)"
-                ))
+                Error::invalid(format!("DMSC_ALGO={v} is not one of {}", Algo::NAMES))
             })?);
         }
         c.plan.segment_bytes = bytes_var("DMSC_SEGMENT_BYTES", c.plan.segment_bytes)?;

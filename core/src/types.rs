@@ -295,6 +295,9 @@ pub enum Algo {
 }
 
 impl Algo {
+    /// The names [`Algo::parse`] accepts, for messages.
+    pub const NAMES: &'static str = "ring, tree, rd (recursive doubling), rabenseifner";
+
     /// Parse `ring`, `tree`, `rd` (`recursive_doubling`) or `rabenseifner`.
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {

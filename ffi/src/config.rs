@@ -55,8 +55,8 @@ pub struct dmscConfig_t {
     /// `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit` and
     /// `dmscCommShrink`: such a communicator listens on its parent's interface.
     pub socketIfname: *const c_char,
-    /// All-reduce algorithm: `"ring"` or `"tree"` (`DMSC_ALGO`; default: chosen by the cost
-    /// model).
+    /// All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling) or
+    /// `"rabenseifner"` (`DMSC_ALGO`; default: chosen by the cost model).
     pub algo: *const c_char,
 }
 
@@ -153,7 +153,7 @@ pub(crate) unsafe fn resolve(f: &str, cfg: *const dmscConfig_t, base: Base) -> R
         c.plan.algo = Some(Algo::parse(a).ok_or_else(|| {
             FfiError::invalid(
                 f,
-                format_args!("config->algo \"{a}\" is not one of ring, tree"),
+                format_args!("config->algo \"{a}\" is not one of {}", Algo::NAMES),
             )
         })?);
     }
