@@ -3,6 +3,17 @@
 
 use dmsc::{new_unique_id, Communicator, Config, ReduceOp, UniqueId};
 
+/// Rank `rank` of `n` joins through the id `bytes`, on loopback.
+fn join(bytes: &[u8], rank: usize, n: usize) -> Communicator {
+    let id = UniqueId::from_bytes(bytes).expect("decode id");
+    let mut cfg = Config {
+        socket_ifname: Some("lo".into()),
+        ..Config::default()
+    };
+    cfg.engine.timeout = std::time::Duration::from_secs(20);
+    Communicator::init_with_id(&id, rank, n, cfg).expect("init")
+}
+
 /// The tests that open sockets run one at a time (one counts this process's sockets).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -18,13 +29,7 @@ fn ranks_join_through_a_unique_id() {
     let handles: Vec<_> = (0..n)
         .map(|rank| {
             std::thread::spawn(move || {
-                let id = UniqueId::from_bytes(&bytes).expect("decode id");
-                let mut cfg = Config {
-                    socket_ifname: Some("lo".into()),
-                    ..Config::default()
-                };
-                cfg.engine.timeout = std::time::Duration::from_secs(20);
-                let c = Communicator::init_with_id(&id, rank, n, cfg).expect("init");
+                let c = join(&bytes, rank, n);
                 let mut v = vec![rank as i64 + 1; 1001];
                 c.all_reduce_in_place(&mut v, ReduceOp::Sum)
                     .expect("all_reduce");
@@ -72,13 +77,7 @@ fn a_request_kept_after_its_communicator_pins_no_connection() {
         .map(|rank| {
             let (dropped, counted) = (dropped.clone(), counted.clone());
             std::thread::spawn(move || {
-                let id = UniqueId::from_bytes(&bytes).expect("decode id");
-                let mut cfg = Config {
-                    socket_ifname: Some("lo".into()),
-                    ..Config::default()
-                };
-                cfg.engine.timeout = std::time::Duration::from_secs(20);
-                let c = Communicator::init_with_id(&id, rank, n, cfg).expect("init");
+                let c = join(&bytes, rank, n);
                 let mut v = vec![rank as i64 + 1; 1001];
                 let req = c.immediate_all_reduce_in_place(&mut v, ReduceOp::Sum);
                 while !req.test() {

@@ -45,6 +45,7 @@ pub mod all_to_all;
 pub mod barrier;
 pub mod binomial;
 pub mod chain;
+mod fold;
 pub mod rabenseifner;
 pub mod recursive_doubling;
 pub mod reduce_scatter;

@@ -24,6 +24,7 @@
 //! operations in MPICH", IJHPCA 19(1), 2005, section 4.4 (MPICH's
 //! `MPIR_Allreduce_intra_reduce_scatter_allgather`).
 
+use super::fold::Fold;
 use super::timeline::Timeline;
 use super::{block, sl};
 use crate::schedule::{Action, BufId, Schedule};
@@ -31,8 +32,8 @@ use crate::types::Rank;
 
 /// Rank `rank`'s Rabenseifner all-reduce of `count` elements over `n >= 2` ranks.
 pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
-    let q = 1usize << (usize::BITS - 1 - n.leading_zeros());
-    let r = n - q;
+    let fold = Fold::of(n);
+    let q = fold.q;
     let rounds = q.trailing_zeros() as usize;
     let whole = (0, count);
     // Blocks [lo, hi) of the q blocks, as one span of elements.
@@ -47,31 +48,8 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
     };
     let mut t = Timeline::default();
     // Time 0: the fold.
-    let new_rank = if rank < 2 * r {
-        if rank.is_multiple_of(2) {
-            t.at(
-                0,
-                Action::Send {
-                    peer: rank + 1,
-                    src: sl(BufId::Input, whole),
-                },
-            );
-            None
-        } else {
-            t.at(
-                0,
-                Action::RecvReduce {
-                    peer: rank - 1,
-                    local: sl(BufId::Input, whole),
-                    dst: sl(BufId::Output, whole),
-                },
-            );
-            Some(rank / 2)
-        }
-    } else {
-        Some(rank - r)
-    };
-    let old = |nr: usize| if nr < r { nr * 2 + 1 } else { nr + r };
+    let new_rank = fold.place(&mut t, rank, count);
+    let old = |nr: usize| fold.old(nr);
     // Times: reduce-scatter round j at 1 + j, the division at 1 + rounds, all-gather round j
     // at 2 + rounds + j, the unfold at 2 + 2·rounds.
     let unfold_at = 2 + 2 * rounds;
@@ -86,7 +64,7 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
         return t.into_schedule(0);
     };
     // Where this rank's partial sums are: its input until it first combines, unless it folded.
-    let mut cur = if rank < 2 * r {
+    let mut cur = if fold.folds(rank) {
         BufId::Output
     } else {
         BufId::Input
@@ -158,7 +136,7 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
             );
         }
     }
-    if rank < 2 * r {
+    if fold.folds(rank) {
         t.at(
             unfold_at,
             Action::Send {

@@ -16,15 +16,15 @@
 //! communication operations in MPICH", IJHPCA 19(1), 2005, section 4.4 (MPICH's
 //! `MPIR_Allreduce_intra_recursive_doubling`).
 
+use super::fold::Fold;
 use super::timeline::Timeline;
 use crate::schedule::{Action, BufId, Schedule, Slice};
 use crate::types::Rank;
 
 /// Rank `rank`'s recursive-doubling all-reduce of `count` elements over `n >= 2` ranks.
 pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
-    let q = 1usize << (usize::BITS - 1 - n.leading_zeros());
-    let r = n - q;
-    let rounds = q.trailing_zeros() as usize;
+    let fold = Fold::of(n);
+    let rounds = fold.q.trailing_zeros() as usize;
     let whole = |buf| Slice {
         buf,
         offset: 0,
@@ -37,28 +37,8 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
     );
     let mut t = Timeline::default();
     // Time 0: fold (or, for ranks that do not fold, bring the input into Output).
-    let new_rank = if rank < 2 * r {
-        if rank.is_multiple_of(2) {
-            t.at(
-                0,
-                Action::Send {
-                    peer: rank + 1,
-                    src: input,
-                },
-            );
-            None
-        } else {
-            t.at(
-                0,
-                Action::RecvReduce {
-                    peer: rank - 1,
-                    local: input,
-                    dst: out,
-                },
-            );
-            Some(rank / 2)
-        }
-    } else {
+    let new_rank = fold.place(&mut t, rank, count);
+    if !fold.folds(rank) {
         // In place this copies a slice onto itself, which moves nothing.
         t.at(
             0,
@@ -67,9 +47,8 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
                 dst: out,
             },
         );
-        Some(rank - r)
-    };
-    let old = |nr: usize| if nr < r { nr * 2 + 1 } else { nr + r };
+    }
+    let old = |nr: usize| fold.old(nr);
     // Round k exchanges at time 1 + 2k and combines at time 2 + 2k (a step of its own, so
     // Output is never written while a send reads it); then the division, then the unfold.
     let (scale_at, unfold_at) = (1 + 2 * rounds, 2 + 2 * rounds);
@@ -102,7 +81,7 @@ pub(crate) fn plan(rank: Rank, n: usize, count: usize, avg: bool) -> Schedule {
             if avg {
                 t.at(scale_at, Action::Scale { dst: out });
             }
-            if rank < 2 * r {
+            if fold.folds(rank) {
                 t.at(
                     unfold_at,
                     Action::Send {

@@ -213,21 +213,14 @@ impl UnitHeader {
                     return Err(Error::protocol("ack unit with a number"));
                 }
             }
-            UnitKind::Down => {
-                if h.nsegs != 0
-                    || h.offset != 0
-                    || h.total != 0
-                    || h.len != 0
-                    || h.transfer >= MAX_PATHS as u64
-                {
-                    return Err(Error::protocol(format!(
-                        "path-down unit for path {} with other fields set",
-                        h.transfer
-                    )));
-                }
-            }
-            UnitKind::Suspect => {
-                if h.seg != 0
+            UnitKind::Suspect | UnitKind::Down => {
+                // A notice about one path: its index in `transfer`; a `Down` unit also
+                // carries the incarnation that ended, in `seg`.
+                let (name, seg_used) = match kind {
+                    UnitKind::Down => ("path-down", true),
+                    _ => ("suspect", false),
+                };
+                if (h.seg != 0 && !seg_used)
                     || h.nsegs != 0
                     || h.offset != 0
                     || h.total != 0
@@ -235,7 +228,7 @@ impl UnitHeader {
                     || h.transfer >= MAX_PATHS as u64
                 {
                     return Err(Error::protocol(format!(
-                        "suspect unit for path {} with other fields set",
+                        "{name} unit for path {} with other fields set",
                         h.transfer
                     )));
                 }
