@@ -242,13 +242,7 @@ fn check_nodes(extra_env: &[(String, String)], opts: &LaunchOptions) -> Result<(
     if !nodes.is_multi() {
         return Ok(());
     }
-    if opts.restarts > 0 {
-        return Err(Error::invalid(format!(
-            "restarts ({}) are not supported with {} nodes: each node's launcher would restart \
-             its own ranks alone",
-            opts.restarts, nodes.nnodes
-        )));
-    }
+    nodes.check_restarts(opts.restarts)?;
     if !secret_given(extra_env) {
         return Err(Error::invalid(format!(
             "{} nodes need DMSC_SECRET set to the same value on every node (e.g. `export \
@@ -819,7 +813,7 @@ mod tests {
         let secret = [("DMSC_SECRET".to_string(), "s".repeat(32))];
         let e = launch_with(1, &p, &a, &secret, &multi(1)).unwrap_err();
         assert!(
-            e.to_string().contains("restarts (1) are not supported"),
+            e.to_string().contains("--restarts 1 is not supported"),
             "{e}"
         );
         if std::env::var_os("DMSC_SECRET").is_none() {

@@ -38,12 +38,17 @@ fn rank_entry() {
     if let Some((i, v)) = buf.iter().enumerate().find(|(_, &v)| v != want) {
         fail(format!("all_reduce: element {i} is {v}, expected {want}"));
     }
+    let info = dmsc_core::bootstrap::detect_from_process_env()
+        .unwrap_or_else(|e| fail(format!("detect: {e}")));
     println!(
-        "RANK-OK rank={rank} world={n} local={} local_world={} node={} store={}",
+        "RANK-OK rank={rank} world={n} local={} local_world={} node={} store={} launcher={} \
+         detected={}",
         var("LOCAL_RANK"),
         var("LOCAL_WORLD_SIZE"),
         var("GROUP_RANK"),
-        var("DMSC_STORE_ADDR")
+        var("DMSC_STORE_ADDR"),
+        info.launcher,
+        info.store_addr()
     );
 }
 
@@ -160,13 +165,17 @@ fn two_nodes_run_one_job() {
         );
         for local in 0..NPROC {
             let rank = node * NPROC + local;
+            // The test harness writes `test rank_entry ... ` before the rank's own line.
+            let tag = format!("[{node}:{rank}] ");
             let want = format!(
-                "[{node}:{rank}] RANK-OK rank={rank} world=4 local={local} local_world={NPROC} \
-                 node={node} store=127.0.0.1:{port}"
+                "RANK-OK rank={rank} world=4 local={local} local_world={NPROC} node={node} \
+                 store=127.0.0.1:{port} launcher=dmscrun detected=127.0.0.1:{port}"
             );
             assert!(
-                d.out.lines().any(|l| l == want),
-                "node {node}: no line '{want}' in:\n{}\n{}",
+                d.out
+                    .lines()
+                    .any(|l| l.starts_with(&tag) && l.ends_with(&want)),
+                "node {node}: no line '{tag}... {want}' in:\n{}\n{}",
                 d.out,
                 d.err
             );
@@ -211,6 +220,7 @@ fn a_failing_rank_on_node_1_fails_both_nodes() {
         zero.err
     );
     assert!(!zero.out.contains("RANK-OK"), "{}", zero.out);
+    assert!(zero.err.contains("RANK-FAILED"), "{}", zero.err);
     assert!(zero.err.contains("dmscrun (node 0): rank "), "{}", zero.err);
 }
 
@@ -236,4 +246,129 @@ fn several_nodes_without_a_secret_are_refused() {
         err.contains("need DMSC_SECRET set to the same value on every node"),
         "{err}"
     );
+}
+
+/// Variables of other launchers that must not leak into the ranks started by hand below.
+const FOREIGN: [&str; 16] = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "DMSC_RANK",
+    "DMSC_WORLD_SIZE",
+    "DMSC_STORE_ADDR",
+    "DMSC_STORE_EXTERNAL",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+];
+
+/// Start `env.len()` ranks of `rank_entry` directly (no dmscrun), rank `r` with `env[r]`, and
+/// return each one's exit status and output, with a bound on the whole.
+fn run_by_hand(env: &[Vec<(String, String)>]) -> Vec<(ExitStatus, String)> {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut ranks = Vec::new();
+    for vars in env {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--ignored", "--exact", "rank_entry", "--nocapture"])
+            .env("DMSC_SECRET", SECRET)
+            .env("DMSC_TIMEOUT", "20")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for k in FOREIGN {
+            cmd.env_remove(k);
+        }
+        cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.spawn().expect("start a rank");
+        let out = read_all(child.stdout.take().expect("stdout"));
+        let err = read_all(child.stderr.take().expect("stderr"));
+        ranks.push(Node { child, out, err });
+    }
+    finish(ranks)
+        .into_iter()
+        .map(|d| (d.status, format!("{}{}", d.out, d.err)))
+        .collect()
+}
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// A free port of 127.0.0.1 in 10000-29999, where Slurm-derived ports fall.
+fn free_port_below_30000() -> u16 {
+    let start = 10_000 + (std::process::id() % 20_000) as u16;
+    (0..20_000u16)
+        .map(|i| 10_000 + (start - 10_000 + i) % 20_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 10000-29999")
+}
+
+#[test]
+fn srun_variables_alone_find_the_store() {
+    // Choose SLURM_JOB_ID and SLURM_STEP_ID so that the derived port is a free one:
+    // port = 10000 + (job * 64 + step) mod 20000.
+    let port = free_port_below_30000();
+    let k = u64::from(port - 10_000);
+    let (job, step) = (k / 64, k % 64);
+    assert_eq!(dmsc_core::bootstrap::env::slurm_port(job, step), port);
+    let env: Vec<_> = (0..2)
+        .map(|r| {
+            vars(&[
+                ("SLURM_PROCID", r.to_string()),
+                ("SLURM_NTASKS", "2".into()),
+                ("SLURM_LOCALID", r.to_string()),
+                ("SLURM_JOB_NODELIST", "localhost".into()),
+                ("SLURM_JOB_ID", job.to_string()),
+                ("SLURM_STEP_ID", step.to_string()),
+            ])
+        })
+        .collect();
+    for (r, (status, out)) in run_by_hand(&env).into_iter().enumerate() {
+        assert_eq!(status.code(), Some(0), "rank {r}:\n{out}");
+        let want = format!(
+            "RANK-OK rank={r} world=2 local=- local_world=- node=- store=- launcher=slurm \
+             detected=localhost:{port}"
+        );
+        assert!(
+            out.lines().any(|l| l.ends_with(&want)),
+            "rank {r}: no '{want}' in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn pmi_variables_with_master_addr_find_the_store() {
+    let port = free_port();
+    let env: Vec<_> = (0..2)
+        .map(|r| {
+            vars(&[
+                ("PMI_RANK", r.to_string()),
+                ("PMI_SIZE", "2".into()),
+                ("MPI_LOCALRANKID", r.to_string()),
+                ("MPI_LOCALNRANKS", "2".into()),
+                ("MASTER_ADDR", "127.0.0.1".into()),
+                ("MASTER_PORT", port.to_string()),
+            ])
+        })
+        .collect();
+    for (r, (status, out)) in run_by_hand(&env).into_iter().enumerate() {
+        assert_eq!(status.code(), Some(0), "rank {r}:\n{out}");
+        let want = format!(
+            "RANK-OK rank={r} world=2 local=- local_world=- node=- store=- launcher=pmi \
+             detected=127.0.0.1:{port}"
+        );
+        assert!(
+            out.lines().any(|l| l.ends_with(&want)),
+            "rank {r}: no '{want}' in:\n{out}"
+        );
+    }
 }

@@ -147,19 +147,13 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
     let Some(n) = n else {
         return Err("missing -n N: the number of ranks to start".into());
     };
-    opts.nodes = Nodes::new(nnodes, node_rank, master_addr.as_deref(), master_port).map_err(
-        |e| match e {
-            dmsc::Error::InvalidArgument { what } => what,
-            other => other.to_string(),
-        },
-    )?;
-    if opts.nodes.is_multi() && opts.restarts > 0 {
-        return Err(format!(
-            "--restarts is not supported with --nnodes {}: each node would restart its own \
-             ranks alone",
-            opts.nodes.nnodes
-        ));
-    }
+    let what = |e: dmsc::Error| match e {
+        dmsc::Error::InvalidArgument { what } => what,
+        other => other.to_string(),
+    };
+    opts.nodes =
+        Nodes::new(nnodes, node_rank, master_addr.as_deref(), master_port).map_err(what)?;
+    opts.nodes.check_restarts(opts.restarts).map_err(what)?;
     let Some(program) = args.get(i) else {
         return Err("missing the command to run after the options".into());
     };
@@ -419,7 +413,7 @@ mod tests {
                     "1",
                     "sh",
                 ],
-                "--restarts is not supported with --nnodes 2",
+                "--restarts 1 is not supported with --nnodes 2",
             ),
             (
                 &["-n", "2", "--keep-going=1", "sh"],

@@ -123,6 +123,19 @@ impl Nodes {
         })
     }
 
+    /// Refuse restarts with several nodes: each node's launcher would restart its own ranks
+    /// alone, while the other nodes' ranks are gone or still running.
+    pub fn check_restarts(&self, restarts: usize) -> Result<()> {
+        if self.is_multi() && restarts > 0 {
+            return Err(Error::invalid(format!(
+                "--restarts {restarts} is not supported with --nnodes {}: each node's launcher \
+                 would restart its own ranks alone",
+                self.nnodes
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the job spans several nodes (output is then prefixed `[node:rank]`).
     pub fn is_multi(&self) -> bool {
         self.nnodes > 1
@@ -305,5 +318,13 @@ mod tests {
         assert!(err(Some(2), None, Some("a b"), None).contains("contains whitespace"));
         assert!(err(Some(2), None, Some("h"), Some(0)).contains("--master-port must be"));
         assert!(err(Some(2), None, Some("h"), Some(65535)).contains("--master-port 65535"));
+        let two = Nodes::new(Some(2), None, Some("h"), None).unwrap();
+        assert!(two.check_restarts(0).is_ok());
+        assert!(Nodes::default().check_restarts(3).is_ok());
+        let e = two.check_restarts(1).unwrap_err().to_string();
+        assert!(
+            e.contains("--restarts 1 is not supported with --nnodes 2"),
+            "{e}"
+        );
     }
 }
