@@ -8,7 +8,7 @@
 //!
 //! Node 0's launcher serves the rendezvous store on port `P` of every interface (`0.0.0.0`,
 //! or `::` when `HOST` is an IPv6 literal; only the loopback address itself when `HOST` is a
-//! loopback address, so a one-machine test opens nothing to the network). Binding `HOST`
+//! loopback address or `localhost`, so a one-machine test opens nothing to the network). Binding `HOST`
 //! itself is avoided on purpose: a host's own name often resolves to a loopback address
 //! there (Debian's `127.0.1.1` in `/etc/hosts`), which the other hosts cannot reach. The other
 //! nodes serve nothing: their ranks connect to `HOST:P`.
@@ -172,6 +172,7 @@ impl Nodes {
         };
         let ip = match host.parse::<IpAddr>() {
             Ok(ip) if ip.is_loopback() => ip,
+            Err(_) if host.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
@@ -296,6 +297,8 @@ mod tests {
         assert_eq!(zero.store_bind(), Some("0.0.0.0:29500".parse().unwrap()));
         let lo = Nodes::new(Some(2), Some(0), Some("127.0.0.1"), Some(7)).unwrap();
         assert_eq!(lo.store_bind(), Some("127.0.0.1:7".parse().unwrap()));
+        let named = Nodes::new(Some(2), Some(0), Some("LocalHost"), Some(7)).unwrap();
+        assert_eq!(named.store_bind(), Some("127.0.0.1:7".parse().unwrap()));
         let v6 = Nodes::new(Some(2), Some(0), Some("[fd00::1]"), Some(7)).unwrap();
         assert_eq!(v6.store_bind(), Some("[::]:7".parse().unwrap()));
         assert_eq!(env_of(&v6, 1, 0, (7, 8))[10].1, "[fd00::1]:7");
