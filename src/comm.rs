@@ -64,8 +64,10 @@ pub struct InitOptions {
 
 impl Communicator {
     /// Join the communicator described by the environment: dmscrun and torchrun (`RANK`,
-    /// `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Open MPI (`OMPI_COMM_WORLD_*`) or Slurm
-    /// (`SLURM_PROCID`, `SLURM_NTASKS`) with `DMSC_STORE_ADDR` or `MASTER_ADDR`/`MASTER_PORT`.
+    /// `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Open MPI (`OMPI_COMM_WORLD_*`) or PMI
+    /// (`PMI_RANK`, `PMI_SIZE`) with `DMSC_STORE_ADDR` or `MASTER_ADDR`/`MASTER_PORT`, or Slurm
+    /// (`SLURM_PROCID`, `SLURM_NTASKS`), where the store's address may also be derived from the
+    /// job (see `dmsc_core::bootstrap::env`).
     pub fn from_env() -> Result<Communicator> {
         let info = detect_from_process_env()?;
         let config = Config::from_env()?;

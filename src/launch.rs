@@ -1,4 +1,4 @@
-//! Start the ranks of a single-node job, as `dmscrun` (and `dmsc-perf --np N`) do.
+//! Start the ranks of a job on this node, as `dmscrun` (and `dmsc-perf --np N`) do.
 //!
 //! [`launch`] plays the part torchrun's `--standalone` mode plays for PyTorch: it serves the
 //! rendezvous store itself on a free TCP port of 127.0.0.1 (as torchrun's agent hosts the
@@ -12,6 +12,20 @@
 //! ranks print with `[rank] `, and waits for all of them. Unless `DMSC_SECRET` is set (in the launcher's
 //! environment or `extra_env`), every rank also gets a fresh random `DMSC_SECRET` (64 hex
 //! digits), so the job's connections are authenticated with a secret only its ranks know.
+//!
+//! # Several nodes
+//!
+//! With [`LaunchOptions::nodes`] (`dmscrun --nnodes N --node-rank I --master-addr HOST
+//! --master-port P`), one launcher runs on each host: node 0's serves the store on port `P`
+//! and the others' ranks connect to it; ranks are numbered across the nodes as torchrun
+//! numbers them and also get `GROUP_RANK`, `GROUP_WORLD_SIZE` and `NODE_RANK`; output lines
+//! are prefixed `[node:rank] `. See [`Nodes`] for the layout, the address the store binds and
+//! what `MASTER_PORT` then means. The nodes share no random secret, so a job of several nodes
+//! needs `DMSC_SECRET` set to the same value on every node, and `restarts` is refused (the
+//! launchers would restart their nodes independently). Each launcher supervises its own
+//! ranks only: a failure on one node stops that node's ranks, and the other nodes' ranks
+//! then fail on their own (a lost peer, or the store's timeout) and their launchers stop in
+//! turn, each exiting non-zero.
 //!
 //! # Failure handling
 //!
@@ -47,12 +61,16 @@
 //! restores the previous ones before it returns; calls to [`launch`] from several threads are
 //! serialized.
 
+mod nodes;
+
+pub use nodes::{Nodes, DEFAULT_MASTER_PORT};
+
 use crate::{Error, Result};
 use dmsc_core::auth::Secret;
 use dmsc_transports::store::StoreServer;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -100,6 +118,8 @@ pub struct LaunchOptions {
     pub keep_going: bool,
     /// Start a failed job again, every rank, at most this many times (default 0).
     pub restarts: usize,
+    /// The job's nodes and this launcher's place among them (default: one node).
+    pub nodes: Nodes,
 }
 
 impl Default for LaunchOptions {
@@ -109,18 +129,22 @@ impl Default for LaunchOptions {
             prefix_stderr: true,
             keep_going: false,
             restarts: 0,
+            nodes: Nodes::default(),
         }
     }
 }
 
-/// Run `n` ranks of `program args...` on this machine and wait for all of them.
+/// Run `n` ranks of `program args...` on this machine and wait for all of them (`n` per node
+/// when [`LaunchOptions::nodes`] names several).
 ///
 /// Returns the job's exit code: 0 when every rank exited with 0, else the code of the first
 /// rank that failed (128 + signal number when it was killed by a signal), or 128 + the signal
 /// that interrupted the launcher. `extra_env` is set in every rank's environment after the
 /// launcher's own variables (so it may override them).
 ///
-/// Errors when `n` is 0, when the store cannot listen on 127.0.0.1, or when a rank cannot be
+/// Errors when `n` is 0, when the store cannot listen (on 127.0.0.1, or on the master port of
+/// node 0), when several nodes are asked for without `DMSC_SECRET` or with restarts, or when
+/// a rank cannot be
 /// started ([`Error::System`] whose `errno` is `ENOENT` when the program does not exist and
 /// `EACCES` when it is not executable); ranks already started are killed and reaped first.
 pub fn launch(
@@ -143,6 +167,7 @@ pub fn launch_with(
     if n == 0 {
         return Err(Error::invalid("the number of ranks must be at least 1"));
     }
+    check_nodes(extra_env, opts)?;
     // The store this launcher serves logs the connections it refuses.
     crate::logger::install(&crate::config::log_settings_from_env()?, None)?;
     let _serial = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,26 +204,63 @@ fn run_attempt(
     grace: Duration,
     opts: &LaunchOptions,
 ) -> Result<(i32, bool)> {
-    let store = StoreServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), secret.clone())?;
-    let ports = (store.local_addr().port(), free_port()?);
+    let nodes = &opts.nodes;
+    let store = match nodes.store_bind() {
+        Some(addr) => Some(StoreServer::bind(addr, secret.clone())?),
+        None => None,
+    };
+    let ports = nodes.ports(store.as_ref().map(|s| s.local_addr().port()), free_port)?;
     let mut children = Vec::with_capacity(n);
-    for rank in 0..n {
-        let mut cmd = rank_command(program, args, extra_env, rank, n, ports);
+    for local in 0..n {
+        let mut cmd = rank_command(program, args, extra_env, &nodes.rank_env(n, local, ports));
         cmd.env("DMSC_RESTART_COUNT", attempt.to_string());
         match cmd.spawn() {
             Ok(child) => children.push(child),
             Err(e) => {
                 abandon(children);
                 return Err(Error::io(
-                    format!("starting `{}` for rank {rank}", program.to_string_lossy()),
+                    format!(
+                        "starting `{}` for rank {}",
+                        program.to_string_lossy(),
+                        nodes.rank(n, local)
+                    ),
                     &e,
                 ));
             }
         }
     }
     let outcome = supervise(children, grace, opts);
-    store.shutdown();
+    if let Some(store) = store {
+        store.shutdown();
+    }
     Ok(outcome)
+}
+
+/// What a job of several nodes needs beyond one node's: a shared secret, and no restarts.
+fn check_nodes(extra_env: &[(String, String)], opts: &LaunchOptions) -> Result<()> {
+    let nodes = &opts.nodes;
+    if !nodes.is_multi() {
+        return Ok(());
+    }
+    nodes.check_restarts(opts.restarts)?;
+    if !secret_given(extra_env) {
+        return Err(Error::invalid(format!(
+            "{} nodes need DMSC_SECRET set to the same value on every node (e.g. `export \
+             DMSC_SECRET=$(openssl rand -hex 32)` once, passed to all): the launchers cannot \
+             share a random one",
+            nodes.nnodes
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `DMSC_SECRET` is set (non-blank) in `extra_env` or this process's environment.
+fn secret_given(extra_env: &[(String, String)]) -> bool {
+    let set = |v: &OsStr| !v.to_string_lossy().trim().is_empty();
+    extra_env
+        .iter()
+        .any(|(k, v)| k == "DMSC_SECRET" && set(v.as_ref()))
+        || std::env::var_os("DMSC_SECRET").is_some_and(|v| set(&v))
 }
 
 /// The grace period between SIGTERM and SIGKILL: `DMSC_KILL_GRACE` seconds, else 3 s.
@@ -223,15 +285,12 @@ fn kill_grace() -> Duration {
 /// `extra_env` plus a fresh random `DMSC_SECRET` when neither it nor this process's
 /// environment sets one.
 fn with_job_secret(extra_env: &[(String, String)]) -> Result<Vec<(String, String)>> {
-    const SECRET: &str = "DMSC_SECRET";
-    let set = |v: &OsStr| !v.to_string_lossy().trim().is_empty();
-    let given = extra_env
-        .iter()
-        .any(|(k, v)| k == SECRET && set(v.as_ref()))
-        || std::env::var_os(SECRET).is_some_and(|v| set(&v));
     let mut env = extra_env.to_vec();
-    if !given {
-        env.push((SECRET.into(), dmsc_transports::auth::new_secret_hex()?));
+    if !secret_given(extra_env) {
+        env.push((
+            "DMSC_SECRET".into(),
+            dmsc_transports::auth::new_secret_hex()?,
+        ));
     }
     Ok(env)
 }
@@ -264,32 +323,23 @@ fn free_port() -> Result<u16> {
         .map_err(|e| Error::io("finding a free port for MASTER_PORT", &e))
 }
 
-/// The command line and environment of one rank. `store_port` is the launcher's store
-/// (`DMSC_STORE_ADDR`); `master_port` is another, free port for `MASTER_PORT`, where rank 0
-/// of a torch job serves torch's own store (`init_process_group` with `env://`), which it
-/// could not bind on the launcher's.
+/// The command line and environment of one rank: `rank_env` is its rendezvous variables
+/// ([`Nodes::rank_env`]; `MASTER_PORT` there is not the store's port, so that rank 0 of a
+/// torch job can serve torch's own store on it), then `extra_env`.
 fn rank_command(
     program: &OsStr,
     args: &[OsString],
     extra_env: &[(String, String)],
-    rank: usize,
-    n: usize,
-    (store_port, master_port): (u16, u16),
+    rank_env: &[(&str, String)],
 ) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     for var in OVERRIDING_VARS {
         cmd.env_remove(var);
     }
-    cmd.env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", master_port.to_string())
-        .env("RANK", rank.to_string())
-        .env("WORLD_SIZE", n.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("LOCAL_WORLD_SIZE", n.to_string())
-        .env("DMSC_LAUNCHER", "dmscrun")
-        .env("DMSC_STORE_ADDR", format!("127.0.0.1:{store_port}"))
-        .env("DMSC_STORE_EXTERNAL", "1");
+    for (k, v) in rank_env {
+        cmd.env(k, v);
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -358,23 +408,33 @@ enum Event {
 /// `opts.keep_going`); returns the job's exit code and whether a signal interrupted it.
 fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> (i32, bool) {
     let n = children.len();
+    let nodes = &opts.nodes;
+    let names = Names {
+        who: if nodes.is_multi() {
+            format!("dmscrun (node {})", nodes.node_rank)
+        } else {
+            "dmscrun".into()
+        },
+        ranks: (0..n).map(|l| nodes.rank(n, l)).collect(),
+    };
     let (tx, rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::channel();
     let mut pids = Vec::with_capacity(n);
     let mut waiters = Vec::with_capacity(n);
-    for (rank, mut child) in children.into_iter().enumerate() {
+    for (local, mut child) in children.into_iter().enumerate() {
         pids.push(child.id());
+        let tag = nodes.tag(n, local);
         if let Some(out) = child.stdout.take() {
-            spawn_forwarder(rank, out, false, opts.prefix_stdout, out_tx.clone());
+            spawn_forwarder(&tag, out, false, opts.prefix_stdout, out_tx.clone());
         }
         if let Some(err) = child.stderr.take() {
-            spawn_forwarder(rank, err, true, opts.prefix_stderr, out_tx.clone());
+            spawn_forwarder(&tag, err, true, opts.prefix_stderr, out_tx.clone());
         }
-        waiters.push(spawn_waiter(rank, child, tx.clone()));
+        waiters.push(spawn_waiter(local, child, tx.clone()));
     }
     drop(tx);
     drop(out_tx);
-    let code = wait_all(&pids, &rx, grace, opts.keep_going);
+    let code = wait_all(&pids, &rx, grace, opts.keep_going, &names);
     for w in waiters {
         let _ = w.join();
     }
@@ -387,9 +447,24 @@ fn supervise(children: Vec<Child>, grace: Duration, opts: &LaunchOptions) -> (i3
     code
 }
 
+/// How the wait loop's messages name the launcher and the ranks.
+struct Names {
+    /// `dmscrun`, or `dmscrun (node I)` on several nodes.
+    who: String,
+    /// The global rank of each local rank.
+    ranks: Vec<usize>,
+}
+
 /// The wait loop: returns the job's exit code, and whether a signal interrupted it, once every
-/// rank has exited.
-fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration, keep_going: bool) -> (i32, bool) {
+/// rank has exited. Events carry local ranks; messages name global ones.
+fn wait_all(
+    pids: &[u32],
+    rx: &Receiver<Event>,
+    grace: Duration,
+    keep_going: bool,
+    names: &Names,
+) -> (i32, bool) {
+    let who = &names.who;
     let n = pids.len();
     let mut alive = vec![true; n];
     let mut remaining = n;
@@ -406,7 +481,7 @@ fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration, keep_going: boo
         if sig != 0 {
             if interrupted.is_none() {
                 eprintln!(
-                    "dmscrun: received {}; forwarding it to the ranks",
+                    "{who}: received {}; forwarding it to the ranks",
                     signal_name(sig)
                 );
             }
@@ -424,38 +499,39 @@ fn wait_all(pids: &[u32], rx: &Receiver<Event>, grace: Duration, keep_going: boo
                 timeout = timeout.min(at - now);
             }
         }
-        let (rank, status) = match rx.recv_timeout(timeout) {
-            Ok(Event::Exited(rank, status)) => (rank, status),
+        let (local, status) = match rx.recv_timeout(timeout) {
+            Ok(Event::Exited(local, status)) => (local, status),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        alive[rank] = false;
+        alive[local] = false;
+        let rank = names.ranks[local];
         remaining -= 1;
         let code = match status {
             Ok(status) => exit_code(status),
             Err(e) => {
-                eprintln!("dmscrun: waiting for rank {rank} failed: {e}");
+                eprintln!("{who}: waiting for rank {rank} failed: {e}");
                 1
             }
         };
         if code != 0 && first_failure.is_some() && keep_going {
-            eprintln!("dmscrun: rank {rank} exited with code {code}");
+            eprintln!("{who}: rank {rank} exited with code {code}");
         }
         if code != 0 && first_failure.is_none() && interrupted.is_none() {
             first_failure = Some(code);
             if remaining > 0 && keep_going {
                 eprintln!(
-                    "dmscrun: rank {rank} exited with code {code}; the other ranks keep running \
+                    "{who}: rank {rank} exited with code {code}; the other ranks keep running \
                      (--keep-going)"
                 );
             } else if remaining > 0 {
                 eprintln!(
-                    "dmscrun: rank {rank} exited with code {code}; terminating the other ranks"
+                    "{who}: rank {rank} exited with code {code}; terminating the other ranks"
                 );
                 signal_alive(&alive, libc::SIGTERM);
                 kill_at.get_or_insert(Instant::now() + grace);
             } else {
-                eprintln!("dmscrun: rank {rank} exited with code {code}");
+                eprintln!("{who}: rank {rank} exited with code {code}");
             }
         }
     }
@@ -493,33 +569,31 @@ fn spawn_waiter(rank: usize, mut child: Child, tx: Sender<Event>) -> JoinHandle<
 }
 
 /// A thread that copies one pipe of a rank to our stdout or stderr, line by line, each line
-/// prefixed with `[rank] ` if `prefix`; it sends `()` on `done` at end of file.
+/// prefixed with `[tag] ` if `prefix` (`tag`: the rank, or `node:rank`); it sends `()` on
+/// `done` at end of file.
 fn spawn_forwarder<R: Read + Send + 'static>(
-    rank: usize,
+    tag: &str,
     pipe: R,
     to_stderr: bool,
     prefix: bool,
     done: Sender<()>,
 ) {
-    let name = format!("dmscrun-{}-{rank}", if to_stderr { "err" } else { "out" });
+    let name = format!("dmscrun-{}-{tag}", if to_stderr { "err" } else { "out" });
+    let owned = tag.to_string();
     let spawned = thread::Builder::new().name(name).spawn(move || {
-        forward_lines(rank, pipe, to_stderr, prefix);
+        forward_lines(&owned, pipe, to_stderr, prefix);
         let _ = done.send(());
     });
     if let Err(e) = spawned {
-        eprintln!("dmscrun: cannot forward the output of rank {rank}: {e}");
+        eprintln!("dmscrun: cannot forward the output of rank {tag}: {e}");
     }
 }
 
-/// Copy `pipe` to stdout or stderr, each line (prefixed with `[rank] ` if `prefix`) written
+/// Copy `pipe` to stdout or stderr, each line (prefixed with `[tag] ` if `prefix`) written
 /// whole, so that lines of different ranks never interleave.
-fn forward_lines<R: Read>(rank: usize, pipe: R, to_stderr: bool, prefix: bool) {
-    let skip = if prefix {
-        0
-    } else {
-        format!("[{rank}] ").len()
-    };
-    prefix_lines(rank, pipe, |line| {
+fn forward_lines<R: Read>(tag: &str, pipe: R, to_stderr: bool, prefix: bool) {
+    let skip = if prefix { 0 } else { tag.len() + 3 };
+    prefix_lines(tag, pipe, |line| {
         let line = &line[skip..];
         // Errors (a closed stdout, say) are ignored: the pipe keeps being drained so that
         // the rank never blocks on a full pipe.
@@ -533,11 +607,11 @@ fn forward_lines<R: Read>(rank: usize, pipe: R, to_stderr: bool, prefix: bool) {
     });
 }
 
-/// Split `pipe` into lines and hand each to `emit` as `[rank] line\n`. Bytes are passed
+/// Split `pipe` into lines and hand each to `emit` as `[tag] line\n`. Bytes are passed
 /// through as they are (no UTF-8 decoding); a last line without a newline gets one; lines
 /// over 64 KiB are split.
-fn prefix_lines<R: Read>(rank: usize, pipe: R, mut emit: impl FnMut(&[u8])) {
-    let prefix = format!("[{rank}] ");
+fn prefix_lines<R: Read>(tag: &str, pipe: R, mut emit: impl FnMut(&[u8])) {
+    let prefix = format!("[{tag}] ");
     let p = prefix.len();
     let mut reader = BufReader::new(pipe);
     let mut line = prefix.into_bytes();
@@ -717,8 +791,35 @@ mod tests {
 
     fn lines_of(rank: usize, input: &[u8]) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
-        prefix_lines(rank, input, |l| got.push(l.to_vec()));
+        prefix_lines(&rank.to_string(), input, |l| got.push(l.to_vec()));
         got
+    }
+
+    #[test]
+    fn node_tags_prefix_lines() {
+        let mut got = Vec::new();
+        prefix_lines("1:3", &b"x\ny"[..], |l| got.push(l.to_vec()));
+        assert_eq!(got, vec![b"[1:3] x\n".to_vec(), b"[1:3] y\n".to_vec()]);
+    }
+
+    #[test]
+    fn several_nodes_need_a_secret_and_no_restarts() {
+        let (p, a) = sh("true");
+        let multi = |restarts| LaunchOptions {
+            restarts,
+            nodes: Nodes::new(Some(2), Some(1), Some("127.0.0.1"), Some(9)).unwrap(),
+            ..LaunchOptions::default()
+        };
+        let secret = [("DMSC_SECRET".to_string(), "s".repeat(32))];
+        let e = launch_with(1, &p, &a, &secret, &multi(1)).unwrap_err();
+        assert!(
+            e.to_string().contains("--restarts 1 is not supported"),
+            "{e}"
+        );
+        if std::env::var_os("DMSC_SECRET").is_none() {
+            let e = launch_with(1, &p, &a, &[], &multi(0)).unwrap_err();
+            assert!(e.to_string().contains("need DMSC_SECRET"), "{e}");
+        }
     }
 
     #[test]

@@ -338,6 +338,38 @@ fn usage_errors() {
         (&["-n", "two", "true"], "invalid value 'two' for -n"),
         (&["-n", "2"], "missing the command"),
         (&["--bogus", "true"], "unknown option '--bogus'"),
+        (
+            &["--nnodes", "2", "-n", "1", "true"],
+            "--nnodes 2 needs --master-addr HOST",
+        ),
+        (
+            &[
+                "--nnodes",
+                "2",
+                "--node-rank",
+                "5",
+                "--master-addr",
+                "h",
+                "-n",
+                "1",
+                "true",
+            ],
+            "--node-rank 5 is out of range: with --nnodes 2 it must be 0 to 1",
+        ),
+        (
+            &[
+                "--nnodes",
+                "2",
+                "--master-addr",
+                "h",
+                "--master-port",
+                "0",
+                "-n",
+                "1",
+                "true",
+            ],
+            "--master-port must be a port number 1-65534, got 0",
+        ),
     ] {
         let o = run(args);
         assert_eq!(o.code(), Some(2), "{args:?}");

@@ -1,9 +1,11 @@
 //! `dmscrun -n N [--] CMD ARGS...`: start N ranks of a program on this machine with the
 //! torchrun environment, prefix their output with `[rank] `, and stop them all when one
 //! fails (or let the others run on, `--keep-going`; or start the job again, `--restarts K`).
-//! See `dmsc::launch` for the details.
+//! With `--nnodes M --node-rank I --master-addr HOST [--master-port P]`, one dmscrun per host
+//! starts that host's N ranks of an M × N job, prefixed `[node:rank] `. See `dmsc::launch`
+//! for the details.
 
-use dmsc::launch::LaunchOptions;
+use dmsc::launch::{LaunchOptions, Nodes};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
@@ -13,6 +15,8 @@ const USAGE_ERROR: u8 = 2;
 
 const USAGE: &str = "\
 usage: dmscrun -n N [--] COMMAND [ARGS...]
+       dmscrun --nnodes M --node-rank I --master-addr HOST [--master-port P]
+               --nproc-per-node N [--] COMMAND [ARGS...]
 
 Starts N ranks of COMMAND on this machine for one dmsc job (like torchrun --standalone):
 dmscrun serves the rendezvous store on a free port of 127.0.0.1 and each rank gets
@@ -23,6 +27,16 @@ and DMSC_SECRET (a fresh random one unless set). Output lines are prefixed with 
 When a rank fails, the others get SIGTERM, then SIGKILL after DMSC_KILL_GRACE seconds
 (default 3); the exit code is that of the first failing rank (128+signal).
 
+Several hosts (like torchrun --nnodes): run one dmscrun on each host, with the same
+--nnodes, --master-addr and --master-port, and --node-rank 0 to M-1. The job has M*N ranks;
+local rank L of node I is rank I*N+L (LOCAL_RANK=L, GROUP_RANK=NODE_RANK=I,
+GROUP_WORLD_SIZE=M). Node 0 serves the store on port P of all interfaces (only of loopback
+when HOST is a loopback address); the other nodes serve none. DMSC_STORE_ADDR is HOST:P on
+every node; MASTER_ADDR=HOST and MASTER_PORT=P+1 (left to torch's own store). DMSC_SECRET
+must be set, to the same value, on every node. Output lines are prefixed [node:rank].
+A failing rank stops its node's ranks; the other nodes' ranks then fail (peer lost, or
+DMSC_TIMEOUT) and every node exits non-zero. --restarts is refused with several nodes.
+
 options:
   -n, --np, --nproc-per-node, --nproc_per_node N   number of ranks (required)
   -k, --keep-going          when a rank fails, let the others run on (they may shrink
@@ -30,6 +44,14 @@ options:
   -r, --restarts, --max-restarts, --max_restarts K
                             when the job fails, start all N ranks again, at most K times;
                             DMSC_RESTART_COUNT tells the ranks which attempt they are in
+      --nnodes M            number of hosts, one dmscrun on each (default 1)
+      --node-rank, --node_rank I
+                            this host's place, 0 to M-1 (default 0); node 0 serves the store
+      --master-addr, --master_addr HOST
+                            node 0's address, reachable from every host (needed with M > 1)
+      --master-port, --master_port P
+                            the store's port on node 0 (default 29500 with --master-addr;
+                            with one node and no --master-port, a free port)
   -h, --help                this text
   -V, --version             print the version
 ";
@@ -50,6 +72,8 @@ enum Cmd {
 fn parse(args: &[OsString]) -> Result<Cmd, String> {
     let mut n: Option<usize> = None;
     let mut opts = LaunchOptions::default();
+    let (mut nnodes, mut node_rank) = (None, None);
+    let (mut master_addr, mut master_port): (Option<String>, Option<u16>) = (None, None);
     let mut i = 0;
     while i < args.len() {
         let tok = args[i].as_bytes();
@@ -94,6 +118,27 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
                     format!("invalid value '{v}' for {flag}: expected a number of restarts")
                 })?;
             }
+            "--nnodes" => {
+                let v = value("a number of nodes")?;
+                if v.contains(':') {
+                    return Err(format!(
+                        "invalid value '{v}' for --nnodes: elastic ranges (MIN:MAX) are not \
+                         supported; give the number of nodes"
+                    ));
+                }
+                nnodes = Some(parse_count(&flag, &v, "a number of nodes")?);
+            }
+            "--node-rank" | "--node_rank" => {
+                let v = value("a node rank")?;
+                node_rank = Some(parse_count(&flag, &v, "a node rank (0 to nnodes-1)")?);
+            }
+            "--master-addr" | "--master_addr" => master_addr = Some(value("a host")?),
+            "--master-port" | "--master_port" => {
+                let v = value("a port")?;
+                master_port = Some(v.trim().parse::<u16>().map_err(|_| {
+                    format!("invalid value '{v}' for {flag}: expected a port number 1-65534")
+                })?);
+            }
             "-k" | "--keep-going" if inline.is_none() => opts.keep_going = true,
             _ => return Err(format!("unknown option '{text}' (see --help)")),
         }
@@ -102,6 +147,13 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
     let Some(n) = n else {
         return Err("missing -n N: the number of ranks to start".into());
     };
+    let what = |e: dmsc::Error| match e {
+        dmsc::Error::InvalidArgument { what } => what,
+        other => other.to_string(),
+    };
+    opts.nodes =
+        Nodes::new(nnodes, node_rank, master_addr.as_deref(), master_port).map_err(what)?;
+    opts.nodes.check_restarts(opts.restarts).map_err(what)?;
     let Some(program) = args.get(i) else {
         return Err("missing the command to run after the options".into());
     };
@@ -111,6 +163,13 @@ fn parse(args: &[OsString]) -> Result<Cmd, String> {
         args: args[i + 1..].to_vec(),
         opts,
     })
+}
+
+fn parse_count(flag: &str, value: &str, what: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| format!("invalid value '{value}' for {flag}: expected {what}"))
 }
 
 fn parse_ranks(flag: &str, value: &str) -> Result<usize, String> {
@@ -236,6 +295,38 @@ mod tests {
             p(&["-r1", "-n", "2", "a"]).unwrap(),
             run_with(2, "a", &[], recover(false, 1))
         );
+        let multi = |nnodes, node_rank, port| LaunchOptions {
+            nodes: Nodes::new(Some(nnodes), Some(node_rank), Some("h0"), port).unwrap(),
+            ..LaunchOptions::default()
+        };
+        assert_eq!(
+            p(&[
+                "--nnodes",
+                "3",
+                "--node-rank",
+                "2",
+                "--master-addr",
+                "h0",
+                "--master-port",
+                "29400",
+                "--nproc-per-node",
+                "4",
+                "a"
+            ])
+            .unwrap(),
+            run_with(4, "a", &[], multi(3, 2, Some(29400)))
+        );
+        assert_eq!(
+            p(&[
+                "--nnodes=2",
+                "--node_rank=0",
+                "--master_addr=h0",
+                "-n2",
+                "a"
+            ])
+            .unwrap(),
+            run_with(2, "a", &[], multi(2, 0, None))
+        );
         assert_eq!(p(&["-h"]).unwrap(), Cmd::Help);
         assert_eq!(p(&["-n", "2", "--version"]).unwrap(), Cmd::Version);
     }
@@ -256,6 +347,74 @@ mod tests {
                 "invalid value 'x' for --restarts",
             ),
             (&["-n", "2", "--restarts"], "--restarts needs a number"),
+            (
+                &["-n", "2", "--nnodes", "2", "sh"],
+                "--nnodes 2 needs --master-addr HOST",
+            ),
+            (
+                &[
+                    "-n",
+                    "2",
+                    "--nnodes",
+                    "2",
+                    "--node-rank",
+                    "2",
+                    "--master-addr",
+                    "h",
+                    "sh",
+                ],
+                "--node-rank 2 is out of range: with --nnodes 2 it must be 0 to 1",
+            ),
+            (
+                &["-n", "2", "--node-rank", "1", "sh"],
+                "--node-rank 1 is out of range",
+            ),
+            (
+                &["-n", "2", "--nnodes", "0", "sh"],
+                "--nnodes must be at least 1",
+            ),
+            (&["-n", "2", "--nnodes", "1:4", "sh"], "elastic ranges"),
+            (
+                &["-n", "2", "--nnodes", "x", "sh"],
+                "invalid value 'x' for --nnodes",
+            ),
+            (
+                &["-n", "2", "--node-rank", "-1", "sh"],
+                "invalid value '-1' for --node-rank",
+            ),
+            (
+                &[
+                    "-n",
+                    "2",
+                    "--nnodes",
+                    "2",
+                    "--master-addr",
+                    "h",
+                    "--master-port",
+                    "0",
+                    "sh",
+                ],
+                "--master-port must be a port number 1-65534, got 0",
+            ),
+            (
+                &["-n", "2", "--master-port", "70000", "sh"],
+                "invalid value '70000' for --master-port",
+            ),
+            (&["-n", "2", "--master-addr"], "--master-addr needs a host"),
+            (
+                &[
+                    "-n",
+                    "1",
+                    "--nnodes",
+                    "2",
+                    "--master-addr",
+                    "h",
+                    "-r",
+                    "1",
+                    "sh",
+                ],
+                "--restarts 1 is not supported with --nnodes 2",
+            ),
             (
                 &["-n", "2", "--keep-going=1", "sh"],
                 "unknown option '--keep-going=1'",

@@ -2,19 +2,40 @@
 //!
 //! Modelled on torch.distributed's `env://` rendezvous (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
 //! `MASTER_PORT`, as set by torchrun) and on how Horovod and mpi4py read Open MPI's
-//! `OMPI_COMM_WORLD_*` and Slurm's `SLURM_*` variables. Sources are tried in this order, and
-//! the first one whose rank or size variable is present wins:
+//! `OMPI_COMM_WORLD_*`, MPICH's PMI and Slurm's `SLURM_*` variables. Sources are tried in
+//! this order, and the first one whose rank or size variable is present wins:
 //!
 //! | launcher | rank / size / local rank / local size | store |
 //! | --- | --- | --- |
 //! | explicit | `DMSC_RANK`, `DMSC_WORLD_SIZE`, `DMSC_LOCAL_RANK`, `DMSC_LOCAL_WORLD_SIZE` | store address (below) |
 //! | dmscrun, torchrun | `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE` | store address (below) |
 //! | Open MPI | `OMPI_COMM_WORLD_RANK`, `_SIZE`, `_LOCAL_RANK`, `_LOCAL_SIZE` | store address (below) |
-//! | Slurm | `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE` | store address (below) |
+//! | PMI (MPICH, Intel MPI, MVAPICH, Cray) | `PMI_RANK`, `PMI_SIZE`, `MPI_LOCALRANKID` or `PMI_LOCAL_RANK`, `MPI_LOCALNRANKS` or `PMI_LOCAL_SIZE` | store address (below) |
+//! | Slurm | `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE` | store address, else derived (below) |
+//!
+//! The MPI launchers come before Slurm because an `mpirun` inside a Slurm allocation leaves
+//! the batch step's `SLURM_PROCID` in its ranks' environment, which is not their rank. The
+//! one exception: `srun --mpi=pmi2` sets both `PMI_*` and `SLURM_*`; when `PMI_RANK` and
+//! `PMI_SIZE` equal `SLURM_PROCID` and `SLURM_NTASKS`, the launch is Slurm's (so that the
+//! store address may be derived).
 //!
 //! The store address is `DMSC_STORE_ADDR=host:port` when set (so a job can keep dmsc's store
 //! off torch's `MASTER_PORT`), else `MASTER_ADDR` and `MASTER_PORT`. dmscrun sets the torchrun
 //! variables plus `DMSC_LAUNCHER=dmscrun`.
+//!
+//! **Under Slurm** neither is needed: the host is `MASTER_ADDR` if set, else the first host of
+//! `SLURM_JOB_NODELIST` (or `SLURM_NODELIST`), expanded by [`nodelist`](super::nodelist) as
+//! `scontrol show hostnames` does (task 0, which serves the store, runs there under Slurm's
+//! default block distribution); the port is `MASTER_PORT` if set, else [`slurm_port`] of
+//! `SLURM_JOB_ID` and `SLURM_STEP_ID`, so every task of a step computes the same one.
+//!
+//! **Under mpirun** (Open MPI or PMI) the store address must be given (`MASTER_ADDR` and
+//! `MASTER_PORT`, or `DMSC_STORE_ADDR`); nothing is derived. The variables that name a host
+//! do not name rank 0's: Open MPI's `OMPI_MCA_orte_hnp_uri` holds the host where `mpirun`
+//! itself runs, which need not run any rank (a login node with a hostfile), and
+//! `PMIX_SERVER_URI*` name each node's own local daemon; PMI exposes no address at all. A
+//! guess that is wrong on some clusters would hang until the timeout, so a clear error is
+//! better.
 //!
 //! Variables are read through a lookup closure, so tests pass a `HashMap` and nothing here
 //! touches the process. A variable set to the empty string (or to blanks) counts as unset, as
@@ -35,6 +56,9 @@ pub enum Launcher {
     Torchrun,
     /// Open MPI's `mpirun` (`OMPI_COMM_WORLD_*`).
     OpenMpi,
+    /// An `mpirun` or `mpiexec` that speaks PMI (MPICH's Hydra, Intel MPI, MVAPICH, Cray):
+    /// `PMI_RANK`, `PMI_SIZE`.
+    Pmi,
     /// Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`).
     Slurm,
     /// `DMSC_RANK`, `DMSC_WORLD_SIZE` and `DMSC_STORE_ADDR` set by hand.
@@ -42,12 +66,13 @@ pub enum Launcher {
 }
 
 impl Launcher {
-    /// Lower-case name (`dmscrun`, `torchrun`, `openmpi`, `slurm`, `explicit`).
+    /// Lower-case name (`dmscrun`, `torchrun`, `openmpi`, `pmi`, `slurm`, `explicit`).
     pub const fn name(self) -> &'static str {
         match self {
             Launcher::Dmscrun => "dmscrun",
             Launcher::Torchrun => "torchrun",
             Launcher::OpenMpi => "openmpi",
+            Launcher::Pmi => "pmi",
             Launcher::Slurm => "slurm",
             Launcher::Explicit => "explicit",
         }
@@ -148,30 +173,93 @@ pub fn parse_host_port(name: &str, value: &str) -> Result<(String, u16)> {
     }
 }
 
-/// The store address: `DMSC_STORE_ADDR`, else `MASTER_ADDR` + `MASTER_PORT`. `found` names the
-/// variable that selected the launcher, for the error message.
-fn store_addr(get: Lookup<'_>, found: &str) -> Result<(String, u16)> {
+/// The store address: `DMSC_STORE_ADDR`, else `MASTER_ADDR` + `MASTER_PORT`, else (under
+/// Slurm only) derived from the job (see the module documentation). `found` names the variable
+/// that selected the launcher, for the error message.
+fn store_addr(get: Lookup<'_>, found: &str, launcher: Launcher) -> Result<(String, u16)> {
     if let Some(v) = var(get, "DMSC_STORE_ADDR") {
         return parse_host_port("DMSC_STORE_ADDR", &v);
     }
-    match (var(get, "MASTER_ADDR"), var(get, "MASTER_PORT")) {
-        (Some(host), Some(port)) => {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Ok((host.to_string(), parse_port("MASTER_PORT", &port)?))
+    let strip = |h: String| h.trim_start_matches('[').trim_end_matches(']').to_string();
+    let (addr, port) = (var(get, "MASTER_ADDR").map(strip), var(get, "MASTER_PORT"));
+    if launcher == Launcher::Slurm {
+        let host = match addr {
+            Some(h) => h,
+            None => slurm_first_host(get)?,
+        };
+        let port = match port {
+            Some(p) => parse_port("MASTER_PORT", &p)?,
+            None => slurm_job_port(get)?,
+        };
+        return Ok((host, port));
+    }
+    let mpi_hint = match launcher {
+        Launcher::OpenMpi | Launcher::Pmi => {
+            " (mpirun does not say which host runs rank 0: give that host as MASTER_ADDR)"
         }
+        _ => "",
+    };
+    match (addr, port) {
+        (Some(host), Some(port)) => Ok((host, parse_port("MASTER_PORT", &port)?)),
         (Some(_), None) => Err(Error::invalid(format!(
             "found {found} and MASTER_ADDR but not MASTER_PORT: set MASTER_PORT \
              (or DMSC_STORE_ADDR=host:port)"
         ))),
         (None, Some(_)) => Err(Error::invalid(format!(
             "found {found} and MASTER_PORT but not MASTER_ADDR: set MASTER_ADDR \
-             (or DMSC_STORE_ADDR=host:port)"
+             (or DMSC_STORE_ADDR=host:port){mpi_hint}"
         ))),
         (None, None) => Err(Error::invalid(format!(
             "found {found} but no store address: set DMSC_STORE_ADDR=host:port or \
-             MASTER_ADDR and MASTER_PORT"
+             MASTER_ADDR and MASTER_PORT{mpi_hint}"
         ))),
     }
+}
+
+/// The first host of `SLURM_JOB_NODELIST`, else of `SLURM_NODELIST`.
+fn slurm_first_host(get: Lookup<'_>) -> Result<String> {
+    for name in ["SLURM_JOB_NODELIST", "SLURM_NODELIST"] {
+        if let Some(list) = var(get, name) {
+            return super::nodelist::first_host(name, &list);
+        }
+    }
+    Err(Error::invalid(
+        "found SLURM_PROCID but no store address: SLURM_JOB_NODELIST and SLURM_NODELIST are \
+         unset; set DMSC_STORE_ADDR=host:port or MASTER_ADDR and MASTER_PORT",
+    ))
+}
+
+/// [`slurm_port`] of `SLURM_JOB_ID` and `SLURM_STEP_ID` (0 when unset or not a number, as in
+/// a batch script's `batch` step).
+fn slurm_job_port(get: Lookup<'_>) -> Result<u16> {
+    let Some(job) = var(get, "SLURM_JOB_ID").or_else(|| var(get, "SLURM_JOBID")) else {
+        return Err(Error::invalid(
+            "found SLURM_PROCID but neither MASTER_PORT nor SLURM_JOB_ID to choose the store's \
+             port: set MASTER_PORT (or DMSC_STORE_ADDR=host:port)",
+        ));
+    };
+    let job = job.parse::<u64>().map_err(|_| {
+        Error::invalid(format!(
+            "SLURM_JOB_ID={job} is not a number (expected a Slurm job id); set MASTER_PORT \
+             to choose the store's port"
+        ))
+    })?;
+    let step = var(get, "SLURM_STEP_ID")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(slurm_port(job, step))
+}
+
+/// The store port dmsc uses under Slurm when `MASTER_PORT` is not set:
+/// `10000 + (job × 64 + step) mod 20000`.
+///
+/// Deterministic, so every task of a step agrees without talking; different for the steps of
+/// one job and for jobs with nearby ids; and within 10000-29999, below Linux's ephemeral range
+/// (32768-60999), where outgoing connections would otherwise take the port first. Two jobs
+/// sharing a node may still collide (1 in 20000): set `MASTER_PORT` to be sure.
+pub fn slurm_port(job: u64, step: u64) -> u16 {
+    let k = job.wrapping_mul(64).wrapping_add(step) % 20_000;
+    10_000 + k as u16
 }
 
 /// The variable names one launcher uses.
@@ -179,38 +267,49 @@ struct Names {
     launcher: Launcher,
     rank: &'static str,
     size: &'static str,
-    local_rank: &'static str,
-    local_size: &'static str,
+    /// The local rank's variables, the first one set winning.
+    local_rank: &'static [&'static str],
+    /// The local world size's variables, the first one set winning.
+    local_size: &'static [&'static str],
 }
 
-const SOURCES: [Names; 4] = [
+const SOURCES: [Names; 5] = [
     Names {
         launcher: Launcher::Explicit,
         rank: "DMSC_RANK",
         size: "DMSC_WORLD_SIZE",
-        local_rank: "DMSC_LOCAL_RANK",
-        local_size: "DMSC_LOCAL_WORLD_SIZE",
+        local_rank: &["DMSC_LOCAL_RANK"],
+        local_size: &["DMSC_LOCAL_WORLD_SIZE"],
     },
     Names {
         launcher: Launcher::Torchrun,
         rank: "RANK",
         size: "WORLD_SIZE",
-        local_rank: "LOCAL_RANK",
-        local_size: "LOCAL_WORLD_SIZE",
+        local_rank: &["LOCAL_RANK"],
+        local_size: &["LOCAL_WORLD_SIZE"],
     },
     Names {
         launcher: Launcher::OpenMpi,
         rank: "OMPI_COMM_WORLD_RANK",
         size: "OMPI_COMM_WORLD_SIZE",
-        local_rank: "OMPI_COMM_WORLD_LOCAL_RANK",
-        local_size: "OMPI_COMM_WORLD_LOCAL_SIZE",
+        local_rank: &["OMPI_COMM_WORLD_LOCAL_RANK"],
+        local_size: &["OMPI_COMM_WORLD_LOCAL_SIZE"],
+    },
+    Names {
+        launcher: Launcher::Pmi,
+        rank: "PMI_RANK",
+        size: "PMI_SIZE",
+        // Hydra (MPICH, Intel MPI) sets MPI_LOCALRANKID/MPI_LOCALNRANKS; Cray's PMI sets
+        // PMI_LOCAL_RANK/PMI_LOCAL_SIZE.
+        local_rank: &["MPI_LOCALRANKID", "PMI_LOCAL_RANK"],
+        local_size: &["MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"],
     },
     Names {
         launcher: Launcher::Slurm,
         rank: "SLURM_PROCID",
         size: "SLURM_NTASKS",
-        local_rank: "SLURM_LOCALID",
-        local_size: "SLURM_NTASKS_PER_NODE",
+        local_rank: &["SLURM_LOCALID"],
+        local_size: &["SLURM_NTASKS_PER_NODE"],
     },
 ];
 
@@ -223,6 +322,9 @@ pub fn detect(get: Lookup<'_>) -> Result<LaunchInfo> {
     for names in &SOURCES {
         let (rank, size) = (var(get, names.rank), var(get, names.size));
         if rank.is_none() && size.is_none() {
+            continue;
+        }
+        if names.launcher == Launcher::Pmi && launched_by_srun(get) {
             continue;
         }
         let (rank, size) = match (rank, size) {
@@ -266,43 +368,53 @@ pub fn detect(get: Lookup<'_>) -> Result<LaunchInfo> {
             world_size,
             local_rank,
             local_world_size,
-            store: store_addr(get, names.rank)?,
+            store: store_addr(get, names.rank, launcher)?,
             launcher,
         });
     }
     Err(Error::invalid(
-        "no launch environment found: run under dmscrun, torchrun, mpirun (Open MPI) or srun \
-         (Slurm), or set DMSC_RANK, DMSC_WORLD_SIZE and DMSC_STORE_ADDR=host:port",
+        "no launch environment found: run under dmscrun, torchrun, mpirun (Open MPI, MPICH \
+         or another PMI launcher) or srun (Slurm), or set DMSC_RANK, DMSC_WORLD_SIZE and DMSC_STORE_ADDR=host:port",
     ))
+}
+
+/// Whether `PMI_RANK` and `PMI_SIZE` are Slurm's own (`srun --mpi=pmi2`): they equal
+/// `SLURM_PROCID` and `SLURM_NTASKS`.
+fn launched_by_srun(get: Lookup<'_>) -> bool {
+    let same = |a, b| matches!((var(get, a), var(get, b)), (Some(x), Some(y)) if x == y);
+    same("PMI_RANK", "SLURM_PROCID") && same("PMI_SIZE", "SLURM_NTASKS")
+}
+
+/// The first of `names` that is set, with its value.
+fn first_set(get: Lookup<'_>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|&n| var(get, n).map(|v| (n, v)))
 }
 
 /// Local rank and local world size, both optional; validated against each other.
 fn local(get: Lookup<'_>, names: &Names) -> Result<(Option<usize>, Option<usize>)> {
-    let local_rank = match var(get, names.local_rank) {
-        Some(v) => Some(parse_count(names.local_rank, &v)?),
+    let local_rank = match first_set(get, names.local_rank) {
+        Some((n, v)) => Some((n, parse_count(n, &v)?)),
         None => None,
     };
-    let local_size = match var(get, names.local_size) {
+    let local_size = match first_set(get, names.local_size) {
         // Slurm writes heterogeneous layouts as `2(x3),1`; only a plain number is usable.
-        Some(v) if names.launcher == Launcher::Slurm && v.parse::<usize>().is_err() => None,
-        Some(v) => Some(parse_count(names.local_size, &v)?),
+        Some((_, v)) if names.launcher == Launcher::Slurm && v.parse::<usize>().is_err() => None,
+        Some((n, v)) => Some((n, parse_count(n, &v)?)),
         None => None,
     };
-    if local_size == Some(0) {
+    if let Some((n, 0)) = local_size {
         return Err(Error::invalid(format!(
-            "{}=0: the local world size must be at least 1",
-            names.local_size
+            "{n}=0: the local world size must be at least 1"
         )));
     }
-    if let (Some(r), Some(s)) = (local_rank, local_size) {
+    if let (Some((rn, r)), Some((sn, s))) = (local_rank, local_size) {
         if r >= s {
             return Err(Error::invalid(format!(
-                "{}={r} is out of range: local rank {r} >= {} {s}",
-                names.local_rank, names.local_size
+                "{rn}={r} is out of range: local rank {r} >= {sn} {s}"
             )));
         }
     }
-    Ok((local_rank, local_size))
+    Ok((local_rank.map(|(_, r)| r), local_size.map(|(_, s)| s)))
 }
 
 /// [`detect`] over the process environment. A value that is not valid UTF-8 is passed on
@@ -473,8 +585,8 @@ mod tests {
         .contains("local rank 2 >= LOCAL_WORLD_SIZE 2"));
         assert_eq!(
             err(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]),
-            "found SLURM_PROCID but no store address: set DMSC_STORE_ADDR=host:port or \
-             MASTER_ADDR and MASTER_PORT"
+            "found SLURM_PROCID but no store address: SLURM_JOB_NODELIST and SLURM_NODELIST \
+             are unset; set DMSC_STORE_ADDR=host:port or MASTER_ADDR and MASTER_PORT"
         );
         assert!(
             err(&[("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "h")])
@@ -488,6 +600,177 @@ mod tests {
         ])
         .starts_with("MASTER_PORT=70000 is not a port number"));
         assert!(err(&[]).starts_with("no launch environment found"));
+    }
+
+    /// What `srun -N2 -n4` gives task 3 (no MASTER_*, no DMSC_STORE_ADDR).
+    const SRUN: [(&str, &str); 6] = [
+        ("SLURM_PROCID", "3"),
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_LOCALID", "1"),
+        ("SLURM_JOB_NODELIST", "node[07-08,10],gpu5"),
+        ("SLURM_JOB_ID", "123456"),
+        ("SLURM_STEP_ID", "2"),
+    ];
+
+    fn with(
+        base: &[(&'static str, &'static str)],
+        extra: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut v: Vec<_> = base
+            .iter()
+            .filter(|(k, _)| !extra.iter().any(|(x, _)| x == k))
+            .copied()
+            .collect();
+        v.extend_from_slice(extra);
+        v.retain(|(_, val)| *val != "<unset>");
+        v
+    }
+
+    #[test]
+    fn slurm_derives_the_store_from_the_job() {
+        let i = run(&SRUN).unwrap();
+        assert_eq!(i.launcher, Launcher::Slurm);
+        assert_eq!((i.rank, i.world_size, i.local_rank), (3, 4, Some(1)));
+        let port = slurm_port(123456, 2);
+        assert_eq!(port, 10_000 + ((123456 * 64 + 2) % 20_000) as u16);
+        assert_eq!(i.store, ("node07".into(), port));
+        // A loopback host, for a test on one machine.
+        let i = run(&with(&SRUN, &[("SLURM_JOB_NODELIST", "localhost")])).unwrap();
+        assert_eq!(i.store, ("localhost".into(), port));
+        // The older name, and MASTER_PORT / MASTER_ADDR each taking precedence on its own.
+        let i = run(&with(
+            &SRUN,
+            &[
+                ("SLURM_JOB_NODELIST", "<unset>"),
+                ("SLURM_NODELIST", "rack[2-3]-n[1-4]"),
+                ("MASTER_PORT", "29400"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(i.store, ("rack2-n1".into(), 29400));
+        let i = run(&with(&SRUN, &[("MASTER_ADDR", "head")])).unwrap();
+        assert_eq!(i.store, ("head".into(), port));
+        let i = run(&with(&SRUN, &[("DMSC_STORE_ADDR", "10.1.1.1:7")])).unwrap();
+        assert_eq!(i.store, ("10.1.1.1".into(), 7));
+        // No step id (a batch script's own task): step 0.
+        let i = run(&with(&SRUN, &[("SLURM_STEP_ID", "batch")])).unwrap();
+        assert_eq!(i.store.1, slurm_port(123456, 0));
+    }
+
+    #[test]
+    fn slurm_ports_stay_in_range_and_differ_by_step() {
+        for job in [0, 1, 19_999, 20_000, u64::MAX, 987_654_321] {
+            for step in [0, 1, 4_294_967_294] {
+                let p = slurm_port(job, step);
+                assert!((10_000..30_000).contains(&p), "{job} {step}: {p}");
+            }
+        }
+        assert_ne!(slurm_port(42, 0), slurm_port(42, 1));
+        assert_ne!(slurm_port(42, 0), slurm_port(43, 0));
+    }
+
+    #[test]
+    fn slurm_errors_name_the_variable() {
+        assert!(err(&with(&SRUN, &[("SLURM_JOB_NODELIST", "node[01-")]))
+            .starts_with("SLURM_JOB_NODELIST=node[01- is not a Slurm host list"));
+        assert!(err(&with(&SRUN, &[("SLURM_JOB_ID", "<unset>")]))
+            .contains("neither MASTER_PORT nor SLURM_JOB_ID"));
+        assert!(err(&with(&SRUN, &[("SLURM_JOB_ID", "12x")]))
+            .starts_with("SLURM_JOB_ID=12x is not a number"));
+        assert!(err(&with(&SRUN, &[("MASTER_PORT", "0")]))
+            .starts_with("MASTER_PORT=0 is not a port number"));
+    }
+
+    #[test]
+    fn pmi_and_open_mpi_need_a_given_store() {
+        let hydra = [
+            ("PMI_RANK", "2"),
+            ("PMI_SIZE", "4"),
+            ("MPI_LOCALRANKID", "0"),
+            ("MPI_LOCALNRANKS", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29511"),
+        ];
+        let i = run(&hydra).unwrap();
+        assert_eq!(
+            i,
+            LaunchInfo {
+                rank: 2,
+                world_size: 4,
+                local_rank: Some(0),
+                local_world_size: Some(2),
+                store: ("127.0.0.1".into(), 29511),
+                launcher: Launcher::Pmi,
+            }
+        );
+        // Cray's names for the local rank.
+        let i = run(&with(
+            &hydra,
+            &[
+                ("MPI_LOCALRANKID", "<unset>"),
+                ("MPI_LOCALNRANKS", "<unset>"),
+                ("PMI_LOCAL_RANK", "1"),
+                ("PMI_LOCAL_SIZE", "2"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!((i.local_rank, i.local_world_size), (Some(1), Some(2)));
+        assert!(err(&with(
+            &hydra,
+            &[("PMI_LOCAL_RANK", "<unset>"), ("MPI_LOCALRANKID", "2")]
+        ))
+        .starts_with("MPI_LOCALRANKID=2 is out of range: local rank 2 >= MPI_LOCALNRANKS 2"));
+        // Without MASTER_*: a clear error, nothing guessed.
+        let no_store = with(
+            &hydra,
+            &[("MASTER_ADDR", "<unset>"), ("MASTER_PORT", "<unset>")],
+        );
+        let e = err(&no_store);
+        assert!(e.starts_with("found PMI_RANK but no store address"), "{e}");
+        assert!(e.contains("give that host as MASTER_ADDR"), "{e}");
+        let e = err(&[
+            ("OMPI_COMM_WORLD_RANK", "0"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_MCA_orte_hnp_uri", "1.0;tcp://10.0.0.9:4000"),
+        ]);
+        assert!(
+            e.starts_with("found OMPI_COMM_WORLD_RANK but no store address"),
+            "{e}"
+        );
+        let i = run(&[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "[::1]"),
+            ("MASTER_PORT", "4000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (i.launcher, i.store),
+            (Launcher::OpenMpi, ("::1".into(), 4000))
+        );
+    }
+
+    #[test]
+    fn srun_with_pmi2_is_slurm_but_mpirun_in_an_allocation_is_not() {
+        // srun --mpi=pmi2: the PMI variables agree with Slurm's, so the store is derived.
+        let pmi2 = with(&SRUN, &[("PMI_RANK", "3"), ("PMI_SIZE", "4")]);
+        let i = run(&pmi2).unwrap();
+        assert_eq!((i.launcher, i.rank), (Launcher::Slurm, 3));
+        assert_eq!(i.store.0, "node07");
+        // mpirun inside sbatch: the batch step's SLURM_PROCID=0 is not the rank.
+        let mpirun = with(
+            &SRUN,
+            &[
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "1"),
+                ("PMI_RANK", "3"),
+                ("PMI_SIZE", "4"),
+                ("MASTER_ADDR", "node07"),
+                ("MASTER_PORT", "29500"),
+            ],
+        );
+        let i = run(&mpirun).unwrap();
+        assert_eq!((i.launcher, i.rank, i.world_size), (Launcher::Pmi, 3, 4));
     }
 
     #[test]

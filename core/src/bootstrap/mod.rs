@@ -11,11 +11,15 @@
 //!   and hands a 128-byte [`UniqueId`] naming it to the others out of band (MPI broadcast, a
 //!   file, a Python pickle). This is NCCL's `ncclGetUniqueId` / `ncclCommInitRank`.
 //!
+//! Under Slurm the store's host can come from the job's node list, expanded by
+//! [`nodelist`] as `scontrol show hostnames` does.
+//!
 //! The store speaks the length-prefixed, bounded protocol of [`protocol`]. Everything here is
 //! pure (no sockets): the server, the client and the random nonce live in
 //! `dmsc-transports::store`.
 
 pub mod env;
+pub mod nodelist;
 pub mod protocol;
 pub mod unique_id;
 
