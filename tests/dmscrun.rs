@@ -201,9 +201,15 @@ fn keep_going_lets_the_other_ranks_finish() {
 
 #[test]
 fn restarts_start_a_failed_job_again() {
-    // Rank 1 fails on the first attempt only; every rank runs on each attempt.
-    let script = r#"echo "attempt $DMSC_RESTART_COUNT"; if [ "$RANK$DMSC_RESTART_COUNT" = 10 ]; then exit 5; fi; sleep 0.2"#;
-    let o = run(&["-n", "2", "--restarts", "2", "sh", "-c", script]);
+    // Rank 1 fails on the first attempt only, once rank 0 has said which attempt it runs (so
+    // that a loaded machine cannot stop rank 0 before it prints); every rank runs on each
+    // attempt.
+    let dir = scratch("restarts");
+    let script = format!(
+        r#"echo "attempt $DMSC_RESTART_COUNT"; touch {d}/$RANK-$DMSC_RESTART_COUNT; if [ "$RANK$DMSC_RESTART_COUNT" = 10 ]; then i=0; while [ ! -e {d}/0-0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; exit 5; fi; sleep 0.2"#,
+        d = dir.display()
+    );
+    let o = run(&["-n", "2", "--restarts", "2", "sh", "-c", &script]);
     assert_eq!(o.code(), Some(0), "{}", o.err());
     for rank in 0..2 {
         for attempt in 0..2 {
