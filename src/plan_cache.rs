@@ -44,6 +44,12 @@ impl PlanCache {
         }
         drop(e);
         let sched = Arc::new(plan::plan(desc, rank, nranks, inplace, cfg)?);
+        log::info!(
+            target: dmsc_core::subsys::COLL,
+            "rank {rank}: {desc} planned with {} ({} steps)",
+            plan::choose_algo(desc, nranks, cfg).name(),
+            sched.steps.len()
+        );
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if e.len() >= CAPACITY {
             e.remove(0);

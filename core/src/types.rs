@@ -298,6 +298,16 @@ impl Algo {
     /// The names [`Algo::parse`] accepts, for messages.
     pub const NAMES: &'static str = "ring, tree, rd (recursive doubling), rabenseifner";
 
+    /// The name [`Algo::parse`] takes for this algorithm.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Ring => "ring",
+            Algo::Tree => "tree",
+            Algo::RecursiveDoubling => "rd",
+            Algo::Rabenseifner => "rabenseifner",
+        }
+    }
+
     /// Parse `ring`, `tree`, `rd` (`recursive_doubling`) or `rabenseifner`.
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {
