@@ -206,7 +206,9 @@ impl Config {
         }
         if let Some(v) = var("DMSC_ALGO") {
             c.plan.algo = Some(Algo::parse(&v).ok_or_else(|| {
-                Error::invalid(format!("DMSC_ALGO={v} is not one of ring, tree, rd (recursive doubling)"))
+                Error::invalid(format!(
+                    "DMSC_ALGO={v} is not one of ring, tree, rd (recursive doubling)"
+                ))
             })?);
         }
         c.plan.segment_bytes = bytes_var("DMSC_SEGMENT_BYTES", c.plan.segment_bytes)?;
