@@ -18,6 +18,11 @@
 //! | barrier | dissemination | [`barrier`] |
 //! | send/recv groups | one step of point-to-point transfers | [`send_recv`] |
 //!
+//! Host-aware variants ([`plan_hierarchical`], [`plan_host_ring_all_reduce`], on a [`Hosts`]
+//! layout): two-level all_reduce, reduce_scatter, all_gather, broadcast and reduce
+//! ([`hier_all_reduce`], [`hier_reduce_scatter`], [`hier_all_gather`], [`hier_broadcast`],
+//! [`hier_reduce`]) and the ring all-reduce in host order ([`host_ring`]).
+//!
 //! ## Buffer conventions
 //!
 //! Counts follow NCCL's (see [`CollKind`]). In place, the caller's input and output are one
@@ -46,6 +51,16 @@ pub mod barrier;
 pub mod binomial;
 pub mod chain;
 mod fold;
+mod group;
+mod group_ring;
+pub mod hier_all_gather;
+pub mod hier_all_reduce;
+pub mod hier_broadcast;
+pub mod hier_reduce;
+pub mod hier_reduce_scatter;
+pub mod hierarchical;
+pub mod host_ring;
+pub mod hosts;
 pub mod rabenseifner;
 pub mod recursive_doubling;
 pub mod reduce_scatter;
@@ -54,6 +69,8 @@ pub mod send_recv;
 mod timeline;
 pub mod tree;
 
+pub use hierarchical::{plan_hierarchical, plan_host_ring_all_reduce};
+pub use hosts::Hosts;
 pub use send_recv::P2p;
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 use super::{RankMem, SendMode, Sim, SimRank, SimReport};
 use crate::error::{Error, Result};
 use crate::plan::{buffer_elems, plan, PlanConfig};
-use crate::types::{CollDesc, CollKind};
+use crate::schedule::Schedule;
+use crate::types::{CollDesc, CollKind, Rank};
 
 /// Byte pattern of output memory before the call, so that elements a schedule fails to
 /// write stand out.
@@ -41,6 +42,26 @@ pub fn run_collective(
     inputs: &[Vec<u8>],
     mode: SendMode,
 ) -> Result<CollectiveRun> {
+    run_collective_with(desc, nranks, inplace, inputs, mode, |r| {
+        plan(desc, r, nranks, inplace, cfg)
+    })
+}
+
+/// [`run_collective`] with the schedule of each rank `r` given by `planner(r)` instead of
+/// [`plan`] (for the host-aware planners, say); `planner` must plan `desc` with the same
+/// `inplace` flag for the buffers to be laid out right.
+///
+/// # Errors
+///
+/// As [`run_collective`], with `planner`'s errors passed on.
+pub fn run_collective_with(
+    desc: &CollDesc,
+    nranks: usize,
+    inplace: bool,
+    inputs: &[Vec<u8>],
+    mode: SendMode,
+    planner: impl Fn(Rank) -> Result<Schedule>,
+) -> Result<CollectiveRun> {
     let (in_elems, out_elems) = buffer_elems(desc, nranks)?;
     let esize = desc.dtype.size();
     let (in_bytes, out_bytes) = (in_elems * esize, out_elems * esize);
@@ -58,7 +79,7 @@ pub fn run_collective(
                 input.len()
             )));
         }
-        let schedule = plan(desc, r, nranks, inplace, cfg)?;
+        let schedule = planner(r)?;
         let mem = if !inplace {
             RankMem::separate(input, &vec![OUTPUT_FILL; out_bytes])
         } else {

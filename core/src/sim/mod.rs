@@ -29,7 +29,7 @@ mod memory;
 #[cfg(test)]
 mod tests;
 
-pub use collective::{run_collective, CollectiveRun, OUTPUT_FILL};
+pub use collective::{run_collective, run_collective_with, CollectiveRun, OUTPUT_FILL};
 pub use error::SimError;
 pub use memory::RankMem;
 

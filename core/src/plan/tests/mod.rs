@@ -4,6 +4,7 @@
 //! counts, every type and operator, in place and out of place, every algorithm); `props.rs`
 //! draws random cases with proptest; `validation.rs` checks argument errors.
 
+mod hier;
 mod oracle;
 mod props;
 mod sweep;

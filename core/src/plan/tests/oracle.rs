@@ -4,7 +4,7 @@
 use crate::plan::{buffer_elems, plan, PlanConfig};
 use crate::reduce::{reduce_in_place, scale_div};
 use crate::schedule::{BufId, Schedule};
-use crate::sim::{run_collective, Aligned, SendMode, OUTPUT_FILL};
+use crate::sim::{run_collective_with, Aligned, SendMode, OUTPUT_FILL};
 use crate::types::{Algo, CollDesc, CollKind, DataType, ReduceOp};
 use half::{bf16, f16};
 
@@ -316,15 +316,23 @@ fn check_static(c: &Case, rank: usize, s: &Schedule) -> Result<(), String> {
 
 /// Run one case through planner, static checks, simulator and reference.
 pub(super) fn check(c: &Case) -> Result<(), String> {
+    let (desc, cfg) = (c.desc(), c.cfg());
+    check_with(c, &|r| plan(&desc, r, c.n, c.inplace, &cfg))
+}
+
+/// [`check`] with the schedule of rank `r` given by `planner(r)`.
+pub(super) fn check_with(
+    c: &Case,
+    planner: &dyn Fn(usize) -> crate::error::Result<Schedule>,
+) -> Result<(), String> {
     let desc = c.desc();
-    let cfg = c.cfg();
     for r in 0..c.n {
-        let s = plan(&desc, r, c.n, c.inplace, &cfg).map_err(|e| format!("plan: {e}"))?;
+        let s = planner(r).map_err(|e| format!("plan: {e}"))?;
         check_static(c, r, &s)?;
     }
     let ins = inputs(c);
-    let run =
-        run_collective(&desc, c.n, c.inplace, &cfg, &ins, c.mode).map_err(|e| e.to_string())?;
+    let run = run_collective_with(&desc, c.n, c.inplace, &ins, c.mode, planner)
+        .map_err(|e| e.to_string())?;
     if !c.inplace && run.inputs != ins {
         return Err("out of place, but an input changed".into());
     }
