@@ -25,6 +25,7 @@ pub mod spray;
 pub mod subsys;
 #[doc(hidden)]
 pub mod sync;
+pub mod topology;
 pub mod types;
 pub mod wire;
 
