@@ -1181,6 +1181,61 @@ dmscResult_t dmscRequestFree(dmscRequest_t request);
 const char *dmscGetErrorString(dmscResult_t result);
 
 /**
+ * Store the number of hosts the ranks of `comm` run on in `*count` (ranks share a host
+ * when they share a kernel, an IPC and a network namespace).
+ *
+ * Errors: `dmscInvalidArgument` if `comm` or `count` is NULL; `dmscInvalidUsage` if `comm`
+ * is not a live communicator.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommHostCount(dmscComm_t comm,
+                               int *count);
+
+/**
+ * Store the host of rank `rank` in `*host`, `0 ... hostCount-1` (host 0 is rank 0's; hosts
+ * are numbered in the order of their first rank).
+ *
+ * Errors: `dmscInvalidArgument` if `comm` or `host` is NULL or `rank` is out of range;
+ * `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommHostOf(dmscComm_t comm,
+                            int rank,
+                            int *host);
+
+/**
+ * Copy the name of host `host` (its `hostname`), NUL-terminated, into `buf` of `len`
+ * bytes.
+ *
+ * Errors: `dmscInvalidArgument` if `comm` or `buf` is NULL, `host` is out of range, or
+ * `len` is too small for the name and its NUL (nothing is written then);
+ * `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommHostName(dmscComm_t comm,
+                              int host,
+                              char *buf,
+                              size_t len);
+
+/**
+ * Store the measured figures of the link from host `hostA` to host `hostB` (`hostA ==
+ * hostB`: between ranks of that host): one-way latency of a small message in
+ * `*latencyUs` (microseconds) and bandwidth in one direction while both ends send in
+ * `*bandwidthGBs` (1e9 bytes per second). Both are NaN when the link was not measured:
+ * the communicator runs on one host, `DMSC_TOPO_PROBE=0`, the host has a single rank, or
+ * the pair was not in the probe's sample (above 8 hosts only neighbours are measured).
+ *
+ * Errors: `dmscInvalidArgument` if `comm`, `latencyUs` or `bandwidthGBs` is NULL or a host
+ * is out of range; `dmscInvalidUsage` if `comm` is not a live communicator.
+ * Thread safety: callable from any thread.
+ */
+dmscResult_t dmscCommLink(dmscComm_t comm,
+                          int hostA,
+                          int hostB,
+                          double *latencyUs,
+                          double *bandwidthGBs);
+
+/**
  * Store the library's version, `major * 10000 + minor * 100 + patch` (`DMSC_VERSION_CODE` of
  * the header it was built with), in `*version`.
  *

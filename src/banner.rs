@@ -2,21 +2,20 @@
 //! connected, as NCCL logs its version, transports and tuning at init. They name the version,
 //! the transport that serves each peer, the interfaces and the algorithm choices.
 
-use crate::config::Config;
+use crate::comm::Communicator;
 use dmsc_core::subsys::INIT;
-use dmsc_core::Rank;
-use std::net::IpAddr;
 
-/// Log the banner of rank `rank` of `nranks`, whose peers are served by `peer_transports`
-/// (indexed by rank), listening on `bind_ip`, with `config`. Costs nothing unless `INIT` lines
-/// at `INFO` are enabled.
-pub(crate) fn log_banner(
-    rank: Rank,
-    nranks: usize,
-    peer_transports: &[&str],
-    bind_ip: IpAddr,
-    config: &Config,
-) {
+impl Communicator {
+    /// Log the banner: version, the transport serving each peer, interfaces, topology and
+    /// algorithm choices. Costs nothing unless `INIT` lines at `INFO` are enabled.
+    pub(crate) fn log_banner(&self) {
+        log_banner(self);
+    }
+}
+
+fn log_banner(comm: &Communicator) {
+    let (rank, nranks) = (comm.rank(), comm.size());
+    let (peer_transports, bind_ip, config) = (comm.peer_transports(), comm.bind_ip, comm.config());
     if !log::log_enabled!(target: INIT, log::Level::Info) {
         return;
     }
@@ -42,6 +41,7 @@ pub(crate) fn log_banner(
         config.socket_ifname.as_deref().unwrap_or("unset"),
         config.paths.unwrap_or(1)
     );
+    log::info!(target: INIT, "topology: {}", comm.topology());
     let algo = match config.plan.algo {
         Some(a) => format!("{} (forced by DMSC_ALGO)", format!("{a:?}").to_lowercase()),
         None => "cost model".to_string(),

@@ -10,6 +10,7 @@ use dmsc_core::bootstrap::env::{detect_from_process_env, LaunchInfo, Launcher};
 use dmsc_core::bootstrap::UniqueId;
 use dmsc_core::engine::executor::Executor;
 use dmsc_core::engine::{AbortHandle, Engine, PathMetricsHandle, PeerPaths};
+use dmsc_core::topology::Topology;
 use dmsc_core::{Error, Rank, Result};
 use dmsc_transports::ifaddr;
 use dmsc_transports::store::{random_nonce, serve_or_connect, StoreClient, StoreServer};
@@ -40,6 +41,8 @@ pub struct Communicator {
     peer_transports: Vec<&'static str>,
     /// Per-path metrics the transport publishes (several paths per peer).
     path_metrics: Option<PathMetricsHandle>,
+    /// Which ranks share a host, and the links measured between hosts.
+    pub(crate) topology: Topology,
     /// Local address the mesh listens on; communicators split from this one use it too.
     pub(crate) bind_ip: IpAddr,
     /// The rendezvous store, for [`Communicator::shrink`] (none after a split).
@@ -145,9 +148,12 @@ impl Communicator {
         )
     }
 
+    /// The communicator around a connected `engine`, with its links measured when it spans
+    /// hosts, and its banner logged.
     pub(crate) fn with_engine(
         engine: Engine,
         config: Config,
+        topology: Topology,
         store: Option<StoreServer>,
         bind_ip: IpAddr,
     ) -> Result<Communicator> {
@@ -158,9 +164,8 @@ impl Communicator {
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
         let _rank = dmsc_core::log_rank::scope(rank);
-        crate::banner::log_banner(rank, nranks, &peer_transports, bind_ip, &config);
         let exec = Executor::start(engine)?;
-        Ok(Communicator {
+        let mut comm = Communicator {
             rank,
             nranks,
             config,
@@ -171,10 +176,20 @@ impl Communicator {
             transport_name,
             peer_transports,
             path_metrics,
+            topology,
             bind_ip,
             store_link: None,
             _store: store,
-        })
+        };
+        comm.measure_topology()?;
+        comm.log_banner();
+        Ok(comm)
+    }
+
+    /// Which ranks share a host, each host's name, and the links measured within and
+    /// between hosts (none when the communicator runs on one host or `DMSC_TOPO_PROBE=0`).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// This process's rank, `0..size()`.
@@ -320,11 +335,11 @@ fn join(
     let iface = ifaddr::select(config.socket_ifname.as_deref(), store_ip.is_loopback())?;
     let comm_id = agree_on_id(&mut client, prefix, rank, timeout)?;
     let key = format!("{prefix}/{comm_id:016x}/addr");
-    let (engine, config) =
+    let (engine, config, topology) =
         crate::connect::connect_engine(config, rank, nranks, iface.addr, comm_id, &mut |mine| {
             client.exchange(&key, rank, nranks, mine, timeout)
         })?;
-    let mut comm = Communicator::with_engine(engine, config, server, iface.addr)?;
+    let mut comm = Communicator::with_engine(engine, config, topology, server, iface.addr)?;
     let link = StoreLink::new(
         Arc::new(Mutex::new(client)),
         format!("{prefix}/{comm_id:016x}"),

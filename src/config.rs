@@ -51,6 +51,9 @@ pub struct Config {
     pub window_set: bool,
     /// `DMSC_SPIN_US` was given (else the facade picks the spin when it connects).
     pub spin_set: bool,
+    /// Measure the links within and between hosts when a communicator spans several hosts
+    /// (`DMSC_TOPO_PROBE`, default on; `0` leaves the cost model's defaults in place).
+    pub topo_probe: bool,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             spray: SprayConfig::default(),
             window_set: false,
             spin_set: false,
+            topo_probe: true,
         }
     }
 }
@@ -214,6 +218,7 @@ impl Config {
             (c.transport, c.backend) = Choice::parse(&v)?;
         }
         c.shm = flag_var("DMSC_SHM", c.shm)?;
+        c.topo_probe = flag_var("DMSC_TOPO_PROBE", c.topo_probe)?;
         c.shm_ring = bytes_var("DMSC_SHM_RING", c.shm_ring)?;
         if !c.shm_ring.is_power_of_two() || !(64 << 10..=1 << 30).contains(&c.shm_ring) {
             return Err(Error::invalid(format!(

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use dmsc_core::engine::Engine;
+use dmsc_core::topology::Topology;
 use dmsc_core::{Rank, Result};
 use dmsc_transports::connect::{connect, ConnectOptions};
 use dmsc_transports::ifaddr;
@@ -56,7 +57,8 @@ fn options(
 }
 
 /// Connect rank `rank` of `nranks` of communicator `comm_id` and start its engine.
-/// `exchange` publishes this rank's connection bytes and returns every rank's.
+/// `exchange` publishes this rank's connection bytes and returns every rank's. Returns the
+/// engine, the configuration it runs with, and the hosts of the ranks (links unmeasured).
 pub(crate) fn connect_engine(
     config: Config,
     rank: Rank,
@@ -64,12 +66,13 @@ pub(crate) fn connect_engine(
     bind_ip: IpAddr,
     comm_id: u64,
     exchange: Exchange<'_>,
-) -> Result<(Engine, Config)> {
+) -> Result<(Engine, Config, Topology)> {
     // What is logged while connecting names this communicator's rank, whatever others the
     // process holds.
     let _rank = dmsc_core::log_rank::scope(rank);
     let (opts, mut config) = options(config, rank, nranks, bind_ip, comm_id)?;
-    let transport = connect(&opts, exchange)?;
+    let connected = connect(&opts, exchange)?;
+    let transport = connected.transport;
     config.engine.spin_yield = oversubscribed(transport.name(), nranks);
     if transport.name().starts_with("shm") && !config.engine.spin_yield {
         // With more ranks than cores a step costs a context switch, not a ring hand-off:
@@ -88,7 +91,7 @@ pub(crate) fn connect_engine(
         config.engine.spin = SPIN;
     }
     let engine = Engine::new(transport, rank, nranks, config.engine.clone());
-    Ok((engine, config))
+    Ok((engine, config, connected.topology))
 }
 
 /// How long a rank spins (yielding its core when ranks outnumber cores) before blocking.

@@ -31,6 +31,7 @@ mod shrink;
 pub mod size;
 mod split;
 mod store_link;
+mod topology_probe;
 
 /// This crate's version, as the init banner and `DMSC_DEBUG=VERSION` print it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -41,6 +42,7 @@ pub use dmsc_core::auth::Secret;
 pub use dmsc_core::bootstrap::UniqueId;
 pub use dmsc_core::engine::{AbortHandle, PeerPaths};
 pub use dmsc_core::spray::{Mode as SprayMode, PathMetrics, PathState};
+pub use dmsc_core::topology::{Link, Topology};
 pub use dmsc_core::{Algo, CollDesc, CollKind, DataType, Error, Rank, ReduceOp, Result};
 pub use element::Element;
 pub use group::Group;

@@ -144,11 +144,7 @@ fn prefix(host: &str) -> String {
 
 /// This host's name (the kernel's `hostname`), or `localhost` when it cannot be read.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    dmsc_transports::shm::host_name()
 }
 
 /// Set up dmsc's logger with `settings`, once per process; later calls only record `rank`

@@ -132,7 +132,7 @@ impl Communicator {
         };
         let nranks = survivors.len();
         let key = format!("{prefix}/{comm_id:016x}/addr");
-        let (engine, config) = crate::connect::connect_engine(
+        let (engine, config, topology) = crate::connect::connect_engine(
             config.clone(),
             new_rank,
             nranks,
@@ -141,7 +141,7 @@ impl Communicator {
             &mut |mine: &[u8]| client.exchange(&key, new_rank, nranks, mine, timeout),
         )?;
         drop(client);
-        let mut comm = Communicator::with_engine(engine, config, None, self.bind_ip)?;
+        let mut comm = Communicator::with_engine(engine, config, topology, None, self.bind_ip)?;
         comm.store_link = Some(link.child(format!("{prefix}/{comm_id:016x}")));
         Ok(comm)
     }

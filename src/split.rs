@@ -126,7 +126,7 @@ impl Communicator {
             .iter()
             .position(|&r| r == self.rank())
             .ok_or_else(|| Error::internal("this rank is missing from its own split color"))?;
-        let (engine, config) = crate::connect::connect_engine(
+        let (engine, config, topology) = crate::connect::connect_engine(
             config.clone(),
             new_rank,
             members.len(),
@@ -137,7 +137,7 @@ impl Communicator {
                 Ok(members.iter().map(|&r| slots[r].clone()).collect())
             },
         )?;
-        Communicator::with_engine(engine, config, None, self.bind_ip).map(Some)
+        Communicator::with_engine(engine, config, topology, None, self.bind_ip).map(Some)
     }
 
     /// All-gather one address per parent rank (empty for ranks joining nothing).

@@ -165,11 +165,12 @@ fn shared_memory_inside_each_host_and_tcp_across() {
     assert!(ok, "a host failed:\n{text}");
     assert_eq!(text.matches("CASE-OK").count(), 4, "{text}");
     assert_eq!(text.matches("MIXED-TRANSPORTS").count(), 4, "{text}");
+    assert_eq!(text.matches("TOPOLOGY-OK").count(), 4, "{text}");
     println!(
         "mixed_hosts: {:?}; {}",
         start.elapsed(),
         text.lines()
-            .filter(|l| l.contains("MIXED-TRANSPORTS"))
+            .filter(|l| l.contains("MIXED-TRANSPORTS") || l.contains("TOPOLOGY-OK rank 0"))
             .collect::<Vec<_>>()
             .join("; ")
     );

@@ -230,8 +230,9 @@ fn a_job_survives_strangers() {
                 Duration::from_secs(5),
             )
             .unwrap();
-        let (card, addr) = dmsc_transports::connect::decode_record(&addr, r).unwrap();
-        let addr: SocketAddr = std::str::from_utf8(addr).unwrap().parse().unwrap();
+        let rec = dmsc_transports::connect::Record::decode(&addr, r).unwrap();
+        let card = rec.card;
+        let addr: SocketAddr = std::str::from_utf8(rec.addrs).unwrap().parse().unwrap();
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             let _ = s.write_all(&noise(r as u64, 4096));
             assert!(closed_within(&mut s, Duration::from_secs(10)));

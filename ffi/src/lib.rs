@@ -44,6 +44,7 @@ mod path_metrics;
 mod premul;
 mod request;
 mod result;
+mod topology;
 mod types;
 mod validate;
 mod version;

@@ -158,6 +158,13 @@ class Communicator:
     def peer_transports(self) -> list[str]:
         """The transport serving each rank, indexed by rank (``"self"`` for this one)."""
 
+    def topology(self) -> dict[str, Any]:
+        """The topology: ``{"hosts": [{"name": str, "ranks": [int]}], "host_of": [int],
+        "links": [[None | {"latency_us": float, "gbps": float}]]}``; ``links[a][b]`` is the
+        link from host ``a`` to host ``b`` (``a == b``: within host ``a``) as measured at
+        init when the ranks span hosts, ``None`` where not measured (one host,
+        ``DMSC_TOPO_PROBE=0``, a host of one rank, or a pair outside the probe's sample)."""
+
     def path_metrics(self) -> list[_PathMetrics]:
         """Metrics of the network paths of packet spraying (``DMSC_PATHS`` > 1): one dict per
         peer and path, ordered by peer, then path; ``[]`` with one path per peer (the

@@ -197,6 +197,44 @@ impl Communicator {
         Ok(self.comm()?.peer_transports().to_vec())
     }
 
+    /// The communicator's topology: `{"hosts": [{"name": str, "ranks": [int]}], "host_of":
+    /// [int per rank], "links": [[None or {"latency_us": float, "gbps": float}]]}`, where
+    /// `links[a][b]` is the link from host `a` to host `b` (`a == b`: within host `a`), as
+    /// measured at init when the ranks span hosts (`None`: not measured).
+    fn topology<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let comm = self.comm()?;
+        let t = comm.topology();
+        let hosts = (0..t.nhosts())
+            .map(|h| {
+                let d = PyDict::new(py);
+                d.set_item("name", t.host_name(h))?;
+                d.set_item("ranks", t.ranks_of(h).to_vec())?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut links = Vec::with_capacity(t.nhosts());
+        for a in 0..t.nhosts() {
+            let mut row = Vec::with_capacity(t.nhosts());
+            for b in 0..t.nhosts() {
+                row.push(match t.link(a, b).map_err(to_py)? {
+                    None => None,
+                    Some(l) => {
+                        let d = PyDict::new(py);
+                        d.set_item("latency_us", l.latency_s * 1e6)?;
+                        d.set_item("gbps", l.bytes_per_s / 1e9)?;
+                        Some(d)
+                    }
+                });
+            }
+            links.push(row);
+        }
+        let d = PyDict::new(py);
+        d.set_item("hosts", hosts)?;
+        d.set_item("host_of", (0..t.nranks()).map(|r| t.host_of(r)).collect::<Vec<_>>())?;
+        d.set_item("links", links)?;
+        Ok(d)
+    }
+
     /// Metrics of the network paths of packet spraying (`DMSC_PATHS` > 1): one dict per peer
     /// and path, ordered by peer, then path. Empty with one path per peer (the default). A
     /// snapshot the progress thread refreshes every few milliseconds; never waits for an

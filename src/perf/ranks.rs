@@ -26,9 +26,7 @@ pub struct RankInfo {
 impl RankInfo {
     /// This process: its id and the kernel's host name (`/proc/sys/kernel/hostname`).
     pub fn this_process() -> RankInfo {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
+        let host = dmsc_transports::shm::host_name();
         RankInfo {
             pid: std::process::id(),
             host,

@@ -603,6 +603,43 @@ fn case_transports(c: &Communicator) {
     case_all_reduce(c);
 }
 
+/// The reported topology matches the bed: the hosts of `hosts` (host `h` named `host-h`, as
+/// the test sets it), every host of two or more ranks measured within, and the link of every
+/// pair of hosts measured (the probe meets every pair up to 8 hosts), unless
+/// `DMSC_TOPO_PROBE=0`, when nothing is measured.
+fn check_topology(c: &Communicator, hosts: &[usize]) {
+    let t = c.topology();
+    let nhosts = hosts.iter().max().map_or(0, |h| h + 1);
+    if t.nhosts() != nhosts || (0..c.size()).any(|r| t.host_of(r) != hosts[r]) {
+        fail(format!(
+            "topology {t} does not match the bed's hosts {hosts:?}"
+        ));
+    }
+    let probed = std::env::var("DMSC_TOPO_PROBE").map_or(true, |v| v != "0");
+    for a in 0..nhosts {
+        if t.host_name(a) != format!("host-{a}") {
+            fail(format!(
+                "host {a} is named {:?}, expected host-{a}",
+                t.host_name(a)
+            ));
+        }
+        for b in 0..nhosts {
+            let want = probed && (a != b || t.ranks_of(a).len() > 1);
+            let got = t.link(a, b).unwrap_or_else(|e| fail(e.to_string()));
+            if got.is_some() != want {
+                fail(format!(
+                    "link {a}-{b}: measured {got:?}, expected one: {want}; {t}"
+                ));
+            }
+        }
+    }
+    println!(
+        "TOPOLOGY-OK rank {} {}",
+        c.rank(),
+        t.to_string().replace('\n', " |")
+    );
+}
+
 /// Ranks on several hosts (`DMSC_TEST_HOSTS`: the host index of each rank, e.g. `0,0,1,1`):
 /// peers on this rank's host are served by shared memory, the others by TCP, and every
 /// collective is exact with counts that are not powers of two.
@@ -641,6 +678,7 @@ fn case_mixed(c: &Communicator) {
         }
     }
     println!("MIXED-TRANSPORTS rank {me} host {} {got:?}", hosts[me]);
+    check_topology(c, &hosts);
     case_all_reduce(c);
     case_all_reduce_large(c);
     case_reduce_scatter(c);

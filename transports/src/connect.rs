@@ -2,8 +2,9 @@
 //! transport needs in one rendezvous exchange, decide which transport serves the ranks, and
 //! set it up.
 //!
-//! Each rank publishes a host [`Card`](crate::shm::Card) followed by its TCP listening
-//! addresses. When every rank shares this rank's host (same boot id, IPC and network
+//! Each rank publishes a host [`Card`](crate::shm::Card), its host name and its TCP
+//! listening addresses ([`Record`]). From the cards every rank derives the same
+//! [`Topology`]: ranks with one boot id, IPC and network namespace share a host. When every rank shares this rank's host (same boot id, IPC and network
 //! namespaces, and all offer shared memory), the ranks connect through shared memory
 //! ([`crate::shm`]); otherwise through TCP ([`crate::tcp`]), where pairs on one host still
 //! pass large chunks by cross-memory attach. Every rank sees the same cards, and "shares a
@@ -19,6 +20,8 @@ use crate::shm::{self, Card, ShmOptions};
 use crate::tcp::{self, Backend, Exchange, MeshOptions};
 use dmsc_core::engine::Transport;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::topology::Topology;
+use std::collections::HashMap;
 
 /// Which transport the ranks use (`DMSC_TRANSPORT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,15 +65,28 @@ pub struct ConnectOptions {
     pub shm_ring: usize,
 }
 
+/// A connected communicator: the transport to every peer and the hosts the ranks are on
+/// (links not yet measured).
+pub struct Connected {
+    /// The transport (per peer, through [`crate::route`], when the ranks span hosts).
+    pub transport: Box<dyn Transport>,
+    /// Which ranks share a host, and the hosts' names.
+    pub topology: Topology,
+}
+
 /// Connect `opts.mesh.rank` to every other rank. `exchange` publishes this rank's bytes and
 /// returns every rank's, indexed by rank.
-pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn Transport>> {
+pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Connected> {
     let m = &opts.mesh;
     let willing = opts.shm && opts.choice != Choice::Tcp && m.nranks > 1;
     let listening = shm::Listening::new(willing)?;
     let tcp = tcp::listen(m)?;
-    let mut mine = listening.card().encode().to_vec();
-    mine.extend_from_slice(tcp.addresses().as_bytes());
+    let mine = Record {
+        card: *listening.card(),
+        host_name: shm::host_name(),
+        addrs: tcp.addresses().as_bytes(),
+    }
+    .encode();
     let all = exchange(&mine)?;
     if all.len() != m.nranks {
         return Err(Error::internal(format!(
@@ -79,11 +95,44 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
             m.nranks
         )));
     }
-    let cards = all
+    let records = all
         .iter()
         .enumerate()
-        .map(|(r, b)| decode_record(b, r).map(|(c, _)| c))
-        .collect::<Result<Vec<Card>>>()?;
+        .map(|(r, b)| Record::decode(b, r))
+        .collect::<Result<Vec<Record>>>()?;
+    let topology = topology(&records)?;
+    let cards: Vec<Card> = records.iter().map(|r| r.card).collect();
+    let transport = connect_transport(opts, listening, tcp, &cards, &records)?;
+    Ok(Connected {
+        transport,
+        topology,
+    })
+}
+
+/// The hosts of the ranks whose records these are: equal host keys, one host.
+fn topology(records: &[Record]) -> Result<Topology> {
+    let mut ids = HashMap::new();
+    let host_id: Vec<usize> = records
+        .iter()
+        .map(|r| {
+            let next = ids.len();
+            *ids.entry(r.card.host_key()).or_insert(next)
+        })
+        .collect();
+    let names: Vec<String> = records.iter().map(|r| r.host_name.clone()).collect();
+    Topology::new(&host_id, &names)
+}
+
+/// Set up the transport(s) chosen from every rank's card.
+fn connect_transport(
+    opts: &ConnectOptions,
+    listening: shm::Listening,
+    tcp: tcp::Listening,
+    cards: &[Card],
+    records: &[Record],
+) -> Result<Box<dyn Transport>> {
+    let m = &opts.mesh;
+    let willing = listening.card().willing;
     let me = listening.card();
     let local: Vec<bool> = (0..m.nranks)
         .map(|r| r != m.rank && me.shares_host(&cards[r]))
@@ -113,13 +162,9 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
         cma: m.cma,
     };
     if willing && elsewhere.is_empty() {
-        return shm::connect(&so, listening, &cards, &local);
+        return shm::connect(&so, listening, cards, &local);
     }
-    let addrs: Vec<Vec<u8>> = all
-        .iter()
-        .enumerate()
-        .map(|(r, b)| decode_record(b, r).map(|(_, a)| a.to_vec()))
-        .collect::<Result<_>>()?;
+    let addrs: Vec<Vec<u8>> = records.iter().map(|r| r.addrs.to_vec()).collect();
     if !willing || !local.iter().any(|&l| l) {
         drop(listening);
         return tcp::connect_listening(m, tcp, &addrs);
@@ -130,23 +175,117 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Box<dyn 
     let mut mo = m.clone();
     mo.serve = Some((0..m.nranks).map(|r| r != m.rank && !local[r]).collect());
     let net = tcp::connect_listening(&mo, tcp, &addrs)?;
-    let near = shm::connect(&so, listening, &cards, &local)?;
+    let near = shm::connect(&so, listening, cards, &local)?;
     let route = (0..m.nranks)
         .map(|r| (r != m.rank).then_some(usize::from(local[r])))
         .collect();
     Ok(Box::new(RouteTransport::new(vec![net, near], route)?))
 }
 
-/// Split the connection record rank `rank` published into its host card and its TCP
-/// listening addresses.
-pub fn decode_record(b: &[u8], rank: usize) -> Result<(Card, &[u8])> {
-    let card = Card::decode(b, rank)?;
-    Ok((card, &b[shm::CARD_LEN..]))
+/// What each rank publishes to connect: its host card, its host name (one length byte,
+/// then at most 255 bytes of UTF-8) and its TCP listening addresses (the rest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Host identity and shared-memory listener.
+    pub card: Card,
+    /// The host's name (`hostname`).
+    pub host_name: String,
+    /// The TCP listening addresses, as the TCP listener writes them.
+    pub addrs: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The record's bytes (a host name longer than 255 bytes is cut at a character
+    /// boundary).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut name = self.host_name.as_str();
+        while name.len() > 255 {
+            let mut end = 255;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name = &name[..end];
+        }
+        let mut b = self.card.encode().to_vec();
+        b.push(name.len() as u8);
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(self.addrs);
+        b
+    }
+
+    /// Decode the record rank `rank` published.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] naming the rank when the card or the host name is malformed.
+    pub fn decode(b: &'a [u8], rank: usize) -> Result<Record<'a>> {
+        let card = Card::decode(b, rank)?;
+        let rest = &b[shm::CARD_LEN..];
+        let bad = || Error::protocol(format!("rank {rank} published a malformed host name"));
+        let (&len, rest) = rest.split_first().ok_or_else(bad)?;
+        let len = usize::from(len);
+        if rest.len() < len {
+            return Err(bad());
+        }
+        let host_name = std::str::from_utf8(&rest[..len])
+            .map_err(|_| bad())?
+            .to_string();
+        Ok(Record {
+            card,
+            host_name,
+            addrs: &rest[len..],
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip_and_bad_names_are_named() {
+        let card = Card::local(Some([3; 16])).unwrap();
+        let r = Record {
+            card,
+            host_name: "node-7".into(),
+            addrs: b"127.0.0.1:5000",
+        };
+        let b = r.encode();
+        assert_eq!(Record::decode(&b, 2).unwrap(), r);
+        let long = Record {
+            host_name: "\u{e9}".repeat(200),
+            ..r.clone()
+        };
+        let b = long.encode();
+        let back = Record::decode(&b, 2).unwrap();
+        assert_eq!(back.host_name.len(), 254);
+        assert_eq!(back.addrs, r.addrs);
+        let mut b = r.encode();
+        b[shm::CARD_LEN] = 200;
+        let e = Record::decode(&b, 2).unwrap_err().to_string();
+        assert!(e.contains("rank 2 published a malformed host name"), "{e}");
+        let b = card.encode();
+        assert!(Record::decode(&b, 2).is_err());
+    }
+
+    #[test]
+    fn ranks_with_one_host_key_share_a_host_whatever_they_offer() {
+        let a = Card::local(Some([1; 16])).unwrap();
+        let b = Card::local(None).unwrap();
+        let c = Card {
+            net_ns: a.net_ns + 1,
+            ..a
+        };
+        let rec = |card, n: &str| Record {
+            card,
+            host_name: n.into(),
+            addrs: b"",
+        };
+        let t = topology(&[rec(a, "x"), rec(c, "y"), rec(b, "x")]).unwrap();
+        assert_eq!(t.nhosts(), 2);
+        assert_eq!(t.ranks_of(0), &[0, 2]);
+        assert_eq!(t.host_name(1), "y");
+    }
 
     #[test]
     fn transport_names_parse() {

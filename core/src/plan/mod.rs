@@ -93,8 +93,11 @@ pub struct PlanConfig {
     /// Pipeline segment size in bytes for the tree all-reduce and the chain broadcast and
     /// reduce (rounded down to whole elements, at least one). Must be positive.
     pub segment_bytes: usize,
-    /// The cost model used to choose between algorithms.
+    /// The cost model used to choose between algorithms: of the links within a host, and
+    /// of all links when the communicator runs on one host.
     pub model: CostModel,
+    /// The cost model of the links between hosts (used when the ranks span hosts).
+    pub inter: CostModel,
 }
 
 impl Default for PlanConfig {
@@ -103,6 +106,7 @@ impl Default for PlanConfig {
             algo: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             model: CostModel::default(),
+            inter: CostModel::default(),
         }
     }
 }

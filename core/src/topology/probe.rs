@@ -89,7 +89,7 @@ pub fn rounds(nhosts: usize) -> Vec<Vec<(usize, usize)>> {
         .filter(|&b| b < nhosts)
         .map(|b| (b - 1, b))
         .collect();
-    if nhosts % 2 == 0 {
+    if nhosts.is_multiple_of(2) {
         second.push((0, nhosts - 1));
     }
     vec![first, second]

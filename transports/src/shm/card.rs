@@ -53,11 +53,15 @@ impl Card {
     /// True when `other` runs on this card's host, in the same namespaces, and both offer
     /// shared memory.
     pub fn shares_host(&self, other: &Card) -> bool {
-        self.willing
-            && other.willing
-            && self.boot_id == other.boot_id
-            && self.ipc_ns == other.ipc_ns
-            && self.net_ns == other.net_ns
+        self.willing && other.willing && self.host_key() == other.host_key()
+    }
+
+    /// What identifies the card's host: boot id, IPC and network namespaces. Ranks with
+    /// equal keys are on one host for the topology whether or not they offer shared memory
+    /// (a network namespace with its own IPC namespace is a host of its own: nothing
+    /// same-host reaches across).
+    pub fn host_key(&self) -> ([u8; 16], u64, u64) {
+        (self.boot_id, self.ipc_ns, self.net_ns)
     }
 
     /// The abstract Unix socket name of the rank's shared-memory listener (open only while
@@ -99,6 +103,16 @@ impl Card {
             nonce: arr(40),
         })
     }
+}
+
+/// This host's name (the kernel's `hostname`, per UTS namespace), or `localhost` when it
+/// cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The 16 bytes of a boot id such as `1b4e28ba-2fa1-11d2-883f-0016d3cca427`.

@@ -30,7 +30,7 @@ mod ring;
 mod segment;
 mod sock;
 
-pub use card::{Card, CARD_LEN};
+pub use card::{host_name, Card, CARD_LEN};
 pub use connect::{connect, Listening, ShmOptions};
 
 use crate::conn::{Conn, NoPaths, Role};
