@@ -41,7 +41,11 @@ fn log_banner(comm: &Communicator) {
         config.socket_ifname.as_deref().unwrap_or("unset"),
         config.paths.unwrap_or(1)
     );
-    log::info!(target: INIT, "topology: {}", comm.topology());
+    // One log line per host and link: every line of a log file keeps the prefix
+    // (host, pid, rank) that tools parse.
+    for line in comm.topology().to_string().lines() {
+        log::info!(target: INIT, "topology: {}", line.trim_start());
+    }
     let algo = match config.plan.algo {
         Some(a) => format!("{} (forced by DMSC_ALGO)", format!("{a:?}").to_lowercase()),
         None => "cost model".to_string(),

@@ -1008,6 +1008,30 @@ static void test_errors(dmscComm_t world) {
            "dmscCommGetPathMetrics: count is NULL");
     EXPECT(dmscCommGetPathMetrics(world, NULL, 1, &v), dmscInvalidArgument,
            "dmscCommGetPathMetrics: out is NULL");
+    {
+        /* Topology: every rank of this test runs on one host, whose links are not probed. */
+        int hosts = -1, host = -1, size = 0;
+        double lat = 0, gbs = 0;
+        char name[256], tiny[1];
+        OK(dmscCommCount(world, &size));
+        OK(dmscCommHostCount(world, &hosts));
+        CHECK(hosts == 1, "dmscCommHostCount: %d hosts, expected 1", hosts);
+        OK(dmscCommHostOf(world, size - 1, &host));
+        CHECK(host == 0, "dmscCommHostOf: rank %d on host %d", size - 1, host);
+        OK(dmscCommHostName(world, 0, name, sizeof name));
+        CHECK(name[0] != 0, "dmscCommHostName: empty name");
+        OK(dmscCommLink(world, 0, 0, &lat, &gbs));
+        CHECK(isnan(lat) && isnan(gbs), "dmscCommLink: one host, yet measured %g us %g GB/s",
+              lat, gbs);
+        EXPECT(dmscCommHostOf(world, size, &host), dmscInvalidArgument,
+               "dmscCommHostOf: rank");
+        EXPECT(dmscCommHostCount(world, NULL), dmscInvalidArgument,
+               "dmscCommHostCount: count is NULL");
+        EXPECT(dmscCommLink(world, 0, 1, &lat, &gbs), dmscInvalidArgument,
+               "dmscCommLink: hostB 1 is not a host");
+        EXPECT(dmscCommHostName(world, 0, tiny, sizeof tiny), dmscInvalidArgument,
+               "dmscCommHostName: len 1 is too small");
+    }
     EXPECT(dmscCommGetPathMetrics(NULL, NULL, 0, &v), dmscInvalidArgument,
            "dmscCommGetPathMetrics: comm is NULL");
     EXPECT(dmscGetVersion(NULL), dmscInvalidArgument, "dmscGetVersion: version is NULL");

@@ -78,6 +78,9 @@ class DLPackOnly:
 def case_collectives(comm: dmsc.Communicator) -> None:
     """Every collective x every numpy dtype x every op, in place and out of place."""
     n, r = comm.size, comm.rank
+    topo = comm.topology()
+    assert len(topo["hosts"]) == 1 and topo["hosts"][0]["ranks"] == list(range(n)), topo
+    assert topo["host_of"] == [0] * n and topo["links"] == [[None]], topo
     c = 37
     checks = 0
     for dt in DTYPES:
