@@ -1,9 +1,11 @@
 //! [`PlanCache`]: the schedules of a communicator's recent collectives, so that a call
 //! repeated with the same description (every step of a training loop) reuses its schedule
 //! instead of planning it again. A schedule depends only on the call's description, whether
-//! it is in place, and the communicator's rank, size and plan settings, which never change.
+//! it is in place, and the communicator's rank, host layout and plan settings, which never
+//! change. Ranks spread over hosts plan with [`plan::plan_on`] (host-aware algorithms
+//! priced with the measured links); on one host that is [`plan::plan`].
 
-use dmsc_core::plan::{self, PlanConfig};
+use dmsc_core::plan::{self, Hosts, PlanConfig};
 use dmsc_core::schedule::Schedule;
 use dmsc_core::{CollDesc, Result};
 use std::sync::{Arc, Mutex};
@@ -22,13 +24,15 @@ pub(crate) struct PlanCache {
 }
 
 impl PlanCache {
-    /// The schedule of `desc` (`inplace` or not) for `rank` of `nranks`: the cached one, or
-    /// a new plan that is then cached (dropping the least recently used past [`CAPACITY`]).
+    /// The schedule of `desc` (`inplace` or not) for `rank` of the ranks laid out as
+    /// `hosts`: the cached one, or a new plan that is then cached (dropping the least
+    /// recently used past [`CAPACITY`]).
     pub(crate) fn get(
         &self,
         desc: &CollDesc,
         inplace: bool,
-        (rank, nranks): (usize, usize),
+        rank: usize,
+        hosts: &Hosts,
         cfg: &PlanConfig,
     ) -> Result<Arc<Schedule>> {
         let key = (*desc, inplace);
@@ -43,12 +47,13 @@ impl PlanCache {
             return Ok(sched);
         }
         drop(e);
-        let sched = Arc::new(plan::plan(desc, rank, nranks, inplace, cfg)?);
+        let sched = Arc::new(plan::plan_on(desc, rank, hosts, inplace, cfg)?);
         log::info!(
             target: dmsc_core::subsys::COLL,
-            "rank {rank}: {desc} planned with {} ({} steps)",
-            plan::choose_algo(desc, nranks, cfg).name(),
-            sched.steps.len()
+            "rank {rank}: {desc} planned with {} ({} steps, {} host(s))",
+            plan::choose_algo_on(desc, hosts, cfg).name(),
+            sched.steps.len(),
+            hosts.nhosts()
         );
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if e.len() >= CAPACITY {
@@ -77,20 +82,34 @@ mod tests {
     #[test]
     fn repeated_calls_share_a_schedule_and_old_ones_are_dropped() {
         let (c, cfg) = (PlanCache::default(), PlanConfig::default());
-        let a = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
-        let b = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
+        let h = Hosts::from_sizes(&[4]).unwrap();
+        let a = c.get(&desc(100), false, 0, &h, &cfg).unwrap();
+        let b = c.get(&desc(100), false, 0, &h, &cfg).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let inplace = c.get(&desc(100), true, (0, 4), &cfg).unwrap();
+        let inplace = c.get(&desc(100), true, 0, &h, &cfg).unwrap();
         assert!(!Arc::ptr_eq(&a, &inplace));
         assert_eq!(*a, plan::plan(&desc(100), 0, 4, false, &cfg).unwrap());
         for n in 0..CAPACITY {
-            c.get(&desc(1000 + n), false, (0, 4), &cfg).unwrap();
+            c.get(&desc(1000 + n), false, 0, &h, &cfg).unwrap();
         }
-        let again = c.get(&desc(100), false, (0, 4), &cfg).unwrap();
+        let again = c.get(&desc(100), false, 0, &h, &cfg).unwrap();
         assert!(
             !Arc::ptr_eq(&a, &again),
             "evicted after {CAPACITY} newer calls"
         );
-        assert!(c.get(&desc(usize::MAX), false, (0, 4), &cfg).is_err());
+        assert!(c.get(&desc(usize::MAX), false, 0, &h, &cfg).is_err());
+    }
+
+    #[test]
+    fn ranks_on_several_hosts_plan_on_the_layout() {
+        let c = PlanCache::default();
+        let cfg = PlanConfig {
+            algo: Some(dmsc_core::Algo::Hierarchical),
+            ..PlanConfig::default()
+        };
+        let h = Hosts::from_sizes(&[2, 2]).unwrap();
+        let got = c.get(&desc(1 << 20), false, 1, &h, &cfg).unwrap();
+        let want = plan::plan_hierarchical(&desc(1 << 20), 1, &h, false, &cfg).unwrap();
+        assert_eq!(*got, want);
     }
 }

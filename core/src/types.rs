@@ -292,11 +292,35 @@ pub enum Algo {
     /// Rabenseifner's: reduce-scatter by recursive halving, all-gather by recursive doubling
     /// (the ring's volume in `2·log2 p` steps).
     Rabenseifner,
+    /// Two-level, for ranks spread over hosts: within each host, across hosts among the ranks
+    /// of equal local index (or one leader per host), within each host again
+    /// ([`crate::plan::plan_hierarchical`]). On one host it is the flat algorithm.
+    Hierarchical,
+    /// The ring all-reduce ordered host by host, entering and leaving each host once
+    /// ([`crate::plan::plan_host_ring_all_reduce`]). On one host it is the ring.
+    HostRing,
 }
 
 impl Algo {
     /// The names [`Algo::parse`] accepts, for messages.
-    pub const NAMES: &'static str = "ring, tree, rd (recursive doubling), rabenseifner";
+    pub const NAMES: &'static str =
+        "ring, tree, rd (recursive doubling), rabenseifner, hier (hierarchical), hostring";
+
+    /// Every algorithm, in the order of [`Algo::NAMES`].
+    pub const ALL: [Algo; 6] = [
+        Algo::Ring,
+        Algo::Tree,
+        Algo::RecursiveDoubling,
+        Algo::Rabenseifner,
+        Algo::Hierarchical,
+        Algo::HostRing,
+    ];
+
+    /// Whether this is one of the algorithms that follow the host layout
+    /// ([`Algo::Hierarchical`], [`Algo::HostRing`]).
+    pub fn is_host_aware(self) -> bool {
+        matches!(self, Algo::Hierarchical | Algo::HostRing)
+    }
 
     /// The name [`Algo::parse`] takes for this algorithm.
     pub fn name(self) -> &'static str {
@@ -305,16 +329,21 @@ impl Algo {
             Algo::Tree => "tree",
             Algo::RecursiveDoubling => "rd",
             Algo::Rabenseifner => "rabenseifner",
+            Algo::Hierarchical => "hier",
+            Algo::HostRing => "hostring",
         }
     }
 
-    /// Parse `ring`, `tree`, `rd` (`recursive_doubling`) or `rabenseifner`.
+    /// Parse `ring`, `tree`, `rd` (`recursive_doubling`), `rabenseifner`, `hier`
+    /// (`hierarchical`) or `hostring` (`host_ring`).
     pub fn parse(s: &str) -> Option<Algo> {
         match s.to_ascii_lowercase().as_str() {
             "ring" => Some(Algo::Ring),
             "tree" => Some(Algo::Tree),
             "rd" | "recursive_doubling" | "recursivedoubling" => Some(Algo::RecursiveDoubling),
             "rabenseifner" => Some(Algo::Rabenseifner),
+            "hier" | "hierarchical" => Some(Algo::Hierarchical),
+            "hostring" | "host_ring" => Some(Algo::HostRing),
             _ => None,
         }
     }

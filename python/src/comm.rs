@@ -230,7 +230,10 @@ impl Communicator {
         }
         let d = PyDict::new(py);
         d.set_item("hosts", hosts)?;
-        d.set_item("host_of", (0..t.nranks()).map(|r| t.host_of(r)).collect::<Vec<_>>())?;
+        d.set_item(
+            "host_of",
+            (0..t.nranks()).map(|r| t.host_of(r)).collect::<Vec<_>>(),
+        )?;
         d.set_item("links", links)?;
         Ok(d)
     }

@@ -141,8 +141,10 @@ impl Communicator {
             output: written,
             group: vec![],
         };
-        let shape = (self.rank(), self.size());
-        let sched = self.plans.get(&desc, in_place, shape, &self.config.plan)?;
+        let hosts = self.topology.hosts();
+        let sched = self
+            .plans
+            .get(&desc, in_place, self.rank(), hosts, &self.config.plan)?;
         Ok(Job::Collective {
             desc,
             sched,

@@ -30,6 +30,7 @@ use super::group_ring::{all_gather, reduce_scatter};
 use super::hosts::Hosts;
 use super::{block, plan, PlanConfig, Slice2};
 use crate::error::Result;
+use crate::model::CostModel;
 use crate::schedule::{BufId, Schedule};
 use crate::types::{CollDesc, Rank};
 
@@ -67,7 +68,12 @@ pub(crate) fn plan_all_reduce(
             root: 0,
             ..*desc
         };
-        let sub = plan(&sub_desc, h, group.len(), true, cfg)?;
+        // The `m` groups share each host's network link: price it at `m` times its β.
+        let shared = CostModel {
+            beta: cfg.inter.beta * m as f64,
+            ..cfg.inter
+        };
+        let sub = plan(&sub_desc, h, group.len(), true, &cfg.for_phase(shared))?;
         append(&mut s, sub, &group, &|b| match b {
             BufId::Scratch => (BufId::Scratch, 0),
             _ => (BufId::Output, off),

@@ -64,14 +64,20 @@ pub(crate) fn plan_broadcast(
             root: hosts.host_of(desc.root),
             ..*desc
         };
-        let sub = plan(&sub_desc, h, lead.len(), true, cfg)?;
+        let sub = plan(&sub_desc, h, lead.len(), true, &cfg.for_phase(cfg.inter))?;
         append(&mut s, sub, &lead, &in_output);
     }
     let sub_desc = CollDesc {
         root: hosts.local_index(lead[h]),
         ..*desc
     };
-    let sub = plan(&sub_desc, li, members.len(), true, cfg)?;
+    let sub = plan(
+        &sub_desc,
+        li,
+        members.len(),
+        true,
+        &cfg.for_phase(cfg.model),
+    )?;
     append(&mut s, sub, members, &in_output);
     Ok(s)
 }

@@ -52,7 +52,13 @@ pub(crate) fn plan_reduce(
             op,
             ..*desc
         };
-        let sub = plan(&sub_desc, li, members.len(), false, cfg)?;
+        let sub = plan(
+            &sub_desc,
+            li,
+            members.len(),
+            false,
+            &cfg.for_phase(cfg.model),
+        )?;
         let acc = if is_root {
             BufId::Output
         } else {

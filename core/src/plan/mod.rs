@@ -61,6 +61,7 @@ pub mod hier_reduce_scatter;
 pub mod hierarchical;
 pub mod host_ring;
 pub mod hosts;
+mod on_hosts;
 pub mod rabenseifner;
 pub mod recursive_doubling;
 pub mod reduce_scatter;
@@ -71,6 +72,7 @@ pub mod tree;
 
 pub use hierarchical::{plan_hierarchical, plan_host_ring_all_reduce};
 pub use hosts::Hosts;
+pub use on_hosts::{choose_algo_on, plan_on};
 pub use send_recv::P2p;
 
 #[cfg(test)]
@@ -98,6 +100,19 @@ pub struct PlanConfig {
     pub model: CostModel,
     /// The cost model of the links between hosts (used when the ranks span hosts).
     pub inter: CostModel,
+}
+
+impl PlanConfig {
+    /// The settings of one phase of a host-aware algorithm, whose flat algorithm is priced
+    /// with `model` (the links the phase uses): a forced host-aware algorithm is dropped
+    /// (the phase is flat), any other forced algorithm is kept.
+    pub fn for_phase(&self, model: CostModel) -> PlanConfig {
+        PlanConfig {
+            algo: self.algo.filter(|a| !a.is_host_aware()),
+            model,
+            ..*self
+        }
+    }
 }
 
 impl Default for PlanConfig {
@@ -139,6 +154,19 @@ pub fn plan(
     inplace: bool,
     cfg: &PlanConfig,
 ) -> Result<Schedule> {
+    plan_flat(desc, rank, nranks, inplace, cfg, None)
+}
+
+/// [`plan`] with the flat algorithm `algo` (a host-aware one is an internal error), or the
+/// one [`choose_algo`] picks when `None`.
+fn plan_flat(
+    desc: &CollDesc,
+    rank: Rank,
+    nranks: usize,
+    inplace: bool,
+    cfg: &PlanConfig,
+    algo: Option<Algo>,
+) -> Result<Schedule> {
     validate(desc, rank, nranks, cfg)?;
     let CollDesc { count, .. } = *desc;
     if desc.kind == CollKind::Barrier {
@@ -152,27 +180,36 @@ pub fn plan(
     }
     let seg = cfg.segment_elems(desc.dtype, count);
     let avg = desc.op == ReduceOp::Avg;
-    let algo = choose_algo(desc, nranks, cfg);
+    let algo = algo.unwrap_or_else(|| choose_algo(desc, nranks, cfg));
     Ok(match desc.kind {
         CollKind::AllReduce => match algo {
             Algo::Ring => ring_all_reduce::plan(rank, nranks, count, avg),
             Algo::Tree => tree::plan(rank, nranks, count, seg, avg),
             Algo::RecursiveDoubling => recursive_doubling::plan(rank, nranks, count, avg),
             Algo::Rabenseifner => rabenseifner::plan(rank, nranks, count, avg),
+            Algo::Hierarchical | Algo::HostRing => {
+                return Err(Error::internal(
+                    "a host-aware algorithm reached the flat planner",
+                ))
+            }
         },
         CollKind::ReduceScatter => reduce_scatter::plan(rank, nranks, count, inplace, avg),
         CollKind::AllGather => all_gather::plan(rank, nranks, count, inplace),
         CollKind::Broadcast => match algo {
             Algo::Ring => chain::broadcast(rank, nranks, desc.root, count, seg, inplace),
-            Algo::Tree | Algo::RecursiveDoubling | Algo::Rabenseifner => {
-                binomial::broadcast(rank, nranks, desc.root, count, inplace)
-            }
+            Algo::Tree
+            | Algo::RecursiveDoubling
+            | Algo::Rabenseifner
+            | Algo::Hierarchical
+            | Algo::HostRing => binomial::broadcast(rank, nranks, desc.root, count, inplace),
         },
         CollKind::Reduce => match algo {
             Algo::Ring => chain::reduce(rank, nranks, desc.root, count, seg, avg),
-            Algo::Tree | Algo::RecursiveDoubling | Algo::Rabenseifner => {
-                binomial::reduce(rank, nranks, desc.root, count, avg)
-            }
+            Algo::Tree
+            | Algo::RecursiveDoubling
+            | Algo::Rabenseifner
+            | Algo::Hierarchical
+            | Algo::HostRing => binomial::reduce(rank, nranks, desc.root, count, avg),
         },
         CollKind::AllToAll => all_to_all::plan(rank, nranks, count, inplace),
         CollKind::Barrier | CollKind::AllToAllV | CollKind::SendRecv => {
@@ -189,7 +226,9 @@ pub fn plan(
 /// [`Algo::RecursiveDoubling`] or [`Algo::Rabenseifner`]) for the
 /// binomial tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
 /// [`PlanConfig::algo`] wins where it applies; otherwise the cheaper prediction of
-/// [`PlanConfig::model`] does (ring on ties).
+/// [`PlanConfig::model`] does (ring on ties). This is the choice on one host: a forced
+/// host-aware algorithm ([`Algo::Hierarchical`], [`Algo::HostRing`]) leaves it to the cost
+/// model, and [`choose_algo_on`] chooses for ranks spread over hosts.
 pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
     let has_choice = matches!(
         desc.kind,
@@ -198,7 +237,9 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
     if !has_choice || nranks <= 1 {
         return Algo::Ring;
     }
-    if let Some(a) = cfg.algo {
+    // On one host a host-aware algorithm is the flat one the cost model picks (its phases
+    // within the host are flat collectives).
+    if let Some(a) = cfg.algo.filter(|a| !a.is_host_aware()) {
         return match (desc.kind, a) {
             (CollKind::AllReduce, a) => a,
             (_, Algo::RecursiveDoubling | Algo::Rabenseifner) => Algo::Tree,

@@ -3,7 +3,8 @@
 //! and operator, in place and out of place.
 
 use super::oracle::{check_with, Case, Rng};
-use crate::plan::{plan_hierarchical, plan_host_ring_all_reduce, Hosts};
+use crate::model::CostModel;
+use crate::plan::{plan_hierarchical, plan_host_ring_all_reduce, plan_on, Hosts};
 use crate::sim::SendMode;
 use crate::types::{Algo, CollKind, DataType, ReduceOp};
 
@@ -12,6 +13,8 @@ use crate::types::{Algo, CollKind, DataType, ReduceOp};
 enum Planner {
     Hierarchical,
     HostRing,
+    /// [`plan_on`]: whatever the two-class cost model picks.
+    On,
 }
 
 /// (kind, forced algorithm of the flat phases, planner).
@@ -69,10 +72,20 @@ fn layouts() -> Vec<Vec<usize>> {
 
 fn run(c: &Case, host_of: &[usize], planner: Planner) -> Result<(), String> {
     let hosts = Hosts::new(host_of).map_err(|e| e.to_string())?;
-    let (desc, cfg) = (c.desc(), c.cfg());
+    let (desc, mut cfg) = (c.desc(), c.cfg());
+    if planner == Planner::On {
+        // A 1 Gbit/s network between hosts with shared memory within them.
+        cfg.model = CostModel::shared_memory();
+        cfg.inter = CostModel {
+            alpha: 30e-6,
+            beta: 1.0 / 0.125e9,
+            gamma: 1.0 / 10e9,
+        };
+    }
     check_with(c, &|r| match planner {
         Planner::Hierarchical => plan_hierarchical(&desc, r, &hosts, c.inplace, &cfg),
         Planner::HostRing => plan_host_ring_all_reduce(&desc, r, &hosts, c.inplace, &cfg),
+        Planner::On => plan_on(&desc, r, &hosts, c.inplace, &cfg),
     })
     .map_err(|e| format!("layout {host_of:?}: {e}"))
 }
@@ -201,6 +214,37 @@ fn model_chosen_phases() {
             c.seg_bytes = 1 << 20;
             c.op = ReduceOp::Avg;
             cases.push((c, host_of, Planner::Hierarchical));
+        }
+    }
+    run_all(cases);
+}
+
+/// [`plan_on`] on every layout, size and root, with links between hosts slower than those
+/// within (so that hierarchical and flat choices both occur), forced or not.
+#[test]
+fn planned_on_hosts() {
+    let kinds = [
+        CollKind::AllReduce,
+        CollKind::ReduceScatter,
+        CollKind::AllGather,
+        CollKind::Broadcast,
+        CollKind::Reduce,
+        CollKind::AllToAll,
+        CollKind::Barrier,
+    ];
+    let mut cases = Vec::new();
+    for host_of in layouts() {
+        for kind in kinds {
+            for count in [1, 7, 1000, 40_000] {
+                for algo in [None, Some(Algo::Hierarchical), Some(Algo::HostRing)] {
+                    let mut c = Case::new(kind, host_of.len(), count);
+                    c.algo = algo;
+                    c.seg_bytes = 4096;
+                    c.root = count % host_of.len();
+                    c.inplace = count % 2 == 1;
+                    cases.push((c, host_of.clone(), Planner::On));
+                }
+            }
         }
     }
     run_all(cases);

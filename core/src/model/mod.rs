@@ -27,29 +27,13 @@
 //!
 //! ## Two link classes
 //!
-//! [`HierCostModel`] prices the host-aware schedules (`plan::hier_all_reduce`,
-//! `plan::host_ring`) with one [`CostModel`] for links between ranks of one host and one for
-//! the network between hosts, whose per-byte cost `β_e` is paid by each host's single network
-//! link: `k` messages of `c` bytes leaving one host in the same step cost `α_e + k·c·β_e`. A
-//! step costs as much as its slowest transfer; reductions cost the intra-host `γ`. With
-//! `N` ranks, `H` hosts of sizes `s_h`, `m = min s_h`, `s = max s_h`, `b` bytes:
-//!
-//! | algorithm | time |
-//! | --- | --- |
-//! | ring all-reduce, `e` ring edges leaving the busiest host (`e = 0` on one host) | `2(N-1)·max(α_i + cβ_i, α_e + e·cβ_e) + (N-1)cγ`, `c = b/N` |
-//! | ring in host order | the same with `e = 1` |
-//! | hierarchical all-reduce | `(s-1)(α_i + (b/m)(β_i+γ)) + 2(H-1)(α_e + b/H·β_e) + (H-1)(b/(mH))γ + (s-1)(α_i + (b/m)β_i)` |
-//!
-//! The hierarchical time is intra-host reduce-scatter, inter-host ring all-reduce of `m`
-//! concurrent groups sharing each host's link (`m` blocks of `b/(mH)` per step), intra-host
-//! all-gather. With a slow network and large `b` the ratio of flat ring to hierarchical
-//! tends to `2(N-1)/N ÷ 2(H-1)/H`, the bus-bandwidth factors of NCCL's performance notes
-//! applied to the ranks and to the hosts (Patarasuk and Yuan, "Bandwidth optimal all-reduce
-//! algorithms for clusters of workstations", JPDC 69(2), 2009; Thakur, Rabenseifner and
-//! Gropp 2005 for the α-β-γ terms; Jia et al., arXiv:1807.11205, 2018, for the two-level
-//! scheme).
+//! [`HierCostModel`] (in `hier.rs`) prices every algorithm on a layout of ranks over hosts,
+//! with one model within hosts and one for the network between them.
 
 use crate::types::{Algo, CollDesc, CollKind};
+
+mod hier;
+pub use hier::HierCostModel;
 
 /// Machine parameters of the model, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -210,7 +194,7 @@ impl CostModel {
         let tree = algo == Algo::Tree;
         match desc.kind {
             CollKind::AllReduce => match algo {
-                Algo::Ring => self.ring_all_reduce(bytes, p),
+                Algo::Ring | Algo::Hierarchical | Algo::HostRing => self.ring_all_reduce(bytes, p),
                 Algo::Tree => self.tree_all_reduce(bytes, p, segment_bytes),
                 Algo::RecursiveDoubling => self.recursive_doubling_all_reduce(bytes, p),
                 Algo::Rabenseifner => self.rabenseifner_all_reduce(bytes, p),
@@ -225,105 +209,6 @@ impl CostModel {
             CollKind::Barrier => self.barrier(p),
             CollKind::AllToAllV | CollKind::SendRecv => 0.0,
         }
-    }
-}
-
-/// The α-β-γ model with two link classes: within a host and between hosts.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HierCostModel {
-    /// Links between ranks of one host; its `gamma` prices every reduction.
-    pub intra: CostModel,
-    /// The network between hosts; `beta` is per byte through one host's link.
-    pub inter: CostModel,
-}
-
-impl Default for HierCostModel {
-    /// Shared memory within hosts ([`CostModel::shared_memory`]), TCP between them
-    /// ([`CostModel::default`]).
-    fn default() -> Self {
-        HierCostModel {
-            intra: CostModel::shared_memory(),
-            inter: CostModel::default(),
-        }
-    }
-}
-
-/// `(number of hosts, ranks per host)` of a layout given as the host id of every rank.
-fn host_sizes(host_of: &[usize]) -> (usize, Vec<usize>) {
-    let mut ids: Vec<usize> = host_of.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let sizes: Vec<usize> = ids
-        .iter()
-        .map(|id| host_of.iter().filter(|&&h| h == *id).count())
-        .collect();
-    (ids.len(), sizes)
-}
-
-impl HierCostModel {
-    /// A ring all-reduce of `bytes` over `p` ranks whose busiest host has `e` ring edges
-    /// leaving it (0: all on one host).
-    fn ring(&self, bytes: usize, p: usize, e: usize) -> f64 {
-        if p <= 1 {
-            return 0.0;
-        }
-        let c = bytes.div_ceil(p) as f64;
-        let (i, x) = (&self.intra, &self.inter);
-        let step_intra = i.alpha + c * i.beta;
-        let step = if e == 0 {
-            step_intra
-        } else {
-            step_intra.max(x.alpha + e as f64 * c * x.beta)
-        };
-        let steps = (p - 1) as f64;
-        2.0 * steps * step + steps * c * i.gamma
-    }
-
-    /// The flat ring all-reduce ([`crate::plan::plan`]'s ring, in rank order `r -> r+1`) of
-    /// `bytes` per rank on the layout `host_of` (the host id of every rank).
-    pub fn flat_ring_all_reduce(&self, bytes: usize, host_of: &[usize]) -> f64 {
-        let p = host_of.len();
-        let e = (0..p)
-            .filter(|&r| host_of[r] != host_of[(r + 1) % p])
-            .map(|r| {
-                (0..p)
-                    .filter(|&q| host_of[q] == host_of[r] && host_of[q] != host_of[(q + 1) % p])
-                    .count()
-            })
-            .max()
-            .unwrap_or(0);
-        self.ring(bytes, p, e)
-    }
-
-    /// The ring all-reduce in host order (`plan::host_ring`) of `bytes` per rank on the
-    /// layout `host_of`: one ring edge leaves each host.
-    pub fn host_ring_all_reduce(&self, bytes: usize, host_of: &[usize]) -> f64 {
-        let (h, _) = host_sizes(host_of);
-        self.ring(bytes, host_of.len(), usize::from(h > 1))
-    }
-
-    /// The hierarchical all-reduce (`plan::hier_all_reduce`, with a ring across hosts) of
-    /// `bytes` per rank on the layout `host_of`.
-    pub fn hierarchical_all_reduce(&self, bytes: usize, host_of: &[usize]) -> f64 {
-        let (h, sizes) = host_sizes(host_of);
-        if host_of.len() <= 1 {
-            return 0.0;
-        }
-        let m = sizes.iter().copied().min().unwrap_or(1);
-        let s = sizes.iter().copied().max().unwrap_or(1);
-        let (i, x) = (&self.intra, &self.inter);
-        let blk = bytes.div_ceil(m) as f64;
-        let intra_steps = (s - 1) as f64;
-        let rs = intra_steps * (i.alpha + blk * (i.beta + i.gamma));
-        let ag = intra_steps * (i.alpha + blk * i.beta);
-        let inter = if h > 1 {
-            let sub = bytes.div_ceil(m).div_ceil(h) as f64;
-            let steps = (h - 1) as f64;
-            2.0 * steps * (x.alpha + m as f64 * sub * x.beta) + steps * sub * i.gamma
-        } else {
-            0.0
-        };
-        rs + inter + ag
     }
 }
 
@@ -499,66 +384,5 @@ mod tests {
         };
         let t = m.ring_all_reduce(1 << 20, 8);
         assert!((t - 2.0 * 7.0 / 8.0 * (1 << 20) as f64).abs() < 1e-6);
-    }
-
-    #[test]
-    fn hierarchical_beats_flat_ring_by_the_bus_factor_ratio() {
-        // N = 9 ranks on 3 hosts, a network 80 times slower than shared memory.
-        let host_of: Vec<usize> = (0..9).map(|r| r / 3).collect();
-        let m = HierCostModel {
-            intra: CostModel::shared_memory(),
-            inter: CostModel {
-                alpha: 20e-6,
-                beta: 1.0 / 100e6,
-                gamma: 0.0,
-            },
-        };
-        let bytes = 1 << 30;
-        let ratio =
-            m.flat_ring_all_reduce(bytes, &host_of) / m.hierarchical_all_reduce(bytes, &host_of);
-        let ideal = (2.0 * 8.0 / 9.0) / (2.0 * 2.0 / 3.0); // 4/3
-        assert!(ratio > 1.25 && ratio <= ideal + 1e-9, "ratio {ratio}");
-        // Free intra-host links: exactly the ratio of the bus factors, at large sizes.
-        let free = HierCostModel {
-            intra: CostModel {
-                alpha: 0.0,
-                beta: 0.0,
-                gamma: 0.0,
-            },
-            ..m
-        };
-        let ratio = free.flat_ring_all_reduce(bytes, &host_of)
-            / free.hierarchical_all_reduce(bytes, &host_of);
-        assert!((ratio - ideal).abs() < 1e-3, "ratio {ratio}");
-        // Contiguous hosts: rank order is host order.
-        assert_eq!(
-            m.flat_ring_all_reduce(bytes, &host_of),
-            m.host_ring_all_reduce(bytes, &host_of)
-        );
-    }
-
-    #[test]
-    fn host_order_helps_interleaved_layouts_and_one_host_is_intra() {
-        let m = HierCostModel::default();
-        let round_robin: Vec<usize> = (0..9).map(|r| r % 3).collect();
-        let b = 1 << 28;
-        // Every rank-order edge leaves its host: three per host share its link.
-        let (flat, host) = (
-            m.flat_ring_all_reduce(b, &round_robin),
-            m.host_ring_all_reduce(b, &round_robin),
-        );
-        assert!(flat > 2.5 * host, "flat {flat} host {host}");
-        let one = [4usize; 6];
-        // One host: the reduce-scatter and all-gather of a ring over its six ranks.
-        let want = 2.0 * 5.0 * m.intra.alpha
-            + 5.0 * (b.div_ceil(6) as f64) * (2.0 * m.intra.beta + m.intra.gamma);
-        let got = m.hierarchical_all_reduce(b, &one);
-        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
-        assert_eq!(
-            m.flat_ring_all_reduce(b, &one),
-            m.intra.ring_all_reduce(b, 6)
-        );
-        assert_eq!(m.hierarchical_all_reduce(b, &[0]), 0.0);
-        assert_eq!(m.flat_ring_all_reduce(b, &[]), 0.0);
     }
 }
