@@ -335,6 +335,28 @@ impl HierCostModel {
         phase1 + phase2 + i.alpha + c * i.beta
     }
 
+    /// The α–β lower bound of an all-reduce of `bytes` on `hosts`: every host's network link
+    /// carries at least `2(H-1)/H·b` each way and every rank's intra-host link `2(s-1)/s·b`
+    /// of its host's share (bandwidth-optimal bounds of Patarasuk and Yuan, JPDC 69(2),
+    /// 2009), and a value needs `⌈log2 H⌉` network and `⌈log2 s⌉` intra-host latencies to
+    /// reach every rank.
+    pub fn all_reduce_bound(&self, bytes: usize, hosts: &Hosts) -> f64 {
+        let (h, n) = (hosts.nhosts(), hosts.nranks());
+        if n <= 1 {
+            return 0.0;
+        }
+        let b = bytes as f64;
+        let s = hosts.sizes().into_iter().max().unwrap_or(1) as f64;
+        let net = if h > 1 {
+            2.0 * (h - 1) as f64 / h as f64 * b * self.inter.beta
+        } else {
+            0.0
+        };
+        let local = 2.0 * (s - 1.0) / s * b * self.intra.beta;
+        let alpha = log2_ceil(h) * self.inter.alpha + log2_ceil(s as usize) * self.intra.alpha;
+        net.max(local) + alpha
+    }
+
     /// Predicted time of `desc` on the layout `hosts` with `algo` (meaning as in
     /// [`crate::plan::choose_algo_on`]) and pipeline segments of `segment_bytes`. On one
     /// host this is the intra-host model's [`CostModel::predict`], a host-aware algorithm
@@ -461,5 +483,32 @@ mod tests {
         );
         assert_eq!(m.hierarchical_all_reduce(b, &[0]), 0.0);
         assert_eq!(m.flat_ring_all_reduce(b, &[]), 0.0);
+    }
+
+    #[test]
+    fn the_bound_is_below_every_prediction() {
+        let m = HierCostModel::default();
+        for sizes in [&[8; 8][..], &[3, 3, 3], &[4], &[1, 1], &[8; 64]] {
+            let hosts = Hosts::from_sizes(sizes).unwrap();
+            let mut bytes = 8;
+            while bytes <= 1 << 30 {
+                let d = CollDesc {
+                    kind: CollKind::AllReduce,
+                    count: bytes / 4,
+                    dtype: crate::types::DataType::Float32,
+                    op: crate::types::ReduceOp::Sum,
+                    root: 0,
+                };
+                let lb = m.all_reduce_bound(bytes, &hosts);
+                for a in Algo::ALL {
+                    let t = m.predict(&d, &hosts, a, 1 << 20);
+                    assert!(
+                        lb <= t * (1.0 + 1e-9),
+                        "{sizes:?} {bytes} {a:?}: {lb} > {t}"
+                    );
+                }
+                bytes *= 8;
+            }
+        }
     }
 }
