@@ -385,8 +385,9 @@ typedef struct {
      */
     const char *socketIfname;
     /**
-     * All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling) or
-     * `"rabenseifner"` (`DMSC_ALGO`; default: chosen by the cost model).
+     * All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling),
+     * `"rabenseifner"`, `"hier"` (hierarchical, across hosts) or `"hostring"` (the ring
+     * in host order) (`DMSC_ALGO`; default: chosen by the cost model).
      */
     const char *algo;
 } dmscConfig_t;

@@ -55,8 +55,9 @@ pub struct dmscConfig_t {
     /// `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit` and
     /// `dmscCommShrink`: such a communicator listens on its parent's interface.
     pub socketIfname: *const c_char,
-    /// All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling) or
-    /// `"rabenseifner"` (`DMSC_ALGO`; default: chosen by the cost model).
+    /// All-reduce algorithm: `"ring"`, `"tree"`, `"rd"` (recursive doubling),
+    /// `"rabenseifner"`, `"hier"` (hierarchical, across hosts) or `"hostring"` (the ring
+    /// in host order) (`DMSC_ALGO`; default: chosen by the cost model).
     pub algo: *const c_char,
 }
 
