@@ -123,14 +123,7 @@ fn run(a: &Args) -> Result<(), String> {
         inter: a.model.inter,
         ..PlanConfig::default()
     };
-    let algos = [
-        Algo::Ring,
-        Algo::Tree,
-        Algo::RecursiveDoubling,
-        Algo::Rabenseifner,
-        Algo::HostRing,
-        Algo::Hierarchical,
-    ];
+    let algos = Algo::ALL;
     println!(
         "# dmsc-sim: all_reduce, {} hosts x {} ranks = {n} ranks; time in us, busbw in GB/s",
         a.hosts, a.per_host
