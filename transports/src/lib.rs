@@ -10,6 +10,7 @@ pub(crate) mod conn;
 pub mod connect;
 mod id_hash;
 pub mod ifaddr;
+pub mod rdma;
 pub mod route;
 pub mod shm;
 pub mod store;

@@ -1,0 +1,167 @@
+//! Setting the RDMA transport up over the bootstrap exchange.
+//!
+//! Each rank picks its port (`DMSC_IB_HCA`, [`super::hca`]), creates for every peer
+//! [`RdmaOptions::paths`] reliable-connected queue pairs and moves them to INIT, registers
+//! its message, mailbox and staging memory, and publishes one [`Card`] (port address and
+//! every queue pair number) in a single exchange, as the TCP and shared-memory setups do.
+//! From the cards each rank connects queue pair `k` to peer `p` with `p`'s queue pair `k`
+//! for it: receives posted, then RTR (remote QPN, LID/GID, the smaller MTU) and RTS
+//! (timeout and retry counts), per `ibv_modify_qp(3)`.
+
+use super::options::RdmaOptions;
+use super::pool::SlotPool;
+use super::qp_state::{QpAttrs, QpState};
+use super::transport::{Path, Peer, RdmaTransport, RECV_DEPTH, SEND_DEPTH};
+use super::verbs::{Access, RemoteQp, VerbsProvider};
+use super::wire::{Card, PeerCard, MSG_SLOT};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::types::Rank;
+use dmsc_core::wire::HEADER_LEN;
+
+/// Publishes this rank's bytes and returns every rank's, indexed by rank.
+pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
+
+/// Connect `rank` of `nranks` to every other rank through `provider`'s devices.
+pub fn connect(
+    provider: &dyn VerbsProvider,
+    opts: &RdmaOptions,
+    rank: Rank,
+    nranks: usize,
+    exchange: Exchange<'_>,
+) -> Result<RdmaTransport> {
+    let devices = provider.devices()?;
+    let selected = opts.filter.select(&devices, &opts.hca)?;
+    let port = &selected[0];
+    if selected.len() > 1 {
+        log::info!(
+            "rank {rank}: RDMA uses {}:{} ({} more ports selected; one port per rank for now)",
+            port.device,
+            port.port,
+            selected.len() - 1
+        );
+    }
+    let npeers = nranks.saturating_sub(1);
+    let np = opts.paths;
+    let cq_depth = (nranks * np * (RECV_DEPTH + SEND_DEPTH) as usize).max(64);
+    let mut ctx = provider.open(&port.device, port.port, opts.gid_index, cq_depth)?;
+    let rx = SlotPool::new(
+        &mut *ctx,
+        "receive message slots",
+        MSG_SLOT,
+        nranks * np * RECV_DEPTH as usize,
+        Access::REMOTE_WRITE,
+    )?;
+    let tx = SlotPool::new(
+        &mut *ctx,
+        "send message slots",
+        MSG_SLOT,
+        (npeers * np * 16).max(64),
+        Access::LOCAL,
+    )?;
+    let stage_tx = SlotPool::new(
+        &mut *ctx,
+        "send staging slots",
+        opts.staging_slot,
+        opts.staging_slots,
+        Access::LOCAL,
+    )?;
+    let stage_rx = SlotPool::new(
+        &mut *ctx,
+        "receive staging slots",
+        opts.staging_slot,
+        opts.staging_slots,
+        Access::REMOTE_WRITE,
+    )?;
+    let mut peers = Vec::with_capacity(nranks);
+    let mut card = Card {
+        addr: ctx.port_addr(),
+        paths: np as u8,
+        peers: vec![PeerCard::default(); nranks],
+    };
+    for p in 0..nranks {
+        if p == rank {
+            peers.push(None);
+            continue;
+        }
+        let mut paths = Vec::with_capacity(np);
+        for _ in 0..np {
+            let qp = ctx.create_qp(SEND_DEPTH, RECV_DEPTH)?;
+            ctx.modify_qp(qp, QpState::Init, &opts.attrs, None)?;
+            card.peers[p].qpns.push(qp.qpn);
+            paths.push(Path::new(qp));
+        }
+        let mbox = SlotPool::new(
+            &mut *ctx,
+            "mailbox",
+            HEADER_LEN,
+            opts.window,
+            Access::REMOTE_WRITE,
+        )?;
+        let trailers = SlotPool::new(
+            &mut *ctx,
+            "trailer slots",
+            HEADER_LEN,
+            2 * opts.window,
+            Access::LOCAL,
+        )?;
+        peers.push(Some(Peer::new(paths, mbox, trailers)));
+    }
+    let all = exchange(&card.encode())?;
+    if all.len() != nranks {
+        return Err(Error::internal(format!(
+            "the exchange returned {} RDMA cards for {nranks} ranks",
+            all.len()
+        )));
+    }
+    let cards = all
+        .iter()
+        .enumerate()
+        .map(|(r, b)| Card::decode(b, r, nranks))
+        .collect::<Result<Vec<Card>>>()?;
+    let mut t = RdmaTransport::from_parts(
+        rank,
+        ctx,
+        provider.name(),
+        opts.attrs,
+        peers,
+        rx,
+        tx,
+        stage_tx,
+        stage_rx,
+        np,
+    );
+    for (p, c) in cards.iter().enumerate() {
+        if p == rank {
+            continue;
+        }
+        if c.paths as usize != np {
+            return Err(Error::invalid(format!(
+                "rank {p} uses {} RDMA queue pairs per peer and rank {rank} {np}: \
+                 DMSC_IB_QPS_PER_CONNECTION must be the same on every rank",
+                c.paths
+            )));
+        }
+        let theirs = &c.peers[rank].qpns;
+        if theirs.len() != np {
+            return Err(Error::protocol(format!(
+                "rank {p}'s RDMA card lists {} queue pairs for rank {rank}, not {np}",
+                theirs.len()
+            )));
+        }
+        let attrs = QpAttrs {
+            mtu: c.addr.mtu.min(t.ctx.port_addr().mtu),
+            ..opts.attrs
+        };
+        for (k, &qpn) in theirs.iter().enumerate() {
+            for i in 0..RECV_DEPTH {
+                let slot = t.rx_slot(p, k, i);
+                t.post_rx(p, k, slot)?;
+            }
+            let qp = t.peers[p].as_ref().expect("peer").paths[k].qp;
+            let remote = RemoteQp { addr: c.addr, qpn };
+            t.ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
+            t.ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
+        }
+    }
+    Ok(t)
+}

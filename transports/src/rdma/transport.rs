@@ -1,0 +1,1083 @@
+//! The RDMA transport: engine frames moved by RDMA writes over several reliable-connected
+//! queue pairs per peer, with failover between them.
+//!
+//! # The protocol
+//!
+//! Receiver-driven, as in NCCL's `net_ib.cc` (read for the design, never copied):
+//! 1. A posted receive gets the next receive number from its peer and, once a mailbox slot
+//!    (and a staging slot, if its memory could not be registered) is free, a clear-to-send
+//!    ([`Cts`]) goes to the peer as a SEND: the destination address and rkey, the address
+//!    and rkey of a 64-byte mailbox slot, and the whole frame header the receive expects.
+//! 2. The sender's send of the same number waits for it, then checks its header against the
+//!    expected one ([`FrameHeader::matches`]) before a byte moves. On a match it RDMA-writes
+//!    the payload to the destination and then its frame header into the mailbox with
+//!    RDMA WRITE WITH IMMEDIATE (immediate: the receive number), the write followed by a
+//!    write-with-immediate that NCCL uses under adaptive routing. On a mismatch it writes only
+//!    its header, with the mismatch bit in the immediate.
+//! 3. The write-with-immediate consumes a receive at the peer, and reliable connection
+//!    guarantees the payload landed before it. The receiver reads the header from the
+//!    mailbox, checks it again, and completes the receive ([`Completion::Received`] with the
+//!    sender's CRC, or [`Completion::BadHeader`]). The sender's send completes when the
+//!    write-with-immediate's completion arrives.
+//!
+//! Control messages travel as SENDs too, cut into fragments that stay on one queue pair.
+//!
+//! **Credits.** Every SEND and write-with-immediate consumes a receive the peer posted on that
+//! queue pair. Each side counts the receives its peer has posted for it (`credits`), spends one
+//! per message, and gets them back in the head of every message the peer sends on that queue
+//! pair, or in an explicit credit message when half have piled up. The last credit is kept
+//! for credit messages, so both ends can always return credits and nothing waits on a
+//! receiver that is not ready. Send work requests per queue pair are bounded likewise, and
+//! the receives out per peer by the mailbox window.
+//!
+//! **Spraying and failover.** Each frame goes on the healthy queue pair with the fewest bytes
+//! in flight; messages go round-robin. A work request that fails (`IBV_WC_RETRY_EXC_ERR` and
+//! the `IBV_WC_WR_FLUSH_ERR`s after it) takes its queue pair out of service: its frames whose
+//! write-with-immediate was not acknowledged are written again on a healthy one (same
+//! destination and mailbox, so a repeat is harmless), and its unacknowledged messages are sent
+//! again. When no queue pair to a peer is left, the peer fails ([`Completion::PeerFailed`]),
+//! naming each queue pair and why it failed. A failed queue pair is not rebuilt yet.
+//!
+//! **Registration.** User memory is registered through the engine's cache
+//! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
+//! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
+//! memory are copied through registered staging slots instead.
+
+use super::pool::SlotPool;
+use super::qp_state::{QpAttrs, QpState};
+use super::verbs::{
+    Access, Mr, QpHandle, RecvWr, SendOp, SendWr, Sge, VerbsContext, WcKind, WcStatus,
+    WorkCompletion,
+};
+use super::wire::{imm_for, split_imm, Cts, Msg, CONTROL_FRAGMENT, MSG_SLOT};
+use dmsc_core::engine::{Completion, MemKind, RegHandle, Token, Transport, Waker};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::types::Rank;
+use dmsc_core::wire::{FrameHeader, HEADER_LEN};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Receives posted per queue pair (and so the credits a peer starts with).
+pub const RECV_DEPTH: u32 = 32;
+/// Send work requests outstanding per queue pair.
+pub const SEND_DEPTH: u32 = 96;
+
+const K_RECV: u64 = 1;
+const K_MSG: u64 = 2;
+const K_WRITE: u64 = 3;
+const K_IMM: u64 = 4;
+const IDX_MASK: u64 = (1 << 36) - 1;
+
+fn wr_id(kind: u64, peer: usize, path: usize, idx: u64) -> u64 {
+    (kind << 60) | ((peer as u64 & 0xffff) << 44) | ((path as u64 & 0xff) << 36) | (idx & IDX_MASK)
+}
+
+fn split_wr_id(id: u64) -> (u64, usize, usize, u64) {
+    (
+        id >> 60,
+        ((id >> 44) & 0xffff) as usize,
+        ((id >> 36) & 0xff) as usize,
+        id & IDX_MASK,
+    )
+}
+
+/// What the transport did, readable from any thread (tests, reports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RdmaStats {
+    /// Frames written.
+    pub frames_written: u64,
+    /// Frames written again on another queue pair after theirs failed.
+    pub frames_rewritten: u64,
+    /// Queue pairs taken out of service.
+    pub paths_failed: u64,
+    /// Registrations refused for lack of pinnable memory (then staged).
+    pub registrations_staged: u64,
+    /// Frames sent or received through staging slots.
+    pub frames_staged: u64,
+    /// Credit-only messages sent.
+    pub credit_messages: u64,
+}
+
+/// A registration as the transport keeps it.
+#[derive(Clone, Copy, Debug)]
+enum Reg {
+    Mr(Mr),
+    /// `ibv_reg_mr` refused (pinned-memory limit): copy through staging slots.
+    Staged,
+}
+
+pub(super) struct Path {
+    pub(super) qp: QpHandle,
+    pub(super) up: bool,
+    pub(super) why: Option<String>,
+    /// Receives the peer has posted for us on this queue pair and we have not consumed.
+    pub(super) credits: u32,
+    /// Receives we reposted and have not reported to the peer.
+    pub(super) returned: u32,
+    /// Our send work requests outstanding.
+    pub(super) wrs: u32,
+    /// Payload bytes of frames in flight on it.
+    pub(super) bytes: u64,
+    /// Control fragments received so far.
+    pub(super) reasm: Vec<u8>,
+}
+
+impl Path {
+    pub(super) fn new(qp: QpHandle) -> Path {
+        Path {
+            qp,
+            up: true,
+            why: None,
+            credits: RECV_DEPTH,
+            returned: 0,
+            wrs: 0,
+            bytes: 0,
+            reasm: Vec::new(),
+        }
+    }
+
+    /// Whether a request consuming `msgs` receives and `wrs` send slots fits.
+    fn fits(&self, msgs: u32, wrs: u32) -> bool {
+        self.up && self.credits > msgs && self.wrs + wrs <= SEND_DEPTH
+    }
+}
+
+struct OutFrame {
+    token: Token,
+    header: FrameHeader,
+    data: *const u8,
+    /// `None`: zero bytes, or memory that must be staged.
+    lkey: Option<u32>,
+}
+
+struct Writing {
+    frame: OutFrame,
+    cts: Cts,
+    trailer: u32,
+    stage: Option<u32>,
+    /// The queue pair carrying it now (`None`: waiting to be posted again).
+    path: Option<usize>,
+    mismatch: bool,
+}
+
+struct InFrame {
+    token: Token,
+    expect: FrameHeader,
+    dst: *mut u8,
+    /// `None`: zero bytes, or memory that must be staged.
+    rkey: Option<u32>,
+    mbox: Option<u32>,
+    stage: Option<u32>,
+}
+
+/// A group of messages that must go on one queue pair (a control message's fragments, or
+/// one clear-to-send).
+struct Group {
+    msgs: Vec<Msg>,
+    /// The queue pair and completions still due, once posted.
+    posted: Option<(usize, usize)>,
+}
+
+pub(super) struct Peer {
+    pub(super) paths: Vec<Path>,
+    pub(super) mbox: SlotPool,
+    pub(super) trailers: SlotPool,
+    failed: bool,
+    next_path: usize,
+    // Receive side.
+    recv_seq: u64,
+    recvs: BTreeMap<u64, InFrame>,
+    cts_due: VecDeque<u64>,
+    // Send side.
+    send_seq: u64,
+    sends: BTreeMap<u64, OutFrame>,
+    cts: HashMap<u64, Cts>,
+    ready: VecDeque<u64>,
+    writing: HashMap<u64, Writing>,
+    // Messages.
+    outbox: VecDeque<u64>,
+    groups: HashMap<u64, Group>,
+    next_group: u64,
+}
+
+impl Peer {
+    pub(super) fn new(paths: Vec<Path>, mbox: SlotPool, trailers: SlotPool) -> Peer {
+        Peer {
+            paths,
+            mbox,
+            trailers,
+            failed: false,
+            next_path: 0,
+            recv_seq: 0,
+            recvs: BTreeMap::new(),
+            cts_due: VecDeque::new(),
+            send_seq: 0,
+            sends: BTreeMap::new(),
+            cts: HashMap::new(),
+            ready: VecDeque::new(),
+            writing: HashMap::new(),
+            outbox: VecDeque::new(),
+            groups: HashMap::new(),
+            next_group: 0,
+        }
+    }
+}
+
+struct Wake {
+    woken: AtomicBool,
+}
+
+impl Waker for Wake {
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+/// The RDMA transport over one [`VerbsContext`].
+pub struct RdmaTransport {
+    pub(super) rank: Rank,
+    pub(super) ctx: Box<dyn VerbsContext>,
+    pub(super) provider: &'static str,
+    pub(super) attrs: QpAttrs,
+    /// Per rank (`None` for this rank).
+    pub(super) peers: Vec<Option<Peer>>,
+    /// Receive message slots: `(peer * paths + path) * RECV_DEPTH + i`.
+    pub(super) rx: SlotPool,
+    /// Send message slots.
+    pub(super) tx: SlotPool,
+    /// Owner of each send slot in use: (peer, group).
+    tx_owner: HashMap<u32, (usize, u64)>,
+    pub(super) stage_tx: SlotPool,
+    pub(super) stage_rx: SlotPool,
+    regs: HashMap<u64, Reg>,
+    next_reg: u64,
+    memlock_warned: bool,
+    wake: Arc<Wake>,
+    stats: Arc<Mutex<RdmaStats>>,
+    wcs: Vec<WorkCompletion>,
+    npaths: usize,
+}
+
+// SAFETY: the raw pointers held (frame sources and destinations) are lent by the engine under
+// the `Transport` contract and used only by the thread that owns the transport; the verbs
+// context is `Send` by its trait.
+unsafe impl Send for RdmaTransport {}
+
+impl RdmaTransport {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn from_parts(
+        rank: Rank,
+        ctx: Box<dyn VerbsContext>,
+        provider: &'static str,
+        attrs: QpAttrs,
+        peers: Vec<Option<Peer>>,
+        rx: SlotPool,
+        tx: SlotPool,
+        stage_tx: SlotPool,
+        stage_rx: SlotPool,
+        npaths: usize,
+    ) -> RdmaTransport {
+        RdmaTransport {
+            rank,
+            ctx,
+            provider,
+            attrs,
+            peers,
+            rx,
+            tx,
+            tx_owner: HashMap::new(),
+            stage_tx,
+            stage_rx,
+            regs: HashMap::new(),
+            next_reg: 0,
+            memlock_warned: false,
+            wake: Arc::new(Wake {
+                woken: AtomicBool::new(false),
+            }),
+            stats: Arc::new(Mutex::new(RdmaStats::default())),
+            wcs: Vec::new(),
+            npaths,
+        }
+    }
+
+    /// What the transport did so far, shared (read it after the engine took the transport).
+    pub fn stats_handle(&self) -> Arc<Mutex<RdmaStats>> {
+        self.stats.clone()
+    }
+
+    fn stat(&self, f: impl FnOnce(&mut RdmaStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The receive slot of (peer, path, i).
+    pub(super) fn rx_slot(&self, peer: usize, path: usize, i: u32) -> u32 {
+        ((peer * self.npaths + path) as u32) * RECV_DEPTH + i
+    }
+
+    /// Post receive slot `slot` on (peer, path).
+    pub(super) fn post_rx(&mut self, peer: usize, path: usize, slot: u32) -> Result<()> {
+        let qp = self.peer(peer)?.paths[path].qp;
+        let wr = RecvWr {
+            wr_id: wr_id(K_RECV, peer, path, slot as u64),
+            sge: Some(Sge {
+                addr: self.rx.addr(slot),
+                len: MSG_SLOT as u32,
+                lkey: self.rx.mr().lkey,
+            }),
+        };
+        // SAFETY: the slot is transport-owned registered memory that lives as long as the
+        // context (pools are closed after the queue pairs are destroyed).
+        unsafe { self.ctx.post_recv(qp, &wr) }
+    }
+
+    fn peer(&mut self, peer: Rank) -> Result<&mut Peer> {
+        self.peers
+            .get_mut(peer)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| Error::invalid(format!("rank {peer} is not a peer of rank {}", self.rank)))
+    }
+
+    fn lookup(&self, reg: Option<RegHandle>) -> Option<Reg> {
+        reg.and_then(|h| self.regs.get(&h.key).copied())
+    }
+
+    fn queue_group(&mut self, peer: Rank, msgs: Vec<Msg>) {
+        let Some(p) = self.peers.get_mut(peer).and_then(Option::as_mut) else {
+            return;
+        };
+        let id = p.next_group;
+        p.next_group += 1;
+        p.groups.insert(id, Group { msgs, posted: None });
+        p.outbox.push_back(id);
+    }
+
+    /// Post one message on (peer, path) from a fresh send slot; `owner` is its group.
+    fn post_msg(&mut self, peer: Rank, path: usize, msg: &Msg, owner: Option<u64>) -> Result<()> {
+        let slot = self
+            .tx
+            .alloc()
+            .ok_or_else(|| Error::internal("RDMA send message slots exhausted"))?;
+        let p = self.peers[peer].as_mut().expect("peer checked");
+        let credits = std::mem::take(&mut p.paths[path].returned);
+        let n = msg.encode(credits, self.tx.bytes_mut(slot));
+        let pa = &mut p.paths[path];
+        pa.credits -= 1;
+        pa.wrs += 1;
+        let qp = pa.qp;
+        if let Some(g) = owner {
+            self.tx_owner.insert(slot, (peer, g));
+        }
+        let wr = SendWr {
+            wr_id: wr_id(K_MSG, peer, path, slot as u64),
+            sge: Some(Sge {
+                addr: self.tx.addr(slot),
+                len: n as u32,
+                lkey: self.tx.mr().lkey,
+            }),
+            op: SendOp::Send,
+        };
+        // SAFETY: the slot stays ours until its completion (released in `on_msg_done`).
+        unsafe { self.ctx.post_send(qp, &wr) }
+    }
+
+    /// Issue clear-to-sends, post writes and messages, return credits: everything that
+    /// waits for a slot, a credit or a clear-to-send.
+    fn pump(&mut self, out: &mut Vec<Completion>) -> Result<()> {
+        for peer in 0..self.peers.len() {
+            if self.peers[peer].as_ref().is_none_or(|p| p.failed) {
+                continue;
+            }
+            if let Err(e) = self.pump_peer(peer) {
+                self.fail_peer(peer, e, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn pump_peer(&mut self, peer: Rank) -> Result<()> {
+        // Clear-to-sends for receives waiting for a mailbox (and staging) slot.
+        loop {
+            let p = self.peers[peer].as_mut().expect("peer");
+            let Some(&seq) = p.cts_due.front() else { break };
+            let r = p.recvs.get(&seq).expect("due receive");
+            let staged = r.rkey.is_none() && r.expect.len > 0;
+            if p.mbox.available() == 0 || (staged && self.stage_rx.available() == 0) {
+                break;
+            }
+            p.cts_due.pop_front();
+            let mbox = p.mbox.alloc().expect("available");
+            let stage = if staged { self.stage_rx.alloc() } else { None };
+            let r = p.recvs.get_mut(&seq).expect("due receive");
+            r.mbox = Some(mbox);
+            r.stage = stage;
+            let (addr, rkey) = match (stage, r.rkey) {
+                (Some(s), _) => (self.stage_rx.addr(s), self.stage_rx.mr().rkey),
+                (None, Some(k)) => (r.dst as u64, k),
+                (None, None) => (0, 0),
+            };
+            let cts = Cts {
+                seq,
+                addr,
+                rkey,
+                mbox: p.mbox.addr(mbox),
+                mbox_rkey: p.mbox.mr().rkey,
+                expect: r.expect,
+            };
+            self.queue_group(peer, vec![Msg::Cts(cts)]);
+        }
+        // Sends whose clear-to-send arrived.
+        loop {
+            let p = self.peers[peer].as_mut().expect("peer");
+            let Some((&seq, _)) = p.sends.iter().next() else { break };
+            if !p.cts.contains_key(&seq) || p.trailers.available() == 0 {
+                break;
+            }
+            let f = p.sends.get(&seq).expect("present");
+            let staged = f.lkey.is_none() && f.header.len > 0;
+            let cts = p.cts[&seq];
+            let mismatch = !f.header.matches(&cts.expect);
+            if staged && !mismatch && self.stage_tx.available() == 0 {
+                break;
+            }
+            let frame = p.sends.remove(&seq).expect("present");
+            p.cts.remove(&seq);
+            let trailer = p.trailers.alloc().expect("available");
+            let mut h = [0u8; HEADER_LEN];
+            frame.header.encode(&mut h);
+            p.trailers.bytes_mut(trailer)[..HEADER_LEN].copy_from_slice(&h);
+            let stage = if staged && !mismatch {
+                let s = self.stage_tx.alloc().expect("available");
+                let n = frame.header.len as usize;
+                // SAFETY: the engine lent `n` readable bytes at `data` until completion.
+                let src = unsafe { std::slice::from_raw_parts(frame.data, n) };
+                self.stage_tx.bytes_mut(s)[..n].copy_from_slice(src);
+                self.stat(|s| s.frames_staged += 1);
+                Some(s)
+            } else {
+                None
+            };
+            let p = self.peers[peer].as_mut().expect("peer");
+            p.writing.insert(
+                seq,
+                Writing {
+                    frame,
+                    cts,
+                    trailer,
+                    stage,
+                    path: None,
+                    mismatch,
+                },
+            );
+            p.ready.push_back(seq);
+        }
+        // Writes ready to go (new, or again after a failure).
+        loop {
+            let p = self.peers[peer].as_mut().expect("peer");
+            let Some(&seq) = p.ready.front() else { break };
+            let w = &p.writing[&seq];
+            let len = if w.mismatch { 0 } else { w.frame.header.len };
+            let wrs = if len > 0 { 2 } else { 1 };
+            let Some(path) = (0..p.paths.len())
+                .filter(|&i| p.paths[i].fits(1, wrs))
+                .min_by_key(|&i| p.paths[i].bytes)
+            else {
+                break;
+            };
+            p.ready.pop_front();
+            self.post_write(peer, seq, path, len)?;
+        }
+        // Messages, each group on one queue pair, round-robin.
+        loop {
+            let p = self.peers[peer].as_mut().expect("peer");
+            let Some(&g) = p.outbox.front() else { break };
+            let n = p.groups[&g].msgs.len() as u32;
+            let np = p.paths.len();
+            let Some(path) = (0..np)
+                .map(|k| (p.next_path + k) % np)
+                .find(|&i| p.paths[i].fits(n, n))
+            else {
+                break;
+            };
+            if self.tx.available() < n as usize {
+                break;
+            }
+            p.next_path = (path + 1) % np;
+            p.outbox.pop_front();
+            let group = p.groups.get_mut(&g).expect("queued group");
+            group.posted = Some((path, n as usize));
+            let msgs = group.msgs.clone();
+            for m in &msgs {
+                self.post_msg(peer, path, m, Some(g))?;
+            }
+        }
+        // Credits: return them when half have piled up on a queue pair.
+        for path in 0..self.npaths {
+            let p = self.peers[peer].as_mut().expect("peer");
+            let pa = &p.paths[path];
+            if pa.up && pa.returned >= RECV_DEPTH / 2 && pa.credits >= 1 && pa.wrs < SEND_DEPTH
+            {
+                if self.tx.available() == 0 {
+                    break;
+                }
+                self.post_msg(peer, path, &Msg::Credit, None)?;
+                self.stat(|s| s.credit_messages += 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn post_write(&mut self, peer: Rank, seq: u64, path: usize, len: u32) -> Result<()> {
+        let stage_lkey = self.stage_tx.mr().lkey;
+        let p = self.peers[peer].as_mut().expect("peer");
+        let w = p.writing.get_mut(&seq).expect("writing");
+        w.path = Some(path);
+        let qp = p.paths[path].qp;
+        let (cts, trailer, mismatch) = (w.cts, w.trailer, w.mismatch);
+        let src = match (w.stage, w.frame.lkey) {
+            (Some(s), _) => Some((self.stage_tx.addr(s), stage_lkey)),
+            (None, Some(k)) => Some((w.frame.data as u64, k)),
+            (None, None) => None,
+        };
+        let trailer_sge = Sge {
+            addr: p.trailers.addr(trailer),
+            len: HEADER_LEN as u32,
+            lkey: p.trailers.mr().lkey,
+        };
+        let pa = &mut p.paths[path];
+        pa.credits -= 1;
+        pa.wrs += if len > 0 { 2 } else { 1 };
+        pa.bytes += len as u64;
+        if len > 0 {
+            let (addr, lkey) = src.ok_or_else(|| {
+                Error::internal(format!("frame {seq} of {len} bytes has no registered source"))
+            })?;
+            let wr = SendWr {
+                wr_id: wr_id(K_WRITE, peer, path, seq),
+                sge: Some(Sge { addr, len, lkey }),
+                op: SendOp::Write {
+                    remote_addr: cts.addr,
+                    rkey: cts.rkey,
+                },
+            };
+            // SAFETY: the source is the engine's registered memory (lent until the send
+            // completes) or a staging slot held until then.
+            unsafe { self.ctx.post_send(qp, &wr)? };
+        }
+        let wr = SendWr {
+            wr_id: wr_id(K_IMM, peer, path, seq),
+            sge: Some(trailer_sge),
+            op: SendOp::WriteImm {
+                remote_addr: cts.mbox,
+                rkey: cts.mbox_rkey,
+                imm: imm_for(seq, mismatch),
+            },
+        };
+        // SAFETY: the trailer slot is held until the write-with-immediate completes.
+        unsafe { self.ctx.post_send(qp, &wr)? };
+        self.stat(|s| s.frames_written += 1);
+        Ok(())
+    }
+
+    fn handle(&mut self, wc: WorkCompletion, out: &mut Vec<Completion>) -> Result<()> {
+        let (kind, peer, path, idx) = split_wr_id(wc.wr_id);
+        // A message slot is free once its completion is in, whatever became of it.
+        let owner = if kind == K_MSG {
+            self.tx.release(idx as u32);
+            self.tx_owner.remove(&(idx as u32))
+        } else {
+            None
+        };
+        if self.peers.get(peer).and_then(Option::as_ref).is_none_or(|p| p.failed) {
+            return Ok(());
+        }
+        if wc.status != WcStatus::Success {
+            self.path_down(peer, path, wc.status, out);
+            return Ok(());
+        }
+        match kind {
+            K_RECV => {
+                let slot = idx as u32;
+                {
+                    let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
+                    pa.returned += 1;
+                }
+                match wc.kind {
+                    WcKind::RecvImm => {
+                        let imm = wc.imm.ok_or_else(|| {
+                            Error::protocol("write with immediate completed without immediate data")
+                        })?;
+                        self.post_rx(peer, path, slot)?;
+                        self.on_trailer(peer, imm, out)?;
+                    }
+                    _ => {
+                        let n = wc.byte_len as usize;
+                        let decoded = Msg::decode(&self.rx.bytes(slot)[..n.min(MSG_SLOT)]);
+                        self.post_rx(peer, path, slot)?;
+                        let (credits, msg) = decoded?;
+                        self.on_msg(peer, path, credits, msg, out);
+                    }
+                }
+            }
+            K_MSG => {
+                let p = self.peers[peer].as_mut().expect("peer");
+                p.paths[path].wrs -= 1;
+                if let Some((_, g)) = owner {
+                    if let Some(group) = p.groups.get_mut(&g) {
+                        if let Some((_, left)) = group.posted.as_mut() {
+                            *left -= 1;
+                            if *left == 0 {
+                                p.groups.remove(&g);
+                            }
+                        }
+                    }
+                }
+            }
+            K_WRITE => {
+                let p = self.peers[peer].as_mut().expect("peer");
+                p.paths[path].wrs -= 1;
+            }
+            K_IMM => {
+                let p = self.peers[peer].as_mut().expect("peer");
+                p.paths[path].wrs -= 1;
+                let seq = p
+                    .writing
+                    .keys()
+                    .copied()
+                    .find(|s| s & IDX_MASK == idx);
+                let Some(seq) = seq else { return Ok(()) };
+                if p.writing[&seq].path != Some(path) {
+                    return Ok(()); // a late completion of a copy on a failed queue pair
+                }
+                let w = p.writing.remove(&seq).expect("present");
+                let len = if w.mismatch { 0 } else { w.frame.header.len };
+                p.paths[path].bytes -= len as u64;
+                p.trailers.release(w.trailer);
+                if let Some(s) = w.stage {
+                    self.stage_tx.release(s);
+                }
+                out.push(Completion::Sent {
+                    token: w.frame.token,
+                });
+            }
+            _ => {
+                return Err(Error::internal(format!(
+                    "completion with unknown work request id {:#x}",
+                    wc.wr_id
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_msg(&mut self, peer: Rank, path: usize, credits: u32, msg: Msg, out: &mut Vec<Completion>) {
+        let p = self.peers[peer].as_mut().expect("peer");
+        p.paths[path].credits += credits;
+        match msg {
+            Msg::Cts(c) => {
+                // A clear-to-send sent again after a failure may arrive twice.
+                let waiting = p.sends.contains_key(&c.seq) || c.seq >= p.send_seq;
+                if waiting && !p.writing.contains_key(&c.seq) {
+                    p.cts.insert(c.seq, c);
+                }
+            }
+            Msg::Control { last, bytes } => {
+                let pa = &mut p.paths[path];
+                pa.reasm.extend_from_slice(&bytes);
+                if last {
+                    out.push(Completion::Control {
+                        peer,
+                        payload: std::mem::take(&mut pa.reasm),
+                    });
+                }
+            }
+            Msg::Credit => {}
+        }
+    }
+
+    fn on_trailer(&mut self, peer: Rank, imm: u32, out: &mut Vec<Completion>) -> Result<()> {
+        let (low, mismatch) = split_imm(imm);
+        let p = self.peers[peer].as_mut().expect("peer");
+        let Some(seq) = p
+            .recvs
+            .iter()
+            .find(|(s, r)| (**s as u32 & 0x7fff_ffff) == low && r.mbox.is_some())
+            .map(|(s, _)| *s)
+        else {
+            return Ok(()); // a repeat after failover of a receive already complete
+        };
+        let r = p.recvs.remove(&seq).expect("present");
+        let mbox = r.mbox.expect("clear-to-send was sent");
+        let got = FrameHeader::decode(&p.mbox.bytes(mbox)[..HEADER_LEN]);
+        p.mbox.release(mbox);
+        let got = got.map_err(|e| {
+            Error::protocol(format!("the completion trailer of receive {seq} from rank {peer}: {e}"))
+        })?;
+        if mismatch || !got.matches(&r.expect) {
+            if let Some(s) = r.stage {
+                self.stage_rx.release(s);
+            }
+            out.push(Completion::BadHeader {
+                token: r.token,
+                peer,
+                got,
+            });
+            return Ok(());
+        }
+        if let Some(s) = r.stage {
+            let n = r.expect.len as usize;
+            // SAFETY: the engine lent `n` writable bytes at `dst` until this completion; the
+            // staging slot holds at least `n` (frames are at most a slot).
+            unsafe { std::ptr::copy_nonoverlapping(self.stage_rx.bytes(s).as_ptr(), r.dst, n) };
+            self.stage_rx.release(s);
+            self.stat(|s| s.frames_staged += 1);
+        }
+        out.push(Completion::Received {
+            token: r.token,
+            crc: got.crc,
+        });
+        Ok(())
+    }
+
+    /// Take queue pair `path` to `peer` out of service and move its work to the others.
+    fn path_down(&mut self, peer: Rank, path: usize, status: WcStatus, out: &mut Vec<Completion>) {
+        let p = self.peers[peer].as_mut().expect("peer");
+        let Some(pa) = p.paths.get_mut(path) else { return };
+        if pa.up {
+            pa.up = false;
+            pa.why = Some(status.name().to_string());
+            pa.reasm.clear();
+            let qpn = pa.qp.qpn;
+            log::warn!(
+                "rank {}: RDMA queue pair {path} (qpn {qpn}) to rank {peer} failed with {}; \
+                 moving its work to the other queue pairs",
+                self.rank,
+                status.name()
+            );
+            let mut again: Vec<u64> = p
+                .writing
+                .iter()
+                .filter(|(_, w)| w.path == Some(path))
+                .map(|(s, _)| *s)
+                .collect();
+            again.sort_unstable();
+            let n = again.len() as u64;
+            for s in again.into_iter().rev() {
+                p.writing.get_mut(&s).expect("present").path = None;
+                p.ready.push_front(s);
+            }
+            let mut regroup: Vec<u64> = p
+                .groups
+                .iter()
+                .filter(|(_, g)| g.posted.is_some_and(|(q, _)| q == path))
+                .map(|(id, _)| *id)
+                .collect();
+            regroup.sort_unstable();
+            for g in regroup.into_iter().rev() {
+                p.groups.get_mut(&g).expect("present").posted = None;
+                p.outbox.push_front(g);
+            }
+            self.stat(|s| {
+                s.paths_failed += 1;
+                s.frames_rewritten += n;
+            });
+        }
+        let p = self.peers[peer].as_ref().expect("peer");
+        if p.paths.iter().all(|pa| !pa.up) {
+            let e = Error::PeerLost {
+                peer,
+                detail: format!(
+                    "every RDMA queue pair to rank {peer} failed: {}",
+                    self.describe_paths(peer)
+                ),
+            };
+            self.fail_peer(peer, e, out);
+        }
+    }
+
+    fn describe_paths(&self, peer: Rank) -> String {
+        let Some(p) = self.peers.get(peer).and_then(Option::as_ref) else {
+            return String::new();
+        };
+        p.paths
+            .iter()
+            .enumerate()
+            .map(|(i, pa)| match &pa.why {
+                None => format!("qp {i} (qpn {}) up", pa.qp.qpn),
+                Some(w) => format!("qp {i} (qpn {}) failed: {w}", pa.qp.qpn),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn fail_peer(&mut self, peer: Rank, error: Error, out: &mut Vec<Completion>) {
+        let Some(p) = self.peers.get_mut(peer).and_then(Option::as_mut) else {
+            return;
+        };
+        if p.failed {
+            return;
+        }
+        p.failed = true;
+        for pa in &p.paths {
+            let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+        }
+        out.push(Completion::PeerFailed { peer, error });
+    }
+
+    fn progress(&mut self, out: &mut Vec<Completion>) -> Result<()> {
+        self.pump(out)?;
+        loop {
+            let mut wcs = std::mem::take(&mut self.wcs);
+            wcs.clear();
+            let n = self.ctx.poll_cq(&mut wcs, 64)?;
+            for wc in wcs.drain(..) {
+                self.handle(wc, out)?;
+            }
+            self.wcs = wcs;
+            if n == 0 {
+                break;
+            }
+            self.pump(out)?;
+        }
+        Ok(())
+    }
+
+    fn is_staged(&self, reg: Option<RegHandle>, len: u32) -> Result<Option<u32>> {
+        match (self.lookup(reg), len) {
+            (_, 0) => Ok(None),
+            (Some(Reg::Mr(m)), _) => Ok(Some(m.lkey)),
+            (Some(Reg::Staged), _) | (None, _) => {
+                if len as usize > self.stage_tx.slot_bytes() {
+                    return Err(Error::invalid(format!(
+                        "an RDMA frame of {len} bytes in unregistered memory exceeds the \
+                         staging slot of {} bytes (the engine's chunk size)",
+                        self.stage_tx.slot_bytes()
+                    )));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Transport for RdmaTransport {
+    fn name(&self) -> &'static str {
+        "rdma"
+    }
+
+    fn needs_registration(&self, peer: Rank, kind: MemKind) -> bool {
+        kind == MemKind::Host && peer != self.rank
+    }
+
+    fn register(&mut self, ptr: *mut u8, len: usize, kind: MemKind) -> Result<RegHandle> {
+        if kind != MemKind::Host {
+            return Err(Error::usage(format!(
+                "the RDMA transport registers host memory only, not {kind}"
+            )));
+        }
+        let reg = match self.ctx.reg_mr(ptr as u64, len, Access::REMOTE_WRITE) {
+            Ok(m) => Reg::Mr(m),
+            Err(Error::System {
+                errno: Some(libc::ENOMEM),
+                detail,
+                ..
+            }) => {
+                if !self.memlock_warned {
+                    self.memlock_warned = true;
+                    log::warn!(
+                        "rank {}: ibv_reg_mr refused {len} bytes ({detail}): the pinned-memory \
+                         limit RLIMIT_MEMLOCK (`ulimit -l`) is too low; frames in memory that \
+                         cannot be registered are copied through the transport's registered \
+                         staging slots (slower). Raise the limit, e.g. `ulimit -l unlimited`.",
+                        self.rank
+                    );
+                }
+                self.stat(|s| s.registrations_staged += 1);
+                Reg::Staged
+            }
+            Err(e) => return Err(e),
+        };
+        self.next_reg += 1;
+        self.regs.insert(self.next_reg, reg);
+        Ok(RegHandle { key: self.next_reg })
+    }
+
+    fn deregister(&mut self, handle: RegHandle) {
+        if let Some(Reg::Mr(m)) = self.regs.remove(&handle.key) {
+            self.ctx.dereg_mr(m);
+        }
+    }
+
+    unsafe fn post_send_registered(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        let lkey = self.is_staged(Some(reg), header.len)?;
+        let p = self.peer(peer)?;
+        let seq = p.send_seq;
+        p.send_seq += 1;
+        p.sends.insert(
+            seq,
+            OutFrame {
+                token,
+                header: *header,
+                data,
+                lkey,
+            },
+        );
+        Ok(())
+    }
+
+    unsafe fn post_recv_registered(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        reg: RegHandle,
+        token: Token,
+    ) -> Result<()> {
+        let rkey = match self.lookup(Some(reg)) {
+            Some(Reg::Mr(m)) if expect.len > 0 => Some(m.rkey),
+            _ => {
+                self.is_staged(Some(reg), expect.len)?;
+                None
+            }
+        };
+        let p = self.peer(peer)?;
+        let seq = p.recv_seq;
+        p.recv_seq += 1;
+        p.recvs.insert(
+            seq,
+            InFrame {
+                token,
+                expect: *expect,
+                dst,
+                rkey,
+                mbox: None,
+                stage: None,
+            },
+        );
+        p.cts_due.push_back(seq);
+        Ok(())
+    }
+
+    unsafe fn post_send(
+        &mut self,
+        peer: Rank,
+        header: &FrameHeader,
+        data: *const u8,
+        token: Token,
+    ) -> Result<()> {
+        // Unregistered (zero bytes, or staged): a handle no registration has.
+        // SAFETY: forwarded contract; handle 0 is never issued, so the frame is staged.
+        unsafe { self.post_send_registered(peer, header, data, RegHandle { key: 0 }, token) }
+    }
+
+    unsafe fn post_recv(
+        &mut self,
+        peer: Rank,
+        expect: &FrameHeader,
+        dst: *mut u8,
+        token: Token,
+    ) -> Result<()> {
+        // SAFETY: forwarded contract; handle 0 is never issued, so the frame is staged.
+        unsafe { self.post_recv_registered(peer, expect, dst, RegHandle { key: 0 }, token) }
+    }
+
+    fn send_control(&mut self, peer: Rank, payload: &[u8]) {
+        if self.peers.get(peer).and_then(Option::as_ref).is_none_or(|p| p.failed) {
+            return;
+        }
+        let chunks: Vec<&[u8]> = if payload.is_empty() {
+            vec![&[][..]]
+        } else {
+            payload.chunks(CONTROL_FRAGMENT).collect()
+        };
+        let n = chunks.len();
+        let msgs = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Msg::Control {
+                last: i + 1 == n,
+                bytes: c.to_vec(),
+            })
+            .collect();
+        self.queue_group(peer, msgs);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> Result<()> {
+        let before = out.len();
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(5);
+        loop {
+            self.progress(out)?;
+            if out.len() > before || timeout.is_zero() {
+                return Ok(());
+            }
+            if self.wake.woken.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            // No completion channel in the verbs trait yet: back off from a few
+            // microseconds to a millisecond, never spinning hot for long.
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        // Stop the hardware first: in ERROR no queue pair reads or writes our memory, and
+        // peers' writes into it fail.
+        for p in self.peers.iter_mut().flatten() {
+            for pa in &p.paths {
+                let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+            }
+            p.failed = true;
+            p.recvs.clear();
+            p.cts_due.clear();
+            p.sends.clear();
+            p.cts.clear();
+            p.ready.clear();
+            p.writing.clear();
+        }
+        let mut sink = Vec::new();
+        let _ = self.ctx.poll_cq(&mut sink, usize::MAX);
+    }
+
+    fn waker(&self) -> Arc<dyn Waker> {
+        self.wake.clone()
+    }
+
+    fn describe_peer(&self, peer: Rank) -> Option<String> {
+        Some(format!("{} over {}: {}", self.name(), self.provider, self.describe_paths(peer)))
+    }
+}
+
+impl Drop for RdmaTransport {
+    fn drop(&mut self) {
+        for p in self.peers.iter_mut().flatten() {
+            for pa in &p.paths {
+                self.ctx.destroy_qp(pa.qp);
+            }
+            p.mbox.close(&mut *self.ctx);
+            p.trailers.close(&mut *self.ctx);
+        }
+        for (_, r) in self.regs.drain() {
+            if let Reg::Mr(m) = r {
+                self.ctx.dereg_mr(m);
+            }
+        }
+        self.rx.close(&mut *self.ctx);
+        self.tx.close(&mut *self.ctx);
+        self.stage_tx.close(&mut *self.ctx);
+        self.stage_rx.close(&mut *self.ctx);
+    }
+}
