@@ -24,8 +24,8 @@
 
 use super::qp_state::{QpAttrs, QpState};
 use super::verbs::{
-    Access, DeviceInfo, Mr, PortAddr, PortInfo, QpHandle, RecvWr, RemoteQp, SendOp, SendWr,
-    Sge, VerbsContext, VerbsProvider, WcKind, WcStatus, WorkCompletion,
+    Access, DeviceInfo, Mr, PortAddr, PortInfo, QpHandle, RecvWr, RemoteQp, SendOp, SendWr, Sge,
+    VerbsContext, VerbsProvider, WcKind, WcStatus, WorkCompletion,
 };
 use dmsc_core::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
@@ -131,6 +131,17 @@ impl FakeFabric {
     /// Refuse registrations on `dev` beyond `bytes` pinned in all (`None`: no limit).
     pub fn set_memlock_limit(&self, dev: usize, bytes: Option<usize>) {
         self.lock().devs[dev].memlock = bytes;
+    }
+
+    /// Device `dev`'s host dies: its queue pairs and regions vanish without a word, and
+    /// peers' requests to it go unanswered (`IBV_WC_RETRY_EXC_ERR`).
+    pub fn crash(&self, dev: usize) {
+        let mut f = self.lock();
+        let d = &mut f.devs[dev];
+        d.open = false;
+        d.qps.clear();
+        d.mrs.clear();
+        d.cq.clear();
     }
 
     /// How many writes the fabric refused with `IBV_WC_REM_ACCESS_ERR`.
@@ -278,8 +289,11 @@ impl Fabric {
         });
         if status != WcStatus::Success {
             let name = d.name.clone();
-            self.log
-                .push(format!("{name} qp {qpn}: wr {} {}", wr.wr_id, status.name()));
+            self.log.push(format!(
+                "{name} qp {qpn}: wr {} {}",
+                wr.wr_id,
+                status.name()
+            ));
             self.fail_qp(dev, qpn);
         }
     }
@@ -335,8 +349,8 @@ impl Fabric {
             // until its timeout.
             return false;
         }
-        let peer_alive = self.devs[rdev].open
-            && matches!(peer_state, Some(QpState::Rtr | QpState::Rts));
+        let peer_alive =
+            self.devs[rdev].open && matches!(peer_state, Some(QpState::Rtr | QpState::Rts));
         if !peer_alive {
             self.devs[dev].processed += 1;
             self.complete_head(dev, qpn, WcStatus::RetryExceeded);
@@ -364,7 +378,8 @@ impl Fabric {
         }
         self.devs[dev].processed += 1;
         match wr.op {
-            SendOp::Write { remote_addr, rkey } | SendOp::WriteImm {
+            SendOp::Write { remote_addr, rkey }
+            | SendOp::WriteImm {
                 remote_addr, rkey, ..
             } => {
                 if !self.remote_ok(rdev, rkey, remote_addr, len) {
@@ -714,10 +729,9 @@ mod tests {
         let src = vec![7u8; 64];
         let mut dst = vec![0u8; 64];
         let ms = p.a.reg_mr(src.as_ptr() as u64, 64, Access::LOCAL).unwrap();
-        let md = p
-            .b
-            .reg_mr(dst.as_mut_ptr() as u64, 64, Access::REMOTE_WRITE)
-            .unwrap();
+        let md =
+            p.b.reg_mr(dst.as_mut_ptr() as u64, 64, Access::REMOTE_WRITE)
+                .unwrap();
         let wr = |id, off: u64, len| SendWr {
             wr_id: id,
             sge: Some(Sge {
@@ -777,10 +791,21 @@ mod tests {
         let mut p = pair(QpAttrs::default());
         for id in 0..3 {
             // SAFETY: no memory involved.
-            unsafe { p.b.post_recv(p.qb, &RecvWr { wr_id: id, sge: None }).unwrap() };
+            unsafe {
+                p.b.post_recv(
+                    p.qb,
+                    &RecvWr {
+                        wr_id: id,
+                        sge: None,
+                    },
+                )
+                .unwrap()
+            };
         }
         let dst = [0u8; 8];
-        let m = p.b.reg_mr(dst.as_ptr() as u64, 8, Access::REMOTE_WRITE).unwrap();
+        let m =
+            p.b.reg_mr(dst.as_ptr() as u64, 8, Access::REMOTE_WRITE)
+                .unwrap();
         let imm = |id, v| SendWr {
             wr_id: id,
             sge: None,
@@ -806,7 +831,10 @@ mod tests {
         );
         let r = poll(&mut p.b);
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].wr_id, r[0].imm, r[0].kind), (0, Some(20), WcKind::RecvImm));
+        assert_eq!(
+            (r[0].wr_id, r[0].imm, r[0].kind),
+            (0, Some(20), WcKind::RecvImm)
+        );
         // The peer's queue pair is healthy; its sends now find nobody answering.
         // SAFETY: no memory involved.
         unsafe {
@@ -833,7 +861,16 @@ mod tests {
         let e = a
             .reg_mr(buf.as_ptr() as u64, 8192, Access::LOCAL)
             .unwrap_err();
-        assert!(matches!(e, Error::System { errno: Some(libc::ENOMEM), .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::System {
+                    errno: Some(libc::ENOMEM),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         a.reg_mr(buf.as_ptr() as u64, 4096, Access::LOCAL).unwrap();
         assert_eq!(p.fabric.pinned(0), 4096);
     }

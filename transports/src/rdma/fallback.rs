@@ -21,7 +21,10 @@ pub fn probe(provider: &dyn VerbsProvider, opts: &RdmaOptions) -> Result<String,
             provider_source(provider)
         ));
     }
-    let sel = opts.filter.select(&devices, &opts.hca).map_err(|e| e.to_string())?;
+    let sel = opts
+        .filter
+        .select(&devices, &opts.hca)
+        .map_err(|e| e.to_string())?;
     let first = &sel[0];
     provider
         .open(&first.device, first.port, opts.gid_index, 64)
@@ -60,14 +63,20 @@ mod tests {
         let first = log_fallback_once(&why);
         assert!(!log_fallback_once(&why), "logged twice");
         let _ = first; // another test may have logged first; the second call never logs
-        assert_eq!(probe(&f.provider(&[0]), &RdmaOptions::default()).unwrap(), "fake0:1");
+        assert_eq!(
+            probe(&f.provider(&[0]), &RdmaOptions::default()).unwrap(),
+            "fake0:1"
+        );
         let opts = RdmaOptions {
             hca: "mlx5".into(),
             filter: HcaFilter::parse("mlx5").unwrap(),
             ..RdmaOptions::default()
         };
         let why = probe(&f.provider(&[0]), &opts).unwrap_err();
-        assert!(why.contains("DMSC_IB_HCA=mlx5 matches no active RDMA port; found: fake0:1"), "{why}");
+        assert!(
+            why.contains("DMSC_IB_HCA=mlx5 matches no active RDMA port; found: fake0:1"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -77,7 +86,9 @@ mod tests {
         let why = probe(&crate::rdma::sys::SysVerbs, &RdmaOptions::default());
         let why = why.unwrap_err();
         assert!(
-            why.contains("no RDMA device found") || why.contains("discovery only") || why.contains("cannot be loaded"),
+            why.contains("no RDMA device found")
+                || why.contains("discovery only")
+                || why.contains("cannot be loaded"),
             "{why}"
         );
     }

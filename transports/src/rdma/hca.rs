@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn nothing_matching_lists_what_exists() {
         let e = sel("mlx4").unwrap_err().to_string();
-        assert!(e.contains("DMSC_IB_HCA=mlx4 matches no active RDMA port"), "{e}");
+        assert!(
+            e.contains("DMSC_IB_HCA=mlx4 matches no active RDMA port"),
+            "{e}"
+        );
         assert!(
             e.contains("mlx5_0:1 (active, InfiniBand)") && e.contains("mlx5_10:1 (not active"),
             "{e}"

@@ -114,7 +114,10 @@ mod tests {
         let e = RdmaOptions::from_env(&env(&[("DMSC_IB_RETRY_CNT", "9")]), 1)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("DMSC_IB_RETRY_CNT=9 is not a number from 0 to 7"), "{e}");
+        assert!(
+            e.contains("DMSC_IB_RETRY_CNT=9 is not a number from 0 to 7"),
+            "{e}"
+        );
         let e = RdmaOptions::from_env(&env(&[("DMSC_IB_QPS_PER_CONNECTION", "0")]), 1)
             .unwrap_err()
             .to_string();

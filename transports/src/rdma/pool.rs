@@ -31,17 +31,25 @@ impl SlotPool {
             Error::invalid(format!("{what}: {count} slots of {slot} bytes overflow"))
         })?;
         let mem = vec![0u64; bytes / 8].into_boxed_slice();
-        let mr = ctx.reg_mr(mem.as_ptr() as u64, bytes, access).map_err(|e| {
-            if matches!(e, Error::System { errno: Some(libc::ENOMEM), .. }) {
-                Error::usage(format!(
-                    "registering the RDMA transport's {what} ({bytes} bytes) failed: the \
+        let mr = ctx
+            .reg_mr(mem.as_ptr() as u64, bytes, access)
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    Error::System {
+                        errno: Some(libc::ENOMEM),
+                        ..
+                    }
+                ) {
+                    Error::usage(format!(
+                        "registering the RDMA transport's {what} ({bytes} bytes) failed: the \
                      pinned-memory limit (RLIMIT_MEMLOCK, `ulimit -l`) is too low; raise it \
                      (e.g. `ulimit -l unlimited`, or LimitMEMLOCK= in systemd) ({e})"
-                ))
-            } else {
-                e
-            }
-        })?;
+                    ))
+                } else {
+                    e
+                }
+            })?;
         Ok(SlotPool {
             mem,
             mr,

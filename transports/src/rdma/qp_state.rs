@@ -138,7 +138,10 @@ mod tests {
         assert!(!Reset.can_move_to(Rts) && !Init.can_move_to(Rts) && !Rts.can_move_to(Rtr));
         assert!(Rts.can_move_to(Error) && Error.can_move_to(Reset));
         let e = Reset.check_move(Rtr, 9).unwrap_err().to_string();
-        assert!(e.contains("queue pair 9") && e.contains("RESET to RTR"), "{e}");
+        assert!(
+            e.contains("queue pair 9") && e.contains("RESET to RTR"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -147,6 +150,10 @@ mod tests {
         assert_eq!((a.timeout, a.retry_cnt), (20, 7));
         a.validate().unwrap();
         let bad = QpAttrs { retry_cnt: 8, ..a };
-        assert!(bad.validate().unwrap_err().to_string().contains("RETRY_CNT=8"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("RETRY_CNT=8"));
     }
 }

@@ -50,7 +50,9 @@ pub fn probe_library() -> std::result::Result<(), String> {
                 .to_string_lossy()
                 .into_owned()
         };
-        return Err(format!("{LIBIBVERBS} cannot be loaded ({why}); install rdma-core"));
+        return Err(format!(
+            "{LIBIBVERBS} cannot be loaded ({why}); install rdma-core"
+        ));
     }
     // SAFETY: `h` is the handle dlopen just returned; closing drops our reference only.
     unsafe { libc::dlclose(h) };
@@ -155,7 +157,10 @@ mod tests {
                 }
             ]
         );
-        assert!(devices_in(&root).unwrap().is_empty(), "absent root: no devices");
+        assert!(
+            devices_in(&root).unwrap().is_empty(),
+            "absent root: no devices"
+        );
     }
 
     #[test]

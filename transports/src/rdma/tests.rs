@@ -1,0 +1,545 @@
+//! The RDMA transport over FAKE verbs ([`super::fake`]): every collective through the engine
+//! on 2 to 5 ranks (threads) checked byte for byte against the simulator, a queue pair
+//! failing mid-transfer, the registration cache, the pinned-memory limit, writes outside a
+//! registration, header mismatches and a peer that goes away.
+
+use super::connect;
+use super::fake::FakeFabric;
+use super::options::RdmaOptions;
+use super::transport::{RdmaStats, RdmaTransport};
+use dmsc_core::engine::{
+    Completion, Engine, EngineConfig, OpMemory, RegCacheConfig, RegStats, Region, Transport,
+};
+use dmsc_core::error::{Error, Result};
+use dmsc_core::plan::{buffer_elems, plan, PlanConfig};
+use dmsc_core::sim::{run_collective, SendMode};
+use dmsc_core::types::{CollDesc, CollKind, DataType, ReduceOp};
+use dmsc_core::wire::{FrameHeader, FrameKind};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A one-shot all-to-all exchange among threads, like the bootstrap store's.
+#[derive(Clone)]
+struct Board {
+    inner: Arc<(Mutex<Vec<Option<Vec<u8>>>>, Condvar)>,
+}
+
+impl Board {
+    fn new(n: usize) -> Board {
+        Board {
+            inner: Arc::new((Mutex::new(vec![None; n]), Condvar::new())),
+        }
+    }
+
+    fn exchange(&self, rank: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let (m, cv) = &*self.inner;
+        let mut v = m.lock().unwrap();
+        v[rank] = Some(mine.to_vec());
+        cv.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while v.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::internal("test exchange timed out"));
+            }
+            v = cv.wait_timeout(v, left).unwrap().0;
+        }
+        Ok(v.iter().map(|b| b.clone().expect("all present")).collect())
+    }
+}
+
+fn opts(chunk: usize) -> RdmaOptions {
+    RdmaOptions {
+        staging_slot: chunk,
+        ..RdmaOptions::default()
+    }
+}
+
+/// Connect rank `rank` of `n` on `fabric` (device `rank`).
+fn connect_rank(
+    fabric: &FakeFabric,
+    board: &Board,
+    rank: usize,
+    n: usize,
+    o: &RdmaOptions,
+) -> Result<RdmaTransport> {
+    let provider = fabric.provider(&[rank]);
+    let mut ex = |b: &[u8]| board.exchange(rank, b);
+    connect(&provider, o, rank, n, &mut ex)
+}
+
+/// Connect `n` ranks, one thread each.
+fn connect_all(fabric: &FakeFabric, n: usize, o: &RdmaOptions) -> Vec<RdmaTransport> {
+    let board = Board::new(n);
+    let hs: Vec<_> = (0..n)
+        .map(|r| {
+            let (f, b, o) = (fabric.clone(), board.clone(), o.clone());
+            std::thread::spawn(move || connect_rank(&f, &b, r, n, &o).unwrap())
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn engine_cfg(chunk: usize) -> EngineConfig {
+    EngineConfig {
+        chunk_bytes: chunk,
+        window: 4,
+        timeout: Duration::from_secs(20),
+        ..EngineConfig::default()
+    }
+}
+
+/// Input of rank `r`: small integers as f32, so that every sum is exact.
+fn input(r: usize, bytes: usize) -> Vec<u8> {
+    (0..bytes / 4)
+        .flat_map(|i| (((r * 7 + i * 3) % 101) as f32).to_le_bytes())
+        .collect()
+}
+
+struct Run {
+    outputs: Vec<Vec<u8>>,
+    stats: Vec<RdmaStats>,
+    reg: Vec<RegStats>,
+}
+
+/// Run `desc` `repeat` times on `n` ranks over the fake; `tweak` runs on each rank's thread
+/// after it connected (arm faults, limits). Returns each rank's last output.
+fn run(
+    fabric: &FakeFabric,
+    n: usize,
+    desc: CollDesc,
+    chunk: usize,
+    repeat: usize,
+    reg: RegCacheConfig,
+    tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
+) -> Result<Run> {
+    let board = Board::new(n);
+    let tweak = Arc::new(tweak);
+    let hs: Vec<_> = (0..n)
+        .map(|rank| {
+            let (f, b, tw) = (fabric.clone(), board.clone(), tweak.clone());
+            std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats)> {
+                let t = connect_rank(&f, &b, rank, n, &opts(chunk))?;
+                let stats = t.stats_handle();
+                tw(rank, &f);
+                let cfg = EngineConfig {
+                    registration: reg,
+                    ..engine_cfg(chunk)
+                };
+                let mut e = Engine::new(Box::new(t), rank, n, cfg);
+                let (ie, oe) = buffer_elems(&desc, n)?;
+                let mut inb = input(rank, ie * 4);
+                let mut outb = vec![0xEEu8; oe * 4];
+                for _ in 0..repeat {
+                    let sched = plan(&desc, rank, n, false, &PlanConfig::default())?;
+                    let mem = OpMemory {
+                        input: Region::host(inb.as_mut_ptr(), inb.len()),
+                        output: Region::host(outb.as_mut_ptr(), outb.len()),
+                        group: vec![],
+                    };
+                    // SAFETY: both buffers outlive the call and nothing else touches them.
+                    unsafe { e.run_collective(desc, sched, mem) }?;
+                }
+                let rs = e.registration_stats();
+                drop(e);
+                let s = *stats.lock().unwrap();
+                Ok((outb, s, rs))
+            })
+        })
+        .collect();
+    let mut out = Run {
+        outputs: vec![],
+        stats: vec![],
+        reg: vec![],
+    };
+    for h in hs {
+        let (o, s, r) = h.join().unwrap()?;
+        out.outputs.push(o);
+        out.stats.push(s);
+        out.reg.push(r);
+    }
+    Ok(out)
+}
+
+fn expected(desc: &CollDesc, n: usize) -> Vec<Vec<u8>> {
+    let (ie, _) = buffer_elems(desc, n).unwrap();
+    let inputs: Vec<Vec<u8>> = (0..n).map(|r| input(r, ie * 4)).collect();
+    run_collective(
+        desc,
+        n,
+        false,
+        &PlanConfig::default(),
+        &inputs,
+        SendMode::Rendezvous,
+    )
+    .unwrap()
+    .outputs
+}
+
+fn desc(kind: CollKind, count: usize) -> CollDesc {
+    CollDesc {
+        kind,
+        count: if kind == CollKind::Barrier { 0 } else { count },
+        dtype: DataType::Float32,
+        op: ReduceOp::Sum,
+        root: 1,
+    }
+}
+
+#[test]
+fn every_collective_on_2_to_5_ranks_matches_the_simulator() {
+    let kinds = [
+        CollKind::AllReduce,
+        CollKind::ReduceScatter,
+        CollKind::AllGather,
+        CollKind::Broadcast,
+        CollKind::Reduce,
+        CollKind::AllToAll,
+        CollKind::Barrier,
+    ];
+    for n in 2..=5 {
+        for kind in kinds {
+            let fabric = FakeFabric::new(n);
+            let d = desc(kind, 1001);
+            let r = run(&fabric, n, d, 1024, 1, RegCacheConfig::default(), |_, _| {})
+                .unwrap_or_else(|e| panic!("{kind:?} on {n} ranks: {e}"));
+            let want = expected(&d, n);
+            for rank in 0..n {
+                if kind == CollKind::Reduce && rank != d.root {
+                    continue; // non-roots' output is unspecified
+                }
+                assert!(
+                    r.outputs[rank] == want[rank],
+                    "{kind:?} on {n} ranks: rank {rank}'s output differs from the simulator's"
+                );
+            }
+            assert_eq!(fabric.remote_access_errors(), 0, "{kind:?} n={n}");
+            if kind != CollKind::Barrier {
+                let written: u64 = r.stats.iter().map(|s| s.frames_written).sum();
+                assert!(written > 0, "{kind:?} n={n}: no RDMA write happened");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_queue_pair_failing_mid_transfer_gives_the_exact_result() {
+    let n = 3;
+    let fabric = FakeFabric::new(n);
+    let d = desc(CollKind::AllReduce, 30_000);
+    // Rank 0's 40th send work request from now fails with IBV_WC_RETRY_EXC_ERR, deep into the
+    // reduce-scatter half; its queue pair goes to ERROR and flushes.
+    let r = run(
+        &fabric,
+        n,
+        d,
+        2048,
+        1,
+        RegCacheConfig::default(),
+        |rank, f| {
+            if rank == 0 {
+                f.inject_retry_exceeded(0, 40);
+            }
+        },
+    )
+    .unwrap();
+    let want = expected(&d, n);
+    for rank in 0..n {
+        assert!(
+            r.outputs[rank] == want[rank],
+            "rank {rank}: wrong result after failover"
+        );
+    }
+    let failed: u64 = r.stats.iter().map(|s| s.paths_failed).sum();
+    assert!(
+        failed >= 1,
+        "no queue pair was taken out of service: {:?}",
+        r.stats
+    );
+    assert!(
+        r.stats[0].frames_rewritten + r.stats[0].messages_resent >= 1,
+        "rank 0 re-sent nothing: {:?}",
+        r.stats[0]
+    );
+    assert!(
+        fabric
+            .log()
+            .iter()
+            .any(|l| l.contains("IBV_WC_RETRY_EXC_ERR")),
+        "{:?}",
+        fabric.log()
+    );
+}
+
+#[test]
+fn the_registration_cache_hits_on_reuse_and_evicts_past_its_bound() {
+    let n = 2;
+    let d = desc(CollKind::AllReduce, 8192);
+    let once = run(
+        &FakeFabric::new(n),
+        n,
+        d,
+        4096,
+        1,
+        RegCacheConfig::default(),
+        |_, _| {},
+    );
+    let thrice = run(
+        &FakeFabric::new(n),
+        n,
+        d,
+        4096,
+        3,
+        RegCacheConfig::default(),
+        |_, _| {},
+    );
+    let (once, thrice) = (once.unwrap(), thrice.unwrap());
+    for (a, b) in once.reg.iter().zip(&thrice.reg) {
+        // The buffers are registered in the first run; the later runs only hit.
+        assert_eq!(a.registrations, b.registrations, "{a:?} {b:?}");
+        assert!(b.hits >= a.hits + 2, "{a:?} {b:?}");
+        assert_eq!(b.evictions, 0, "{b:?}");
+    }
+    // A cache of one entry must evict to fit input and output in turn.
+    let fabric = FakeFabric::new(n);
+    let tiny = RegCacheConfig {
+        max_entries: 1,
+        ..RegCacheConfig::default()
+    };
+    let r = run(&fabric, n, d, 4096, 2, tiny, |_, _| {}).unwrap();
+    let want = expected(&d, n);
+    assert!(r.outputs == want);
+    for s in &r.reg {
+        assert!(s.evictions >= 1, "{s:?}");
+    }
+}
+
+#[test]
+fn a_memlock_refusal_stages_through_registered_slots_with_the_exact_result() {
+    let n = 3;
+    let d = desc(CollKind::AllReduce, 20_000);
+    let fabric = FakeFabric::new(n);
+    // After connecting, rank 1 may pin nothing more: user buffers cannot be registered.
+    let r = run(
+        &fabric,
+        n,
+        d,
+        4096,
+        2,
+        RegCacheConfig::default(),
+        |rank, f| {
+            if rank == 1 {
+                f.set_memlock_limit(1, Some(f.pinned(1)));
+            }
+        },
+    )
+    .unwrap();
+    assert!(r.outputs == expected(&d, n));
+    assert!(r.stats[1].registrations_staged >= 1, "{:?}", r.stats[1]);
+    assert!(r.stats[1].frames_staged >= 1, "{:?}", r.stats[1]);
+    assert_eq!(r.stats[0].registrations_staged, 0);
+}
+
+#[test]
+fn a_memlock_limit_too_low_for_the_transport_itself_is_a_clear_error() {
+    let fabric = FakeFabric::new(2);
+    fabric.set_memlock_limit(0, Some(64 << 10));
+    let board = Board::new(2);
+    let e = match connect_rank(&fabric, &board, 0, 2, &opts(4096)) {
+        Ok(_) => panic!("connected under a 64 KiB pinned-memory limit"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("RLIMIT_MEMLOCK") && e.contains("ulimit -l"),
+        "{e}"
+    );
+}
+
+fn header(msg: u32, len: u32) -> FrameHeader {
+    FrameHeader {
+        kind: FrameKind::Data,
+        seq: 1,
+        desc: desc(CollKind::AllReduce, 1024),
+        msg,
+        chunk: 0,
+        offset: 0,
+        len,
+        aux: 0,
+        crc: None,
+    }
+}
+
+/// Poll `t` until `f` accepts a completion or 10 s pass.
+fn wait_for(t: &mut RdmaTransport, mut f: impl FnMut(&Completion) -> bool) -> Completion {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        t.poll(&mut out, Duration::from_millis(5)).unwrap();
+        if let Some(i) = out.iter().position(&mut f) {
+            return out.swap_remove(i);
+        }
+        out.clear();
+    }
+    panic!("no such completion within 10 s");
+}
+
+#[test]
+fn a_write_outside_the_registration_is_caught_by_the_fake() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let src = vec![5u8; 256];
+    let mut dst = vec![0u8; 8192];
+    let ra = a
+        .register(
+            src.as_ptr() as *mut u8,
+            256,
+            dmsc_core::engine::MemKind::Host,
+        )
+        .unwrap();
+    // Rank 1 registers the first 4096 bytes but names a receive of 256 bytes at 4000: the
+    // last 160 fall outside its registration.
+    let rb = b
+        .register(dst.as_mut_ptr(), 4096, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    let h = header(0, 256);
+    // SAFETY: both buffers outlive the transports' use of them (checked by the polls below;
+    // the transports are dropped before the buffers).
+    unsafe {
+        a.post_send_registered(1, &h, src.as_ptr(), ra, 1).unwrap();
+        b.post_recv_registered(0, &h, dst.as_mut_ptr().add(4000), rb, 2)
+            .unwrap();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let got = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut out = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                b.poll(&mut out, Duration::from_millis(1)).unwrap();
+                out.clear();
+            }
+        });
+        let c = wait_for(&mut a, |c| matches!(c, Completion::PeerFailed { .. }));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        c
+    });
+    let Completion::PeerFailed { peer, error } = got else {
+        unreachable!()
+    };
+    assert_eq!(peer, 1);
+    assert!(
+        error.to_string().contains("IBV_WC_REM_ACCESS_ERR"),
+        "{error}"
+    );
+    assert!(fabric.remote_access_errors() >= 1);
+    assert!(dst.iter().all(|&x| x == 0), "a refused write landed");
+    drop((a, b));
+}
+
+#[test]
+fn a_header_mismatch_is_reported_before_any_byte_is_written() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let src = vec![5u8; 512];
+    let mut dst = vec![0u8; 512];
+    let ra = a
+        .register(
+            src.as_ptr() as *mut u8,
+            512,
+            dmsc_core::engine::MemKind::Host,
+        )
+        .unwrap();
+    let rb = b
+        .register(dst.as_mut_ptr(), 512, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    // SAFETY: both buffers outlive the transports' use of them.
+    unsafe {
+        a.post_send_registered(1, &header(3, 512), src.as_ptr(), ra, 1)
+            .unwrap();
+        b.post_recv_registered(0, &header(4, 512), dst.as_mut_ptr(), rb, 2)
+            .unwrap();
+    }
+    let mut got = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while got.is_none() && Instant::now() < deadline {
+        a.poll(&mut out, Duration::ZERO).unwrap();
+        out.clear();
+        b.poll(&mut out, Duration::from_millis(1)).unwrap();
+        got = out
+            .drain(..)
+            .find(|c| matches!(c, Completion::BadHeader { .. }));
+    }
+    match got {
+        Some(Completion::BadHeader { token, peer, got }) => {
+            assert_eq!((token, peer, got.msg), (2, 0, 3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        dst.iter().all(|&x| x == 0),
+        "payload written despite the mismatch"
+    );
+    drop((a, b));
+}
+
+#[test]
+fn a_peer_that_closes_is_closed_and_one_that_dies_fails_naming_its_queue_pairs() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let closing = std::thread::spawn(move || drop(b)); // says goodbye, then goes
+    let c = wait_for(&mut a, |c| {
+        matches!(c, Completion::Closed { .. } | Completion::PeerFailed { .. })
+    });
+    closing.join().unwrap();
+    assert!(matches!(c, Completion::Closed { peer: 1, .. }), "{c:?}");
+
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    fabric.crash(1);
+    let mut a = ts.remove(0);
+    a.send_control(1, b"hello");
+    let c = wait_for(&mut a, |c| matches!(c, Completion::PeerFailed { .. }));
+    let Completion::PeerFailed { error, .. } = c else {
+        unreachable!()
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("every RDMA queue pair to rank 1 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qp 0") && text.contains("IBV_WC_RETRY_EXC_ERR"),
+        "{text}"
+    );
+}
+
+#[test]
+fn control_messages_longer_than_a_slot_arrive_whole() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let long: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+    a.send_control(1, &long);
+    a.send_control(1, b"");
+    let mut out = Vec::new();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && Instant::now() < deadline {
+        a.poll(&mut out, Duration::ZERO).unwrap();
+        out.clear();
+        b.poll(&mut out, Duration::from_millis(1)).unwrap();
+        for c in out.drain(..) {
+            if let Completion::Control { peer: 0, payload } = c {
+                got.push(payload);
+            }
+        }
+    }
+    assert_eq!(got, vec![long, vec![]]);
+}

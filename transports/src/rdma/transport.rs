@@ -98,6 +98,8 @@ pub struct RdmaStats {
     pub frames_staged: u64,
     /// Credit-only messages sent.
     pub credit_messages: u64,
+    /// Messages (clear-to-sends, control) sent again after their queue pair failed.
+    pub messages_resent: u64,
 }
 
 /// A registration as the transport keeps it.
@@ -185,6 +187,8 @@ pub(super) struct Peer {
     pub(super) mbox: SlotPool,
     pub(super) trailers: SlotPool,
     failed: bool,
+    /// The peer said goodbye ([`Msg::Bye`]).
+    closed: bool,
     next_path: usize,
     // Receive side.
     recv_seq: u64,
@@ -209,6 +213,7 @@ impl Peer {
             mbox,
             trailers,
             failed: false,
+            closed: false,
             next_path: 0,
             recv_seq: 0,
             recvs: BTreeMap::new(),
@@ -336,7 +341,9 @@ impl RdmaTransport {
         self.peers
             .get_mut(peer)
             .and_then(Option::as_mut)
-            .ok_or_else(|| Error::invalid(format!("rank {peer} is not a peer of rank {}", self.rank)))
+            .ok_or_else(|| {
+                Error::invalid(format!("rank {peer} is not a peer of rank {}", self.rank))
+            })
     }
 
     fn lookup(&self, reg: Option<RegHandle>) -> Option<Reg> {
@@ -386,7 +393,10 @@ impl RdmaTransport {
     /// waits for a slot, a credit or a clear-to-send.
     fn pump(&mut self, out: &mut Vec<Completion>) -> Result<()> {
         for peer in 0..self.peers.len() {
-            if self.peers[peer].as_ref().is_none_or(|p| p.failed) {
+            if self.peers[peer]
+                .as_ref()
+                .is_none_or(|p| p.failed || p.closed)
+            {
                 continue;
             }
             if let Err(e) = self.pump_peer(peer) {
@@ -430,7 +440,9 @@ impl RdmaTransport {
         // Sends whose clear-to-send arrived.
         loop {
             let p = self.peers[peer].as_mut().expect("peer");
-            let Some((&seq, _)) = p.sends.iter().next() else { break };
+            let Some((&seq, _)) = p.sends.iter().next() else {
+                break;
+            };
             if !p.cts.contains_key(&seq) || p.trailers.available() == 0 {
                 break;
             }
@@ -516,8 +528,7 @@ impl RdmaTransport {
         for path in 0..self.npaths {
             let p = self.peers[peer].as_mut().expect("peer");
             let pa = &p.paths[path];
-            if pa.up && pa.returned >= RECV_DEPTH / 2 && pa.credits >= 1 && pa.wrs < SEND_DEPTH
-            {
+            if pa.up && pa.returned >= RECV_DEPTH / 2 && pa.credits >= 1 && pa.wrs < SEND_DEPTH {
                 if self.tx.available() == 0 {
                     break;
                 }
@@ -551,7 +562,9 @@ impl RdmaTransport {
         pa.bytes += len as u64;
         if len > 0 {
             let (addr, lkey) = src.ok_or_else(|| {
-                Error::internal(format!("frame {seq} of {len} bytes has no registered source"))
+                Error::internal(format!(
+                    "frame {seq} of {len} bytes has no registered source"
+                ))
             })?;
             let wr = SendWr {
                 wr_id: wr_id(K_WRITE, peer, path, seq),
@@ -589,7 +602,12 @@ impl RdmaTransport {
         } else {
             None
         };
-        if self.peers.get(peer).and_then(Option::as_ref).is_none_or(|p| p.failed) {
+        if self
+            .peers
+            .get(peer)
+            .and_then(Option::as_ref)
+            .is_none_or(|p| p.failed)
+        {
             return Ok(());
         }
         if wc.status != WcStatus::Success {
@@ -641,11 +659,7 @@ impl RdmaTransport {
             K_IMM => {
                 let p = self.peers[peer].as_mut().expect("peer");
                 p.paths[path].wrs -= 1;
-                let seq = p
-                    .writing
-                    .keys()
-                    .copied()
-                    .find(|s| s & IDX_MASK == idx);
+                let seq = p.writing.keys().copied().find(|s| s & IDX_MASK == idx);
                 let Some(seq) = seq else { return Ok(()) };
                 if p.writing[&seq].path != Some(path) {
                     return Ok(()); // a late completion of a copy on a failed queue pair
@@ -671,7 +685,14 @@ impl RdmaTransport {
         Ok(())
     }
 
-    fn on_msg(&mut self, peer: Rank, path: usize, credits: u32, msg: Msg, out: &mut Vec<Completion>) {
+    fn on_msg(
+        &mut self,
+        peer: Rank,
+        path: usize,
+        credits: u32,
+        msg: Msg,
+        out: &mut Vec<Completion>,
+    ) {
         let p = self.peers[peer].as_mut().expect("peer");
         p.paths[path].credits += credits;
         match msg {
@@ -693,6 +714,15 @@ impl RdmaTransport {
                 }
             }
             Msg::Credit => {}
+            Msg::Bye => {
+                if !p.closed {
+                    p.closed = true;
+                    out.push(Completion::Closed {
+                        peer,
+                        detail: "the peer closed its RDMA transport".into(),
+                    });
+                }
+            }
         }
     }
 
@@ -712,7 +742,9 @@ impl RdmaTransport {
         let got = FrameHeader::decode(&p.mbox.bytes(mbox)[..HEADER_LEN]);
         p.mbox.release(mbox);
         let got = got.map_err(|e| {
-            Error::protocol(format!("the completion trailer of receive {seq} from rank {peer}: {e}"))
+            Error::protocol(format!(
+                "the completion trailer of receive {seq} from rank {peer}: {e}"
+            ))
         })?;
         if mismatch || !got.matches(&r.expect) {
             if let Some(s) = r.stage {
@@ -743,7 +775,9 @@ impl RdmaTransport {
     /// Take queue pair `path` to `peer` out of service and move its work to the others.
     fn path_down(&mut self, peer: Rank, path: usize, status: WcStatus, out: &mut Vec<Completion>) {
         let p = self.peers[peer].as_mut().expect("peer");
-        let Some(pa) = p.paths.get_mut(path) else { return };
+        let Some(pa) = p.paths.get_mut(path) else {
+            return;
+        };
         if pa.up {
             pa.up = false;
             pa.why = Some(status.name().to_string());
@@ -774,6 +808,7 @@ impl RdmaTransport {
                 .map(|(id, _)| *id)
                 .collect();
             regroup.sort_unstable();
+            let m = regroup.len() as u64;
             for g in regroup.into_iter().rev() {
                 p.groups.get_mut(&g).expect("present").posted = None;
                 p.outbox.push_front(g);
@@ -781,10 +816,11 @@ impl RdmaTransport {
             self.stat(|s| {
                 s.paths_failed += 1;
                 s.frames_rewritten += n;
+                s.messages_resent += m;
             });
         }
         let p = self.peers[peer].as_ref().expect("peer");
-        if p.paths.iter().all(|pa| !pa.up) {
+        if p.paths.iter().all(|pa| !pa.up) && !p.closed {
             let e = Error::PeerLost {
                 peer,
                 detail: format!(
@@ -990,7 +1026,12 @@ impl Transport for RdmaTransport {
     }
 
     fn send_control(&mut self, peer: Rank, payload: &[u8]) {
-        if self.peers.get(peer).and_then(Option::as_ref).is_none_or(|p| p.failed) {
+        if self
+            .peers
+            .get(peer)
+            .and_then(Option::as_ref)
+            .is_none_or(|p| p.failed || p.closed)
+        {
             return;
         }
         let chunks: Vec<&[u8]> = if payload.is_empty() {
@@ -1057,12 +1098,56 @@ impl Transport for RdmaTransport {
     }
 
     fn describe_peer(&self, peer: Rank) -> Option<String> {
-        Some(format!("{} over {}: {}", self.name(), self.provider, self.describe_paths(peer)))
+        Some(format!(
+            "{} over {}: {}",
+            self.name(),
+            self.provider,
+            self.describe_paths(peer)
+        ))
+    }
+}
+
+impl RdmaTransport {
+    /// Close in good order: deliver what is queued (the engine's goodbye among it), then
+    /// tell every peer with [`Msg::Bye`], waiting at most half a second in all.
+    fn linger(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut sink = Vec::new();
+        let busy = |t: &RdmaTransport| {
+            t.peers
+                .iter()
+                .flatten()
+                .any(|p| !p.failed && !p.closed && !p.groups.is_empty())
+        };
+        let mut said_bye = false;
+        while Instant::now() < deadline {
+            if self.progress(&mut sink).is_err() {
+                return;
+            }
+            sink.clear();
+            if !busy(self) {
+                if said_bye {
+                    return;
+                }
+                said_bye = true;
+                for peer in 0..self.peers.len() {
+                    if self.peers[peer]
+                        .as_ref()
+                        .is_some_and(|p| !p.failed && !p.closed)
+                    {
+                        self.queue_group(peer, vec![Msg::Bye]);
+                    }
+                }
+                continue;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 }
 
 impl Drop for RdmaTransport {
     fn drop(&mut self) {
+        self.linger();
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
                 self.ctx.destroy_qp(pa.qp);

@@ -62,9 +62,8 @@ impl Card {
 
     /// Decode the card of `rank`, expected to list `nranks` entries.
     pub fn decode(b: &[u8], rank: usize, nranks: usize) -> Result<Card> {
-        let bad = |what: &str| {
-            Error::protocol(format!("rank {rank}'s RDMA connection card is {what}"))
-        };
+        let bad =
+            |what: &str| Error::protocol(format!("rank {rank}'s RDMA connection card is {what}"));
         let mut r = Reader { b, at: 0 };
         if r.u32().ok_or_else(|| bad("truncated"))? != CARD_MAGIC {
             return Err(bad("not an RDMA card (bad magic)"));
@@ -163,11 +162,15 @@ pub enum Msg {
     },
     /// Only credits (in the message head).
     Credit,
+    /// The sender is closing its transport in good order: errors on its queue pairs from
+    /// now on are the close, not a failure.
+    Bye,
 }
 
 const T_CTS: u8 = 1;
 const T_CONTROL: u8 = 2;
 const T_CREDIT: u8 = 3;
+const T_BYE: u8 = 4;
 
 impl Msg {
     /// Encode with `credits` returned into `out` (at most [`MSG_SLOT`] bytes); returns the
@@ -177,6 +180,7 @@ impl Msg {
             Msg::Cts(_) => T_CTS,
             Msg::Control { .. } => T_CONTROL,
             Msg::Credit => T_CREDIT,
+            Msg::Bye => T_BYE,
         };
         out[..MSG_HEAD].fill(0);
         out[0] = ty;
@@ -202,7 +206,7 @@ impl Msg {
                 body[4..4 + bytes.len()].copy_from_slice(bytes);
                 MSG_HEAD + 4 + bytes.len()
             }
-            Msg::Credit => MSG_HEAD,
+            Msg::Credit | Msg::Bye => MSG_HEAD,
         }
     }
 
@@ -243,6 +247,7 @@ impl Msg {
                 Msg::Control { last, bytes }
             }
             T_CREDIT => Msg::Credit,
+            T_BYE => Msg::Bye,
             t => return Err(bad(format!("unknown type {t}"))),
         };
         Ok((credits, m))
@@ -305,6 +310,7 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             Msg::Credit,
+            Msg::Bye,
         ] {
             let n = m.encode(42, &mut buf);
             assert_eq!(Msg::decode(&buf[..n]).unwrap(), (42, m.clone()));
@@ -337,8 +343,13 @@ mod tests {
         };
         let b = c.encode();
         assert_eq!(Card::decode(&b, 1, 3).unwrap(), c);
-        let e = Card::decode(&b[..b.len() - 1], 4, 3).unwrap_err().to_string();
-        assert!(e.contains("rank 4's RDMA connection card is truncated"), "{e}");
+        let e = Card::decode(&b[..b.len() - 1], 4, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rank 4's RDMA connection card is truncated"),
+            "{e}"
+        );
         let e = Card::decode(&b, 1, 4).unwrap_err().to_string();
         assert!(e.contains("for 3 ranks, not 4"), "{e}");
     }
