@@ -472,7 +472,7 @@ impl Fabric {
 }
 
 impl FakeContext {
-    fn qp_mut<'a>(f: &'a mut Fabric, dev: usize, qp: QpHandle) -> Result<&'a mut FakeQp> {
+    fn qp_mut(f: &mut Fabric, dev: usize, qp: QpHandle) -> Result<&mut FakeQp> {
         f.devs[dev]
             .qps
             .get_mut(&qp.qpn)
@@ -726,7 +726,7 @@ mod tests {
     #[test]
     fn a_write_lands_and_a_write_outside_the_region_is_refused() {
         let mut p = pair(QpAttrs::default());
-        let src = vec![7u8; 64];
+        let src = [7u8; 64];
         let mut dst = vec![0u8; 64];
         let ms = p.a.reg_mr(src.as_ptr() as u64, 64, Access::LOCAL).unwrap();
         let md =
