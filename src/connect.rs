@@ -6,8 +6,9 @@ use crate::config::Config;
 use dmsc_core::engine::Engine;
 use dmsc_core::topology::Topology;
 use dmsc_core::{Rank, Result};
-use dmsc_transports::connect::{connect, ConnectOptions};
+use dmsc_transports::connect::{connect, ConnectOptions, RdmaSetup};
 use dmsc_transports::ifaddr;
+use dmsc_transports::rdma::{sys::SysVerbs, RdmaOptions};
 use dmsc_transports::tcp::{Exchange, MeshOptions};
 use std::net::IpAddr;
 
@@ -52,6 +53,15 @@ fn options(
         // applies to its network transport only).
         shm: config.shm,
         shm_ring: config.shm_ring,
+        // RDMA is tried for `DMSC_TRANSPORT=auto` and `rdma`; without a usable port the
+        // ranks fall back to TCP and say why once.
+        rdma: Some(RdmaSetup {
+            options: RdmaOptions::from_env(
+                &|k: &str| std::env::var(k).ok(),
+                config.engine.chunk_bytes,
+            )?,
+            provider: std::sync::Arc::new(SysVerbs),
+        }),
     };
     Ok((opts, config))
 }

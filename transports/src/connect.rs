@@ -13,8 +13,14 @@
 //! and `DMSC_TRANSPORT=tcp` (or `DMSC_SHM=0`) keeps it off.
 //!
 //! A communicator that spans hosts is served per peer ([`crate::route`]): shared memory to
-//! the ranks on this host, TCP to the others.
+//! the ranks on this host, TCP to the others, or RDMA to the others when every rank found a
+//! usable RDMA port ([`crate::rdma`]; `DMSC_TRANSPORT=auto` or `rdma`). Each rank prepares
+//! its queue pairs before the exchange and publishes their card in its record (empty when it
+//! cannot: no device, no library); when any record lacks one, every rank falls back to TCP,
+//! and the reason is logged once per process. `DMSC_TRANSPORT=rdma` uses RDMA for every
+//! peer, those on this host included.
 
+use crate::rdma::{self, fallback, Prepared, RdmaOptions};
 use crate::route::RouteTransport;
 use crate::shm::{self, Card, ShmOptions};
 use crate::tcp::{self, Backend, Exchange, MeshOptions};
@@ -32,6 +38,8 @@ pub enum Choice {
     Tcp,
     /// Shared memory only: an error when a rank is on another host.
     Shm,
+    /// RDMA verbs to every peer (TCP when a rank has no usable RDMA port).
+    Rdma,
 }
 
 impl Choice {
@@ -42,10 +50,11 @@ impl Choice {
             "" | "auto" => Ok((Choice::Auto, Backend::Auto)),
             "shm" | "shared" | "sharedmemory" => Ok((Choice::Shm, Backend::Auto)),
             "tcp" => Ok((Choice::Tcp, Backend::Auto)),
+            "rdma" | "ib" | "verbs" => Ok((Choice::Rdma, Backend::Auto)),
             other => match Backend::parse(other) {
                 Ok(b) => Ok((Choice::Tcp, b)),
                 Err(_) => Err(Error::invalid(format!(
-                    "DMSC_TRANSPORT={s} is not one of auto, shm, tcp, uring, socket"
+                    "DMSC_TRANSPORT={s} is not one of auto, shm, tcp, rdma, uring, socket"
                 ))),
             },
         }
@@ -63,6 +72,26 @@ pub struct ConnectOptions {
     pub shm: bool,
     /// Bytes of each shared-memory data ring (`DMSC_SHM_RING`).
     pub shm_ring: usize,
+    /// RDMA to the ranks on other hosts, if offered (`None`: TCP only).
+    pub rdma: Option<RdmaSetup>,
+}
+
+/// How to try RDMA: the settings and the verbs that provide the devices.
+#[derive(Clone)]
+pub struct RdmaSetup {
+    /// The `DMSC_IB_*` settings.
+    pub options: RdmaOptions,
+    /// The system's verbs ([`rdma::sys::SysVerbs`]) or, in tests, a fake fabric.
+    pub provider: std::sync::Arc<dyn rdma::verbs::VerbsProvider>,
+}
+
+impl std::fmt::Debug for RdmaSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaSetup")
+            .field("options", &self.options)
+            .field("provider", &self.provider.name())
+            .finish()
+    }
 }
 
 /// A connected communicator: the transport to every peer and the hosts the ranks are on
@@ -81,9 +110,11 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Connecte
     let willing = opts.shm && opts.choice != Choice::Tcp && m.nranks > 1;
     let listening = shm::Listening::new(willing)?;
     let tcp = tcp::listen(m)?;
+    let (prepared, rdma_why) = prepare_rdma(opts);
     let mine = Record {
         card: *listening.card(),
         host_name: shm::host_name(),
+        rdma: prepared.as_ref().map_or(&[][..], |p| p.card()),
         addrs: tcp.addresses().as_bytes(),
     }
     .encode();
@@ -102,7 +133,28 @@ pub fn connect(opts: &ConnectOptions, exchange: Exchange<'_>) -> Result<Connecte
         .collect::<Result<Vec<Record>>>()?;
     let topology = topology(&records)?;
     let cards: Vec<Card> = records.iter().map(|r| r.card).collect();
-    let transport = connect_transport(opts, listening, tcp, &cards, &records)?;
+    let rdma = match prepared {
+        None => {
+            if let Some(why) = rdma_why {
+                fallback::log_fallback_once(&why);
+            }
+            None
+        }
+        Some(p) => {
+            let lacking: Vec<usize> = (0..m.nranks)
+                .filter(|&r| records[r].rdma.is_empty())
+                .collect();
+            if lacking.is_empty() {
+                Some((p, records.iter().map(|r| r.rdma.to_vec()).collect()))
+            } else {
+                fallback::log_fallback_once(&format!(
+                    "rank(s) {lacking:?} have no usable RDMA port"
+                ));
+                None
+            }
+        }
+    };
+    let transport = connect_transport(opts, listening, tcp, &cards, &records, rdma)?;
     Ok(Connected {
         transport,
         topology,
@@ -123,13 +175,29 @@ fn topology(records: &[Record]) -> Result<Topology> {
     Topology::new(&host_id, &names)
 }
 
-/// Set up the transport(s) chosen from every rank's card.
+/// This rank's RDMA queue pairs, prepared before the exchange, or why there are none
+/// (`None` for both: RDMA was not asked for).
+fn prepare_rdma(opts: &ConnectOptions) -> (Option<Prepared>, Option<String>) {
+    let m = &opts.mesh;
+    let wanted = matches!(opts.choice, Choice::Auto | Choice::Rdma) && m.nranks > 1;
+    let Some(setup) = opts.rdma.as_ref().filter(|_| wanted) else {
+        return (None, None);
+    };
+    match rdma::prepare(&*setup.provider, &setup.options, m.rank, m.nranks) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+/// Set up the transport(s) chosen from every rank's card; `rdma` when every rank published
+/// an RDMA card.
 fn connect_transport(
     opts: &ConnectOptions,
     listening: shm::Listening,
     tcp: tcp::Listening,
     cards: &[Card],
     records: &[Record],
+    rdma: Option<(Prepared, Vec<Vec<u8>>)>,
 ) -> Result<Box<dyn Transport>> {
     let m = &opts.mesh;
     let willing = listening.card().willing;
@@ -161,6 +229,22 @@ fn connect_transport(
         data_ring: opts.shm_ring,
         cma: m.cma,
     };
+    if let Some((prepared, rdma_cards)) = rdma {
+        // Every rank decides alike: all published cards, and the same hosts.
+        if opts.choice == Choice::Rdma || !elsewhere.is_empty() {
+            drop(tcp);
+            let net: Box<dyn Transport> = Box::new(prepared.finish(&rdma_cards)?);
+            if opts.choice == Choice::Rdma || !willing || !local.iter().any(|&l| l) {
+                drop(listening);
+                return Ok(net);
+            }
+            let near = shm::connect(&so, listening, cards, &local)?;
+            let route = (0..m.nranks)
+                .map(|r| (r != m.rank).then_some(usize::from(local[r])))
+                .collect();
+            return Ok(Box::new(RouteTransport::new(vec![net, near], route)?));
+        }
+    }
     if willing && elsewhere.is_empty() {
         return shm::connect(&so, listening, cards, &local);
     }
@@ -183,13 +267,16 @@ fn connect_transport(
 }
 
 /// What each rank publishes to connect: its host card, its host name (one length byte,
-/// then at most 255 bytes of UTF-8) and its TCP listening addresses (the rest).
+/// then at most 255 bytes of UTF-8), its RDMA card (two length bytes, little-endian, then the
+/// card; none when it offers no RDMA) and its TCP listening addresses (the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     /// Host identity and shared-memory listener.
     pub card: Card,
     /// The host's name (`hostname`).
     pub host_name: String,
+    /// The RDMA connection card ([`crate::rdma::wire::Card`]), empty when none.
+    pub rdma: &'a [u8],
     /// The TCP listening addresses, as the TCP listener writes them.
     pub addrs: &'a [u8],
 }
@@ -209,6 +296,9 @@ impl<'a> Record<'a> {
         let mut b = self.card.encode().to_vec();
         b.push(name.len() as u8);
         b.extend_from_slice(name.as_bytes());
+        let rdma = &self.rdma[..self.rdma.len().min(u16::MAX as usize)];
+        b.extend_from_slice(&(rdma.len() as u16).to_le_bytes());
+        b.extend_from_slice(rdma);
         b.extend_from_slice(self.addrs);
         b
     }
@@ -230,10 +320,18 @@ impl<'a> Record<'a> {
         let host_name = std::str::from_utf8(&rest[..len])
             .map_err(|_| bad())?
             .to_string();
+        let rest = &rest[len..];
+        let bad_rdma = || Error::protocol(format!("rank {rank} published a malformed RDMA card"));
+        let n = rest
+            .get(..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(bad_rdma)?;
+        let rdma = rest.get(2..2 + n).ok_or_else(bad_rdma)?;
         Ok(Record {
             card,
             host_name,
-            addrs: &rest[len..],
+            rdma,
+            addrs: &rest[2 + n..],
         })
     }
 }
@@ -248,6 +346,7 @@ mod tests {
         let r = Record {
             card,
             host_name: "node-7".into(),
+            rdma: b"card",
             addrs: b"127.0.0.1:5000",
         };
         let b = r.encode();
@@ -279,6 +378,7 @@ mod tests {
         let rec = |card, n: &str| Record {
             card,
             host_name: n.into(),
+            rdma: b"",
             addrs: b"",
         };
         let t = topology(&[rec(a, "x"), rec(c, "y"), rec(b, "x")]).unwrap();
@@ -292,6 +392,10 @@ mod tests {
         assert_eq!(Choice::parse("").unwrap(), (Choice::Auto, Backend::Auto));
         assert_eq!(Choice::parse("SHM").unwrap(), (Choice::Shm, Backend::Auto));
         assert_eq!(Choice::parse("tcp").unwrap(), (Choice::Tcp, Backend::Auto));
+        assert_eq!(
+            Choice::parse("rdma").unwrap(),
+            (Choice::Rdma, Backend::Auto)
+        );
         assert_eq!(
             Choice::parse("socket").unwrap(),
             (Choice::Tcp, Backend::Socket)

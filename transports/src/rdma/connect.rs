@@ -21,7 +21,8 @@ use dmsc_core::wire::HEADER_LEN;
 /// Publishes this rank's bytes and returns every rank's, indexed by rank.
 pub type Exchange<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Vec<Vec<u8>>>;
 
-/// Connect `rank` of `nranks` to every other rank through `provider`'s devices.
+/// Connect `rank` of `nranks` to every other rank through `provider`'s devices:
+/// [`prepare`], one exchange of the cards, [`Prepared::finish`].
 pub fn connect(
     provider: &dyn VerbsProvider,
     opts: &RdmaOptions,
@@ -29,6 +30,28 @@ pub fn connect(
     nranks: usize,
     exchange: Exchange<'_>,
 ) -> Result<RdmaTransport> {
+    let p = prepare(provider, opts, rank, nranks)?;
+    let all = exchange(p.card())?;
+    p.finish(&all)
+}
+
+/// A transport whose queue pairs exist (in INIT) and whose card is ready to publish.
+pub struct Prepared {
+    transport: RdmaTransport,
+    card: Vec<u8>,
+    paths: usize,
+    attrs: QpAttrs,
+}
+
+/// Open the selected port, create the queue pairs and register the transport's memory.
+/// Fails, with a reason fit for the log, where RDMA cannot serve this rank (no device, none
+/// selected, the library missing, the pinned-memory limit).
+pub fn prepare(
+    provider: &dyn VerbsProvider,
+    opts: &RdmaOptions,
+    rank: Rank,
+    nranks: usize,
+) -> Result<Prepared> {
     let devices = provider.devices()?;
     let selected = opts.filter.select(&devices, &opts.hca)?;
     let port = &selected[0];
@@ -106,19 +129,7 @@ pub fn connect(
         )?;
         peers.push(Some(Peer::new(paths, mbox, trailers)));
     }
-    let all = exchange(&card.encode())?;
-    if all.len() != nranks {
-        return Err(Error::internal(format!(
-            "the exchange returned {} RDMA cards for {nranks} ranks",
-            all.len()
-        )));
-    }
-    let cards = all
-        .iter()
-        .enumerate()
-        .map(|(r, b)| Card::decode(b, r, nranks))
-        .collect::<Result<Vec<Card>>>()?;
-    let mut t = RdmaTransport::from_parts(
+    let t = RdmaTransport::from_parts(
         rank,
         ctx,
         provider.name(),
@@ -130,38 +141,74 @@ pub fn connect(
         stage_rx,
         np,
     );
-    for (p, c) in cards.iter().enumerate() {
-        if p == rank {
-            continue;
-        }
-        if c.paths as usize != np {
-            return Err(Error::invalid(format!(
-                "rank {p} uses {} RDMA queue pairs per peer and rank {rank} {np}: \
-                 DMSC_IB_QPS_PER_CONNECTION must be the same on every rank",
-                c.paths
-            )));
-        }
-        let theirs = &c.peers[rank].qpns;
-        if theirs.len() != np {
-            return Err(Error::protocol(format!(
-                "rank {p}'s RDMA card lists {} queue pairs for rank {rank}, not {np}",
-                theirs.len()
-            )));
-        }
-        let attrs = QpAttrs {
-            mtu: c.addr.mtu.min(t.ctx.port_addr().mtu),
-            ..opts.attrs
-        };
-        for (k, &qpn) in theirs.iter().enumerate() {
-            for i in 0..RECV_DEPTH {
-                let slot = t.rx_slot(p, k, i);
-                t.post_rx(p, k, slot)?;
-            }
-            let qp = t.peers[p].as_ref().expect("peer").paths[k].qp;
-            let remote = RemoteQp { addr: c.addr, qpn };
-            t.ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
-            t.ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
-        }
+    Ok(Prepared {
+        transport: t,
+        card: card.encode(),
+        paths: np,
+        attrs: opts.attrs,
+    })
+}
+
+impl Prepared {
+    /// The bytes to publish.
+    pub fn card(&self) -> &[u8] {
+        &self.card
     }
-    Ok(t)
+
+    /// Connect with every rank's card (indexed by rank).
+    pub fn finish(self, all: &[Vec<u8>]) -> Result<RdmaTransport> {
+        let Prepared {
+            transport: mut t,
+            paths: np,
+            attrs: base,
+            ..
+        } = self;
+        let (rank, nranks) = (t.rank, t.peers.len());
+        if all.len() != nranks {
+            return Err(Error::internal(format!(
+                "the exchange returned {} RDMA cards for {nranks} ranks",
+                all.len()
+            )));
+        }
+        let cards = all
+            .iter()
+            .enumerate()
+            .map(|(r, b)| Card::decode(b, r, nranks))
+            .collect::<Result<Vec<Card>>>()?;
+        for (p, c) in cards.iter().enumerate() {
+            if p == rank {
+                continue;
+            }
+            if c.paths as usize != np {
+                return Err(Error::invalid(format!(
+                    "rank {p} uses {} RDMA queue pairs per peer and rank {rank} {np}: \
+                 DMSC_IB_QPS_PER_CONNECTION must be the same on every rank",
+                    c.paths
+                )));
+            }
+            let theirs = &c.peers[rank].qpns;
+            if theirs.len() != np {
+                return Err(Error::protocol(format!(
+                    "rank {p}'s RDMA card lists {} queue pairs for rank {rank}, not {np}",
+                    theirs.len()
+                )));
+            }
+            let attrs = QpAttrs {
+                mtu: c.addr.mtu.min(t.ctx.port_addr().mtu),
+                ..base
+            };
+            for (k, &qpn) in theirs.iter().enumerate() {
+                for i in 0..RECV_DEPTH {
+                    let slot = t.rx_slot(p, k, i);
+                    t.post_rx(p, k, slot)?;
+                }
+                let qp = t.peers[p].as_ref().expect("peer").paths[k].qp;
+                let remote = RemoteQp { addr: c.addr, qpn };
+                t.ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
+                t.ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
+            }
+        }
+        t.connected = true;
+        Ok(t)
+    }
 }

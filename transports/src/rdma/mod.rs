@@ -35,6 +35,6 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use connect::connect;
+pub use connect::{connect, prepare, Prepared};
 pub use options::RdmaOptions;
 pub use transport::{RdmaStats, RdmaTransport};

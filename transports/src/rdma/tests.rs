@@ -546,3 +546,87 @@ fn control_messages_longer_than_a_slot_arrive_whole() {
     }
     assert_eq!(got, vec![long, vec![]]);
 }
+
+/// Connect `n` ranks through the communicator's one connect path
+/// ([`crate::connect::connect`]) with `choice`, rank `r` seeing the fake devices
+/// `visible(r)`; returns each rank's transport name and the all-reduce result.
+fn through_connect(
+    n: usize,
+    choice: crate::connect::Choice,
+    visible: impl Fn(usize) -> Vec<usize>,
+) -> Vec<(String, Vec<u8>)> {
+    use crate::connect::{connect as connect_comm, ConnectOptions, RdmaSetup};
+    use crate::tcp::MeshOptions;
+    let fabric = FakeFabric::new(n);
+    let board = Board::new(n);
+    let d = desc(CollKind::AllReduce, 5000);
+    let hs: Vec<_> = (0..n)
+        .map(|rank| {
+            let provider = Arc::new(fabric.provider(&visible(rank)));
+            let board = board.clone();
+            std::thread::spawn(move || {
+                let mesh = MeshOptions::new(
+                    rank,
+                    n,
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    Duration::from_secs(20),
+                    0x5eed,
+                );
+                let o = ConnectOptions {
+                    mesh,
+                    choice,
+                    shm: false,
+                    shm_ring: 1 << 20,
+                    rdma: Some(RdmaSetup {
+                        options: opts(4096),
+                        provider,
+                    }),
+                };
+                let c = connect_comm(&o, &mut |b: &[u8]| board.exchange(rank, b)).unwrap();
+                let name = c.transport.peer_transport((rank + 1) % n).to_string();
+                let mut e = Engine::new(c.transport, rank, n, engine_cfg(4096));
+                let (ie, oe) = buffer_elems(&d, n).unwrap();
+                let mut inb = input(rank, ie * 4);
+                let mut outb = vec![0u8; oe * 4];
+                let sched = plan(&d, rank, n, false, &PlanConfig::default()).unwrap();
+                let mem = OpMemory {
+                    input: Region::host(inb.as_mut_ptr(), inb.len()),
+                    output: Region::host(outb.as_mut_ptr(), outb.len()),
+                    group: vec![],
+                };
+                // SAFETY: both buffers outlive the call and nothing else touches them.
+                unsafe { e.run_collective(d, sched, mem) }.unwrap();
+                (name, outb)
+            })
+        })
+        .collect();
+    let out: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let want = expected(&d, n);
+    for (r, (_, o)) in out.iter().enumerate() {
+        assert!(o == &want[r], "rank {r}: wrong result");
+    }
+    out
+}
+
+#[test]
+fn the_connect_path_uses_rdma_when_every_rank_has_a_port() {
+    let out = through_connect(3, crate::connect::Choice::Rdma, |r| vec![r]);
+    for (name, _) in &out {
+        assert_eq!(name, "rdma");
+    }
+}
+
+#[test]
+fn the_connect_path_falls_back_to_tcp_when_a_rank_has_no_rdma_device() {
+    // Rank 2 sees no device: every rank must agree on TCP instead.
+    let out = through_connect(3, crate::connect::Choice::Rdma, |r| {
+        if r == 2 {
+            vec![]
+        } else {
+            vec![r]
+        }
+    });
+    for (name, _) in &out {
+        assert!(name.starts_with("tcp"), "{name}");
+    }
+}

@@ -263,6 +263,8 @@ pub struct RdmaTransport {
     stats: Arc<Mutex<RdmaStats>>,
     wcs: Vec<WorkCompletion>,
     npaths: usize,
+    /// The queue pairs reached RTS ([`super::connect::Prepared::finish`]).
+    pub(super) connected: bool,
 }
 
 // SAFETY: the raw pointers held (frame sources and destinations) are lent by the engine under
@@ -304,6 +306,7 @@ impl RdmaTransport {
             stats: Arc::new(Mutex::new(RdmaStats::default())),
             wcs: Vec::new(),
             npaths,
+            connected: false,
         }
     }
 
@@ -1147,7 +1150,9 @@ impl RdmaTransport {
 
 impl Drop for RdmaTransport {
     fn drop(&mut self) {
-        self.linger();
+        if self.connected {
+            self.linger();
+        }
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
                 self.ctx.destroy_qp(pa.qp);
