@@ -57,6 +57,7 @@ pub fn prepare(
     let port = &selected[0];
     if selected.len() > 1 {
         log::info!(
+            target: dmsc_core::subsys::NET,
             "rank {rank}: RDMA uses {}:{} ({} more ports selected; one port per rank for now)",
             port.device,
             port.port,

@@ -44,7 +44,7 @@ pub fn log_fallback_once(reason: &str) -> bool {
     if LOGGED.swap(true, Ordering::AcqRel) {
         return false;
     }
-    log::info!("RDMA not used, falling back to TCP: {reason}");
+    log::info!(target: dmsc_core::subsys::NET, "RDMA not used, falling back to TCP: {reason}");
     true
 }
 

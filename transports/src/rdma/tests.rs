@@ -228,50 +228,52 @@ fn every_collective_on_2_to_5_ranks_matches_the_simulator() {
 #[test]
 fn a_queue_pair_failing_mid_transfer_gives_the_exact_result() {
     let n = 3;
-    let fabric = FakeFabric::new(n);
     let d = desc(CollKind::AllReduce, 30_000);
-    // Rank 0's 40th send work request from now fails with IBV_WC_RETRY_EXC_ERR, deep into the
-    // reduce-scatter half; its queue pair goes to ERROR and flushes.
-    let r = run(
-        &fabric,
-        n,
-        d,
-        2048,
-        1,
-        RegCacheConfig::default(),
-        |rank, f| {
-            if rank == 0 {
-                f.inject_retry_exceeded(0, 40);
-            }
-        },
-    )
-    .unwrap();
     let want = expected(&d, n);
-    for (rank, want) in want.iter().enumerate() {
+    let mut rewritten = 0;
+    // Rank 0's `nth` send work request from now fails with IBV_WC_RETRY_EXC_ERR, deep into
+    // the reduce-scatter half; its queue pair goes to ERROR and flushes the rest. Several
+    // points, so that the failing request is a payload write in some of them and a
+    // clear-to-send in others.
+    for nth in [40, 41, 42, 43, 90] {
+        let fabric = FakeFabric::new(n);
+        let r = run(
+            &fabric,
+            n,
+            d,
+            2048,
+            1,
+            RegCacheConfig::default(),
+            move |rank, f| {
+                if rank == 0 {
+                    f.inject_retry_exceeded(0, nth);
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("fault at {nth}: {e}"));
+        for (rank, want) in want.iter().enumerate() {
+            assert!(
+                &r.outputs[rank] == want,
+                "fault at {nth}: rank {rank}'s result is wrong after failover"
+            );
+        }
+        let s = r.stats[0];
+        assert!(s.paths_failed >= 1, "fault at {nth}: {s:?}");
         assert!(
-            &r.outputs[rank] == want,
-            "rank {rank}: wrong result after failover"
+            s.frames_rewritten + s.messages_resent >= 1,
+            "fault at {nth}: rank 0 re-sent nothing: {s:?}"
+        );
+        rewritten += s.frames_rewritten;
+        assert!(
+            fabric
+                .log()
+                .iter()
+                .any(|l| l.contains("IBV_WC_RETRY_EXC_ERR")),
+            "{:?}",
+            fabric.log()
         );
     }
-    let failed: u64 = r.stats.iter().map(|s| s.paths_failed).sum();
-    assert!(
-        failed >= 1,
-        "no queue pair was taken out of service: {:?}",
-        r.stats
-    );
-    assert!(
-        r.stats[0].frames_rewritten + r.stats[0].messages_resent >= 1,
-        "rank 0 re-sent nothing: {:?}",
-        r.stats[0]
-    );
-    assert!(
-        fabric
-            .log()
-            .iter()
-            .any(|l| l.contains("IBV_WC_RETRY_EXC_ERR")),
-        "{:?}",
-        fabric.log()
-    );
+    assert!(rewritten >= 1, "no payload was ever written again");
 }
 
 #[test]

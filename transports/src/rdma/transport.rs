@@ -787,6 +787,7 @@ impl RdmaTransport {
             pa.reasm.clear();
             let qpn = pa.qp.qpn;
             log::warn!(
+                target: dmsc_core::subsys::NET,
                 "rank {}: RDMA queue pair {path} (qpn {qpn}) to rank {peer} failed with {}; \
                  moving its work to the other queue pairs",
                 self.rank,
@@ -925,6 +926,7 @@ impl Transport for RdmaTransport {
                 if !self.memlock_warned {
                     self.memlock_warned = true;
                     log::warn!(
+                        target: dmsc_core::subsys::NET,
                         "rank {}: ibv_reg_mr refused {len} bytes ({detail}): the pinned-memory \
                          limit RLIMIT_MEMLOCK (`ulimit -l`) is too low; frames in memory that \
                          cannot be registered are copied through the transport's registered \
