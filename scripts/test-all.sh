@@ -29,6 +29,8 @@ echo "== Python 3.13: pip install ./python in a Debian trixie chroot, and its te
 bash tests/python/py313.sh
 echo "== scheduler/ (the control layer, its own workspace): fmt, clippy, tests, benches compile"
 CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" bash scheduler/ci.sh
+echo "== RDMA on Soft-RoCE where the kernel allows it (skips with the reason otherwise)"
+bash scripts/rdma-rxe.sh
 echo "== criterion benches compile"
 cargo bench --workspace --no-run -q
 echo "== fuzzing: every wire decoder, 60 s per target (stable toolchain, fuzz/target)"
