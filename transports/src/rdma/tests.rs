@@ -103,6 +103,8 @@ struct Run {
     outputs: Vec<Vec<u8>>,
     stats: Vec<RdmaStats>,
     reg: Vec<RegStats>,
+    /// Each rank's published queue pair metrics at the end.
+    paths: Vec<Vec<dmsc_core::engine::PeerPaths>>,
 }
 
 /// Run `desc` `repeat` times on `n` ranks over the fake; `tweak` runs on each rank's thread
@@ -121,9 +123,12 @@ fn run(
     let hs: Vec<_> = (0..n)
         .map(|rank| {
             let (f, b, tw) = (fabric.clone(), board.clone(), tweak.clone());
-            std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats)> {
+            std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats, _)> {
                 let t = connect_rank(&f, &b, rank, n, &opts(chunk))?;
                 let stats = t.stats_handle();
+                let metrics = t
+                    .path_metrics()
+                    .expect("the RDMA transport publishes paths");
                 tw(rank, &f);
                 let cfg = EngineConfig {
                     registration: reg,
@@ -146,7 +151,8 @@ fn run(
                 let rs = e.registration_stats();
                 drop(e);
                 let s = *stats.lock().unwrap();
-                Ok((outb, s, rs))
+                let m = metrics.lock().unwrap().clone();
+                Ok((outb, s, rs, m))
             })
         })
         .collect();
@@ -154,12 +160,14 @@ fn run(
         outputs: vec![],
         stats: vec![],
         reg: vec![],
+        paths: vec![],
     };
     for h in hs {
-        let (o, s, r) = h.join().unwrap()?;
+        let (o, s, r, m) = h.join().unwrap()?;
         out.outputs.push(o);
         out.stats.push(s);
         out.reg.push(r);
+        out.paths.push(m);
     }
     Ok(out)
 }
@@ -264,6 +272,18 @@ fn a_queue_pair_failing_mid_transfer_gives_the_exact_result() {
             "fault at {nth}: rank 0 re-sent nothing: {s:?}"
         );
         rewritten += s.frames_rewritten;
+        // The failed queue pair shows in the path metrics, named with its error.
+        let down: Vec<_> = r.paths[0]
+            .iter()
+            .flat_map(|p| &p.paths)
+            .filter(|m| m.state == dmsc_core::spray::PathState::Down)
+            .collect();
+        assert!(
+            down.iter()
+                .any(|m| m.last_failure == "IBV_WC_RETRY_EXC_ERR"),
+            "fault at {nth}: {:?}",
+            r.paths[0]
+        );
         assert!(
             fabric
                 .log()
@@ -305,17 +325,19 @@ fn the_registration_cache_hits_on_reuse_and_evicts_past_its_bound() {
         assert!(b.hits >= a.hits + 2, "{a:?} {b:?}");
         assert_eq!(b.evictions, 0, "{b:?}");
     }
-    // A cache of one entry must evict to fit input and output in turn.
+    // A cache bounded to one page cannot keep the 32 KiB buffers: they are evicted (and
+    // registered again) whether or not the allocator put them side by side.
     let fabric = FakeFabric::new(n);
     let tiny = RegCacheConfig {
         max_entries: 1,
+        max_bytes: 4096,
         ..RegCacheConfig::default()
     };
     let r = run(&fabric, n, d, 4096, 2, tiny, |_, _| {}).unwrap();
     let want = expected(&d, n);
     assert!(r.outputs == want);
     for s in &r.reg {
-        assert!(s.evictions >= 1, "{s:?}");
+        assert!(s.evictions >= 1 && s.registrations >= 2, "{s:?}");
     }
 }
 

@@ -50,8 +50,11 @@ use super::verbs::{
     WorkCompletion,
 };
 use super::wire::{imm_for, split_imm, Cts, Msg, CONTROL_FRAGMENT, MSG_SLOT};
-use dmsc_core::engine::{Completion, MemKind, RegHandle, Token, Transport, Waker};
+use dmsc_core::engine::{
+    Completion, MemKind, PathMetricsHandle, PeerPaths, RegHandle, Token, Transport, Waker,
+};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::spray::{PathMetrics, PathState};
 use dmsc_core::types::Rank;
 use dmsc_core::wire::{FrameHeader, HEADER_LEN};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -124,6 +127,12 @@ pub(super) struct Path {
     pub(super) bytes: u64,
     /// Control fragments received so far.
     pub(super) reasm: Vec<u8>,
+    /// Payload bytes written on it, acknowledged, and moved to others when it failed.
+    sent: u64,
+    acked: u64,
+    requeued: u64,
+    /// When it failed, since the transport was made.
+    down_at: Option<Duration>,
 }
 
 impl Path {
@@ -137,6 +146,10 @@ impl Path {
             wrs: 0,
             bytes: 0,
             reasm: Vec::new(),
+            sent: 0,
+            acked: 0,
+            requeued: 0,
+            down_at: None,
         }
     }
 
@@ -265,7 +278,14 @@ pub struct RdmaTransport {
     npaths: usize,
     /// The queue pairs reached RTS ([`super::connect::Prepared::finish`]).
     pub(super) connected: bool,
+    /// Per-queue-pair metrics, published at most every [`PUBLISH_EVERY`] and at each failure.
+    metrics: PathMetricsHandle,
+    created: Instant,
+    published: Instant,
 }
+
+/// How often the path metrics are published while frames move.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 // SAFETY: the raw pointers held (frame sources and destinations) are lent by the engine under
 // the `Transport` contract and used only by the thread that owns the transport; the verbs
@@ -307,6 +327,9 @@ impl RdmaTransport {
             wcs: Vec::new(),
             npaths,
             connected: false,
+            metrics: Arc::new(Mutex::new(Vec::new())),
+            created: Instant::now(),
+            published: Instant::now(),
         }
     }
 
@@ -563,6 +586,7 @@ impl RdmaTransport {
         pa.credits -= 1;
         pa.wrs += if len > 0 { 2 } else { 1 };
         pa.bytes += len as u64;
+        pa.sent += len as u64;
         if len > 0 {
             let (addr, lkey) = src.ok_or_else(|| {
                 Error::internal(format!(
@@ -670,6 +694,7 @@ impl RdmaTransport {
                 let w = p.writing.remove(&seq).expect("present");
                 let len = if w.mismatch { 0 } else { w.frame.header.len };
                 p.paths[path].bytes -= len as u64;
+                p.paths[path].acked += len as u64;
                 p.trailers.release(w.trailer);
                 if let Some(s) = w.stage {
                     self.stage_tx.release(s);
@@ -801,6 +826,16 @@ impl RdmaTransport {
                 .collect();
             again.sort_unstable();
             let n = again.len() as u64;
+            let moved: u64 = again
+                .iter()
+                .map(|s| &p.writing[s])
+                .filter(|w| !w.mismatch)
+                .map(|w| w.frame.header.len as u64)
+                .sum();
+            let pa = &mut p.paths[path];
+            pa.requeued += moved;
+            pa.bytes = 0;
+            pa.down_at = Some(self.created.elapsed());
             for s in again.into_iter().rev() {
                 p.writing.get_mut(&s).expect("present").path = None;
                 p.ready.push_front(s);
@@ -822,6 +857,7 @@ impl RdmaTransport {
                 s.frames_rewritten += n;
                 s.messages_resent += m;
             });
+            self.publish();
         }
         let p = self.peers[peer].as_ref().expect("peer");
         if p.paths.iter().all(|pa| !pa.up) && !p.closed {
@@ -865,7 +901,59 @@ impl RdmaTransport {
         out.push(Completion::PeerFailed { peer, error });
     }
 
+    /// Publish every queue pair's metrics ([`Transport::path_metrics`]).
+    fn publish(&mut self) {
+        self.published = Instant::now();
+        let taken = std::time::SystemTime::now();
+        let age = self.created.elapsed().as_secs_f64().max(1e-9);
+        let v: Vec<PeerPaths> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(peer, p)| p.as_ref().map(|p| (peer, p)))
+            .map(|(peer, p)| PeerPaths {
+                peer,
+                paths: p
+                    .paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pa)| PathMetrics {
+                        path: i,
+                        state: if pa.up {
+                            PathState::Up
+                        } else {
+                            PathState::Down
+                        },
+                        epoch: 1,
+                        // Mean over the transport's life: no per-path rate estimator yet.
+                        rate_bps: pa.acked as f64 / age,
+                        srtt: Duration::ZERO,
+                        inflight: pa.bytes,
+                        bytes_sent: pa.sent,
+                        bytes_acked: pa.acked,
+                        bytes_requeued: pa.requeued,
+                        bytes_duplicated: 0,
+                        failures: u32::from(!pa.up),
+                        suspicions: 0,
+                        last_failure: pa.why.clone().unwrap_or_default(),
+                        changes: pa
+                            .down_at
+                            .map(|t| vec![(Duration::ZERO, PathState::Up), (t, PathState::Down)])
+                            .unwrap_or_else(|| vec![(Duration::ZERO, PathState::Up)]),
+                    })
+                    .collect(),
+                bytes_duplicated: 0,
+                bytes_sent: p.paths.iter().map(|pa| pa.sent).sum(),
+                taken,
+            })
+            .collect();
+        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
     fn progress(&mut self, out: &mut Vec<Completion>) -> Result<()> {
+        if self.published.elapsed() >= PUBLISH_EVERY {
+            self.publish();
+        }
         self.pump(out)?;
         loop {
             let mut wcs = std::mem::take(&mut self.wcs);
@@ -1100,6 +1188,10 @@ impl Transport for RdmaTransport {
 
     fn waker(&self) -> Arc<dyn Waker> {
         self.wake.clone()
+    }
+
+    fn path_metrics(&self) -> Option<PathMetricsHandle> {
+        Some(self.metrics.clone())
     }
 
     fn describe_peer(&self, peer: Rank) -> Option<String> {
