@@ -203,8 +203,10 @@ impl Prepared {
                     let slot = t.rx_slot(p, k, i);
                     t.post_rx(p, k, slot)?;
                 }
-                let qp = t.peers[p].as_ref().expect("peer").paths[k].qp;
                 let remote = RemoteQp { addr: c.addr, qpn };
+                let path = &mut t.peers[p].as_mut().expect("peer").paths[k];
+                path.remote = Some(remote);
+                let qp = path.qp;
                 t.ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
                 t.ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
             }

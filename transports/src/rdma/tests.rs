@@ -267,23 +267,17 @@ fn a_queue_pair_failing_mid_transfer_gives_the_exact_result() {
         }
         let s = r.stats[0];
         assert!(s.paths_failed >= 1, "fault at {nth}: {s:?}");
-        assert!(
-            s.frames_rewritten + s.messages_resent >= 1,
-            "fault at {nth}: rank 0 re-sent nothing: {s:?}"
-        );
+        // (What the failed request was, a payload write, a clear-to-send or a credit
+        // return, depends on timing; the sum over the fault points is checked below.)
         rewritten += s.frames_rewritten;
-        // The failed queue pair shows in the path metrics, named with its error.
-        let down: Vec<_> = r.paths[0]
-            .iter()
-            .flat_map(|p| &p.paths)
-            .filter(|m| m.state == dmsc_core::spray::PathState::Down)
-            .collect();
-        assert!(
-            down.iter()
-                .any(|m| m.last_failure == "IBV_WC_RETRY_EXC_ERR"),
-            "fault at {nth}: {:?}",
-            r.paths[0]
-        );
+        // The failed queue pair shows in the path metrics, named with its error: down, or
+        // rebuilt already (then in its second incarnation).
+        let failed = r.paths[0].iter().flat_map(|p| &p.paths).any(|m| {
+            m.failures >= 1
+                && m.last_failure == "IBV_WC_RETRY_EXC_ERR"
+                && (m.state == dmsc_core::spray::PathState::Down || m.epoch >= 2)
+        });
+        assert!(failed, "fault at {nth}: {:?}", r.paths[0]);
         assert!(
             fabric
                 .log()
@@ -653,4 +647,102 @@ fn the_connect_path_falls_back_to_tcp_when_a_rank_has_no_rdma_device() {
     for (name, _) in &out {
         assert!(name.starts_with("tcp"), "{name}");
     }
+}
+
+/// Move `frames` frames of `len` bytes from `a` (rank 0) to `b` (rank 1) one at a time,
+/// each with its own byte pattern, checking every one lands whole.
+fn ping(a: &mut RdmaTransport, b: &mut RdmaTransport, frames: u32, first: u32) {
+    let len = 3000usize;
+    let mut src = vec![0u8; len];
+    let mut dst = vec![0u8; len];
+    let ra = a
+        .register(src.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    let rb = b
+        .register(dst.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    let mut out = Vec::new();
+    for i in first..first + frames {
+        src.iter_mut()
+            .enumerate()
+            .for_each(|(j, x)| *x = (i as usize * 31 + j) as u8);
+        let h = FrameHeader {
+            chunk: i,
+            ..header(0, len as u32)
+        };
+        // SAFETY: `src` and `dst` outlive the frame, which completes on both sides before
+        // they are touched again.
+        unsafe {
+            b.post_recv_registered(0, &h, dst.as_mut_ptr(), rb, 2)
+                .unwrap();
+            a.post_send_registered(1, &h, src.as_ptr(), ra, 1).unwrap();
+        }
+        let (mut sent, mut received) = (false, false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(sent && received) {
+            assert!(Instant::now() < deadline, "frame {i} stuck");
+            out.clear();
+            a.poll(&mut out, Duration::ZERO).unwrap();
+            b.poll(&mut out, Duration::from_micros(100)).unwrap();
+            for c in &out {
+                match c {
+                    Completion::Sent { .. } => sent = true,
+                    Completion::Received { .. } => received = true,
+                    other => panic!("frame {i}: {other:?}"),
+                }
+            }
+        }
+        assert!(dst == src, "frame {i} landed wrong");
+    }
+    a.deregister(ra);
+    b.deregister(rb);
+}
+
+#[test]
+fn a_failed_queue_pair_is_rebuilt_and_carries_frames_again() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let (sa, sb) = (a.stats_handle(), b.stats_handle());
+    fabric.inject_retry_exceeded(0, 5);
+    ping(&mut a, &mut b, 30, 0);
+    let rebuilt = |s: &Arc<Mutex<RdmaStats>>| s.lock().unwrap().paths_rebuilt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while rebuilt(&sa) == 0 || rebuilt(&sb) == 0 {
+        assert!(Instant::now() < deadline, "{:?} {:?}", sa.lock(), sb.lock());
+        a.poll(&mut out, Duration::ZERO).unwrap();
+        b.poll(&mut out, Duration::from_micros(100)).unwrap();
+        assert!(
+            out.iter().all(|c| matches!(c, Completion::Control { .. })),
+            "{out:?}"
+        );
+        out.clear();
+    }
+    assert!(sa.lock().unwrap().paths_failed >= 1);
+    let sent_on = |t: &RdmaTransport| -> Vec<u64> {
+        let m = t.path_metrics().unwrap();
+        let v = m.lock().unwrap();
+        v[0].paths.iter().map(|p| p.bytes_sent).collect()
+    };
+    // Publish now, then move more frames: every queue pair carries some again.
+    a.poll(&mut out, Duration::from_millis(25)).unwrap();
+    let before = sent_on(&a);
+    ping(&mut a, &mut b, 30, 100);
+    a.poll(&mut out, Duration::from_millis(25)).unwrap();
+    let after = sent_on(&a);
+    for (k, (x, y)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            y > x,
+            "queue pair {k} carried nothing after the rebuild: {before:?} {after:?}"
+        );
+    }
+    let m = a.path_metrics().unwrap();
+    let v = m.lock().unwrap();
+    assert!(
+        v[0].paths.iter().any(|p| p.epoch == 2 && p.failures == 1),
+        "{:?}",
+        v[0].paths
+    );
 }

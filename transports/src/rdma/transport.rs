@@ -46,7 +46,7 @@
 use super::pool::SlotPool;
 use super::qp_state::{QpAttrs, QpState};
 use super::verbs::{
-    Access, Mr, QpHandle, RecvWr, SendOp, SendWr, Sge, VerbsContext, WcKind, WcStatus,
+    Access, Mr, QpHandle, RecvWr, RemoteQp, SendOp, SendWr, Sge, VerbsContext, WcKind, WcStatus,
     WorkCompletion,
 };
 use super::wire::{imm_for, split_imm, Cts, Msg, CONTROL_FRAGMENT, MSG_SLOT};
@@ -71,17 +71,27 @@ const K_RECV: u64 = 1;
 const K_MSG: u64 = 2;
 const K_WRITE: u64 = 3;
 const K_IMM: u64 = 4;
-const IDX_MASK: u64 = (1 << 36) - 1;
+const IDX_MASK: u64 = (1 << 32) - 1;
 
-fn wr_id(kind: u64, peer: usize, path: usize, idx: u64) -> u64 {
-    (kind << 60) | ((peer as u64 & 0xffff) << 44) | ((path as u64 & 0xff) << 36) | (idx & IDX_MASK)
+/// Rebuilds of one queue pair before it stays out of service.
+pub const MAX_REBUILDS: u32 = 3;
+
+/// A work request id: kind (4 bits), peer (16), path (8), the path's epoch (4: completions
+/// of a queue pair's earlier incarnation are told apart and ignored), index (32).
+fn wr_id(kind: u64, peer: usize, path: usize, epoch: u8, idx: u64) -> u64 {
+    (kind << 60)
+        | ((peer as u64 & 0xffff) << 44)
+        | ((path as u64 & 0xff) << 36)
+        | ((epoch as u64 & 0xf) << 32)
+        | (idx & IDX_MASK)
 }
 
-fn split_wr_id(id: u64) -> (u64, usize, usize, u64) {
+fn split_wr_id(id: u64) -> (u64, usize, usize, u8, u64) {
     (
         id >> 60,
         ((id >> 44) & 0xffff) as usize,
         ((id >> 36) & 0xff) as usize,
+        ((id >> 32) & 0xf) as u8,
         id & IDX_MASK,
     )
 }
@@ -103,6 +113,8 @@ pub struct RdmaStats {
     pub credit_messages: u64,
     /// Messages (clear-to-sends, control) sent again after their queue pair failed.
     pub messages_resent: u64,
+    /// Failed queue pairs rebuilt and back in service.
+    pub paths_rebuilt: u64,
 }
 
 /// A registration as the transport keeps it.
@@ -133,6 +145,20 @@ pub(super) struct Path {
     requeued: u64,
     /// When it failed, since the transport was made.
     down_at: Option<Duration>,
+    /// Incarnation (low 4 bits go into work request ids).
+    pub(super) epoch: u8,
+    /// The peer's queue pair, to connect to again when rebuilt.
+    pub(super) remote: Option<RemoteQp>,
+    /// Being rebuilt (draining, or reset).
+    rebuilding: bool,
+    /// Reset here (the lower rank) and waiting for the peer's [`Msg::Ready`].
+    awaiting_ready: bool,
+    /// Times rebuilt.
+    rebuilds: u32,
+    /// Receives of this incarnation completed with an error (all flushed: `RECV_DEPTH`).
+    recv_flushed: u32,
+    /// When it was last put back in service after a rebuild.
+    reconnected: Option<Instant>,
 }
 
 impl Path {
@@ -150,6 +176,13 @@ impl Path {
             acked: 0,
             requeued: 0,
             down_at: None,
+            epoch: 0,
+            remote: None,
+            rebuilding: false,
+            awaiting_ready: false,
+            rebuilds: 0,
+            recv_flushed: 0,
+            reconnected: None,
         }
     }
 
@@ -193,6 +226,9 @@ struct Group {
     msgs: Vec<Msg>,
     /// The queue pair and completions still due, once posted.
     posted: Option<(usize, usize)>,
+    /// A queue pair it must not go on ([`Msg::Ready`] for a queue pair the peer has not
+    /// connected yet).
+    avoid: Option<usize>,
 }
 
 pub(super) struct Peer {
@@ -203,6 +239,7 @@ pub(super) struct Peer {
     /// The peer said goodbye ([`Msg::Bye`]).
     closed: bool,
     next_path: usize,
+    next_write: usize,
     // Receive side.
     recv_seq: u64,
     recvs: BTreeMap<u64, InFrame>,
@@ -228,6 +265,7 @@ impl Peer {
             failed: false,
             closed: false,
             next_path: 0,
+            next_write: 0,
             recv_seq: 0,
             recvs: BTreeMap::new(),
             cts_due: VecDeque::new(),
@@ -349,9 +387,10 @@ impl RdmaTransport {
 
     /// Post receive slot `slot` on (peer, path).
     pub(super) fn post_rx(&mut self, peer: usize, path: usize, slot: u32) -> Result<()> {
-        let qp = self.peer(peer)?.paths[path].qp;
+        let pa = &self.peer(peer)?.paths[path];
+        let (qp, epoch) = (pa.qp, pa.epoch);
         let wr = RecvWr {
-            wr_id: wr_id(K_RECV, peer, path, slot as u64),
+            wr_id: wr_id(K_RECV, peer, path, epoch, slot as u64),
             sge: Some(Sge {
                 addr: self.rx.addr(slot),
                 len: MSG_SLOT as u32,
@@ -382,7 +421,14 @@ impl RdmaTransport {
         };
         let id = p.next_group;
         p.next_group += 1;
-        p.groups.insert(id, Group { msgs, posted: None });
+        p.groups.insert(
+            id,
+            Group {
+                msgs,
+                posted: None,
+                avoid: None,
+            },
+        );
         p.outbox.push_back(id);
     }
 
@@ -398,12 +444,12 @@ impl RdmaTransport {
         let pa = &mut p.paths[path];
         pa.credits -= 1;
         pa.wrs += 1;
-        let qp = pa.qp;
+        let (qp, epoch) = (pa.qp, pa.epoch);
         if let Some(g) = owner {
             self.tx_owner.insert(slot, (peer, g));
         }
         let wr = SendWr {
-            wr_id: wr_id(K_MSG, peer, path, slot as u64),
+            wr_id: wr_id(K_MSG, peer, path, epoch, slot as u64),
             sge: Some(Sge {
                 addr: self.tx.addr(slot),
                 len: n as u32,
@@ -517,12 +563,17 @@ impl RdmaTransport {
             let w = &p.writing[&seq];
             let len = if w.mismatch { 0 } else { w.frame.header.len };
             let wrs = if len > 0 { 2 } else { 1 };
-            let Some(path) = (0..p.paths.len())
+            // Fewest bytes in flight; ties go round-robin, so that frames one at a time
+            // still use every queue pair.
+            let np = p.paths.len();
+            let Some(path) = (0..np)
+                .map(|k| (p.next_write + k) % np)
                 .filter(|&i| p.paths[i].fits(1, wrs))
                 .min_by_key(|&i| p.paths[i].bytes)
             else {
                 break;
             };
+            p.next_write = (path + 1) % np;
             p.ready.pop_front();
             self.post_write(peer, seq, path, len)?;
         }
@@ -531,10 +582,11 @@ impl RdmaTransport {
             let p = self.peers[peer].as_mut().expect("peer");
             let Some(&g) = p.outbox.front() else { break };
             let n = p.groups[&g].msgs.len() as u32;
+            let avoid = p.groups[&g].avoid;
             let np = p.paths.len();
             let Some(path) = (0..np)
                 .map(|k| (p.next_path + k) % np)
-                .find(|&i| p.paths[i].fits(n, n))
+                .find(|&i| p.paths[i].fits(n, n) && avoid != Some(i))
             else {
                 break;
             };
@@ -570,7 +622,7 @@ impl RdmaTransport {
         let p = self.peers[peer].as_mut().expect("peer");
         let w = p.writing.get_mut(&seq).expect("writing");
         w.path = Some(path);
-        let qp = p.paths[path].qp;
+        let (qp, epoch) = (p.paths[path].qp, p.paths[path].epoch);
         let (cts, trailer, mismatch) = (w.cts, w.trailer, w.mismatch);
         let src = match (w.stage, w.frame.lkey) {
             (Some(s), _) => Some((self.stage_tx.addr(s), stage_lkey)),
@@ -594,7 +646,7 @@ impl RdmaTransport {
                 ))
             })?;
             let wr = SendWr {
-                wr_id: wr_id(K_WRITE, peer, path, seq),
+                wr_id: wr_id(K_WRITE, peer, path, epoch, seq),
                 sge: Some(Sge { addr, len, lkey }),
                 op: SendOp::Write {
                     remote_addr: cts.addr,
@@ -606,7 +658,7 @@ impl RdmaTransport {
             unsafe { self.ctx.post_send(qp, &wr)? };
         }
         let wr = SendWr {
-            wr_id: wr_id(K_IMM, peer, path, seq),
+            wr_id: wr_id(K_IMM, peer, path, epoch, seq),
             sge: Some(trailer_sge),
             op: SendOp::WriteImm {
                 remote_addr: cts.mbox,
@@ -621,7 +673,7 @@ impl RdmaTransport {
     }
 
     fn handle(&mut self, wc: WorkCompletion, out: &mut Vec<Completion>) -> Result<()> {
-        let (kind, peer, path, idx) = split_wr_id(wc.wr_id);
+        let (kind, peer, path, epoch, idx) = split_wr_id(wc.wr_id);
         // A message slot is free once its completion is in, whatever became of it.
         let owner = if kind == K_MSG {
             self.tx.release(idx as u32);
@@ -637,8 +689,19 @@ impl RdmaTransport {
         {
             return Ok(());
         }
+        let current = self.peers[peer].as_ref().expect("peer").paths.get(path);
+        if current.is_none_or(|pa| pa.epoch & 0xf != epoch) {
+            return Ok(()); // from an incarnation of the queue pair before its rebuild
+        }
         if wc.status != WcStatus::Success {
-            self.path_down(peer, path, wc.status, out);
+            let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
+            if kind == K_RECV {
+                pa.recv_flushed += 1;
+            } else {
+                pa.wrs = pa.wrs.saturating_sub(1);
+            }
+            self.path_down(peer, path, wc.status, true, out);
+            self.rebuild_step(peer, path, out);
             return Ok(());
         }
         match kind {
@@ -742,6 +805,19 @@ impl RdmaTransport {
                 }
             }
             Msg::Credit => {}
+            Msg::Rebuild { path } => self.on_rebuild(peer, path as usize, out),
+            Msg::Ready { path } => self.on_ready(peer, path as usize, out),
+            Msg::Broken { path } => {
+                // The peer's end fails for a while after our end was reset for a rebuild
+                // (its requests find nobody): such reports are about the old incarnation.
+                let recent = p.paths.get(path as usize).is_some_and(|pa| {
+                    pa.reconnected
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                });
+                if (path as usize) < self.npaths && !recent {
+                    self.ask_rebuild(peer, path as usize, out);
+                }
+            }
             Msg::Bye => {
                 if !p.closed {
                     p.closed = true;
@@ -801,7 +877,15 @@ impl RdmaTransport {
     }
 
     /// Take queue pair `path` to `peer` out of service and move its work to the others.
-    fn path_down(&mut self, peer: Rank, path: usize, status: WcStatus, out: &mut Vec<Completion>) {
+    /// `detected`: seen here (then the pair's lower rank rebuilds it), rather than told.
+    fn path_down(
+        &mut self,
+        peer: Rank,
+        path: usize,
+        status: WcStatus,
+        detected: bool,
+        out: &mut Vec<Completion>,
+    ) {
         let p = self.peers[peer].as_mut().expect("peer");
         let Some(pa) = p.paths.get_mut(path) else {
             return;
@@ -858,6 +942,9 @@ impl RdmaTransport {
                 s.messages_resent += m;
             });
             self.publish();
+            if detected {
+                self.ask_rebuild(peer, path, out);
+            }
         }
         let p = self.peers[peer].as_ref().expect("peer");
         if p.paths.iter().all(|pa| !pa.up) && !p.closed {
@@ -869,6 +956,151 @@ impl RdmaTransport {
                 ),
             };
             self.fail_peer(peer, e, out);
+        }
+    }
+
+    /// Rebuild a failed queue pair, or ask the peer to: the lower rank of the pair resets
+    /// its end and sends [`Msg::Rebuild`]; the higher one sends [`Msg::Broken`]. Both go on
+    /// a healthy queue pair; with none left, or after [`MAX_REBUILDS`], it stays down.
+    fn ask_rebuild(&mut self, peer: Rank, path: usize, out: &mut Vec<Completion>) {
+        let p = self.peers[peer].as_ref().expect("peer");
+        if p.closed || p.failed || !p.paths.iter().any(|pa| pa.up) {
+            return;
+        }
+        if p.paths[path].rebuilds >= MAX_REBUILDS || p.paths[path].rebuilding {
+            return;
+        }
+        if self.rank > peer {
+            self.queue_group(peer, vec![Msg::Broken { path: path as u8 }]);
+            return;
+        }
+        self.begin_rebuild(peer, path, out);
+    }
+
+    /// Start draining `path` for a rebuild: if it is still in service, fail it so that
+    /// what it holds flushes after the completions already due (the first flush takes it
+    /// out of service and moves its work); the reset waits until every completion is in
+    /// ([`RdmaTransport::rebuild_step`]).
+    fn begin_rebuild(&mut self, peer: Rank, path: usize, out: &mut Vec<Completion>) {
+        let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
+        pa.rebuilding = true;
+        if pa.up {
+            let qp = pa.qp;
+            if let Err(e) = self.ctx.modify_qp(qp, QpState::Error, &self.attrs, None) {
+                self.fail_peer(peer, e, out);
+                return;
+            }
+        }
+        self.rebuild_step(peer, path, out);
+    }
+
+    /// ERROR (its outstanding requests flush, their completions are ignored by epoch),
+    /// RESET, INIT, a new epoch, fresh counters and receives posted.
+    fn reset_path(&mut self, peer: Rank, path: usize) -> Result<()> {
+        let attrs = self.attrs;
+        let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
+        let qp = pa.qp;
+        self.ctx.modify_qp(qp, QpState::Error, &attrs, None)?;
+        self.ctx.modify_qp(qp, QpState::Reset, &attrs, None)?;
+        self.ctx.modify_qp(qp, QpState::Init, &attrs, None)?;
+        pa.epoch = (pa.epoch + 1) & 0xf;
+        pa.rebuilds += 1;
+        pa.credits = RECV_DEPTH;
+        pa.returned = 0;
+        pa.wrs = 0;
+        pa.bytes = 0;
+        pa.recv_flushed = 0;
+        pa.reasm.clear();
+        for i in 0..RECV_DEPTH {
+            let slot = self.rx_slot(peer, path, i);
+            self.post_rx(peer, path, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Connect a reset queue pair to the peer's again and put it back in service.
+    fn reconnect(&mut self, peer: Rank, path: usize) -> Result<()> {
+        let attrs = self.attrs;
+        let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
+        let remote = pa.remote.ok_or_else(|| {
+            Error::internal(format!(
+                "queue pair {path} to rank {peer} has no remote end"
+            ))
+        })?;
+        let attrs = QpAttrs {
+            mtu: attrs.mtu.min(remote.addr.mtu),
+            ..attrs
+        };
+        self.ctx
+            .modify_qp(pa.qp, QpState::Rtr, &attrs, Some(remote))?;
+        self.ctx.modify_qp(pa.qp, QpState::Rts, &attrs, None)?;
+        pa.up = true;
+        pa.rebuilding = false;
+        pa.awaiting_ready = false;
+        pa.reconnected = Some(Instant::now());
+        log::info!(
+            target: dmsc_core::subsys::NET,
+            "rank {}: RDMA queue pair {path} to rank {peer} rebuilt and back in service",
+            self.rank
+        );
+        self.stat(|s| s.paths_rebuilt += 1);
+        self.publish();
+        Ok(())
+    }
+
+    /// The lower rank reset its end of `path`: take ours down (moving its work), reset it,
+    /// connect it, and answer [`Msg::Ready`].
+    fn on_rebuild(&mut self, peer: Rank, path: usize, out: &mut Vec<Completion>) {
+        if self.rank < peer || path >= self.npaths {
+            return; // only the lower rank rebuilds
+        }
+        if !self.peers[peer].as_ref().expect("peer").paths[path].rebuilding {
+            self.begin_rebuild(peer, path, out);
+        }
+    }
+
+    /// Once a queue pair being rebuilt is out of service and every completion of its
+    /// requests is in (all receives flushed, no send outstanding), reset it. The lower rank
+    /// then sends [`Msg::Rebuild`] and waits for [`Msg::Ready`]; the higher one (asked by
+    /// [`Msg::Rebuild`]) connects at once to the peer's new end and answers [`Msg::Ready`].
+    fn rebuild_step(&mut self, peer: Rank, path: usize, out: &mut Vec<Completion>) {
+        let p = self.peers[peer].as_ref().expect("peer");
+        let pa = &p.paths[path];
+        let quiet = !pa.up && pa.recv_flushed >= RECV_DEPTH && pa.wrs == 0;
+        if !pa.rebuilding || pa.awaiting_ready || !quiet || p.failed || p.closed {
+            return;
+        }
+        let r = self.reset_path(peer, path).and_then(|()| {
+            if self.rank < peer {
+                self.peers[peer].as_mut().expect("peer").paths[path].awaiting_ready = true;
+                self.queue_group(peer, vec![Msg::Rebuild { path: path as u8 }]);
+                Ok(())
+            } else {
+                self.reconnect(peer, path)?;
+                self.queue_group(peer, vec![Msg::Ready { path: path as u8 }]);
+                let p = self.peers[peer].as_mut().expect("peer");
+                if let Some(g) = p.outbox.back().and_then(|g| p.groups.get_mut(g)) {
+                    g.avoid = Some(path); // the peer's end is not connected until then
+                }
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            self.fail_peer(peer, e, out);
+        }
+    }
+
+    fn on_ready(&mut self, peer: Rank, path: usize, out: &mut Vec<Completion>) {
+        let rebuilding = self.peers[peer]
+            .as_ref()
+            .expect("peer")
+            .paths
+            .get(path)
+            .is_some_and(|pa| pa.awaiting_ready);
+        if rebuilding {
+            if let Err(e) = self.reconnect(peer, path) {
+                self.fail_peer(peer, e, out);
+            }
         }
     }
 
@@ -924,7 +1156,7 @@ impl RdmaTransport {
                         } else {
                             PathState::Down
                         },
-                        epoch: 1,
+                        epoch: 1 + pa.rebuilds,
                         // Mean over the transport's life: no per-path rate estimator yet.
                         rate_bps: pa.acked as f64 / age,
                         srtt: Duration::ZERO,
@@ -933,7 +1165,7 @@ impl RdmaTransport {
                         bytes_acked: pa.acked,
                         bytes_requeued: pa.requeued,
                         bytes_duplicated: 0,
-                        failures: u32::from(!pa.up),
+                        failures: pa.rebuilds + u32::from(!pa.up),
                         suspicions: 0,
                         last_failure: pa.why.clone().unwrap_or_default(),
                         changes: pa

@@ -165,12 +165,31 @@ pub enum Msg {
     /// The sender is closing its transport in good order: errors on its queue pairs from
     /// now on are the close, not a failure.
     Bye,
+    /// From the lower rank of a pair: I reset queue pair `path` (now in INIT with receives
+    /// posted); reset yours, connect it to mine and say [`Msg::Ready`].
+    Rebuild {
+        /// The queue pair's index.
+        path: u8,
+    },
+    /// The answer to [`Msg::Rebuild`]: my queue pair `path` is in RTS again.
+    Ready {
+        /// The queue pair's index.
+        path: u8,
+    },
+    /// From the higher rank of a pair: queue pair `path` failed here; please rebuild it.
+    Broken {
+        /// The queue pair's index.
+        path: u8,
+    },
 }
 
 const T_CTS: u8 = 1;
 const T_CONTROL: u8 = 2;
 const T_CREDIT: u8 = 3;
 const T_BYE: u8 = 4;
+const T_REBUILD: u8 = 5;
+const T_READY: u8 = 6;
+const T_BROKEN: u8 = 7;
 
 impl Msg {
     /// Encode with `credits` returned into `out` (at most [`MSG_SLOT`] bytes); returns the
@@ -181,6 +200,9 @@ impl Msg {
             Msg::Control { .. } => T_CONTROL,
             Msg::Credit => T_CREDIT,
             Msg::Bye => T_BYE,
+            Msg::Rebuild { .. } => T_REBUILD,
+            Msg::Ready { .. } => T_READY,
+            Msg::Broken { .. } => T_BROKEN,
         };
         out[..MSG_HEAD].fill(0);
         out[0] = ty;
@@ -207,6 +229,10 @@ impl Msg {
                 MSG_HEAD + 4 + bytes.len()
             }
             Msg::Credit | Msg::Bye => MSG_HEAD,
+            Msg::Rebuild { path } | Msg::Ready { path } | Msg::Broken { path } => {
+                body[0] = *path;
+                MSG_HEAD + 1
+            }
         }
     }
 
@@ -248,6 +274,15 @@ impl Msg {
             }
             T_CREDIT => Msg::Credit,
             T_BYE => Msg::Bye,
+            T_REBUILD => Msg::Rebuild {
+                path: r.u8().ok_or_else(short)?,
+            },
+            T_READY => Msg::Ready {
+                path: r.u8().ok_or_else(short)?,
+            },
+            T_BROKEN => Msg::Broken {
+                path: r.u8().ok_or_else(short)?,
+            },
             t => return Err(bad(format!("unknown type {t}"))),
         };
         Ok((credits, m))
@@ -311,6 +346,9 @@ mod tests {
             },
             Msg::Credit,
             Msg::Bye,
+            Msg::Rebuild { path: 3 },
+            Msg::Ready { path: 1 },
+            Msg::Broken { path: 7 },
         ] {
             let n = m.encode(42, &mut buf);
             assert_eq!(Msg::decode(&buf[..n]).unwrap(), (42, m.clone()));
