@@ -36,7 +36,14 @@
 //! write-with-immediate was not acknowledged are written again on a healthy one (same
 //! destination and mailbox, so a repeat is harmless), and its unacknowledged messages are sent
 //! again. When no queue pair to a peer is left, the peer fails ([`Completion::PeerFailed`]),
-//! naming each queue pair and why it failed. A failed queue pair is not rebuilt yet.
+//! naming each queue pair and why it failed. A failed queue pair is then rebuilt and
+//! re-admitted (at most [`MAX_REBUILDS`] times): the lower rank of the pair drains it (every
+//! completion due taken, so that what succeeded completes and only what flushed is sent
+//! again), resets it to INIT and sends [`Msg::Rebuild`] on a healthy queue pair; the higher
+//! rank drains and resets its end, connects it to the new one and answers [`Msg::Ready`],
+//! on which the lower rank connects too. A higher rank that sees a failure first asks with
+//! [`Msg::Broken`]. Work request ids carry the queue pair's incarnation, so completions of
+//! the old one are told apart.
 //!
 //! **Registration.** User memory is registered through the engine's cache
 //! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
