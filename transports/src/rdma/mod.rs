@@ -10,7 +10,7 @@
 //! - [`wire`]: the connection card and the messages that travel as SENDs;
 //! - [`pool`]: registered slot arenas;
 //! - [`transport`]: the [`dmsc_core::engine::Transport`] implementation;
-//! - [`connect`]: setup over the bootstrap exchange;
+//! - [`connect`](mod@connect): setup over the bootstrap exchange;
 //! - [`fallback`]: use RDMA where a device is found, else say why once and let TCP serve.
 //!
 //! Sources, read for the design and never copied: the libibverbs manual pages
