@@ -1,7 +1,8 @@
 //! The RDMA transport over FAKE verbs ([`super::fake`]): every collective through the engine
 //! on 2 to 5 ranks (threads) checked byte for byte against the simulator, a queue pair
-//! failing mid-transfer, the registration cache, the pinned-memory limit, writes outside a
-//! registration, header mismatches and a peer that goes away.
+//! failing mid-transfer and its rebuild, the registration cache, the pinned-memory limit,
+//! writes outside a registration, header mismatches, a peer that closes or dies, and the
+//! communicator's connect path choosing RDMA or falling back to TCP.
 
 use super::connect;
 use super::fake::FakeFabric;
