@@ -55,6 +55,7 @@ mod group;
 mod group_ring;
 pub mod hier_all_gather;
 pub mod hier_all_reduce;
+pub mod hier_all_reduce_pipelined;
 pub mod hier_broadcast;
 pub mod hier_reduce;
 pub mod hier_reduce_scatter;
