@@ -10,6 +10,7 @@
 //! information NCCL gathers in its topology detection (`ncclTopoGetSystem` and the search
 //! that follows it), reduced to the two link classes the hierarchical algorithms use.
 
+pub mod ladder;
 pub mod probe;
 
 use crate::error::{Error, Result};
