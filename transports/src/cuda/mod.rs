@@ -1,0 +1,34 @@
+//! CUDA: dmsc's device kernels, the ordering of collectives on the caller's CUDA stream, and
+//! (with the `cuda` feature) the CUDA device that runs the kernels on GPU memory.
+//!
+//! What is here without the feature, and tested on any machine:
+//! - [`kernels`]: the CUDA C source of every reduction, scaling and CRC32C kernel, and their
+//!   names per data type and operator. The tests compile the same source as host C++ and
+//!   compare it with dmsc-core's host kernels.
+//! - [`stream_order`]: NCCL's stream semantics as a state machine over a small trait of
+//!   stream and event operations ([`stream_order::StreamOps`]), tested against a fake GPU.
+//!
+//! With the `cuda` feature (cudarc, loading `libcuda` and `libnvrtc` at run time, so a build
+//! runs on machines without CUDA):
+//! - `driver`: finding the driver and NVRTC libraries before anything calls into them (cudarc
+//!   panics on a missing library), and the driver's errors as dmsc errors;
+//! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
+//!   and architecture.
+//!
+//! Sources: CUDA Driver API reference (stream management, event management, stream memory
+//! operations `cuStreamWaitValue32`/`cuStreamWriteValue32`, `cuPointerGetAttribute`); NVRTC
+//! user guide; NCCL's design of stream-ordered collectives (ncclGroupEnd and its enqueue
+//! path), read for design only.
+
+pub mod kernels;
+pub mod stream_order;
+
+#[cfg(test)]
+mod fake_gpu;
+#[cfg(test)]
+mod host_check;
+
+#[cfg(feature = "cuda")]
+pub mod driver;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
