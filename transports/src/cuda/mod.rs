@@ -12,6 +12,8 @@
 //! runs on machines without CUDA):
 //! - `driver`: finding the driver and NVRTC libraries before anything calls into them (cudarc
 //!   panics on a missing library), and the driver's errors as dmsc errors;
+//! - `device`: `CudaDevice`, dmsc-core's `Device` on one GPU's memory;
+//! - `cuda_streams`: [`stream_order::StreamOps`] on the driver (events, stream memory ops);
 //! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
 //!   and architecture.
 //!
@@ -28,6 +30,10 @@ mod fake_gpu;
 #[cfg(test)]
 mod host_check;
 
+#[cfg(feature = "cuda")]
+pub mod cuda_streams;
+#[cfg(feature = "cuda")]
+pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
 #[cfg(feature = "cuda")]

@@ -40,7 +40,8 @@ pub struct Image {
 /// Compile the kernels for `arch` (`major * 10 + minor`), or return the copy compiled before
 /// in this process. Errors when NVRTC is missing or the compile fails (with its log).
 pub fn compile(arch: u32, output: Output) -> Result<Arc<Image>> {
-    static CACHE: OnceLock<Mutex<HashMap<(u32, Output), Arc<Image>>>> = OnceLock::new();
+    type Cache = Mutex<HashMap<(u32, Output), Arc<Image>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(i) = cache
         .lock()
