@@ -70,7 +70,9 @@ fn host() -> Option<&'static HostKernels> {
     match HOST.get_or_init(build) {
         Ok(h) => Some(h),
         Err(why) => {
-            eprintln!("SKIPPED: the host check of kernels.cu needs a C++ compiler: {why}");
+            super::skip(&format!(
+                "the host check of kernels.cu needs a C++ compiler: {why}"
+            ));
             None
         }
     }

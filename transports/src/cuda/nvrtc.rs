@@ -158,7 +158,7 @@ mod tests {
         match driver::nvrtc_present() {
             Ok(()) => Some(()),
             Err(e) => {
-                eprintln!("SKIPPED: the NVRTC compile check: {e}");
+                crate::cuda::skip(&format!("the NVRTC compile check: {e}"));
                 None
             }
         }
