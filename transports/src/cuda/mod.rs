@@ -14,6 +14,7 @@
 //!   panics on a missing library), and the driver's errors as dmsc errors;
 //! - `device`: `CudaDevice`, dmsc-core's `Device` on one GPU's memory;
 //! - `cuda_streams`: [`stream_order::StreamOps`] on the driver (events, stream memory ops);
+//! - `pointer`: whether a raw pointer is host or device memory (the driver's attributes);
 //! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
 //!   and architecture.
 //!
@@ -38,6 +39,8 @@ pub mod device;
 pub mod driver;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+#[cfg(feature = "cuda")]
+pub mod pointer;
 
 /// A test that cannot run here says why on stderr and returns; with
 /// `DMSC_CUDA_CHECKS_REQUIRED=1` (set by scripts/cuda-check.sh in CI) it fails instead.
