@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn host_memory_is_host_memory_with_or_without_a_driver() {
-        let v = vec![0u8; 64];
+        let v = [0u8; 64];
         assert_eq!(memory_kind(v.as_ptr()), MemKind::Host);
         assert_eq!(memory_kind(std::ptr::null()), MemKind::Host);
     }
