@@ -126,6 +126,28 @@ impl CudaDevice {
         self.arch
     }
 
+    /// Copy `src` from host memory to `dst` in this device's memory, and wait.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of `src.len()` bytes of this device's memory.
+    pub unsafe fn upload(&mut self, dst: *mut u8, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `dst`; `src` is a live slice.
+        unsafe { result::memcpy_htod_sync(dst as u64, src) }
+            .map_err(|e| driver::error(format!("cuMemcpyHtoD({} bytes)", src.len()), e))
+    }
+
+    /// Copy `dst.len()` bytes at `src` in this device's memory to host memory, and wait.
+    ///
+    /// # Safety
+    /// `src` is valid for reads of `dst.len()` bytes of this device's memory.
+    pub unsafe fn download(&mut self, dst: &mut [u8], src: *const u8) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `src`; `dst` is a live slice.
+        unsafe { result::memcpy_dtoh_sync(dst, src as u64) }
+            .map_err(|e| driver::error(format!("cuMemcpyDtoH({} bytes)", dst.len()), e))
+    }
+
     /// Make the device's context current on this thread.
     fn bind(&self) -> Result<()> {
         // SAFETY: the context is retained until Drop.

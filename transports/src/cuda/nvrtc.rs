@@ -6,7 +6,13 @@
 //! NVRTC is refused by an older driver, `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`). PTX for a
 //! virtual architecture (`compute_XY`) needs no GPU at all, which is what CI checks.
 //! Contraction of multiplies and adds is off (`--fmad=false`) so the kernels round as the
-//! host kernels do. Sources: NVRTC user guide (nvrtcCompileProgram options, nvrtcGetCUBIN),
+//! host kernels do.
+//!
+//! Images are cached in memory per (architecture, kind), and on disk when
+//! `DMSC_CUDA_CACHE_DIR` names a folder: there each image is a file named by a hash of the
+//! source and the options, so a changed source never loads a stale image, and a machine
+//! without NVRTC (a GPU machine with only the driver) can run images compiled elsewhere
+//! (`examples/cuda_kernel_cache.rs` fills such a folder). Sources: NVRTC user guide (nvrtcCompileProgram options, nvrtcGetCUBIN),
 //! CUDA compatibility guide (minor version compatibility).
 
 use super::driver;
@@ -14,6 +20,7 @@ use cudarc::nvrtc::{result, sys};
 use dmsc_core::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What NVRTC produces.
@@ -37,8 +44,12 @@ pub struct Image {
     pub arch: u32,
 }
 
+/// The environment variable naming the on-disk cache folder.
+pub const CACHE_DIR_ENV: &str = "DMSC_CUDA_CACHE_DIR";
+
 /// Compile the kernels for `arch` (`major * 10 + minor`), or return the copy compiled before
-/// in this process. Errors when NVRTC is missing or the compile fails (with its log).
+/// in this process, or the one in `DMSC_CUDA_CACHE_DIR`. Errors when it is in neither cache
+/// and NVRTC is missing or the compile fails (with NVRTC's log).
 pub fn compile(arch: u32, output: Output) -> Result<Arc<Image>> {
     type Cache = Mutex<HashMap<(u32, Output), Arc<Image>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -50,11 +61,62 @@ pub fn compile(arch: u32, output: Output) -> Result<Arc<Image>> {
     {
         return Ok(i.clone());
     }
-    let image = Arc::new(compile_uncached(arch, output)?);
+    let dir = std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from);
+    let image = Arc::new(compile_with_disk_cache(arch, output, dir.as_deref())?);
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert((arch, output), image.clone());
+    Ok(image)
+}
+
+/// The NVRTC options for `arch` and `output`.
+fn options(arch: u32, output: Output) -> [String; 3] {
+    let target = match output {
+        Output::Ptx => format!("--gpu-architecture=compute_{arch}"),
+        Output::Cubin => format!("--gpu-architecture=sm_{arch}"),
+    };
+    [target, "--fmad=false".into(), "--std=c++14".into()]
+}
+
+/// The cache file of an image: FNV-1a of the source and the options, and the target.
+pub fn cache_file_name(arch: u32, output: Output) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let opts = options(arch, output).join(" ");
+    for b in super::kernels::SOURCE
+        .bytes()
+        .chain([0])
+        .chain(opts.bytes())
+    {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    match output {
+        Output::Ptx => format!("dmsc-kernels-{h:016x}-compute_{arch}.ptx"),
+        Output::Cubin => format!("dmsc-kernels-{h:016x}-sm_{arch}.cubin"),
+    }
+}
+
+/// Read the image from `dir` if it is there; else compile it and write it there (a failed
+/// write is logged, not an error: the cache is an optimisation).
+pub fn compile_with_disk_cache(arch: u32, output: Output, dir: Option<&Path>) -> Result<Image> {
+    let file = dir.map(|d| d.join(cache_file_name(arch, output)));
+    if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+        return Ok(Image {
+            bytes,
+            output,
+            arch,
+        });
+    }
+    let image = compile_uncached(arch, output)?;
+    if let Some(f) = file {
+        let written = f
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&f, &image.bytes));
+        if let Err(e) = written {
+            log::warn!("cannot write the CUDA kernel cache {}: {e}", f.display());
+        }
+    }
     Ok(image)
 }
 
@@ -84,11 +146,7 @@ fn compile_uncached(arch: u32, output: Output) -> Result<Image> {
     let prog = Program(
         result::create_program(&src, Some(name)).map_err(|e| nvrtc_error("create program", e))?,
     );
-    let target = match output {
-        Output::Ptx => format!("--gpu-architecture=compute_{arch}"),
-        Output::Cubin => format!("--gpu-architecture=sm_{arch}"),
-    };
-    let options = [target.as_str(), "--fmad=false", "--std=c++14"];
+    let options = options(arch, output);
     // SAFETY: `prog` is a live program; `src` and `name` outlive it (dropped after it).
     let compiled = unsafe { result::compile_program(prog.0, &options) };
     if let Err(e) = compiled {
@@ -212,6 +270,27 @@ mod tests {
         }
         let image = compile(90, Output::Cubin).unwrap();
         assert_eq!(&image.bytes[..4], b"\x7fELF", "a CUBIN is an ELF image");
+    }
+
+    #[test]
+    fn the_disk_cache_is_read_before_nvrtc_and_keyed_by_the_source() {
+        // An image in the cache is used as it is, with or without NVRTC: architecture 1
+        // does not exist, so only the cache can answer.
+        let dir = std::env::temp_dir().join(format!("dmsc-nvrtc-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = cache_file_name(1, Output::Cubin);
+        assert!(name.ends_with("-sm_1.cubin"), "{name}");
+        assert_ne!(name, cache_file_name(1, Output::Ptx));
+        std::fs::write(dir.join(&name), b"cached image").unwrap();
+        let image = compile_with_disk_cache(1, Output::Cubin, Some(&dir)).unwrap();
+        assert_eq!(image.bytes, b"cached image");
+        // With NVRTC, a miss compiles and fills the cache.
+        if nvrtc().is_some() {
+            let image = compile_with_disk_cache(80, Output::Ptx, Some(&dir)).unwrap();
+            let file = dir.join(cache_file_name(80, Output::Ptx));
+            assert_eq!(std::fs::read(file).unwrap(), image.bytes);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
