@@ -220,3 +220,44 @@ fn the_callers_stream_waits_for_the_collective_on_the_real_driver() {
     assert!(order.ops().query(&done).unwrap());
     assert!(order.ops().query(&later).unwrap());
 }
+
+#[test]
+fn device_reduction_figures() {
+    // Figures for the closing note, printed, never asserted: each call includes its
+    // launch and the stream synchronization the Device trait's synchronous methods do.
+    let Some(mut gpu) = gpu() else { return };
+    for mib in [64usize, 256] {
+        let n = mib << 20;
+        let bufs: Vec<DeviceBuffer> = (0..3).map(|_| gpu.alloc(n).unwrap()).collect();
+        let (a, b, c) = (bufs[0].ptr(), bufs[1].ptr(), bufs[2].ptr());
+        let iters = 10;
+        let per_call = |gpu: &mut CudaDevice, f: &mut dyn FnMut(&mut CudaDevice)| {
+            f(gpu);
+            let t = Instant::now();
+            for _ in 0..iters {
+                f(gpu);
+            }
+            t.elapsed().as_secs_f64() / iters as f64
+        };
+        let sum = per_call(&mut gpu, &mut |g| {
+            // SAFETY: three device buffers of n bytes (their contents do not matter here).
+            unsafe { g.reduce_into(DataType::Float32, ReduceOp::Sum, c, a, b, n) }.unwrap()
+        });
+        let half = per_call(&mut gpu, &mut |g| {
+            // SAFETY: as above.
+            unsafe { g.reduce_into(DataType::Bfloat16, ReduceOp::Sum, c, a, b, n) }.unwrap()
+        });
+        let crc = per_call(&mut gpu, &mut |g| {
+            // SAFETY: as above.
+            unsafe { g.crc32c(a, n) }.map(drop).unwrap()
+        });
+        let gbs = |bytes: usize, s: f64| bytes as f64 / s / 1e9;
+        println!(
+            "FIGURE {mib} MiB: float sum {:.0} GB/s, bfloat16 sum {:.0} GB/s (3 x size moved), \
+             CRC32C {:.1} GB/s",
+            gbs(3 * n, sum),
+            gbs(3 * n, half),
+            gbs(n, crc)
+        );
+    }
+}

@@ -5,6 +5,8 @@
 //! - [`kernels`]: the CUDA C source of every reduction, scaling and CRC32C kernel, and their
 //!   names per data type and operator. The tests compile the same source as host C++ and
 //!   compare it with dmsc-core's host kernels.
+//! - [`staging`]: device data through host buffers in pipelined chunks (for TCP), as a
+//!   state machine without I/O;
 //! - [`stream_order`]: NCCL's stream semantics as a state machine over a small trait of
 //!   stream and event operations ([`stream_order::StreamOps`]), tested against a fake GPU.
 //!
@@ -24,6 +26,7 @@
 //! path), read for design only.
 
 pub mod kernels;
+pub mod staging;
 pub mod stream_order;
 
 #[cfg(test)]
