@@ -5,6 +5,8 @@
 //! - [`kernels`]: the CUDA C source of every reduction, scaling and CRC32C kernel, and their
 //!   names per data type and operator. The tests compile the same source as host C++ and
 //!   compare it with dmsc-core's host kernels.
+//! - [`ipc_handle`]: the CUDA IPC export one rank sends a peer on its host, and its encoding
+//!   (exporting and opening with the feature);
 //! - [`staging`]: device data through host buffers in pipelined chunks (for TCP), as a
 //!   state machine without I/O;
 //! - [`stream_order`]: NCCL's stream semantics as a state machine over a small trait of
@@ -25,6 +27,7 @@
 //! user guide; NCCL's design of stream-ordered collectives (ncclGroupEnd and its enqueue
 //! path), read for design only.
 
+pub mod ipc_handle;
 pub mod kernels;
 pub mod staging;
 pub mod stream_order;
