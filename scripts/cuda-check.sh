@@ -8,7 +8,8 @@
 #  - the same kernel source, built as host C++, matches dmsc-core's host reductions for every
 #    type and op, and the crc32c crate;
 #  - the stream-ordering state machine against the fake GPU;
-#  - without a driver, opening a CUDA device is an error, not a panic.
+#  - without a driver, opening a CUDA device is an error, not a panic;
+#  - the C ABI with the feature (pointer classification, streams for device buffers).
 # DMSC_CUDA_CHECKS_REQUIRED=1 turns the tests' "SKIPPED" (no NVRTC, no C++ compiler) into
 # failures, so CI cannot pass without running them. The checks that need a GPU are
 # scripts/gpu-check.sh's.
@@ -25,5 +26,8 @@ fi
 export DMSC_NVRTC_LIB="$(cd "$(dirname "$(lib)")" && pwd)/libnvrtc.so.12"
 export DMSC_CUDA_CHECKS_REQUIRED=1
 echo "-- NVRTC: $DMSC_NVRTC_LIB"
-cargo clippy -p dmsc-transports -p dmsc --features dmsc-transports/cuda --all-targets -- -D warnings
+cargo clippy -p dmsc-transports -p dmsc -p dmsc-ffi --features dmsc-ffi/cuda --all-targets -- -D warnings
 cargo test -p dmsc-transports --features cuda --lib cuda:: -- --nocapture
+cargo test -p dmsc-ffi --features cuda --lib
+# The GPU tests: without a GPU each prints SKIPPED (scripts/gpu-check.sh runs them on one).
+cargo test -p dmsc-transports --features cuda --test cuda_gpu -- --nocapture

@@ -11,7 +11,8 @@
 #
 # What runs: transports/tests/cuda_gpu.rs with DMSC_CUDA_GPU_REQUIRED=1 (the CUDA device's
 # kernels against the host for every type and op on 1 .. 2^20+3 elements, copies, CRC32C,
-# pointer attributes, the stream ordering on the real driver, device reduction figures),
+# pointer attributes, IPC export, the stream ordering on the real driver, device reduction
+# figures, and staging throughput through pinned slots against a plain cuMemcpyDtoH),
 # the CUDA unit tests, and dmsc-perf all_reduce at 64 MiB and 256 MiB on 2 and 4 ranks on
 # host memory, the baseline the device paths will be compared with.
 set -euo pipefail
@@ -77,5 +78,5 @@ for np in 2 4; do
     timeout 120 "$DIR/bin/dmsc-perf" --np "$np" all_reduce -b 64M -e 256M -f 4 -n 5 -w 2 -c 1
 done
 echo "== not run here (not built yet): collectives on device buffers over CUDA IPC and over TCP"
-echo "   staging, torch CUDA tensors, staging throughput against cudaMemcpy"
+echo "   staging (the engine does not drive the CUDA device yet), torch CUDA tensors"
 echo "gpu-check done in $(( $(date +%s) - start )) s"
