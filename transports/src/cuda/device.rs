@@ -187,15 +187,29 @@ impl CudaDevice {
         unsafe { result::stream::synchronize(self.stream) }
             .map_err(|e| driver::error(format!("cuStreamSynchronize after {what}"), e))
     }
+}
 
-    fn elements(dtype: DataType, n: usize) -> Result<u64> {
-        if !n.is_multiple_of(dtype.size()) {
-            return Err(Error::invalid(format!(
-                "{n} bytes is not a whole number of {dtype} elements"
-            )));
-        }
-        Ok((n / dtype.size()) as u64)
+/// The element count of `n` bytes of `dtype`, or an error when `n` is not whole elements.
+fn elements(dtype: DataType, n: usize) -> Result<u64> {
+    if !n.is_multiple_of(dtype.size()) {
+        return Err(Error::invalid(format!(
+            "{n} bytes is not a whole number of {dtype} elements"
+        )));
     }
+    Ok((n / dtype.size()) as u64)
+}
+
+/// The operands of an element-wise reduction over `n` bytes, as the host device allows them:
+/// `dst` is `a` (in place) or overlaps neither operand.
+fn check_operands(dst: *const u8, a: *const u8, b: *const u8, n: usize) -> Result<()> {
+    let overlap = |p: *const u8, q: *const u8| {
+        let (p, q) = (p as usize, q as usize);
+        n > 0 && p < q.saturating_add(n) && q < p.saturating_add(n)
+    };
+    if overlap(dst, b) || (!std::ptr::eq(dst, a) && overlap(dst, a)) {
+        return Err(Error::internal("reduction operands overlap"));
+    }
+    Ok(())
 }
 
 impl Drop for CudaDevice {
@@ -272,7 +286,8 @@ impl Device for CudaDevice {
         n: usize,
     ) -> Result<()> {
         op.check_dtype(dtype)?;
-        let elems = Self::elements(dtype, n)?;
+        check_operands(dst, a, b, n)?;
+        let elems = elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -300,7 +315,7 @@ impl Device for CudaDevice {
         if divisor == 0 {
             return Err(Error::invalid("average over 0 ranks"));
         }
-        let elems = Self::elements(dtype, n)?;
+        let elems = elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -323,7 +338,7 @@ impl Device for CudaDevice {
         factor: f64,
     ) -> Result<()> {
         let mut whole = factor_as_int(dtype, factor)?;
-        let elems = Self::elements(dtype, n)?;
+        let elems = elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -372,6 +387,22 @@ impl Device for CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operands_are_checked_as_on_the_host() {
+        let p = |a: usize| a as *const u8;
+        assert!(check_operands(p(0x1000), p(0x1000), p(0x2000), 64).is_ok());
+        assert!(check_operands(p(0x3000), p(0x1000), p(0x2000), 64).is_ok());
+        assert!(check_operands(p(0x1000), p(0x1000), p(0x1000), 64).is_err());
+        assert!(check_operands(p(0x1010), p(0x1000), p(0x2000), 64).is_err());
+        assert!(check_operands(p(0x2010), p(0x1000), p(0x2000), 64).is_err());
+        assert_eq!(elements(DataType::Float16, 6).unwrap(), 3);
+        let e = elements(DataType::Float32, 6).unwrap_err().to_string();
+        assert!(
+            e.contains("6 bytes is not a whole number of float elements"),
+            "{e}"
+        );
+    }
 
     /// With no driver, opening a device is an error that says so; with one, the tests that
     /// need a GPU run in scripts/gpu-check.sh.
