@@ -14,7 +14,6 @@ use super::kernels::{self, CRC32C_CHUNKS};
 use dmsc_core::reduce;
 use dmsc_core::{DataType, ReduceOp};
 use std::ffi::{c_void, CString};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -40,14 +39,19 @@ static LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn build() -> Result<HostKernels, String> {
     let dir = std::env::temp_dir().join(format!("dmsc-cuda-host-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cuda");
+    // The sources as compiled into this test binary, so it runs from any directory.
+    let (src, shim) = (dir.join("kernels.cu"), dir.join("host_shim.h"));
+    std::fs::write(&src, kernels::SOURCE)
+        .map_err(|e| format!("cannot write {}: {e}", src.display()))?;
+    std::fs::write(&shim, include_str!("host_shim.h"))
+        .map_err(|e| format!("cannot write {}: {e}", shim.display()))?;
     let out = dir.join("libdmsc_kernels_host.so");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let status = Command::new(&cxx)
         .args(["-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-include"])
-        .arg(here.join("host_shim.h"))
+        .arg(&shim)
         .args(["-x", "c++"])
-        .arg(here.join("kernels.cu"))
+        .arg(&src)
         .arg("-o")
         .arg(&out)
         .status();
