@@ -70,13 +70,16 @@ echo "== GPU"
 nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
 export DMSC_CUDA_CACHE_DIR="$PWD/$DIR/cache" DMSC_CUDA_GPU_REQUIRED=1 RUST_BACKTRACE=1
 echo "== CUDA device against the host, stream ordering on the driver (transports/tests/cuda_gpu.rs)"
-timeout 240 "$DIR/bin/cuda_gpu" --test-threads=1 --nocapture
+LOG="$DIR/gpu-check.log"
+timeout 240 "$DIR/bin/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$LOG"
 echo "== CUDA unit tests (fake GPU, host build of the kernels; NVRTC ones skip without DMSC_NVRTC_LIB)"
 timeout 60 "$DIR/bin/dmsc_transports" cuda:: --test-threads=1
 echo "== dmsc-perf all_reduce on host memory (the baseline for the device paths)"
 for np in 2 4; do
-    timeout 120 "$DIR/bin/dmsc-perf" --np "$np" all_reduce -b 64M -e 256M -f 4 -n 5 -w 2 -c 1
+    timeout 120 "$DIR/bin/dmsc-perf" --np "$np" all_reduce -b 64M -e 256M -f 4 -n 5 -w 2 -c 1 2>&1 | tee -a "$LOG"
 done
+echo "== figures"
+grep -E '^FIGURE|^ +(67108864|268435456) ' "$LOG" || true
 echo "== not run here (not built yet): collectives on device buffers over CUDA IPC and over TCP"
 echo "   staging (the engine does not drive the CUDA device yet), torch CUDA tensors"
 echo "gpu-check done in $(( $(date +%s) - start )) s"
