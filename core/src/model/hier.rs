@@ -29,8 +29,8 @@
 //! which `e` ranks of the busiest host send across the network costs
 //! `max(α_i + cβ_i, α_e + e·cβ_e)` (recursive doubling, Rabenseifner's halving-doubling,
 //! binomial trees: `e` counted from the partners of each round; chains and rings: from the
-//! edges in rank order). The double binary tree, whose edges cross hosts in most rounds, is
-//! priced entirely with the network's model. Hierarchical broadcast, reduce, all-gather and
+//! edges in rank order). The double binary tree is priced per pipeline step with the tree
+//! edges that leave the busiest host. Hierarchical broadcast, reduce, all-gather and
 //! reduce-scatter add the flat phases they run (see `plan::hier_broadcast` and its
 //! siblings).
 
@@ -352,6 +352,41 @@ impl HierCostModel {
         p.saturating_sub(1) as f64 * (self.round(c, ring_edges_out(host_of)) + g)
     }
 
+    /// The pipelined double binary tree all-reduce (`plan::tree`) of `bytes` on `host_of`
+    /// in segments of `seg` bytes. In steady state every edge of both trees carries one
+    /// segment each way per step, so a step costs the slower of a rank's four segments over
+    /// its intra-host links and the `e` segments leaving the busiest host, `e` being the
+    /// number of tree edges (both trees) with one end on that host and the other elsewhere:
+    /// `(K + 3⌈log2 p⌉)·(max(α_i + 4sβ_i, α_e + e·sβ_e) + 2sγ)` for `K` segments of `s`
+    /// bytes per tree.
+    fn tree_all_reduce(&self, bytes: usize, host_of: &[usize], seg: usize) -> f64 {
+        let p = host_of.len();
+        if p <= 1 {
+            return 0.0;
+        }
+        let mut out = vec![0usize; host_of.iter().copied().max().map_or(0, |h| h + 1)];
+        for t in crate::plan::tree::double_tree(p) {
+            for (r, parent) in t.parent.iter().enumerate() {
+                if let Some(&q) = parent.as_ref() {
+                    if host_of[r] != host_of[q] {
+                        out[host_of[r]] += 1;
+                        out[host_of[q]] += 1;
+                    }
+                }
+            }
+        }
+        let e = out.into_iter().max().unwrap_or(0);
+        let (k, s) = segments(bytes.div_ceil(2), seg);
+        let (i, x) = (&self.intra, &self.inter);
+        let within = i.alpha + 4.0 * s * i.beta;
+        let step = if e == 0 {
+            within
+        } else {
+            within.max(x.alpha + e as f64 * s * x.beta)
+        };
+        (k + 3.0 * log2_ceil(p)) * (step + 2.0 * s * i.gamma)
+    }
+
     /// The network's model with its per-byte cost shared by `k` concurrent groups.
     fn inter_shared(&self, k: usize) -> CostModel {
         CostModel {
@@ -467,11 +502,7 @@ impl HierCostModel {
                 }
                 Algo::RecursiveDoubling => self.rd_all_reduce(bytes, &host_of),
                 Algo::Rabenseifner => self.rabenseifner_all_reduce(bytes, &host_of),
-                Algo::Tree => CostModel {
-                    gamma: self.intra.gamma,
-                    ..self.inter
-                }
-                .tree_all_reduce(bytes, p, seg),
+                Algo::Tree => self.tree_all_reduce(bytes, &host_of, seg),
             },
             CollKind::Broadcast | CollKind::Reduce => {
                 let reduce = desc.kind == CollKind::Reduce;
