@@ -27,9 +27,12 @@
  * Buffers are host memory, read and written only during the call (blocking calls), until
  *   the request completes (Async calls), or until dmscGroupEnd returns (calls in a group).
  *   A buffer may be NULL when its byte count is 0.
- * Streams. Every operation takes a stream in NCCL's position. Only NULL (host-synchronous)
- *   is supported: device streams arrive with the CUDA transport, which this version does
- *   not have, and a non-NULL stream is dmscInvalidArgument.
+ * Streams. Every operation takes a stream in NCCL's position. With host buffers only NULL
+ *   (host-synchronous) is accepted and a non-NULL stream is dmscInvalidArgument. A libdmsc
+ *   built with the `cuda` feature tells device buffers apart (the CUDA driver's pointer
+ *   attributes) and accepts a stream with them, but does not yet run collectives on device
+ *   memory (dmscInvalidUsage, saying so); mixing host and device buffers in one call is
+ *   dmscInvalidArgument naming both.
  * In place. sendbuff == recvbuff is in place; for dmscAllGather in place means
  *   sendbuff == recvbuff + rank * sendcount elements, for dmscReduceScatter
  *   recvbuff == sendbuff + rank * recvcount elements (NCCL's layouts).

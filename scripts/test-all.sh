@@ -16,6 +16,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (release: the property tests and multi-process runs are compute-heavy)"
 PROPTEST_CASES="${PROPTEST_CASES:-4096}" cargo test --workspace --release
+echo "== CUDA without a GPU: the cuda feature builds, NVRTC compiles every kernel, the kernels match the host, stream ordering on a fake GPU"
+bash scripts/cuda-check.sh
 echo "== multi-process suites again over TCP only (DMSC_SHM=0; the run above used shared memory)"
 DMSC_SHM=0 cargo test --release -p dmsc --test multiprocess --test peer_loss --test recovery \
     --test strangers --test dmscrun

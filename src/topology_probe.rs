@@ -4,6 +4,7 @@
 //! a few milliseconds per round of meetings (see the plan's module docs for the bound).
 
 use crate::comm::Communicator;
+use dmsc_core::topology::ladder::{self, Ladder};
 use dmsc_core::topology::probe::{self, Meeting, Record, Role};
 use dmsc_core::topology::{Link, Topology};
 use dmsc_core::{Error, Result};
@@ -78,36 +79,43 @@ fn meet(comm: &Communicator, m: &Meeting) -> Result<Option<Link>> {
             }
         }
     }
-    let warm_s = exchange(comm, peer, probe::WARM_BYTES)?;
-    let bulk = match m.role {
-        Role::Initiator => {
-            let b = probe::bulk_bytes(probe::WARM_BYTES, warm_s);
-            comm.send(&[b as u64], peer, TAG)?;
-            b
-        }
-        Role::Responder => {
-            let mut b = [0u64];
-            comm.recv(&mut b, peer, TAG)?;
-            let ok = (probe::BULK_MIN as u64..=probe::BULK_MAX as u64).contains(&b[0]);
-            if !ok {
-                return Err(Error::protocol(format!(
-                    "topology probe: rank {peer} asked for a bulk transfer of {} bytes, \
-                     outside {}..={}",
-                    b[0],
-                    probe::BULK_MIN,
-                    probe::BULK_MAX
-                )));
+    let mut ladder = Ladder::new();
+    loop {
+        let bytes = match m.role {
+            Role::Initiator => {
+                let next = ladder.next();
+                comm.send(&[next.unwrap_or(0) as u64], peer, TAG)?;
+                next
             }
-            b[0] as usize
-        }
-    };
-    let bulk_s = exchange(comm, peer, bulk)?;
-    Ok(match m.role {
-        Role::Initiator => Some(Link {
+            Role::Responder => {
+                let mut b = [0u64];
+                comm.recv(&mut b, peer, TAG)?;
+                match b[0] {
+                    0 => None,
+                    b if (ladder::START as u64..=ladder::MAX as u64).contains(&b) => {
+                        Some(b as usize)
+                    }
+                    b => {
+                        return Err(Error::protocol(format!(
+                            "topology probe: rank {peer} asked for an exchange of {b} bytes, \
+                             outside {}..={}",
+                            ladder::START,
+                            ladder::MAX
+                        )))
+                    }
+                }
+            }
+        };
+        let Some(bytes) = bytes else { break };
+        let secs = exchange(comm, peer, bytes)?;
+        ladder.record(bytes, secs);
+    }
+    Ok(match (m.role, ladder.rate()) {
+        (Role::Initiator, Some(bytes_per_s)) => Some(Link {
             latency_s: probe::latency(&rtts)?,
-            bytes_per_s: bulk as f64 / bulk_s.max(1e-9),
+            bytes_per_s,
         }),
-        Role::Responder => None,
+        _ => None,
     })
 }
 

@@ -4,6 +4,7 @@
 
 use crate::guard::{Ctx, FfiError, Res};
 use crate::types::c_name;
+use dmsc_core::engine::MemKind;
 use dmsc_rs::DataType;
 use std::ffi::{c_int, c_void};
 
@@ -43,18 +44,23 @@ pub(crate) fn rank_arg(f: &str, name: &str, v: c_int, nranks: usize) -> Res<usiz
     dmsc_rs::call::rank_arg(name, v, nranks).ctx(f)
 }
 
-/// The stream argument of function `f`: only NULL (host-synchronous) exists today.
-pub(crate) fn no_stream(f: &str, stream: *mut c_void) -> Res<()> {
-    if !stream.is_null() {
-        return Err(FfiError::invalid(
-            f,
-            format_args!(
-                "stream is {stream:p}, not NULL: device streams arrive with the CUDA transport, \
-                 which this version of dmsc does not have; pass NULL for host buffers"
-            ),
-        ));
+/// The stream argument of function `f`, for a call whose buffers are in `memory`: NULL
+/// (host-synchronous, or the default stream) always; a stream only for CUDA device buffers,
+/// which only a build with the `cuda` feature recognises.
+pub(crate) fn stream_arg(f: &str, stream: *mut c_void, memory: MemKind) -> Res<()> {
+    if stream.is_null() || memory != MemKind::Host {
+        return Ok(());
     }
-    Ok(())
+    let why = if cfg!(feature = "cuda") {
+        "but the buffers are host memory: a stream orders calls on CUDA device buffers"
+    } else {
+        "but this libdmsc was built without the CUDA transport (feature `cuda`), so buffers \
+         are host memory"
+    };
+    Err(FfiError::invalid(
+        f,
+        format_args!("stream is {stream:p}, not NULL, {why}; pass NULL for host buffers"),
+    ))
 }
 
 /// The output pointer argument `name` of function `f`, which must not be NULL.
@@ -96,10 +102,17 @@ mod tests {
             let e = rank_arg("dmscBroadcast", "root", bad, 4).unwrap_err();
             assert!(e.msg.starts_with("dmscBroadcast: root"), "{}", e.msg);
         }
-        assert!(no_stream("f", std::ptr::null_mut()).is_ok());
-        let e = no_stream("dmscBarrier", 8 as *mut c_void).unwrap_err();
+        assert!(stream_arg("f", std::ptr::null_mut(), MemKind::Host).is_ok());
+        let dev = MemKind::Cuda { device: 0 };
+        assert!(stream_arg("f", 8 as *mut c_void, dev).is_ok());
+        assert!(stream_arg("f", std::ptr::null_mut(), dev).is_ok());
+        let e = stream_arg("dmscBarrier", 8 as *mut c_void, MemKind::Host).unwrap_err();
         assert_eq!(e.code, dmscInvalidArgument);
-        assert!(e.msg.contains("stream") && e.msg.contains("CUDA transport"));
+        assert!(
+            e.msg.starts_with("dmscBarrier: stream") && e.msg.contains("CUDA"),
+            "{}",
+            e.msg
+        );
         assert!(out::<i32>("f", "count", std::ptr::null_mut()).is_err());
     }
 }

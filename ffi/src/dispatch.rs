@@ -2,7 +2,7 @@
 //! streams, validate the arguments into a [`Call`], then run it now, record it into the
 //! thread's group, or post it and return a request.
 
-use crate::args::{no_stream, out};
+use crate::args::{out, stream_arg};
 use crate::comm::comm_for_op;
 use crate::group;
 use crate::guard::{guard, Ctx, FfiError, Res};
@@ -28,8 +28,8 @@ pub(crate) unsafe fn blocking(
 ) -> dmscResult_t {
     guard(f, || {
         let (id, c) = comm_for_op(f, comm)?;
-        no_stream(f, stream)?;
         let call = build(&c)?;
+        stream_arg(f, stream, call.memory())?;
         if let Some(call) = group::record(f, id, &c, call) {
             // SAFETY: the caller's contract: the buffers are valid for this call.
             unsafe { op::run(&c, &call) }.ctx(f)?;
@@ -56,7 +56,6 @@ pub(crate) unsafe fn nonblocking(
         // SAFETY: non-NULL and writable by the caller's contract.
         unsafe { slot.write(std::ptr::null_mut()) };
         let (_, c) = comm_for_op(f, comm)?;
-        no_stream(f, stream)?;
         if group::depth() > 0 {
             return Err(FfiError::usage(
                 f,
@@ -65,6 +64,7 @@ pub(crate) unsafe fn nonblocking(
             ));
         }
         let call = build(&c)?;
+        stream_arg(f, stream, call.memory())?;
         // SAFETY: the caller's contract keeps the buffers valid until the request completes.
         let req = unsafe { op::post(&c, &call) }.ctx(f)?;
         // SAFETY: as above, slot is writable.

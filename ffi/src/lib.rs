@@ -12,8 +12,9 @@
 //! `ncclConfig_t`, `ncclGetLastError` (here per thread), `ncclCommSplit`, `ncclCommShrink`,
 //! and `ncclGroupStart`/`ncclGroupEnd`. Additions: `dmscCommInitFromEnv`, all-to-all(v),
 //! barrier, and `*Async` variants returning MPI-style requests (`dmscTest`, `dmscWait`,
-//! `dmscRequestFree`). The stream argument exists for the CUDA transport to come; today it
-//! must be NULL.
+//! `dmscRequestFree`). With host buffers the stream argument
+//! must be NULL; with the `cuda` feature, device buffers are recognised and take a stream
+//! (the engine does not run collectives on device memory yet).
 //!
 //! Layout: `guard` is the boundary every exported function goes through (catch_unwind,
 //! error codes, last error); `handle` the registry behind opaque handles; `validate` turns

@@ -26,7 +26,14 @@ const C_NAMES: Names = Names {
 /// sender and receiver must agree on the byte count (and order), not on the type.
 const P2P_WIRE_TYPE: DataType = DataType::Uint8;
 
+/// The span of a C buffer: host memory, or with the `cuda` feature the memory the CUDA
+/// driver says `p` is in (empty buffers are never touched and not looked up).
 fn span(p: *const c_void, len: usize) -> Span {
+    #[cfg(feature = "cuda")]
+    if len > 0 {
+        let kind = dmsc_transports::cuda::pointer::memory_kind(p as *const u8);
+        return Span::in_memory(p as *const u8, len, kind);
+    }
     Span::new(p as *const u8, len)
 }
 

@@ -1,7 +1,7 @@
 //! The builder of an all-to-all-v's [`Call`] (`MPI_Alltoallv`): one count and displacement
 //! per rank for each direction, in elements, checked against the buffers.
 
-use super::check::{apart, holds, usable};
+use super::check::{apart, holds, one_memory, usable};
 use super::{Call, Names, Shape, Span};
 use dmsc_core::{DataType, Error, Result};
 
@@ -46,6 +46,7 @@ impl Call {
                 usable(names.output, output, dtype)?;
                 let same = || format!("{} == {}", names.input, names.output);
                 apart((names.input, i), (names.output, output), same)?;
+                one_memory([(names.input, i), (names.output, output)])?;
                 holds(names.input, i, s_end, dtype)?;
                 holds(names.output, output, r_end, dtype)?;
             }

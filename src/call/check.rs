@@ -1,7 +1,9 @@
 //! The argument checks every front end shares, each with the one function that words its
 //! error: rank arguments, NULL and misaligned buffers, buffers too small, buffers that
-//! overlap, and lengths that are not whole blocks.
+//! overlap, buffers of one call in different kinds of memory, and lengths that are not whole
+//! blocks.
 
+use dmsc_core::engine::MemKind;
 use dmsc_core::{DataType, Error, Result};
 use std::fmt::Display;
 
@@ -58,6 +60,27 @@ pub(crate) fn holds(name: &str, s: Span, elems: usize, dtype: DataType) -> Resul
         )));
     }
     Ok(())
+}
+
+/// The buffers of one call are all in one kind of memory: all in host memory or all on one
+/// CUDA device (empty buffers, which are never touched, do not count). The error names the
+/// first two that differ and where each is.
+pub(crate) fn one_memory<'a>(bufs: impl IntoIterator<Item = (&'a str, Span)>) -> Result<MemKind> {
+    let mut first: Option<(&str, Span)> = None;
+    for (name, s) in bufs.into_iter().filter(|(_, s)| s.len > 0) {
+        match first {
+            None => first = Some((name, s)),
+            Some((f, fs)) if fs.kind != s.kind => {
+                return Err(Error::invalid(format!(
+                    "{f} is {} but {name} is {}: the buffers of one call must all be host \
+                     memory or all on the same CUDA device",
+                    fs.kind, s.kind
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(first.map_or(MemKind::Host, |(_, s)| s.kind))
 }
 
 /// Distinct buffers `a` and `b` must not overlap; `in_place` says which layout would have
@@ -131,5 +154,39 @@ mod tests {
         assert!(e.contains("sendbuff and recvbuff overlap"), "{e}");
         assert_eq!(blocks("t", 8, 4).unwrap(), 2);
         assert!(blocks("t", 9, 4).is_err());
+    }
+
+    #[test]
+    fn one_call_keeps_to_one_kind_of_memory() {
+        let host = Span::new(0x1000 as *const u8, 8);
+        let dev = |d| Span::in_memory(0x7000_0000 as *const u8, 8, MemKind::Cuda { device: d });
+        assert_eq!(
+            one_memory([("a", host), ("b", host)]).unwrap(),
+            MemKind::Host
+        );
+        assert_eq!(
+            one_memory([("a", dev(1)), ("b", dev(1))]).unwrap(),
+            MemKind::Cuda { device: 1 }
+        );
+        let e = one_memory([("sendbuff", host), ("recvbuff", dev(0))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sendbuff is host memory but recvbuff is CUDA device 0 memory"),
+            "{e}"
+        );
+        let e = one_memory([("sendbuff", dev(0)), ("recvbuff", dev(1))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CUDA device 0 memory but recvbuff is CUDA device 1"),
+            "{e}"
+        );
+        // An empty buffer is never touched, whatever kind it claims.
+        let empty_dev = Span::in_memory(std::ptr::null(), 0, MemKind::Cuda { device: 0 });
+        assert_eq!(
+            one_memory([("a", host), ("b", empty_dev)]).unwrap(),
+            MemKind::Host
+        );
     }
 }

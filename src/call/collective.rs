@@ -2,7 +2,7 @@
 //! uses, NCCL's per-call count (given by the front end or derived from the buffers'
 //! lengths), and the size checks, once for every front end.
 
-use super::check::{apart, blocks, holds, mismatch, rank_arg, usable};
+use super::check::{apart, blocks, holds, mismatch, one_memory, rank_arg, usable};
 use super::{Call, Names, Shape, Span};
 use dmsc_core::plan;
 use dmsc_core::{CollDesc, CollKind, DataType, Error, ReduceOp, Result};
@@ -90,6 +90,7 @@ impl Call {
                 apart((names.input, i), (names.output, output), || {
                     layout_text(kind, names)
                 })?;
+                one_memory([(names.input, i), (names.output, output)])?;
             }
             None => usable(names.in_place, output, dtype)?,
         }
@@ -284,6 +285,35 @@ mod tests {
         assert!(
             e.contains("sendbuff and recvbuff overlap; in place means sendbuff == recvbuff + rank"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn host_and_device_buffers_in_one_call_are_refused_naming_both() {
+        use dmsc_core::engine::MemKind;
+        let x = vec![0f32; 4];
+        let shape = Shape { rank: 0, size: 2 };
+        let dev = Span::in_memory(0x7f00_0000 as *const u8, 16, MemKind::Cuda { device: 0 });
+        let mixed = args(CollKind::AllReduce, Some(at(&x, 0, 4)), dev, Some(4));
+        let e = Call::collective(shape, mixed, &C).unwrap_err().to_string();
+        assert!(
+            e.contains("sendbuff is host memory but recvbuff is CUDA device 0 memory"),
+            "{e}"
+        );
+        // All on the device is a valid call that says where its memory is.
+        let dev_in = Span::in_memory(0x7e00_0000 as *const u8, 16, MemKind::Cuda { device: 0 });
+        let ok = args(CollKind::AllReduce, Some(dev_in), dev, Some(4));
+        let call = Call::collective(shape, ok, &C).unwrap();
+        assert_eq!(call.memory(), MemKind::Cuda { device: 0 });
+        let host = args(
+            CollKind::AllReduce,
+            Some(at(&x, 0, 4)),
+            at(&x, 0, 4),
+            Some(4),
+        );
+        assert_eq!(
+            Call::collective(shape, host, &C).unwrap().memory(),
+            MemKind::Host
         );
     }
 

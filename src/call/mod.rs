@@ -26,6 +26,7 @@ pub use collective::CollArgs;
 pub use p2p::P2pCall;
 pub use span::Span;
 
+use dmsc_core::engine::MemKind;
 use dmsc_core::{CollDesc, DataType};
 
 /// A checked operation with its buffers.
@@ -63,4 +64,21 @@ pub enum Call {
         /// The operations, in the order they were given.
         ops: Vec<P2pCall>,
     },
+}
+
+impl Call {
+    /// The kind of memory the call's buffers are in (the builders checked they agree; host
+    /// memory when no buffer holds data).
+    pub fn memory(&self) -> MemKind {
+        let spans: Vec<Span> = match self {
+            Call::Collective { input, output, .. } | Call::AllToAllV { input, output, .. } => {
+                input.iter().copied().chain([*output]).collect()
+            }
+            Call::P2p { ops, .. } => ops.iter().map(|o| o.buf).collect(),
+        };
+        spans
+            .into_iter()
+            .find(|s| s.len > 0)
+            .map_or(MemKind::Host, |s| s.kind)
+    }
 }

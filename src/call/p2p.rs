@@ -1,7 +1,7 @@
 //! The builder of a group of sends and receives ([`Call::P2p`]): each operation's peer and
 //! buffer, one element size for the group, and no receive buffer overlapping another buffer.
 
-use super::check::{rank_arg, usable};
+use super::check::{one_memory, rank_arg, usable};
 use super::{Call, Shape, Span};
 use dmsc_core::{DataType, Error, Result};
 
@@ -56,6 +56,16 @@ impl Call {
             )));
         }
         check_receive_overlaps(&ops)?;
+        let names: Vec<String> = ops
+            .iter()
+            .map(|o| format!("the buffer of {}", o.what()))
+            .collect();
+        one_memory(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(ops.iter().map(|o| o.buf)),
+        )?;
         Ok(Call::P2p { dtype, ops })
     }
 }
@@ -122,5 +132,23 @@ mod tests {
         ];
         let e = Call::p2p(shape, mixed).unwrap_err().to_string();
         assert!(e.contains("mixes element types"), "{e}");
+        let on_gpu = P2pCall {
+            buf: Span::in_memory(
+                0x7f00_0000 as *const u8,
+                8,
+                dmsc_core::engine::MemKind::Cuda { device: 0 },
+            ),
+            ..op(false, &b, 8, 8, 2)
+        };
+        let e = Call::p2p(shape, vec![op(true, &b, 0, 8, 1), on_gpu])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "the buffer of the send to rank 1 is host memory but the buffer of the \
+                 receive from rank 2 is CUDA device 0 memory"
+            ),
+            "{e}"
+        );
     }
 }

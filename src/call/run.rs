@@ -5,7 +5,7 @@ use super::{Call, P2pCall, Shape, Span};
 use crate::comm::{Communicator, Job};
 use crate::request::Request;
 use dmsc_core::device::{Device, HostDevice};
-use dmsc_core::engine::{OpMemory, Region};
+use dmsc_core::engine::{MemKind, OpMemory, Region};
 use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, Result};
 
@@ -56,6 +56,14 @@ impl Communicator {
     /// # Safety
     /// As [`Communicator::run_call`]: sends to this rank itself are copied now.
     unsafe fn job(&self, call: &Call) -> Result<Option<Job>> {
+        let memory = call.memory();
+        if memory != MemKind::Host {
+            return Err(Error::usage(format!(
+                "the call's buffers are {memory}: this communicator runs collectives on host \
+                 memory only (the CUDA device and its kernels exist in dmsc-transports' cuda \
+                 feature, but the engine does not drive them yet)"
+            )));
+        }
         match call {
             Call::Collective {
                 desc,

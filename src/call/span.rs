@@ -1,7 +1,10 @@
-//! [`Span`]: a caller's buffer as an address and a length, the form in which every front end
-//! (Rust slices, C pointers, Python buffers) hands memory to an operation.
+//! [`Span`]: a caller's buffer as an address, a length and the kind of memory it is in, the
+//! form in which every front end (Rust slices, C pointers, Python buffers) hands memory to an
+//! operation.
 
-/// `len` bytes at `ptr`. A span is only an address: it is read or written only through the
+use dmsc_core::engine::MemKind;
+
+/// `len` bytes at `ptr`, in memory of `kind`. A span is only an address: it is read or written only through the
 /// `unsafe` entry points that run a [`Call`](super::Call), whose callers promise the memory
 /// is valid. A zero-length span may have any address, NULL included, and is never touched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +13,9 @@ pub struct Span {
     pub ptr: *mut u8,
     /// Length in bytes.
     pub len: usize,
+    /// Where the memory is: host memory, or a CUDA device's (as the front end found it, e.g.
+    /// with the CUDA driver's pointer attributes).
+    pub kind: MemKind,
 }
 
 // SAFETY: a span is a plain address and length; memory behind it is only accessed under the
@@ -23,14 +29,21 @@ impl Span {
     pub const EMPTY: Span = Span {
         ptr: std::ptr::null_mut(),
         len: 0,
+        kind: MemKind::Host,
     };
 
-    /// The span of `len` bytes at `ptr` (no check: the builders of [`Call`](super::Call)
-    /// check what they use).
+    /// The span of `len` bytes of host memory at `ptr` (no check: the builders of
+    /// [`Call`](super::Call) check what they use).
     pub fn new(ptr: *const u8, len: usize) -> Span {
+        Span::in_memory(ptr, len, MemKind::Host)
+    }
+
+    /// The span of `len` bytes at `ptr`, in memory of `kind`.
+    pub fn in_memory(ptr: *const u8, len: usize, kind: MemKind) -> Span {
         Span {
             ptr: ptr as *mut u8,
             len,
+            kind,
         }
     }
 
@@ -68,6 +81,7 @@ impl Span {
         Span {
             ptr,
             len: end - start,
+            kind: self.kind,
         }
     }
 
@@ -76,6 +90,7 @@ impl Span {
         Span {
             ptr: self.ptr.wrapping_add(off),
             len,
+            kind: self.kind,
         }
     }
 

@@ -2,13 +2,25 @@
 
 use dmsc::{bf16, f16, Communicator, Element, Error, ReduceOp};
 
-/// Values that stay exact in every type for small rank counts.
+/// Values that stay exact in every float type for small rank counts; integers wrap as the
+/// library's integer arithmetic does (a sum over 9 ranks overflows `u8`).
 trait TestElem: Element + PartialEq + std::fmt::Debug {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
 }
 
-macro_rules! test_elem {
+macro_rules! test_int {
+    ($($t:ty),*) => {$(
+        impl TestElem for $t {
+            // Two's complement wrap of a whole value, as `wrapping_add`/`wrapping_mul` give.
+            fn from_f64(v: f64) -> Self { (v as i128) as $t }
+            fn to_f64(self) -> f64 { self as f64 }
+        }
+    )*};
+}
+test_int!(i8, u8, i32, u32, i64, u64);
+
+macro_rules! test_float {
     ($($t:ty),*) => {$(
         impl TestElem for $t {
             fn from_f64(v: f64) -> Self { v as $t }
@@ -16,7 +28,7 @@ macro_rules! test_elem {
         }
     )*};
 }
-test_elem!(i8, u8, i32, u32, i64, u64, f32, f64);
+test_float!(f32, f64);
 impl TestElem for f16 {
     fn from_f64(v: f64) -> Self {
         f16::from_f64(v)
@@ -691,6 +703,29 @@ fn case_mixed(c: &Communicator) {
     case_non_blocking(c);
 }
 
+/// The cluster bed (`DMSC_TEST_HOSTS` as for `mixed`): everything `mixed` checks, then a
+/// 64 MiB float all-reduce checked element by element (the size at which the planner
+/// chooses the hierarchical schedule on a bed of slow links; the parent test reads that
+/// choice from the COLL log).
+fn case_cluster(c: &Communicator) {
+    case_mixed(c);
+    let (r, n) = (c.rank(), c.size());
+    let count = 16 << 20;
+    let input: Vec<f32> = (0..count).map(|i| (r + i % 7) as f32).collect();
+    let mut out = vec![0f32; count];
+    c.all_reduce(&input, &mut out, ReduceOp::Sum)
+        .unwrap_or_else(|e| fail(format!("all_reduce of 64 MiB: {e}")));
+    let base = (n * (n - 1) / 2) as f32;
+    if let Some(i) = (0..count).find(|&i| out[i] != base + (n * (i % 7)) as f32) {
+        fail(format!(
+            "all_reduce of 64 MiB: element {i} is {}, expected {}",
+            out[i],
+            base + (n * (i % 7)) as f32
+        ));
+    }
+    println!("CLUSTER-OK rank {r}");
+}
+
 /// The rank entry point; run by the parent tests through dmscrun.
 #[test]
 #[ignore = "entry point of the ranks launched by the multi-process tests"]
@@ -713,6 +748,7 @@ fn entry() {
         "split" => case_split(&c),
         "transports" => case_transports(&c),
         "mixed" => case_mixed(&c),
+        "cluster" => case_cluster(&c),
         m if m.starts_with("mismatch") => case_mismatch(&c, m),
         other => fail(format!("unknown case {other}")),
     }

@@ -8,6 +8,7 @@ pub mod auth;
 mod cma;
 pub(crate) mod conn;
 pub mod connect;
+pub mod cuda;
 mod id_hash;
 pub mod ifaddr;
 pub mod rdma;

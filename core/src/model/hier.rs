@@ -14,6 +14,7 @@
 //! | ring all-reduce, `e` ring edges leaving the busiest host (`e = 0` on one host) | `2(N-1)·max(α_i + cβ_i, α_e + e·cβ_e) + (N-1)cγ`, `c = b/N` |
 //! | ring in host order | the same with `e = 1` |
 //! | hierarchical all-reduce | `(s-1)(α_i + (b/m)(β_i+γ)) + 2(H-1)(α_e + b/H·β_e) + (H-1)(b/(mH))γ + (s-1)(α_i + (b/m)β_i)` |
+//! | hierarchical all-reduce in `P` segments | `P+2` stages of `max(s-1, 2(H-1))` slots, each slot the slower of its network step (`α_e + (b/P)/H·β_e`) and its intra-host steps |
 //!
 //! The hierarchical time is intra-host reduce-scatter, inter-host ring all-reduce of `m`
 //! concurrent groups sharing each host's link (`m` blocks of `b/(mH)` per step), intra-host
@@ -28,8 +29,8 @@
 //! which `e` ranks of the busiest host send across the network costs
 //! `max(α_i + cβ_i, α_e + e·cβ_e)` (recursive doubling, Rabenseifner's halving-doubling,
 //! binomial trees: `e` counted from the partners of each round; chains and rings: from the
-//! edges in rank order). The double binary tree, whose edges cross hosts in most rounds, is
-//! priced entirely with the network's model. Hierarchical broadcast, reduce, all-gather and
+//! edges in rank order). The double binary tree is priced per pipeline step with the tree
+//! edges that leave the busiest host. Hierarchical broadcast, reduce, all-gather and
 //! reduce-scatter add the flat phases they run (see `plan::hier_broadcast` and its
 //! siblings).
 
@@ -111,39 +112,115 @@ impl HierCostModel {
         self.ring(bytes, host_of.len(), usize::from(h > 1))
     }
 
-    /// The hierarchical all-reduce (`plan::hier_all_reduce`, with a ring across hosts) of
-    /// `bytes` per rank on the layout `host_of`.
+    /// The hierarchical all-reduce (`plan::hier_all_reduce`) of `bytes` per rank on the
+    /// layout `host_of`, pipelined as [`HierCostModel::hier_all_reduce_segments`] chooses for
+    /// `bytes` one-byte elements.
     pub fn hierarchical_all_reduce(&self, bytes: usize, host_of: &[usize]) -> f64 {
-        let (h, sizes) = host_sizes(host_of);
+        let p = self.hier_all_reduce_segments(bytes, 1, host_of);
+        self.hier_all_reduce_time(bytes, host_of, p)
+    }
+
+    /// The number of segments that the hierarchical all-reduce of `count` elements of
+    /// `elem` bytes pipelines on the layout `host_of`: the depth among
+    /// [`HIER_PIPELINE_DEPTHS`] with the lowest [`HierCostModel::hier_all_reduce_time`]
+    /// (the smaller on ties), among those that leave every segment at least one element per
+    /// rank of the inter-host ring of each local index (`m·H` elements). 1 (no pipeline)
+    /// on one host, and where no deeper pipeline pays off. The planner
+    /// (`plan::hier_all_reduce`) and [`HierCostModel::predict`] both ask this function.
+    pub fn hier_all_reduce_segments(&self, count: usize, elem: usize, host_of: &[usize]) -> usize {
+        let (h, _, m) = shape(host_of);
+        if h <= 1 {
+            return 1;
+        }
+        let bytes = count.saturating_mul(elem);
+        let mut best = (1, self.hier_all_reduce_time(bytes, host_of, 1));
+        for &p in HIER_PIPELINE_DEPTHS.iter().filter(|&&p| p > 1) {
+            if count / p < m * h {
+                break;
+            }
+            let t = self.hier_all_reduce_time(bytes, host_of, p);
+            if t < best.1 {
+                best = (p, t);
+            }
+        }
+        best.0
+    }
+
+    /// The hierarchical all-reduce of `bytes` on `host_of` in `segments` pipeline segments.
+    ///
+    /// Unpipelined (`segments == 1`): intra-host ring reduce-scatter, the flat all-reduce the
+    /// planner picks among the `H` ranks of each local index (ring, double binary tree or
+    /// recursive doubling, with the network shared by the `m` groups), intra-host ring
+    /// all-gather, one after another. Pipelined (`plan::hier_all_reduce_pipelined`): stage
+    /// `k` runs the reduce-scatter of segment `k`, the inter-host ring all-reduce of segment
+    /// `k-1` and the all-gather of segment `k-2` side by side, one step of each per time
+    /// slot; a slot costs the slower of its network step and its intra-host steps (the two
+    /// intra-host rings share the rank's memory and are added).
+    pub fn hier_all_reduce_time(&self, bytes: usize, host_of: &[usize], segments: usize) -> f64 {
         if host_of.len() <= 1 {
             return 0.0;
         }
-        let m = sizes.iter().copied().min().unwrap_or(1);
-        let s = sizes.iter().copied().max().unwrap_or(1);
-        let i = &self.intra;
-        let blk = bytes.div_ceil(m) as f64;
-        let intra_steps = (s - 1) as f64;
-        let rs = intra_steps * (i.alpha + blk * (i.beta + i.gamma));
-        let ag = intra_steps * (i.alpha + blk * i.beta);
-        // Phase 2 runs the flat algorithm the planner picks for `H` ranks with the network
-        // shared by the `m` groups (ring, double binary tree or recursive doubling).
-        let inter = if h > 1 {
-            let shared = CostModel {
-                gamma: i.gamma,
-                ..self.inter_shared(m)
+        let (h, s, m) = shape(host_of);
+        let (i, x) = (&self.intra, &self.inter);
+        if segments <= 1 || h <= 1 {
+            let blk = bytes.div_ceil(m) as f64;
+            let intra_steps = (s - 1) as f64;
+            let rs = intra_steps * (i.alpha + blk * (i.beta + i.gamma));
+            let ag = intra_steps * (i.alpha + blk * i.beta);
+            // Phase 2 runs the flat algorithm the planner picks for `H` ranks with the
+            // network shared by the `m` groups (ring, double binary tree or recursive
+            // doubling).
+            let inter = if h > 1 {
+                let shared = CostModel {
+                    gamma: i.gamma,
+                    ..self.inter_shared(m)
+                };
+                let sub = bytes.div_ceil(m);
+                let seg = crate::plan::DEFAULT_SEGMENT_BYTES;
+                shared
+                    .ring_all_reduce(sub, h)
+                    .min(shared.recursive_doubling_all_reduce(sub, h))
+                    .min(shared.tree_all_reduce(sub, h, seg))
+            } else {
+                0.0
             };
-            let sub = bytes.div_ceil(m);
-            let seg = crate::plan::DEFAULT_SEGMENT_BYTES;
-            shared
-                .ring_all_reduce(sub, h)
-                .min(shared.recursive_doubling_all_reduce(sub, h))
-                .min(shared.tree_all_reduce(sub, h, seg))
-        } else {
-            0.0
-        };
-        rs + inter + ag
+            return rs + inter + ag;
+        }
+        let p = segments;
+        let seg = bytes as f64 / p as f64;
+        let part = seg / m as f64;
+        let rs = i.alpha + part * (i.beta + i.gamma);
+        let ag = i.alpha + part * i.beta;
+        // Each of the `m` groups sends `seg/(mH)` per step through the host's link.
+        let net = x.alpha + seg / h as f64 * x.beta;
+        let net_rs = net + part / h as f64 * i.gamma;
+        let (r, g) = (s - 1, h - 1);
+        let slots = r.max(2 * g);
+        let mut total = 0.0;
+        for k in 0..p + 2 {
+            for j in 0..slots {
+                let mut local = 0.0;
+                if k < p && j < r {
+                    local += rs;
+                }
+                if (2..p + 2).contains(&k) && j < r {
+                    local += ag;
+                }
+                let network = match j {
+                    _ if !(1..=p).contains(&k) => 0.0,
+                    j if j < g => net_rs,
+                    j if j < 2 * g => net,
+                    _ => 0.0,
+                };
+                total += f64::max(local, network);
+            }
+        }
+        total
     }
 }
+
+/// The pipeline depths [`HierCostModel::hier_all_reduce_segments`] chooses among.
+pub const HIER_PIPELINE_DEPTHS: [usize; 5] = [1, 2, 4, 8, 16];
 
 /// Ranks of the world whose host is `host_of[r]`, as `(number of hosts, max size, min size)`.
 fn shape(host_of: &[usize]) -> (usize, usize, usize) {
@@ -275,6 +352,41 @@ impl HierCostModel {
         p.saturating_sub(1) as f64 * (self.round(c, ring_edges_out(host_of)) + g)
     }
 
+    /// The pipelined double binary tree all-reduce (`plan::tree`) of `bytes` on `host_of`
+    /// in segments of `seg` bytes. In steady state every edge of both trees carries one
+    /// segment each way per step, so a step costs the slower of a rank's four segments over
+    /// its intra-host links and the `e` segments leaving the busiest host, `e` being the
+    /// number of tree edges (both trees) with one end on that host and the other elsewhere:
+    /// `(K + 3⌈log2 p⌉)·(max(α_i + 4sβ_i, α_e + e·sβ_e) + 2sγ)` for `K` segments of `s`
+    /// bytes per tree.
+    fn tree_all_reduce(&self, bytes: usize, host_of: &[usize], seg: usize) -> f64 {
+        let p = host_of.len();
+        if p <= 1 {
+            return 0.0;
+        }
+        let mut out = vec![0usize; host_of.iter().copied().max().map_or(0, |h| h + 1)];
+        for t in crate::plan::tree::double_tree(p) {
+            for (r, parent) in t.parent.iter().enumerate() {
+                if let Some(&q) = parent.as_ref() {
+                    if host_of[r] != host_of[q] {
+                        out[host_of[r]] += 1;
+                        out[host_of[q]] += 1;
+                    }
+                }
+            }
+        }
+        let e = out.into_iter().max().unwrap_or(0);
+        let (k, s) = segments(bytes.div_ceil(2), seg);
+        let (i, x) = (&self.intra, &self.inter);
+        let within = i.alpha + 4.0 * s * i.beta;
+        let step = if e == 0 {
+            within
+        } else {
+            within.max(x.alpha + e as f64 * s * x.beta)
+        };
+        (k + 3.0 * log2_ceil(p)) * (step + 2.0 * s * i.gamma)
+    }
+
     /// The network's model with its per-byte cost shared by `k` concurrent groups.
     fn inter_shared(&self, k: usize) -> CostModel {
         CostModel {
@@ -363,7 +475,7 @@ impl HierCostModel {
     /// counting as the flat one the planner runs there. Collectives with one algorithm
     /// ignore `algo`; all-to-all-v and send/recv are given 0.
     pub fn predict(&self, desc: &CollDesc, hosts: &Hosts, algo: Algo, segment_bytes: usize) -> f64 {
-        let host_of: Vec<usize> = (0..hosts.nranks()).map(|r| hosts.host_of(r)).collect();
+        let host_of = hosts.host_ids();
         let p = host_of.len();
         if hosts.nhosts() <= 1 || p <= 1 {
             let flat = if algo.is_host_aware() {
@@ -384,14 +496,13 @@ impl HierCostModel {
             CollKind::AllReduce => match algo {
                 Algo::Ring => self.flat_ring_all_reduce(bytes, &host_of),
                 Algo::HostRing => self.host_ring_all_reduce(bytes, &host_of),
-                Algo::Hierarchical => self.hierarchical_all_reduce(bytes, &host_of),
+                Algo::Hierarchical => {
+                    let p = self.hier_all_reduce_segments(desc.count, desc.dtype.size(), &host_of);
+                    self.hier_all_reduce_time(bytes, &host_of, p)
+                }
                 Algo::RecursiveDoubling => self.rd_all_reduce(bytes, &host_of),
                 Algo::Rabenseifner => self.rabenseifner_all_reduce(bytes, &host_of),
-                Algo::Tree => CostModel {
-                    gamma: self.intra.gamma,
-                    ..self.inter
-                }
-                .tree_all_reduce(bytes, p, seg),
+                Algo::Tree => self.tree_all_reduce(bytes, &host_of, seg),
             },
             CollKind::Broadcast | CollKind::Reduce => {
                 let reduce = desc.kind == CollKind::Reduce;
@@ -440,7 +551,16 @@ mod tests {
         let ratio =
             m.flat_ring_all_reduce(bytes, &host_of) / m.hierarchical_all_reduce(bytes, &host_of);
         let ideal = (2.0 * 8.0 / 9.0) / (2.0 * 2.0 / 3.0); // 4/3
-        assert!(ratio > 1.25 && ratio <= ideal + 1e-9, "ratio {ratio}");
+                                                           // Slightly above the bus factors' ratio at most: the flat ring pays its reductions
+                                                           // (`(N-1)·c·γ`) in line, the pipelined hierarchical one hides them behind the network.
+        let ring_gamma = 8.0 * (bytes / 9) as f64 * m.intra.gamma;
+        let flat_wo_gamma = m.flat_ring_all_reduce(bytes, &host_of) - ring_gamma;
+        let bound = ideal * m.flat_ring_all_reduce(bytes, &host_of) / flat_wo_gamma;
+        assert!(
+            ratio > 1.3 && ratio <= bound + 1e-9,
+            "ratio {ratio}, bound {bound}"
+        );
+        assert!(m.hier_all_reduce_segments(bytes, 1, &host_of) > 1);
         // Free intra-host links: exactly the ratio of the bus factors, at large sizes.
         let free = HierCostModel {
             intra: CostModel {

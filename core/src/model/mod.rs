@@ -33,7 +33,7 @@
 use crate::types::{Algo, CollDesc, CollKind};
 
 mod hier;
-pub use hier::HierCostModel;
+pub use hier::{HierCostModel, HIER_PIPELINE_DEPTHS};
 
 /// Machine parameters of the model, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -10,8 +10,11 @@
 //! or `p-s` (all-gather) to `p+1` and receives part `p-2-s` (resp. `p-1-s`) from `p-1`.
 //! Each slice of a part is one message; empty slices send nothing.
 //!
-//! Both are laid out on a clock of their own (see `timeline.rs`) and are appended as one
-//! phase (see `group.rs`).
+//! Both are laid out on a clock (see `timeline.rs`): [`reduce_scatter`] and [`all_gather`]
+//! on one of their own, appended as one phase (see `group.rs`); [`reduce_scatter_at`] and
+//! [`all_gather_at`] from a given time of a caller's clock, so that the pipelined
+//! hierarchical all-reduce can run rings of several segments at once (step `s` of a ring at
+//! time `base + s` on every member).
 
 use super::timeline::Timeline;
 use super::{sl, sub, Slice2};
@@ -35,13 +38,28 @@ pub(crate) fn reduce_scatter(
     src: BufId,
     acc: BufId,
 ) {
-    let n = members.len();
     let mut t = Timeline::default();
+    reduce_scatter_at(&mut t, 0, members, pos, parts, src, acc);
+    out.steps.extend(t.into_schedule(0).steps);
+}
+
+/// [`reduce_scatter`] placed on `t`: step `s` at time `base + s` (`members.len() - 1`
+/// steps; the single member's copy at `base`).
+pub(crate) fn reduce_scatter_at(
+    t: &mut Timeline,
+    base: usize,
+    members: &[Rank],
+    pos: usize,
+    parts: Parts,
+    src: BufId,
+    acc: BufId,
+) {
+    let n = members.len();
     if n == 1 {
         if src != acc {
             for p in parts(pos).into_iter().filter(|p| p.1 > 0) {
                 t.at(
-                    0,
+                    base,
                     Action::Copy {
                         src: sl(src, p),
                         dst: sl(acc, p),
@@ -49,7 +67,6 @@ pub(crate) fn reduce_scatter(
                 );
             }
         }
-        out.steps.extend(t.into_schedule(0).steps);
         return;
     }
     let (next, prev) = (members[(pos + 1) % n], members[sub(pos, 1, n)]);
@@ -57,7 +74,7 @@ pub(crate) fn reduce_scatter(
         let from = if s == 0 { src } else { acc };
         for p in parts(sub(pos, 1 + s, n)).into_iter().filter(|p| p.1 > 0) {
             t.at(
-                s,
+                base + s,
                 Action::Send {
                     peer: next,
                     src: sl(from, p),
@@ -66,7 +83,7 @@ pub(crate) fn reduce_scatter(
         }
         for p in parts(sub(pos, 2 + s, n)).into_iter().filter(|p| p.1 > 0) {
             t.at(
-                s,
+                base + s,
                 Action::RecvReduce {
                     peer: prev,
                     local: sl(src, p),
@@ -75,7 +92,6 @@ pub(crate) fn reduce_scatter(
             );
         }
     }
-    out.steps.extend(t.into_schedule(0).steps);
 }
 
 /// Append to `out` the ring all-gather by `members` (this rank at position `pos`) after which
@@ -88,16 +104,29 @@ pub(crate) fn all_gather(
     parts: Parts,
     buf: BufId,
 ) {
+    let mut t = Timeline::default();
+    all_gather_at(&mut t, 0, members, pos, parts, buf);
+    out.steps.extend(t.into_schedule(0).steps);
+}
+
+/// [`all_gather`] placed on `t`: step `s` at time `base + s` (`members.len() - 1` steps).
+pub(crate) fn all_gather_at(
+    t: &mut Timeline,
+    base: usize,
+    members: &[Rank],
+    pos: usize,
+    parts: Parts,
+    buf: BufId,
+) {
     let n = members.len();
     if n < 2 {
         return;
     }
     let (next, prev) = (members[(pos + 1) % n], members[sub(pos, 1, n)]);
-    let mut t = Timeline::default();
     for s in 0..n - 1 {
         for p in parts(sub(pos, s, n)).into_iter().filter(|p| p.1 > 0) {
             t.at(
-                s,
+                base + s,
                 Action::Send {
                     peer: next,
                     src: sl(buf, p),
@@ -106,7 +135,7 @@ pub(crate) fn all_gather(
         }
         for p in parts(sub(pos, 1 + s, n)).into_iter().filter(|p| p.1 > 0) {
             t.at(
-                s,
+                base + s,
                 Action::Recv {
                     peer: prev,
                     dst: sl(buf, p),
@@ -114,5 +143,4 @@ pub(crate) fn all_gather(
             );
         }
     }
-    out.steps.extend(t.into_schedule(0).steps);
 }

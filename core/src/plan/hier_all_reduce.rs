@@ -24,14 +24,19 @@
 //!
 //! Buffers: partial sums live in `Output` (in place, `Input` is the same memory); no scratch
 //! but what the phase-2 algorithm needs (at most one block).
+//!
+//! Large calls are pipelined in segments ([`super::hier_all_reduce_pipelined`]) when the
+//! cost model ([`HierCostModel::hier_all_reduce_segments`]) says it pays.
 
 use super::group::append;
 use super::group_ring::{all_gather, reduce_scatter};
+use super::hier_all_reduce_pipelined;
 use super::hosts::Hosts;
 use super::{block, plan, PlanConfig, Slice2};
 use crate::error::Result;
-use crate::model::CostModel;
+use crate::model::{CostModel, HierCostModel};
 use crate::schedule::{BufId, Schedule};
+use crate::types::ReduceOp;
 use crate::types::{CollDesc, Rank};
 
 /// Rank `rank`'s hierarchical all-reduce of `desc` (count > 0) on the layout `hosts`.
@@ -47,6 +52,17 @@ pub(crate) fn plan_all_reduce(
     cfg: &PlanConfig,
 ) -> Result<Schedule> {
     let count = desc.count;
+    let model = HierCostModel {
+        intra: cfg.model,
+        inter: cfg.inter,
+    };
+    let segments = model.hier_all_reduce_segments(count, desc.dtype.size(), &hosts.host_ids());
+    if segments > 1 {
+        let avg = desc.op == ReduceOp::Avg;
+        return Ok(hier_all_reduce_pipelined::plan(
+            rank, hosts, count, segments, inplace, avg,
+        ));
+    }
     let (h, li) = (hosts.host_of(rank), hosts.local_index(rank));
     let members = hosts.members(h);
     let m = hosts.min_size();

@@ -111,6 +111,11 @@ impl Hosts {
         self.members.iter().map(Vec::len).collect()
     }
 
+    /// The host of every rank, in rank order.
+    pub fn host_ids(&self) -> Vec<usize> {
+        (0..self.nranks()).map(|r| self.host_of(r)).collect()
+    }
+
     /// Ranks on the smallest host (at least 1).
     pub fn min_size(&self) -> usize {
         self.members.iter().map(Vec::len).min().unwrap_or(1)

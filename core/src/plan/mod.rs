@@ -20,8 +20,9 @@
 //!
 //! Host-aware variants ([`plan_hierarchical`], [`plan_host_ring_all_reduce`], on a [`Hosts`]
 //! layout): two-level all_reduce, reduce_scatter, all_gather, broadcast and reduce
-//! ([`hier_all_reduce`], [`hier_reduce_scatter`], [`hier_all_gather`], [`hier_broadcast`],
-//! [`hier_reduce`]) and the ring all-reduce in host order ([`host_ring`]).
+//! ([`hier_all_reduce`], in pipeline segments for large calls
+//! ([`hier_all_reduce_pipelined`]), [`hier_reduce_scatter`], [`hier_all_gather`],
+//! [`hier_broadcast`], [`hier_reduce`]) and the ring all-reduce in host order ([`host_ring`]).
 //!
 //! ## Buffer conventions
 //!
@@ -55,6 +56,7 @@ mod group;
 mod group_ring;
 pub mod hier_all_gather;
 pub mod hier_all_reduce;
+pub mod hier_all_reduce_pipelined;
 pub mod hier_broadcast;
 pub mod hier_reduce;
 pub mod hier_reduce_scatter;

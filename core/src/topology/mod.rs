@@ -10,6 +10,7 @@
 //! information NCCL gathers in its topology detection (`ncclTopoGetSystem` and the search
 //! that follows it), reduced to the two link classes the hierarchical algorithms use.
 
+pub mod ladder;
 pub mod probe;
 
 use crate::error::{Error, Result};
@@ -180,10 +181,15 @@ impl Topology {
         self.links.iter().any(Option::is_some)
     }
 
-    /// The cost models of the two link classes: within hosts and between them. Each is the
-    /// median of the measured links of its class (latency and bandwidth taken apart), or
-    /// the given default where none was measured. The result depends only on the topology,
-    /// so ranks holding the same topology choose the same algorithms.
+    /// The cost models of the two link classes: within hosts and between them, or the given
+    /// default where none of a class was measured. Between hosts, the median of the measured
+    /// links (latency and bandwidth taken apart): host pairs may differ, and one odd pair
+    /// should not price them all. Within hosts, the best measured latency and bandwidth:
+    /// the hosts of a job are alike, a memory copy between two ranks of one host is slowed
+    /// only by the scheduler taking a rank off its core while it is timed (noise that only
+    /// adds time, seen on oversubscribed hosts), and the hierarchical schedules that the
+    /// figure prices keep those ranks busy rather than waiting. The result depends only on
+    /// the topology, so ranks holding the same topology choose the same algorithms.
     pub fn models(
         &self,
         intra_default: CostModel,
@@ -197,21 +203,29 @@ impl Topology {
                 .filter_map(|(a, b)| self.links[a * n + b])
                 .collect()
         };
-        let model = |links: Vec<Link>, base: CostModel| -> CostModel {
+        let model = |links: Vec<Link>, base: CostModel, best: bool| -> CostModel {
             if links.is_empty() {
                 return base;
             }
-            let lat = median(links.iter().map(|l| l.latency_s).collect());
-            let bw = median(links.iter().map(|l| l.bytes_per_s).collect());
+            let lat: Vec<f64> = links.iter().map(|l| l.latency_s).collect();
+            let bw: Vec<f64> = links.iter().map(|l| l.bytes_per_s).collect();
+            let (latency_s, bytes_per_s) = if best {
+                (
+                    lat.into_iter().fold(f64::INFINITY, f64::min),
+                    bw.into_iter().fold(0.0, f64::max),
+                )
+            } else {
+                (median(lat), median(bw))
+            };
             Link {
-                latency_s: lat,
-                bytes_per_s: bw,
+                latency_s,
+                bytes_per_s,
             }
             .model(base)
         };
         (
-            model(class(true), intra_default),
-            model(class(false), inter_default),
+            model(class(true), intra_default, true),
+            model(class(false), inter_default, false),
         )
     }
 }
@@ -327,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn models_take_the_median_of_each_class_and_defaults_elsewhere() {
+    fn models_take_the_median_between_hosts_the_best_within_and_defaults_elsewhere() {
         let mut t = Topology::new(&[0, 0, 1, 1, 2, 2], &names(6)).unwrap();
         let intra = CostModel::shared_memory();
         let inter = CostModel::default();
@@ -344,6 +358,11 @@ mod tests {
         assert!((x.alpha - 200e-6).abs() < 1e-12 && (x.beta - 1.0 / 0.12e9).abs() < 1e-18);
         assert_eq!(x.gamma, inter.gamma);
         assert!((i.alpha - 2e-6).abs() < 1e-12 && (i.beta - 1.0 / 5e9).abs() < 1e-18);
+        // Within hosts the best figures of all hosts: host 0 measured while descheduled.
+        t.set_link(0, 0, l(400.0, 0.07)).unwrap();
+        t.set_link(2, 2, l(3.0, 8.0)).unwrap();
+        let (i, _) = t.models(intra, inter);
+        assert!((i.alpha - 2e-6).abs() < 1e-12 && (i.beta - 1.0 / 8e9).abs() < 1e-18);
         assert_eq!(t.link(2, 1).unwrap(), Some(l(300.0, 0.2)));
         let s = t.to_string();
         assert!(

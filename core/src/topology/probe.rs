@@ -11,14 +11,15 @@
 //!   `(2k+1, 2k+2)`, sample every host's link without the `H²` cost.
 //!
 //! In a meeting the initiator (the lower rank) times [`PINGS`] round trips of an 8-byte
-//! message (latency: half the median), then both ends exchange [`WARM_BYTES`] at once, the
-//! initiator picks a bulk size that lasts about [`BULK_TARGET_S`] at the rate it saw
-//! ([`bulk_bytes`]) and sends it, and both exchange that many bytes at once (bandwidth: bytes
-//! over the initiator's time). The warm-up also empties a token-bucket shaper's burst, so the
-//! bulk transfer runs at the shaped rate. Every rank then contributes a fixed-length
+//! message (latency: half the median), then both ends climb a [`Ladder`] of exchanges of
+//! doubling size, each size announced by the initiator (bandwidth: the difference of the
+//! last two rungs, which cancels a token-bucket shaper's burst and the fixed cost of a
+//! transfer; see `ladder.rs`). Every rank then contributes a fixed-length
 //! [`Record`] of what it measured to one all-gather, and [`assemble`] turns the records into
 //! the [`Topology`]'s links, identically on every rank.
 
+#[cfg(doc)]
+use super::ladder::Ladder;
 use super::{Link, Topology};
 use crate::error::{Error, Result};
 use crate::plan::Hosts;
@@ -28,19 +29,11 @@ use crate::types::Rank;
 pub const ALL_PAIRS_HOSTS: usize = 8;
 /// Round trips timed per meeting.
 pub const PINGS: usize = 10;
-/// Bytes each end sends at once before the bulk transfer.
-pub const WARM_BYTES: usize = 64 << 10;
-/// How long the bulk transfer of a meeting should last, in seconds.
-pub const BULK_TARGET_S: f64 = 4e-3;
-/// Bounds of the bulk transfer, in bytes.
-pub const BULK_MIN: usize = 64 << 10;
-/// See [`BULK_MIN`].
-pub const BULK_MAX: usize = 8 << 20;
 
 /// Which end of a meeting a rank is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Times the round trips and the exchange, and picks the bulk size.
+    /// Times the round trips and the exchanges, and picks the size of each.
     Initiator,
     /// Echoes the pings and exchanges what the initiator asks for.
     Responder,
@@ -145,16 +138,6 @@ pub fn latency(round_trips: &[f64]) -> Result<f64> {
         return Err(Error::invalid("a latency needs at least one round trip"));
     }
     Ok(super::median(round_trips.to_vec()) / 2.0)
-}
-
-/// The bulk size of a meeting whose warm-up moved `warm_bytes` in `warm_s` seconds: what
-/// lasts about [`BULK_TARGET_S`] at that rate, rounded down to a power of two within
-/// [`BULK_MIN`]..=[`BULK_MAX`].
-pub fn bulk_bytes(warm_bytes: usize, warm_s: f64) -> usize {
-    let rate = warm_bytes as f64 / warm_s.max(1e-9);
-    let want = (rate * BULK_TARGET_S).clamp(BULK_MIN as f64, BULK_MAX as f64) as usize;
-    // Round down to a power of two (`want` is at least BULK_MIN, a power of two).
-    1 << (usize::BITS - 1 - want.leading_zeros())
 }
 
 /// What one rank measured, as the fixed-length vector of `f64` the all-gather carries
@@ -320,11 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn bulk_sizes_last_about_the_target() {
-        // 1 Gbit/s: 64 KiB in 0.52 ms -> 4 ms is ~500 KB -> 256 KiB.
-        assert_eq!(bulk_bytes(64 << 10, 0.524e-3), 256 << 10);
-        assert_eq!(bulk_bytes(64 << 10, 1.0), BULK_MIN);
-        assert_eq!(bulk_bytes(64 << 10, 1e-9), BULK_MAX);
+    fn latency_is_half_the_median_round_trip() {
         assert_eq!(latency(&[4.0, 2.0, 100.0]).unwrap(), 2.0);
         assert!(latency(&[]).is_err());
     }

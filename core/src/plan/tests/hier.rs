@@ -4,6 +4,7 @@
 
 use super::oracle::{check_with, Case, Rng};
 use crate::model::CostModel;
+use crate::plan::hier_all_reduce_pipelined;
 use crate::plan::{plan_hierarchical, plan_host_ring_all_reduce, plan_on, Hosts};
 use crate::sim::SendMode;
 use crate::types::{Algo, CollKind, DataType, ReduceOp};
@@ -248,6 +249,106 @@ fn planned_on_hosts() {
         }
     }
     run_all(cases);
+}
+
+/// The pipelined hierarchical all-reduce with a forced depth, on every layout, counts that
+/// leave parts empty, every type and operator on a few layouts, synchronous and eager sends.
+#[test]
+fn pipelined_hierarchical_all_reduce() {
+    let mut cases = Vec::new();
+    for host_of in layouts() {
+        let n = host_of.len();
+        for segments in [2, 3, 16] {
+            for count in [1, n + 1, 37, 1001] {
+                for inplace in [false, true] {
+                    let mut c = Case::new(CollKind::AllReduce, n, count);
+                    c.inplace = inplace;
+                    c.seed = (n * 7919 + count * 31 + segments) as u64;
+                    c.op = if count % 2 == 1 {
+                        ReduceOp::Avg
+                    } else {
+                        ReduceOp::Sum
+                    };
+                    c.random = count > 100;
+                    c.dtype = if c.random { DataType::Float32 } else { c.dtype };
+                    c.mode = if inplace {
+                        SendMode::Eager
+                    } else {
+                        SendMode::Rendezvous
+                    };
+                    cases.push((c, host_of.clone(), segments));
+                }
+            }
+        }
+    }
+    let layouts: [&[usize]; 2] = [&[0, 0, 0, 1, 2, 2], &[5, 5, 6, 6, 6, 7, 7, 5]];
+    for dtype in DataType::ALL {
+        for op in ReduceOp::ALL
+            .into_iter()
+            .filter(|o| o.check_dtype(dtype).is_ok())
+        {
+            for host_of in layouts {
+                let mut c = Case::new(CollKind::AllReduce, host_of.len(), 29);
+                c.dtype = dtype;
+                c.op = op;
+                cases.push((c, host_of.to_vec(), 4));
+            }
+        }
+    }
+    let total = cases.len();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(c, host_of, segments)| {
+            let hosts = Hosts::new(host_of).expect("layout");
+            let avg = c.op == ReduceOp::Avg;
+            check_with(c, &|r| {
+                Ok(hier_all_reduce_pipelined::plan(
+                    r, &hosts, c.count, *segments, c.inplace, avg,
+                ))
+            })
+            .err()
+            .map(|e| format!("{segments} segments, layout {host_of:?}, {c:?}: {e}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed; first ones:\n{}",
+        failures.len(),
+        failures[..failures.len().min(8)].join("\n")
+    );
+}
+
+/// The planner pipelines the hierarchical all-reduce where the model says it pays: a large
+/// call over a slow network, and not a small one.
+#[test]
+fn hierarchical_all_reduce_pipelines_large_calls() {
+    let hosts = Hosts::from_sizes(&[3, 3, 3]).unwrap();
+    let mut c = Case::new(CollKind::AllReduce, 9, 16 << 20);
+    c.algo = Some(Algo::Hierarchical);
+    let mut cfg = c.cfg();
+    cfg.model = CostModel::shared_memory();
+    cfg.inter = CostModel {
+        alpha: 30e-6,
+        beta: 1.0 / 0.125e9,
+        gamma: 1.0 / 10e9,
+    };
+    let model = crate::model::HierCostModel {
+        intra: cfg.model,
+        inter: cfg.inter,
+    };
+    let ids = hosts.host_ids();
+    let deep = model.hier_all_reduce_segments(16 << 20, 4, &ids);
+    assert!(deep >= 8, "64 MiB pipelines in {deep} segments");
+    assert_eq!(model.hier_all_reduce_segments(1024, 4, &ids), 1);
+    // The pipelined prediction beats the unpipelined one by most of the intra-host work.
+    let (one, best) = (
+        model.hier_all_reduce_time(64 << 20, &ids, 1),
+        model.hier_all_reduce_time(64 << 20, &ids, deep),
+    );
+    assert!(best < one, "{best} vs {one}");
+    let sched = plan_hierarchical(&c.desc(), 0, &hosts, false, &cfg).unwrap();
+    let unpiped = hier_all_reduce_pipelined::plan(0, &hosts, 16 << 20, deep, false, false);
+    assert_eq!(sched, unpiped, "the planner runs the chosen depth");
 }
 
 /// Bad layouts and arguments are errors naming the problem, never panics.
