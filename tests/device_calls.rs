@@ -107,27 +107,31 @@ struct Case {
     outputs: Vec<(DevBuf, Vec<u8>)>,
 }
 
-fn collective(
-    c: &Communicator,
-    kind: CollKind,
-    dt: DataType,
-    op: ReduceOp,
-) -> Case {
+fn collective(c: &Communicator, kind: CollKind, dt: DataType, op: ReduceOp) -> Case {
     let (r, n) = (c.rank(), c.size());
     let root = 1 % n;
     let mine: Vec<f64> = (0..C).map(|i| val(r, i)).collect();
     let (inp, expect): (Vec<f64>, Vec<f64>) = match kind {
-        CollKind::AllReduce => (mine, (0..C).map(|i| reduce(op, (0..n).map(|q| val(q, i)))).collect()),
+        CollKind::AllReduce => (
+            mine,
+            (0..C)
+                .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
+                .collect(),
+        ),
         CollKind::ReduceScatter => (
             (0..n * C).map(|i| val(r, i)).collect(),
-            (0..C).map(|i| reduce(op, (0..n).map(|q| val(q, r * C + i)))).collect(),
+            (0..C)
+                .map(|i| reduce(op, (0..n).map(|q| val(q, r * C + i))))
+                .collect(),
         ),
         CollKind::AllGather => (mine, (0..n * C).map(|j| val(j / C, j % C)).collect()),
         CollKind::Broadcast => (mine, (0..C).map(|i| val(root, i)).collect()),
         CollKind::Reduce => (
             mine,
             if r == root {
-                (0..C).map(|i| reduce(op, (0..n).map(|q| val(q, i)))).collect()
+                (0..C)
+                    .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
+                    .collect()
             } else {
                 vec![]
             },
@@ -172,15 +176,17 @@ fn all_to_all_v(c: &Communicator, dt: DataType) -> Case {
     let rc = vec![r + 1; n];
     // A gap of one element between blocks: those bytes must come back unchanged.
     let rd: Vec<usize> = (0..n).map(|q| q * (r + 2)).collect();
-    let send: Vec<f64> = (0..n).flat_map(|q| (0..=q).map(move |i| (100 * r + 10 * q + i) as f64)).collect();
+    let send: Vec<f64> = (0..n)
+        .flat_map(|q| (0..=q).map(move |i| (100 * r + 10 * q + i) as f64))
+        .collect();
     let out_elems = n * (r + 2);
     let input = DevBuf::new(send.len() * dt.size());
     let output = DevBuf::new(out_elems * dt.size());
     let mut expect = vec![0xEE; output.len()];
-    for q in 0..n {
+    for (q, d) in rd.iter().enumerate() {
         let block: Vec<f64> = (0..=r).map(|i| (100 * q + 10 * r + i) as f64).collect();
         let b = enc(dt, &block);
-        let at = rd[q] * dt.size();
+        let at = d * dt.size();
         expect[at..at + b.len()].copy_from_slice(&b);
     }
     let call = Call::all_to_all_v(
@@ -203,7 +209,11 @@ fn all_to_all_v(c: &Communicator, dt: DataType) -> Case {
 /// rank itself.
 fn send_recv(c: &Communicator, dt: DataType) -> Case {
     let (r, n) = (c.rank(), c.size());
-    let data = |from: usize, tag: usize| -> Vec<f64> { (0..C).map(|i| (1000 * tag + 10 * from + i) as f64).collect() };
+    let data = |from: usize, tag: usize| -> Vec<f64> {
+        (0..C)
+            .map(|i| (1000 * tag + 10 * from + i) as f64)
+            .collect()
+    };
     let (s_next, r_prev) = (DevBuf::new(C * dt.size()), DevBuf::new(C * dt.size()));
     let (s_me, r_me) = (DevBuf::new(C * dt.size()), DevBuf::new(C * dt.size()));
     let op = |send, peer, buf: &DevBuf| P2pCall {
@@ -223,7 +233,10 @@ fn send_recv(c: &Communicator, dt: DataType) -> Case {
     Case {
         call,
         inputs: vec![(s_next, enc(dt, &data(r, 1))), (s_me, enc(dt, &data(r, 2)))],
-        outputs: vec![(r_prev, enc(dt, &data((r + n - 1) % n, 1))), (r_me, enc(dt, &data(r, 2)))],
+        outputs: vec![
+            (r_prev, enc(dt, &data((r + n - 1) % n, 1))),
+            (r_me, enc(dt, &data(r, 2))),
+        ],
     }
 }
 
@@ -235,12 +248,23 @@ fn run_case(c: &Communicator, dev: &FakeDeviceMemory, stream: usize, case: Case,
     }
     // SAFETY: the buffers live until the stream is synchronized below, after the call.
     unsafe { c.run_call_on_stream(&case.call, stream) }.unwrap_or_else(|e| panic!("{what}: {e}"));
-    let seen: Vec<_> = case.outputs.iter().map(|(b, _)| read_later(dev, stream, b)).collect();
-    dev.synchronize(stream, T).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let seen: Vec<_> = case
+        .outputs
+        .iter()
+        .map(|(b, _)| read_later(dev, stream, b))
+        .collect();
+    dev.synchronize(stream, T)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(c.async_error().is_none(), "{what}: {:?}", c.async_error());
     for (k, ((_, want), got)) in case.outputs.iter().zip(seen).enumerate() {
         let got = got.lock().unwrap();
-        assert!(*got == *want, "{what}: output {k} on rank {}: got {:?}..., want {:?}...", c.rank(), &got[..got.len().min(16)], &want[..want.len().min(16)]);
+        assert!(
+            *got == *want,
+            "{what}: output {k} on rank {}: got {:?}..., want {:?}...",
+            c.rank(),
+            &got[..got.len().min(16)],
+            &want[..want.len().min(16)]
+        );
     }
 }
 
@@ -261,7 +285,8 @@ fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + 
                 cfg.engine.timeout = T;
                 let c = Communicator::init_with_id(&id, r, n, cfg).expect("init");
                 let mut dev = FakeDeviceMemory::new();
-                c.use_device_memory(0, dev.clone(), CHUNK).expect("attach the fake device");
+                c.use_device_memory(0, dev.clone(), CHUNK)
+                    .expect("attach the fake device");
                 body(&c, &mut dev);
             })
         })
@@ -275,12 +300,22 @@ fn every_collective(n: usize) {
     ranks(n, move |c, dev| {
         let stream = dev.create_stream().unwrap();
         let mut cases = 0;
-        for dt in [DataType::Float32, DataType::Int32, DataType::Float64, DataType::Float16, DataType::Bfloat16] {
+        for dt in [
+            DataType::Float32,
+            DataType::Int32,
+            DataType::Float64,
+            DataType::Float16,
+            DataType::Bfloat16,
+        ] {
             let ops: &[ReduceOp] = match dt {
                 DataType::Float16 | DataType::Bfloat16 => &[ReduceOp::Sum, ReduceOp::Max],
                 _ => &[ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min],
             };
-            for &kind in &[CollKind::AllReduce, CollKind::ReduceScatter, CollKind::Reduce] {
+            for &kind in &[
+                CollKind::AllReduce,
+                CollKind::ReduceScatter,
+                CollKind::Reduce,
+            ] {
                 for &op in ops {
                     let what = format!("{kind} {dt:?} {op:?} on {n} ranks");
                     run_case(c, dev, stream, collective(c, kind, dt, op), &what);
@@ -289,11 +324,29 @@ fn every_collective(n: usize) {
             }
             for kind in [CollKind::AllGather, CollKind::Broadcast] {
                 let what = format!("{kind} {dt:?} on {n} ranks");
-                run_case(c, dev, stream, collective(c, kind, dt, ReduceOp::Sum), &what);
+                run_case(
+                    c,
+                    dev,
+                    stream,
+                    collective(c, kind, dt, ReduceOp::Sum),
+                    &what,
+                );
                 cases += 1;
             }
-            run_case(c, dev, stream, all_to_all_v(c, dt), &format!("all_to_all_v {dt:?}"));
-            run_case(c, dev, stream, send_recv(c, dt), &format!("send/recv group {dt:?}"));
+            run_case(
+                c,
+                dev,
+                stream,
+                all_to_all_v(c, dt),
+                &format!("all_to_all_v {dt:?}"),
+            );
+            run_case(
+                c,
+                dev,
+                stream,
+                send_recv(c, dt),
+                &format!("send/recv group {dt:?}"),
+            );
             cases += 2;
         }
         if c.rank() == 0 {
@@ -340,7 +393,8 @@ fn the_calling_thread_is_not_blocked_by_the_callers_stream() {
         assert!(*seen.lock().unwrap() == case.outputs[0].1);
         // A host call after the device call runs after it on every rank.
         let mut v = vec![c.rank() as i64 + 1; 5];
-        c.all_reduce_in_place(&mut v, ReduceOp::Sum).expect("host all_reduce after a device one");
+        c.all_reduce_in_place(&mut v, ReduceOp::Sum)
+            .expect("host all_reduce after a device one");
         assert_eq!(v, [3; 5]);
     });
 }
@@ -380,7 +434,8 @@ fn a_failed_device_call_releases_the_stream_and_reports_the_error() {
                 Ok(()) | Err(_) => {}
             }
             let after = read_later(dev, stream, &case.outputs[0].0);
-            dev.synchronize(stream, T).expect("the stream was left waiting on a failed call");
+            dev.synchronize(stream, T)
+                .expect("the stream was left waiting on a failed call");
             assert!(!after.lock().unwrap().is_empty());
             assert!(c.async_error().is_some(), "the failure was not reported");
         }
@@ -404,7 +459,12 @@ fn a_call_on_another_device_than_the_one_served_names_both() {
         };
         let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
         // SAFETY: refused before any access.
-        let e = unsafe { c.run_call_on_stream(&call, 0) }.unwrap_err().to_string();
-        assert!(e.contains("CUDA device 3") && e.contains("serves CUDA device 0"), "{e}");
+        let e = unsafe { c.run_call_on_stream(&call, 0) }
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CUDA device 3") && e.contains("serves CUDA device 0"),
+            "{e}"
+        );
     });
 }

@@ -5,20 +5,26 @@
 use dmsc_rs::call::{Call, P2pCall};
 use dmsc_rs::{Communicator, Request, Result};
 
-/// Run `call` to completion on the calling thread.
+/// Run `call` ordered on the CUDA stream `stream` when its buffers are device memory
+/// (returning at once), or to completion when they are host memory (`stream` NULL).
 ///
 /// # Safety
-/// The spans are valid for the whole call: inputs readable, outputs writable, and not
-/// accessed by anyone else in a conflicting way.
-pub(crate) unsafe fn run(comm: &Communicator, call: &Call) -> Result<()> {
+/// The spans are valid, and not accessed by anyone else in a conflicting way, for the whole
+/// call (until the stream has passed it, for device buffers); `stream` is NULL or a live stream of
+/// the buffers' device.
+pub(crate) unsafe fn run_on_stream(
+    comm: &Communicator,
+    call: &Call,
+    stream: *mut std::ffi::c_void,
+) -> Result<()> {
     // SAFETY: forwarded contract.
-    unsafe { comm.run_call(call) }
+    unsafe { comm.run_call_on_stream(call, stream as usize) }
 }
 
 /// Start `call` and return its request; the buffers are in use until it completes.
 ///
 /// # Safety
-/// As [`run`], until the returned request has completed (test true, wait returned, or
+/// As [`run_on_stream`] for host buffers, until the returned request has completed (test true, wait returned, or
 /// freed).
 pub(crate) unsafe fn post(comm: &Communicator, call: &Call) -> Result<Request<'static>> {
     // SAFETY: forwarded contract: the C caller keeps the buffers valid until the request

@@ -3,8 +3,8 @@
 
 use super::{Call, P2pCall, Shape, Span};
 use crate::comm::{Communicator, Job};
-use crate::request::Request;
 use crate::device_call::staged::SelfCopy;
+use crate::request::Request;
 use dmsc_core::engine::{MemKind, OpMemory, Region};
 use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, Result};

@@ -31,7 +31,9 @@ impl Communicator {
         D::Gate: Send,
     {
         if chunk == 0 {
-            return Err(Error::invalid("use_device_memory: chunk must be above 0 bytes"));
+            return Err(Error::invalid(
+                "use_device_memory: chunk must be above 0 bytes",
+            ));
         }
         let mut g = self.device.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = g.as_ref() {
@@ -108,7 +110,9 @@ impl Communicator {
         let ordinal = match call.memory() {
             MemKind::Cuda { device } => device,
             MemKind::Host => {
-                return Err(Error::internal("a host call was sent to the device staging"))
+                return Err(Error::internal(
+                    "a host call was sent to the device staging",
+                ))
             }
         };
         let calls = self.device_calls(ordinal)?;
@@ -120,7 +124,11 @@ impl Communicator {
     /// Wait until the device calls submitted so far have handed their jobs to the engine, so
     /// a host call runs after them on every rank.
     pub(crate) fn drain_device_calls(&self) {
-        let d = self.device.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let d = self
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(d) = d {
             d.drain();
         }

@@ -41,8 +41,12 @@ pub(crate) trait DeviceCalls: Send + Sync {
     /// # Safety
     /// `stream` is 0 or a live stream of the device; the call's buffers stay valid until
     /// the slot holds a result.
-    unsafe fn submit(&self, call: &Call, stream: usize, build: BuildJob<'_>)
-        -> Result<Arc<JobSlot>>;
+    unsafe fn submit(
+        &self,
+        call: &Call,
+        stream: usize,
+        build: BuildJob<'_>,
+    ) -> Result<Arc<JobSlot>>;
 
     /// Wait until every device call submitted so far has handed its job to the executor
     /// (or failed), so a host call queued next runs after them.
@@ -270,7 +274,11 @@ fn copy_chunked<D: DeviceMemory>(
     to_host: bool,
     events: &[D::Event],
 ) -> Result<()> {
-    let StagingSettings { chunk, slots, timeout } = shared.settings;
+    let StagingSettings {
+        chunk,
+        slots,
+        timeout,
+    } = shared.settings;
     let what = if to_host {
         "copying device buffers to their host twins"
     } else {
@@ -290,7 +298,8 @@ fn copy_chunked<D: DeviceMemory>(
                     progressed = true;
                     match step {
                         Step::A { range, slot } => {
-                            let (dev, host) = (t.dev + range.start, t.host.wrapping_add(range.start));
+                            let (dev, host) =
+                                (t.dev + range.start, t.host.wrapping_add(range.start));
                             // SAFETY: the twin and the device buffer hold `t.len` bytes and
                             // stay valid until this call's copies have run (the caller's
                             // contract; the twins are freed only after this returns, or
@@ -401,7 +410,15 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
         slot,
     } = w;
     let mut handed = false;
-    let r = stage_and_run(shared, exec, &mut ticket, &staged, &self_copies, job, &mut handed);
+    let r = stage_and_run(
+        shared,
+        exec,
+        &mut ticket,
+        &staged,
+        &self_copies,
+        job,
+        &mut handed,
+    );
     if !handed {
         shared.done_pending();
     }
@@ -421,7 +438,9 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
         drop(f);
         // Copies may still be queued on the twins: free them only once the stream is idle.
         if !quiesce(shared) {
-            log::error!("the staging stream did not drain after a failure; its host buffers are leaked");
+            log::error!(
+                "the staging stream did not drain after a failure; its host buffers are leaked"
+            );
             std::mem::forget(std::mem::take(&mut staged.pinned));
         }
     }

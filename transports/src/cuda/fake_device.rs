@@ -265,13 +265,39 @@ impl DeviceMemory for FakeDeviceMemory {
         Ok(FakePinned(vec![0; len]))
     }
 
-    unsafe fn copy_to_host(&mut self, stream: usize, dst: *mut u8, src: usize, len: usize) -> Result<()> {
-        self.push(stream, Cmd::Copy { dst: dst as usize, src, len });
+    unsafe fn copy_to_host(
+        &mut self,
+        stream: usize,
+        dst: *mut u8,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst: dst as usize,
+                src,
+                len,
+            },
+        );
         Ok(())
     }
 
-    unsafe fn copy_to_device(&mut self, stream: usize, dst: usize, src: *const u8, len: usize) -> Result<()> {
-        self.push(stream, Cmd::Copy { dst, src: src as usize, len });
+    unsafe fn copy_to_device(
+        &mut self,
+        stream: usize,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst,
+                src: src as usize,
+                len,
+            },
+        );
         Ok(())
     }
 }
@@ -301,11 +327,17 @@ mod tests {
         unsafe { d.copy_to_host(s, host.as_mut_ptr(), addr, 8).unwrap() };
         let e = d.create_event().unwrap();
         d.record(&e, s).unwrap();
-        assert!(!d.query(&e).unwrap(), "the event completed before the held kernel");
+        assert!(
+            !d.query(&e).unwrap(),
+            "the event completed before the held kernel"
+        );
         tx.send(()).unwrap();
         d.synchronize(s, T).unwrap();
         assert!(d.query(&e).unwrap());
-        assert_eq!(host.0, [7; 8], "the copy ran before the kernel that wrote its source");
+        assert_eq!(
+            host.0, [7; 8],
+            "the copy ran before the kernel that wrote its source"
+        );
         drop(dev);
     }
 
