@@ -6,8 +6,12 @@
 //! for it reads stale data), and reads its output with a fake kernel queued *after* the call
 //! (which sees stale data unless the stream waited for the call).
 
-use dmsc::call::{Call, CollArgs, Names, P2pCall, Span};
-use dmsc::{bf16, f16, new_unique_id, CollKind, Communicator, Config, DataType, ReduceOp};
+#[path = "support/device_cases.rs"]
+mod cases;
+
+use cases::{collective, every_case, Case, CaseBuf};
+use dmsc::call::{Call, CollArgs, Names, Span};
+use dmsc::{new_unique_id, CollKind, Communicator, Config, DataType, ReduceOp};
 use dmsc_core::engine::MemKind;
 use dmsc_transports::cuda::device_memory::DeviceMemory;
 use dmsc_transports::cuda::fake_device::FakeDeviceMemory;
@@ -16,8 +20,6 @@ use std::time::Duration;
 
 const DEV: MemKind = MemKind::Cuda { device: 0 };
 const T: Duration = Duration::from_secs(30);
-/// Elements per rank block: odd, so blocks and chunks do not line up.
-const C: usize = 37;
 /// Bytes per staging copy: small, so every buffer takes several chunks.
 const CHUNK: usize = 40;
 
@@ -28,19 +30,19 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[derive(Clone)]
 struct DevBuf(Arc<Mutex<Vec<u8>>>);
 
-impl DevBuf {
-    fn new(len: usize) -> DevBuf {
-        DevBuf(Arc::new(Mutex::new(vec![0xEE; len])))
-    }
+impl CaseBuf for DevBuf {
     fn span(&self) -> Span {
         let g = self.0.lock().unwrap();
         Span::in_memory(g.as_ptr(), g.len(), DEV)
     }
+}
+
+impl DevBuf {
+    fn new(len: usize) -> DevBuf {
+        DevBuf(Arc::new(Mutex::new(vec![0xEE; len])))
+    }
     fn addr(&self) -> usize {
         self.0.lock().unwrap().as_ptr() as usize
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
     }
 }
 
@@ -67,182 +69,15 @@ fn read_later(dev: &FakeDeviceMemory, stream: usize, buf: &DevBuf) -> Arc<Mutex<
     out
 }
 
-/// Element `i` of rank `r`'s data: small integers, exact in every type and operator here.
-fn val(r: usize, i: usize) -> f64 {
-    ((r + 1) * (i % 7 + 1)) as f64
-}
-
-fn enc(dt: DataType, xs: &[f64]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for &x in xs {
-        match dt {
-            DataType::Float32 => b.extend((x as f32).to_le_bytes()),
-            DataType::Float64 => b.extend(x.to_le_bytes()),
-            DataType::Int32 => b.extend((x as i32).to_le_bytes()),
-            DataType::Int64 => b.extend((x as i64).to_le_bytes()),
-            DataType::Float16 => b.extend(f16::from_f64(x).to_le_bytes()),
-            DataType::Bfloat16 => b.extend(bf16::from_f64(x).to_le_bytes()),
-            other => panic!("no encoding for {other:?} in this test"),
-        }
-    }
-    b
-}
-
-fn reduce(op: ReduceOp, xs: impl Iterator<Item = f64>) -> f64 {
-    xs.reduce(|a, b| match op {
-        ReduceOp::Sum => a + b,
-        ReduceOp::Prod => a * b,
-        ReduceOp::Max => a.max(b),
-        ReduceOp::Min => a.min(b),
-        other => panic!("{other:?} not in this test"),
-    })
-    .unwrap()
-}
-
-/// One rank's view of a case: the call, its input and output buffers with the input's
-/// data, and the output expected.
-struct Case {
-    call: Call,
-    inputs: Vec<(DevBuf, Vec<u8>)>,
-    outputs: Vec<(DevBuf, Vec<u8>)>,
-}
-
-fn collective(c: &Communicator, kind: CollKind, dt: DataType, op: ReduceOp) -> Case {
-    let (r, n) = (c.rank(), c.size());
-    let root = 1 % n;
-    let mine: Vec<f64> = (0..C).map(|i| val(r, i)).collect();
-    let (inp, expect): (Vec<f64>, Vec<f64>) = match kind {
-        CollKind::AllReduce => (
-            mine,
-            (0..C)
-                .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
-                .collect(),
-        ),
-        CollKind::ReduceScatter => (
-            (0..n * C).map(|i| val(r, i)).collect(),
-            (0..C)
-                .map(|i| reduce(op, (0..n).map(|q| val(q, r * C + i))))
-                .collect(),
-        ),
-        CollKind::AllGather => (mine, (0..n * C).map(|j| val(j / C, j % C)).collect()),
-        CollKind::Broadcast => (mine, (0..C).map(|i| val(root, i)).collect()),
-        CollKind::Reduce => (
-            mine,
-            if r == root {
-                (0..C)
-                    .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
-                    .collect()
-            } else {
-                vec![]
-            },
-        ),
-        other => panic!("{other:?} has its own case"),
-    };
-    let out_elems = match kind {
-        CollKind::AllGather => n * C,
-        _ => C,
-    };
-    let input = DevBuf::new(inp.len() * dt.size());
-    let output = DevBuf::new(out_elems * dt.size());
-    let args = CollArgs {
-        kind,
-        dtype: dt,
-        op,
-        root,
-        input: Some(input.span()),
-        output: output.span(),
-        count: None,
-        factor: None,
-    };
-    let call = Call::collective(c.shape(), args, &Names::RUST).expect("a valid call");
-    // Off the root a reduction leaves its output alone: the sentinel bytes stay.
-    let expect = if expect.is_empty() {
-        vec![0xEE; output.len()]
-    } else {
-        enc(dt, &expect)
-    };
-    Case {
-        call,
-        inputs: vec![(input, enc(dt, &inp))],
-        outputs: vec![(output, expect)],
-    }
-}
-
-/// All-to-all-v: rank r sends q+1 elements to rank q, packed; receives r+1 from each.
-fn all_to_all_v(c: &Communicator, dt: DataType) -> Case {
-    let (r, n) = (c.rank(), c.size());
-    let sc: Vec<usize> = (0..n).map(|q| q + 1).collect();
-    let sd: Vec<usize> = (0..n).map(|q| (0..q).map(|p| p + 1).sum()).collect();
-    let rc = vec![r + 1; n];
-    // A gap of one element between blocks: those bytes must come back unchanged.
-    let rd: Vec<usize> = (0..n).map(|q| q * (r + 2)).collect();
-    let send: Vec<f64> = (0..n)
-        .flat_map(|q| (0..=q).map(move |i| (100 * r + 10 * q + i) as f64))
-        .collect();
-    let out_elems = n * (r + 2);
-    let input = DevBuf::new(send.len() * dt.size());
-    let output = DevBuf::new(out_elems * dt.size());
-    let mut expect = vec![0xEE; output.len()];
-    for (q, d) in rd.iter().enumerate() {
-        let block: Vec<f64> = (0..=r).map(|i| (100 * q + 10 * r + i) as f64).collect();
-        let b = enc(dt, &block);
-        let at = d * dt.size();
-        expect[at..at + b.len()].copy_from_slice(&b);
-    }
-    let call = Call::all_to_all_v(
-        c.shape(),
-        dt,
-        Some(input.span()),
-        output.span(),
-        [sc, sd, rc, rd],
-        &Names::RUST,
-    )
-    .expect("a valid all_to_all_v");
-    Case {
-        call,
-        inputs: vec![(input, enc(dt, &send))],
-        outputs: vec![(output, expect)],
-    }
-}
-
-/// A group: a ring (send to the next rank, receive from the previous) and a send to this
-/// rank itself.
-fn send_recv(c: &Communicator, dt: DataType) -> Case {
-    let (r, n) = (c.rank(), c.size());
-    let data = |from: usize, tag: usize| -> Vec<f64> {
-        (0..C)
-            .map(|i| (1000 * tag + 10 * from + i) as f64)
-            .collect()
-    };
-    let (s_next, r_prev) = (DevBuf::new(C * dt.size()), DevBuf::new(C * dt.size()));
-    let (s_me, r_me) = (DevBuf::new(C * dt.size()), DevBuf::new(C * dt.size()));
-    let op = |send, peer, buf: &DevBuf| P2pCall {
-        send,
-        peer,
-        tag: 0,
-        buf: buf.span(),
-        dtype: dt,
-    };
-    let ops = vec![
-        op(true, (r + 1) % n, &s_next),
-        op(false, (r + n - 1) % n, &r_prev),
-        op(true, r, &s_me),
-        op(false, r, &r_me),
-    ];
-    let call = Call::p2p(c.shape(), ops).expect("a valid group");
-    Case {
-        call,
-        inputs: vec![(s_next, enc(dt, &data(r, 1))), (s_me, enc(dt, &data(r, 2)))],
-        outputs: vec![
-            (r_prev, enc(dt, &data((r + n - 1) % n, 1))),
-            (r_me, enc(dt, &data(r, 2))),
-        ],
-    }
-}
-
 /// Run `case` on the caller's stream `stream`: inputs written before the call, outputs read
 /// after it, all by fake kernels on that stream; check every output exactly.
-fn run_case(c: &Communicator, dev: &FakeDeviceMemory, stream: usize, case: Case, what: &str) {
+fn run_case(
+    c: &Communicator,
+    dev: &FakeDeviceMemory,
+    stream: usize,
+    case: Case<DevBuf>,
+    what: &str,
+) {
     for (buf, bytes) in &case.inputs {
         write_later(dev, stream, buf, bytes.clone());
     }
@@ -299,58 +134,13 @@ fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + 
 fn every_collective(n: usize) {
     ranks(n, move |c, dev| {
         let stream = dev.create_stream().unwrap();
-        let mut cases = 0;
-        for dt in [
-            DataType::Float32,
-            DataType::Int32,
-            DataType::Float64,
-            DataType::Float16,
-            DataType::Bfloat16,
-        ] {
-            let ops: &[ReduceOp] = match dt {
-                DataType::Float16 | DataType::Bfloat16 => &[ReduceOp::Sum, ReduceOp::Max],
-                _ => &[ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min],
-            };
-            for &kind in &[
-                CollKind::AllReduce,
-                CollKind::ReduceScatter,
-                CollKind::Reduce,
-            ] {
-                for &op in ops {
-                    let what = format!("{kind} {dt:?} {op:?} on {n} ranks");
-                    run_case(c, dev, stream, collective(c, kind, dt, op), &what);
-                    cases += 1;
-                }
-            }
-            for kind in [CollKind::AllGather, CollKind::Broadcast] {
-                let what = format!("{kind} {dt:?} on {n} ranks");
-                run_case(
-                    c,
-                    dev,
-                    stream,
-                    collective(c, kind, dt, ReduceOp::Sum),
-                    &what,
-                );
-                cases += 1;
-            }
-            run_case(
-                c,
-                dev,
-                stream,
-                all_to_all_v(c, dt),
-                &format!("all_to_all_v {dt:?}"),
-            );
-            run_case(
-                c,
-                dev,
-                stream,
-                send_recv(c, dt),
-                &format!("send/recv group {dt:?}"),
-            );
-            cases += 2;
+        let cases = every_case(c, &mut DevBuf::new);
+        let count = cases.len();
+        for (what, case) in cases {
+            run_case(c, dev, stream, case, &format!("{what} on {n} ranks"));
         }
         if c.rank() == 0 {
-            eprintln!("{cases} device-buffer cases passed on {n} ranks (fake device)");
+            eprintln!("{count} device-buffer cases passed on {n} ranks (fake device)");
         }
     });
 }
@@ -376,7 +166,13 @@ fn the_calling_thread_is_not_blocked_by_the_callers_stream() {
         dev.launch(stream, move || {
             *rel.lock().unwrap() = Some(rx.recv_timeout(Duration::from_secs(10)).is_ok());
         });
-        let case = collective(c, CollKind::AllReduce, DataType::Float32, ReduceOp::Sum);
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
         for (buf, bytes) in &case.inputs {
             write_later(dev, stream, buf, bytes.clone());
         }
@@ -403,14 +199,26 @@ fn the_calling_thread_is_not_blocked_by_the_callers_stream() {
 fn a_blocking_call_and_a_request_on_device_buffers_complete_with_the_data() {
     ranks(2, |c, dev| {
         // run_call: on the default stream (0), waited for.
-        let case = collective(c, CollKind::AllGather, DataType::Int64, ReduceOp::Sum);
+        let case = collective(
+            c,
+            CollKind::AllGather,
+            DataType::Int64,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
         let (buf, bytes) = &case.inputs[0];
         write_later(dev, 0, buf, bytes.clone());
         // SAFETY: the buffers live past the call, which waits.
         unsafe { c.run_call(&case.call) }.expect("run_call on device buffers");
         assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
         // start_call: the request completes once the data is back in device memory.
-        let case = collective(c, CollKind::AllReduce, DataType::Float32, ReduceOp::Max);
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Max,
+            &mut DevBuf::new,
+        );
         let (buf, bytes) = &case.inputs[0];
         write_later(dev, 0, buf, bytes.clone());
         // SAFETY: the buffers outlive the request, waited for here.
@@ -424,7 +232,13 @@ fn a_blocking_call_and_a_request_on_device_buffers_complete_with_the_data() {
 fn a_failed_device_call_releases_the_stream_and_reports_the_error() {
     ranks(2, |c, dev| {
         let stream = dev.create_stream().unwrap();
-        let case = collective(c, CollKind::AllReduce, DataType::Float32, ReduceOp::Sum);
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
         if c.rank() == 0 {
             c.abort();
             // SAFETY: the buffers live until the stream is synchronized below.

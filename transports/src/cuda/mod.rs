@@ -22,7 +22,7 @@
 //! - `device`: `CudaDevice`, dmsc-core's `Device` on one GPU's memory;
 //! - `cuda_streams`: [`stream_order::StreamOps`] on the driver (events, stream memory ops);
 //! - `cuda_memory`: [`device_memory::DeviceMemory`] on the driver (pinned host memory,
-//!   asynchronous copies);
+//!   asynchronous copies); `device_buffer`: device memory of dmsc's own (tools, tests);
 //! - `pointer`: whether a raw pointer is host or device memory (the driver's attributes);
 //! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
 //!   and architecture.
@@ -50,6 +50,8 @@ pub mod cuda_memory;
 pub mod cuda_streams;
 #[cfg(feature = "cuda")]
 pub mod device;
+#[cfg(feature = "cuda")]
+pub mod device_buffer;
 #[cfg(feature = "cuda")]
 pub mod driver;
 #[cfg(feature = "cuda")]
