@@ -252,6 +252,20 @@ fn a_failed_device_call_releases_the_stream_and_reports_the_error() {
                 .expect("the stream was left waiting on a failed call");
             assert!(!after.lock().unwrap().is_empty());
             assert!(c.async_error().is_some(), "the failure was not reported");
+            // A request on device buffers carries the failure too.
+            let case = collective(
+                c,
+                CollKind::AllReduce,
+                DataType::Float32,
+                ReduceOp::Sum,
+                &mut DevBuf::new,
+            );
+            // SAFETY: the buffers outlive the request, waited for here.
+            let req = unsafe { c.start_call(&case.call) };
+            assert!(
+                req.wait().is_err(),
+                "a device call on an aborted communicator succeeded"
+            );
         }
     });
 }
