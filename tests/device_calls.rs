@@ -225,6 +225,24 @@ fn a_blocking_call_and_a_request_on_device_buffers_complete_with_the_data() {
         let req = unsafe { c.start_call(&case.call) };
         req.wait().expect("the request");
         assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
+        // start_call_on_stream: ordered on the caller's stream, completed with the data.
+        let stream = dev.create_stream().unwrap();
+        let case = collective(
+            c,
+            CollKind::ReduceScatter,
+            DataType::Float64,
+            ReduceOp::Min,
+            &mut DevBuf::new,
+        );
+        let (buf, bytes) = &case.inputs[0];
+        write_later(dev, stream, buf, bytes.clone());
+        // SAFETY: the buffers outlive the request, waited for here.
+        let req = unsafe { c.start_call_on_stream(&case.call, stream) };
+        let seen = read_later(dev, stream, &case.outputs[0].0);
+        req.wait().expect("the request on a stream");
+        assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
+        dev.synchronize(stream, T).unwrap();
+        assert!(*seen.lock().unwrap() == case.outputs[0].1);
     });
 }
 

@@ -68,8 +68,9 @@ pub(crate) unsafe fn nonblocking(
         }
         let call = build(&c)?;
         stream_arg(f, stream, call.memory())?;
-        // SAFETY: the caller's contract keeps the buffers valid until the request completes.
-        let req = unsafe { op::post(&c, &call) }.ctx(f)?;
+        // SAFETY: the caller's contract keeps the buffers valid until the request completes,
+        // and `stream` NULL or live.
+        let req = unsafe { op::post_on_stream(&c, &call, stream) }.ctx(f)?;
         // SAFETY: as above, slot is writable.
         unsafe { slot.write(request::register(f, req)) };
         Ok(())

@@ -55,10 +55,7 @@ impl Communicator {
     pub unsafe fn start_call<'a>(&self, call: &Call) -> Request<'a> {
         if call.memory() != MemKind::Host {
             // SAFETY: forwarded contract; 0 is the default stream.
-            return match unsafe { self.device_slot(call, 0) } {
-                Ok(slot) => Request::new(slot, None),
-                Err(e) => Request::done(Err(e)),
-            };
+            return unsafe { self.start_call_on_stream(call, 0) };
         }
         self.drain_device_calls();
         // SAFETY: forwarded contract.

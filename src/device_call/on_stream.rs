@@ -5,6 +5,7 @@
 use super::stager::{DeviceCalls, Stager, StagingSettings};
 use crate::call::Call;
 use crate::comm::Communicator;
+use crate::request::Request;
 use dmsc_core::engine::executor::JobSlot;
 use dmsc_core::engine::MemKind;
 use dmsc_core::{Error, Result};
@@ -147,10 +148,7 @@ impl Communicator {
     pub unsafe fn run_call_on_stream(&self, call: &Call, stream: usize) -> Result<()> {
         if call.memory() == MemKind::Host {
             if stream != 0 {
-                return Err(Error::usage(format!(
-                    "stream {stream:#x} given for a call on host memory: a stream orders calls \
-                     on CUDA device buffers only"
-                )));
+                return Err(host_stream(stream));
             }
             // SAFETY: forwarded contract.
             return unsafe { self.run_call(call) };
@@ -158,4 +156,34 @@ impl Communicator {
         // SAFETY: forwarded contract.
         unsafe { self.device_slot(call, stream) }.map(drop)
     }
+
+    /// Start `call` ordered on the caller's CUDA stream `stream` (0: the default stream),
+    /// as [`Communicator::run_call_on_stream`], and return its request, which completes
+    /// once the device buffers hold the results (or with the failure). A call on host
+    /// buffers is [`Communicator::start_call`], and must come with stream 0.
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call_on_stream`], and until the request has completed.
+    pub unsafe fn start_call_on_stream<'a>(&self, call: &Call, stream: usize) -> Request<'a> {
+        if call.memory() == MemKind::Host {
+            if stream != 0 {
+                return Request::done(Err(host_stream(stream)));
+            }
+            // SAFETY: forwarded contract.
+            return unsafe { self.start_call(call) };
+        }
+        // SAFETY: forwarded contract.
+        match unsafe { self.device_slot(call, stream) } {
+            Ok(slot) => Request::new(slot, None),
+            Err(e) => Request::done(Err(e)),
+        }
+    }
+}
+
+/// The error of a stream given with host buffers.
+fn host_stream(stream: usize) -> Error {
+    Error::usage(format!(
+        "stream {stream:#x} given for a call on host memory: a stream orders calls on CUDA \
+         device buffers only"
+    ))
 }
