@@ -30,9 +30,12 @@
  * Streams. Every operation takes a stream in NCCL's position. With host buffers only NULL
  *   (host-synchronous) is accepted and a non-NULL stream is dmscInvalidArgument. A libdmsc
  *   built with the `cuda` feature tells device buffers apart (the CUDA driver's pointer
- *   attributes) and accepts a stream with them, but does not yet run collectives on device
- *   memory (dmscInvalidUsage, saying so); mixing host and device buffers in one call is
- *   dmscInvalidArgument naming both.
+ *   attributes) and orders a call on them on the given stream, as NCCL does: it starts
+ *   after the work queued there before it, the stream's later work waits for it, and the
+ *   call returns at once (failures later go to dmscCommGetAsyncError); the data is staged
+ *   through pinned host memory. Calls recorded in a group run at dmscGroupEnd on the default
+ *   stream, waited for. Without the feature device buffers are not told apart. Mixing host
+ *   and device buffers in one call is dmscInvalidArgument naming both.
  * In place. sendbuff == recvbuff is in place; for dmscAllGather in place means
  *   sendbuff == recvbuff + rank * sendcount elements, for dmscReduceScatter
  *   recvbuff == sendbuff + rank * recvcount elements (NCCL's layouts).

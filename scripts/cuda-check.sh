@@ -31,3 +31,6 @@ cargo test -p dmsc-transports --features cuda --lib cuda:: -- --nocapture
 cargo test -p dmsc-ffi --features cuda --lib
 # The GPU tests: without a GPU each prints SKIPPED (scripts/gpu-check.sh runs them on one).
 cargo test -p dmsc-transports --features cuda --test cuda_gpu -- --nocapture
+# The communicator's collectives on GPU buffers: skipped (visibly) without a GPU; the same
+# calls run on a fake device in tests/device_calls.rs with every cargo test.
+cargo test -p dmsc --features cuda --test cuda_calls_gpu -- --nocapture

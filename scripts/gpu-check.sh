@@ -13,7 +13,8 @@
 # kernels against the host for every type and op on 1 .. 2^20+3 elements, copies, CRC32C,
 # pointer attributes, IPC export, the stream ordering on the real driver, device reduction
 # figures, and staging throughput through pinned slots against a plain cuMemcpyDtoH),
-# the CUDA unit tests, and dmsc-perf all_reduce at 64 MiB and 256 MiB on 2 and 4 ranks on
+# tests/cuda_calls_gpu.rs (every collective x type x op on device buffers through the
+# communicator, 2 and 4 ranks sharing the GPU, TCP staging), the CUDA unit tests, and dmsc-perf all_reduce at 64 MiB and 256 MiB on 2 and 4 ranks on
 # host memory, the baseline the device paths will be compared with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,20 @@ for line in sys.stdin:
             shutil.copy(exe, sys.argv[1] + "/" + name)
             print("built", name)
 ' "$DIR/bin"
+    # The communicator's collectives on device buffers (tests/cuda_calls_gpu.rs).
+    cargo test --release -q -p dmsc --features cuda --test cuda_calls_gpu --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable")
+    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] == "cuda_calls_gpu":
+        shutil.copy(exe, sys.argv[1] + "/cuda_calls_gpu")
+        print("built cuda_calls_gpu")
+' "$DIR/bin"
     strip "$DIR"/bin/* 2>/dev/null || true
     cargo run --release -q -p dmsc-transports --features cuda --example cuda_kernel_cache -- "$DIR/cache" 80 90
     du -sh "$DIR"
@@ -72,6 +87,8 @@ export DMSC_CUDA_CACHE_DIR="$PWD/$DIR/cache" DMSC_CUDA_GPU_REQUIRED=1 RUST_BACKT
 echo "== CUDA device against the host, stream ordering on the driver (transports/tests/cuda_gpu.rs)"
 LOG="$DIR/gpu-check.log"
 timeout 240 "$DIR/bin/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$LOG"
+echo "== collectives on device buffers through the communicator, 2 and 4 ranks on GPU 0, TCP staging (tests/cuda_calls_gpu.rs)"
+timeout 120 "$DIR/bin/cuda_calls_gpu" --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
 echo "== CUDA unit tests (fake GPU, host build of the kernels; NVRTC ones skip without DMSC_NVRTC_LIB)"
 timeout 60 "$DIR/bin/dmsc_transports" cuda:: --test-threads=1
 echo "== dmsc-perf all_reduce on host memory (the baseline for the device paths)"

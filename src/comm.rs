@@ -3,6 +3,7 @@
 //! calling thread or the communicator's progress thread and serves heartbeats while idle.
 
 use crate::config::Config;
+use crate::device_call::stager::DeviceCalls;
 use crate::plan_cache::PlanCache;
 use crate::request::Request;
 use crate::store_link::StoreLink;
@@ -31,12 +32,15 @@ pub struct Communicator {
     rank: Rank,
     nranks: usize,
     pub(crate) config: Config,
+    /// The staging of device calls, once the first one came (before `exec`: it is dropped,
+    /// and its thread stopped, before the executor it submits to).
+    pub(crate) device: Mutex<Option<Arc<dyn DeviceCalls>>>,
     /// The engine, its job queue and its progress thread.
-    exec: Executor,
+    pub(crate) exec: Arc<Executor>,
     /// Schedules of recent collectives, reused by repeated calls.
     pub(crate) plans: PlanCache,
     abort: Arc<AbortHandle>,
-    failure: Arc<Mutex<Option<Error>>>,
+    pub(crate) failure: Arc<Mutex<Option<Error>>>,
     transport_name: &'static str,
     peer_transports: Vec<&'static str>,
     /// Per-path metrics the transport publishes (several paths per peer).
@@ -164,11 +168,12 @@ impl Communicator {
         let peer_transports = engine.peer_transports();
         let path_metrics = engine.path_metrics();
         let _rank = dmsc_core::log_rank::scope(rank);
-        let exec = Executor::start(engine)?;
+        let exec = Arc::new(Executor::start(engine)?);
         let mut comm = Communicator {
             rank,
             nranks,
             config,
+            device: Mutex::new(None),
             exec,
             plans: PlanCache::default(),
             abort,

@@ -1,5 +1,5 @@
-//! The common path of every operation call: look up the communicator, refuse device
-//! streams, validate the arguments into a [`Call`], then run it now, record it into the
+//! The common path of every operation call: look up the communicator, check the stream
+//! (only device buffers take one), validate the arguments into a [`Call`], then run it now, record it into the
 //! thread's group, or post it and return a request.
 
 use crate::args::{out, stream_arg};
@@ -15,7 +15,9 @@ use dmsc_rs::Communicator;
 use std::ffi::c_void;
 
 /// A blocking call of function `f`: inside a group the operation is recorded, otherwise it
-/// runs to completion on this thread.
+/// runs to completion on this thread; a call on CUDA device buffers is ordered on `stream`
+/// instead and returns at once (NCCL's semantics; failures go to `dmscCommGetAsyncError`).
+/// A group's recorded calls run at `dmscGroupEnd` on the default stream, waited for.
 ///
 /// # Safety
 /// The buffers that `build` captures are valid for the call, or until `dmscGroupEnd`
@@ -31,8 +33,9 @@ pub(crate) unsafe fn blocking(
         let call = build(&c)?;
         stream_arg(f, stream, call.memory())?;
         if let Some(call) = group::record(f, id, &c, call) {
-            // SAFETY: the caller's contract: the buffers are valid for this call.
-            unsafe { op::run(&c, &call) }.ctx(f)?;
+            // SAFETY: the caller's contract: the buffers are valid for this call (until the
+            // stream has passed it, for device buffers); `stream` is NULL or a live stream.
+            unsafe { op::run_on_stream(&c, &call, stream) }.ctx(f)?;
         }
         Ok(())
     })
@@ -65,8 +68,9 @@ pub(crate) unsafe fn nonblocking(
         }
         let call = build(&c)?;
         stream_arg(f, stream, call.memory())?;
-        // SAFETY: the caller's contract keeps the buffers valid until the request completes.
-        let req = unsafe { op::post(&c, &call) }.ctx(f)?;
+        // SAFETY: the caller's contract keeps the buffers valid until the request completes,
+        // and `stream` NULL or live.
+        let req = unsafe { op::post_on_stream(&c, &call, stream) }.ctx(f)?;
         // SAFETY: as above, slot is writable.
         unsafe { slot.write(request::register(f, req)) };
         Ok(())

@@ -3,8 +3,8 @@
 
 use super::{Call, P2pCall, Shape, Span};
 use crate::comm::{Communicator, Job};
+use crate::device_call::staged::SelfCopy;
 use crate::request::Request;
-use dmsc_core::device::{Device, HostDevice};
 use dmsc_core::engine::{MemKind, OpMemory, Region};
 use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, Result};
@@ -27,7 +27,18 @@ impl Communicator {
     /// # Safety
     /// Every span of `call` is valid for the whole call: inputs readable, outputs writable,
     /// and not accessed by anyone else in a conflicting way.
+    ///
+    /// A call on CUDA device buffers is ordered on the default stream and waited for (see
+    /// [`Communicator::run_call_on_stream`] for the caller's own stream).
     pub unsafe fn run_call(&self, call: &Call) -> Result<()> {
+        if call.memory() != MemKind::Host {
+            // SAFETY: forwarded contract; 0 is the default stream.
+            return unsafe { self.device_slot(call, 0) }.and_then(|s| {
+                s.wait_until(None)
+                    .unwrap_or_else(|| Err(Error::internal("a device call's slot never filled")))
+            });
+        }
+        self.drain_device_calls();
         // SAFETY: forwarded contract.
         match unsafe { self.job(call) }? {
             Some(job) => self.run_blocking(job),
@@ -42,6 +53,11 @@ impl Communicator {
     /// returned true, `wait` returned, or it was dropped), whatever lifetime `'a` the caller
     /// picks.
     pub unsafe fn start_call<'a>(&self, call: &Call) -> Request<'a> {
+        if call.memory() != MemKind::Host {
+            // SAFETY: forwarded contract; 0 is the default stream.
+            return unsafe { self.start_call_on_stream(call, 0) };
+        }
+        self.drain_device_calls();
         // SAFETY: forwarded contract.
         match unsafe { self.job(call) } {
             Ok(Some(job)) => self.run_async(job),
@@ -56,12 +72,23 @@ impl Communicator {
     /// # Safety
     /// As [`Communicator::run_call`]: sends to this rank itself are copied now.
     unsafe fn job(&self, call: &Call) -> Result<Option<Job>> {
+        let (copies, job) = self.job_parts(call)?;
+        for c in copies {
+            // SAFETY: the caller's contract covers both buffers; the builder checked that a
+            // receive overlaps no other buffer of the group, and `copy` tolerates overlap.
+            unsafe { std::ptr::copy(c.src, c.dst, c.len) };
+        }
+        Ok(job)
+    }
+
+    /// The engine job of a call on host memory, and the copies of its sends to this rank
+    /// itself, not yet done (a staged device call does them once its host twins hold the
+    /// data).
+    pub(crate) fn job_parts(&self, call: &Call) -> Result<(Vec<SelfCopy>, Option<Job>)> {
         let memory = call.memory();
         if memory != MemKind::Host {
-            return Err(Error::usage(format!(
-                "the call's buffers are {memory}: this communicator runs collectives on host \
-                 memory only (the CUDA device and its kernels exist in dmsc-transports' cuda \
-                 feature, but the engine does not drive them yet)"
+            return Err(Error::internal(format!(
+                "a call on {memory} reached the host job builder unstaged"
             )));
         }
         match call {
@@ -72,7 +99,7 @@ impl Communicator {
                 factor,
             } => self
                 .collective_job(*desc, *input, *output, *factor)
-                .map(Some),
+                .map(|j| (vec![], Some(j))),
             Call::AllToAllV {
                 dtype,
                 input,
@@ -102,15 +129,17 @@ impl Communicator {
                     group: vec![],
                 };
                 let sched = sched.into();
-                Ok(Some(Job::Collective {
-                    desc,
-                    sched,
-                    mem,
-                    premul: None,
-                }))
+                Ok((
+                    vec![],
+                    Some(Job::Collective {
+                        desc,
+                        sched,
+                        mem,
+                        premul: None,
+                    }),
+                ))
             }
-            // SAFETY: forwarded contract.
-            Call::P2p { dtype, ops } => unsafe { self.p2p_job(*dtype, ops) },
+            Call::P2p { dtype, ops } => self.p2p_job(*dtype, ops),
         }
     }
 
@@ -161,12 +190,10 @@ impl Communicator {
         })
     }
 
-    /// A group's job, after copying its sends to this rank itself into their receives (each
-    /// matched in order with a receive from this rank, as NCCL allows).
-    ///
-    /// # Safety
-    /// As [`Communicator::run_call`].
-    unsafe fn p2p_job(&self, dtype: DataType, ops: &[P2pCall]) -> Result<Option<Job>> {
+    /// A group's job, and the copies of its sends to this rank itself into their receives
+    /// (each matched in order with a receive from this rank, as NCCL allows), to be done
+    /// before the job runs.
+    fn p2p_job(&self, dtype: DataType, ops: &[P2pCall]) -> Result<(Vec<SelfCopy>, Option<Job>)> {
         let me = self.rank();
         let es = dtype.size();
         // Iterators, not collected lists: a group with no operation on this rank itself (the
@@ -188,14 +215,16 @@ impl Communicator {
                 )));
             }
         }
-        for (s, r) in to_me(true).zip(to_me(false)) {
-            // SAFETY: the caller's contract covers both buffers; the builder checked that a
-            // receive overlaps no other buffer of the group, and the device's copy tolerates
-            // overlap anyway.
-            unsafe { HostDevice.copy(r.buf.ptr, s.buf.ptr, s.buf.len)? };
-        }
+        let copies = to_me(true)
+            .zip(to_me(false))
+            .map(|(s, r)| SelfCopy {
+                dst: r.buf.ptr,
+                src: s.buf.ptr,
+                len: s.buf.len,
+            })
+            .collect();
         if others().next().is_none() {
-            return Ok(None);
+            return Ok((copies, None));
         }
         let plan_ops: Vec<P2p> = others()
             .enumerate()
@@ -209,16 +238,19 @@ impl Communicator {
             })
             .collect();
         let sched = plan::plan_send_recv(me, self.size(), &plan_ops)?;
-        Ok(Some(Job::P2p {
-            dtype,
-            ops: plan_ops,
-            tags: others().map(|o| o.tag).collect(),
-            sched: sched.into(),
-            mem: OpMemory {
-                input: Region::EMPTY,
-                output: Region::EMPTY,
-                group: others().map(|o| region(o.buf)).collect(),
-            },
-        }))
+        Ok((
+            copies,
+            Some(Job::P2p {
+                dtype,
+                ops: plan_ops,
+                tags: others().map(|o| o.tag).collect(),
+                sched: sched.into(),
+                mem: OpMemory {
+                    input: Region::EMPTY,
+                    output: Region::EMPTY,
+                    group: others().map(|o| region(o.buf)).collect(),
+                },
+            }),
+        ))
     }
 }

@@ -17,6 +17,9 @@ use dmsc_core::error::Result;
 #[derive(Clone, Copy, Debug)]
 pub struct StreamHandle(sys::CUstream);
 
+// SAFETY: a driver handle, usable from any thread in whose current context the stream lives.
+unsafe impl Send for StreamHandle {}
+
 impl StreamHandle {
     /// Wrap a raw stream.
     ///
@@ -42,6 +45,10 @@ pub struct CudaStreams;
 /// still waits on is safe (cuEventDestroy).
 #[derive(Debug)]
 pub struct CudaEvent(sys::CUevent);
+
+// SAFETY: a driver handle, usable from any thread with its context current; owned by this
+// value alone.
+unsafe impl Send for CudaEvent {}
 
 impl Drop for CudaEvent {
     fn drop(&mut self) {

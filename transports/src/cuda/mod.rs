@@ -9,6 +9,9 @@
 //!   (exporting and opening with the feature);
 //! - [`staging`]: device data through host buffers in pipelined chunks (for TCP), as a
 //!   state machine without I/O;
+//! - [`device_memory`]: the narrow trait of device-memory operations the communicator's
+//!   staging of device buffers uses, and [`fake_device`], its FAKE over host memory with
+//!   streams run by a worker thread (for tests of the communicator without a GPU);
 //! - [`stream_order`]: NCCL's stream semantics as a state machine over a small trait of
 //!   stream and event operations ([`stream_order::StreamOps`]), tested against a fake GPU.
 //!
@@ -18,6 +21,8 @@
 //!   panics on a missing library), and the driver's errors as dmsc errors;
 //! - `device`: `CudaDevice`, dmsc-core's `Device` on one GPU's memory;
 //! - `cuda_streams`: [`stream_order::StreamOps`] on the driver (events, stream memory ops);
+//! - `cuda_memory`: [`device_memory::DeviceMemory`] on the driver (pinned host memory,
+//!   asynchronous copies); `device_buffer`: device memory of dmsc's own (tools, tests);
 //! - `pointer`: whether a raw pointer is host or device memory (the driver's attributes);
 //! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
 //!   and architecture.
@@ -27,6 +32,8 @@
 //! user guide; NCCL's design of stream-ordered collectives (ncclGroupEnd and its enqueue
 //! path), read for design only.
 
+pub mod device_memory;
+pub mod fake_device;
 pub mod ipc_handle;
 pub mod kernels;
 pub mod staging;
@@ -38,9 +45,13 @@ mod fake_gpu;
 mod host_check;
 
 #[cfg(feature = "cuda")]
+pub mod cuda_memory;
+#[cfg(feature = "cuda")]
 pub mod cuda_streams;
 #[cfg(feature = "cuda")]
 pub mod device;
+#[cfg(feature = "cuda")]
+pub mod device_buffer;
 #[cfg(feature = "cuda")]
 pub mod driver;
 #[cfg(feature = "cuda")]

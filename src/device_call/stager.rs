@@ -1,0 +1,449 @@
+//! The staging thread of one communicator's device calls: the stream ordering
+//! ([`StreamOrder`]) over a [`DeviceMemory`], chunked copies between the device buffers and
+//! their pinned twins ([`Staging`]), and the host collective in between, run through the
+//! engine's executor as any host job (see the module documentation of `device_call`).
+//!
+//! One thread per communicator runs the device calls in the order they were submitted, so
+//! they finish in order, as [`StreamOrder`] requires. Host calls wait until every device call
+//! submitted before them has handed its job to the executor ([`DeviceCalls::drain`]), so all
+//! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
+//! up to a millisecond, and every wait has the communicator's deadline.
+
+use super::staged::{stage, SelfCopy, Staged, Twin};
+use crate::call::Call;
+use dmsc_core::engine::executor::{Executor, Job, JobSlot};
+use dmsc_core::{Error, Result};
+use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::staging::{Staging, Step};
+use dmsc_transports::cuda::stream_order::{StreamOrder, Ticket};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the host job of a staged call is built: from the call on host twins, the sends to
+/// this rank itself (copied here once the twins hold the data) and the engine job, if any.
+pub(crate) type BuildJob<'a> = &'a dyn Fn(&Call) -> Result<(Vec<SelfCopy>, Option<Job>)>;
+
+/// A communicator's device calls, whatever the device.
+pub(crate) trait DeviceCalls: Send + Sync {
+    /// The CUDA device ordinal served.
+    fn ordinal(&self) -> u32;
+
+    /// Order `call` after the work queued on the caller's stream `stream` (raw handle, 0 for
+    /// the default stream), and the stream's later work after it; queue it for the staging
+    /// thread and return its slot at once.
+    ///
+    /// # Safety
+    /// `stream` is 0 or a live stream of the device; the call's buffers stay valid until
+    /// the slot holds a result.
+    unsafe fn submit(
+        &self,
+        call: &Call,
+        stream: usize,
+        build: BuildJob<'_>,
+    ) -> Result<Arc<JobSlot>>;
+
+    /// Wait until every device call submitted so far has handed its job to the executor
+    /// (or failed), so a host call queued next runs after them.
+    fn drain(&self);
+}
+
+/// Settings of the staging.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StagingSettings {
+    /// Bytes per copy.
+    pub chunk: usize,
+    /// Copies in flight per buffer.
+    pub slots: usize,
+    /// The deadline of each wait.
+    pub timeout: Duration,
+}
+
+struct Work<D: DeviceMemory> {
+    ticket: Ticket<D::Event>,
+    staged: Staged<D::Pinned>,
+    self_copies: Vec<SelfCopy>,
+    job: Option<Job>,
+    slot: Arc<JobSlot>,
+}
+
+/// What the submitting threads and the staging thread share.
+struct Shared<D: DeviceMemory> {
+    /// The ordering and dmsc's own stream.
+    order: Mutex<(StreamOrder<D>, D::Stream)>,
+    /// Device calls submitted whose job the executor does not have yet.
+    pending: Mutex<usize>,
+    drained: Condvar,
+    /// The communicator's asynchronous error (shared with the engine).
+    failure: Arc<Mutex<Option<Error>>>,
+    settings: StagingSettings,
+}
+
+impl<D: DeviceMemory> Shared<D> {
+    fn done_pending(&self) {
+        let mut p = lock(&self.pending);
+        *p = p.saturating_sub(1);
+        self.drained.notify_all();
+    }
+}
+
+/// The staging thread over device `D`.
+pub(crate) struct Stager<D: DeviceMemory> {
+    ordinal: u32,
+    shared: Arc<Shared<D>>,
+    tx: Mutex<Option<mpsc::Sender<Work<D>>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl<D> Stager<D>
+where
+    D: DeviceMemory + 'static,
+    D::Stream: Send,
+    D::Event: Send,
+    D::Gate: Send,
+{
+    /// Start the staging thread of device `ordinal` over `dev`, with jobs run by `exec`.
+    pub(crate) fn start(
+        mut dev: D,
+        ordinal: u32,
+        exec: Arc<Executor>,
+        failure: Arc<Mutex<Option<Error>>>,
+        settings: StagingSettings,
+        rank: usize,
+    ) -> Result<Stager<D>> {
+        dev.bind()?;
+        let own = dev.create_stream()?;
+        let order = StreamOrder::new(dev, own)?;
+        let shared = Arc::new(Shared {
+            order: Mutex::new((order, own)),
+            pending: Mutex::new(0),
+            drained: Condvar::new(),
+            failure,
+            settings,
+        });
+        let (tx, rx) = mpsc::channel::<Work<D>>();
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("dmsc-staging-{rank}"))
+            .spawn(move || {
+                if let Err(e) = lock(&s.order).0.ops().bind() {
+                    log::error!("the staging thread cannot use CUDA device {ordinal}: {e}");
+                }
+                for w in rx {
+                    run(&s, &exec, w);
+                }
+            })
+            .map_err(|e| Error::io("starting the communicator's staging thread", &e))?;
+        Ok(Stager {
+            ordinal,
+            shared,
+            tx: Mutex::new(Some(tx)),
+            worker: Some(worker),
+        })
+    }
+}
+
+impl<D> DeviceCalls for Stager<D>
+where
+    D: DeviceMemory + 'static,
+    D::Stream: Send,
+    D::Event: Send,
+    D::Gate: Send,
+{
+    fn ordinal(&self) -> u32 {
+        self.ordinal
+    }
+
+    unsafe fn submit(
+        &self,
+        call: &Call,
+        stream: usize,
+        build: BuildJob<'_>,
+    ) -> Result<Arc<JobSlot>> {
+        if let Some(e) = lock(&self.shared.failure).clone() {
+            return Err(e);
+        }
+        // One lock from the ticket to the queue: the staging thread gets the calls in the
+        // order of their sequence numbers.
+        let mut g = lock(&self.shared.order);
+        let order = &mut g.0;
+        order.ops().bind()?;
+        let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
+        let (self_copies, job) = build(&staged.call)?;
+        // SAFETY: the caller's contract: 0 or a live stream of this device.
+        let caller = unsafe { order.ops().caller_stream(stream) };
+        let ticket = order.submit(caller)?;
+        let slot = Arc::new(JobSlot::default());
+        *lock(&self.shared.pending) += 1;
+        let work = Work {
+            ticket,
+            staged,
+            self_copies,
+            job,
+            slot: slot.clone(),
+        };
+        let sent = match lock(&self.tx).as_ref() {
+            Some(tx) => tx.send(work).map_err(|e| e.0),
+            None => Err(work),
+        };
+        if let Err(work) = sent {
+            // The staging thread is gone: release the caller's stream, nothing was copied.
+            let _ = order.fail(work.ticket);
+            drop(g);
+            self.shared.done_pending();
+            return Err(Error::internal(
+                "the communicator's staging thread has stopped; device calls cannot run",
+            ));
+        }
+        Ok(slot)
+    }
+
+    fn drain(&self) {
+        let mut p = lock(&self.shared.pending);
+        while *p > 0 {
+            p = self
+                .shared
+                .drained
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl<D: DeviceMemory> Drop for Stager<D> {
+    fn drop(&mut self) {
+        lock(&self.tx).take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Polls without spinning forever: a few yields, then sleeps doubling up to 1 ms, until the
+/// deadline.
+struct Backoff {
+    start: Instant,
+    timeout: Duration,
+    idle: u32,
+}
+
+impl Backoff {
+    fn new(timeout: Duration) -> Backoff {
+        Backoff {
+            start: Instant::now(),
+            timeout,
+            idle: 0,
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.idle = 0;
+    }
+
+    fn snooze(&mut self, what: &str) -> Result<()> {
+        let waited = self.start.elapsed();
+        if waited > self.timeout {
+            return Err(Error::Timeout {
+                op: what.to_string(),
+                waited_s: waited.as_secs_f64(),
+                missing: vec![],
+                detail: "the device did not complete the copies in time".into(),
+            });
+        }
+        self.idle += 1;
+        if self.idle < 32 {
+            std::thread::yield_now();
+        } else {
+            let us = 10u64 << (self.idle - 32).min(7);
+            std::thread::sleep(Duration::from_micros(us.min(1000)));
+        }
+        Ok(())
+    }
+}
+
+/// Copy every twin of `twins` (device to host when `to_host`, else back), in chunks with a
+/// few in flight on dmsc's stream, and return once the device has run them all.
+fn copy_chunked<D: DeviceMemory>(
+    shared: &Shared<D>,
+    twins: &[Twin],
+    to_host: bool,
+    events: &[D::Event],
+) -> Result<()> {
+    let StagingSettings {
+        chunk,
+        slots,
+        timeout,
+    } = shared.settings;
+    let what = if to_host {
+        "copying device buffers to their host twins"
+    } else {
+        "copying host twins back to the device buffers"
+    };
+    for t in twins {
+        let mut st = Staging::new(t.len, chunk, slots)?;
+        let mut copying = vec![false; slots];
+        let mut backoff = Backoff::new(timeout);
+        while !st.is_done() {
+            let mut progressed = false;
+            {
+                let mut g = lock(&shared.order);
+                let own = g.1;
+                let ops = g.0.ops();
+                while let Some(step) = st.poll() {
+                    progressed = true;
+                    match step {
+                        Step::A { range, slot } => {
+                            let (dev, host) =
+                                (t.dev + range.start, t.host.wrapping_add(range.start));
+                            // SAFETY: the twin and the device buffer hold `t.len` bytes and
+                            // stay valid until this call's copies have run (the caller's
+                            // contract; the twins are freed only after this returns, or
+                            // leaked when the stream does not drain).
+                            unsafe {
+                                if to_host {
+                                    ops.copy_to_host(own, host, dev, range.len())?
+                                } else {
+                                    ops.copy_to_device(own, dev, host, range.len())?
+                                }
+                            }
+                            ops.record(&events[slot], own)?;
+                            copying[slot] = true;
+                        }
+                        // The twin (or the device buffer) is the chunk's destination itself:
+                        // nothing more to pass it on to.
+                        Step::B { slot, .. } => st.b_done(slot)?,
+                    }
+                }
+                for (slot, busy) in copying.iter_mut().enumerate() {
+                    if *busy && ops.query(&events[slot])? {
+                        *busy = false;
+                        st.a_done(slot)?;
+                        progressed = true;
+                    }
+                }
+            }
+            if progressed {
+                backoff.progressed();
+            } else {
+                backoff.snooze(what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything of one call between its start and its finish.
+fn stage_and_run<D: DeviceMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    ticket: &mut Ticket<D::Event>,
+    staged: &Staged<D::Pinned>,
+    self_copies: &[SelfCopy],
+    job: Option<Job>,
+    handed: &mut bool,
+) -> Result<()> {
+    let events = {
+        let mut g = lock(&shared.order);
+        // dmsc's stream now waits for the caller's earlier work; the copies queued on it
+        // below come after that work.
+        g.0.poll_start(ticket)?;
+        (0..shared.settings.slots)
+            .map(|_| g.0.ops().create_event())
+            .collect::<Result<Vec<_>>>()?
+    };
+    copy_chunked(shared, &staged.twins, true, &events)?;
+    for c in self_copies {
+        // SAFETY: both are twins of this call (pinned, `len` bytes, alive); `copy` allows
+        // the overlap a send and receive of one buffer would have.
+        unsafe { std::ptr::copy(c.src, c.dst, c.len) };
+    }
+    let job = job.map(|j| {
+        // SAFETY: the job's memory is the twins, alive until this function returns, which is
+        // after the job's slot holds its result.
+        unsafe { exec.submit(j) }
+    });
+    *handed = true;
+    shared.done_pending();
+    if let Some(slot) = job {
+        exec.helper().wait(&slot)?;
+    }
+    let written: Vec<Twin> = staged.twins.iter().copied().filter(|t| t.written).collect();
+    copy_chunked(shared, &written, false, &events)
+}
+
+/// Wait (bounded) until dmsc's stream has run everything queued on it; false if it did not.
+fn quiesce<D: DeviceMemory>(shared: &Shared<D>) -> bool {
+    let Ok(e) = (|| {
+        let mut g = lock(&shared.order);
+        let own = g.1;
+        let e = g.0.ops().create_event()?;
+        g.0.ops().record(&e, own)?;
+        Ok::<_, Error>(e)
+    })() else {
+        return false;
+    };
+    let mut backoff = Backoff::new(shared.settings.timeout);
+    loop {
+        match lock(&shared.order).0.ops().query(&e) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        if backoff.snooze("draining the staging stream").is_err() {
+            return false;
+        }
+    }
+}
+
+/// Run one call on the staging thread and deliver its result.
+fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
+    let Work {
+        mut ticket,
+        mut staged,
+        self_copies,
+        job,
+        slot,
+    } = w;
+    let mut handed = false;
+    let r = stage_and_run(
+        shared,
+        exec,
+        &mut ticket,
+        &staged,
+        &self_copies,
+        job,
+        &mut handed,
+    );
+    if !handed {
+        shared.done_pending();
+    }
+    let r = match r {
+        Ok(()) => lock(&shared.order).0.finish(ticket).map(drop),
+        Err(e) => {
+            // Release the caller's stream whatever happened; the error is the call's.
+            let _ = lock(&shared.order).0.fail(ticket);
+            Err(e)
+        }
+    };
+    if let Err(e) = &r {
+        let mut f = lock(&shared.failure);
+        if f.is_none() {
+            *f = Some(e.clone());
+        }
+        drop(f);
+        // Copies may still be queued on the twins: free them only once the stream is idle.
+        if !quiesce(shared) {
+            log::error!(
+                "the staging stream did not drain after a failure; its host buffers are leaked"
+            );
+            std::mem::forget(std::mem::take(&mut staged.pinned));
+        }
+    }
+    drop(staged);
+    slot.finish(r);
+}

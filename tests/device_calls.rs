@@ -1,0 +1,316 @@
+//! Collectives on device buffers through the communicator, on a FAKE device
+//! (`FakeDeviceMemory`: host memory pretending to be device memory, streams run in order by
+//! a worker thread): every collective kind, several types and operators, on 2 and 4 ranks as
+//! threads of this process over loopback TCP. Each case writes its input with a fake kernel
+//! queued on the caller's stream *before* the call (slowed down, so a call that did not wait
+//! for it reads stale data), and reads its output with a fake kernel queued *after* the call
+//! (which sees stale data unless the stream waited for the call).
+
+#[path = "support/device_cases.rs"]
+mod cases;
+
+use cases::{collective, every_case, Case, CaseBuf};
+use dmsc::call::{Call, CollArgs, Names, Span};
+use dmsc::{new_unique_id, CollKind, Communicator, Config, DataType, ReduceOp};
+use dmsc_core::engine::MemKind;
+use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::fake_device::FakeDeviceMemory;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const DEV: MemKind = MemKind::Cuda { device: 0 };
+const T: Duration = Duration::from_secs(30);
+/// Bytes per staging copy: small, so every buffer takes several chunks.
+const CHUNK: usize = 40;
+
+/// The tests that open sockets run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// "Device memory": a host allocation the fake device reads and writes by address.
+#[derive(Clone)]
+struct DevBuf(Arc<Mutex<Vec<u8>>>);
+
+impl CaseBuf for DevBuf {
+    fn span(&self) -> Span {
+        let g = self.0.lock().unwrap();
+        Span::in_memory(g.as_ptr(), g.len(), DEV)
+    }
+}
+
+impl DevBuf {
+    fn new(len: usize) -> DevBuf {
+        DevBuf(Arc::new(Mutex::new(vec![0xEE; len])))
+    }
+    fn addr(&self) -> usize {
+        self.0.lock().unwrap().as_ptr() as usize
+    }
+}
+
+/// Queue on `stream` a fake kernel that, after a pause, writes `bytes` to `buf`.
+fn write_later(dev: &FakeDeviceMemory, stream: usize, buf: &DevBuf, bytes: Vec<u8>) {
+    let (addr, len) = (buf.addr(), buf.len());
+    assert_eq!(bytes.len(), len);
+    dev.launch(stream, move || {
+        std::thread::sleep(Duration::from_millis(5));
+        // SAFETY: `buf` lives until the stream is synchronized at the end of the case.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, len) };
+    });
+}
+
+/// Queue on `stream` a fake kernel that reads `buf`; the bytes arrive in the returned cell.
+fn read_later(dev: &FakeDeviceMemory, stream: usize, buf: &DevBuf) -> Arc<Mutex<Vec<u8>>> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let (o, addr, len) = (out.clone(), buf.addr(), buf.len());
+    dev.launch(stream, move || {
+        // SAFETY: as in write_later.
+        let s = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+        *o.lock().unwrap() = s.to_vec();
+    });
+    out
+}
+
+/// Run `case` on the caller's stream `stream`: inputs written before the call, outputs read
+/// after it, all by fake kernels on that stream; check every output exactly.
+fn run_case(
+    c: &Communicator,
+    dev: &FakeDeviceMemory,
+    stream: usize,
+    case: Case<DevBuf>,
+    what: &str,
+) {
+    for (buf, bytes) in &case.inputs {
+        write_later(dev, stream, buf, bytes.clone());
+    }
+    // SAFETY: the buffers live until the stream is synchronized below, after the call.
+    unsafe { c.run_call_on_stream(&case.call, stream) }.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let seen: Vec<_> = case
+        .outputs
+        .iter()
+        .map(|(b, _)| read_later(dev, stream, b))
+        .collect();
+    dev.synchronize(stream, T)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(c.async_error().is_none(), "{what}: {:?}", c.async_error());
+    for (k, ((_, want), got)) in case.outputs.iter().zip(seen).enumerate() {
+        let got = got.lock().unwrap();
+        assert!(
+            *got == *want,
+            "{what}: output {k} on rank {}: got {:?}..., want {:?}...",
+            c.rank(),
+            &got[..got.len().min(16)],
+            &want[..want.len().min(16)]
+        );
+    }
+}
+
+/// Rank `r` of `n` on loopback, with a fake device attached.
+fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("DMSC_SOCKET_IFNAME", "lo");
+    let id = new_unique_id().expect("unique id");
+    let body = Arc::new(body);
+    let hs: Vec<_> = (0..n)
+        .map(|r| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut cfg = Config {
+                    socket_ifname: Some("lo".into()),
+                    ..Config::default()
+                };
+                cfg.engine.timeout = T;
+                let c = Communicator::init_with_id(&id, r, n, cfg).expect("init");
+                let mut dev = FakeDeviceMemory::new();
+                c.use_device_memory(0, dev.clone(), CHUNK)
+                    .expect("attach the fake device");
+                body(&c, &mut dev);
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().expect("a rank failed");
+    }
+}
+
+fn every_collective(n: usize) {
+    ranks(n, move |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let cases = every_case(c, &mut DevBuf::new);
+        let count = cases.len();
+        for (what, case) in cases {
+            run_case(c, dev, stream, case, &format!("{what} on {n} ranks"));
+        }
+        if c.rank() == 0 {
+            eprintln!("{count} device-buffer cases passed on {n} ranks (fake device)");
+        }
+    });
+}
+
+#[test]
+fn every_collective_on_fake_device_buffers_on_2_ranks() {
+    every_collective(2);
+}
+
+#[test]
+fn every_collective_on_fake_device_buffers_on_4_ranks() {
+    every_collective(4);
+}
+
+#[test]
+fn the_calling_thread_is_not_blocked_by_the_callers_stream() {
+    ranks(2, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        // A kernel holds the caller's stream until this thread has returned from the call.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(None));
+        let rel = released.clone();
+        dev.launch(stream, move || {
+            *rel.lock().unwrap() = Some(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        });
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
+        for (buf, bytes) in &case.inputs {
+            write_later(dev, stream, buf, bytes.clone());
+        }
+        // SAFETY: the buffers live until the stream is synchronized below.
+        unsafe { c.run_call_on_stream(&case.call, stream) }.expect("submit");
+        tx.send(()).expect("the held kernel is waiting");
+        let seen = read_later(dev, stream, &case.outputs[0].0);
+        dev.synchronize(stream, T).unwrap();
+        assert_eq!(
+            *released.lock().unwrap(),
+            Some(true),
+            "the call returned only after the caller's stream had run past the held kernel"
+        );
+        assert!(*seen.lock().unwrap() == case.outputs[0].1);
+        // A host call after the device call runs after it on every rank.
+        let mut v = vec![c.rank() as i64 + 1; 5];
+        c.all_reduce_in_place(&mut v, ReduceOp::Sum)
+            .expect("host all_reduce after a device one");
+        assert_eq!(v, [3; 5]);
+    });
+}
+
+#[test]
+fn a_blocking_call_and_a_request_on_device_buffers_complete_with_the_data() {
+    ranks(2, |c, dev| {
+        // run_call: on the default stream (0), waited for.
+        let case = collective(
+            c,
+            CollKind::AllGather,
+            DataType::Int64,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
+        let (buf, bytes) = &case.inputs[0];
+        write_later(dev, 0, buf, bytes.clone());
+        // SAFETY: the buffers live past the call, which waits.
+        unsafe { c.run_call(&case.call) }.expect("run_call on device buffers");
+        assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
+        // start_call: the request completes once the data is back in device memory.
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Max,
+            &mut DevBuf::new,
+        );
+        let (buf, bytes) = &case.inputs[0];
+        write_later(dev, 0, buf, bytes.clone());
+        // SAFETY: the buffers outlive the request, waited for here.
+        let req = unsafe { c.start_call(&case.call) };
+        req.wait().expect("the request");
+        assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
+        // start_call_on_stream: ordered on the caller's stream, completed with the data.
+        let stream = dev.create_stream().unwrap();
+        let case = collective(
+            c,
+            CollKind::ReduceScatter,
+            DataType::Float64,
+            ReduceOp::Min,
+            &mut DevBuf::new,
+        );
+        let (buf, bytes) = &case.inputs[0];
+        write_later(dev, stream, buf, bytes.clone());
+        // SAFETY: the buffers outlive the request, waited for here.
+        let req = unsafe { c.start_call_on_stream(&case.call, stream) };
+        let seen = read_later(dev, stream, &case.outputs[0].0);
+        req.wait().expect("the request on a stream");
+        assert!(*case.outputs[0].0 .0.lock().unwrap() == case.outputs[0].1);
+        dev.synchronize(stream, T).unwrap();
+        assert!(*seen.lock().unwrap() == case.outputs[0].1);
+    });
+}
+
+#[test]
+fn a_failed_device_call_releases_the_stream_and_reports_the_error() {
+    ranks(2, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float32,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
+        if c.rank() == 0 {
+            c.abort();
+            // SAFETY: the buffers live until the stream is synchronized below.
+            match unsafe { c.run_call_on_stream(&case.call, stream) } {
+                // Refused at once, or failed on the staging thread: either way the error is
+                // the communicator's now, and the stream is not held.
+                Ok(()) | Err(_) => {}
+            }
+            let after = read_later(dev, stream, &case.outputs[0].0);
+            dev.synchronize(stream, T)
+                .expect("the stream was left waiting on a failed call");
+            assert!(!after.lock().unwrap().is_empty());
+            assert!(c.async_error().is_some(), "the failure was not reported");
+            // A request on device buffers carries the failure too.
+            let case = collective(
+                c,
+                CollKind::AllReduce,
+                DataType::Float32,
+                ReduceOp::Sum,
+                &mut DevBuf::new,
+            );
+            // SAFETY: the buffers outlive the request, waited for here.
+            let req = unsafe { c.start_call(&case.call) };
+            assert!(
+                req.wait().is_err(),
+                "a device call on an aborted communicator succeeded"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_call_on_another_device_than_the_one_served_names_both() {
+    ranks(1, |c, _dev| {
+        let b = DevBuf::new(64);
+        let other = Span::in_memory(b.span().ptr, 64, MemKind::Cuda { device: 3 });
+        let args = CollArgs {
+            kind: CollKind::AllReduce,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+            input: None,
+            output: other,
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        // SAFETY: refused before any access.
+        let e = unsafe { c.run_call_on_stream(&call, 0) }
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CUDA device 3") && e.contains("serves CUDA device 0"),
+            "{e}"
+        );
+    });
+}

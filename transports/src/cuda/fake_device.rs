@@ -1,0 +1,361 @@
+//! A FAKE device for the communicator's tests of device buffers on machines without a GPU:
+//! [`FakeDeviceMemory`] implements [`DeviceMemory`] with host memory pretending to be device
+//! memory, and streams that are queues of commands run in order by one worker thread, the
+//! way a GPU runs them (an event wait sees the record queued before it; a gate wait compares
+//! cyclically, as `CU_STREAM_WAIT_VALUE_GEQ` does). Tests queue fake kernels
+//! ([`FakeDeviceMemory::launch`]) to write inputs before a call and to read outputs after it,
+//! which shows whether the call was ordered on the stream.
+//!
+//! Nothing here touches CUDA. "Device addresses" are plain host addresses the test owns.
+
+use super::device_memory::{DeviceMemory, PinnedBuffer};
+use super::stream_order::StreamOps;
+use dmsc_core::error::{Error, Result};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+type Kernel = Box<dyn FnOnce() + Send>;
+
+/// A command queued on a fake stream.
+enum Cmd {
+    /// A fake kernel.
+    Run(Kernel),
+    /// A copy of `len` bytes from address `src` to address `dst`.
+    Copy { dst: usize, src: usize, len: usize },
+    /// Complete record number `n` of event `e`.
+    Record { e: usize, n: u64 },
+    /// Wait until record `n` of event `e` has completed.
+    WaitEvent { e: usize, n: u64 },
+    /// Wait until `(gate g - value) as i32 >= 0`.
+    WaitGate { g: usize, value: u32 },
+    /// Set gate `g` to `value`.
+    WriteGate { g: usize, value: u32 },
+}
+
+#[derive(Default)]
+struct State {
+    /// Per stream: its queue, and whether its head command is running now.
+    streams: BTreeMap<usize, (VecDeque<Cmd>, bool)>,
+    /// Per event: (records made, records completed).
+    events: Vec<(u64, u64)>,
+    gates: Vec<u32>,
+    next_stream: usize,
+    stop: bool,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops the worker when the last clone of the fake is dropped.
+struct Handle(Arc<Inner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&self.0.state).stop = true;
+        self.0.cond.notify_all();
+    }
+}
+
+/// The FAKE device (see the module documentation). Clones share the device.
+#[derive(Clone)]
+pub struct FakeDeviceMemory(Arc<Handle>);
+
+/// A FAKE pinned buffer: ordinary host memory.
+pub struct FakePinned(Vec<u8>);
+
+impl PinnedBuffer for FakePinned {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr()
+    }
+}
+
+impl Default for FakeDeviceMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeDeviceMemory {
+    /// A fake device with its worker thread; stream 0 is the default stream.
+    pub fn new() -> FakeDeviceMemory {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                next_stream: 1,
+                ..State::default()
+            }),
+            cond: Condvar::new(),
+        });
+        let worker = inner.clone();
+        std::thread::Builder::new()
+            .name("dmsc-fake-gpu".into())
+            .spawn(move || run(&worker))
+            .expect("spawning the fake GPU's worker thread (tests only)");
+        FakeDeviceMemory(Arc::new(Handle(inner)))
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.0 .0
+    }
+
+    fn push(&self, stream: usize, cmd: Cmd) {
+        let mut s = lock(&self.inner().state);
+        s.streams.entry(stream).or_default().0.push_back(cmd);
+        self.inner().cond.notify_all();
+    }
+
+    /// Queue fake kernel `k` on `stream`.
+    pub fn launch(&self, stream: usize, k: impl FnOnce() + Send + 'static) {
+        self.push(stream, Cmd::Run(Box::new(k)));
+    }
+
+    /// Wait until everything queued on `stream` so far has run (`cuStreamSynchronize`), or
+    /// `timeout` passed (an error then, naming the stream).
+    pub fn synchronize(&self, stream: usize, timeout: std::time::Duration) -> Result<()> {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let d = done.clone();
+        self.launch(stream, move || {
+            *d.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            d.1.notify_all();
+        });
+        let g = done.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = done
+            .1
+            .wait_timeout_while(g, timeout, |ran| !*ran)
+            .unwrap_or_else(|p| p.into_inner());
+        if *g {
+            Ok(())
+        } else {
+            Err(Error::internal(format!(
+                "fake GPU: stream {stream} did not drain within {timeout:?}"
+            )))
+        }
+    }
+}
+
+/// Whether `cmd` may run now.
+fn runnable(s: &State, cmd: &Cmd) -> bool {
+    match *cmd {
+        Cmd::WaitEvent { e, n } => s.events[e].1 >= n,
+        Cmd::WaitGate { g, value } => s.gates[g].wrapping_sub(value) as i32 >= 0,
+        _ => true,
+    }
+}
+
+/// The worker: runs the head command of any stream that can go on; kernels and copies run
+/// outside the lock, so a long fake kernel never blocks the threads that queue work.
+fn run(inner: &Inner) {
+    let mut s = lock(&inner.state);
+    loop {
+        if s.stop {
+            return;
+        }
+        let ready = s
+            .streams
+            .iter()
+            .find(|(_, (q, busy))| !busy && q.front().is_some_and(|c| runnable(&s, c)))
+            .map(|(&id, _)| id);
+        let Some(id) = ready else {
+            s = inner.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        let entry = s.streams.get_mut(&id).expect("the stream just found");
+        let cmd = entry.0.pop_front().expect("a head command");
+        match cmd {
+            Cmd::Record { e, n } => s.events[e].1 = s.events[e].1.max(n),
+            Cmd::WriteGate { g, value } => s.gates[g] = value,
+            Cmd::WaitEvent { .. } | Cmd::WaitGate { .. } => {}
+            Cmd::Run(k) => {
+                entry.1 = true;
+                drop(s);
+                k();
+                s = lock(&inner.state);
+                s.streams.get_mut(&id).expect("streams stay").1 = false;
+            }
+            Cmd::Copy { dst, src, len } => {
+                entry.1 = true;
+                drop(s);
+                // SAFETY: whoever queued the copy promised both ranges valid until it has
+                // run (DeviceMemory::copy_to_host / copy_to_device); `ptr::copy` allows
+                // overlap.
+                unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+                s = lock(&inner.state);
+                s.streams.get_mut(&id).expect("streams stay").1 = false;
+            }
+        }
+        inner.cond.notify_all();
+    }
+}
+
+impl StreamOps for FakeDeviceMemory {
+    type Stream = usize;
+    type Event = usize;
+    type Gate = usize;
+
+    fn create_event(&mut self) -> Result<usize> {
+        let mut s = lock(&self.inner().state);
+        s.events.push((0, 0));
+        Ok(s.events.len() - 1)
+    }
+
+    fn create_gate(&mut self, value: u32) -> Result<usize> {
+        let mut s = lock(&self.inner().state);
+        s.gates.push(value);
+        Ok(s.gates.len() - 1)
+    }
+
+    fn record(&mut self, event: &usize, stream: usize) -> Result<()> {
+        let n = {
+            let mut s = lock(&self.inner().state);
+            s.events[*event].0 += 1;
+            s.events[*event].0
+        };
+        self.push(stream, Cmd::Record { e: *event, n });
+        Ok(())
+    }
+
+    fn query(&mut self, event: &usize) -> Result<bool> {
+        let s = lock(&self.inner().state);
+        let (made, done) = s.events[*event];
+        Ok(done >= made)
+    }
+
+    fn wait_event(&mut self, stream: usize, event: &usize) -> Result<()> {
+        let n = lock(&self.inner().state).events[*event].0;
+        self.push(stream, Cmd::WaitEvent { e: *event, n });
+        Ok(())
+    }
+
+    fn wait_gate(&mut self, stream: usize, gate: &usize, value: u32) -> Result<()> {
+        self.push(stream, Cmd::WaitGate { g: *gate, value });
+        Ok(())
+    }
+
+    fn open_gate(&mut self, stream: usize, gate: &usize, value: u32) -> Result<()> {
+        self.push(stream, Cmd::WriteGate { g: *gate, value });
+        Ok(())
+    }
+}
+
+impl DeviceMemory for FakeDeviceMemory {
+    type Pinned = FakePinned;
+
+    fn bind(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn create_stream(&mut self) -> Result<usize> {
+        let mut s = lock(&self.inner().state);
+        let id = s.next_stream;
+        s.next_stream += 1;
+        s.streams.entry(id).or_default();
+        Ok(id)
+    }
+
+    unsafe fn caller_stream(&mut self, raw: usize) -> usize {
+        raw
+    }
+
+    fn alloc_pinned(&mut self, len: usize) -> Result<FakePinned> {
+        Ok(FakePinned(vec![0; len]))
+    }
+
+    unsafe fn copy_to_host(
+        &mut self,
+        stream: usize,
+        dst: *mut u8,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst: dst as usize,
+                src,
+                len,
+            },
+        );
+        Ok(())
+    }
+
+    unsafe fn copy_to_device(
+        &mut self,
+        stream: usize,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst,
+                src: src as usize,
+                len,
+            },
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn copies_and_kernels_run_in_stream_order_and_events_follow_them() {
+        let mut d = FakeDeviceMemory::new();
+        let s = d.create_stream().unwrap();
+        let dev = Arc::new(Mutex::new(vec![0u8; 8]));
+        let mut host = d.alloc_pinned(8).unwrap();
+        let addr = dev.lock().unwrap().as_mut_ptr() as usize;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // A kernel that holds the stream until released, then writes the "device" buffer.
+        d.launch(s, move || {
+            rx.recv_timeout(T).unwrap();
+            // SAFETY: `dev` outlives the stream's work (synchronized below).
+            unsafe { std::ptr::write_bytes(addr as *mut u8, 7, 8) };
+        });
+        // SAFETY: both buffers live until the synchronize below.
+        unsafe { d.copy_to_host(s, host.as_mut_ptr(), addr, 8).unwrap() };
+        let e = d.create_event().unwrap();
+        d.record(&e, s).unwrap();
+        assert!(
+            !d.query(&e).unwrap(),
+            "the event completed before the held kernel"
+        );
+        tx.send(()).unwrap();
+        d.synchronize(s, T).unwrap();
+        assert!(d.query(&e).unwrap());
+        assert_eq!(
+            host.0, [7; 8],
+            "the copy ran before the kernel that wrote its source"
+        );
+        drop(dev);
+    }
+
+    #[test]
+    fn a_gate_wait_holds_its_stream_until_another_stream_opens_it() {
+        let mut d = FakeDeviceMemory::new();
+        let (a, b) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+        let g = d.create_gate(0).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        d.wait_gate(a, &g, 1).unwrap();
+        let l = log.clone();
+        d.launch(a, move || l.lock().unwrap().push("after the gate"));
+        let l = log.clone();
+        d.launch(b, move || l.lock().unwrap().push("opener"));
+        d.synchronize(b, T).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["opener"]);
+        d.open_gate(b, &g, 1).unwrap();
+        d.synchronize(a, T).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["opener", "after the gate"]);
+    }
+}
