@@ -17,8 +17,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/collect.rs"]
+mod collect;
 #[path = "support/worker.rs"]
 mod worker;
+
+use collect::collect;
 
 const BED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netbed/cluster.sh");
 const NAME: &str = "dmscbed";
@@ -108,37 +112,7 @@ fn three_hosts_of_three_ranks_plan_hierarchically_and_are_exact() {
         .map(|i| start_node(i, master.trim(), secret))
         .collect();
     let start = Instant::now();
-    let limit = Duration::from_secs(300);
-    let waits: Vec<_> = nodes
-        .into_iter()
-        .map(|c| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let pid = c.id();
-            std::thread::spawn(move || {
-                let _ = tx.send(c.wait_with_output());
-            });
-            (pid, rx)
-        })
-        .collect();
-    let mut text = String::new();
-    let mut ok = true;
-    for (pid, rx) in waits {
-        match rx.recv_timeout(limit.saturating_sub(start.elapsed())) {
-            Ok(Ok(out)) => {
-                ok &= out.status.success();
-                text.push_str(&String::from_utf8_lossy(&out.stdout));
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(Err(e)) => panic!("waiting for a node: {e}"),
-            Err(_) => {
-                // The namespaces go with the bed; the unshare'd init takes its ranks along.
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("the cluster job hung for {:?}:\n{text}", start.elapsed());
-            }
-        }
-    }
+    let (ok, text) = collect(nodes, start, Duration::from_secs(300), "the cluster job");
     let n = HOSTS * PER_HOST;
     let tail = || text.lines().rev().take(60).collect::<Vec<_>>().join("\n");
     assert!(ok, "a node failed:\n{}", tail());

@@ -14,8 +14,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/collect.rs"]
+mod collect;
 #[path = "support/worker.rs"]
 mod worker;
+
+use collect::collect;
 
 const NS: [&str; 2] = ["dmsc-mh-a", "dmsc-mh-b"];
 const IFS: [&str; 2] = ["dmsc-mha", "dmsc-mhb"];
@@ -129,39 +133,12 @@ fn shared_memory_inside_each_host_and_tcp_across() {
     let secret = "mixed-hosts-test-secret-0123456789";
     let hosts = [start_host(0, &store, secret), start_host(1, &store, secret)];
     let start = Instant::now();
-    let limit = Duration::from_secs(240);
-    let outputs: Vec<_> = hosts
-        .into_iter()
-        .map(|c| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let pid = c.id();
-            std::thread::spawn(move || {
-                let _ = tx.send(c.wait_with_output());
-            });
-            (pid, rx)
-        })
-        .collect();
-    let mut text = String::new();
-    let mut ok = true;
-    for (pid, rx) in outputs {
-        let left = limit.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(Ok(out)) => {
-                ok &= out.status.success();
-                text.push_str(&String::from_utf8_lossy(&out.stdout));
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(Err(e)) => panic!("waiting for a host: {e}"),
-            Err(_) => {
-                // The namespaces go with the bed; the unshare'd init takes its ranks along.
-                sh(&format!("kill -KILL {pid}"));
-                panic!(
-                    "the mixed-hosts job hung for {:?}:\n{text}",
-                    start.elapsed()
-                );
-            }
-        }
-    }
+    let (ok, text) = collect(
+        hosts.into(),
+        start,
+        Duration::from_secs(240),
+        "the mixed-hosts job",
+    );
     assert!(ok, "a host failed:\n{text}");
     assert_eq!(text.matches("CASE-OK").count(), 4, "{text}");
     assert_eq!(text.matches("MIXED-TRANSPORTS").count(), 4, "{text}");
