@@ -380,8 +380,8 @@ typedef struct {
      */
     int window;
     /**
-     * Transport backend: `"auto"` (io_uring, else sockets), `"uring"` or `"socket"`
-     * (`DMSC_TRANSPORT`).
+     * Transport, as `DMSC_TRANSPORT`: `"auto"` (shared memory within a host, RDMA or TCP
+     * between hosts), `"shm"`, `"tcp"`, `"rdma"`, or a TCP backend (`"uring"`, `"socket"`).
      */
     const char *transport;
     /**

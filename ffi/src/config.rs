@@ -48,8 +48,8 @@ pub struct dmscConfig_t {
     pub chunkBytes: c_int,
     /// Chunks in flight per peer and direction, 1 ... 64 (`DMSC_WINDOW`, default 4).
     pub window: c_int,
-    /// Transport backend: `"auto"` (io_uring, else sockets), `"uring"` or `"socket"`
-    /// (`DMSC_TRANSPORT`).
+    /// Transport, as `DMSC_TRANSPORT`: `"auto"` (shared memory within a host, RDMA or TCP
+    /// between hosts), `"shm"`, `"tcp"`, `"rdma"`, or a TCP backend (`"uring"`, `"socket"`).
     pub transport: *const c_char,
     /// Network interface to listen on, in NCCL's syntax (`"eth"` prefix, `"=eth0"` exact,
     /// `"^docker"` exclude; `DMSC_SOCKET_IFNAME`). Not allowed for `dmscCommSplit` and
@@ -134,9 +134,7 @@ pub(crate) unsafe fn resolve(f: &str, cfg: *const dmscConfig_t, base: Base) -> R
         (c.transport, c.backend) = Choice::parse(t).map_err(|_| {
             FfiError::invalid(
                 f,
-                format_args!(
-                    "config->transport \"{t}\" is not one of auto, shm, tcp, uring, socket"
-                ),
+                format_args!("config->transport \"{t}\" is not one of {}", Choice::NAMES),
             )
         })?;
     }
@@ -286,7 +284,7 @@ mod tests {
             (dmscConfig_t { window: 65, ..i }, "config->window"),
             (
                 dmscConfig_t {
-                    transport: c"rdma".as_ptr(),
+                    transport: c"carrier-pigeon".as_ptr(),
                     ..i
                 },
                 "config->transport",

@@ -1160,7 +1160,7 @@ static void test_errors(dmscComm_t world) {
     EXPECT(dmscCommInitFromEnv(&nc, &cfg), dmscInvalidArgument, "config->nPaths");
     EXPECT(dmscCommSplit(world, 0, 0, &nc, &cfg), dmscInvalidArgument, "dmscCommSplit: config->nPaths");
     cfg.nPaths = DMSC_CONFIG_UNDEF_INT;
-    cfg.transport = "rdma";
+    cfg.transport = "carrier-pigeon";
     EXPECT(dmscCommInitFromEnv(&nc, &cfg), dmscInvalidArgument, "config->transport");
     cfg.transport = NULL;
     cfg.socketIfname = "lo";

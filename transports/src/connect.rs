@@ -43,6 +43,9 @@ pub enum Choice {
 }
 
 impl Choice {
+    /// The accepted values, as error messages list them.
+    pub const NAMES: &'static str = "auto, shm, tcp, rdma, uring, socket";
+
     /// Parse `DMSC_TRANSPORT`: `auto`, `shm`, `tcp`, or a TCP backend (`uring`, `socket`),
     /// which implies TCP.
     pub fn parse(s: &str) -> Result<(Choice, Backend)> {
@@ -54,7 +57,8 @@ impl Choice {
             other => match Backend::parse(other) {
                 Ok(b) => Ok((Choice::Tcp, b)),
                 Err(_) => Err(Error::invalid(format!(
-                    "DMSC_TRANSPORT={s} is not one of auto, shm, tcp, rdma, uring, socket"
+                    "DMSC_TRANSPORT={s} is not one of {}",
+                    Choice::NAMES
                 ))),
             },
         }
