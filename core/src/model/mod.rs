@@ -312,6 +312,43 @@ mod tests {
     }
 
     #[test]
+    fn halving_doubling_threshold_takes_powers_of_two_of_four_and_more() {
+        let cfg = PlanConfig {
+            halving_doubling_max_bytes: 2 << 20,
+            ..PlanConfig::default()
+        };
+        let ar = |count: usize, p: usize, cfg: &PlanConfig| {
+            choose_algo(&desc(CollKind::AllReduce, count), p, cfg)
+        };
+        // Within the threshold (float32: 4 bytes per element), from 1 element on.
+        for p in [4usize, 8, 64] {
+            for count in [1usize, 2, 1 << 10, 1 << 19] {
+                assert_eq!(ar(count, p, &cfg), Algo::Rabenseifner, "{count} x {p}");
+            }
+            // Above it the model decides, as without the threshold.
+            let big = (2 << 20) / 4 + 1;
+            assert_eq!(ar(big, p, &cfg), ar(big, p, &PlanConfig::default()));
+            assert_ne!(ar(big, p, &cfg), Algo::Rabenseifner);
+        }
+        // Not a power of two, or 2 ranks (where it is the ring): the model decides.
+        for p in [2usize, 3, 5, 6, 12] {
+            assert_eq!(ar(1 << 10, p, &cfg), ar(1 << 10, p, &PlanConfig::default()));
+        }
+        // Other collectives and a forced algorithm are unaffected.
+        assert_eq!(
+            choose_algo(&desc(CollKind::Broadcast, 16), 4, &cfg),
+            choose_algo(&desc(CollKind::Broadcast, 16), 4, &PlanConfig::default())
+        );
+        let forced = PlanConfig {
+            algo: Some(Algo::Ring),
+            ..cfg
+        };
+        assert_eq!(ar(16, 4, &forced), Algo::Ring);
+        // Off by default.
+        assert_ne!(ar(1 << 10, 4, &PlanConfig::default()), Algo::Rabenseifner);
+    }
+
+    #[test]
     fn rabenseifner_moves_the_rings_volume_in_fewer_steps() {
         let m = CostModel::default();
         for p in [4usize, 8, 16] {

@@ -102,6 +102,12 @@ pub struct PlanConfig {
     pub model: CostModel,
     /// The cost model of the links between hosts (used when the ranks span hosts).
     pub inter: CostModel,
+    /// All-reduces of up to this many bytes per rank run Rabenseifner's halving-doubling
+    /// whatever the cost model says, when the ranks of one host are a power of two of at least
+    /// 4 (0, the default: never). Set for a host with more ranks than cores, where a step
+    /// costs a context switch rather than a ring hand-off and the α–β model misjudges the
+    /// schedules: a measured threshold, as Open MPI's tuned decision rules are.
+    pub halving_doubling_max_bytes: usize,
 }
 
 impl PlanConfig {
@@ -124,6 +130,7 @@ impl Default for PlanConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             model: CostModel::default(),
             inter: CostModel::default(),
+            halving_doubling_max_bytes: 0,
         }
     }
 }
@@ -227,8 +234,9 @@ fn plan_flat(
 /// [`Algo::Ring`] stands for the pipelined chain, [`Algo::Tree`] (and a forced
 /// [`Algo::RecursiveDoubling`] or [`Algo::Rabenseifner`]) for the
 /// binomial tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
-/// [`PlanConfig::algo`] wins where it applies; otherwise the cheaper prediction of
-/// [`PlanConfig::model`] does (ring on ties). This is the choice on one host: a forced
+/// [`PlanConfig::algo`] wins where it applies; then an all-reduce within
+/// [`PlanConfig::halving_doubling_max_bytes`] takes [`Algo::Rabenseifner`]; otherwise the
+/// cheaper prediction of [`PlanConfig::model`] does (ring on ties). This is the choice on one host: a forced
 /// host-aware algorithm ([`Algo::Hierarchical`], [`Algo::HostRing`]) leaves it to the cost
 /// model, and [`choose_algo_on`] chooses for ranks spread over hosts.
 pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
@@ -249,6 +257,13 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
         };
     }
     let bytes = desc.count.saturating_mul(desc.dtype.size());
+    if desc.kind == CollKind::AllReduce
+        && nranks >= 4
+        && nranks.is_power_of_two()
+        && bytes <= cfg.halving_doubling_max_bytes
+    {
+        return Algo::Rabenseifner;
+    }
     let seg = cfg.segment_elems(desc.dtype, desc.count) * desc.dtype.size();
     let m = &cfg.model;
     let (ring, tree) = match desc.kind {

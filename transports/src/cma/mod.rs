@@ -43,13 +43,14 @@ use std::time::Duration;
 /// Smallest chunk passed by reference over TCP; smaller ones are cheaper to copy through the
 /// socket than to acknowledge. Both ends of a pair wrap the same transport, so they agree.
 pub const REF_MIN: u32 = 64 << 10;
-/// Smallest chunk passed by reference over shared memory when every rank of the host has a
-/// core, where copying through the rings is cheap: measured on the development VM (2 ranks,
-/// all-reduce busbw), rings beat the reference's acknowledgement round trip at 128 KiB (8.0
-/// against 5.7-6.3 GB/s), tie at 256 KiB, and lose from 1 MiB on (5.3 against 6.0 GB/s;
-/// 4.7 against 6.2 at 4 MiB). With more ranks than cores [`REF_MIN`] stays: a reference lets
-/// the receiver copy while the sender is descheduled (4 ranks, 64 KiB: 81-87 us against
-/// 146-158 us through the rings).
+/// Smallest chunk passed by reference over shared memory, where copying through the rings is
+/// cheap: measured on the development VM (2 ranks, all-reduce busbw), rings beat the
+/// reference's acknowledgement round trip at 128 KiB (8.0 against 5.7-6.3 GB/s), tie at
+/// 256 KiB, and lose from 1 MiB on (5.3 against 6.0 GB/s; 4.7 against 6.2 at 4 MiB).
+/// The same holds with more ranks than cores, where each acknowledgement waits for the
+/// sender to be scheduled again: 4 ranks on 2 cores, halving-doubling all-reduce, interleaved
+/// runs on 2026-12-06: 256 KiB took 97-116 us with this threshold against 152-265 us with
+/// [`REF_MIN`]; 16 MiB (the planner's choice) 6.4-7.7 ms against 8.0-8.7 ms.
 pub const SHM_REF_MIN: u32 = 256 << 10;
 /// Bytes of a descriptor.
 const DESC_LEN: usize = 32;
@@ -97,7 +98,7 @@ pub(crate) struct CmaTransport {
     /// Acks queued so far (to know when one must be flushed).
     acks: u64,
     name: &'static str,
-    /// Smallest chunk passed by reference ([`REF_MIN`], or [`SHM_REF_MIN`] over shared
+    /// Smallest chunk passed by reference ([`REF_MIN`] over TCP, [`SHM_REF_MIN`] over shared
     /// memory).
     ref_min: u32,
 }
@@ -117,7 +118,7 @@ fn desc_word(desc: &[u8; DESC_LEN], i: usize) -> u64 {
 impl CmaTransport {
     /// Wrap `inner`; `peers[r]` says how to reach rank `r`'s memory (`None`: by socket).
     /// Chunks of `ref_min` bytes and more pass by reference ([`REF_MIN`] over TCP,
-    /// [`SHM_REF_MIN`] or [`REF_MIN`] over shared memory); both ends of a pair must pass the
+    /// [`SHM_REF_MIN`] over shared memory); both ends of a pair must pass the
     /// same value.
     pub(crate) fn new(
         inner: Box<dyn Transport>,

@@ -245,15 +245,7 @@ pub fn connect(
     for (&peer, v) in peers.iter().zip(verdicts) {
         memory[peer] = v;
     }
-    // Every rank of this host counts the same ranks and cores, so both ends of each pair
-    // pick the same threshold.
-    let here = 1 + local.iter().filter(|&&l| l).count();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ref_min = if here > cores {
-        cma::REF_MIN
-    } else {
-        cma::SHM_REF_MIN
-    };
+    let ref_min = cma::SHM_REF_MIN;
     log::info!(
         target: dmsc_core::subsys::SHM,
         "rank {me}: shared memory with rank(s) {peers:?}, data rings of {} B, memory attach \
