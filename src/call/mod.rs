@@ -70,15 +70,14 @@ impl Call {
     /// The kind of memory the call's buffers are in (the builders checked they agree; host
     /// memory when no buffer holds data).
     pub fn memory(&self) -> MemKind {
-        let spans: Vec<Span> = match self {
+        // No allocation: this runs on every call's latency path.
+        let holds = |s: &Span| s.len > 0;
+        let first = match self {
             Call::Collective { input, output, .. } | Call::AllToAllV { input, output, .. } => {
-                input.iter().copied().chain([*output]).collect()
+                input.filter(holds).or(Some(*output).filter(holds))
             }
-            Call::P2p { ops, .. } => ops.iter().map(|o| o.buf).collect(),
+            Call::P2p { ops, .. } => ops.iter().map(|o| o.buf).find(holds),
         };
-        spans
-            .into_iter()
-            .find(|s| s.len > 0)
-            .map_or(MemKind::Host, |s| s.kind)
+        first.map_or(MemKind::Host, |s| s.kind)
     }
 }
