@@ -109,6 +109,21 @@ fn sym(handle: *mut c_void, name: &str, version: &str) -> Result<*mut c_void, St
     }
 }
 
+/// The function pointer of type `F` at `p`.
+///
+/// # Safety
+/// `F` must be an `unsafe extern "C" fn` type matching the C prototype of the function at `p`
+/// (non-null).
+unsafe fn fn_from<F: Copy>(p: *mut c_void) -> F {
+    assert_eq!(
+        std::mem::size_of::<F>(),
+        std::mem::size_of::<*mut c_void>(),
+        "a function pointer"
+    );
+    // SAFETY: same size (checked), and the caller guarantees `F` is the function's type.
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
 impl IbvLib {
     fn load() -> Result<IbvLib, String> {
         let name = CString::new(LIBIBVERBS).expect("no NUL in the name");
@@ -126,7 +141,7 @@ impl IbvLib {
                 let p = sym(h, $name, $ver)?;
                 // SAFETY: the symbol is the libibverbs function of that name and version,
                 // whose C prototype (<infiniband/verbs.h>) the field's type spells out.
-                unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+                unsafe { fn_from(p) }
             }};
         }
         let dmabuf = sym(h, "ibv_reg_dmabuf_mr", "IBVERBS_1.12").ok();
@@ -153,7 +168,7 @@ impl IbvLib {
             get_cq_event: f!("ibv_get_cq_event", "IBVERBS_1.1"),
             ack_cq_events: f!("ibv_ack_cq_events", "IBVERBS_1.1"),
             // SAFETY: as for the others: `ibv_reg_dmabuf_mr`'s prototype.
-            reg_dmabuf_mr: dmabuf.map(|p| unsafe { std::mem::transmute::<*mut c_void, _>(p) }),
+            reg_dmabuf_mr: dmabuf.map(|p| unsafe { fn_from(p) }),
         })
     }
 
