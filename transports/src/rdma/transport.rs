@@ -56,7 +56,7 @@ use super::verbs::{
     Access, Mr, QpHandle, RecvWr, RemoteQp, SendOp, SendWr, Sge, VerbsContext, WcKind, WcStatus,
     WorkCompletion,
 };
-use super::wire::{imm_for, split_imm, Cts, Msg, CONTROL_FRAGMENT, MSG_SLOT};
+use super::wire::{imm_for, split_imm, Cts, Keys, Msg, CONTROL_FRAGMENT, MAX_NICS, MSG_SLOT};
 use dmsc_core::engine::{
     Completion, MemKind, PathMetricsHandle, PeerPaths, RegHandle, Token, Transport, Waker,
 };
@@ -127,13 +127,18 @@ pub struct RdmaStats {
 /// A registration as the transport keeps it.
 #[derive(Clone, Copy, Debug)]
 enum Reg {
-    Mr(Mr),
+    /// Registered on every port: the local and remote keys per port.
+    Mr { lkeys: Keys, rkeys: Keys },
     /// `ibv_reg_mr` refused (pinned-memory limit): copy through staging slots.
     Staged,
 }
 
 pub(super) struct Path {
     pub(super) qp: QpHandle,
+    /// The port (index into the transport's contexts) the queue pair is on.
+    pub(super) nic: usize,
+    /// The peer's port its queue pair is on (which of a clear-to-send's keys to use).
+    pub(super) remote_nic: usize,
     pub(super) up: bool,
     pub(super) why: Option<String>,
     /// Receives the peer has posted for us on this queue pair and we have not consumed.
@@ -169,9 +174,11 @@ pub(super) struct Path {
 }
 
 impl Path {
-    pub(super) fn new(qp: QpHandle) -> Path {
+    pub(super) fn new(qp: QpHandle, nic: usize) -> Path {
         Path {
             qp,
+            nic,
+            remote_nic: 0,
             up: true,
             why: None,
             credits: RECV_DEPTH,
@@ -203,8 +210,8 @@ struct OutFrame {
     token: Token,
     header: FrameHeader,
     data: *const u8,
-    /// `None`: zero bytes, or memory that must be staged.
-    lkey: Option<u32>,
+    /// Local keys per port; `None`: zero bytes, or memory that must be staged.
+    lkey: Option<Keys>,
 }
 
 struct Writing {
@@ -221,8 +228,8 @@ struct InFrame {
     token: Token,
     expect: FrameHeader,
     dst: *mut u8,
-    /// `None`: zero bytes, or memory that must be staged.
-    rkey: Option<u32>,
+    /// Remote keys per port; `None`: zero bytes, or memory that must be staged.
+    rkey: Option<Keys>,
     mbox: Option<u32>,
     stage: Option<u32>,
 }
@@ -301,7 +308,8 @@ impl Waker for Wake {
 /// The RDMA transport over one [`VerbsContext`].
 pub struct RdmaTransport {
     pub(super) rank: Rank,
-    pub(super) ctx: Box<dyn VerbsContext>,
+    /// One context per port; queue pairs name theirs ([`Path::nic`]).
+    pub(super) ctxs: Vec<Box<dyn VerbsContext>>,
     pub(super) provider: &'static str,
     pub(super) attrs: QpAttrs,
     /// Per rank (`None` for this rank).
@@ -315,6 +323,8 @@ pub struct RdmaTransport {
     pub(super) stage_tx: SlotPool,
     pub(super) stage_rx: SlotPool,
     regs: HashMap<u64, Reg>,
+    /// The regions of each registration of `regs`, one per port.
+    reg_mrs: HashMap<u64, Vec<Mr>>,
     next_reg: u64,
     memlock_warned: bool,
     wake: Arc<Wake>,
@@ -341,7 +351,7 @@ impl RdmaTransport {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn from_parts(
         rank: Rank,
-        ctx: Box<dyn VerbsContext>,
+        ctxs: Vec<Box<dyn VerbsContext>>,
         provider: &'static str,
         attrs: QpAttrs,
         peers: Vec<Option<Peer>>,
@@ -353,7 +363,7 @@ impl RdmaTransport {
     ) -> RdmaTransport {
         RdmaTransport {
             rank,
-            ctx,
+            ctxs,
             provider,
             attrs,
             peers,
@@ -363,6 +373,7 @@ impl RdmaTransport {
             stage_tx,
             stage_rx,
             regs: HashMap::new(),
+            reg_mrs: HashMap::new(),
             next_reg: 0,
             memlock_warned: false,
             wake: Arc::new(Wake {
@@ -395,18 +406,18 @@ impl RdmaTransport {
     /// Post receive slot `slot` on (peer, path).
     pub(super) fn post_rx(&mut self, peer: usize, path: usize, slot: u32) -> Result<()> {
         let pa = &self.peer(peer)?.paths[path];
-        let (qp, epoch) = (pa.qp, pa.epoch);
+        let (qp, epoch, nic) = (pa.qp, pa.epoch, pa.nic);
         let wr = RecvWr {
             wr_id: wr_id(K_RECV, peer, path, epoch, slot as u64),
             sge: Some(Sge {
                 addr: self.rx.addr(slot),
                 len: MSG_SLOT as u32,
-                lkey: self.rx.mr().lkey,
+                lkey: self.rx.lkey(nic),
             }),
         };
         // SAFETY: the slot is transport-owned registered memory that lives as long as the
         // context (pools are closed after the queue pairs are destroyed).
-        unsafe { self.ctx.post_recv(qp, &wr) }
+        unsafe { self.ctxs[nic].post_recv(qp, &wr) }
     }
 
     fn peer(&mut self, peer: Rank) -> Result<&mut Peer> {
@@ -451,7 +462,7 @@ impl RdmaTransport {
         let pa = &mut p.paths[path];
         pa.credits -= 1;
         pa.wrs += 1;
-        let (qp, epoch) = (pa.qp, pa.epoch);
+        let (qp, epoch, nic) = (pa.qp, pa.epoch, pa.nic);
         if let Some(g) = owner {
             self.tx_owner.insert(slot, (peer, g));
         }
@@ -460,12 +471,12 @@ impl RdmaTransport {
             sge: Some(Sge {
                 addr: self.tx.addr(slot),
                 len: n as u32,
-                lkey: self.tx.mr().lkey,
+                lkey: self.tx.lkey(nic),
             }),
             op: SendOp::Send,
         };
         // SAFETY: the slot stays ours until its completion (released in `on_msg_done`).
-        unsafe { self.ctx.post_send(qp, &wr) }
+        unsafe { self.ctxs[nic].post_send(qp, &wr) }
     }
 
     /// Issue clear-to-sends, post writes and messages, return credits: everything that
@@ -501,17 +512,17 @@ impl RdmaTransport {
             let r = p.recvs.get_mut(&seq).expect("due receive");
             r.mbox = Some(mbox);
             r.stage = stage;
-            let (addr, rkey) = match (stage, r.rkey) {
-                (Some(s), _) => (self.stage_rx.addr(s), self.stage_rx.mr().rkey),
+            let (addr, rkeys) = match (stage, r.rkey) {
+                (Some(s), _) => (self.stage_rx.addr(s), self.stage_rx.rkeys()),
                 (None, Some(k)) => (r.dst as u64, k),
-                (None, None) => (0, 0),
+                (None, None) => (0, [0; MAX_NICS]),
             };
             let cts = Cts {
                 seq,
                 addr,
-                rkey,
+                rkeys,
                 mbox: p.mbox.addr(mbox),
-                mbox_rkey: p.mbox.mr().rkey,
+                mbox_rkeys: p.mbox.rkeys(),
                 expect: r.expect,
             };
             self.queue_group(peer, vec![Msg::Cts(cts)]);
@@ -625,21 +636,22 @@ impl RdmaTransport {
     }
 
     fn post_write(&mut self, peer: Rank, seq: u64, path: usize, len: u32) -> Result<()> {
-        let stage_lkey = self.stage_tx.mr().lkey;
         let p = self.peers[peer].as_mut().expect("peer");
+        let (nic, rnic) = (p.paths[path].nic, p.paths[path].remote_nic);
+        let stage_lkey = self.stage_tx.lkey(nic);
         let w = p.writing.get_mut(&seq).expect("writing");
         w.path = Some(path);
         let (qp, epoch) = (p.paths[path].qp, p.paths[path].epoch);
         let (cts, trailer, mismatch) = (w.cts, w.trailer, w.mismatch);
         let src = match (w.stage, w.frame.lkey) {
             (Some(s), _) => Some((self.stage_tx.addr(s), stage_lkey)),
-            (None, Some(k)) => Some((w.frame.data as u64, k)),
+            (None, Some(k)) => Some((w.frame.data as u64, k[nic])),
             (None, None) => None,
         };
         let trailer_sge = Sge {
             addr: p.trailers.addr(trailer),
             len: HEADER_LEN as u32,
-            lkey: p.trailers.mr().lkey,
+            lkey: p.trailers.lkey(nic),
         };
         let pa = &mut p.paths[path];
         pa.credits -= 1;
@@ -657,24 +669,24 @@ impl RdmaTransport {
                 sge: Some(Sge { addr, len, lkey }),
                 op: SendOp::Write {
                     remote_addr: cts.addr,
-                    rkey: cts.rkey,
+                    rkey: cts.rkeys[rnic],
                 },
             };
             // SAFETY: the source is the engine's registered memory (lent until the send
             // completes) or a staging slot held until then.
-            unsafe { self.ctx.post_send(qp, &wr)? };
+            unsafe { self.ctxs[nic].post_send(qp, &wr)? };
         }
         let wr = SendWr {
             wr_id: wr_id(K_IMM, peer, path, epoch, seq),
             sge: Some(trailer_sge),
             op: SendOp::WriteImm {
                 remote_addr: cts.mbox,
-                rkey: cts.mbox_rkey,
+                rkey: cts.mbox_rkeys[rnic],
                 imm: imm_for(seq, mismatch),
             },
         };
         // SAFETY: the trailer slot is held until the write-with-immediate completes.
-        unsafe { self.ctx.post_send(qp, &wr)? };
+        unsafe { self.ctxs[nic].post_send(qp, &wr)? };
         self.stat(|s| s.frames_written += 1);
         Ok(())
     }
@@ -992,8 +1004,8 @@ impl RdmaTransport {
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
         pa.rebuilding = true;
         if pa.up {
-            let qp = pa.qp;
-            if let Err(e) = self.ctx.modify_qp(qp, QpState::Error, &self.attrs, None) {
+            let (qp, nic) = (pa.qp, pa.nic);
+            if let Err(e) = self.ctxs[nic].modify_qp(qp, QpState::Error, &self.attrs, None) {
                 self.fail_peer(peer, e, out);
                 return;
             }
@@ -1006,10 +1018,10 @@ impl RdmaTransport {
     fn reset_path(&mut self, peer: Rank, path: usize) -> Result<()> {
         let attrs = self.attrs;
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
-        let qp = pa.qp;
-        self.ctx.modify_qp(qp, QpState::Error, &attrs, None)?;
-        self.ctx.modify_qp(qp, QpState::Reset, &attrs, None)?;
-        self.ctx.modify_qp(qp, QpState::Init, &attrs, None)?;
+        let (qp, ctx) = (pa.qp, &mut self.ctxs[pa.nic]);
+        ctx.modify_qp(qp, QpState::Error, &attrs, None)?;
+        ctx.modify_qp(qp, QpState::Reset, &attrs, None)?;
+        ctx.modify_qp(qp, QpState::Init, &attrs, None)?;
         pa.epoch = (pa.epoch + 1) & 0xf;
         pa.rebuilds += 1;
         pa.credits = RECV_DEPTH;
@@ -1038,9 +1050,9 @@ impl RdmaTransport {
             mtu: attrs.mtu.min(remote.addr.mtu),
             ..attrs
         };
-        self.ctx
-            .modify_qp(pa.qp, QpState::Rtr, &attrs, Some(remote))?;
-        self.ctx.modify_qp(pa.qp, QpState::Rts, &attrs, None)?;
+        let ctx = &mut self.ctxs[pa.nic];
+        ctx.modify_qp(pa.qp, QpState::Rtr, &attrs, Some(remote))?;
+        ctx.modify_qp(pa.qp, QpState::Rts, &attrs, None)?;
         pa.up = true;
         pa.rebuilding = false;
         pa.awaiting_ready = false;
@@ -1135,7 +1147,7 @@ impl RdmaTransport {
         }
         p.failed = true;
         for pa in &p.paths {
-            let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+            let _ = self.ctxs[pa.nic].modify_qp(pa.qp, QpState::Error, &self.attrs, None);
         }
         out.push(Completion::PeerFailed { peer, error });
     }
@@ -1197,7 +1209,10 @@ impl RdmaTransport {
         loop {
             let mut wcs = std::mem::take(&mut self.wcs);
             wcs.clear();
-            let n = self.ctx.poll_cq(&mut wcs, 64)?;
+            let mut n = 0;
+            for ctx in &mut self.ctxs {
+                n += ctx.poll_cq(&mut wcs, 64)?;
+            }
             for wc in wcs.drain(..) {
                 self.handle(wc, out)?;
             }
@@ -1210,10 +1225,10 @@ impl RdmaTransport {
         Ok(())
     }
 
-    fn is_staged(&self, reg: Option<RegHandle>, len: u32) -> Result<Option<u32>> {
+    fn is_staged(&self, reg: Option<RegHandle>, len: u32) -> Result<Option<Keys>> {
         match (self.lookup(reg), len) {
             (_, 0) => Ok(None),
-            (Some(Reg::Mr(m)), _) => Ok(Some(m.lkey)),
+            (Some(Reg::Mr { lkeys, .. }), _) => Ok(Some(lkeys)),
             (Some(Reg::Staged), _) | (None, _) => {
                 if len as usize > self.stage_tx.slot_bytes() {
                     return Err(Error::invalid(format!(
@@ -1243,8 +1258,31 @@ impl Transport for RdmaTransport {
                 "the RDMA transport registers host memory only, not {kind}"
             )));
         }
-        let reg = match self.ctx.reg_mr(ptr as u64, len, Access::REMOTE_WRITE) {
-            Ok(m) => Reg::Mr(m),
+        let mut mrs = Vec::with_capacity(self.ctxs.len());
+        let mut refused = None;
+        for ctx in &mut self.ctxs {
+            match ctx.reg_mr(ptr as u64, len, Access::REMOTE_WRITE) {
+                Ok(m) => mrs.push(m),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if refused.is_some() {
+            for (ctx, m) in self.ctxs.iter_mut().zip(mrs.drain(..)) {
+                ctx.dereg_mr(m);
+            }
+        }
+        let reg = match refused.map_or(Ok(()), Err) {
+            Ok(()) => {
+                let (mut lkeys, mut rkeys) = ([0; MAX_NICS], [0; MAX_NICS]);
+                for (i, m) in mrs.iter().enumerate() {
+                    lkeys[i] = m.lkey;
+                    rkeys[i] = m.rkey;
+                }
+                Reg::Mr { lkeys, rkeys }
+            }
             Err(Error::System {
                 errno: Some(libc::ENOMEM),
                 detail,
@@ -1268,12 +1306,20 @@ impl Transport for RdmaTransport {
         };
         self.next_reg += 1;
         self.regs.insert(self.next_reg, reg);
+        if !mrs.is_empty() {
+            self.reg_mrs.insert(self.next_reg, mrs);
+        }
         Ok(RegHandle { key: self.next_reg })
     }
 
     fn deregister(&mut self, handle: RegHandle) {
-        if let Some(Reg::Mr(m)) = self.regs.remove(&handle.key) {
-            self.ctx.dereg_mr(m);
+        self.regs.remove(&handle.key);
+        for (ctx, m) in self
+            .ctxs
+            .iter_mut()
+            .zip(self.reg_mrs.remove(&handle.key).unwrap_or_default())
+        {
+            ctx.dereg_mr(m);
         }
     }
 
@@ -1310,7 +1356,7 @@ impl Transport for RdmaTransport {
         token: Token,
     ) -> Result<()> {
         let rkey = match self.lookup(Some(reg)) {
-            Some(Reg::Mr(m)) if expect.len > 0 => Some(m.rkey),
+            Some(Reg::Mr { rkeys, .. }) if expect.len > 0 => Some(rkeys),
             _ => {
                 self.is_staged(Some(reg), expect.len)?;
                 None
@@ -1411,7 +1457,7 @@ impl Transport for RdmaTransport {
         // peers' writes into it fail.
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
-                let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+                let _ = self.ctxs[pa.nic].modify_qp(pa.qp, QpState::Error, &self.attrs, None);
             }
             p.failed = true;
             p.recvs.clear();
@@ -1422,7 +1468,9 @@ impl Transport for RdmaTransport {
             p.writing.clear();
         }
         let mut sink = Vec::new();
-        let _ = self.ctx.poll_cq(&mut sink, usize::MAX);
+        for ctx in &mut self.ctxs {
+            let _ = ctx.poll_cq(&mut sink, usize::MAX);
+        }
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
@@ -1488,19 +1536,20 @@ impl Drop for RdmaTransport {
         }
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
-                self.ctx.destroy_qp(pa.qp);
+                self.ctxs[pa.nic].destroy_qp(pa.qp);
             }
-            p.mbox.close(&mut *self.ctx);
-            p.trailers.close(&mut *self.ctx);
+            p.mbox.close(&mut self.ctxs);
+            p.trailers.close(&mut self.ctxs);
         }
-        for (_, r) in self.regs.drain() {
-            if let Reg::Mr(m) = r {
-                self.ctx.dereg_mr(m);
+        self.regs.clear();
+        for (_, mrs) in self.reg_mrs.drain() {
+            for (ctx, m) in self.ctxs.iter_mut().zip(mrs) {
+                ctx.dereg_mr(m);
             }
         }
-        self.rx.close(&mut *self.ctx);
-        self.tx.close(&mut *self.ctx);
-        self.stage_tx.close(&mut *self.ctx);
-        self.stage_rx.close(&mut *self.ctx);
+        self.rx.close(&mut self.ctxs);
+        self.tx.close(&mut self.ctxs);
+        self.stage_tx.close(&mut self.ctxs);
+        self.stage_rx.close(&mut self.ctxs);
     }
 }
