@@ -13,7 +13,8 @@
 //!   request waits (receiver not ready) and is retried; after `rnr_retry` attempts
 //!   (7: forever) it fails with `IBV_WC_RNR_RETRY_EXC_ERR`;
 //! - a peer that does not answer (its queue pair in error, reset or gone) fails the request
-//!   with `IBV_WC_RETRY_EXC_ERR`, and an injected fault does the same on demand;
+//!   with `IBV_WC_RETRY_EXC_ERR`, and an injected fault does the same on demand (one
+//!   request, or every request from and to a device whose cable is pulled);
 //! - an error puts the queue pair in ERROR: every outstanding and later work request
 //!   completes with `IBV_WC_WR_FLUSH_ERR`;
 //! - registration past an injected pinned-memory limit fails with `ENOMEM`, as `ibv_reg_mr`
@@ -59,6 +60,11 @@ struct FakeDev {
     processed: u64,
     /// Fail the send request processed when `processed` reaches this.
     fail_at: Option<u64>,
+    /// The link goes down for good when `processed` reaches this: every request from or to
+    /// the device fails from then on.
+    down_at: Option<u64>,
+    /// Send requests completed (any outcome) since the fabric was made.
+    completed: u64,
     open: bool,
 }
 
@@ -91,6 +97,8 @@ impl FakeFabric {
                 cq: VecDeque::new(),
                 processed: 0,
                 fail_at: None,
+                down_at: None,
+                completed: 0,
                 open: false,
             })
             .collect();
@@ -126,6 +134,22 @@ impl FakeFabric {
         let d = &mut f.devs[dev];
         d.processed = 0;
         d.fail_at = Some(nth);
+    }
+
+    /// Pull device `dev`'s cable once it has processed `after` more send requests: from
+    /// then on every request it sends, and every request sent to it, fails with
+    /// `IBV_WC_RETRY_EXC_ERR` (its queue pairs, and their peers', go to ERROR), and stays so
+    /// through rebuilds. A NIC of a host with several dying mid-transfer.
+    pub fn pull_cable(&self, dev: usize, after: u64) {
+        let mut f = self.lock();
+        let d = &mut f.devs[dev];
+        d.processed = 0;
+        d.down_at = Some(after);
+    }
+
+    /// Send requests device `dev` has completed so far, whatever their outcome.
+    pub fn requests(&self, dev: usize) -> u64 {
+        self.lock().devs[dev].completed
     }
 
     /// Refuse registrations on `dev` beyond `bytes` pinned in all (`None`: no limit).
@@ -279,6 +303,7 @@ impl Fabric {
         let q = d.qps.get_mut(&qpn).expect("queue pair being processed");
         let wr = q.sq.pop_front().expect("a head to complete");
         q.rnr_attempts = 0;
+        d.completed += 1;
         d.cq.push_back(WorkCompletion {
             wr_id: wr.wr_id,
             qpn,
@@ -332,6 +357,12 @@ impl Fabric {
             return false;
         };
         let (rnr_retry, remote) = (q.attrs.rnr_retry, q.remote);
+        let down = |d: &FakeDev| d.down_at.is_some_and(|a| d.processed >= a);
+        if down(&self.devs[dev]) || remote.is_some_and(|(rd, _)| down(&self.devs[rd])) {
+            self.devs[dev].processed += 1;
+            self.complete_head(dev, qpn, WcStatus::RetryExceeded);
+            return true;
+        }
         let d = &mut self.devs[dev];
         if d.fail_at == Some(d.processed) {
             d.fail_at = None;
