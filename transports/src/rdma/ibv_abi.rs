@@ -9,7 +9,7 @@
 //! stable: new members only ever go at the ends, behind the extended `verbs_context`); the
 //! members this crate never touches are kept as opaque padding of the same size.
 //!
-//! The layouts are not trusted by reading: the test [`tests::layouts_match_the_header`]
+//! The layouts are not trusted by reading: the test `rdma::ibv_abi::tests::layouts_match_the_header`
 //! compiles a C program against the installed `<infiniband/verbs.h>` that prints the size
 //! of every struct and the offset of every member named here, and compares them with
 //! `size_of`/`offset_of!`. It skips with a message where the header is absent, and fails

@@ -63,6 +63,8 @@ pub struct SysContext {
     addr: PortAddr,
     ctx: *mut IbvContext,
     pd: *mut IbvPd,
+    /// The completion channel (non-blocking), whose fd the transport sleeps on.
+    channel: *mut IbvCompChannel,
     cq: *mut IbvCq,
     qps: HashMap<u32, *mut IbvQp>,
     mrs: HashMap<u64, *mut IbvMr>,
@@ -160,6 +162,7 @@ impl SysContext {
             },
             ctx,
             pd: null_mut(),
+            channel: null_mut(),
             cq: null_mut(),
             qps: HashMap::new(),
             mrs: HashMap::new(),
@@ -175,9 +178,31 @@ impl SysContext {
                 last_errno(),
             ));
         }
+        // SAFETY: `ctx` is open.
+        me.channel = unsafe { (lib.create_comp_channel)(ctx) };
+        if me.channel.is_null() {
+            return Err(Error::errno(
+                format!("ibv_create_comp_channel on {}", me.name),
+                last_errno(),
+            ));
+        }
+        // SAFETY: the channel was just created; its fd is a plain descriptor.
+        let fd = unsafe { (*me.channel).fd };
+        // SAFETY: fcntl on a descriptor we own; non-blocking, so that draining its events in
+        // `arm_notify` stops at EAGAIN (ibv_get_cq_event(3)).
+        let ok = unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(Error::errno(
+                format!("fcntl(O_NONBLOCK) on the completion channel of {}", me.name),
+                last_errno(),
+            ));
+        }
         let cqe = c_int::try_from(cq_depth.max(1)).unwrap_or(c_int::MAX);
-        // SAFETY: `ctx` is open; no channel (polled), completion vector 0.
-        me.cq = unsafe { (lib.create_cq)(ctx, cqe, null_mut(), null_mut(), 0) };
+        // SAFETY: `ctx` and the channel are live; completion vector 0.
+        me.cq = unsafe { (lib.create_cq)(ctx, cqe, null_mut(), me.channel, 0) };
         if me.cq.is_null() {
             return Err(Error::errno(
                 format!("ibv_create_cq of {cqe} entries on {}", me.name),
@@ -606,6 +631,54 @@ impl VerbsContext for SysContext {
         }
         Ok(total)
     }
+
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        // SAFETY: the channel is live for the life of the context.
+        (!self.channel.is_null()).then(|| unsafe { (*self.channel).fd })
+    }
+
+    fn arm_notify(&mut self) -> Result<()> {
+        self.drain_events()?;
+        // SAFETY: `cq` is live and its context's ops are the provider's; 0: every
+        // completion notifies, not only solicited ones.
+        let rc = unsafe {
+            match (*self.ctx).ops.req_notify_cq {
+                Some(f) => f(self.cq, 0),
+                None => libc::EOPNOTSUPP,
+            }
+        };
+        if rc != 0 {
+            return Err(Error::errno(
+                format!("ibv_req_notify_cq on {}", self.name),
+                rc_errno(rc),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SysContext {
+    /// Take every event delivered on the channel so far (acknowledging each).
+    fn drain_events(&mut self) -> Result<()> {
+        loop {
+            let mut cq: *mut IbvCq = null_mut();
+            let mut cq_ctx: *mut c_void = null_mut();
+            // SAFETY: the channel is live and non-blocking; both out-parameters are valid.
+            let rc = unsafe { (self.lib.get_cq_event)(self.channel, &mut cq, &mut cq_ctx) };
+            if rc != 0 {
+                let e = last_errno();
+                if e == libc::EAGAIN || e == libc::EWOULDBLOCK {
+                    return Ok(());
+                }
+                return Err(Error::errno(
+                    format!("ibv_get_cq_event on {}", self.name),
+                    e,
+                ));
+            }
+            // SAFETY: `cq` is the queue the event was for (ours); one event acknowledged.
+            unsafe { (self.lib.ack_cq_events)(cq, 1) };
+        }
+    }
 }
 
 impl Drop for SysContext {
@@ -622,6 +695,9 @@ impl Drop for SysContext {
         }
         if !self.cq.is_null() {
             unsafe { (lib.destroy_cq)(self.cq) };
+        }
+        if !self.channel.is_null() {
+            unsafe { (lib.destroy_comp_channel)(self.channel) };
         }
         if !self.pd.is_null() {
             unsafe { (lib.dealloc_pd)(self.pd) };

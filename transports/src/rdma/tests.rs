@@ -859,3 +859,72 @@ fn a_failed_queue_pair_is_rebuilt_and_carries_frames_again() {
         v[0].paths
     );
 }
+
+/// Rank 1 waits for a frame that rank 0 sends only after `delay`; returns how many times
+/// rank 1 polled its completion queue while it waited, and whether the frame landed whole.
+fn idle_wait_polls(channels: bool, delay: Duration) -> (u64, bool) {
+    let fabric = FakeFabric::new(2);
+    if channels {
+        fabric.enable_channels();
+    }
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let len = 2048usize;
+    let sender = std::thread::spawn(move || {
+        let mut src: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let ra = a
+            .register(src.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+            .unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: `src` outlives the frame, which completes before it is dropped.
+        unsafe {
+            a.post_send_registered(1, &header(0, len as u32), src.as_ptr(), ra, 1)
+                .unwrap()
+        };
+        wait_for(&mut a, |c| matches!(c, Completion::Sent { .. }));
+        a
+    });
+    let mut dst = vec![0u8; len];
+    let rb = b
+        .register(dst.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    // SAFETY: `dst` outlives the frame.
+    unsafe {
+        b.post_recv_registered(0, &header(0, len as u32), dst.as_mut_ptr(), rb, 2)
+            .unwrap()
+    };
+    let before = fabric.polls(1);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.iter().any(|c| matches!(c, Completion::Received { .. })) {
+        assert!(Instant::now() < deadline, "the frame never arrived");
+        b.poll(&mut out, Duration::from_secs(1)).unwrap();
+    }
+    let polls = fabric.polls(1) - before;
+    let _a = sender.join().unwrap();
+    let whole = dst.iter().enumerate().all(|(i, &x)| x == (i * 7) as u8);
+    b.deregister(rb);
+    (polls, whole)
+}
+
+#[test]
+fn with_a_completion_channel_an_idle_wait_sleeps_instead_of_polling() {
+    let delay = Duration::from_millis(200);
+    // Without a channel the transport polls with a backoff capped at 1 ms: about one poll
+    // per millisecond of waiting. With one it sleeps on the channel (naps of 10 ms at most)
+    // and wakes when the frame's completion arrives.
+    let (spin, whole) = idle_wait_polls(false, delay);
+    assert!(whole);
+    let (slept, whole) = idle_wait_polls(true, delay);
+    assert!(whole, "the frame landed wrong with a completion channel");
+    eprintln!("polls while waiting 200 ms: {spin} without a completion channel, {slept} with");
+    assert!(
+        spin > 2 * slept,
+        "the backoff path polled only {spin} times in 200 ms (with a channel: {slept})"
+    );
+    assert!(
+        slept <= 60,
+        "with a completion channel the wait still polled {slept} times (without: {spin})"
+    );
+}

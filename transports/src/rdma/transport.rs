@@ -45,6 +45,17 @@
 //! [`Msg::Broken`]. Work request ids carry the queue pair's incarnation, so completions of
 //! the old one are told apart.
 //!
+//! **Several ports.** The transport holds one [`VerbsContext`] per port; each queue pair is
+//! on one (`Path::nic`) and reaches one port of the peer (`Path::remote_nic`). Its memory
+//! and user registrations are registered on every port, and a clear-to-send carries the
+//! receiver's rkey of every port, so any frame can go, or go again after a failure, on any
+//! queue pair of any port.
+//!
+//! **Waiting.** Where every context has a completion channel
+//! ([`VerbsContext::completion_fd`]), an idle [`Transport::poll`] arms them and sleeps in
+//! `ppoll(2)` on them and on an eventfd its [`Waker`] writes; otherwise it backs off from
+//! microseconds to a millisecond.
+//!
 //! **Registration.** User memory is registered through the engine's cache
 //! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
 //! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
@@ -297,15 +308,88 @@ impl Peer {
 
 struct Wake {
     woken: AtomicBool,
+    /// An eventfd written by [`Waker::wake`], so that a transport sleeping on its
+    /// completion channels wakes at once (`None` if eventfd failed: short sleeps then).
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Wake {
+    fn new() -> Wake {
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Wake {
+            woken: AtomicBool::new(false),
+            // SAFETY: a fresh descriptor that nothing else owns.
+            fd: (fd >= 0).then(|| unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }),
+        }
+    }
+
+    /// Empty the eventfd.
+    fn drain(&self) {
+        if let Some(fd) = &self.fd {
+            let mut v = 0u64;
+            // SAFETY: reading 8 bytes into a u64 from our non-blocking eventfd.
+            let _ = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&mut v as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
+    }
 }
 
 impl Waker for Wake {
     fn wake(&self) {
         self.woken.store(true, Ordering::Release);
+        if let Some(fd) = &self.fd {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes from a u64 to our eventfd (never blocks: non-blocking).
+            let _ = unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&one as *const u64).cast(),
+                    8,
+                )
+            };
+        }
     }
 }
 
-/// The RDMA transport over one [`VerbsContext`].
+/// Longest sleep on the completion channels before looking again (the fake's progress, and
+/// the path metrics, need a turn now and then).
+const CHANNEL_NAP: Duration = Duration::from_millis(10);
+
+/// Sleep until one of `fds` is readable or `wait` passes (`ppoll(2)`).
+fn sleep_on(fds: &[std::os::fd::RawFd], wait: Duration) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `p` holds `p.len()` valid pollfds and `ts` a valid timeout; no signal mask.
+    // EINTR or an error only ends the sleep early.
+    let _ = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+}
+
+/// The RDMA transport over one [`VerbsContext`] per port.
 pub struct RdmaTransport {
     pub(super) rank: Rank,
     /// One context per port; queue pairs name theirs ([`Path::nic`]).
@@ -376,9 +460,7 @@ impl RdmaTransport {
             reg_mrs: HashMap::new(),
             next_reg: 0,
             memlock_warned: false,
-            wake: Arc::new(Wake {
-                woken: AtomicBool::new(false),
-            }),
+            wake: Arc::new(Wake::new()),
             stats: Arc::new(Mutex::new(RdmaStats::default())),
             wcs: Vec::new(),
             npaths,
@@ -1445,8 +1527,34 @@ impl Transport for RdmaTransport {
             if now >= deadline {
                 return Ok(());
             }
-            // No completion channel in the verbs trait yet: back off from a few
-            // microseconds to a millisecond, never spinning hot for long.
+            let fds: Vec<_> = self.ctxs.iter().filter_map(|c| c.completion_fd()).collect();
+            if fds.len() == self.ctxs.len() && !fds.is_empty() {
+                // Completion channels: arm them, look once more (what completed before the
+                // arming does not notify), then sleep until a completion or a wake.
+                for c in &mut self.ctxs {
+                    c.arm_notify()?;
+                }
+                self.progress(out)?;
+                if out.len() > before {
+                    return Ok(());
+                }
+                let mut fds = fds;
+                let nap = match &self.wake.fd {
+                    Some(w) => {
+                        fds.push(std::os::fd::AsRawFd::as_raw_fd(w));
+                        CHANNEL_NAP
+                    }
+                    None => Duration::from_millis(1),
+                };
+                sleep_on(
+                    &fds,
+                    nap.min(deadline.saturating_duration_since(Instant::now())),
+                );
+                self.wake.drain();
+                continue;
+            }
+            // No completion channel: back off from a few microseconds to a millisecond,
+            // never spinning hot for long.
             std::thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(1));
         }

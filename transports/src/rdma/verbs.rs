@@ -338,6 +338,20 @@ pub trait VerbsContext: Send {
 
     /// Append up to `max` completions to `out` (`ibv_poll_cq`); returns how many.
     fn poll_cq(&mut self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize>;
+
+    /// A file descriptor that becomes readable when a completion arrives after
+    /// [`VerbsContext::arm_notify`] (a completion channel, `ibv_create_comp_channel(3)`), or
+    /// `None` when completions can only be polled.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Consume the notifications delivered so far (`ibv_get_cq_event`, `ibv_ack_cq_events`)
+    /// and ask for one at the next completion (`ibv_req_notify_cq(3)`). Completions that
+    /// arrived before the call do not notify: poll once more after arming.
+    fn arm_notify(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
