@@ -684,6 +684,11 @@ impl SysContext {
 impl Drop for SysContext {
     fn drop(&mut self) {
         let lib = self.lib;
+        if !self.channel.is_null() {
+            // Acknowledge any event read but not yet acknowledged (ibv_destroy_cq waits for
+            // them); an error here only means there was none.
+            let _ = self.drain_events();
+        }
         // SAFETY (every call below): each object was made on this context, is released
         // once, and queue pairs and regions go before the completion queue, protection
         // domain and device they depend on.
