@@ -268,75 +268,79 @@ impl SysContext {
             ))
         })
     }
+}
 
-    /// The attributes and mask of the move to `to`.
-    fn transition(
-        &self,
-        qpn: u32,
-        to: QpState,
-        attrs: &QpAttrs,
-        remote: Option<RemoteQp>,
-    ) -> Result<(IbvQpAttr, c_int)> {
-        let mut a = IbvQpAttr::default();
-        let mask = match to {
-            QpState::Reset => {
-                a.qp_state = IBV_QPS_RESET;
-                IBV_QP_STATE
+/// The attributes and mask of the move to `to` of a queue pair on port `port` (GID
+/// index `gid_index`; `ethernet`: RoCE).
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    port: u8,
+    gid_index: u8,
+    ethernet: bool,
+    qpn: u32,
+    to: QpState,
+    attrs: &QpAttrs,
+    remote: Option<RemoteQp>,
+) -> Result<(IbvQpAttr, c_int)> {
+    let mut a = IbvQpAttr::default();
+    let mask = match to {
+        QpState::Reset => {
+            a.qp_state = IBV_QPS_RESET;
+            IBV_QP_STATE
+        }
+        QpState::Error => {
+            a.qp_state = IBV_QPS_ERR;
+            IBV_QP_STATE
+        }
+        QpState::Init => {
+            a.qp_state = IBV_QPS_INIT;
+            a.pkey_index = 0;
+            a.port_num = port;
+            a.qp_access_flags = (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE) as u32;
+            IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
+        }
+        QpState::Rtr => {
+            let r = remote.ok_or_else(|| {
+                Error::internal(format!("queue pair {qpn}: RTR needs the remote end"))
+            })?;
+            a.qp_state = IBV_QPS_RTR;
+            a.path_mtu = mtu_enum(attrs.mtu);
+            a.dest_qp_num = r.qpn;
+            a.rq_psn = 0;
+            a.max_dest_rd_atomic = 1;
+            a.min_rnr_timer = 12;
+            a.ah_attr.dlid = r.addr.lid;
+            a.ah_attr.port_num = port;
+            if ethernet || r.addr.lid == 0 {
+                a.ah_attr.is_global = 1;
+                a.ah_attr.grh.dgid = IbvGid { raw: r.addr.gid };
+                a.ah_attr.grh.sgid_index = gid_index;
+                a.ah_attr.grh.hop_limit = 255;
             }
-            QpState::Error => {
-                a.qp_state = IBV_QPS_ERR;
-                IBV_QP_STATE
-            }
-            QpState::Init => {
-                a.qp_state = IBV_QPS_INIT;
-                a.pkey_index = 0;
-                a.port_num = self.port;
-                a.qp_access_flags = (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE) as u32;
-                IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
-            }
-            QpState::Rtr => {
-                let r = remote.ok_or_else(|| {
-                    Error::internal(format!("queue pair {qpn}: RTR needs the remote end"))
-                })?;
-                a.qp_state = IBV_QPS_RTR;
-                a.path_mtu = mtu_enum(attrs.mtu);
-                a.dest_qp_num = r.qpn;
-                a.rq_psn = 0;
-                a.max_dest_rd_atomic = 1;
-                a.min_rnr_timer = 12;
-                a.ah_attr.dlid = r.addr.lid;
-                a.ah_attr.port_num = self.port;
-                if self.ethernet || r.addr.lid == 0 {
-                    a.ah_attr.is_global = 1;
-                    a.ah_attr.grh.dgid = IbvGid { raw: r.addr.gid };
-                    a.ah_attr.grh.sgid_index = self.gid_index;
-                    a.ah_attr.grh.hop_limit = 255;
-                }
-                IBV_QP_STATE
-                    | IBV_QP_AV
-                    | IBV_QP_PATH_MTU
-                    | IBV_QP_DEST_QPN
-                    | IBV_QP_RQ_PSN
-                    | IBV_QP_MAX_DEST_RD_ATOMIC
-                    | IBV_QP_MIN_RNR_TIMER
-            }
-            QpState::Rts => {
-                a.qp_state = IBV_QPS_RTS;
-                a.sq_psn = 0;
-                a.timeout = attrs.timeout;
-                a.retry_cnt = attrs.retry_cnt;
-                a.rnr_retry = attrs.rnr_retry;
-                a.max_rd_atomic = 1;
-                IBV_QP_STATE
-                    | IBV_QP_SQ_PSN
-                    | IBV_QP_TIMEOUT
-                    | IBV_QP_RETRY_CNT
-                    | IBV_QP_RNR_RETRY
-                    | IBV_QP_MAX_QP_RD_ATOMIC
-            }
-        };
-        Ok((a, mask))
-    }
+            IBV_QP_STATE
+                | IBV_QP_AV
+                | IBV_QP_PATH_MTU
+                | IBV_QP_DEST_QPN
+                | IBV_QP_RQ_PSN
+                | IBV_QP_MAX_DEST_RD_ATOMIC
+                | IBV_QP_MIN_RNR_TIMER
+        }
+        QpState::Rts => {
+            a.qp_state = IBV_QPS_RTS;
+            a.sq_psn = 0;
+            a.timeout = attrs.timeout;
+            a.retry_cnt = attrs.retry_cnt;
+            a.rnr_retry = attrs.rnr_retry;
+            a.max_rd_atomic = 1;
+            IBV_QP_STATE
+                | IBV_QP_SQ_PSN
+                | IBV_QP_TIMEOUT
+                | IBV_QP_RETRY_CNT
+                | IBV_QP_RNR_RETRY
+                | IBV_QP_MAX_QP_RD_ATOMIC
+        }
+    };
+    Ok((a, mask))
 }
 
 /// The completion of `wc`.
@@ -493,7 +497,15 @@ impl VerbsContext for SysContext {
         attrs.validate()?;
         let p = self.qp(qp)?;
         self.qp_state(qp)?.check_move(to, qp.qpn)?;
-        let (mut a, mask) = self.transition(qp.qpn, to, attrs, remote)?;
+        let (mut a, mask) = transition(
+            self.port,
+            self.gid_index,
+            self.ethernet,
+            qp.qpn,
+            to,
+            attrs,
+            remote,
+        )?;
         // SAFETY: `p` is a live queue pair of this context; `a` is a valid attribute set
         // whose `mask` names the members filled.
         let rc = unsafe { (self.lib.modify_qp)(p, &mut a, mask) };
@@ -779,6 +791,95 @@ mod tests {
             assert_eq!(c.imm, None);
         }
         assert_eq!(WcStatus::Other(19).name(), "IBV_WC_FATAL_ERR");
+    }
+
+    #[test]
+    fn transitions_carry_what_ibv_modify_qp_requires() {
+        let attrs = QpAttrs {
+            timeout: 18,
+            retry_cnt: 6,
+            rnr_retry: 7,
+            mtu: 2048,
+        };
+        let (a, m) = transition(2, 3, false, 9, QpState::Init, &attrs, None).unwrap();
+        assert_eq!((a.qp_state, a.port_num, a.pkey_index), (IBV_QPS_INIT, 2, 0));
+        assert_eq!(
+            a.qp_access_flags,
+            (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE) as u32
+        );
+        assert_eq!(
+            m,
+            IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
+        );
+        let remote = |lid| RemoteQp {
+            addr: PortAddr {
+                lid,
+                gid: [7; 16],
+                mtu: 4096,
+            },
+            qpn: 0x55,
+        };
+        // InfiniBand, remote with a LID: no global route header.
+        let (a, m) = transition(1, 3, false, 9, QpState::Rtr, &attrs, Some(remote(12))).unwrap();
+        assert_eq!(
+            (a.qp_state, a.dest_qp_num, a.path_mtu),
+            (IBV_QPS_RTR, 0x55, 4)
+        );
+        assert_eq!(
+            (a.ah_attr.dlid, a.ah_attr.is_global, a.ah_attr.port_num),
+            (12, 0, 1)
+        );
+        assert_eq!(
+            (a.rq_psn, a.max_dest_rd_atomic, a.min_rnr_timer),
+            (0, 1, 12)
+        );
+        assert_eq!(
+            m,
+            IBV_QP_STATE
+                | IBV_QP_AV
+                | IBV_QP_PATH_MTU
+                | IBV_QP_DEST_QPN
+                | IBV_QP_RQ_PSN
+                | IBV_QP_MAX_DEST_RD_ATOMIC
+                | IBV_QP_MIN_RNR_TIMER
+        );
+        // RoCE: the remote GID, the local GID index, hop limit 255.
+        let (a, _) = transition(1, 3, true, 9, QpState::Rtr, &attrs, Some(remote(0))).unwrap();
+        assert_eq!(a.ah_attr.is_global, 1);
+        assert_eq!(a.ah_attr.grh.dgid.raw, [7; 16]);
+        assert_eq!(
+            (a.ah_attr.grh.sgid_index, a.ah_attr.grh.hop_limit),
+            (3, 255)
+        );
+        assert!(transition(1, 0, false, 9, QpState::Rtr, &attrs, None).is_err());
+        let (a, m) = transition(1, 0, false, 9, QpState::Rts, &attrs, None).unwrap();
+        assert_eq!(
+            (
+                a.qp_state,
+                a.timeout,
+                a.retry_cnt,
+                a.rnr_retry,
+                a.sq_psn,
+                a.max_rd_atomic
+            ),
+            (IBV_QPS_RTS, 18, 6, 7, 0, 1)
+        );
+        assert_eq!(
+            m,
+            IBV_QP_STATE
+                | IBV_QP_SQ_PSN
+                | IBV_QP_TIMEOUT
+                | IBV_QP_RETRY_CNT
+                | IBV_QP_RNR_RETRY
+                | IBV_QP_MAX_QP_RD_ATOMIC
+        );
+        for (to, st) in [
+            (QpState::Error, IBV_QPS_ERR),
+            (QpState::Reset, IBV_QPS_RESET),
+        ] {
+            let (a, m) = transition(1, 0, false, 9, to, &attrs, None).unwrap();
+            assert_eq!((a.qp_state, m), (st, IBV_QP_STATE));
+        }
     }
 
     #[test]
