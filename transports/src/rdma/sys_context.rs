@@ -260,6 +260,28 @@ impl SysContext {
         Ok(())
     }
 
+    /// Take every event delivered on the channel so far (acknowledging each).
+    fn drain_events(&mut self) -> Result<()> {
+        loop {
+            let mut cq: *mut IbvCq = null_mut();
+            let mut cq_ctx: *mut c_void = null_mut();
+            // SAFETY: the channel is live and non-blocking; both out-parameters are valid.
+            let rc = unsafe { (self.lib.get_cq_event)(self.channel, &mut cq, &mut cq_ctx) };
+            if rc != 0 {
+                let e = last_errno();
+                if e == libc::EAGAIN || e == libc::EWOULDBLOCK {
+                    return Ok(());
+                }
+                return Err(Error::errno(
+                    format!("ibv_get_cq_event on {}", self.name),
+                    e,
+                ));
+            }
+            // SAFETY: `cq` is the queue the event was for (ours); one event acknowledged.
+            unsafe { (self.lib.ack_cq_events)(cq, 1) };
+        }
+    }
+
     fn qp(&self, qp: QpHandle) -> Result<*mut IbvQp> {
         self.qps.get(&qp.qpn).copied().ok_or_else(|| {
             Error::internal(format!(
@@ -666,30 +688,6 @@ impl VerbsContext for SysContext {
             ));
         }
         Ok(())
-    }
-}
-
-impl SysContext {
-    /// Take every event delivered on the channel so far (acknowledging each).
-    fn drain_events(&mut self) -> Result<()> {
-        loop {
-            let mut cq: *mut IbvCq = null_mut();
-            let mut cq_ctx: *mut c_void = null_mut();
-            // SAFETY: the channel is live and non-blocking; both out-parameters are valid.
-            let rc = unsafe { (self.lib.get_cq_event)(self.channel, &mut cq, &mut cq_ctx) };
-            if rc != 0 {
-                let e = last_errno();
-                if e == libc::EAGAIN || e == libc::EWOULDBLOCK {
-                    return Ok(());
-                }
-                return Err(Error::errno(
-                    format!("ibv_get_cq_event on {}", self.name),
-                    e,
-                ));
-            }
-            // SAFETY: `cq` is the queue the event was for (ours); one event acknowledged.
-            unsafe { (self.lib.ack_cq_events)(cq, 1) };
-        }
     }
 }
 
