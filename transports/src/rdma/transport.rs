@@ -790,6 +790,11 @@ impl RdmaTransport {
         {
             return Ok(());
         }
+        if wc.status != WcStatus::Success && self.peers[peer].as_ref().is_some_and(|p| p.closed) {
+            // The peer said goodbye ([`Msg::Bye`]) and tore its queue pairs down: errors on
+            // them from then on are the close, not a failure.
+            return Ok(());
+        }
         let current = self.peers[peer].as_ref().expect("peer").paths.get(path);
         if current.is_none_or(|pa| pa.epoch & 0xf != epoch) {
             return Ok(()); // from an incarnation of the queue pair before its rebuild
@@ -1295,6 +1300,10 @@ impl RdmaTransport {
             for ctx in &mut self.ctxs {
                 n += ctx.poll_cq(&mut wcs, 64)?;
             }
+            // Successes first (stable): per queue pair every success precedes its first
+            // error anyway, and across ports (one completion queue each) a peer's goodbye
+            // on one is then seen before the errors its teardown caused on another.
+            wcs.sort_by_key(|w| w.status != WcStatus::Success);
             for wc in wcs.drain(..) {
                 self.handle(wc, out)?;
             }
