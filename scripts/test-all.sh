@@ -3,13 +3,25 @@
 # multi-process tests over shared memory and again over TCP, the dmsc-perf correctness sweep on
 # 1-8 local ranks, the C library against an installed prefix, the Python package with torch, and
 # Python 3.13 in a chroot. Needs the Rust toolchain (cargo); what else it needs it installs:
-# python3-venv, cmake, pkg-config and debootstrap with apt-get (as root), numpy, pytest, mypy,
+# python3-venv, cmake, pkg-config, debootstrap, libibverbs1 and libibverbs-dev (the RDMA layout
+# check) with apt-get (as root), numpy, pytest, mypy,
 # maturin and torch (about 3 GB from PyPI) with pip into target/pyenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)"; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "== libibverbs1 and libibverbs-dev: the RDMA layout check compiles against <infiniband/verbs.h>"
+if [ ! -e /usr/include/infiniband/verbs.h ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libibverbs1 libibverbs-dev >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libibverbs1 libibverbs-dev >/dev/null; } \
+        || { echo "installing libibverbs-dev with apt-get failed"; exit 1; }
+fi
+if [ -e /usr/include/infiniband/verbs.h ]; then
+    export DMSC_REQUIRE_VERBS_H=1 # rdma::ibv_abi's layout test fails instead of skipping
+else
+    echo "   <infiniband/verbs.h> missing and apt-get unavailable: the layout check will skip"
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

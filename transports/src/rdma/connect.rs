@@ -1,19 +1,23 @@
 //! Setting the RDMA transport up over the bootstrap exchange.
 //!
-//! Each rank picks its port (`DMSC_IB_HCA`, [`super::hca`]), creates for every peer
-//! [`RdmaOptions::paths`] reliable-connected queue pairs and moves them to INIT, registers
-//! its message, mailbox and staging memory, and publishes one [`Card`] (port address and
-//! every queue pair number) in a single exchange, as the TCP and shared-memory setups do.
-//! From the cards each rank connects queue pair `k` to peer `p` with `p`'s queue pair `k`
-//! for it: receives posted, then RTR (remote QPN, LID/GID, the smaller MTU) and RTS
-//! (timeout and retry counts), per `ibv_modify_qp(3)`.
+//! Each rank opens its ports (`DMSC_IB_HCA`, [`super::hca`]: every selected active port, at
+//! most [`MAX_NICS`] and at most [`RdmaOptions::paths`]), creates for every peer
+//! [`RdmaOptions::paths`] reliable-connected queue pairs, queue pair `k` on port
+//! `k % ports`, and moves them to INIT, registers its message, mailbox and staging memory on
+//! every port, and publishes one [`Card`] (the ports' addresses and every queue pair number)
+//! in a single exchange, as the TCP and shared-memory setups do. From the cards each rank
+//! connects queue pair `k` to peer `p` with `p`'s queue pair `k` for it (on `p`'s port
+//! `k % p's ports`): receives posted, then RTR (remote QPN, LID/GID, the smaller MTU) and
+//! RTS (timeout and retry counts), per `ibv_modify_qp(3)`. The queue pairs of every port are
+//! paths of the same peer: frames are spread over them and a failed one's work moves to the
+//! others, on whichever port they are.
 
 use super::options::RdmaOptions;
 use super::pool::SlotPool;
 use super::qp_state::{QpAttrs, QpState};
 use super::transport::{Path, Peer, RdmaTransport, RECV_DEPTH, SEND_DEPTH};
 use super::verbs::{Access, RemoteQp, VerbsProvider};
-use super::wire::{Card, PeerCard, MSG_SLOT};
+use super::wire::{Card, PeerCard, MAX_NICS, MSG_SLOT};
 use dmsc_core::error::{Error, Result};
 use dmsc_core::types::Rank;
 use dmsc_core::wire::HEADER_LEN;
@@ -54,43 +58,53 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let devices = provider.devices()?;
     let selected = opts.filter.select(&devices, &opts.hca)?;
-    let port = &selected[0];
-    if selected.len() > 1 {
-        log::info!(
+    let np = opts.paths;
+    let nics = selected.len().min(MAX_NICS).min(np);
+    let used: Vec<String> = selected[..nics]
+        .iter()
+        .map(|s| format!("{}:{}", s.device, s.port))
+        .collect();
+    if selected.len() > nics {
+        log::warn!(
             target: dmsc_core::subsys::NET,
-            "rank {rank}: RDMA uses {}:{} ({} more ports selected; one port per rank for now)",
-            port.device,
-            port.port,
-            selected.len() - 1
+            "rank {rank}: RDMA uses {} of the {} ports selected ({}): at most {MAX_NICS} ports, \
+             and no more than DMSC_IB_QPS_PER_CONNECTION={np} (one queue pair per port at least)",
+            nics,
+            selected.len(),
+            used.join(", ")
         );
+    } else {
+        log::info!(target: dmsc_core::subsys::NET, "rank {rank}: RDMA uses {}", used.join(", "));
     }
     let npeers = nranks.saturating_sub(1);
-    let np = opts.paths;
     let cq_depth = (nranks * np * (RECV_DEPTH + SEND_DEPTH) as usize).max(64);
-    let mut ctx = provider.open(&port.device, port.port, opts.gid_index, cq_depth)?;
+    let mut ctxs = selected[..nics]
+        .iter()
+        .map(|s| provider.open(&s.device, s.port, opts.gid_index, cq_depth))
+        .collect::<Result<Vec<_>>>()?;
     let rx = SlotPool::new(
-        &mut *ctx,
+        &mut ctxs,
         "receive message slots",
         MSG_SLOT,
         nranks * np * RECV_DEPTH as usize,
         Access::REMOTE_WRITE,
     )?;
     let tx = SlotPool::new(
-        &mut *ctx,
+        &mut ctxs,
         "send message slots",
         MSG_SLOT,
         (npeers * np * 16).max(64),
         Access::LOCAL,
     )?;
     let stage_tx = SlotPool::new(
-        &mut *ctx,
+        &mut ctxs,
         "send staging slots",
         opts.staging_slot,
         opts.staging_slots,
         Access::LOCAL,
     )?;
     let stage_rx = SlotPool::new(
-        &mut *ctx,
+        &mut ctxs,
         "receive staging slots",
         opts.staging_slot,
         opts.staging_slots,
@@ -98,7 +112,7 @@ pub fn prepare(
     )?;
     let mut peers = Vec::with_capacity(nranks);
     let mut card = Card {
-        addr: ctx.port_addr(),
+        addrs: ctxs.iter().map(|c| c.port_addr()).collect(),
         paths: np as u8,
         peers: vec![PeerCard::default(); nranks],
     };
@@ -108,21 +122,23 @@ pub fn prepare(
             continue;
         }
         let mut paths = Vec::with_capacity(np);
-        for _ in 0..np {
+        for k in 0..np {
+            let nic = k % nics;
+            let ctx = &mut ctxs[nic];
             let qp = ctx.create_qp(SEND_DEPTH, RECV_DEPTH)?;
             ctx.modify_qp(qp, QpState::Init, &opts.attrs, None)?;
             card.peers[p].qpns.push(qp.qpn);
-            paths.push(Path::new(qp));
+            paths.push(Path::new(qp, nic));
         }
         let mbox = SlotPool::new(
-            &mut *ctx,
+            &mut ctxs,
             "mailbox",
             HEADER_LEN,
             opts.window,
             Access::REMOTE_WRITE,
         )?;
         let trailers = SlotPool::new(
-            &mut *ctx,
+            &mut ctxs,
             "trailer slots",
             HEADER_LEN,
             2 * opts.window,
@@ -132,7 +148,7 @@ pub fn prepare(
     }
     let t = RdmaTransport::from_parts(
         rank,
-        ctx,
+        ctxs,
         provider.name(),
         opts.attrs,
         peers,
@@ -194,21 +210,27 @@ impl Prepared {
                     theirs.len()
                 )));
             }
-            let attrs = QpAttrs {
-                mtu: c.addr.mtu.min(t.ctx.port_addr().mtu),
-                ..base
-            };
             for (k, &qpn) in theirs.iter().enumerate() {
                 for i in 0..RECV_DEPTH {
                     let slot = t.rx_slot(p, k, i);
                     t.post_rx(p, k, slot)?;
                 }
-                let remote = RemoteQp { addr: c.addr, qpn };
+                let remote_nic = k % c.addrs.len();
+                let remote = RemoteQp {
+                    addr: c.addrs[remote_nic],
+                    qpn,
+                };
                 let path = &mut t.peers[p].as_mut().expect("peer").paths[k];
                 path.remote = Some(remote);
-                let qp = path.qp;
-                t.ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
-                t.ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
+                path.remote_nic = remote_nic;
+                let (qp, nic) = (path.qp, path.nic);
+                let ctx = &mut t.ctxs[nic];
+                let attrs = QpAttrs {
+                    mtu: remote.addr.mtu.min(ctx.port_addr().mtu),
+                    ..base
+                };
+                ctx.modify_qp(qp, QpState::Rtr, &attrs, Some(remote))?;
+                ctx.modify_qp(qp, QpState::Rts, &attrs, None)?;
             }
         }
         t.connected = true;

@@ -13,7 +13,8 @@
 //!   request waits (receiver not ready) and is retried; after `rnr_retry` attempts
 //!   (7: forever) it fails with `IBV_WC_RNR_RETRY_EXC_ERR`;
 //! - a peer that does not answer (its queue pair in error, reset or gone) fails the request
-//!   with `IBV_WC_RETRY_EXC_ERR`, and an injected fault does the same on demand;
+//!   with `IBV_WC_RETRY_EXC_ERR`, and an injected fault does the same on demand (one
+//!   request, or every request from and to a device whose cable is pulled);
 //! - an error puts the queue pair in ERROR: every outstanding and later work request
 //!   completes with `IBV_WC_WR_FLUSH_ERR`;
 //! - registration past an injected pinned-memory limit fails with `ENOMEM`, as `ibv_reg_mr`
@@ -29,6 +30,7 @@ use super::verbs::{
 };
 use dmsc_core::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 struct FakeMr {
@@ -54,15 +56,45 @@ struct FakeDev {
     pinned: usize,
     memlock: Option<usize>,
     qps: HashMap<u32, FakeQp>,
-    cq: VecDeque<WorkCompletion>,
+    cq: FakeCq,
+    /// The completion channel's pipe (read end, write end), when channels are on.
+    channel: Option<(RawFd, RawFd)>,
+    /// Notify at the first completion pushed after this many (armed), else `None`.
+    armed_at: Option<u64>,
+    /// `poll_cq` calls on the device.
+    polls: u64,
     /// Send requests processed (any outcome) since the fault was armed.
     processed: u64,
     /// Fail the send request processed when `processed` reaches this.
     fail_at: Option<u64>,
+    /// The link goes down for good when `processed` reaches this: every request from or to
+    /// the device fails from then on.
+    down_at: Option<u64>,
+    /// Send requests completed (any outcome) since the fabric was made.
+    completed: u64,
     open: bool,
 }
 
+/// A completion queue that counts what was ever pushed (for notifications).
+#[derive(Default)]
+struct FakeCq {
+    q: VecDeque<WorkCompletion>,
+    pushed: u64,
+}
+
+impl FakeCq {
+    fn push_back(&mut self, wc: WorkCompletion) {
+        self.q.push_back(wc);
+        self.pushed += 1;
+    }
+    fn clear(&mut self) {
+        self.q.clear();
+    }
+}
+
 struct Fabric {
+    /// Contexts opened from now on get a completion channel.
+    channels: bool,
     devs: Vec<FakeDev>,
     next_key: u32,
     next_qpn: u32,
@@ -88,14 +120,20 @@ impl FakeFabric {
                 pinned: 0,
                 memlock: None,
                 qps: HashMap::new(),
-                cq: VecDeque::new(),
+                cq: FakeCq::default(),
+                channel: None,
+                armed_at: None,
+                polls: 0,
                 processed: 0,
                 fail_at: None,
+                down_at: None,
+                completed: 0,
                 open: false,
             })
             .collect();
         FakeFabric {
             inner: Arc::new(Mutex::new(Fabric {
+                channels: false,
                 devs,
                 next_key: 0x100,
                 next_qpn: 0x40,
@@ -126,6 +164,34 @@ impl FakeFabric {
         let d = &mut f.devs[dev];
         d.processed = 0;
         d.fail_at = Some(nth);
+    }
+
+    /// Pull device `dev`'s cable once it has processed `after` more send requests: from
+    /// then on every request it sends, and every request sent to it, fails with
+    /// `IBV_WC_RETRY_EXC_ERR` (its queue pairs, and their peers', go to ERROR), and stays so
+    /// through rebuilds. A NIC of a host with several dying mid-transfer.
+    pub fn pull_cable(&self, dev: usize, after: u64) {
+        let mut f = self.lock();
+        let d = &mut f.devs[dev];
+        d.processed = 0;
+        d.down_at = Some(after);
+    }
+
+    /// Give contexts opened from now on a completion channel (a pipe that turns readable
+    /// at the first completion after [`VerbsContext::arm_notify`]), as
+    /// `ibv_create_comp_channel` does.
+    pub fn enable_channels(&self) {
+        self.lock().channels = true;
+    }
+
+    /// `poll_cq` calls made on device `dev` so far.
+    pub fn polls(&self, dev: usize) -> u64 {
+        self.lock().devs[dev].polls
+    }
+
+    /// Send requests device `dev` has completed so far, whatever their outcome.
+    pub fn requests(&self, dev: usize) -> u64 {
+        self.lock().devs[dev].completed
     }
 
     /// Refuse registrations on `dev` beyond `bytes` pinned in all (`None`: no limit).
@@ -220,6 +286,17 @@ impl VerbsProvider for FakeVerbs {
             return Err(Error::invalid(format!("{device} has no port {port}")));
         }
         f.devs[dev].open = true;
+        if f.channels && f.devs[dev].channel.is_none() {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(Error::io(
+                    "pipe2 for a fake completion channel",
+                    &std::io::Error::last_os_error(),
+                ));
+            }
+            f.devs[dev].channel = Some((fds[0], fds[1]));
+        }
         Ok(Box::new(FakeContext {
             fabric: self.fabric.clone(),
             dev,
@@ -246,6 +323,21 @@ fn addr_of(dev: usize) -> PortAddr {
 }
 
 impl Fabric {
+    /// Write to the channel of every armed device that got a completion since it armed.
+    fn notify(&mut self) {
+        for d in &mut self.devs {
+            let (Some(at), Some((_, w))) = (d.armed_at, d.channel) else {
+                continue;
+            };
+            if d.cq.pushed > at {
+                d.armed_at = None;
+                // SAFETY: `w` is the write end of this device's pipe, open while the
+                // context is; one byte from a valid buffer.
+                let _ = unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) };
+            }
+        }
+    }
+
     /// Put `qpn` of `dev` in ERROR and flush what it holds.
     fn fail_qp(&mut self, dev: usize, qpn: u32) {
         let d = &mut self.devs[dev];
@@ -279,6 +371,7 @@ impl Fabric {
         let q = d.qps.get_mut(&qpn).expect("queue pair being processed");
         let wr = q.sq.pop_front().expect("a head to complete");
         q.rnr_attempts = 0;
+        d.completed += 1;
         d.cq.push_back(WorkCompletion {
             wr_id: wr.wr_id,
             qpn,
@@ -332,6 +425,12 @@ impl Fabric {
             return false;
         };
         let (rnr_retry, remote) = (q.attrs.rnr_retry, q.remote);
+        let down = |d: &FakeDev| d.down_at.is_some_and(|a| d.processed >= a);
+        if down(&self.devs[dev]) || remote.is_some_and(|(rd, _)| down(&self.devs[rd])) {
+            self.devs[dev].processed += 1;
+            self.complete_head(dev, qpn, WcStatus::RetryExceeded);
+            return true;
+        }
         let d = &mut self.devs[dev];
         if d.fail_at == Some(d.processed) {
             d.fail_at = None;
@@ -575,6 +674,7 @@ impl VerbsContext for FakeContext {
             }
             _ => Self::qp_mut(&mut f, self.dev, qp)?.state = to,
         }
+        f.notify();
         Ok(())
     }
 
@@ -613,10 +713,12 @@ impl VerbsContext for FakeContext {
                 byte_len: 0,
                 imm: None,
             });
+            f.notify();
             return Ok(());
         }
         q.sq.push_back(*wr);
         while f.step(dev, qp.qpn) {}
+        f.notify();
         Ok(())
     }
 
@@ -645,6 +747,7 @@ impl VerbsContext for FakeContext {
                 byte_len: 0,
                 imm: None,
             });
+            f.notify();
             return Ok(());
         }
         q.rq.push_back(*wr);
@@ -654,10 +757,30 @@ impl VerbsContext for FakeContext {
     fn poll_cq(&mut self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
         let mut f = self.fabric.lock();
         f.progress();
-        let cq = &mut f.devs[self.dev].cq;
+        f.notify();
+        f.devs[self.dev].polls += 1;
+        let cq = &mut f.devs[self.dev].cq.q;
         let n = cq.len().min(max);
         out.extend(cq.drain(..n));
         Ok(n)
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        self.fabric.lock().devs[self.dev].channel.map(|(r, _)| r)
+    }
+
+    fn arm_notify(&mut self) -> Result<()> {
+        let mut f = self.fabric.lock();
+        let d = &mut f.devs[self.dev];
+        let Some((r, _)) = d.channel else {
+            return Ok(());
+        };
+        let mut buf = [0u8; 64];
+        // SAFETY: `r` is the read end of this device's non-blocking pipe; `buf` is valid
+        // for its length. Drains the notifications delivered so far.
+        while unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        d.armed_at = Some(d.cq.pushed);
+        Ok(())
     }
 }
 
@@ -670,6 +793,14 @@ impl Drop for FakeContext {
         d.mrs.clear();
         d.pinned = 0;
         d.cq.clear();
+        d.armed_at = None;
+        if let Some((r, w)) = d.channel.take() {
+            // SAFETY: the pipe's descriptors, owned by the device and closed once (taken).
+            unsafe {
+                libc::close(r);
+                libc::close(w);
+            }
+        }
     }
 }
 

@@ -67,7 +67,20 @@ fn connect_rank(
     n: usize,
     o: &RdmaOptions,
 ) -> Result<RdmaTransport> {
-    let provider = fabric.provider(&[rank]);
+    connect_rank_nics(fabric, board, rank, n, o, 1)
+}
+
+/// Connect rank `rank` of `n` on `fabric` with `nics` devices (`rank * nics` onwards).
+fn connect_rank_nics(
+    fabric: &FakeFabric,
+    board: &Board,
+    rank: usize,
+    n: usize,
+    o: &RdmaOptions,
+    nics: usize,
+) -> Result<RdmaTransport> {
+    let devs: Vec<usize> = (rank * nics..(rank + 1) * nics).collect();
+    let provider = fabric.provider(&devs);
     let mut ex = |b: &[u8]| board.exchange(rank, b);
     connect(&provider, o, rank, n, &mut ex)
 }
@@ -119,13 +132,28 @@ fn run(
     reg: RegCacheConfig,
     tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
 ) -> Result<Run> {
+    run_nics(fabric, n, 1, desc, chunk, repeat, reg, tweak)
+}
+
+/// [`run`] with `nics` fake devices per rank (the fabric needs `n * nics`).
+#[allow(clippy::too_many_arguments)]
+fn run_nics(
+    fabric: &FakeFabric,
+    n: usize,
+    nics: usize,
+    desc: CollDesc,
+    chunk: usize,
+    repeat: usize,
+    reg: RegCacheConfig,
+    tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
+) -> Result<Run> {
     let board = Board::new(n);
     let tweak = Arc::new(tweak);
     let hs: Vec<_> = (0..n)
         .map(|rank| {
             let (f, b, tw) = (fabric.clone(), board.clone(), tweak.clone());
             std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats, _)> {
-                let t = connect_rank(&f, &b, rank, n, &opts(chunk))?;
+                let t = connect_rank_nics(&f, &b, rank, n, &opts(chunk), nics)?;
                 let stats = t.stats_handle();
                 let metrics = t
                     .path_metrics()
@@ -289,6 +317,91 @@ fn a_queue_pair_failing_mid_transfer_gives_the_exact_result() {
         );
     }
     assert!(rewritten >= 1, "no payload was ever written again");
+}
+
+#[test]
+fn two_nics_per_rank_carry_frames_and_one_dying_mid_transfer_gives_the_exact_result() {
+    let (n, nics) = (3, 2);
+    let d = desc(CollKind::AllReduce, 30_000);
+    let want = expected(&d, n);
+    // Healthy: both devices of every rank carry work requests, and the result is exact.
+    let fabric = FakeFabric::new(n * nics);
+    let r = run_nics(
+        &fabric,
+        n,
+        nics,
+        d,
+        2048,
+        1,
+        RegCacheConfig::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.outputs, want);
+    for dev in 0..n * nics {
+        assert!(
+            fabric.requests(dev) > 10,
+            "fake{dev} carried {} requests",
+            fabric.requests(dev)
+        );
+    }
+    assert!(r.stats.iter().all(|s| s.paths_failed == 0), "{:?}", r.stats);
+    // Rank 0's second device (fake1) loses its link mid-transfer, at several points: its
+    // queue pairs, and the peers' queue pairs to it, fail; their work moves to the queue
+    // pairs of the first devices, rebuilds fail again on the dead link, and the result is
+    // still exact.
+    let mut moved = 0;
+    for after in [20, 45, 90] {
+        let fabric = FakeFabric::new(n * nics);
+        let r = run_nics(
+            &fabric,
+            n,
+            nics,
+            d,
+            2048,
+            1,
+            RegCacheConfig::default(),
+            move |rank, f| {
+                if rank == 0 {
+                    f.pull_cable(1, after);
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("cable pulled after {after}: {e}"));
+        for (rank, want) in want.iter().enumerate() {
+            assert!(
+                &r.outputs[rank] == want,
+                "cable pulled after {after}: rank {rank}'s result is wrong after failover"
+            );
+        }
+        assert!(
+            r.stats[0].paths_failed >= 1,
+            "after {after}: {:?}",
+            r.stats[0]
+        );
+        assert!(fabric.requests(1) >= after, "fake1 failed before its time");
+        moved += r.stats[0].frames_rewritten + r.stats[0].messages_resent;
+        assert_eq!(r.paths[0].len(), n - 1, "after {after}: {:?}", r.paths[0]);
+        // Queue pair 1 of rank 0 to each peer (on fake1) failed with the error and was
+        // rebuilt at most 3 times (then left down: the link stays dead); queue pair 0 (on
+        // fake0) never failed, not even at close.
+        for pp in &r.paths[0] {
+            let (m0, m1) = (&pp.paths[0], &pp.paths[1]);
+            assert_eq!(
+                m0.failures, 0,
+                "after {after}: fake0's queue pair failed: {pp:?}"
+            );
+            assert!(m1.epoch <= 4, "after {after}: {pp:?}");
+            assert!(
+                m1.failures >= 1 && m1.last_failure == "IBV_WC_RETRY_EXC_ERR",
+                "after {after}: {pp:?}"
+            );
+        }
+    }
+    assert!(
+        moved >= 1,
+        "no frame or message ever moved off the dead port"
+    );
 }
 
 #[test]
@@ -745,5 +858,74 @@ fn a_failed_queue_pair_is_rebuilt_and_carries_frames_again() {
         v[0].paths.iter().any(|p| p.epoch == 2 && p.failures == 1),
         "{:?}",
         v[0].paths
+    );
+}
+
+/// Rank 1 waits for a frame that rank 0 sends only after `delay`; returns how many times
+/// rank 1 polled its completion queue while it waited, and whether the frame landed whole.
+fn idle_wait_polls(channels: bool, delay: Duration) -> (u64, bool) {
+    let fabric = FakeFabric::new(2);
+    if channels {
+        fabric.enable_channels();
+    }
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    let len = 2048usize;
+    let sender = std::thread::spawn(move || {
+        let mut src: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let ra = a
+            .register(src.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+            .unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: `src` outlives the frame, which completes before it is dropped.
+        unsafe {
+            a.post_send_registered(1, &header(0, len as u32), src.as_ptr(), ra, 1)
+                .unwrap()
+        };
+        wait_for(&mut a, |c| matches!(c, Completion::Sent { .. }));
+        a
+    });
+    let mut dst = vec![0u8; len];
+    let rb = b
+        .register(dst.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
+        .unwrap();
+    // SAFETY: `dst` outlives the frame.
+    unsafe {
+        b.post_recv_registered(0, &header(0, len as u32), dst.as_mut_ptr(), rb, 2)
+            .unwrap()
+    };
+    let before = fabric.polls(1);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.iter().any(|c| matches!(c, Completion::Received { .. })) {
+        assert!(Instant::now() < deadline, "the frame never arrived");
+        b.poll(&mut out, Duration::from_secs(1)).unwrap();
+    }
+    let polls = fabric.polls(1) - before;
+    let _a = sender.join().unwrap();
+    let whole = dst.iter().enumerate().all(|(i, &x)| x == (i * 7) as u8);
+    b.deregister(rb);
+    (polls, whole)
+}
+
+#[test]
+fn with_a_completion_channel_an_idle_wait_sleeps_instead_of_polling() {
+    let delay = Duration::from_millis(200);
+    // Without a channel the transport polls with a backoff capped at 1 ms: about one poll
+    // per millisecond of waiting. With one it sleeps on the channel (naps of 10 ms at most)
+    // and wakes when the frame's completion arrives.
+    let (spin, whole) = idle_wait_polls(false, delay);
+    assert!(whole);
+    let (slept, whole) = idle_wait_polls(true, delay);
+    assert!(whole, "the frame landed wrong with a completion channel");
+    eprintln!("polls while waiting 200 ms: {spin} without a completion channel, {slept} with");
+    assert!(
+        spin > 2 * slept,
+        "the backoff path polled only {spin} times in 200 ms (with a channel: {slept})"
+    );
+    assert!(
+        slept <= 60,
+        "with a completion channel the wait still polled {slept} times (without: {spin})"
     );
 }

@@ -45,6 +45,17 @@
 //! [`Msg::Broken`]. Work request ids carry the queue pair's incarnation, so completions of
 //! the old one are told apart.
 //!
+//! **Several ports.** The transport holds one [`VerbsContext`] per port; each queue pair is
+//! on one (`Path::nic`) and reaches one port of the peer (`Path::remote_nic`). Its memory
+//! and user registrations are registered on every port, and a clear-to-send carries the
+//! receiver's rkey of every port, so any frame can go, or go again after a failure, on any
+//! queue pair of any port.
+//!
+//! **Waiting.** Where every context has a completion channel
+//! ([`VerbsContext::completion_fd`]), an idle [`Transport::poll`] arms them and sleeps in
+//! `ppoll(2)` on them and on an eventfd its [`Waker`] writes; otherwise it backs off from
+//! microseconds to a millisecond.
+//!
 //! **Registration.** User memory is registered through the engine's cache
 //! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
 //! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
@@ -56,7 +67,7 @@ use super::verbs::{
     Access, Mr, QpHandle, RecvWr, RemoteQp, SendOp, SendWr, Sge, VerbsContext, WcKind, WcStatus,
     WorkCompletion,
 };
-use super::wire::{imm_for, split_imm, Cts, Msg, CONTROL_FRAGMENT, MSG_SLOT};
+use super::wire::{imm_for, split_imm, Cts, Keys, Msg, CONTROL_FRAGMENT, MAX_NICS, MSG_SLOT};
 use dmsc_core::engine::{
     Completion, MemKind, PathMetricsHandle, PeerPaths, RegHandle, Token, Transport, Waker,
 };
@@ -127,13 +138,18 @@ pub struct RdmaStats {
 /// A registration as the transport keeps it.
 #[derive(Clone, Copy, Debug)]
 enum Reg {
-    Mr(Mr),
+    /// Registered on every port: the local and remote keys per port.
+    Mr { lkeys: Keys, rkeys: Keys },
     /// `ibv_reg_mr` refused (pinned-memory limit): copy through staging slots.
     Staged,
 }
 
 pub(super) struct Path {
     pub(super) qp: QpHandle,
+    /// The port (index into the transport's contexts) the queue pair is on.
+    pub(super) nic: usize,
+    /// The peer's port its queue pair is on (which of a clear-to-send's keys to use).
+    pub(super) remote_nic: usize,
     pub(super) up: bool,
     pub(super) why: Option<String>,
     /// Receives the peer has posted for us on this queue pair and we have not consumed.
@@ -169,9 +185,11 @@ pub(super) struct Path {
 }
 
 impl Path {
-    pub(super) fn new(qp: QpHandle) -> Path {
+    pub(super) fn new(qp: QpHandle, nic: usize) -> Path {
         Path {
             qp,
+            nic,
+            remote_nic: 0,
             up: true,
             why: None,
             credits: RECV_DEPTH,
@@ -203,8 +221,8 @@ struct OutFrame {
     token: Token,
     header: FrameHeader,
     data: *const u8,
-    /// `None`: zero bytes, or memory that must be staged.
-    lkey: Option<u32>,
+    /// Local keys per port; `None`: zero bytes, or memory that must be staged.
+    lkey: Option<Keys>,
 }
 
 struct Writing {
@@ -221,8 +239,8 @@ struct InFrame {
     token: Token,
     expect: FrameHeader,
     dst: *mut u8,
-    /// `None`: zero bytes, or memory that must be staged.
-    rkey: Option<u32>,
+    /// Remote keys per port; `None`: zero bytes, or memory that must be staged.
+    rkey: Option<Keys>,
     mbox: Option<u32>,
     stage: Option<u32>,
 }
@@ -290,18 +308,92 @@ impl Peer {
 
 struct Wake {
     woken: AtomicBool,
+    /// An eventfd written by [`Waker::wake`], so that a transport sleeping on its
+    /// completion channels wakes at once (`None` if eventfd failed: short sleeps then).
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Wake {
+    fn new() -> Wake {
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Wake {
+            woken: AtomicBool::new(false),
+            // SAFETY: a fresh descriptor that nothing else owns.
+            fd: (fd >= 0).then(|| unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }),
+        }
+    }
+
+    /// Empty the eventfd.
+    fn drain(&self) {
+        if let Some(fd) = &self.fd {
+            let mut v = 0u64;
+            // SAFETY: reading 8 bytes into a u64 from our non-blocking eventfd.
+            let _ = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&mut v as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
+    }
 }
 
 impl Waker for Wake {
     fn wake(&self) {
         self.woken.store(true, Ordering::Release);
+        if let Some(fd) = &self.fd {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes from a u64 to our eventfd (never blocks: non-blocking).
+            let _ = unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&one as *const u64).cast(),
+                    8,
+                )
+            };
+        }
     }
 }
 
-/// The RDMA transport over one [`VerbsContext`].
+/// Longest sleep on the completion channels before looking again (the fake's progress, and
+/// the path metrics, need a turn now and then).
+const CHANNEL_NAP: Duration = Duration::from_millis(10);
+
+/// Sleep until one of `fds` is readable or `wait` passes (`ppoll(2)`).
+fn sleep_on(fds: &[std::os::fd::RawFd], wait: Duration) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `p` holds `p.len()` valid pollfds and `ts` a valid timeout; no signal mask.
+    // EINTR or an error only ends the sleep early.
+    let _ = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+}
+
+/// The RDMA transport over one [`VerbsContext`] per port.
 pub struct RdmaTransport {
     pub(super) rank: Rank,
-    pub(super) ctx: Box<dyn VerbsContext>,
+    /// One context per port; queue pairs name theirs ([`Path::nic`]).
+    pub(super) ctxs: Vec<Box<dyn VerbsContext>>,
     pub(super) provider: &'static str,
     pub(super) attrs: QpAttrs,
     /// Per rank (`None` for this rank).
@@ -315,6 +407,8 @@ pub struct RdmaTransport {
     pub(super) stage_tx: SlotPool,
     pub(super) stage_rx: SlotPool,
     regs: HashMap<u64, Reg>,
+    /// The regions of each registration of `regs`, one per port.
+    reg_mrs: HashMap<u64, Vec<Mr>>,
     next_reg: u64,
     memlock_warned: bool,
     wake: Arc<Wake>,
@@ -341,7 +435,7 @@ impl RdmaTransport {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn from_parts(
         rank: Rank,
-        ctx: Box<dyn VerbsContext>,
+        ctxs: Vec<Box<dyn VerbsContext>>,
         provider: &'static str,
         attrs: QpAttrs,
         peers: Vec<Option<Peer>>,
@@ -353,7 +447,7 @@ impl RdmaTransport {
     ) -> RdmaTransport {
         RdmaTransport {
             rank,
-            ctx,
+            ctxs,
             provider,
             attrs,
             peers,
@@ -363,11 +457,10 @@ impl RdmaTransport {
             stage_tx,
             stage_rx,
             regs: HashMap::new(),
+            reg_mrs: HashMap::new(),
             next_reg: 0,
             memlock_warned: false,
-            wake: Arc::new(Wake {
-                woken: AtomicBool::new(false),
-            }),
+            wake: Arc::new(Wake::new()),
             stats: Arc::new(Mutex::new(RdmaStats::default())),
             wcs: Vec::new(),
             npaths,
@@ -395,18 +488,18 @@ impl RdmaTransport {
     /// Post receive slot `slot` on (peer, path).
     pub(super) fn post_rx(&mut self, peer: usize, path: usize, slot: u32) -> Result<()> {
         let pa = &self.peer(peer)?.paths[path];
-        let (qp, epoch) = (pa.qp, pa.epoch);
+        let (qp, epoch, nic) = (pa.qp, pa.epoch, pa.nic);
         let wr = RecvWr {
             wr_id: wr_id(K_RECV, peer, path, epoch, slot as u64),
             sge: Some(Sge {
                 addr: self.rx.addr(slot),
                 len: MSG_SLOT as u32,
-                lkey: self.rx.mr().lkey,
+                lkey: self.rx.lkey(nic),
             }),
         };
         // SAFETY: the slot is transport-owned registered memory that lives as long as the
         // context (pools are closed after the queue pairs are destroyed).
-        unsafe { self.ctx.post_recv(qp, &wr) }
+        unsafe { self.ctxs[nic].post_recv(qp, &wr) }
     }
 
     fn peer(&mut self, peer: Rank) -> Result<&mut Peer> {
@@ -451,7 +544,7 @@ impl RdmaTransport {
         let pa = &mut p.paths[path];
         pa.credits -= 1;
         pa.wrs += 1;
-        let (qp, epoch) = (pa.qp, pa.epoch);
+        let (qp, epoch, nic) = (pa.qp, pa.epoch, pa.nic);
         if let Some(g) = owner {
             self.tx_owner.insert(slot, (peer, g));
         }
@@ -460,12 +553,12 @@ impl RdmaTransport {
             sge: Some(Sge {
                 addr: self.tx.addr(slot),
                 len: n as u32,
-                lkey: self.tx.mr().lkey,
+                lkey: self.tx.lkey(nic),
             }),
             op: SendOp::Send,
         };
         // SAFETY: the slot stays ours until its completion (released in `on_msg_done`).
-        unsafe { self.ctx.post_send(qp, &wr) }
+        unsafe { self.ctxs[nic].post_send(qp, &wr) }
     }
 
     /// Issue clear-to-sends, post writes and messages, return credits: everything that
@@ -501,17 +594,17 @@ impl RdmaTransport {
             let r = p.recvs.get_mut(&seq).expect("due receive");
             r.mbox = Some(mbox);
             r.stage = stage;
-            let (addr, rkey) = match (stage, r.rkey) {
-                (Some(s), _) => (self.stage_rx.addr(s), self.stage_rx.mr().rkey),
+            let (addr, rkeys) = match (stage, r.rkey) {
+                (Some(s), _) => (self.stage_rx.addr(s), self.stage_rx.rkeys()),
                 (None, Some(k)) => (r.dst as u64, k),
-                (None, None) => (0, 0),
+                (None, None) => (0, [0; MAX_NICS]),
             };
             let cts = Cts {
                 seq,
                 addr,
-                rkey,
+                rkeys,
                 mbox: p.mbox.addr(mbox),
-                mbox_rkey: p.mbox.mr().rkey,
+                mbox_rkeys: p.mbox.rkeys(),
                 expect: r.expect,
             };
             self.queue_group(peer, vec![Msg::Cts(cts)]);
@@ -625,21 +718,22 @@ impl RdmaTransport {
     }
 
     fn post_write(&mut self, peer: Rank, seq: u64, path: usize, len: u32) -> Result<()> {
-        let stage_lkey = self.stage_tx.mr().lkey;
         let p = self.peers[peer].as_mut().expect("peer");
+        let (nic, rnic) = (p.paths[path].nic, p.paths[path].remote_nic);
+        let stage_lkey = self.stage_tx.lkey(nic);
         let w = p.writing.get_mut(&seq).expect("writing");
         w.path = Some(path);
         let (qp, epoch) = (p.paths[path].qp, p.paths[path].epoch);
         let (cts, trailer, mismatch) = (w.cts, w.trailer, w.mismatch);
         let src = match (w.stage, w.frame.lkey) {
             (Some(s), _) => Some((self.stage_tx.addr(s), stage_lkey)),
-            (None, Some(k)) => Some((w.frame.data as u64, k)),
+            (None, Some(k)) => Some((w.frame.data as u64, k[nic])),
             (None, None) => None,
         };
         let trailer_sge = Sge {
             addr: p.trailers.addr(trailer),
             len: HEADER_LEN as u32,
-            lkey: p.trailers.mr().lkey,
+            lkey: p.trailers.lkey(nic),
         };
         let pa = &mut p.paths[path];
         pa.credits -= 1;
@@ -657,24 +751,24 @@ impl RdmaTransport {
                 sge: Some(Sge { addr, len, lkey }),
                 op: SendOp::Write {
                     remote_addr: cts.addr,
-                    rkey: cts.rkey,
+                    rkey: cts.rkeys[rnic],
                 },
             };
             // SAFETY: the source is the engine's registered memory (lent until the send
             // completes) or a staging slot held until then.
-            unsafe { self.ctx.post_send(qp, &wr)? };
+            unsafe { self.ctxs[nic].post_send(qp, &wr)? };
         }
         let wr = SendWr {
             wr_id: wr_id(K_IMM, peer, path, epoch, seq),
             sge: Some(trailer_sge),
             op: SendOp::WriteImm {
                 remote_addr: cts.mbox,
-                rkey: cts.mbox_rkey,
+                rkey: cts.mbox_rkeys[rnic],
                 imm: imm_for(seq, mismatch),
             },
         };
         // SAFETY: the trailer slot is held until the write-with-immediate completes.
-        unsafe { self.ctx.post_send(qp, &wr)? };
+        unsafe { self.ctxs[nic].post_send(qp, &wr)? };
         self.stat(|s| s.frames_written += 1);
         Ok(())
     }
@@ -694,6 +788,11 @@ impl RdmaTransport {
             .and_then(Option::as_ref)
             .is_none_or(|p| p.failed)
         {
+            return Ok(());
+        }
+        if wc.status != WcStatus::Success && self.peers[peer].as_ref().is_some_and(|p| p.closed) {
+            // The peer said goodbye ([`Msg::Bye`]) and tore its queue pairs down: errors on
+            // them from then on are the close, not a failure.
             return Ok(());
         }
         let current = self.peers[peer].as_ref().expect("peer").paths.get(path);
@@ -992,8 +1091,8 @@ impl RdmaTransport {
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
         pa.rebuilding = true;
         if pa.up {
-            let qp = pa.qp;
-            if let Err(e) = self.ctx.modify_qp(qp, QpState::Error, &self.attrs, None) {
+            let (qp, nic) = (pa.qp, pa.nic);
+            if let Err(e) = self.ctxs[nic].modify_qp(qp, QpState::Error, &self.attrs, None) {
                 self.fail_peer(peer, e, out);
                 return;
             }
@@ -1006,10 +1105,10 @@ impl RdmaTransport {
     fn reset_path(&mut self, peer: Rank, path: usize) -> Result<()> {
         let attrs = self.attrs;
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
-        let qp = pa.qp;
-        self.ctx.modify_qp(qp, QpState::Error, &attrs, None)?;
-        self.ctx.modify_qp(qp, QpState::Reset, &attrs, None)?;
-        self.ctx.modify_qp(qp, QpState::Init, &attrs, None)?;
+        let (qp, ctx) = (pa.qp, &mut self.ctxs[pa.nic]);
+        ctx.modify_qp(qp, QpState::Error, &attrs, None)?;
+        ctx.modify_qp(qp, QpState::Reset, &attrs, None)?;
+        ctx.modify_qp(qp, QpState::Init, &attrs, None)?;
         pa.epoch = (pa.epoch + 1) & 0xf;
         pa.rebuilds += 1;
         pa.credits = RECV_DEPTH;
@@ -1038,9 +1137,9 @@ impl RdmaTransport {
             mtu: attrs.mtu.min(remote.addr.mtu),
             ..attrs
         };
-        self.ctx
-            .modify_qp(pa.qp, QpState::Rtr, &attrs, Some(remote))?;
-        self.ctx.modify_qp(pa.qp, QpState::Rts, &attrs, None)?;
+        let ctx = &mut self.ctxs[pa.nic];
+        ctx.modify_qp(pa.qp, QpState::Rtr, &attrs, Some(remote))?;
+        ctx.modify_qp(pa.qp, QpState::Rts, &attrs, None)?;
         pa.up = true;
         pa.rebuilding = false;
         pa.awaiting_ready = false;
@@ -1135,7 +1234,7 @@ impl RdmaTransport {
         }
         p.failed = true;
         for pa in &p.paths {
-            let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+            let _ = self.ctxs[pa.nic].modify_qp(pa.qp, QpState::Error, &self.attrs, None);
         }
         out.push(Completion::PeerFailed { peer, error });
     }
@@ -1197,7 +1296,14 @@ impl RdmaTransport {
         loop {
             let mut wcs = std::mem::take(&mut self.wcs);
             wcs.clear();
-            let n = self.ctx.poll_cq(&mut wcs, 64)?;
+            let mut n = 0;
+            for ctx in &mut self.ctxs {
+                n += ctx.poll_cq(&mut wcs, 64)?;
+            }
+            // Successes first (stable): per queue pair every success precedes its first
+            // error anyway, and across ports (one completion queue each) a peer's goodbye
+            // on one is then seen before the errors its teardown caused on another.
+            wcs.sort_by_key(|w| w.status != WcStatus::Success);
             for wc in wcs.drain(..) {
                 self.handle(wc, out)?;
             }
@@ -1210,10 +1316,10 @@ impl RdmaTransport {
         Ok(())
     }
 
-    fn is_staged(&self, reg: Option<RegHandle>, len: u32) -> Result<Option<u32>> {
+    fn is_staged(&self, reg: Option<RegHandle>, len: u32) -> Result<Option<Keys>> {
         match (self.lookup(reg), len) {
             (_, 0) => Ok(None),
-            (Some(Reg::Mr(m)), _) => Ok(Some(m.lkey)),
+            (Some(Reg::Mr { lkeys, .. }), _) => Ok(Some(lkeys)),
             (Some(Reg::Staged), _) | (None, _) => {
                 if len as usize > self.stage_tx.slot_bytes() {
                     return Err(Error::invalid(format!(
@@ -1243,8 +1349,31 @@ impl Transport for RdmaTransport {
                 "the RDMA transport registers host memory only, not {kind}"
             )));
         }
-        let reg = match self.ctx.reg_mr(ptr as u64, len, Access::REMOTE_WRITE) {
-            Ok(m) => Reg::Mr(m),
+        let mut mrs = Vec::with_capacity(self.ctxs.len());
+        let mut refused = None;
+        for ctx in &mut self.ctxs {
+            match ctx.reg_mr(ptr as u64, len, Access::REMOTE_WRITE) {
+                Ok(m) => mrs.push(m),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if refused.is_some() {
+            for (ctx, m) in self.ctxs.iter_mut().zip(mrs.drain(..)) {
+                ctx.dereg_mr(m);
+            }
+        }
+        let reg = match refused.map_or(Ok(()), Err) {
+            Ok(()) => {
+                let (mut lkeys, mut rkeys) = ([0; MAX_NICS], [0; MAX_NICS]);
+                for (i, m) in mrs.iter().enumerate() {
+                    lkeys[i] = m.lkey;
+                    rkeys[i] = m.rkey;
+                }
+                Reg::Mr { lkeys, rkeys }
+            }
             Err(Error::System {
                 errno: Some(libc::ENOMEM),
                 detail,
@@ -1268,12 +1397,20 @@ impl Transport for RdmaTransport {
         };
         self.next_reg += 1;
         self.regs.insert(self.next_reg, reg);
+        if !mrs.is_empty() {
+            self.reg_mrs.insert(self.next_reg, mrs);
+        }
         Ok(RegHandle { key: self.next_reg })
     }
 
     fn deregister(&mut self, handle: RegHandle) {
-        if let Some(Reg::Mr(m)) = self.regs.remove(&handle.key) {
-            self.ctx.dereg_mr(m);
+        self.regs.remove(&handle.key);
+        for (ctx, m) in self
+            .ctxs
+            .iter_mut()
+            .zip(self.reg_mrs.remove(&handle.key).unwrap_or_default())
+        {
+            ctx.dereg_mr(m);
         }
     }
 
@@ -1310,7 +1447,7 @@ impl Transport for RdmaTransport {
         token: Token,
     ) -> Result<()> {
         let rkey = match self.lookup(Some(reg)) {
-            Some(Reg::Mr(m)) if expect.len > 0 => Some(m.rkey),
+            Some(Reg::Mr { rkeys, .. }) if expect.len > 0 => Some(rkeys),
             _ => {
                 self.is_staged(Some(reg), expect.len)?;
                 None
@@ -1399,8 +1536,34 @@ impl Transport for RdmaTransport {
             if now >= deadline {
                 return Ok(());
             }
-            // No completion channel in the verbs trait yet: back off from a few
-            // microseconds to a millisecond, never spinning hot for long.
+            let fds: Vec<_> = self.ctxs.iter().filter_map(|c| c.completion_fd()).collect();
+            if fds.len() == self.ctxs.len() && !fds.is_empty() {
+                // Completion channels: arm them, look once more (what completed before the
+                // arming does not notify), then sleep until a completion or a wake.
+                for c in &mut self.ctxs {
+                    c.arm_notify()?;
+                }
+                self.progress(out)?;
+                if out.len() > before {
+                    return Ok(());
+                }
+                let mut fds = fds;
+                let nap = match &self.wake.fd {
+                    Some(w) => {
+                        fds.push(std::os::fd::AsRawFd::as_raw_fd(w));
+                        CHANNEL_NAP
+                    }
+                    None => Duration::from_millis(1),
+                };
+                sleep_on(
+                    &fds,
+                    nap.min(deadline.saturating_duration_since(Instant::now())),
+                );
+                self.wake.drain();
+                continue;
+            }
+            // No completion channel: back off from a few microseconds to a millisecond,
+            // never spinning hot for long.
             std::thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(1));
         }
@@ -1411,7 +1574,7 @@ impl Transport for RdmaTransport {
         // peers' writes into it fail.
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
-                let _ = self.ctx.modify_qp(pa.qp, QpState::Error, &self.attrs, None);
+                let _ = self.ctxs[pa.nic].modify_qp(pa.qp, QpState::Error, &self.attrs, None);
             }
             p.failed = true;
             p.recvs.clear();
@@ -1422,7 +1585,9 @@ impl Transport for RdmaTransport {
             p.writing.clear();
         }
         let mut sink = Vec::new();
-        let _ = self.ctx.poll_cq(&mut sink, usize::MAX);
+        for ctx in &mut self.ctxs {
+            let _ = ctx.poll_cq(&mut sink, usize::MAX);
+        }
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
@@ -1488,19 +1653,20 @@ impl Drop for RdmaTransport {
         }
         for p in self.peers.iter_mut().flatten() {
             for pa in &p.paths {
-                self.ctx.destroy_qp(pa.qp);
+                self.ctxs[pa.nic].destroy_qp(pa.qp);
             }
-            p.mbox.close(&mut *self.ctx);
-            p.trailers.close(&mut *self.ctx);
+            p.mbox.close(&mut self.ctxs);
+            p.trailers.close(&mut self.ctxs);
         }
-        for (_, r) in self.regs.drain() {
-            if let Reg::Mr(m) = r {
-                self.ctx.dereg_mr(m);
+        self.regs.clear();
+        for (_, mrs) in self.reg_mrs.drain() {
+            for (ctx, m) in self.ctxs.iter_mut().zip(mrs) {
+                ctx.dereg_mr(m);
             }
         }
-        self.rx.close(&mut *self.ctx);
-        self.tx.close(&mut *self.ctx);
-        self.stage_tx.close(&mut *self.ctx);
-        self.stage_rx.close(&mut *self.ctx);
+        self.rx.close(&mut self.ctxs);
+        self.tx.close(&mut self.ctxs);
+        self.stage_tx.close(&mut self.ctxs);
+        self.stage_rx.close(&mut self.ctxs);
     }
 }

@@ -156,7 +156,38 @@ pub enum WcStatus {
     RetryExceeded,
     /// `IBV_WC_WR_FLUSH_ERR`: flushed because the queue pair is in the error state.
     Flushed,
+    /// Any other `ibv_wc_status` value (its number): a failure the transport treats as the
+    /// queue pair's loss, like the named ones.
+    Other(u32),
 }
+
+/// The names of `enum ibv_wc_status`, indexed by value (as `ibv_wc_status_str(3)` names them).
+pub const WC_STATUS_NAMES: [&str; 24] = [
+    "IBV_WC_SUCCESS",
+    "IBV_WC_LOC_LEN_ERR",
+    "IBV_WC_LOC_QP_OP_ERR",
+    "IBV_WC_LOC_EEC_OP_ERR",
+    "IBV_WC_LOC_PROT_ERR",
+    "IBV_WC_WR_FLUSH_ERR",
+    "IBV_WC_MW_BIND_ERR",
+    "IBV_WC_BAD_RESP_ERR",
+    "IBV_WC_LOC_ACCESS_ERR",
+    "IBV_WC_REM_INV_REQ_ERR",
+    "IBV_WC_REM_ACCESS_ERR",
+    "IBV_WC_REM_OP_ERR",
+    "IBV_WC_RETRY_EXC_ERR",
+    "IBV_WC_RNR_RETRY_EXC_ERR",
+    "IBV_WC_LOC_RDD_VIOL_ERR",
+    "IBV_WC_REM_INV_RD_REQ_ERR",
+    "IBV_WC_REM_ABORT_ERR",
+    "IBV_WC_INV_EECN_ERR",
+    "IBV_WC_INV_EEC_STATE_ERR",
+    "IBV_WC_FATAL_ERR",
+    "IBV_WC_RESP_TIMEOUT_ERR",
+    "IBV_WC_GENERAL_ERR",
+    "IBV_WC_TM_ERR",
+    "IBV_WC_TM_RNDV_INCOMPLETE",
+];
 
 impl WcStatus {
     /// The libibverbs name, for messages.
@@ -169,6 +200,24 @@ impl WcStatus {
             WcStatus::RnrRetryExceeded => "IBV_WC_RNR_RETRY_EXC_ERR",
             WcStatus::RetryExceeded => "IBV_WC_RETRY_EXC_ERR",
             WcStatus::Flushed => "IBV_WC_WR_FLUSH_ERR",
+            WcStatus::Other(code) => WC_STATUS_NAMES
+                .get(code as usize)
+                .copied()
+                .unwrap_or("IBV_WC_(unknown status)"),
+        }
+    }
+
+    /// The status of `ibv_wc_status` value `code`.
+    pub fn from_code(code: u32) -> WcStatus {
+        match code {
+            0 => WcStatus::Success,
+            1 => WcStatus::LocalLength,
+            4 => WcStatus::LocalProtection,
+            5 => WcStatus::Flushed,
+            10 => WcStatus::RemoteAccess,
+            12 => WcStatus::RetryExceeded,
+            13 => WcStatus::RnrRetryExceeded,
+            c => WcStatus::Other(c),
         }
     }
 }
@@ -289,4 +338,34 @@ pub trait VerbsContext: Send {
 
     /// Append up to `max` completions to `out` (`ibv_poll_cq`); returns how many.
     fn poll_cq(&mut self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize>;
+
+    /// A file descriptor that becomes readable when a completion arrives after
+    /// [`VerbsContext::arm_notify`] (a completion channel, `ibv_create_comp_channel(3)`), or
+    /// `None` when completions can only be polled.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Consume the notifications delivered so far (`ibv_get_cq_event`, `ibv_ack_cq_events`)
+    /// and ask for one at the next completion (`ibv_req_notify_cq(3)`). Completions that
+    /// arrived before the call do not notify: poll once more after arming.
+    fn arm_notify(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_their_names() {
+        for (code, name) in WC_STATUS_NAMES.iter().enumerate() {
+            assert_eq!(WcStatus::from_code(code as u32).name(), *name, "{code}");
+        }
+        assert_eq!(WcStatus::from_code(12), WcStatus::RetryExceeded);
+        assert_eq!(WcStatus::from_code(13), WcStatus::RnrRetryExceeded);
+        assert_eq!(WcStatus::from_code(5), WcStatus::Flushed);
+        assert_eq!(WcStatus::from_code(99).name(), "IBV_WC_(unknown status)");
+    }
 }

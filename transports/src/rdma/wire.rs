@@ -19,14 +19,21 @@ pub const MSG_HEAD: usize = 8;
 pub const CONTROL_FRAGMENT: usize = MSG_SLOT - MSG_HEAD - 4;
 
 const CARD_MAGIC: u32 = 0x4249_4d44; // "DMIB"
-const CARD_VERSION: u8 = 1;
+const CARD_VERSION: u8 = 2;
 
-/// One rank's connection card: its port, and per peer the queue pair numbers it created for
-/// that peer (addresses and keys of memory travel later, in each clear-to-send).
+/// Most ports (NICs) one rank uses; a clear-to-send carries a key for each.
+pub const MAX_NICS: usize = 4;
+
+/// One key per port of the rank that made them (unused entries 0).
+pub type Keys = [u32; MAX_NICS];
+
+/// One rank's connection card: its ports, and per peer the queue pair numbers it created for
+/// that peer (addresses and keys of memory travel later, in each clear-to-send). Queue pair
+/// `k` of a rank with `n` ports is on its port `k % n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Card {
-    /// The port.
-    pub addr: PortAddr,
+    /// The ports (1 to [`MAX_NICS`]).
+    pub addrs: Vec<PortAddr>,
     /// Queue pairs per peer.
     pub paths: u8,
     /// Per rank (this rank's own entry empty): its queue pair numbers.
@@ -47,9 +54,12 @@ impl Card {
         b.extend_from_slice(&CARD_MAGIC.to_le_bytes());
         b.push(CARD_VERSION);
         b.push(self.paths);
-        b.extend_from_slice(&self.addr.lid.to_le_bytes());
-        b.extend_from_slice(&self.addr.gid);
-        b.extend_from_slice(&self.addr.mtu.to_le_bytes());
+        b.push(self.addrs.len() as u8);
+        for a in &self.addrs {
+            b.extend_from_slice(&a.lid.to_le_bytes());
+            b.extend_from_slice(&a.gid);
+            b.extend_from_slice(&a.mtu.to_le_bytes());
+        }
         b.extend_from_slice(&(self.peers.len() as u32).to_le_bytes());
         for p in &self.peers {
             b.push(p.qpns.len() as u8);
@@ -75,12 +85,22 @@ impl Card {
             )));
         }
         let paths = r.u8().ok_or_else(|| bad("truncated"))?;
-        let lid = r.u16().ok_or_else(|| bad("truncated"))?;
-        let gid: [u8; 16] = r
-            .take(16)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| bad("truncated"))?;
-        let mtu = r.u32().ok_or_else(|| bad("truncated"))?;
+        let nics = r.u8().ok_or_else(|| bad("truncated"))? as usize;
+        if nics == 0 || nics > MAX_NICS {
+            return Err(bad(&format!(
+                "for {nics} ports (1 to {MAX_NICS} are allowed)"
+            )));
+        }
+        let mut addrs = Vec::with_capacity(nics);
+        for _ in 0..nics {
+            let lid = r.u16().ok_or_else(|| bad("truncated"))?;
+            let gid: [u8; 16] = r
+                .take(16)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| bad("truncated"))?;
+            let mtu = r.u32().ok_or_else(|| bad("truncated"))?;
+            addrs.push(PortAddr { lid, gid, mtu });
+        }
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         if n != nranks {
             return Err(bad(&format!("for {n} ranks, not {nranks}")));
@@ -97,7 +117,7 @@ impl Card {
             return Err(bad("followed by stray bytes"));
         }
         Ok(Card {
-            addr: PortAddr { lid, gid, mtu },
+            addrs,
             paths,
             peers,
         })
@@ -138,12 +158,13 @@ pub struct Cts {
     pub seq: u64,
     /// Where the payload goes.
     pub addr: u64,
-    /// The key of the region holding `addr`.
-    pub rkey: u32,
+    /// The keys of the region holding `addr`, one per port of the receiver (the sender
+    /// uses the one of the port its queue pair reaches).
+    pub rkeys: Keys,
     /// Where the completion trailer (the sender's frame header) goes.
     pub mbox: u64,
-    /// The key of the mailbox region.
-    pub mbox_rkey: u32,
+    /// The keys of the mailbox region, per port.
+    pub mbox_rkeys: Keys,
     /// The header the receive expects.
     pub expect: FrameHeader,
 }
@@ -210,16 +231,24 @@ impl Msg {
         let body = &mut out[MSG_HEAD..];
         match self {
             Msg::Cts(c) => {
-                body[0..8].copy_from_slice(&c.seq.to_le_bytes());
-                body[8..16].copy_from_slice(&c.addr.to_le_bytes());
-                body[16..20].copy_from_slice(&c.rkey.to_le_bytes());
-                body[20..28].copy_from_slice(&c.mbox.to_le_bytes());
-                body[28..32].copy_from_slice(&c.mbox_rkey.to_le_bytes());
-                let h: &mut [u8; HEADER_LEN] = (&mut body[32..32 + HEADER_LEN])
-                    .try_into()
-                    .expect("header room");
-                c.expect.encode(h);
-                MSG_HEAD + 32 + HEADER_LEN
+                let mut at = 0;
+                let mut put = |b: &[u8]| {
+                    body[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                };
+                put(&c.seq.to_le_bytes());
+                put(&c.addr.to_le_bytes());
+                for k in c.rkeys {
+                    put(&k.to_le_bytes());
+                }
+                put(&c.mbox.to_le_bytes());
+                for k in c.mbox_rkeys {
+                    put(&k.to_le_bytes());
+                }
+                let mut h = [0u8; HEADER_LEN];
+                c.expect.encode(&mut h);
+                put(&h);
+                MSG_HEAD + at
             }
             Msg::Control { last, bytes } => {
                 assert!(bytes.len() <= CONTROL_FRAGMENT, "fragment too long");
@@ -252,16 +281,22 @@ impl Msg {
             T_CTS => {
                 let seq = r.u64().ok_or_else(short)?;
                 let addr = r.u64().ok_or_else(short)?;
-                let rkey = r.u32().ok_or_else(short)?;
+                let mut rkeys = [0; MAX_NICS];
+                for k in &mut rkeys {
+                    *k = r.u32().ok_or_else(short)?;
+                }
                 let mbox = r.u64().ok_or_else(short)?;
-                let mbox_rkey = r.u32().ok_or_else(short)?;
+                let mut mbox_rkeys = [0; MAX_NICS];
+                for k in &mut mbox_rkeys {
+                    *k = r.u32().ok_or_else(short)?;
+                }
                 let h = r.take(HEADER_LEN).ok_or_else(short)?;
                 Msg::Cts(Cts {
                     seq,
                     addr,
-                    rkey,
+                    rkeys,
                     mbox,
-                    mbox_rkey,
+                    mbox_rkeys,
                     expect: FrameHeader::decode(h)?,
                 })
             }
@@ -333,9 +368,9 @@ mod tests {
         let cts = Msg::Cts(Cts {
             seq: 1 << 40,
             addr: 0xdead_0000,
-            rkey: 7,
+            rkeys: [7, 8, 0, 0],
             mbox: 0xbeef_0040,
-            mbox_rkey: 9,
+            mbox_rkeys: [9, 10, 0, 0],
             expect: header(),
         });
         for m in [
@@ -367,11 +402,18 @@ mod tests {
     #[test]
     fn cards_round_trip_and_bad_cards_name_the_rank() {
         let c = Card {
-            addr: PortAddr {
-                lid: 3,
-                gid: [1; 16],
-                mtu: 4096,
-            },
+            addrs: vec![
+                PortAddr {
+                    lid: 3,
+                    gid: [1; 16],
+                    mtu: 4096,
+                },
+                PortAddr {
+                    lid: 4,
+                    gid: [2; 16],
+                    mtu: 2048,
+                },
+            ],
             paths: 2,
             peers: vec![
                 PeerCard { qpns: vec![10, 11] },
