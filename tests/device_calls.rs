@@ -314,3 +314,90 @@ fn a_call_on_another_device_than_the_one_served_names_both() {
         );
     });
 }
+
+#[test]
+fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this_one() {
+    ranks(2, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        // A slow fake copy engine, so each copy takes longer than the loopback transfer.
+        dev.log_copies(Duration::from_millis(3));
+        // 37 float64 elements in chunks of 40 bytes: 8 pieces of 5 elements (the last 2).
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float64,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
+        let (inp, out) = (case.inputs[0].0.addr(), case.outputs[0].0.addr());
+        run_case(c, dev, stream, case, "a pipelined all-reduce");
+        let copies = dev.copies();
+        let of = |base: usize, to_device: bool| {
+            let mut v: Vec<_> = copies
+                .iter()
+                .filter(|r| r.to_device == to_device && (base..base + 37 * 8).contains(&r.device))
+                .cloned()
+                .collect();
+            v.sort_by_key(|r| r.device);
+            v
+        };
+        let (d2h, h2d) = (of(inp, false), of(out, true));
+        // Chunked: one copy per piece and buffer, each at most a chunk, tiling the buffer.
+        assert_eq!(d2h.len(), 8, "{d2h:?}");
+        assert_eq!(h2d.len(), 8, "{h2d:?}");
+        for (k, (a, b)) in d2h.iter().zip(&h2d).enumerate() {
+            assert_eq!((a.device - inp, b.device - out), (k * 40, k * 40));
+            assert_eq!((a.len, b.len), (if k < 7 { 40 } else { 16 }, a.len));
+        }
+        // Overlapped: piece 1's device-to-host copy started before piece 0's transfer was
+        // complete (its copy back is queued the moment the staging sees the transfer done) ...
+        assert!(
+            d2h[1].started < h2d[0].queued,
+            "piece 1 was copied only after piece 0 had crossed the network"
+        );
+        // ... and not staged whole: piece 0 had crossed the network and was on its way back
+        // before the last piece was copied off the device.
+        assert!(
+            h2d[0].queued < d2h[7].started,
+            "the whole buffer was staged before the collective started"
+        );
+    });
+}
+
+#[test]
+fn in_place_calls_cut_into_pieces_are_exact_on_3_ranks() {
+    use cases::{enc, reduce, val, C};
+    ranks(3, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let (r, n) = (c.rank(), c.size());
+        for kind in [CollKind::AllReduce, CollKind::Broadcast] {
+            for dt in [DataType::Float32, DataType::Float16, DataType::Int32] {
+                let buf = DevBuf::new(C * dt.size());
+                let mine: Vec<f64> = (0..C).map(|i| val(r, i)).collect();
+                let want: Vec<f64> = match kind {
+                    CollKind::AllReduce => (0..C)
+                        .map(|i| reduce(ReduceOp::Sum, (0..n).map(|q| val(q, i))))
+                        .collect(),
+                    _ => (0..C).map(|i| val(1, i)).collect(),
+                };
+                let args = CollArgs {
+                    kind,
+                    dtype: dt,
+                    op: ReduceOp::Sum,
+                    root: 1,
+                    input: None,
+                    output: buf.span(),
+                    count: None,
+                    factor: None,
+                };
+                let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+                let case = Case {
+                    call,
+                    inputs: vec![(buf.clone(), enc(dt, &mine))],
+                    outputs: vec![(buf, enc(dt, &want))],
+                };
+                run_case(c, dev, stream, case, &format!("in-place {kind} {dt:?}"));
+            }
+        }
+    });
+}
