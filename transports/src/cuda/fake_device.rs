@@ -416,7 +416,7 @@ mod tests {
         let s = d.create_stream().unwrap();
         {
             let d = &mut d;
-            let dev = vec![5u8; 16];
+            let mut dev = [5u8; 16];
             let mut host = d.alloc_pinned(16).unwrap();
             // Copies before the log is asked for are not logged.
             // SAFETY: both buffers live until the synchronize below.
@@ -427,7 +427,7 @@ mod tests {
             unsafe {
                 d.copy_to_host(s, host.as_mut_ptr(), dev.as_ptr() as usize + 4, 8)
                     .unwrap();
-                d.copy_to_device(s, dev.as_ptr() as usize, host.as_mut_ptr(), 8)
+                d.copy_to_device(s, dev.as_mut_ptr() as usize, host.as_mut_ptr(), 8)
                     .unwrap();
             }
             d.synchronize(s, T).unwrap();
