@@ -30,6 +30,18 @@ pub struct CudaMemory {
 unsafe impl Send for CudaMemory {}
 
 impl CudaMemory {
+    /// How many GPUs the driver sees. Errors (never panics) without a driver.
+    pub fn count() -> Result<u32> {
+        let what = "counting CUDA devices";
+        if !driver::driver_present() {
+            return Err(driver::no_driver(what));
+        }
+        result::init().map_err(|e| driver::error(format!("{what}: cuInit"), e))?;
+        let count = result::device::get_count()
+            .map_err(|e| driver::error(format!("{what}: cuDeviceGetCount"), e))?;
+        Ok(count.max(0) as u32)
+    }
+
     /// GPU `ordinal`'s memory operations. Errors (never panics) without a driver or GPU.
     pub fn open(ordinal: u32) -> Result<CudaMemory> {
         let what = format!("opening CUDA device {ordinal} for staging");
