@@ -18,7 +18,7 @@ pub mod call;
 mod comm;
 pub mod config;
 mod connect;
-mod device_call;
+pub mod device_call;
 mod element;
 mod group;
 pub mod launch;

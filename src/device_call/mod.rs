@@ -32,5 +32,6 @@
 
 mod on_stream;
 pub(crate) mod pieces;
+pub mod pointer;
 pub(crate) mod staged;
 pub(crate) mod stager;
