@@ -164,7 +164,9 @@ fn from_cuda_array(name: &str, obj: &Bound<'_, PyAny>, writable: bool) -> PyResu
         len: a.len,
         dtype: a.dtype,
         rows: a.rows,
-        kind: MemKind::Cuda { device: a.device },
+        kind: MemKind::Cuda {
+            device: a.device(name)?,
+        },
         stream: a.stream,
         _keep: Keep::Obj(obj.clone().unbind()),
     })

@@ -27,8 +27,6 @@ pub struct CudaArray {
     pub rows: usize,
     /// Whether the producer marked it read-only.
     pub readonly: bool,
-    /// The CUDA device ordinal.
-    pub device: u32,
     /// The stream (raw `cudaStream_t`; 0 for the default stream) the data is ready on.
     pub stream: usize,
 }
@@ -102,11 +100,6 @@ pub fn import(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<CudaArray> {
         .checked_mul(dtype.size())
         .ok_or_else(|| bad("size overflows"))?;
     let ptr = addr as *mut u8;
-    let device = if len == 0 {
-        0
-    } else {
-        dmsc::device_call::pointer::cuda_device_of(name, ptr).map_err(to_py)?
-    };
     Ok(CudaArray {
         ptr: if len == 0 {
             std::ptr::NonNull::<u8>::dangling().as_ptr()
@@ -119,9 +112,19 @@ pub fn import(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<CudaArray> {
             .first()
             .map_or(1, |&s| usize::try_from(s).unwrap_or(0)),
         readonly,
-        device,
         stream,
     })
+}
+
+impl CudaArray {
+    /// The CUDA device ordinal of the memory, from the driver (`name` names it in errors):
+    /// the error of a machine without a driver or GPU comes from here.
+    pub fn device(&self, name: &str) -> PyResult<u32> {
+        if self.len == 0 {
+            return Ok(0);
+        }
+        dmsc::device_call::pointer::cuda_device_of(name, self.ptr).map_err(to_py)
+    }
 }
 
 /// The dmsc type of a NumPy array-interface type string (`<f4`, `|u1`, ...).
