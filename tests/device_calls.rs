@@ -461,3 +461,99 @@ fn dmsc_perf_measures_and_checks_collectives_on_fake_device_buffers() {
         assert!(e.to_string().contains("--device cuda") && e.to_string().contains("gather"));
     });
 }
+
+/// An all-gather's data movement over CUDA IPC on the FAKE device (its IPC is a FAKE too):
+/// every rank exports its device buffer, the exports travel through the communicator (an
+/// all-gather of host bytes, as NCCL's bootstrap exchanges them), every rank opens its peers'
+/// and copies their ranges device to device into its own buffer.
+fn ipc_all_gather(n: usize) {
+    use dmsc_transports::cuda::ipc_handle::ENCODED_LEN;
+    use dmsc_transports::cuda::ipc_memory::{IpcMemory, IpcPeers};
+    ranks(n, |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let mine = DevBuf::new(64);
+        write_later(
+            dev,
+            stream,
+            &mine,
+            (0..64).map(|i| (r * 64 + i) as u8).collect(),
+        );
+        dev.synchronize(stream, T).unwrap();
+        let e = dev.export(mine.addr(), 64).unwrap().to_bytes();
+        let mut all = vec![0u8; n * ENCODED_LEN];
+        c.collective_bytes(
+            CollKind::AllGather,
+            Some(&e),
+            &mut all,
+            ENCODED_LEN,
+            DataType::Uint8,
+            ReduceOp::Sum,
+            0,
+        )
+        .unwrap();
+        let exports: Vec<Vec<u8>> = all.chunks(ENCODED_LEN).map(<[u8]>::to_vec).collect();
+        let peers = IpcPeers::open(dev, r, &exports).unwrap();
+        assert!(peers.peer(r).is_none());
+        let out = DevBuf::new(n * 16);
+        dev.log_copies(Duration::ZERO);
+        // SAFETY: `out` and `mine` live until the stream is synchronized below, and every
+        // rank keeps its buffer until all have copied (the barrier below).
+        unsafe { peers.gather(dev, stream, mine.addr(), 16..32, out.addr()) }.unwrap();
+        let got = read_later(dev, stream, &out);
+        dev.synchronize(stream, T).unwrap();
+        let want: Vec<u8> = (0..n)
+            .flat_map(|q| (16..32).map(move |i| (q * 64 + i) as u8))
+            .collect();
+        assert_eq!(*got.lock().unwrap(), want, "rank {r}");
+        let copies = dev.copies();
+        assert_eq!(copies.len(), n, "{copies:?}");
+        assert!(copies
+            .iter()
+            .all(|k| k.to_device && k.from_device && k.len == 16));
+        // A range past a peer's buffer is refused naming the rank.
+        let e = unsafe { peers.gather(dev, stream, mine.addr(), 60..70, out.addr()) }
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of rank") && e.contains("64 bytes"), "{e}");
+        c.barrier().unwrap();
+        drop(mine);
+    });
+}
+
+#[test]
+fn an_all_gather_over_fake_cuda_ipc_on_2_and_4_ranks() {
+    ipc_all_gather(2);
+    ipc_all_gather(4);
+}
+
+#[test]
+fn fake_cuda_ipc_refuses_bad_exchanges_naming_the_rank() {
+    use dmsc_transports::cuda::ipc_handle::{IpcExport, ENCODED_LEN};
+    use dmsc_transports::cuda::ipc_memory::{IpcMemory, IpcPeers};
+    let mut dev = FakeDeviceMemory::new();
+    let b = DevBuf::new(8);
+    let good = dev.export(b.addr(), 8).unwrap().to_bytes().to_vec();
+    let short = vec![0u8; ENCODED_LEN - 1];
+    let e = IpcPeers::open(&mut dev, 0, &[good.clone(), short])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("rank 1 sent 95 bytes"), "{e}");
+    let foreign = IpcExport {
+        handle: [1; 64],
+        offset: 0,
+        len: 8,
+        device_uuid: [0xFA; 16],
+    }
+    .to_bytes()
+    .to_vec();
+    let e = IpcPeers::open(&mut dev, 0, &[good.clone(), foreign])
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("rank 1") && e.to_string().contains("did not export"),
+        "{e}"
+    );
+    let e = IpcPeers::open(&mut dev, 2, &[good]).err().unwrap();
+    assert!(e.to_string().contains("rank 2 is not among 1"), "{e}");
+}

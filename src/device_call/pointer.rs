@@ -45,7 +45,9 @@ mod tests {
     #[test]
     fn host_memory_is_not_taken_for_device_memory() {
         let v = [0u8; 16];
-        let e = cuda_device_of("tensor", v.as_ptr()).unwrap_err().to_string();
+        let e = cuda_device_of("tensor", v.as_ptr())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("invalid") || e.contains("tensor"), "{e}");
         assert!(e.contains("tensor") && e.contains("CUDA"), "{e}");
     }

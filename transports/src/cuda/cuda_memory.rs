@@ -197,3 +197,54 @@ impl DeviceMemory for CudaMemory {
         .map_err(|e| driver::error(format!("cuMemcpyHtoDAsync({len} B to {dst:#x})"), e))
     }
 }
+
+impl super::ipc_memory::MappedPeer for super::ipc_handle::ImportedBuffer {
+    fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+}
+
+/// CUDA IPC on the driver: `cuIpcGetMemHandle` / `cuIpcOpenMemHandle` (through
+/// [`super::ipc_handle`]) and `cuMemcpyDtoDAsync` on a copy engine. Compile-checked only.
+impl super::ipc_memory::IpcMemory for CudaMemory {
+    type Mapped = super::ipc_handle::ImportedBuffer;
+
+    fn export(&mut self, ptr: usize, len: usize) -> Result<super::ipc_handle::IpcExport> {
+        self.bind()?;
+        super::ipc_handle::export(ptr as u64, len as u64, self.dev)
+    }
+
+    fn open_peer(
+        &mut self,
+        export: &super::ipc_handle::IpcExport,
+    ) -> Result<super::ipc_handle::ImportedBuffer> {
+        self.bind()?;
+        super::ipc_handle::ImportedBuffer::open(export, self.dev)
+    }
+
+    unsafe fn copy_device_to_device(
+        &mut self,
+        stream: StreamHandle,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract: both ranges are device memory of this process
+        // (mapped peer buffers included), valid until the copy has run on `stream`.
+        unsafe {
+            result::memcpy_dtod_async(
+                dst as sys::CUdeviceptr,
+                src as sys::CUdeviceptr,
+                len,
+                stream.as_raw(),
+            )
+        }
+        .map_err(|e| driver::error(format!("cuMemcpyDtoDAsync({len} B)"), e))
+    }
+}

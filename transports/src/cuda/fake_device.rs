@@ -11,6 +11,8 @@
 //! Nothing here touches CUDA. "Device addresses" are plain host addresses the test owns.
 
 use super::device_memory::{DeviceMemory, PinnedBuffer};
+use super::ipc_handle::IpcExport;
+use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
 use dmsc_core::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
@@ -24,12 +26,13 @@ enum Cmd {
     /// A fake kernel.
     Run(Kernel),
     /// A copy of `len` bytes from address `src` to address `dst` (to the device when
-    /// `to_device`), queued at `queued`.
+    /// `to_device`, from it when `from_device`), queued at `queued`.
     Copy {
         dst: usize,
         src: usize,
         len: usize,
         to_device: bool,
+        from_device: bool,
         queued: Instant,
     },
     /// Complete record number `n` of event `e`.
@@ -60,9 +63,11 @@ struct State {
 /// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
 #[derive(Clone, Debug)]
 pub struct CopyRecord {
-    /// Host to device (true) or device to host.
+    /// To device memory (host to device, or device to device).
     pub to_device: bool,
-    /// The device address copied from or to.
+    /// From device memory (device to host, or device to device).
+    pub from_device: bool,
+    /// The device address copied to (or, device to host, from).
     pub device: usize,
     /// Bytes.
     pub len: usize,
@@ -226,6 +231,7 @@ fn run(inner: &Inner) {
                 src,
                 len,
                 to_device,
+                from_device,
                 queued,
             } => {
                 entry.1 = true;
@@ -245,6 +251,7 @@ fn run(inner: &Inner) {
                 if let Some(log) = s.copies.as_mut() {
                     log.push(CopyRecord {
                         to_device,
+                        from_device,
                         device: if to_device { dst } else { src },
                         len,
                         queued,
@@ -345,6 +352,7 @@ impl DeviceMemory for FakeDeviceMemory {
                 src,
                 len,
                 to_device: false,
+                from_device: true,
                 queued: Instant::now(),
             },
         );
@@ -365,6 +373,102 @@ impl DeviceMemory for FakeDeviceMemory {
                 src: src as usize,
                 len,
                 to_device: true,
+                from_device: false,
+                queued: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The FAKE IPC registry of this process: export `i` is the buffer `(address, len)`. Every
+/// fake device is "the same GPU" (one UUID), as ranks sharing one GPU are.
+static FAKE_IPC: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// The first bytes of a FAKE IPC handle (a real one is the driver's opaque bytes).
+const FAKE_IPC_MAGIC: &[u8; 16] = b"dmsc FAKE ipc\0\0\0";
+/// The UUID every fake device claims.
+const FAKE_UUID: [u8; 16] = [0xFA; 16];
+
+/// A peer buffer "mapped" by the FAKE IPC: the exporter's own address (ranks of a test are
+/// threads of one process).
+#[derive(Debug)]
+pub struct FakeMapped {
+    addr: usize,
+    len: usize,
+}
+
+impl MappedPeer for FakeMapped {
+    fn addr(&self) -> usize {
+        self.addr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl IpcMemory for FakeDeviceMemory {
+    type Mapped = FakeMapped;
+
+    fn export(&mut self, ptr: usize, len: usize) -> Result<IpcExport> {
+        let mut reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
+        reg.push((ptr, len));
+        let mut handle = [0u8; 64];
+        handle[..16].copy_from_slice(FAKE_IPC_MAGIC);
+        handle[16..24].copy_from_slice(&(reg.len() as u64 - 1).to_le_bytes());
+        Ok(IpcExport {
+            handle,
+            offset: 0,
+            len: len as u64,
+            device_uuid: FAKE_UUID,
+        })
+    }
+
+    fn open_peer(&mut self, e: &IpcExport) -> Result<FakeMapped> {
+        if &e.handle[..16] != FAKE_IPC_MAGIC {
+            return Err(Error::invalid(
+                "fake GPU: a CUDA IPC handle that the fake device did not export",
+            ));
+        }
+        if e.device_uuid != FAKE_UUID {
+            return Err(Error::usage(
+                "fake GPU: the export is of another GPU than this one",
+            ));
+        }
+        let id = u64::from_le_bytes(e.handle[16..24].try_into().expect("8 bytes")) as usize;
+        let reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(&(addr, len)) = reg.get(id) else {
+            return Err(Error::invalid(format!(
+                "fake GPU: no CUDA IPC export number {id}"
+            )));
+        };
+        let end = e.offset.checked_add(e.len);
+        if end.is_none_or(|end| end > len as u64) {
+            return Err(Error::invalid(format!(
+                "fake GPU: an export of {} bytes at offset {} of a {len}-byte buffer",
+                e.len, e.offset
+            )));
+        }
+        Ok(FakeMapped {
+            addr: addr + e.offset as usize,
+            len: e.len as usize,
+        })
+    }
+
+    unsafe fn copy_device_to_device(
+        &mut self,
+        stream: usize,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst,
+                src,
+                len,
+                to_device: true,
+                from_device: true,
                 queued: Instant::now(),
             },
         );
