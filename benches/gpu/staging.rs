@@ -73,7 +73,10 @@ fn main() {
         let staged = t.elapsed().as_secs_f64() / f64::from(iters);
         let mut back = vec![0u8; n];
         buf.download(&mut back).expect("download");
-        assert!(back == pattern, "the staged all-reduce on 1 rank changed the data");
+        assert!(
+            back == pattern,
+            "the staged all-reduce on 1 rank changed the data"
+        );
         let mut pinned = mem.alloc_pinned(n).expect("pinned memory");
         // SAFETY: `n` bytes of pinned memory, alive for the loop below.
         let host = unsafe { std::slice::from_raw_parts_mut(pinned.as_mut_ptr(), n) };
