@@ -5,7 +5,7 @@
 //! The interface gives the data pointer, shape, element type, strides and (version 3) the
 //! stream the producer's work on the data is queued on; dmsc orders its call on that stream.
 //! The device is not part of the interface: dmsc asks the CUDA driver
-//! (`dmsc::device_call::pointer::cuda_device_of`), which is also where a machine without a
+//! (`dmsc::cuda_device_of`), which is also where a machine without a
 //! driver or GPU gets its clear error. Sources: "CUDA Array Interface (Version 3)", Numba
 //! documentation; DLPack's `__dlpack__(stream=...)` semantics (Python array API standard).
 
@@ -123,7 +123,7 @@ impl CudaArray {
         if self.len == 0 {
             return Ok(0);
         }
-        dmsc::device_call::pointer::cuda_device_of(name, self.ptr).map_err(to_py)
+        dmsc::cuda_device_of(name, self.ptr).map_err(to_py)
     }
 }
 
