@@ -34,3 +34,7 @@ cargo test -p dmsc-transports --features cuda --test cuda_gpu -- --nocapture
 # The communicator's collectives on GPU buffers: skipped (visibly) without a GPU; the same
 # calls run on a fake device in tests/device_calls.rs with every cargo test.
 cargo test -p dmsc --features cuda --test cuda_calls_gpu -- --nocapture
+# The communicator's device calls with the feature on, on the FAKE device: the pipelined TCP
+# staging, and dmsc-perf --device on fake device buffers.
+cargo test -p dmsc --features cuda --test device_calls
+cargo test -p dmsc --features cuda --lib perf::device

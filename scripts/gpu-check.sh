@@ -14,8 +14,10 @@
 # pointer attributes, IPC export, the stream ordering on the real driver, device reduction
 # figures, and staging throughput through pinned slots against a plain cuMemcpyDtoH),
 # tests/cuda_calls_gpu.rs (every collective x type x op on device buffers through the
-# communicator, 2 and 4 ranks sharing the GPU, TCP staging), the CUDA unit tests, and dmsc-perf all_reduce at 64 MiB and 256 MiB on 2 and 4 ranks on
-# host memory, the baseline the device paths will be compared with.
+# communicator, 2 and 4 ranks sharing the GPU, TCP staging pipelined in pieces), the CUDA
+# unit tests, and dmsc-perf all_reduce at 64 MiB and 256 MiB on 2 and 4 ranks on host memory
+# (the baseline) and on device buffers (--device cuda, TCP staging), and benches/gpu/
+# (the communicator's staging against a plain cuMemcpy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=target/gpu-check
@@ -31,7 +33,7 @@ prepare() {
     fi
     export DMSC_NVRTC_LIB="$PWD/$lib"
     mkdir -p "$DIR/bin" "$DIR/cache"
-    cargo build --release -q -p dmsc --bin dmsc-perf
+    cargo build --release -q -p dmsc --features cuda --bin dmsc-perf
     cp target/release/dmsc-perf "$DIR/bin/"
     # The test executables cargo builds, by target name.
     cargo test --release -q -p dmsc-transports --features cuda --no-run --message-format=json 2>/dev/null |
@@ -63,6 +65,20 @@ for line in sys.stdin:
         shutil.copy(exe, sys.argv[1] + "/cuda_calls_gpu")
         print("built cuda_calls_gpu")
 ' "$DIR/bin"
+    # benches/gpu/: the communicator's staging against a plain cuMemcpy.
+    cargo bench -q -p dmsc --features cuda --bench gpu_staging --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable")
+    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] == "gpu_staging":
+        shutil.copy(exe, sys.argv[1] + "/gpu_staging")
+        print("built gpu_staging")
+' "$DIR/bin"
     strip "$DIR"/bin/* 2>/dev/null || true
     cargo run --release -q -p dmsc-transports --features cuda --example cuda_kernel_cache -- "$DIR/cache" 80 90
     du -sh "$DIR"
@@ -91,12 +107,18 @@ echo "== collectives on device buffers through the communicator, 2 and 4 ranks o
 timeout 120 "$DIR/bin/cuda_calls_gpu" --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
 echo "== CUDA unit tests (fake GPU, host build of the kernels; NVRTC ones skip without DMSC_NVRTC_LIB)"
 timeout 60 "$DIR/bin/dmsc_transports" cuda:: --test-threads=1
+echo "== benches/gpu: the communicator's staging against plain cuMemcpyDtoH + cuMemcpyHtoD (64 and 256 MiB)"
+timeout 60 "$DIR/bin/gpu_staging" 2>&1 | tee -a "$LOG"
 echo "== dmsc-perf all_reduce on host memory (the baseline for the device paths)"
 for np in 2 4; do
     timeout 120 "$DIR/bin/dmsc-perf" --np "$np" all_reduce -b 64M -e 256M -f 4 -n 5 -w 2 -c 1 2>&1 | tee -a "$LOG"
 done
+echo "== dmsc-perf all_reduce on device buffers (--device cuda: TCP staging, 2 and 4 ranks on the GPUs)"
+for np in 2 4; do
+    timeout 120 "$DIR/bin/dmsc-perf" --np "$np" all_reduce --device cuda -b 64M -e 256M -f 4 -n 5 -w 2 -c 1 2>&1 | tee -a "$LOG"
+done
 echo "== figures"
 grep -E '^FIGURE|^ +(67108864|268435456) ' "$LOG" || true
-echo "== not run here (not built yet): collectives on device buffers over CUDA IPC and over TCP"
-echo "   staging (the engine does not drive the CUDA device yet), torch CUDA tensors"
+echo "== not run here (not built yet): collectives on device buffers over CUDA IPC, torch CUDA"
+echo "   tensors through the Python package"
 echo "gpu-check done in $(( $(date +%s) - start )) s"

@@ -39,6 +39,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use comm::{new_local_unique_id, new_unique_id, release_unique_id, Communicator, InitOptions};
 pub use config::Config;
+pub use device_call::pointer::cuda_device_of;
 pub use dmsc_core::auth::Secret;
 pub use dmsc_core::bootstrap::UniqueId;
 pub use dmsc_core::engine::{AbortHandle, PeerPaths};

@@ -314,3 +314,246 @@ fn a_call_on_another_device_than_the_one_served_names_both() {
         );
     });
 }
+
+#[test]
+fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this_one() {
+    ranks(2, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        // A slow fake copy engine, so each copy takes longer than the loopback transfer.
+        dev.log_copies(Duration::from_millis(3));
+        // 37 float64 elements in chunks of 40 bytes: 8 pieces of 5 elements (the last 2).
+        let case = collective(
+            c,
+            CollKind::AllReduce,
+            DataType::Float64,
+            ReduceOp::Sum,
+            &mut DevBuf::new,
+        );
+        let (inp, out) = (case.inputs[0].0.addr(), case.outputs[0].0.addr());
+        run_case(c, dev, stream, case, "a pipelined all-reduce");
+        let copies = dev.copies();
+        let of = |base: usize, to_device: bool| {
+            let mut v: Vec<_> = copies
+                .iter()
+                .filter(|r| r.to_device == to_device && (base..base + 37 * 8).contains(&r.device))
+                .cloned()
+                .collect();
+            v.sort_by_key(|r| r.device);
+            v
+        };
+        let (d2h, h2d) = (of(inp, false), of(out, true));
+        // Chunked: one copy per piece and buffer, each at most a chunk, tiling the buffer.
+        assert_eq!(d2h.len(), 8, "{d2h:?}");
+        assert_eq!(h2d.len(), 8, "{h2d:?}");
+        for (k, (a, b)) in d2h.iter().zip(&h2d).enumerate() {
+            assert_eq!((a.device - inp, b.device - out), (k * 40, k * 40));
+            assert_eq!((a.len, b.len), (if k < 7 { 40 } else { 16 }, a.len));
+        }
+        // Overlapped: piece 1's device-to-host copy started before piece 0's transfer was
+        // complete (its copy back is queued the moment the staging sees the transfer done) ...
+        assert!(
+            d2h[1].started < h2d[0].queued,
+            "piece 1 was copied only after piece 0 had crossed the network"
+        );
+        // ... and not staged whole: piece 0 had crossed the network and was on its way back
+        // before the last piece was copied off the device.
+        assert!(
+            h2d[0].queued < d2h[7].started,
+            "the whole buffer was staged before the collective started"
+        );
+    });
+}
+
+#[test]
+fn in_place_calls_cut_into_pieces_are_exact_on_3_ranks() {
+    use cases::{enc, reduce, val, C};
+    ranks(3, |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let (r, n) = (c.rank(), c.size());
+        for kind in [CollKind::AllReduce, CollKind::Broadcast] {
+            for dt in [DataType::Float32, DataType::Float16, DataType::Int32] {
+                let buf = DevBuf::new(C * dt.size());
+                let mine: Vec<f64> = (0..C).map(|i| val(r, i)).collect();
+                let want: Vec<f64> = match kind {
+                    CollKind::AllReduce => (0..C)
+                        .map(|i| reduce(ReduceOp::Sum, (0..n).map(|q| val(q, i))))
+                        .collect(),
+                    _ => (0..C).map(|i| val(1, i)).collect(),
+                };
+                let args = CollArgs {
+                    kind,
+                    dtype: dt,
+                    op: ReduceOp::Sum,
+                    root: 1,
+                    input: None,
+                    output: buf.span(),
+                    count: None,
+                    factor: None,
+                };
+                let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+                let case = Case {
+                    call,
+                    inputs: vec![(buf.clone(), enc(dt, &mine))],
+                    outputs: vec![(buf, enc(dt, &want))],
+                };
+                run_case(c, dev, stream, case, &format!("in-place {kind} {dt:?}"));
+            }
+        }
+    });
+}
+
+/// dmsc-perf's device memory as a FAKE: [`DevBuf`]s ("device memory" the fake device reads
+/// and writes), uploaded and downloaded by fake kernels on the default stream, waited for.
+struct FakePerfDevice(FakeDeviceMemory);
+
+struct FakePerfBuf(DevBuf, FakeDeviceMemory);
+
+impl dmsc::perf::device::PerfDevice for FakePerfDevice {
+    fn describe(&self) -> String {
+        "fake cuda device 0".into()
+    }
+    fn alloc(&mut self, len: usize) -> dmsc::Result<Box<dyn dmsc::perf::device::PerfDeviceBuf>> {
+        Ok(Box::new(FakePerfBuf(DevBuf::new(len), self.0.clone())))
+    }
+}
+
+impl dmsc::perf::device::PerfDeviceBuf for FakePerfBuf {
+    fn span(&self) -> Span {
+        self.0.span()
+    }
+    fn upload(&mut self, src: &[u8]) -> dmsc::Result<()> {
+        write_later(&self.1, 0, &self.0, src.to_vec());
+        self.1.synchronize(0, T)
+    }
+    fn download(&self, dst: &mut [u8]) -> dmsc::Result<()> {
+        let got = read_later(&self.1, 0, &self.0);
+        self.1.synchronize(0, T)?;
+        dst.copy_from_slice(&got.lock().unwrap());
+        Ok(())
+    }
+}
+
+#[test]
+fn dmsc_perf_measures_and_checks_collectives_on_fake_device_buffers() {
+    use dmsc::perf::{args::Options, run::benchmark_on, PerfOp};
+    ranks(2, |c, dev| {
+        dev.log_copies(Duration::ZERO);
+        for op in [PerfOp::AllReduce, PerfOp::AllGather, PerfOp::Broadcast] {
+            for blocking in [false, true] {
+                let mut o = Options::defaults(op);
+                (o.min_bytes, o.max_bytes) = (64, 1024);
+                (o.iters, o.warmup, o.check, o.agg_iters) = (2, 1, 1, 2);
+                o.blocking = blocking;
+                let mut fake = FakePerfDevice(dev.clone());
+                let s = benchmark_on(c, &o, &mut std::io::sink(), Some(&mut fake))
+                    .unwrap_or_else(|e| panic!("{op} blocking {blocking}: {e}"));
+                assert_eq!(s.wrong_total, 0, "{op} blocking {blocking}");
+                // 64 B to 1 KiB by factor 2, out of place and in place.
+                assert_eq!(s.runs[0].rows.len(), 10, "{op}");
+            }
+        }
+        // The measured calls went through the device staging: it copied device buffers.
+        assert!(dev.copies().iter().any(|r| !r.to_device));
+        // Collectives that dmsc-perf runs as groups stay on host buffers, and say so.
+        let o = Options::defaults(PerfOp::Gather);
+        let mut fake = FakePerfDevice(dev.clone());
+        let e = benchmark_on(c, &o, &mut std::io::sink(), Some(&mut fake)).unwrap_err();
+        assert!(e.to_string().contains("--device cuda") && e.to_string().contains("gather"));
+    });
+}
+
+/// An all-gather's data movement over CUDA IPC on the FAKE device (its IPC is a FAKE too):
+/// every rank exports its device buffer, the exports travel through the communicator (an
+/// all-gather of host bytes, as NCCL's bootstrap exchanges them), every rank opens its peers'
+/// and copies their ranges device to device into its own buffer.
+fn ipc_all_gather(n: usize) {
+    use dmsc_transports::cuda::ipc_handle::ENCODED_LEN;
+    use dmsc_transports::cuda::ipc_memory::{IpcMemory, IpcPeers};
+    ranks(n, |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let mine = DevBuf::new(64);
+        write_later(
+            dev,
+            stream,
+            &mine,
+            (0..64).map(|i| (r * 64 + i) as u8).collect(),
+        );
+        dev.synchronize(stream, T).unwrap();
+        let e = dev.export(mine.addr(), 64).unwrap().to_bytes();
+        let mut all = vec![0u8; n * ENCODED_LEN];
+        c.collective_bytes(
+            CollKind::AllGather,
+            Some(&e),
+            &mut all,
+            ENCODED_LEN,
+            DataType::Uint8,
+            ReduceOp::Sum,
+            0,
+        )
+        .unwrap();
+        let exports: Vec<Vec<u8>> = all.chunks(ENCODED_LEN).map(<[u8]>::to_vec).collect();
+        let peers = IpcPeers::open(dev, r, &exports).unwrap();
+        assert!(peers.peer(r).is_none());
+        let out = DevBuf::new(n * 16);
+        dev.log_copies(Duration::ZERO);
+        // SAFETY: `out` and `mine` live until the stream is synchronized below, and every
+        // rank keeps its buffer until all have copied (the barrier below).
+        unsafe { peers.gather(dev, stream, mine.addr(), 16..32, out.addr()) }.unwrap();
+        let got = read_later(dev, stream, &out);
+        dev.synchronize(stream, T).unwrap();
+        let want: Vec<u8> = (0..n)
+            .flat_map(|q| (16..32).map(move |i| (q * 64 + i) as u8))
+            .collect();
+        assert_eq!(*got.lock().unwrap(), want, "rank {r}");
+        let copies = dev.copies();
+        assert_eq!(copies.len(), n, "{copies:?}");
+        assert!(copies
+            .iter()
+            .all(|k| k.to_device && k.from_device && k.len == 16));
+        // A range past a peer's buffer is refused naming the rank.
+        let e = unsafe { peers.gather(dev, stream, mine.addr(), 60..70, out.addr()) }
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of rank") && e.contains("64 bytes"), "{e}");
+        c.barrier().unwrap();
+        drop(mine);
+    });
+}
+
+#[test]
+fn an_all_gather_over_fake_cuda_ipc_on_2_and_4_ranks() {
+    ipc_all_gather(2);
+    ipc_all_gather(4);
+}
+
+#[test]
+fn fake_cuda_ipc_refuses_bad_exchanges_naming_the_rank() {
+    use dmsc_transports::cuda::ipc_handle::{IpcExport, ENCODED_LEN};
+    use dmsc_transports::cuda::ipc_memory::{IpcMemory, IpcPeers};
+    let mut dev = FakeDeviceMemory::new();
+    let b = DevBuf::new(8);
+    let good = dev.export(b.addr(), 8).unwrap().to_bytes().to_vec();
+    let short = vec![0u8; ENCODED_LEN - 1];
+    let e = IpcPeers::open(&mut dev, 0, &[good.clone(), short])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("rank 1 sent 95 bytes"), "{e}");
+    let foreign = IpcExport {
+        handle: [1; 64],
+        offset: 0,
+        len: 8,
+        device_uuid: [0xFA; 16],
+    }
+    .to_bytes()
+    .to_vec();
+    let e = IpcPeers::open(&mut dev, 0, &[good.clone(), foreign])
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("rank 1") && e.to_string().contains("did not export"),
+        "{e}"
+    );
+    let e = IpcPeers::open(&mut dev, 2, &[good]).err().unwrap();
+    assert!(e.to_string().contains("rank 2 is not among 1"), "{e}");
+}

@@ -19,14 +19,22 @@ __all__ = [
 ]
 
 class _DLPackTensor(Protocol):
-    """Anything with ``__dlpack__`` (torch CPU tensors, numpy arrays, JAX arrays, ...)."""
+    """Anything with ``__dlpack__`` (torch CPU and CUDA tensors, numpy arrays, JAX arrays, ...)."""
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any: ...
 
+class _CudaArray(Protocol):
+    """Anything with ``__cuda_array_interface__`` (version 3: CuPy, Numba, torch CUDA tensors)."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]: ...
+
 #: What dmsc moves: a C-contiguous buffer-protocol object (numpy array, bytearray,
-#: memoryview, array.array) or a DLPack tensor on the CPU. Element types: int8, uint8, int32,
-#: uint32, int64, uint64, float16, bfloat16 (DLPack only), float32, float64.
-_Tensor = Union[Buffer, _DLPackTensor]
+#: memoryview, array.array), a DLPack tensor on the CPU or a CUDA device, or an object with
+#: ``__cuda_array_interface__``. All buffers of one call are host memory, or all CUDA memory
+#: (ordered on the tensors' current stream; needs a CUDA driver and GPU). Element types: int8,
+#: uint8, int32, uint32, int64, uint64, float16, bfloat16 (DLPack only), float32, float64.
+_Tensor = Union[Buffer, _DLPackTensor, _CudaArray]
 
 #: An ``op=`` argument: a ReduceOp, its name as a string (any case; ``"prod"`` too), or an
 #: object with such a ``name`` (``torch.distributed.ReduceOp.SUM``).

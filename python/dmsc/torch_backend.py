@@ -1,4 +1,4 @@
-"""dmsc as a ``torch.distributed`` backend for CPU tensors: ``init_process_group("dmsc")``.
+"""dmsc as a ``torch.distributed`` backend for CPU and CUDA tensors: ``init_process_group("dmsc")``.
 
 Importing this module (or :mod:`dmsc.torch`) registers the backend; torch also finds it by
 itself through the ``torch.distributed.backends`` entry point of the dmsc package (torch
@@ -10,7 +10,7 @@ itself through the ``torch.distributed.backends`` entry point of the dmsc packag
     dist.init_process_group("dmsc")  # under torchrun, python -m dmsc.run, ...
 
 How it fits in torch (torch 2.15, the version tested): :func:`register` calls
-``torch.distributed.Backend.register_backend("dmsc", creator, devices=["cpu"])``. For each
+``torch.distributed.Backend.register_backend("dmsc", creator, devices=["cpu", "cuda"])``. For each
 group (``init_process_group``, every ``new_group``, every ``DeviceMesh`` dimension) torch
 calls the creator with the group's ``PrefixStore``, rank, size and timeout; the creator makes
 a :class:`DmscBackend`, a subclass of c10d's ``Backend`` (``torch._C._distributed_c10d
@@ -34,8 +34,11 @@ blocks are non-empty), ``barrier``, ``send``, ``recv`` (with tags) and
 Anything else (``recv_anysource``, ``allreduce_sparse``, ``monitored_barrier``, ...) raises
 ``RuntimeError("dmsc backend does not support <name>")``.
 
-Tensors: CPU only, any layout (non-contiguous tensors travel through contiguous copies that
-are copied back on completion). Reductions take the element types dmsc reduces (int8,
+Tensors: CPU or CUDA (all of one call on one device), any layout (non-contiguous tensors
+travel through contiguous copies that are copied back on completion). CUDA tensors need dmsc's
+CUDA device (a driver and a GPU; a call fails with an error that says why otherwise); their
+calls are ordered on the current stream of their device, and staged through pinned host
+memory over TCP. Reductions take the element types dmsc reduces (int8,
 uint8, int32, uint32, int64, uint64, float16, bfloat16, float32, float64), bool as uint8 (SUM
 and MAX are a logical or, PRODUCT and MIN a logical and, as NCCL does) and complex tensors as
 pairs of reals for SUM, AVG and PREMUL_SUM. Operations that only move data (broadcast,
@@ -90,14 +93,25 @@ def _unsupported(name: str, why: str = "") -> NoReturn:
     raise RuntimeError(f"dmsc backend does not support {name}" + (f": {why}" if why else ""))
 
 
-def _check_cpu(name: str, tensors: Sequence[torch.Tensor]) -> None:
+def _check_device(name: str, tensors: Sequence[torch.Tensor]) -> None:
+    """CPU or CUDA tensors, all of one kind: a call on CUDA tensors is ordered on the current
+    stream of their device (dmsc exports them with ``__dlpack__(stream=...)`` for it), as
+    ProcessGroupNCCL orders its work; mixing host and device tensors is an error naming both."""
+    first: torch.Tensor | None = None
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"dmsc backend {name}: expected tensors, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            _unsupported(f"{name} on {t.device} tensors", "only CPU tensors are supported")
+        if t.device.type not in ("cpu", "cuda"):
+            _unsupported(f"{name} on {t.device} tensors", "only CPU and CUDA tensors are supported")
         if t.is_sparse:
             _unsupported(f"{name} on sparse tensors")
+        if first is None:
+            first = t
+        elif t.device != first.device:
+            raise InvalidArgument(
+                f"dmsc backend {name}: tensors on {first.device} and on {t.device} in one call; "
+                "a call's tensors are all on one device"
+            )
 
 
 class _Call:
@@ -243,7 +257,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         return self._allreduce("allreduce_coalesced", tensors, opts.reduceOp)
 
     def _allreduce(self, name: str, tensors: list[torch.Tensor], torch_op: Any) -> DmscTorchWork:
-        _check_cpu(name, tensors)
+        _check_device(name, tensors)
         call = _Call(name)
         for t in tensors:
             op, factor, pairs = self._op(name, torch_op, t.dtype)
@@ -256,7 +270,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
 
     # ----- broadcast, reduce ---------------------------------------------------------------
     def broadcast(self, tensors: list[torch.Tensor], opts: Any) -> DmscTorchWork:
-        _check_cpu("broadcast", tensors)
+        _check_device("broadcast", tensors)
         call = _Call("broadcast")
         for t in tensors:
             c = call.contig(t, output=self._rank != opts.rootRank)
@@ -265,7 +279,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         return self._submit(call, tensors)
 
     def reduce(self, tensors: list[torch.Tensor], opts: Any) -> DmscTorchWork:
-        _check_cpu("reduce", tensors)
+        _check_device("reduce", tensors)
         call = _Call("reduce")
         root = opts.rootRank
         for t in tensors:
@@ -304,7 +318,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
             raise ValueError(f"dmsc backend {name}: {len(output_lists)} output lists for {len(inputs)} inputs")
         call = _Call(name)
         for outs, inp in zip(output_lists, inputs):
-            _check_cpu(name, [inp, *outs])
+            _check_device(name, [inp, *outs])
             if len(outs) != self._size:
                 raise ValueError(f"dmsc backend {name}: {len(outs)} output tensors for a group of {self._size}")
             src = _as_bytes(call.contig(inp, output=False))
@@ -317,7 +331,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
                     f"dmsc backend {name}: output {self._rank} has {outs[self._rank].numel()} elements, "
                     f"the input {inp.numel()}"
                 )
-            buf = torch.empty(sum(nbytes), dtype=torch.uint8)
+            buf = torch.empty(sum(nbytes), dtype=torch.uint8, device=inp.device)
             call.keep.append(buf)
             if all(n == nbytes[0] for n in nbytes):
                 if buf.numel():
@@ -342,7 +356,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
     allgather_into_tensor_coalesced = all_gather_single_coalesced
 
     def _all_gather_single(self, name: str, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> DmscTorchWork:
-        _check_cpu(name, [*outputs, *inputs])
+        _check_device(name, [*outputs, *inputs])
         call = _Call(name)
         for out, inp in zip(outputs, inputs):
             if out.dtype != inp.dtype:
@@ -364,7 +378,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         name = "reduce_scatter"
         call = _Call(name)
         for out, ins in zip(output_tensors, input_lists):
-            _check_cpu(name, [out, *ins])
+            _check_device(name, [out, *ins])
             if len(ins) != self._size:
                 raise ValueError(f"dmsc backend {name}: {len(ins)} input tensors for a group of {self._size}")
             if any(i.numel() != out.numel() or i.dtype != out.dtype for i in ins):
@@ -400,7 +414,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
     def _reduce_scatter_single(
         self, name: str, outputs: list[torch.Tensor], inputs: list[torch.Tensor], torch_op: Any
     ) -> DmscTorchWork:
-        _check_cpu(name, [*outputs, *inputs])
+        _check_device(name, [*outputs, *inputs])
         call = _Call(name)
         for out, inp in zip(outputs, inputs):
             if out.dtype != inp.dtype:
@@ -434,7 +448,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         opts: Any,
     ) -> DmscTorchWork:
         name = "all_to_all_single"
-        _check_cpu(name, [output, input])
+        _check_device(name, [output, input])
         if output.dtype != input.dtype:
             raise InvalidArgument(f"dmsc backend {name}: output dtype {output.dtype} != input dtype {input.dtype}")
         call = _Call(name)
@@ -458,13 +472,13 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
 
     def alltoall(self, output_tensors: list[torch.Tensor], input_tensors: list[torch.Tensor], opts: Any) -> DmscTorchWork:
         name = "alltoall"
-        _check_cpu(name, [*output_tensors, *input_tensors])
+        _check_device(name, [*output_tensors, *input_tensors])
         if len(output_tensors) != self._size or len(input_tensors) != self._size:
             raise ValueError(f"dmsc backend {name}: needs {self._size} input and output tensors")
         call = _Call(name)
         send = torch.cat([_as_bytes(call.contig(t, output=False)) for t in input_tensors])
         out_bytes = [t.numel() * t.element_size() for t in output_tensors]
-        recv = torch.empty(sum(out_bytes), dtype=torch.uint8)
+        recv = torch.empty(sum(out_bytes), dtype=torch.uint8, device=send.device)
         call.keep += [send, recv]
         in_bytes = [t.numel() * t.element_size() for t in input_tensors]
         call.add(self.comm.all_to_all_v(recv, send, out_bytes, in_bytes, async_op=True))
@@ -479,14 +493,14 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
             _unsupported(f"{name} of {len(input_tensors)} tensors per rank")
         inp = input_tensors[0]
         outs = output_lists[0] if self._rank == root else []
-        _check_cpu(name, [inp, *outs])
+        _check_device(name, [inp, *outs])
         if self._rank == root and len(outs) != self._size:
             raise ValueError(f"dmsc backend {name}: {len(outs)} output tensors on the root for a group of {self._size}")
         call = _Call(name)
         src = _as_bytes(call.contig(inp, output=False))
         sends = [src.numel() if j == root else 0 for j in range(self._size)]
         recv_bytes = [o.numel() * o.element_size() for o in outs] if self._rank == root else [0] * self._size
-        recv = torch.empty(sum(recv_bytes), dtype=torch.uint8)
+        recv = torch.empty(sum(recv_bytes), dtype=torch.uint8, device=inp.device)
         call.keep.append(recv)
         call.add(self.comm.all_to_all_v(recv, src, recv_bytes, sends, async_op=True))
         if self._rank == root:
@@ -500,7 +514,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
             _unsupported(f"{name} of {len(output_tensors)} tensors per rank")
         out = output_tensors[0]
         ins = input_lists[0] if self._rank == root else []
-        _check_cpu(name, [out, *ins])
+        _check_device(name, [out, *ins])
         if self._rank == root and len(ins) != self._size:
             raise ValueError(f"dmsc backend {name}: {len(ins)} input tensors on the root for a group of {self._size}")
         call = _Call(name)
@@ -530,7 +544,7 @@ class DmscBackend(_C10dBackend):  # type: ignore[misc]  # torch's Backend bindin
         return self._p2p("recv", tensors, src, tag)
 
     def _p2p(self, kind: str, tensors: list[torch.Tensor], peer: int, tag: int) -> DmscTorchWork:
-        _check_cpu(kind, tensors)
+        _check_device(kind, tensors)
         if len(tensors) != 1:
             _unsupported(f"{kind} of {len(tensors)} tensors at once")
         if tag < 0:
@@ -652,7 +666,7 @@ def _copier(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], object]:
 
 def _from_bytes(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bytes as a contiguous tensor of ``like``'s dtype and shape."""
-    c = torch.empty(like.shape, dtype=like.dtype)
+    c = torch.empty(like.shape, dtype=like.dtype, device=like.device)
     _as_bytes(c).copy_(block)
     return c
 
@@ -663,12 +677,12 @@ def create_backend(store: dist.Store, rank: int, size: int, timeout: datetime.ti
 
 
 def register() -> None:
-    """Register ``"dmsc"`` with ``torch.distributed`` for CPU tensors (idempotent).
+    """Register ``"dmsc"`` with ``torch.distributed`` for CPU and CUDA tensors (idempotent).
 
     Also the ``torch.distributed.backends`` entry point's registrar."""
     if BACKEND_NAME.upper() in getattr(dist.Backend, "_plugins", {}):
         return
-    dist.Backend.register_backend(BACKEND_NAME, create_backend, devices=["cpu"])
+    dist.Backend.register_backend(BACKEND_NAME, create_backend, devices=["cpu", "cuda"])
 
 
 register()

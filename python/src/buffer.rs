@@ -1,9 +1,13 @@
 //! [`Buf`]: the memory of a Python argument, taken without copying from the buffer protocol
-//! (numpy arrays, bytearray, memoryview, array.array) or from DLPack (`__dlpack__`, e.g. torch
-//! tensors), with its dmsc data type, checked for contiguity and writability (the operation's builder checks alignment).
+//! (numpy arrays, bytearray, memoryview, array.array), from DLPack (`__dlpack__`, e.g. torch
+//! tensors, CPU or CUDA) or from `__cuda_array_interface__` (e.g. CuPy arrays), with its dmsc
+//! data type, where it is (host or CUDA device memory, and then the stream the call orders
+//! on), checked for contiguity and writability (the operation's builder checks alignment).
 
+use crate::cuda_array;
 use crate::dlpack::{self, DlGuard};
 use crate::errors::invalid;
+use dmsc::call::MemKind;
 use dmsc::DataType;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
@@ -13,6 +17,8 @@ use pyo3::prelude::*;
 enum Keep {
     Py(#[allow(dead_code)] PyUntypedBuffer),
     Dl(#[allow(dead_code)] DlGuard),
+    /// The object exporting `__cuda_array_interface__` (the interface has no release).
+    Obj(#[allow(dead_code)] Py<PyAny>),
 }
 
 /// A contiguous byte range of a Python object, with its element type.
@@ -25,6 +31,11 @@ pub struct Buf {
     pub dtype: DataType,
     /// Length of the first dimension (1 for a scalar): the unit of all_to_all_v's splits.
     pub rows: usize,
+    /// Host memory, or a CUDA device's.
+    pub kind: MemKind,
+    /// For device memory: the CUDA stream (raw handle, 0 the default stream) the call is
+    /// ordered on.
+    pub stream: usize,
     _keep: Keep,
 }
 
@@ -44,10 +55,13 @@ impl Buf {
             from_buffer(name, obj, writable)?
         } else if obj.hasattr(pyo3::intern!(obj.py(), "__dlpack__"))? {
             from_dlpack(name, obj, writable)?
+        } else if obj.hasattr(pyo3::intern!(obj.py(), "__cuda_array_interface__"))? {
+            from_cuda_array(name, obj, writable)?
         } else {
             return Err(invalid(format!(
-                "{name} must be a buffer (numpy array, bytearray, memoryview, ...) or a \
-                 DLPack tensor (e.g. a torch CPU tensor), not {}",
+                "{name} must be a buffer (numpy array, bytearray, memoryview, ...), a \
+                 DLPack tensor (e.g. a torch tensor) or an object with \
+                 __cuda_array_interface__ (e.g. a CuPy array), not {}",
                 type_name(obj)
             )));
         };
@@ -61,7 +75,7 @@ impl Buf {
 
     /// The memory as a span, for the builders of `dmsc::call`.
     pub fn span(&self) -> dmsc::call::Span {
-        dmsc::call::Span::new(self.ptr, self.len)
+        dmsc::call::Span::in_memory(self.ptr, self.len, self.kind)
     }
 }
 
@@ -118,6 +132,8 @@ fn from_buffer(name: &str, obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<B
         len,
         dtype,
         rows,
+        kind: MemKind::Host,
+        stream: 0,
         _keep: Keep::Py(b),
     })
 }
@@ -132,7 +148,27 @@ fn from_dlpack(name: &str, obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<B
         len: v.len,
         dtype: v.dtype,
         rows: v.rows,
+        kind: v.kind,
+        stream: v.stream,
         _keep: Keep::Dl(v.guard),
+    })
+}
+
+fn from_cuda_array(name: &str, obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Buf> {
+    let a = cuda_array::import(name, obj)?;
+    if writable && a.readonly {
+        return Err(read_only(name));
+    }
+    Ok(Buf {
+        ptr: a.ptr,
+        len: a.len,
+        dtype: a.dtype,
+        rows: a.rows,
+        kind: MemKind::Cuda {
+            device: a.device(name)?,
+        },
+        stream: a.stream,
+        _keep: Keep::Obj(obj.clone().unbind()),
     })
 }
 

@@ -10,6 +10,7 @@
 mod buffer;
 mod call;
 mod comm;
+mod cuda_array;
 mod dlpack;
 mod errors;
 mod launch;

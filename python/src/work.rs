@@ -36,6 +36,12 @@ impl Work {
         drop(bufs);
     }
 
+    /// Wait for the operation (detached from the interpreter, by the caller) and return its
+    /// result; the buffers are released when the Work drops.
+    pub fn wait_done(&self) -> dmsc::Result<()> {
+        self.wait_forever()
+    }
+
     /// Wait without a deadline of our own (the operation has its own: DMSC_TIMEOUT).
     fn wait_forever(&self) -> dmsc::Result<()> {
         loop {

@@ -26,7 +26,7 @@ pub use collective::CollArgs;
 pub use p2p::P2pCall;
 pub use span::Span;
 
-use dmsc_core::engine::MemKind;
+pub use dmsc_core::engine::MemKind;
 use dmsc_core::{CollDesc, DataType};
 
 /// A checked operation with its buffers.

@@ -7,11 +7,14 @@
 //!    (`dmsc_transports::cuda::stream_order::StreamOrder::submit`: a start event, and a wait
 //!    on the communicator's gate for the caller's later work); the thread returns;
 //! 2. on the communicator's staging thread, in call order: dmsc's own stream waits for the
-//!    start event; the device buffers are copied device-to-host in chunks (driven by
-//!    `dmsc_transports::cuda::staging::Staging`, a few chunks in flight); the host collective
-//!    runs on the twins through the engine as any host call; the written buffers are copied
-//!    back host-to-device in chunks; the gate opens on dmsc's stream, releasing the caller's
-//!    stream; the request completes once the device has run the copies.
+//!    start event; the call runs as a pipeline of pieces ([`pieces`]: all-reduce, broadcast and
+//!    reduce are cut along their elements into pieces of the staging chunk; other kinds are
+//!    one piece), driven by `dmsc_transports::cuda::staging::Staging` with a few pieces in
+//!    flight: piece `k` is copied device-to-host, its host collective runs on its part of the
+//!    twins through the engine as any host call, and its written bytes are copied back, so
+//!    the copy of piece `k + 1` overlaps the network transfer of piece `k`; the gate opens on
+//!    dmsc's stream, releasing the caller's stream; the request completes once the device
+//!    has run the copies back.
 //!
 //! A failure opens the gate too (the caller's stream never hangs), and goes to the request
 //! and to the communicator's asynchronous error (`ncclCommGetAsyncError`).
@@ -20,11 +23,15 @@
 //! driver with the `cuda` feature, or the FAKE device the tests attach
 //! ([`Communicator::use_device_memory`](crate::Communicator::use_device_memory)).
 //!
-//! Not done yet: the copies of one chunk do not overlap the network transfer of the previous
-//! one (the whole buffer is staged before the host collective starts); CUDA IPC between
+//! Every rank of a call passes device buffers (as in NCCL), and every rank's staging chunk is
+//! the same, so all ranks cut a call into the same pieces. Not done yet: pipelining the kinds
+//! with one block per rank (all-gather, reduce-scatter, all-to-all(-v), gather, scatter,
+//! send/receive groups are staged whole before their collective runs); CUDA IPC between
 //! ranks of one host. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
 //! network proxy's staging through host buffers, read for design only.
 
 mod on_stream;
+pub(crate) mod pieces;
+pub mod pointer;
 pub(crate) mod staged;
 pub(crate) mod stager;

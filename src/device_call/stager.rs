@@ -1,7 +1,8 @@
 //! The staging thread of one communicator's device calls: the stream ordering
-//! ([`StreamOrder`]) over a [`DeviceMemory`], chunked copies between the device buffers and
-//! their pinned twins ([`Staging`]), and the host collective in between, run through the
-//! engine's executor as any host job (see the module documentation of `device_call`).
+//! ([`StreamOrder`]) over a [`DeviceMemory`], and the pipeline of a call's pieces
+//! ([`Staging`]): each piece's copy from the device buffers to their pinned twins, its host
+//! collective run through the engine's executor as any host job, and its copy back (see the
+//! module documentation of `device_call`).
 //!
 //! One thread per communicator runs the device calls in the order they were submitted, so
 //! they finish in order, as [`StreamOrder`] requires. Host calls wait until every device call
@@ -9,6 +10,7 @@
 //! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
 //! up to a millisecond, and every wait has the communicator's deadline.
 
+use super::pieces::{part, pieces};
 use super::staged::{stage, SelfCopy, Staged, Twin};
 use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
@@ -16,6 +18,8 @@ use dmsc_core::{Error, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
 use dmsc_transports::cuda::staging::{Staging, Step};
 use dmsc_transports::cuda::stream_order::{StreamOrder, Ticket};
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -68,7 +72,7 @@ struct Work<D: DeviceMemory> {
     ticket: Ticket<D::Event>,
     staged: Staged<D::Pinned>,
     self_copies: Vec<SelfCopy>,
-    job: Option<Job>,
+    parts: Parts,
     slot: Arc<JobSlot>,
 }
 
@@ -174,7 +178,13 @@ where
         let order = &mut g.0;
         order.ops().bind()?;
         let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
-        let (self_copies, job) = build(&staged.call)?;
+        let mut self_copies = Vec::new();
+        let mut parts = Vec::new();
+        for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
+            let (copies, job) = build(&p.call)?;
+            self_copies.extend(copies);
+            parts.push((p.bytes, job));
+        }
         // SAFETY: the caller's contract: 0 or a live stream of this device.
         let caller = unsafe { order.ops().caller_stream(stream) };
         let ticket = order.submit(caller)?;
@@ -184,7 +194,7 @@ where
             ticket,
             staged,
             self_copies,
-            job,
+            parts,
             slot: slot.clone(),
         };
         let sent = match lock(&self.tx).as_ref() {
@@ -241,7 +251,9 @@ impl Backoff {
         }
     }
 
+    /// Something moved: the deadline counts from now again.
     fn progressed(&mut self) {
+        self.start = Instant::now();
         self.idle = 0;
     }
 
@@ -266,114 +278,157 @@ impl Backoff {
     }
 }
 
-/// Copy every twin of `twins` (device to host when `to_host`, else back), in chunks with a
-/// few in flight on dmsc's stream, and return once the device has run them all.
-fn copy_chunked<D: DeviceMemory>(
-    shared: &Shared<D>,
+/// The pieces of a call still to run on the network: each one's bytes of the twins, and its
+/// host job (none for a piece with nothing to send, e.g. on one rank).
+type Parts = Vec<(Range<usize>, Option<Job>)>;
+
+/// Queue on dmsc's stream `own` the copies of piece bytes `r` of every twin in `twins`
+/// (device to host when `to_host`, else back).
+fn queue_copies<D: DeviceMemory>(
+    ops: &mut D,
+    own: D::Stream,
     twins: &[Twin],
+    r: &Range<usize>,
     to_host: bool,
-    events: &[D::Event],
 ) -> Result<()> {
-    let StagingSettings {
-        chunk,
-        slots,
-        timeout,
-    } = shared.settings;
-    let what = if to_host {
-        "copying device buffers to their host twins"
-    } else {
-        "copying host twins back to the device buffers"
-    };
     for t in twins {
-        let mut st = Staging::new(t.len, chunk, slots)?;
-        let mut copying = vec![false; slots];
-        let mut backoff = Backoff::new(timeout);
-        while !st.is_done() {
-            let mut progressed = false;
-            {
-                let mut g = lock(&shared.order);
-                let own = g.1;
-                let ops = g.0.ops();
-                while let Some(step) = st.poll() {
-                    progressed = true;
-                    match step {
-                        Step::A { range, slot } => {
-                            let (dev, host) =
-                                (t.dev + range.start, t.host.wrapping_add(range.start));
-                            // SAFETY: the twin and the device buffer hold `t.len` bytes and
-                            // stay valid until this call's copies have run (the caller's
-                            // contract; the twins are freed only after this returns, or
-                            // leaked when the stream does not drain).
-                            unsafe {
-                                if to_host {
-                                    ops.copy_to_host(own, host, dev, range.len())?
-                                } else {
-                                    ops.copy_to_device(own, dev, host, range.len())?
-                                }
-                            }
-                            ops.record(&events[slot], own)?;
-                            copying[slot] = true;
-                        }
-                        // The twin (or the device buffer) is the chunk's destination itself:
-                        // nothing more to pass it on to.
-                        Step::B { slot, .. } => st.b_done(slot)?,
-                    }
-                }
-                for (slot, busy) in copying.iter_mut().enumerate() {
-                    if *busy && ops.query(&events[slot])? {
-                        *busy = false;
-                        st.a_done(slot)?;
-                        progressed = true;
-                    }
-                }
-            }
-            if progressed {
-                backoff.progressed();
+        let p = part(t, r);
+        if p.is_empty() {
+            continue;
+        }
+        let (dev, host) = (t.dev + p.start, t.host.wrapping_add(p.start));
+        // SAFETY: the twin and the device buffer hold `t.len` bytes and stay valid until this
+        // call's copies have run (the caller's contract; the twins are freed only after the
+        // stream has run them, or leaked when it does not drain).
+        unsafe {
+            if to_host {
+                ops.copy_to_host(own, host, dev, p.len())?
             } else {
-                backoff.snooze(what)?;
+                ops.copy_to_device(own, dev, host, p.len())?
             }
         }
     }
     Ok(())
 }
 
-/// Everything of one call between its start and its finish.
+/// Everything of one call between its start and its finish: the pipeline of its pieces.
+/// Stage A of piece `k` ([`Staging`], one "byte" per piece) copies its bytes of every twin
+/// device-to-host on dmsc's stream; stage B hands its host job to the executor once that copy
+/// has run, and, once the job is done, queues the copy of its written bytes back. So the
+/// copy of piece `k + 1` to the host runs while piece `k` is on the network, and the copy
+/// back of piece `k` while piece `k + 1` is. Jobs handed to the executor go to `running`,
+/// so a failure waits for them before the twins are freed.
+#[allow(clippy::too_many_arguments)]
 fn stage_and_run<D: DeviceMemory>(
     shared: &Shared<D>,
     exec: &Executor,
     ticket: &mut Ticket<D::Event>,
     staged: &Staged<D::Pinned>,
     self_copies: &[SelfCopy],
-    job: Option<Job>,
+    parts: Parts,
     handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
 ) -> Result<()> {
+    let StagingSettings { slots, timeout, .. } = shared.settings;
     let events = {
         let mut g = lock(&shared.order);
         // dmsc's stream now waits for the caller's earlier work; the copies queued on it
         // below come after that work.
         g.0.poll_start(ticket)?;
-        (0..shared.settings.slots)
+        (0..slots)
             .map(|_| g.0.ops().create_event())
             .collect::<Result<Vec<_>>>()?
     };
-    copy_chunked(shared, &staged.twins, true, &events)?;
-    for c in self_copies {
-        // SAFETY: both are twins of this call (pinned, `len` bytes, alive); `copy` allows
-        // the overlap a send and receive of one buffer would have.
-        unsafe { std::ptr::copy(c.src, c.dst, c.len) };
-    }
-    let job = job.map(|j| {
-        // SAFETY: the job's memory is the twins, alive until this function returns, which is
-        // after the job's slot holds its result.
-        unsafe { exec.submit(j) }
-    });
-    *handed = true;
-    shared.done_pending();
-    if let Some(slot) = job {
-        exec.helper().wait(&slot)?;
-    }
+    let n = parts.len();
+    let (bytes, mut jobs): (Vec<Range<usize>>, Vec<Option<Job>>) = parts.into_iter().unzip();
     let written: Vec<Twin> = staged.twins.iter().copied().filter(|t| t.written).collect();
-    copy_chunked(shared, &written, false, &events)
+    let mut st = Staging::new(n, 1, slots)?;
+    let mut copying = vec![false; slots];
+    // Pieces on the network, in piece order: (slot, piece, job).
+    let mut sending: VecDeque<(usize, usize, Option<Arc<JobSlot>>)> = VecDeque::new();
+    let mut backoff = Backoff::new(timeout);
+    while !st.is_done() {
+        let mut progressed = false;
+        {
+            let mut g = lock(&shared.order);
+            let own = g.1;
+            let ops = g.0.ops();
+            while let Some(step) = st.poll() {
+                progressed = true;
+                match step {
+                    Step::A { range, slot } => {
+                        queue_copies(ops, own, &staged.twins, &bytes[range.start], true)?;
+                        ops.record(&events[slot], own)?;
+                        copying[slot] = true;
+                    }
+                    Step::B { range, slot } => {
+                        let k = range.start;
+                        if k == 0 {
+                            // Sends to this rank itself come from a call in one piece: every
+                            // twin holds its device data now.
+                            for c in self_copies {
+                                // SAFETY: both are twins of this call (pinned, `len` bytes,
+                                // alive); `copy` allows the overlap a send and receive of one
+                                // buffer would have.
+                                unsafe { std::ptr::copy(c.src, c.dst, c.len) };
+                            }
+                        }
+                        let job = jobs[k].take().map(|j| {
+                            // SAFETY: the job's memory is the twins, alive until its slot
+                            // holds a result (waited for here, or after a failure in `run`).
+                            unsafe { exec.submit(j) }
+                        });
+                        if let Some(j) = &job {
+                            running.push(j.clone());
+                        }
+                        if k + 1 == n {
+                            *handed = true;
+                            shared.done_pending();
+                        }
+                        sending.push_back((slot, k, job));
+                    }
+                }
+            }
+            for (slot, busy) in copying.iter_mut().enumerate() {
+                if *busy && ops.query(&events[slot])? {
+                    *busy = false;
+                    st.a_done(slot)?;
+                    progressed = true;
+                }
+            }
+            while let Some((slot, k, job)) = sending.front() {
+                match job.as_ref().map(|j| j.peek()) {
+                    Some(None) => break,
+                    Some(Some(r)) => r?,
+                    None => {}
+                }
+                queue_copies(ops, own, &written, &bytes[*k], false)?;
+                st.b_done(*slot)?;
+                sending.pop_front();
+                progressed = true;
+            }
+        }
+        if progressed {
+            backoff.progressed();
+        } else {
+            backoff.snooze("staging a device call through host memory")?;
+        }
+    }
+    if n == 0 {
+        *handed = true;
+        shared.done_pending();
+    }
+    // The request completes once the device holds the results: wait for the copies back.
+    {
+        let mut g = lock(&shared.order);
+        let own = g.1;
+        g.0.ops().record(&events[0], own)?;
+    }
+    let mut backoff = Backoff::new(timeout);
+    while !lock(&shared.order).0.ops().query(&events[0])? {
+        backoff.snooze("copying host twins back to the device buffers")?;
+    }
+    Ok(())
 }
 
 /// Wait (bounded) until dmsc's stream has run everything queued on it; false if it did not.
@@ -406,18 +461,20 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
         mut ticket,
         mut staged,
         self_copies,
-        job,
+        parts,
         slot,
     } = w;
     let mut handed = false;
+    let mut running = Vec::new();
     let r = stage_and_run(
         shared,
         exec,
         &mut ticket,
         &staged,
         &self_copies,
-        job,
+        parts,
         &mut handed,
+        &mut running,
     );
     if !handed {
         shared.done_pending();
@@ -436,10 +493,16 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
             *f = Some(e.clone());
         }
         drop(f);
-        // Copies may still be queued on the twins: free them only once the stream is idle.
-        if !quiesce(shared) {
+        // Jobs handed to the executor may still use the twins, and copies may still be
+        // queued on them: free them only once both are done.
+        let deadline = Instant::now() + shared.settings.timeout;
+        let jobs_done = running
+            .iter()
+            .all(|j| j.wait_until(Some(deadline)).is_some());
+        if !jobs_done || !quiesce(shared) {
             log::error!(
-                "the staging stream did not drain after a failure; its host buffers are leaked"
+                "the staging stream or the host jobs did not drain after a failure; the call's \
+                 host buffers are leaked"
             );
             std::mem::forget(std::mem::take(&mut staged.pinned));
         }

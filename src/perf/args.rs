@@ -3,6 +3,7 @@
 //! through [`crate::launch`]), `--json PATH` and `--csv PATH`.
 
 use super::average::Average;
+use super::device::PerfDeviceKind;
 use super::osu::{OsuOptions, OsuTest};
 use super::sizes::{parse_size, Step};
 use super::PerfOp;
@@ -54,6 +55,9 @@ pub struct Options {
     /// Start this many ranks on this machine (`--np`); `None` joins the job described by the
     /// environment.
     pub np: Option<usize>,
+    /// Where the measured buffers live (`--device host|cuda`; `-G` is nccl-tests' CUDA-graph
+    /// flag, so it is not reused).
+    pub device: PerfDeviceKind,
 }
 
 impl Options {
@@ -78,6 +82,7 @@ impl Options {
             json: None,
             csv: None,
             np: None,
+            device: PerfDeviceKind::Host,
         }
     }
 
@@ -114,6 +119,10 @@ impl Options {
         if let Some(p) = &self.csv {
             a.push("--csv".into());
             a.push(p.clone().into_os_string());
+        }
+        if self.device != PerfDeviceKind::Host {
+            a.push("--device".into());
+            a.push(self.device.name().into());
         }
         a
     }
@@ -167,6 +176,7 @@ enum Key {
     Csv,
     Window,
     Np,
+    Device,
     Help,
 }
 
@@ -191,6 +201,7 @@ const FLAGS: &[(Option<u8>, &str, Key)] = &[
     (None, "csv", Key::Csv),
     (Some(b'W'), "window", Key::Window),
     (None, "np", Key::Np),
+    (None, "device", Key::Device),
     (Some(b'h'), "help", Key::Help),
 ];
 
@@ -241,6 +252,9 @@ pub fn usage() -> String {
          \x20     --json PATH           rank 0 writes the results as JSON to PATH (one object,\n\
          \x20                           or an array of them for several types/ops/roots)\n\
          \x20     --csv PATH            rank 0 writes one CSV line per measurement to PATH\n\
+         \x20     --device host|cuda    where the measured buffers live (default host); cuda\n\
+         \x20                           allocates them on the rank's GPU (needs the `cuda`\n\
+         \x20                           feature, a driver and a GPU; collectives only)\n\
          \x20 -h, --help                this text\n\
          \n\
          OSU-style point-to-point tests on exactly 2 ranks (see dmsc::perf::osu):\n\
@@ -507,6 +521,13 @@ fn apply(
                     r.parse::<usize>()
                         .map_err(|_| bad("a rank, or -1 for every rank"))?,
                 ),
+            }
+        }
+        Key::Device => {
+            o.device = match v.trim() {
+                "host" => PerfDeviceKind::Host,
+                "cuda" => PerfDeviceKind::Cuda,
+                _ => return Err(bad("host or cuda")),
             }
         }
         Key::Np => match v.trim().parse::<usize>() {
@@ -819,5 +840,28 @@ mod tests {
             o.np = None;
             assert_eq!(run(&refs).unwrap(), o);
         }
+    }
+
+    #[test]
+    fn device_cuda_is_parsed_passed_to_the_ranks_and_checked() {
+        let v = |a: &[&str]| -> Vec<OsString> { a.iter().map(OsString::from).collect() };
+        let Parsed::Run(o) = parse(&v(&["all_reduce", "--device", "cuda", "--np", "2"])).unwrap()
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(o.device, PerfDeviceKind::Cuda);
+        assert!(o.to_rank_args().iter().any(|a| a == "cuda"));
+        let Parsed::Run(back) = parse(&o.to_rank_args()).unwrap() else {
+            panic!("not a run");
+        };
+        assert_eq!(back.device, PerfDeviceKind::Cuda);
+        let Parsed::Run(d) = parse(&v(&["all_reduce"])).unwrap() else {
+            panic!("not a run");
+        };
+        assert_eq!(d.device, PerfDeviceKind::Host);
+        assert!(!d.to_rank_args().iter().any(|a| a == "--device"));
+        let e = parse(&v(&["all_reduce", "--device=gpu"])).unwrap_err().0;
+        assert!(e.contains("--device") && e.contains("host or cuda"), "{e}");
+        assert!(usage().contains("--device host|cuda"));
     }
 }

@@ -73,6 +73,29 @@ pub trait PerfComm {
     ) -> Request<'a>;
     /// See [`Communicator::barrier`].
     fn barrier(&self) -> Result<()>;
+    /// Run `call` (on device buffers, `--device cuda`) to completion, as
+    /// [`Communicator::run_call`]. A communicator without device calls refuses it (the
+    /// default).
+    ///
+    /// # Safety
+    /// As [`Communicator::run_call`].
+    unsafe fn run_device_call(&self, call: &crate::call::Call) -> Result<()> {
+        let _ = call;
+        Err(no_device_calls())
+    }
+    /// Start `call` (on device buffers) as [`Communicator::start_call`]; refused by default.
+    ///
+    /// # Safety
+    /// As [`Communicator::start_call`].
+    unsafe fn start_device_call<'a>(&'a self, call: &crate::call::Call) -> Request<'a> {
+        let _ = call;
+        Request::done(Err(no_device_calls()))
+    }
+}
+
+/// The refusal of a communicator that takes no calls on device buffers.
+fn no_device_calls() -> crate::Error {
+    crate::Error::usage("this communicator takes no calls on device buffers (--device)")
 }
 
 /// Add `sends` and `recvs` (bytes, tag 0) to `g`.
@@ -173,5 +196,13 @@ impl PerfComm for Communicator {
     }
     fn barrier(&self) -> Result<()> {
         Communicator::barrier(self)
+    }
+    unsafe fn run_device_call(&self, call: &crate::call::Call) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { Communicator::run_call(self, call) }
+    }
+    unsafe fn start_device_call<'a>(&'a self, call: &crate::call::Call) -> Request<'a> {
+        // SAFETY: forwarded contract.
+        unsafe { Communicator::start_call(self, call) }
     }
 }

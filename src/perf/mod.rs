@@ -14,7 +14,8 @@
 //! * [`ranks`]: the per-rank lines above the table (process id and host of every rank).
 //! * [`report`]: the table, the footer, the JSON report and the CSV file.
 //! * [`comm`]: what dmsc-perf needs of a communicator ([`comm::PerfComm`]); [`buf`]: aligned
-//!   buffers; `call`: one measured call, blocking or not.
+//!   buffers; `call`: one measured call, blocking or not; [`device`]: device buffers of the
+//!   measured calls (`--device cuda`).
 //! * [`run`]: the driver: the timed loops and checks of every row.
 //! * [`main`]: the program: command line, `--np`, joining a job, the OSU mode.
 //!
@@ -26,6 +27,7 @@ pub mod buf;
 mod call;
 pub mod check;
 pub mod comm;
+pub mod device;
 pub mod huge;
 pub mod main;
 pub mod osu;
@@ -155,6 +157,16 @@ impl PerfOp {
     /// receive cannot share one buffer safely (nccl-tests does not check it either).
     pub const fn has_in_place(self) -> bool {
         !matches!(self, PerfOp::SendRecv)
+    }
+
+    /// True when dmsc-perf measures it on device buffers (`--device cuda`): the collectives
+    /// with one call each; gather, scatter (groups of sends), all_to_allv and sendrecv run on
+    /// host buffers only.
+    pub const fn on_device(self) -> bool {
+        !matches!(
+            self,
+            PerfOp::Gather | PerfOp::Scatter | PerfOp::AllToAllV | PerfOp::SendRecv
+        )
     }
 }
 

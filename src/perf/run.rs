@@ -17,9 +17,11 @@ use super::buf::AlignedBuf;
 use super::call::Call;
 use super::check::CheckSpec;
 use super::comm::PerfComm;
+use super::device::{open_cuda, PerfDevice, PerfDeviceBuf, PerfDeviceKind};
 use super::ranks;
 use super::report::{self, Row, Run};
 use super::sizes::{bandwidths, layout, sizes, Step};
+use crate::call::{CollArgs, Names, Shape, Span};
 use crate::{CollKind, DataType, Error, ReduceOp, Result};
 use std::fmt;
 use std::io::{self, Write};
@@ -59,14 +61,19 @@ pub struct Summary {
     pub avg_busbw: f64,
 }
 
-/// Time and check one half of a row; returns (seconds per call, wrong elements).
+/// Time and check one half of a row; returns (seconds per call, wrong elements). With
+/// `dev`, the measured buffers are device memory ([`measure_on_device`]).
 fn measure(
     comm: &dyn PerfComm,
     o: &Options,
     call: &mut Call,
     in_place: bool,
     seed: &mut u64,
+    dev: Option<&mut dyn PerfDevice>,
 ) -> Result<(f64, Option<u64>)> {
+    if let Some(dev) = dev {
+        return measure_on_device(comm, o, call, in_place, seed, dev);
+    }
     let e = call.spec.dtype.size();
     let l = call.layout;
     let mut input = AlignedBuf::new(if in_place { 0 } else { l.send * e });
@@ -125,6 +132,161 @@ fn measure(
     Ok((secs, Some(sum_over_ranks(comm, wrong)?)))
 }
 
+/// [`measure`] on device buffers of `dev`: the buffers are filled on the host as
+/// [`super::check`] says and uploaded before the timed loop; the loop passes only the device
+/// buffers to the communicator; each check fills and uploads fresh inputs, runs the call,
+/// and downloads the output to count the wrong elements.
+fn measure_on_device(
+    comm: &dyn PerfComm,
+    o: &Options,
+    call: &mut Call,
+    in_place: bool,
+    seed: &mut u64,
+    dev: &mut dyn PerfDevice,
+) -> Result<(f64, Option<u64>)> {
+    let e = call.spec.dtype.size();
+    let l = call.layout;
+    let mut input = AlignedBuf::new(if in_place { 0 } else { l.send * e });
+    let mut output = AlignedBuf::new(if in_place { l.in_place() } else { l.recv } * e);
+    let nbuf = if o.blocking {
+        1
+    } else {
+        o.agg_iters.max(1) as usize
+    };
+    let mut d_input = if in_place {
+        None
+    } else {
+        Some(dev.alloc(input.bytes().len())?)
+    };
+    let mut d_outputs = (0..nbuf)
+        .map(|_| dev.alloc(output.bytes().len()))
+        .collect::<Result<Vec<_>>>()?;
+    let fill = |spec: &CheckSpec,
+                input: &mut AlignedBuf,
+                output: &mut AlignedBuf,
+                d_input: &mut Option<Box<dyn PerfDeviceBuf>>,
+                d_outputs: &mut [Box<dyn PerfDeviceBuf>]|
+     -> Result<()> {
+        if let Some(d) = d_input {
+            spec.fill_input(input.bytes_mut());
+            d.upload(input.bytes())?;
+        }
+        if in_place {
+            spec.fill_in_place(output.bytes_mut());
+        } else {
+            spec.fill_output(output.bytes_mut());
+        }
+        for d in d_outputs {
+            d.upload(output.bytes())?;
+        }
+        Ok(())
+    };
+    fill(
+        &call.spec,
+        &mut input,
+        &mut output,
+        &mut d_input,
+        &mut d_outputs,
+    )?;
+    let in_span = d_input.as_ref().map(|d| d.span());
+    let calls: Vec<DeviceCall> = d_outputs
+        .iter()
+        .map(|d| device_call(comm, call, in_span, d.span()))
+        .collect::<Result<_>>()?;
+    for _ in 0..o.warmup {
+        device_batch(comm, &calls[..1], o.blocking)?;
+    }
+    comm.barrier()?;
+    let start = Instant::now();
+    for _ in 0..o.iters {
+        if o.blocking {
+            for _ in 0..o.agg_iters {
+                device_batch(comm, &calls[..1], true)?;
+            }
+        } else {
+            device_batch(comm, &calls, false)?;
+        }
+    }
+    let n_calls = f64::from(o.iters.max(1)) * f64::from(o.agg_iters.max(1));
+    let secs = o
+        .average
+        .combine(comm, start.elapsed().as_secs_f64() / n_calls)?;
+    if o.check == 0 {
+        return Ok((secs, None));
+    }
+    let mut wrong = 0;
+    for _ in 0..o.check {
+        *seed += 1;
+        call.spec.seed = *seed;
+        fill(
+            &call.spec,
+            &mut input,
+            &mut output,
+            &mut d_input,
+            &mut d_outputs[..1],
+        )?;
+        device_batch(comm, &calls[..1], o.blocking)?;
+        d_outputs[0].download(output.bytes_mut())?;
+        wrong += call.spec.count_wrong(output.bytes(), in_place);
+    }
+    Ok((secs, Some(sum_over_ranks(comm, wrong)?)))
+}
+
+/// A measured call on device buffers.
+type DeviceCall = crate::call::Call;
+
+/// The call of `call`'s row on device spans `input` (none in place) and `output`.
+fn device_call(
+    comm: &dyn PerfComm,
+    call: &Call,
+    input: Option<Span>,
+    output: Span,
+) -> Result<DeviceCall> {
+    let s = &call.spec;
+    let args = CollArgs {
+        kind: s.op.kind(),
+        dtype: s.dtype,
+        op: s.redop,
+        root: s.root,
+        input,
+        output,
+        count: Some(s.count),
+        factor: None,
+    };
+    let shape = Shape {
+        rank: comm.rank(),
+        size: comm.size(),
+    };
+    DeviceCall::collective(shape, args, &Names::RUST)
+}
+
+/// [`Call::batch`] on device buffers: blocking, each call completes, then a barrier;
+/// non-blocking, all are started, then all are waited on (the first error is returned).
+fn device_batch(comm: &dyn PerfComm, calls: &[DeviceCall], blocking: bool) -> Result<()> {
+    if blocking {
+        for c in calls {
+            // SAFETY: the call's buffers are device buffers of the measurement, alive until
+            // it returns, and run_device_call waits for the call.
+            unsafe { comm.run_device_call(c) }?;
+            comm.barrier()?;
+        }
+        return Ok(());
+    }
+    // SAFETY: as above; every request is waited on below, before the buffers can go.
+    let requests: Vec<_> = calls
+        .iter()
+        .map(|c| unsafe { comm.start_device_call(c) })
+        .collect();
+    let mut first = Ok(());
+    for r in requests {
+        let done = r.wait();
+        if first.is_ok() {
+            first = done;
+        }
+    }
+    first
+}
+
 /// The sum of `x` over all ranks.
 pub fn sum_over_ranks(comm: &dyn PerfComm, x: u64) -> Result<u64> {
     let mut out = AlignedBuf::new(8);
@@ -156,6 +318,16 @@ pub fn benchmark(
     o: &Options,
     out: &mut dyn Write,
 ) -> std::result::Result<Summary, RunError> {
+    benchmark_on(comm, o, out, None)
+}
+
+/// [`benchmark`], with the measured buffers on `dev` when given (`--device cuda`).
+pub fn benchmark_on(
+    comm: &dyn PerfComm,
+    o: &Options,
+    out: &mut dyn Write,
+    mut dev: Option<&mut dyn PerfDevice>,
+) -> std::result::Result<Summary, RunError> {
     let (n, rank) = (comm.size(), comm.rank());
     let plain = |error| RunError {
         during: String::new(),
@@ -177,6 +349,14 @@ pub fn benchmark(
     } else {
         vec![None]
     };
+    if dev.is_some() && !o.op.on_device() {
+        return Err(plain(Error::usage(format!(
+            "--device cuda: dmsc-perf measures {} on host buffers only (on device buffers: \
+             the collectives all_reduce, all_gather, reduce_scatter, broadcast, reduce, \
+             all_to_all)",
+            o.op.name()
+        ))));
+    }
     let devices = ranks::gather(comm).map_err(plain)?;
     let _ = write!(
         out,
@@ -228,7 +408,11 @@ pub fn benchmark(
                             line += &report::row_half_absent();
                             continue;
                         }
-                        let (secs, wrong) = measure(comm, o, &mut call, in_place, &mut seed)
+                        let d: Option<&mut dyn PerfDevice> = match dev {
+                            Some(ref mut d) => Some(&mut **d),
+                            None => None,
+                        };
+                        let (secs, wrong) = measure(comm, o, &mut call, in_place, &mut seed, d)
                             .map_err(|error| RunError {
                                 during: call.describe(in_place),
                                 error,
@@ -274,10 +458,30 @@ pub fn benchmark(
 /// report. Returns the exit code (1 on wrong results or any error).
 pub fn run_rank(comm: &dyn PerfComm, o: &Options) -> i32 {
     let rank = comm.rank();
+    let mut dev = match o.device {
+        PerfDeviceKind::Host => None,
+        PerfDeviceKind::Cuda => {
+            let local = std::env::var("LOCAL_RANK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(rank);
+            match open_cuda(local) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("dmsc-perf: rank {rank}: cannot measure on device buffers: {e}");
+                    return 1;
+                }
+            }
+        }
+    };
+    let dev: Option<&mut dyn PerfDevice> = match dev {
+        Some(ref mut d) => Some(&mut **d),
+        None => None,
+    };
     let result = if rank == 0 {
-        benchmark(comm, o, &mut io::stdout().lock())
+        benchmark_on(comm, o, &mut io::stdout().lock(), dev)
     } else {
-        benchmark(comm, o, &mut io::sink())
+        benchmark_on(comm, o, &mut io::sink(), dev)
     };
     let summary = match result {
         Ok(s) => s,

@@ -81,7 +81,8 @@ class FakeTensor:
     def __dlpack_device__(self):
         return self.device
 
-    def __dlpack__(self):  # no max_version: exercises the fallback to the legacy capsule
+    def __dlpack__(self, stream=None):  # no max_version: exercises the fallback to the legacy capsule
+        self.stream = stream
         m = _DLManagedTensor()
         t = m.dl_tensor
         t.data = self.storage.ctypes.data
@@ -117,9 +118,9 @@ def test_bfloat16_through_a_handmade_dlpack_capsule(comm1):
 
 
 def test_dlpack_errors_name_the_argument(comm1):
-    gpu = FakeTensor(np.zeros(4, np.float32), code=2, bits=32, device=(2, 0))
-    with pytest.raises(dmsc.InvalidArgument, match=r"tensor is on device cuda:0 .*CPU"):
-        comm1.all_reduce(gpu)
+    opencl = FakeTensor(np.zeros(4, np.float32), code=2, bits=32, device=(4, 0))
+    with pytest.raises(dmsc.InvalidArgument, match=r"tensor is on device opencl:0 .*CPU or a CUDA"):
+        comm1.all_reduce(opencl)
     strided = FakeTensor(np.zeros(4, np.float32), code=2, bits=32, shape=(2, 2), strides=(1, 2))
     with pytest.raises(dmsc.InvalidArgument, match="tensor is not contiguous"):
         comm1.all_reduce(strided)
@@ -332,3 +333,55 @@ def test_single_rank_semantics(comm1):
     w = comm1.all_reduce(a, async_op=True)
     assert isinstance(w, dmsc.Work) and w.wait()
     assert comm1.split(None) is None
+
+
+# --- CUDA tensors without a GPU: FAKE producers over host memory ----------------------------
+
+
+class FakeCudaArray:
+    """A FAKE CUDA array: host memory (a numpy array's) described by
+    __cuda_array_interface__ (version 3), as CuPy describes its device arrays. dmsc parses it,
+    then asks the CUDA driver which device the pointer is on, which fails clearly here."""
+
+    def __init__(self, storage: np.ndarray, typestr=None, strides=None, stream=None, readonly=False, drop=()):
+        self.storage = storage
+        cai = {
+            "data": (storage.ctypes.data, readonly),
+            "shape": storage.shape,
+            "typestr": typestr or storage.dtype.str,
+            "strides": strides,
+            "version": 3,
+            "stream": stream,
+        }
+        for k in drop:
+            del cai[k]
+        self.__cuda_array_interface__ = cai
+
+
+def test_cuda_array_interface_is_parsed_and_its_errors_name_the_argument(comm1):
+    a = np.zeros(8, np.float32)
+    with pytest.raises(dmsc.InvalidArgument, match="tensor has element type '<c8'"):
+        comm1.all_reduce(FakeCudaArray(np.zeros(4, np.complex64)))
+    with pytest.raises(dmsc.InvalidArgument, match="tensor is not contiguous"):
+        comm1.all_reduce(FakeCudaArray(a.reshape(2, 4), strides=(4, 8)))
+    with pytest.raises(dmsc.InvalidArgument, match="tensor: __cuda_array_interface__ has no 'data'"):
+        comm1.all_reduce(FakeCudaArray(a, drop=("data",)))
+    with pytest.raises(dmsc.InvalidArgument, match="'stream' is not an integer"):
+        comm1.all_reduce(FakeCudaArray(a, stream="s"))
+    with pytest.raises(dmsc.InvalidArgument, match="out is read-only"):
+        comm1.all_reduce(np.zeros(8, np.float32), out=FakeCudaArray(a, readonly=True))
+    # A well-formed one gets as far as the driver: without a GPU, a clear error that says why.
+    with pytest.raises(dmsc.DmscError, match=r"tensor.*CUDA.*(driver|cuda. feature)"):
+        comm1.all_reduce(FakeCudaArray(a, stream=7))
+
+
+def test_a_cuda_dlpack_tensor_is_exported_for_a_stream_and_mixing_it_with_host_memory_names_both(comm1):
+    gpu = FakeTensor(np.zeros(4, np.float32), code=2, bits=32, device=(2, 0))
+    with pytest.raises(dmsc.InvalidArgument, match="tensor is CUDA device 0 memory but out is host memory"):
+        comm1.all_reduce(gpu, out=np.zeros(4, np.float32))
+    # Not a torch or CuPy tensor: exported for the legacy default stream (DLPack's 1).
+    assert gpu.stream == 1 and gpu.deleted == 1
+    # All on the device: the call needs the CUDA device, which cannot be opened here.
+    out = FakeTensor(np.zeros(4, np.float32), code=2, bits=32, device=(2, 0))
+    with pytest.raises(dmsc.DmscError, match=r"CUDA device 0"):
+        comm1.all_reduce(gpu, out=out)

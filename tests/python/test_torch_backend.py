@@ -124,3 +124,43 @@ def test_torchrun_launch(tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "TORCHRUN-OK 0 of 2" in p.stdout and "TORCHRUN-OK 1 of 2" in p.stdout, p.stdout + p.stderr
+
+
+def test_the_backend_registers_for_cuda_and_a_cuda_call_without_a_gpu_fails_clearly():
+    """"dmsc" serves CPU and CUDA tensors; where torch sees no GPU a CUDA tensor cannot be
+    made, and where it sees one without dmsc's CUDA device (no driver for dmsc) the call says
+    why. A host tensor and a CUDA tensor in one call are refused naming both devices."""
+    code = r"""
+import os, torch, torch.distributed as dist
+import dmsc.torch
+caps = dist.Backend.backend_capability["dmsc"]
+assert "cpu" in caps and "cuda" in caps, caps
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("dmsc", rank=0, world_size=1)
+t = torch.ones(4)
+dist.all_reduce(t)
+assert t.tolist() == [1.0] * 4
+if torch.cuda.is_available():
+    g = torch.ones(4, device="cuda")
+    try:
+        dist.all_reduce(g)
+        torch.cuda.synchronize()
+        assert g.tolist() == [1.0] * 4
+        print("cuda all_reduce ran")
+    except Exception as e:  # no dmsc CUDA device: the error must say why
+        assert "CUDA" in str(e), e
+        print("cuda all_reduce refused:", e)
+    from dmsc.torch_backend import _check_device
+    try:
+        _check_device("all_reduce", [t, g])
+        raise SystemExit("mixing cpu and cuda tensors was accepted")
+    except dmsc.InvalidArgument as e:
+        assert "cpu" in str(e) and "cuda" in str(e), e
+else:
+    print("no GPU for torch: CUDA tensors cannot be made here")
+dist.destroy_process_group()
+print("ok")
+"""
+    env = dict(os.environ, PORT=str(__import__("conftest").free_port()))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stdout + p.stderr

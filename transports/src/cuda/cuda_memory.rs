@@ -30,6 +30,18 @@ pub struct CudaMemory {
 unsafe impl Send for CudaMemory {}
 
 impl CudaMemory {
+    /// How many GPUs the driver sees. Errors (never panics) without a driver.
+    pub fn count() -> Result<u32> {
+        let what = "counting CUDA devices";
+        if !driver::driver_present() {
+            return Err(driver::no_driver(what));
+        }
+        result::init().map_err(|e| driver::error(format!("{what}: cuInit"), e))?;
+        let count = result::device::get_count()
+            .map_err(|e| driver::error(format!("{what}: cuDeviceGetCount"), e))?;
+        Ok(count.max(0) as u32)
+    }
+
     /// GPU `ordinal`'s memory operations. Errors (never panics) without a driver or GPU.
     pub fn open(ordinal: u32) -> Result<CudaMemory> {
         let what = format!("opening CUDA device {ordinal} for staging");
@@ -183,5 +195,56 @@ impl DeviceMemory for CudaMemory {
             result::memcpy_htod_async(dst as sys::CUdeviceptr, src, stream.as_raw())
         }
         .map_err(|e| driver::error(format!("cuMemcpyHtoDAsync({len} B to {dst:#x})"), e))
+    }
+}
+
+impl super::ipc_memory::MappedPeer for super::ipc_handle::ImportedBuffer {
+    fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+}
+
+/// CUDA IPC on the driver: `cuIpcGetMemHandle` / `cuIpcOpenMemHandle` (through
+/// [`super::ipc_handle`]) and `cuMemcpyDtoDAsync` on a copy engine. Compile-checked only.
+impl super::ipc_memory::IpcMemory for CudaMemory {
+    type Mapped = super::ipc_handle::ImportedBuffer;
+
+    fn export(&mut self, ptr: usize, len: usize) -> Result<super::ipc_handle::IpcExport> {
+        self.bind()?;
+        super::ipc_handle::export(ptr as u64, len as u64, self.dev)
+    }
+
+    fn open_peer(
+        &mut self,
+        export: &super::ipc_handle::IpcExport,
+    ) -> Result<super::ipc_handle::ImportedBuffer> {
+        self.bind()?;
+        super::ipc_handle::ImportedBuffer::open(export, self.dev)
+    }
+
+    unsafe fn copy_device_to_device(
+        &mut self,
+        stream: StreamHandle,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract: both ranges are device memory of this process
+        // (mapped peer buffers included), valid until the copy has run on `stream`.
+        unsafe {
+            result::memcpy_dtod_async(
+                dst as sys::CUdeviceptr,
+                src as sys::CUdeviceptr,
+                len,
+                stream.as_raw(),
+            )
+        }
+        .map_err(|e| driver::error(format!("cuMemcpyDtoDAsync({len} B)"), e))
     }
 }

@@ -4,15 +4,20 @@
 //! way a GPU runs them (an event wait sees the record queued before it; a gate wait compares
 //! cyclically, as `CU_STREAM_WAIT_VALUE_GEQ` does). Tests queue fake kernels
 //! ([`FakeDeviceMemory::launch`]) to write inputs before a call and to read outputs after it,
-//! which shows whether the call was ordered on the stream.
+//! which shows whether the call was ordered on the stream. A test can slow the fake copy
+//! engine down and log every copy with when it was queued, started and ended
+//! ([`FakeDeviceMemory::log_copies`]), which shows how the staging chunks and overlaps them.
 //!
 //! Nothing here touches CUDA. "Device addresses" are plain host addresses the test owns.
 
 use super::device_memory::{DeviceMemory, PinnedBuffer};
+use super::ipc_handle::IpcExport;
+use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
 use dmsc_core::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 type Kernel = Box<dyn FnOnce() + Send>;
 
@@ -20,8 +25,16 @@ type Kernel = Box<dyn FnOnce() + Send>;
 enum Cmd {
     /// A fake kernel.
     Run(Kernel),
-    /// A copy of `len` bytes from address `src` to address `dst`.
-    Copy { dst: usize, src: usize, len: usize },
+    /// A copy of `len` bytes from address `src` to address `dst` (to the device when
+    /// `to_device`, from it when `from_device`), queued at `queued`.
+    Copy {
+        dst: usize,
+        src: usize,
+        len: usize,
+        to_device: bool,
+        from_device: bool,
+        queued: Instant,
+    },
     /// Complete record number `n` of event `e`.
     Record { e: usize, n: u64 },
     /// Wait until record `n` of event `e` has completed.
@@ -41,6 +54,29 @@ struct State {
     gates: Vec<u32>,
     next_stream: usize,
     stop: bool,
+    /// Copies that ran, when [`FakeDeviceMemory::log_copies`] asked for them.
+    copies: Option<Vec<CopyRecord>>,
+    /// How long each copy takes (a fake copy engine's speed).
+    copy_time: Duration,
+}
+
+/// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
+#[derive(Clone, Debug)]
+pub struct CopyRecord {
+    /// To device memory (host to device, or device to device).
+    pub to_device: bool,
+    /// From device memory (device to host, or device to device).
+    pub from_device: bool,
+    /// The device address copied to (or, device to host, from).
+    pub device: usize,
+    /// Bytes.
+    pub len: usize,
+    /// When the copy was queued on its stream.
+    pub queued: Instant,
+    /// When it started running.
+    pub started: Instant,
+    /// When it ended.
+    pub ended: Instant,
 }
 
 struct Inner {
@@ -114,9 +150,22 @@ impl FakeDeviceMemory {
         self.push(stream, Cmd::Run(Box::new(k)));
     }
 
+    /// From now on, make every copy take `copy_time` (a slow fake copy engine) and log the
+    /// copies that run; the log so far is [`FakeDeviceMemory::copies`].
+    pub fn log_copies(&self, copy_time: Duration) {
+        let mut s = lock(&self.inner().state);
+        s.copy_time = copy_time;
+        s.copies.get_or_insert_with(Vec::new);
+    }
+
+    /// The copies run since [`FakeDeviceMemory::log_copies`], in the order they ended.
+    pub fn copies(&self) -> Vec<CopyRecord> {
+        lock(&self.inner().state).copies.clone().unwrap_or_default()
+    }
+
     /// Wait until everything queued on `stream` so far has run (`cuStreamSynchronize`), or
     /// `timeout` passed (an error then, naming the stream).
-    pub fn synchronize(&self, stream: usize, timeout: std::time::Duration) -> Result<()> {
+    pub fn synchronize(&self, stream: usize, timeout: Duration) -> Result<()> {
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let d = done.clone();
         self.launch(stream, move || {
@@ -177,15 +226,39 @@ fn run(inner: &Inner) {
                 s = lock(&inner.state);
                 s.streams.get_mut(&id).expect("streams stay").1 = false;
             }
-            Cmd::Copy { dst, src, len } => {
+            Cmd::Copy {
+                dst,
+                src,
+                len,
+                to_device,
+                from_device,
+                queued,
+            } => {
                 entry.1 = true;
+                let copy_time = s.copy_time;
                 drop(s);
+                let started = Instant::now();
+                if !copy_time.is_zero() {
+                    std::thread::sleep(copy_time);
+                }
                 // SAFETY: whoever queued the copy promised both ranges valid until it has
                 // run (DeviceMemory::copy_to_host / copy_to_device); `ptr::copy` allows
                 // overlap.
                 unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+                let ended = Instant::now();
                 s = lock(&inner.state);
                 s.streams.get_mut(&id).expect("streams stay").1 = false;
+                if let Some(log) = s.copies.as_mut() {
+                    log.push(CopyRecord {
+                        to_device,
+                        from_device,
+                        device: if to_device { dst } else { src },
+                        len,
+                        queued,
+                        started,
+                        ended,
+                    });
+                }
             }
         }
         inner.cond.notify_all();
@@ -278,6 +351,9 @@ impl DeviceMemory for FakeDeviceMemory {
                 dst: dst as usize,
                 src,
                 len,
+                to_device: false,
+                from_device: true,
+                queued: Instant::now(),
             },
         );
         Ok(())
@@ -296,6 +372,104 @@ impl DeviceMemory for FakeDeviceMemory {
                 dst,
                 src: src as usize,
                 len,
+                to_device: true,
+                from_device: false,
+                queued: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The FAKE IPC registry of this process: export `i` is the buffer `(address, len)`. Every
+/// fake device is "the same GPU" (one UUID), as ranks sharing one GPU are.
+static FAKE_IPC: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// The first bytes of a FAKE IPC handle (a real one is the driver's opaque bytes).
+const FAKE_IPC_MAGIC: &[u8; 16] = b"dmsc FAKE ipc\0\0\0";
+/// The UUID every fake device claims.
+const FAKE_UUID: [u8; 16] = [0xFA; 16];
+
+/// A peer buffer "mapped" by the FAKE IPC: the exporter's own address (ranks of a test are
+/// threads of one process).
+#[derive(Debug)]
+pub struct FakeMapped {
+    addr: usize,
+    len: usize,
+}
+
+impl MappedPeer for FakeMapped {
+    fn addr(&self) -> usize {
+        self.addr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl IpcMemory for FakeDeviceMemory {
+    type Mapped = FakeMapped;
+
+    fn export(&mut self, ptr: usize, len: usize) -> Result<IpcExport> {
+        let mut reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
+        reg.push((ptr, len));
+        let mut handle = [0u8; 64];
+        handle[..16].copy_from_slice(FAKE_IPC_MAGIC);
+        handle[16..24].copy_from_slice(&(reg.len() as u64 - 1).to_le_bytes());
+        Ok(IpcExport {
+            handle,
+            offset: 0,
+            len: len as u64,
+            device_uuid: FAKE_UUID,
+        })
+    }
+
+    fn open_peer(&mut self, e: &IpcExport) -> Result<FakeMapped> {
+        if &e.handle[..16] != FAKE_IPC_MAGIC {
+            return Err(Error::invalid(
+                "fake GPU: a CUDA IPC handle that the fake device did not export",
+            ));
+        }
+        if e.device_uuid != FAKE_UUID {
+            return Err(Error::usage(
+                "fake GPU: the export is of another GPU than this one",
+            ));
+        }
+        let id = u64::from_le_bytes(e.handle[16..24].try_into().expect("8 bytes")) as usize;
+        let reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(&(addr, len)) = reg.get(id) else {
+            return Err(Error::invalid(format!(
+                "fake GPU: no CUDA IPC export number {id}"
+            )));
+        };
+        let end = e.offset.checked_add(e.len);
+        if end.is_none_or(|end| end > len as u64) {
+            return Err(Error::invalid(format!(
+                "fake GPU: an export of {} bytes at offset {} of a {len}-byte buffer",
+                e.len, e.offset
+            )));
+        }
+        Ok(FakeMapped {
+            addr: addr + e.offset as usize,
+            len: e.len as usize,
+        })
+    }
+
+    unsafe fn copy_device_to_device(
+        &mut self,
+        stream: usize,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Copy {
+                dst,
+                src,
+                len,
+                to_device: true,
+                from_device: true,
+                queued: Instant::now(),
             },
         );
         Ok(())
@@ -305,7 +479,6 @@ impl DeviceMemory for FakeDeviceMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -339,6 +512,43 @@ mod tests {
             "the copy ran before the kernel that wrote its source"
         );
         drop(dev);
+    }
+
+    #[test]
+    fn logged_copies_say_direction_address_and_timing() {
+        let mut d = FakeDeviceMemory::new();
+        let s = d.create_stream().unwrap();
+        {
+            let d = &mut d;
+            let mut dev = [5u8; 16];
+            let mut host = d.alloc_pinned(16).unwrap();
+            // Copies before the log is asked for are not logged.
+            // SAFETY: both buffers live until the synchronize below.
+            unsafe { d.copy_to_host(s, host.as_mut_ptr(), dev.as_ptr() as usize, 4) }.unwrap();
+            d.synchronize(s, T).unwrap();
+            d.log_copies(Duration::from_millis(2));
+            // SAFETY: as above.
+            unsafe {
+                d.copy_to_host(s, host.as_mut_ptr(), dev.as_ptr() as usize + 4, 8)
+                    .unwrap();
+                d.copy_to_device(s, dev.as_mut_ptr() as usize, host.as_mut_ptr(), 8)
+                    .unwrap();
+            }
+            d.synchronize(s, T).unwrap();
+            let log = d.copies();
+            assert_eq!(log.len(), 2, "{log:?}");
+            assert!(!log[0].to_device && log[1].to_device);
+            assert_eq!(log[0].device, dev.as_ptr() as usize + 4);
+            assert_eq!((log[0].len, log[1].len), (8, 8));
+            for r in &log {
+                assert!(r.queued <= r.started && r.ended - r.started >= Duration::from_millis(2));
+            }
+            assert!(
+                log[0].ended <= log[1].started,
+                "one stream ran two copies at once"
+            );
+            assert_eq!(&host.0[..8], &[5; 8]);
+        }
     }
 
     #[test]

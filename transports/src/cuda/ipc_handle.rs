@@ -4,8 +4,9 @@
 //! P2P transport exchanges them over its bootstrap (NCCL's design; read, not copied). The
 //! encoding ([`IpcExport::to_bytes`], [`IpcExport::from_bytes`]) is fixed-size little-endian
 //! and tested here; exporting and opening ([`export`], [`ImportedBuffer::open`], `cuda`
-//! feature) are compile-checked only: no GPU was available when they were written, and
-//! nothing exchanges them yet (the shm transport posts host memory only).
+//! feature) are compile-checked only: no GPU was available when they were written. The
+//! exchange itself ([`super::ipc_memory::IpcPeers`]) is tested on the FAKE device; the
+//! communicator's collectives do not use it yet.
 //!
 //! Two ranks that are threads of one process cannot open each other's handles (the driver
 //! refuses a handle of its own process); they share the address space and use the pointer

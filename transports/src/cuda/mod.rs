@@ -9,6 +9,9 @@
 //!   (exporting and opening with the feature);
 //! - [`staging`]: device data through host buffers in pipelined chunks (for TCP), as a
 //!   state machine without I/O;
+//! - [`ipc_memory`]: CUDA IPC between ranks of one host (export, open, device-to-device
+//!   copies) as a trait over the device, and the opening and gathering of the peers'
+//!   buffers of one exchange;
 //! - [`device_memory`]: the narrow trait of device-memory operations the communicator's
 //!   staging of device buffers uses, and [`fake_device`], its FAKE over host memory with
 //!   streams run by a worker thread (for tests of the communicator without a GPU);
@@ -35,6 +38,7 @@
 pub mod device_memory;
 pub mod fake_device;
 pub mod ipc_handle;
+pub mod ipc_memory;
 pub mod kernels;
 pub mod staging;
 pub mod stream_order;

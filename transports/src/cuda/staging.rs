@@ -13,11 +13,11 @@
 //! `cuMemcpyAsync` and an event, a socket send, ...) and reports completions with
 //! [`Staging::a_done`] and [`Staging::b_done`]. Each stage runs in chunk order: stage B of
 //! chunk `i` only after stage A of chunk `i` completed and stage B of chunk `i - 1` started,
-//! so the bytes reach the wire (or the device) in order. Driven today by the communicator's
-//! staging of device calls (the root crate's `src/device_call/stager.rs`), which copies each
-//! buffer whole into a pinned twin with a few chunks in flight (stage B is then empty) before
-//! the host collective runs; the TCP transport itself posts host memory only, so the copy of
-//! one chunk does not overlap the send of the previous one yet.
+//! so the bytes reach the wire (or the device) in order. Driven by the communicator's
+//! staging of device calls (the root crate's `src/device_call/stager.rs`) with one "byte" per
+//! piece of a call: stage A copies a piece of every buffer device-to-host, stage B runs the
+//! piece's host collective over TCP and then queues its copy back, so the copy of piece
+//! `i + 1` overlaps the network transfer of piece `i`.
 
 use dmsc_core::error::{Error, Result};
 use std::collections::VecDeque;
