@@ -68,6 +68,19 @@ impl<'a> Request<'a> {
         self.wait_ref()
     }
 
+    /// Wait for every request (each one, even after a failure, so no buffer is left in use)
+    /// and return the first error, as `MPI_Waitall` does.
+    pub fn wait_all(requests: impl IntoIterator<Item = Request<'a>>) -> Result<()> {
+        let mut first = Ok(());
+        for r in requests {
+            let done = r.wait();
+            if first.is_ok() {
+                first = done;
+            }
+        }
+        first
+    }
+
     /// Wait at most `timeout`. On expiry returns [`Error::Timeout`] and the request stays
     /// pending (call `wait` again or drop it, which waits).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {

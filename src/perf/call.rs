@@ -174,13 +174,6 @@ impl Call {
             .iter_mut()
             .map(|out| self.start(comm, input, out.bytes_mut()))
             .collect();
-        let mut first = Ok(());
-        for r in requests {
-            let done = r.wait();
-            if first.is_ok() {
-                first = done;
-            }
-        }
-        first
+        Request::wait_all(requests)
     }
 }

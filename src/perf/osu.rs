@@ -202,18 +202,6 @@ pub fn row_line(r: &OsuRow) -> String {
     )
 }
 
-/// Wait on every request; the first error wins.
-fn wait_all(requests: Vec<Request<'_>>) -> Result<()> {
-    let mut first = Ok(());
-    for r in requests {
-        let done = r.wait();
-        if first.is_ok() {
-            first = done;
-        }
-    }
-    first
-}
-
 /// Rank 0's samples (seconds) for one size; rank 1's are empty.
 fn samples(comm: &dyn PerfComm, o: &OsuOptions, size: usize) -> Result<Vec<f64>> {
     let me = comm.rank();
@@ -239,22 +227,22 @@ fn samples(comm: &dyn PerfComm, o: &OsuOptions, size: usize) -> Result<Vec<f64>>
                 comm.group_bytes(vec![(send.bytes(), peer)], vec![])?;
             }
             (OsuTest::Bw, 0) => {
-                let reqs = (0..window)
+                let reqs: Vec<_> = (0..window)
                     .map(|_| comm.immediate_group_bytes(vec![(send.bytes(), peer)], vec![]))
                     .collect();
-                wait_all(reqs)?;
+                Request::wait_all(reqs)?;
                 comm.group_bytes(vec![], vec![(&mut ack[..], peer)])?;
             }
             (OsuTest::Bw, _) => {
-                let reqs = recv
+                let reqs: Vec<_> = recv
                     .iter_mut()
                     .map(|b| comm.immediate_group_bytes(vec![], vec![(b.bytes_mut(), peer)]))
                     .collect();
-                wait_all(reqs)?;
+                Request::wait_all(reqs)?;
                 comm.group_bytes(vec![(&ack[..], peer)], vec![])?;
             }
             (OsuTest::Bibw, _) => {
-                let reqs = recv
+                let reqs: Vec<_> = recv
                     .iter_mut()
                     .map(|b| {
                         comm.immediate_group_bytes(
@@ -263,7 +251,7 @@ fn samples(comm: &dyn PerfComm, o: &OsuOptions, size: usize) -> Result<Vec<f64>>
                         )
                     })
                     .collect();
-                wait_all(reqs)?;
+                Request::wait_all(reqs)?;
             }
         }
         let secs = start.elapsed().as_secs_f64();

@@ -277,14 +277,7 @@ fn device_batch(comm: &dyn PerfComm, calls: &[DeviceCall], blocking: bool) -> Re
         .iter()
         .map(|c| unsafe { comm.start_device_call(c) })
         .collect();
-    let mut first = Ok(());
-    for r in requests {
-        let done = r.wait();
-        if first.is_ok() {
-            first = done;
-        }
-    }
-    first
+    crate::Request::wait_all(requests)
 }
 
 /// The sum of `x` over all ranks.
