@@ -144,7 +144,13 @@ pub fn prepare(
             2 * opts.window,
             Access::LOCAL,
         )?;
-        peers.push(Some(Peer::new(paths, mbox, trailers)));
+        peers.push(Some(Peer::new(
+            paths,
+            mbox,
+            trailers,
+            opts.spray,
+            opts.staging_slot as u64,
+        )));
     }
     let t = RdmaTransport::from_parts(
         rank,

@@ -32,6 +32,7 @@ use dmsc_core::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 struct FakeMr {
     addr: u64,
@@ -73,6 +74,10 @@ struct FakeDev {
     /// Send requests completed (any outcome) since the fabric was made.
     completed: u64,
     open: bool,
+    /// FAKE link speed in bytes per second (`None`: as fast as memory).
+    rate: Option<f64>,
+    /// With a link speed: when the link has sent what it was given so far.
+    link_free: Option<Instant>,
 }
 
 /// A completion queue that counts what was ever pushed (for notifications).
@@ -128,6 +133,8 @@ impl FakeFabric {
                 fail_at: None,
                 down_at: None,
                 completed: 0,
+                rate: None,
+                link_free: None,
                 open: false,
             })
             .collect();
@@ -175,6 +182,17 @@ impl FakeFabric {
         let d = &mut f.devs[dev];
         d.processed = 0;
         d.down_at = Some(after);
+    }
+
+    /// FAKE feature: limit device `dev`'s link to `bytes_per_sec` (`None`: unlimited). Each
+    /// send request with a payload then occupies the link for its length over that rate:
+    /// the next one on any of the device's queue pairs is processed only once the link is
+    /// free, so a slow NIC (or a congested port) completes proportionally fewer bytes.
+    pub fn set_link_rate(&self, dev: usize, bytes_per_sec: Option<f64>) {
+        let mut f = self.lock();
+        let d = &mut f.devs[dev];
+        d.rate = bytes_per_sec.filter(|r| *r > 0.0);
+        d.link_free = None;
     }
 
     /// Give contexts opened from now on a completion channel (a pipe that turns readable
@@ -425,6 +443,16 @@ impl Fabric {
             return false;
         };
         let (rnr_retry, remote) = (q.attrs.rnr_retry, q.remote);
+        if let (Some(rate), Some(sge)) = (self.devs[dev].rate, &wr.sge) {
+            // A rate-limited link: wait until it has sent what it holds, then take this.
+            let now = Instant::now();
+            let d = &mut self.devs[dev];
+            if d.link_free.is_some_and(|t| t > now) {
+                return false;
+            }
+            let busy = Duration::from_secs_f64(sge.len as f64 / rate);
+            d.link_free = Some(d.link_free.map_or(now, |t| t.max(now)) + busy);
+        }
         let down = |d: &FakeDev| d.down_at.is_some_and(|a| d.processed >= a);
         if down(&self.devs[dev]) || remote.is_some_and(|(rd, _)| down(&self.devs[rd])) {
             self.devs[dev].processed += 1;

@@ -11,11 +11,13 @@ use super::transport::{RdmaStats, RdmaTransport};
 use dmsc_core::engine::{
     Completion, Engine, EngineConfig, OpMemory, RegCacheConfig, RegStats, Region, Transport,
 };
+use dmsc_core::engine::MemKind;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::spray::Mode;
 use dmsc_core::plan::{buffer_elems, plan, PlanConfig};
 use dmsc_core::sim::{run_collective, SendMode};
 use dmsc_core::types::{CollDesc, CollKind, DataType, ReduceOp};
-use dmsc_core::wire::{FrameHeader, FrameKind};
+use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,13 +149,29 @@ fn run_nics(
     reg: RegCacheConfig,
     tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
 ) -> Result<Run> {
+    run_opts(fabric, n, nics, desc, chunk, repeat, reg, opts(chunk), tweak)
+}
+
+/// [`run_nics`] with the transport's options `o`.
+#[allow(clippy::too_many_arguments)]
+fn run_opts(
+    fabric: &FakeFabric,
+    n: usize,
+    nics: usize,
+    desc: CollDesc,
+    chunk: usize,
+    repeat: usize,
+    reg: RegCacheConfig,
+    o: RdmaOptions,
+    tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
+) -> Result<Run> {
     let board = Board::new(n);
     let tweak = Arc::new(tweak);
     let hs: Vec<_> = (0..n)
         .map(|rank| {
-            let (f, b, tw) = (fabric.clone(), board.clone(), tweak.clone());
+            let (f, b, tw, o) = (fabric.clone(), board.clone(), tweak.clone(), o.clone());
             std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats, _)> {
-                let t = connect_rank_nics(&f, &b, rank, n, &opts(chunk), nics)?;
+                let t = connect_rank_nics(&f, &b, rank, n, &o, nics)?;
                 let stats = t.stats_handle();
                 let metrics = t
                     .path_metrics()
@@ -382,9 +400,11 @@ fn two_nics_per_rank_carry_frames_and_one_dying_mid_transfer_gives_the_exact_res
         assert!(fabric.requests(1) >= after, "fake1 failed before its time");
         moved += r.stats[0].frames_rewritten + r.stats[0].messages_resent;
         assert_eq!(r.paths[0].len(), n - 1, "after {after}: {:?}", r.paths[0]);
-        // Queue pair 1 of rank 0 to each peer (on fake1) failed with the error and was
-        // rebuilt at most 3 times (then left down: the link stays dead); queue pair 0 (on
-        // fake0) never failed, not even at close.
+        // Queue pair 1 of rank 0 to each peer (on fake1) failed, with the error or (where
+        // the peer saw it first and asked for the rebuild, which waits for the spraying
+        // core's backoff) as reported by the peer, and was rebuilt at most 3 times (then
+        // left down: the link stays dead); queue pair 0 (on fake0) never failed, not even
+        // at close.
         for pp in &r.paths[0] {
             let (m0, m1) = (&pp.paths[0], &pp.paths[1]);
             assert_eq!(
@@ -393,7 +413,9 @@ fn two_nics_per_rank_carry_frames_and_one_dying_mid_transfer_gives_the_exact_res
             );
             assert!(m1.epoch <= 4, "after {after}: {pp:?}");
             assert!(
-                m1.failures >= 1 && m1.last_failure == "IBV_WC_RETRY_EXC_ERR",
+                m1.failures >= 1
+                    && (m1.last_failure == "IBV_WC_RETRY_EXC_ERR"
+                        || m1.last_failure.starts_with("the peer reported it failed")),
                 "after {after}: {pp:?}"
             );
         }
@@ -928,4 +950,125 @@ fn with_a_completion_channel_an_idle_wait_sleeps_instead_of_polling() {
         slept <= 60,
         "with a completion channel the wait still polled {slept} times (without: {spin})"
     );
+}
+
+/// Rank 0 sends `frames` frames of `len` bytes to rank 1, `window` at a time, over two
+/// queue pairs on two NICs per rank (queue pair `k` on NIC `k`), rank 0's NIC 0 at
+/// `fast` and NIC 1 at `slow` bytes per second (FAKE link rates), spraying by `mode`.
+/// Returns the bytes each queue pair carried, by the published path metrics.
+fn spray_over_two_nics(mode: Mode, fast: f64, slow: f64, frames: u32) -> [u64; 2] {
+    let (len, window) = (256usize << 10, 8u32);
+    let fabric = FakeFabric::new(4);
+    let o = RdmaOptions {
+        spray: mode,
+        ..opts(len)
+    };
+    let board = Board::new(2);
+    let hs: Vec<_> = (0..2)
+        .map(|r| {
+            let (f, b, o) = (fabric.clone(), board.clone(), o.clone());
+            std::thread::spawn(move || connect_rank_nics(&f, &b, r, 2, &o, 2).unwrap())
+        })
+        .collect();
+    let mut ts: Vec<RdmaTransport> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let (mut b, mut a) = (ts.pop().unwrap(), ts.pop().unwrap());
+    fabric.set_link_rate(0, Some(fast));
+    fabric.set_link_rate(1, Some(slow));
+    let total = len * frames as usize;
+    let mut src: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4099) as u8).collect();
+    let mut dst = vec![0u8; total];
+    let ra = a.register(src.as_mut_ptr(), total, MemKind::Host).unwrap();
+    let rb = b.register(dst.as_mut_ptr(), total, MemKind::Host).unwrap();
+    let (mut posted, mut sent, mut received) = (0u32, 0u32, 0u32);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent < frames || received < frames {
+        assert!(Instant::now() < deadline, "{mode:?}: {sent} sent, {received} received");
+        while posted < frames && posted < sent + window {
+            let h = FrameHeader {
+                chunk: posted,
+                offset: (posted as usize * len) as u64,
+                ..header(0, len as u32)
+            };
+            let at = posted as usize * len;
+            // SAFETY: `src` and `dst` outlive every frame, which all complete before the
+            // buffers are read or dropped.
+            unsafe {
+                b.post_recv_registered(0, &h, dst.as_mut_ptr().add(at), rb, 2)
+                    .unwrap();
+                a.post_send_registered(1, &h, src.as_ptr().add(at), ra, 1)
+                    .unwrap();
+            }
+            posted += 1;
+        }
+        out.clear();
+        a.poll(&mut out, Duration::ZERO).unwrap();
+        b.poll(&mut out, Duration::from_micros(50)).unwrap();
+        for c in &out {
+            match c {
+                Completion::Sent { .. } => sent += 1,
+                Completion::Received { .. } => received += 1,
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
+    }
+    assert!(dst == src, "{mode:?}: the frames landed wrong");
+    // Publish now.
+    std::thread::sleep(Duration::from_millis(25));
+    a.poll(&mut out, Duration::ZERO).unwrap();
+    let m = a.path_metrics().unwrap();
+    let v = m.lock().unwrap();
+    assert!(v[0].paths.iter().all(|p| p.failures == 0), "{:?}", v[0]);
+    [v[0].paths[0].bytes_sent, v[0].paths[1].bytes_sent]
+}
+
+#[test]
+fn adaptive_spraying_gives_a_slow_nic_proportionally_fewer_bytes() {
+    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes.
+    let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 400e6, 100e6, 128);
+    let share = slow as f64 / (fast + slow) as f64;
+    assert!(share > 0.02 && share < 0.35, "fast {fast} slow {slow}");
+}
+
+#[test]
+fn roundrobin_spraying_alternates_and_single_keeps_one_queue_pair() {
+    let frame = (256u64 << 10) + HEADER_LEN as u64;
+    let [a, b] = spray_over_two_nics(Mode::RoundRobin, 400e6, 100e6, 32);
+    assert!(a.abs_diff(b) <= frame, "{a} {b}");
+    let [a, b] = spray_over_two_nics(Mode::Single, 400e6, 400e6, 32);
+    assert_eq!((a, b), (32 * frame, 0));
+}
+
+#[test]
+fn a_queue_pair_failing_mid_transfer_is_exact_under_every_spray_mode() {
+    let n = 3;
+    let d = desc(CollKind::AllReduce, 30_000);
+    let want = expected(&d, n);
+    for mode in [Mode::Adaptive, Mode::RoundRobin, Mode::Single] {
+        for nth in [41, 90] {
+            let fabric = FakeFabric::new(n);
+            let o = RdmaOptions {
+                spray: mode,
+                ..opts(2048)
+            };
+            let r = run_opts(
+                &fabric,
+                n,
+                1,
+                d,
+                2048,
+                1,
+                RegCacheConfig::default(),
+                o,
+                move |rank, f| {
+                    if rank == 0 {
+                        f.inject_retry_exceeded(0, nth);
+                    }
+                },
+            )
+            .unwrap_or_else(|e| panic!("{mode:?}, fault at {nth}: {e}"));
+            assert_eq!(r.outputs, want, "{mode:?}, fault at {nth}");
+            assert!(r.stats[0].paths_failed >= 1, "{mode:?}: {:?}", r.stats[0]);
+        }
+    }
 }

@@ -72,7 +72,7 @@ use dmsc_core::engine::{
     Completion, MemKind, PathMetricsHandle, PeerPaths, RegHandle, Token, Transport, Waker,
 };
 use dmsc_core::error::{Error, Result};
-use dmsc_core::spray::{PathMetrics, PathState};
+use dmsc_core::spray::{Mode, PathScheduler};
 use dmsc_core::types::Rank;
 use dmsc_core::wire::{FrameHeader, HEADER_LEN};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -112,6 +112,13 @@ fn split_wr_id(id: u64) -> (u64, usize, usize, u8, u64) {
         ((id >> 32) & 0xf) as u8,
         id & IDX_MASK,
     )
+}
+
+/// Bytes a frame of `len` payload bytes puts on its queue pair, as the path scheduler counts
+/// them: the payload and the trailer written with immediate (so a frame without payload, a
+/// mismatch report, still counts).
+fn wire_len(len: u32) -> u64 {
+    len as u64 + HEADER_LEN as u64
 }
 
 /// What the transport did, readable from any thread (tests, reports).
@@ -158,22 +165,20 @@ pub(super) struct Path {
     pub(super) returned: u32,
     /// Our send work requests outstanding.
     pub(super) wrs: u32,
-    /// Payload bytes of frames in flight on it.
-    pub(super) bytes: u64,
     /// Control fragments received so far.
     pub(super) reasm: Vec<u8>,
-    /// Payload bytes written on it, acknowledged, and moved to others when it failed.
-    sent: u64,
-    acked: u64,
-    requeued: u64,
-    /// When it failed, since the transport was made.
-    down_at: Option<Duration>,
+    /// Not reset for a rebuild before this (the spraying core's backoff after a failure,
+    /// [`PathScheduler::redial_delay`]).
+    redial_at: Option<Instant>,
     /// Incarnation (low 4 bits go into work request ids).
     pub(super) epoch: u8,
     /// The peer's queue pair, to connect to again when rebuilt.
     pub(super) remote: Option<RemoteQp>,
     /// Being rebuilt (draining, or reset).
     rebuilding: bool,
+    /// Put in ERROR here while in service because the peer reported it failed (its flushes
+    /// are then named so, not as a failure of their own).
+    told: bool,
     /// Reset here (the lower rank) and waiting for the peer's [`Msg::Ready`].
     awaiting_ready: bool,
     /// Times rebuilt.
@@ -195,15 +200,12 @@ impl Path {
             credits: RECV_DEPTH,
             returned: 0,
             wrs: 0,
-            bytes: 0,
             reasm: Vec::new(),
-            sent: 0,
-            acked: 0,
-            requeued: 0,
-            down_at: None,
+            redial_at: None,
             epoch: 0,
             remote: None,
             rebuilding: false,
+            told: false,
             awaiting_ready: false,
             rebuilds: 0,
             recv_flushed: 0,
@@ -264,7 +266,8 @@ pub(super) struct Peer {
     /// The peer said goodbye ([`Msg::Bye`]).
     closed: bool,
     next_path: usize,
-    next_write: usize,
+    /// Which queue pair carries each frame: the spraying core's scheduling and metrics.
+    sched: PathScheduler,
     // Receive side.
     recv_seq: u64,
     recvs: BTreeMap<u64, InFrame>,
@@ -282,15 +285,22 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    pub(super) fn new(paths: Vec<Path>, mbox: SlotPool, trailers: SlotPool) -> Peer {
+    /// `mode` and `seg` (the largest frame, bytes) for the path scheduler.
+    pub(super) fn new(
+        paths: Vec<Path>,
+        mbox: SlotPool,
+        trailers: SlotPool,
+        mode: Mode,
+        seg: u64,
+    ) -> Peer {
         Peer {
+            sched: PathScheduler::new(paths.len(), mode, seg, Instant::now()),
             paths,
             mbox,
             trailers,
             failed: false,
             closed: false,
             next_path: 0,
-            next_write: 0,
             recv_seq: 0,
             recvs: BTreeMap::new(),
             cts_due: VecDeque::new(),
@@ -419,7 +429,6 @@ pub struct RdmaTransport {
     pub(super) connected: bool,
     /// Per-queue-pair metrics, published at most every [`PUBLISH_EVERY`] and at each failure.
     metrics: PathMetricsHandle,
-    created: Instant,
     published: Instant,
 }
 
@@ -466,7 +475,6 @@ impl RdmaTransport {
             npaths,
             connected: false,
             metrics: Arc::new(Mutex::new(Vec::new())),
-            created: Instant::now(),
             published: Instant::now(),
         }
     }
@@ -663,17 +671,15 @@ impl RdmaTransport {
             let w = &p.writing[&seq];
             let len = if w.mismatch { 0 } else { w.frame.header.len };
             let wrs = if len > 0 { 2 } else { 1 };
-            // Fewest bytes in flight; ties go round-robin, so that frames one at a time
-            // still use every queue pair.
-            let np = p.paths.len();
-            let Some(path) = (0..np)
-                .map(|k| (p.next_write + k) % np)
-                .filter(|&i| p.paths[i].fits(1, wrs))
-                .min_by_key(|&i| p.paths[i].bytes)
+            // The spraying core picks the queue pair ([`PathScheduler::choose`], by
+            // `DMSC_SPRAY`) among those with credits and send slots.
+            let paths = &p.paths;
+            let Some(path) = p
+                .sched
+                .choose(wire_len(len), Instant::now(), |i| paths[i].fits(1, wrs))
             else {
                 break;
             };
-            p.next_write = (path + 1) % np;
             p.ready.pop_front();
             self.post_write(peer, seq, path, len)?;
         }
@@ -738,8 +744,7 @@ impl RdmaTransport {
         let pa = &mut p.paths[path];
         pa.credits -= 1;
         pa.wrs += if len > 0 { 2 } else { 1 };
-        pa.bytes += len as u64;
-        pa.sent += len as u64;
+        p.sched.on_post(path, seq, wire_len(len), Instant::now());
         if len > 0 {
             let (addr, lkey) = src.ok_or_else(|| {
                 Error::internal(format!(
@@ -861,9 +866,7 @@ impl RdmaTransport {
                     return Ok(()); // a late completion of a copy on a failed queue pair
                 }
                 let w = p.writing.remove(&seq).expect("present");
-                let len = if w.mismatch { 0 } else { w.frame.header.len };
-                p.paths[path].bytes -= len as u64;
-                p.paths[path].acked += len as u64;
+                p.sched.on_complete(path, seq, Instant::now());
                 p.trailers.release(w.trailer);
                 if let Some(s) = w.stage {
                     self.stage_tx.release(s);
@@ -998,7 +1001,12 @@ impl RdmaTransport {
         };
         if pa.up {
             pa.up = false;
-            pa.why = Some(status.name().to_string());
+            let why = if std::mem::take(&mut pa.told) {
+                format!("the peer reported it failed ({} here)", status.name())
+            } else {
+                status.name().to_string()
+            };
+            pa.why = Some(why.clone());
             pa.reasm.clear();
             let qpn = pa.qp.qpn;
             log::warn!(
@@ -1008,24 +1016,23 @@ impl RdmaTransport {
                 self.rank,
                 status.name()
             );
-            let mut again: Vec<u64> = p
+            // The frames whose write-with-immediate did not complete, in the order they
+            // were posted: the spraying core's flights of the path (the same set as the
+            // frames being written on it).
+            let now = Instant::now();
+            let mut again = p.sched.on_failed(path, now, &why);
+            again.retain(|s| p.writing.get(s).is_some_and(|w| w.path == Some(path)));
+            let mut rest: Vec<u64> = p
                 .writing
                 .iter()
-                .filter(|(_, w)| w.path == Some(path))
+                .filter(|(s, w)| w.path == Some(path) && !again.contains(s))
                 .map(|(s, _)| *s)
                 .collect();
-            again.sort_unstable();
+            rest.sort_unstable();
+            again.extend(rest);
             let n = again.len() as u64;
-            let moved: u64 = again
-                .iter()
-                .map(|s| &p.writing[s])
-                .filter(|w| !w.mismatch)
-                .map(|w| w.frame.header.len as u64)
-                .sum();
-            let pa = &mut p.paths[path];
-            pa.requeued += moved;
-            pa.bytes = 0;
-            pa.down_at = Some(self.created.elapsed());
+            let delay = p.sched.redial_delay(path, p.paths[path].rebuilds);
+            p.paths[path].redial_at = Some(now + delay);
             for s in again.into_iter().rev() {
                 p.writing.get_mut(&s).expect("present").path = None;
                 p.ready.push_front(s);
@@ -1091,6 +1098,7 @@ impl RdmaTransport {
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
         pa.rebuilding = true;
         if pa.up {
+            pa.told = true;
             let (qp, nic) = (pa.qp, pa.nic);
             if let Err(e) = self.ctxs[nic].modify_qp(qp, QpState::Error, &self.attrs, None) {
                 self.fail_peer(peer, e, out);
@@ -1114,7 +1122,6 @@ impl RdmaTransport {
         pa.credits = RECV_DEPTH;
         pa.returned = 0;
         pa.wrs = 0;
-        pa.bytes = 0;
         pa.recv_flushed = 0;
         pa.reasm.clear();
         for i in 0..RECV_DEPTH {
@@ -1144,6 +1151,10 @@ impl RdmaTransport {
         pa.rebuilding = false;
         pa.awaiting_ready = false;
         pa.reconnected = Some(Instant::now());
+        pa.redial_at = None;
+        let epoch = 1 + pa.rebuilds;
+        let p = self.peers[peer].as_mut().expect("peer");
+        p.sched.readmit(path, Instant::now(), epoch);
         log::info!(
             target: dmsc_core::subsys::NET,
             "rank {}: RDMA queue pair {path} to rank {peer} rebuilt and back in service",
@@ -1174,6 +1185,11 @@ impl RdmaTransport {
         let pa = &p.paths[path];
         let quiet = !pa.up && pa.recv_flushed >= RECV_DEPTH && pa.wrs == 0;
         if !pa.rebuilding || pa.awaiting_ready || !quiet || p.failed || p.closed {
+            return;
+        }
+        // The lower rank starts the rebuild once the spraying core's backoff has passed
+        // ([`RdmaTransport::progress`] comes back to it); the higher one follows at once.
+        if self.rank < peer && pa.redial_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let r = self.reset_path(peer, path).and_then(|()| {
@@ -1239,59 +1255,59 @@ impl RdmaTransport {
         out.push(Completion::PeerFailed { peer, error });
     }
 
-    /// Publish every queue pair's metrics ([`Transport::path_metrics`]).
+    /// Publish every queue pair's metrics ([`Transport::path_metrics`]): the spraying
+    /// core's, as over TCP.
     fn publish(&mut self) {
         self.published = Instant::now();
         let taken = std::time::SystemTime::now();
-        let age = self.created.elapsed().as_secs_f64().max(1e-9);
         let v: Vec<PeerPaths> = self
             .peers
             .iter()
             .enumerate()
             .filter_map(|(peer, p)| p.as_ref().map(|p| (peer, p)))
-            .map(|(peer, p)| PeerPaths {
-                peer,
-                paths: p
-                    .paths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, pa)| PathMetrics {
-                        path: i,
-                        state: if pa.up {
-                            PathState::Up
-                        } else {
-                            PathState::Down
-                        },
-                        epoch: 1 + pa.rebuilds,
-                        // Mean over the transport's life: no per-path rate estimator yet.
-                        rate_bps: pa.acked as f64 / age,
-                        srtt: Duration::ZERO,
-                        inflight: pa.bytes,
-                        bytes_sent: pa.sent,
-                        bytes_acked: pa.acked,
-                        bytes_requeued: pa.requeued,
-                        bytes_duplicated: 0,
-                        failures: pa.rebuilds + u32::from(!pa.up),
-                        suspicions: 0,
-                        last_failure: pa.why.clone().unwrap_or_default(),
-                        changes: pa
-                            .down_at
-                            .map(|t| vec![(Duration::ZERO, PathState::Up), (t, PathState::Down)])
-                            .unwrap_or_else(|| vec![(Duration::ZERO, PathState::Up)]),
-                    })
-                    .collect(),
-                bytes_duplicated: 0,
-                bytes_sent: p.paths.iter().map(|pa| pa.sent).sum(),
-                taken,
+            .map(|(peer, p)| {
+                let paths: Vec<_> = (0..p.sched.len())
+                    .map(|i| p.sched.metrics(i).clone())
+                    .collect();
+                PeerPaths {
+                    peer,
+                    bytes_duplicated: 0,
+                    bytes_sent: paths.iter().map(|m| m.bytes_sent).sum(),
+                    paths,
+                    taken,
+                }
             })
             .collect();
         *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Queue pairs to a peer whose rebuild waits for its backoff and whose time has come.
+    fn rebuilds_due(&mut self, out: &mut Vec<Completion>) {
+        let now = Instant::now();
+        for peer in 0..self.peers.len() {
+            let Some(p) = self.peers[peer].as_ref() else {
+                continue;
+            };
+            let due: Vec<usize> = (0..p.paths.len())
+                .filter(|&i| {
+                    let pa = &p.paths[i];
+                    pa.rebuilding
+                        && !pa.up
+                        && !pa.awaiting_ready
+                        && pa.redial_at.is_some_and(|t| now >= t)
+                })
+                .collect();
+            for path in due {
+                self.rebuild_step(peer, path, out);
+            }
+        }
     }
 
     fn progress(&mut self, out: &mut Vec<Completion>) -> Result<()> {
         if self.published.elapsed() >= PUBLISH_EVERY {
             self.publish();
         }
+        self.rebuilds_due(out);
         self.pump(out)?;
         loop {
             let mut wcs = std::mem::take(&mut self.wcs);
