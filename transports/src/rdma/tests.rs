@@ -8,14 +8,14 @@ use super::connect;
 use super::fake::FakeFabric;
 use super::options::RdmaOptions;
 use super::transport::{RdmaStats, RdmaTransport};
+use dmsc_core::engine::MemKind;
 use dmsc_core::engine::{
     Completion, Engine, EngineConfig, OpMemory, RegCacheConfig, RegStats, Region, Transport,
 };
-use dmsc_core::engine::MemKind;
 use dmsc_core::error::{Error, Result};
-use dmsc_core::spray::Mode;
 use dmsc_core::plan::{buffer_elems, plan, PlanConfig};
 use dmsc_core::sim::{run_collective, SendMode};
+use dmsc_core::spray::Mode;
 use dmsc_core::types::{CollDesc, CollKind, DataType, ReduceOp};
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use std::sync::{Arc, Condvar, Mutex};
@@ -149,7 +149,17 @@ fn run_nics(
     reg: RegCacheConfig,
     tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
 ) -> Result<Run> {
-    run_opts(fabric, n, nics, desc, chunk, repeat, reg, opts(chunk), tweak)
+    run_opts(
+        fabric,
+        n,
+        nics,
+        desc,
+        chunk,
+        repeat,
+        reg,
+        opts(chunk),
+        tweak,
+    )
 }
 
 /// [`run_nics`] with the transport's options `o`.
@@ -983,7 +993,10 @@ fn spray_over_two_nics(mode: Mode, fast: f64, slow: f64, frames: u32) -> [u64; 2
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while sent < frames || received < frames {
-        assert!(Instant::now() < deadline, "{mode:?}: {sent} sent, {received} received");
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?}: {sent} sent, {received} received"
+        );
         while posted < frames && posted < sent + window {
             let h = FrameHeader {
                 chunk: posted,
@@ -1027,7 +1040,7 @@ fn adaptive_spraying_gives_a_slow_nic_proportionally_fewer_bytes() {
     // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes.
     let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 400e6, 100e6, 128);
     let share = slow as f64 / (fast + slow) as f64;
-    assert!(share > 0.02 && share < 0.35, "fast {fast} slow {slow}");
+    assert!(share > 0.1 && share < 0.3, "fast {fast} slow {slow}");
 }
 
 #[test]

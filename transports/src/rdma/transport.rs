@@ -30,14 +30,22 @@
 //! receiver that is not ready. Send work requests per queue pair are bounded likewise, and
 //! the receives out per peer by the mailbox window.
 //!
-//! **Spraying and failover.** Each frame goes on the healthy queue pair with the fewest bytes
-//! in flight; messages go round-robin. A work request that fails (`IBV_WC_RETRY_EXC_ERR` and
+//! **Spraying and failover.** The queue pairs to a peer, on one port or several, are the
+//! paths of the spraying core: its [`PathScheduler`] (core/src/spray/scheduler.rs) picks the
+//! queue pair of every frame by `DMSC_SPRAY` (adaptive: earliest expected completion by the
+//! rate measured from write completions; roundrobin; single) among those with credits and
+//! send slots, measures each one's delivery rate and round trip from the completions of its
+//! writes-with-immediate, suspects one that falls silent while another completes, and its
+//! metrics are what [`Transport::path_metrics`] reports, as over TCP. Messages go
+//! round-robin. A work request that fails (`IBV_WC_RETRY_EXC_ERR` and
 //! the `IBV_WC_WR_FLUSH_ERR`s after it) takes its queue pair out of service: its frames whose
 //! write-with-immediate was not acknowledged are written again on a healthy one (same
 //! destination and mailbox, so a repeat is harmless), and its unacknowledged messages are sent
 //! again. When no queue pair to a peer is left, the peer fails ([`Completion::PeerFailed`]),
 //! naming each queue pair and why it failed. A failed queue pair is then rebuilt and
-//! re-admitted (at most [`MAX_REBUILDS`] times): the lower rank of the pair drains it (every
+//! re-admitted (at most [`MAX_REBUILDS`] times), after the spraying core's backoff
+//! ([`PathScheduler::redial_delay`], longer for a queue pair that flaps) and with its
+//! probation window that grows with completions: the lower rank of the pair drains it (every
 //! completion due taken, so that what succeeded completes and only what flushed is sent
 //! again), resets it to INIT and sends [`Msg::Rebuild`] on a healthy queue pair; the higher
 //! rank drains and resets its end, connects it to the new one and answers [`Msg::Ready`],
