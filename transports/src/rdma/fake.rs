@@ -38,6 +38,8 @@ struct FakeMr {
     addr: u64,
     len: usize,
     access: Access,
+    /// Counted against the pinned-memory limit (not a dma-buf's).
+    pinned: bool,
 }
 
 struct FakeQp {
@@ -73,6 +75,10 @@ struct FakeDev {
     down_at: Option<u64>,
     /// Send requests completed (any outcome) since the fabric was made.
     completed: u64,
+    /// FAKE dma-buf registration: whether [`VerbsContext::reg_dmabuf_mr`] works on it, and
+    /// how many it made.
+    dmabuf: bool,
+    dmabuf_regs: u64,
     open: bool,
     /// FAKE link speed in bytes per second (`None`: as fast as memory).
     rate: Option<f64>,
@@ -133,6 +139,8 @@ impl FakeFabric {
                 fail_at: None,
                 down_at: None,
                 completed: 0,
+                dmabuf: true,
+                dmabuf_regs: 0,
                 rate: None,
                 link_free: None,
                 open: false,
@@ -182,6 +190,17 @@ impl FakeFabric {
         let d = &mut f.devs[dev];
         d.processed = 0;
         d.down_at = Some(after);
+    }
+
+    /// FAKE feature: whether device `dev` registers dma-bufs (yes by default), as a device
+    /// and library with `ibv_reg_dmabuf_mr` do.
+    pub fn set_dmabuf(&self, dev: usize, supported: bool) {
+        self.lock().devs[dev].dmabuf = supported;
+    }
+
+    /// Dma-buf registrations device `dev` made.
+    pub fn dmabuf_registrations(&self, dev: usize) -> u64 {
+        self.lock().devs[dev].dmabuf_regs
     }
 
     /// FAKE feature: limit device `dev`'s link to `bytes_per_sec` (`None`: unlimited). Each
@@ -625,7 +644,15 @@ impl VerbsContext for FakeContext {
         let key = f.next_key;
         let d = &mut f.devs[self.dev];
         d.pinned += len;
-        d.mrs.insert(key, FakeMr { addr, len, access });
+        d.mrs.insert(
+            key,
+            FakeMr {
+                addr,
+                len,
+                access,
+                pinned: true,
+            },
+        );
         Ok(Mr {
             id: key as u64,
             lkey: key,
@@ -635,10 +662,63 @@ impl VerbsContext for FakeContext {
         })
     }
 
+    /// FAKE: there is no device memory behind the descriptor. The region is the `len` bytes
+    /// at `iova` in this process (tests stand host memory in for a GPU's), checked like any
+    /// other; the descriptor must be open, and the device must allow dma-bufs
+    /// ([`FakeFabric::set_dmabuf`]). It is not pinned (a dma-buf's memory is the exporter's).
+    fn reg_dmabuf_mr(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        len: usize,
+        iova: u64,
+        access: Access,
+    ) -> Result<Mr> {
+        let mut f = self.fabric.lock();
+        let d = &f.devs[self.dev];
+        if !d.dmabuf {
+            return Err(Error::usage(format!(
+                "ibv_reg_dmabuf_mr on {}: FAKE device without dma-buf support",
+                d.name
+            )));
+        }
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(Error::errno(
+                format!("ibv_reg_dmabuf_mr of {len} bytes at offset {offset}: fd {fd}"),
+                libc::EBADF,
+            ));
+        }
+        f.next_key += 1;
+        let key = f.next_key;
+        let d = &mut f.devs[self.dev];
+        d.dmabuf_regs += 1;
+        d.mrs.insert(
+            key,
+            FakeMr {
+                addr: iova,
+                len,
+                access,
+                pinned: false,
+            },
+        );
+        Ok(Mr {
+            id: key as u64,
+            lkey: key,
+            rkey: key,
+            addr: iova,
+            len,
+        })
+    }
+
+    fn supports_dmabuf(&self) -> bool {
+        self.fabric.lock().devs[self.dev].dmabuf
+    }
+
     fn dereg_mr(&mut self, mr: Mr) {
         let mut f = self.fabric.lock();
         let d = &mut f.devs[self.dev];
-        if let Some(m) = d.mrs.remove(&mr.lkey) {
+        if let Some(m) = d.mrs.remove(&mr.lkey).filter(|m| m.pinned) {
             d.pinned -= m.len;
         }
     }

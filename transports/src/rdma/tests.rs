@@ -5,6 +5,7 @@
 //! communicator's connect path choosing RDMA or falling back to TCP.
 
 use super::connect;
+use super::dmabuf_export::{DmabufExporter, DmabufRange};
 use super::fake::FakeFabric;
 use super::options::RdmaOptions;
 use super::transport::{RdmaStats, RdmaTransport};
@@ -798,15 +799,16 @@ fn the_connect_path_falls_back_to_tcp_when_a_rank_has_no_rdma_device() {
 /// Move `frames` frames of `len` bytes from `a` (rank 0) to `b` (rank 1) one at a time,
 /// each with its own byte pattern, checking every one lands whole.
 fn ping(a: &mut RdmaTransport, b: &mut RdmaTransport, frames: u32, first: u32) {
+    ping_kind(a, b, frames, first, MemKind::Host);
+}
+
+/// [`ping`] with both buffers registered as memory of `kind`.
+fn ping_kind(a: &mut RdmaTransport, b: &mut RdmaTransport, frames: u32, first: u32, kind: MemKind) {
     let len = 3000usize;
     let mut src = vec![0u8; len];
     let mut dst = vec![0u8; len];
-    let ra = a
-        .register(src.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
-        .unwrap();
-    let rb = b
-        .register(dst.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
-        .unwrap();
+    let ra = a.register(src.as_mut_ptr(), len, kind).unwrap();
+    let rb = b.register(dst.as_mut_ptr(), len, kind).unwrap();
     let mut out = Vec::new();
     for i in first..first + frames {
         src.iter_mut()
@@ -1084,4 +1086,100 @@ fn a_queue_pair_failing_mid_transfer_is_exact_under_every_spray_mode() {
             assert!(r.stats[0].paths_failed >= 1, "{mode:?}: {:?}", r.stats[0]);
         }
     }
+}
+
+/// FAKE dma-buf exporter: a memfd stands for the GPU driver's dma-buf (the FAKE verbs
+/// register the range at its address, where tests put host memory in for a GPU's).
+struct FakeDmabufExporter {
+    /// Refuse every export, naming the device.
+    refuse: bool,
+}
+
+impl DmabufExporter for FakeDmabufExporter {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn export(&self, ptr: u64, _len: usize, device: u32) -> Result<DmabufRange> {
+        if self.refuse {
+            return Err(Error::usage(format!(
+                "FAKE exporter: CUDA device {device} does not export dma-bufs"
+            )));
+        }
+        // SAFETY: a NUL-terminated name and no flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"fake-dmabuf".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: a descriptor just opened that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(DmabufRange {
+            fd,
+            offset: ptr & 0xfff,
+        })
+    }
+}
+
+fn fake_exporter(refuse: bool) -> Result<Box<dyn DmabufExporter>> {
+    Ok(Box::new(FakeDmabufExporter { refuse }))
+}
+
+const GPU: MemKind = MemKind::Cuda { device: 0 };
+
+#[test]
+fn gpu_memory_is_registered_as_a_dmabuf_and_frames_land_exactly() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    for t in [&mut a, &mut b] {
+        t.use_dmabuf(fake_exporter(false));
+        assert!(t.registers_gpu_memory());
+        assert!(t.accepts(GPU));
+    }
+    assert!(a.needs_registration(1, GPU) && !a.needs_registration(0, GPU));
+    let pinned = (fabric.pinned(0), fabric.pinned(1));
+    ping_kind(&mut a, &mut b, 20, 0, GPU);
+    assert_eq!(fabric.dmabuf_registrations(0), 1);
+    assert_eq!(fabric.dmabuf_registrations(1), 1);
+    // Nothing was pinned for it (the exporter owns a dma-buf's memory), and frames were
+    // written straight from and to it, not staged.
+    assert_eq!((fabric.pinned(0), fabric.pinned(1)), pinned);
+    let s = *a.stats_handle().lock().unwrap();
+    assert_eq!((s.frames_staged, s.registrations_staged), (0, 0), "{s:?}");
+}
+
+#[test]
+fn without_dmabuf_gpu_memory_is_left_to_the_communicator_to_stage_with_the_reason() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut a = ts.remove(0);
+    let mut buf = vec![0u8; 4096];
+    let reg_err = |t: &mut RdmaTransport, buf: &mut Vec<u8>| {
+        t.register(buf.as_mut_ptr(), buf.len(), GPU)
+            .unwrap_err()
+            .to_string()
+    };
+    // As connected on this machine: no dma-buf exporter (no cuda feature, or no GPU that
+    // exports), so GPU memory is not accepted and the communicator stages it.
+    assert!(!a.registers_gpu_memory() && !a.accepts(GPU) && !a.needs_registration(1, GPU));
+    assert!(a.accepts(MemKind::Host));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("stages it through host memory"), "{e}");
+    // The exporter is missing, with its reason.
+    a.use_dmabuf(Err(Error::usage("no NVIDIA driver (test)")));
+    assert!(!a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("no NVIDIA driver (test)"), "{e}");
+    // An exporter, but a port whose library cannot register dma-bufs.
+    fabric.set_dmabuf(0, false);
+    a.use_dmabuf(fake_exporter(false));
+    assert!(!a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("ibv_reg_dmabuf_mr"), "{e}");
+    // Accepted, but the exporter refuses a buffer: a clear error, nothing left registered.
+    fabric.set_dmabuf(0, true);
+    a.use_dmabuf(fake_exporter(true));
+    assert!(a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("CUDA device 0 does not export"), "{e}");
+    assert_eq!(fabric.dmabuf_registrations(0), 0);
 }

@@ -69,6 +69,7 @@
 //! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
 //! memory are copied through registered staging slots instead.
 
+use super::dmabuf_export::DmabufExporter;
 use super::pool::SlotPool;
 use super::qp_state::{QpAttrs, QpState};
 use super::verbs::{
@@ -429,6 +430,11 @@ pub struct RdmaTransport {
     reg_mrs: HashMap<u64, Vec<Mr>>,
     next_reg: u64,
     memlock_warned: bool,
+    /// Where GPU memory gets its dma-buf for registration; `None`: GPU memory is not
+    /// accepted (the communicator stages it through host memory), for the reason in
+    /// `dmabuf_off`.
+    dmabuf: Option<Box<dyn DmabufExporter>>,
+    dmabuf_off: String,
     wake: Arc<Wake>,
     stats: Arc<Mutex<RdmaStats>>,
     wcs: Vec<WorkCompletion>,
@@ -477,6 +483,8 @@ impl RdmaTransport {
             reg_mrs: HashMap::new(),
             next_reg: 0,
             memlock_warned: false,
+            dmabuf: None,
+            dmabuf_off: "dmsc was built without the cuda feature".into(),
             wake: Arc::new(Wake::new()),
             stats: Arc::new(Mutex::new(RdmaStats::default())),
             wcs: Vec::new(),
@@ -485,6 +493,73 @@ impl RdmaTransport {
             metrics: Arc::new(Mutex::new(Vec::new())),
             published: Instant::now(),
         }
+    }
+
+    /// Register GPU memory ([`MemKind::Cuda`]) through `exporter`'s dma-bufs
+    /// (`ibv_reg_dmabuf_mr`), so that frames move between GPU memory and the adapter
+    /// directly, where every port can. Otherwise (an `Err` says why the exporter is not
+    /// there) GPU memory is not accepted and the communicator stages it through host
+    /// memory; the reason is logged once.
+    pub fn use_dmabuf(&mut self, exporter: Result<Box<dyn DmabufExporter>>) {
+        let why_not = match exporter {
+            Ok(x) => match self.ctxs.iter().position(|c| !c.supports_dmabuf()) {
+                None => {
+                    log::info!(
+                        target: dmsc_core::subsys::NET,
+                        "rank {}: RDMA registers GPU memory as dma-bufs ({})",
+                        self.rank,
+                        x.name()
+                    );
+                    self.dmabuf = Some(x);
+                    self.dmabuf_off.clear();
+                    return;
+                }
+                Some(i) => format!(
+                    "port {i} cannot register dma-bufs (libibverbs without \
+                     ibv_reg_dmabuf_mr, rdma-core 34 or later)"
+                ),
+            },
+            Err(e) => e.to_string(),
+        };
+        log::info!(
+            target: dmsc_core::subsys::NET,
+            "rank {}: GPU memory over RDMA is staged through host memory: {why_not}",
+            self.rank
+        );
+        self.dmabuf = None;
+        self.dmabuf_off = why_not;
+    }
+
+    /// Whether GPU memory is registered as dma-bufs (else staged by the communicator).
+    pub fn registers_gpu_memory(&self) -> bool {
+        self.dmabuf.is_some()
+    }
+
+    /// Register GPU memory of `device` on every port through a dma-buf.
+    fn register_dmabuf(&mut self, ptr: u64, len: usize, device: u32) -> Result<Vec<Mr>> {
+        let Some(x) = &self.dmabuf else {
+            return Err(Error::usage(format!(
+                "the RDMA transport cannot register GPU memory here ({}); the communicator \
+                 stages it through host memory",
+                self.dmabuf_off
+            )));
+        };
+        let range = x.export(ptr, len, device)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&range.fd);
+        let mut mrs = Vec::with_capacity(self.ctxs.len());
+        for ctx in &mut self.ctxs {
+            match ctx.reg_dmabuf_mr(fd, range.offset, len, ptr, Access::REMOTE_WRITE) {
+                Ok(m) => mrs.push(m),
+                Err(e) => {
+                    for (ctx, m) in self.ctxs.iter_mut().zip(mrs) {
+                        ctx.dereg_mr(m);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // The registrations hold the memory; the descriptor closes here (as NCCL does).
+        Ok(mrs)
     }
 
     /// What the transport did so far, shared (read it after the engine took the transport).
@@ -1363,15 +1438,31 @@ impl Transport for RdmaTransport {
         "rdma"
     }
 
+    fn accepts(&self, kind: MemKind) -> bool {
+        match kind {
+            MemKind::Host => true,
+            MemKind::Cuda { .. } => self.dmabuf.is_some(),
+        }
+    }
+
     fn needs_registration(&self, peer: Rank, kind: MemKind) -> bool {
-        kind == MemKind::Host && peer != self.rank
+        self.accepts(kind) && peer != self.rank
     }
 
     fn register(&mut self, ptr: *mut u8, len: usize, kind: MemKind) -> Result<RegHandle> {
-        if kind != MemKind::Host {
-            return Err(Error::usage(format!(
-                "the RDMA transport registers host memory only, not {kind}"
-            )));
+        if let MemKind::Cuda { device } = kind {
+            // Never staged here: the transport's staging copies with the CPU, which cannot
+            // read GPU memory; without dma-bufs the communicator stages it instead.
+            let mrs = self.register_dmabuf(ptr as u64, len, device)?;
+            let (mut lkeys, mut rkeys) = ([0; MAX_NICS], [0; MAX_NICS]);
+            for (i, m) in mrs.iter().enumerate() {
+                lkeys[i] = m.lkey;
+                rkeys[i] = m.rkey;
+            }
+            self.next_reg += 1;
+            self.regs.insert(self.next_reg, Reg::Mr { lkeys, rkeys });
+            self.reg_mrs.insert(self.next_reg, mrs);
+            return Ok(RegHandle { key: self.next_reg });
         }
         let mut mrs = Vec::with_capacity(self.ctxs.len());
         let mut refused = None;
