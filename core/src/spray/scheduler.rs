@@ -1,6 +1,6 @@
 //! Path choice for transports whose paths deliver whole messages and report each one's
 //! completion themselves, such as RDMA queue pairs: the same per-path state, metrics,
-//! suspicion, backoff and readmission as [`super::Sender`] ([`super::path::PathTx`]), and
+//! suspicion, backoff and readmission as [`super::Sender`] (`path::PathTx`), and
 //! the same [`Mode`]s, without the segment and acknowledgement protocol.
 //!
 //! Why not the [`super::Sender`] itself: it cuts a transfer into segments that carry their
@@ -9,7 +9,7 @@
 //! connected queue pair already tells the sender, per work request and in order, that the
 //! peer's adapter has placed the bytes (the completion of an RDMA write, IBA vol. 1 §9.7),
 //! and a work request once posted cannot be withdrawn. So here one posted message is one
-//! [`super::path::Flight`], its completion is the delivery report (bytes delivered on the
+//! `path::Flight`, its completion is the delivery report (bytes delivered on the
 //! path up to that message's end), and a path's failure hands back every message not yet
 //! completed for the transport to post again elsewhere. Speed (BBR-style delivery rate),
 //! round trip (RFC 6298), windows, suspicion, flap hold-down and readmission with a probation
@@ -23,7 +23,7 @@
 //! * [`Mode::Adaptive`]: among the paths that are usable, have room in their window and
 //!   have the transport's resources (`fits`), the one whose expected completion (bytes in
 //!   flight on it plus the message, over its measured rate) is earliest; with none, an idle
-//!   path due for a probe ([`super::path::PROBE_IDLE`]).
+//!   path due for a probe (`path::PROBE_IDLE`).
 //! * [`Mode::RoundRobin`]: strict rotation over the usable paths; when the next one has no
 //!   room the message waits.
 //! * [`Mode::Single`]: the lowest-numbered usable path only.
