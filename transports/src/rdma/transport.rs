@@ -67,7 +67,11 @@
 //! **Registration.** User memory is registered through the engine's cache
 //! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
 //! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
-//! memory are copied through registered staging slots instead.
+//! memory are copied through registered staging slots instead. GPU memory
+//! ([`MemKind::Cuda`]) is accepted only where a [`DmabufExporter`] is set and every port has
+//! `ibv_reg_dmabuf_mr` ([`RdmaTransport::use_dmabuf`]); it is then registered as a dma-buf
+//! and never staged here (the staging copies use the CPU, which cannot read it). Otherwise it
+//! is refused, with the reason logged once, and left to the communicator to stage.
 
 use super::dmabuf_export::DmabufExporter;
 use super::pool::SlotPool;
