@@ -16,7 +16,7 @@ use dmsc_core::engine::{
 use dmsc_core::error::{Error, Result};
 use dmsc_core::plan::{buffer_elems, plan, PlanConfig};
 use dmsc_core::sim::{run_collective, SendMode};
-use dmsc_core::spray::Mode;
+use dmsc_core::spray::{Mode, PathState};
 use dmsc_core::types::{CollDesc, CollKind, DataType, ReduceOp};
 use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use std::sync::{Arc, Condvar, Mutex};
@@ -892,6 +892,16 @@ fn a_failed_queue_pair_is_rebuilt_and_carries_frames_again() {
         v[0].paths.iter().any(|p| p.epoch == 2 && p.failures == 1),
         "{:?}",
         v[0].paths
+    );
+    // It was readmitted after the spraying core's backoff (100 ms at the first failure).
+    let p = v[0].paths.iter().find(|p| p.epoch == 2).expect("rebuilt");
+    let down = p.changes.iter().position(|c| c.1 == PathState::Down);
+    let down = down.expect("a change to down");
+    let (t_down, t_up) = (p.changes[down].0, p.changes[down + 1].0);
+    assert!(
+        t_up - t_down >= Duration::from_millis(100),
+        "readmitted {:?} after failing: {p:?}",
+        t_up - t_down
     );
 }
 

@@ -1088,7 +1088,10 @@ impl RdmaTransport {
         };
         if pa.up {
             pa.up = false;
-            let why = if std::mem::take(&mut pa.told) {
+            // A flush after we put it in ERROR at the peer's report is the peer's failure;
+            // an error of its own (the report crossed it) is named as itself.
+            let told = std::mem::take(&mut pa.told);
+            let why = if told && status == WcStatus::Flushed {
                 format!("the peer reported it failed ({} here)", status.name())
             } else {
                 status.name().to_string()
