@@ -1049,8 +1049,10 @@ fn spray_over_two_nics(mode: Mode, fast: f64, slow: f64, frames: u32) -> [u64; 2
 
 #[test]
 fn adaptive_spraying_gives_a_slow_nic_proportionally_fewer_bytes() {
-    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes.
-    let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 400e6, 100e6, 128);
+    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes. (Rates
+    // low enough that the links, not the CPU driving both ranks, are the bottleneck on a
+    // loaded machine.)
+    let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 100e6, 25e6, 128);
     let share = slow as f64 / (fast + slow) as f64;
     assert!(share > 0.1 && share < 0.3, "fast {fast} slow {slow}");
 }
