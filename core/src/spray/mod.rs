@@ -17,6 +17,8 @@
 //!   on an idle faster path, within a byte budget. It says when a failed path may be
 //!   connected again (backoff, longer for a path that flaps), and re-admits it with a small
 //!   window that grows with its deliveries.
+//! * [`PathScheduler`] makes the same choice, on the same per-path state, for transports
+//!   whose paths report each message's completion themselves (RDMA queue pairs).
 //! * [`Receiver`] places arriving segments (directly, or into a side buffer when the receive
 //!   is not posted yet or another path is still writing the same segment), completes
 //!   receives, checks every segment's engine header against the receive, and builds acks.
@@ -29,6 +31,7 @@
 
 pub mod path;
 mod receiver;
+pub mod scheduler;
 mod sender;
 pub mod wire;
 
@@ -37,6 +40,7 @@ mod sim_tests;
 
 pub use path::{PathMetrics, PathState};
 pub use receiver::{Placement, Receiver, STUCK_WRITER};
+pub use scheduler::PathScheduler;
 pub use sender::{Sender, Transmit};
 
 use crate::error::{Error, Result};

@@ -144,9 +144,16 @@ pub fn prepare(
             2 * opts.window,
             Access::LOCAL,
         )?;
-        peers.push(Some(Peer::new(paths, mbox, trailers)));
+        peers.push(Some(Peer::new(
+            paths,
+            mbox,
+            trailers,
+            opts.spray,
+            opts.staging_slot as u64,
+        )));
     }
-    let t = RdmaTransport::from_parts(
+    #[allow(unused_mut)] // set only with the `cuda` feature
+    let mut t = RdmaTransport::from_parts(
         rank,
         ctxs,
         provider.name(),
@@ -157,6 +164,11 @@ pub fn prepare(
         stage_tx,
         stage_rx,
         np,
+    );
+    #[cfg(feature = "cuda")]
+    t.use_dmabuf(
+        super::cuda_dmabuf::CudaDmabuf::probe()
+            .map(|x| Box::new(x) as Box<dyn super::dmabuf_export::DmabufExporter>),
     );
     Ok(Prepared {
         transport: t,

@@ -32,11 +32,14 @@ use dmsc_core::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 struct FakeMr {
     addr: u64,
     len: usize,
     access: Access,
+    /// Counted against the pinned-memory limit (not a dma-buf's).
+    pinned: bool,
 }
 
 struct FakeQp {
@@ -72,7 +75,15 @@ struct FakeDev {
     down_at: Option<u64>,
     /// Send requests completed (any outcome) since the fabric was made.
     completed: u64,
+    /// FAKE dma-buf registration: whether [`VerbsContext::reg_dmabuf_mr`] works on it, and
+    /// how many it made.
+    dmabuf: bool,
+    dmabuf_regs: u64,
     open: bool,
+    /// FAKE link speed in bytes per second (`None`: as fast as memory).
+    rate: Option<f64>,
+    /// With a link speed: when the link has sent what it was given so far.
+    link_free: Option<Instant>,
 }
 
 /// A completion queue that counts what was ever pushed (for notifications).
@@ -128,6 +139,10 @@ impl FakeFabric {
                 fail_at: None,
                 down_at: None,
                 completed: 0,
+                dmabuf: true,
+                dmabuf_regs: 0,
+                rate: None,
+                link_free: None,
                 open: false,
             })
             .collect();
@@ -175,6 +190,28 @@ impl FakeFabric {
         let d = &mut f.devs[dev];
         d.processed = 0;
         d.down_at = Some(after);
+    }
+
+    /// FAKE feature: whether device `dev` registers dma-bufs (yes by default), as a device
+    /// and library with `ibv_reg_dmabuf_mr` do.
+    pub fn set_dmabuf(&self, dev: usize, supported: bool) {
+        self.lock().devs[dev].dmabuf = supported;
+    }
+
+    /// Dma-buf registrations device `dev` made.
+    pub fn dmabuf_registrations(&self, dev: usize) -> u64 {
+        self.lock().devs[dev].dmabuf_regs
+    }
+
+    /// FAKE feature: limit device `dev`'s link to `bytes_per_sec` (`None`: unlimited). Each
+    /// send request with a payload then occupies the link for its length over that rate:
+    /// the next one on any of the device's queue pairs is processed only once the link is
+    /// free, so a slow NIC (or a congested port) completes proportionally fewer bytes.
+    pub fn set_link_rate(&self, dev: usize, bytes_per_sec: Option<f64>) {
+        let mut f = self.lock();
+        let d = &mut f.devs[dev];
+        d.rate = bytes_per_sec.filter(|r| *r > 0.0);
+        d.link_free = None;
     }
 
     /// Give contexts opened from now on a completion channel (a pipe that turns readable
@@ -425,6 +462,16 @@ impl Fabric {
             return false;
         };
         let (rnr_retry, remote) = (q.attrs.rnr_retry, q.remote);
+        if let (Some(rate), Some(sge)) = (self.devs[dev].rate, &wr.sge) {
+            // A rate-limited link: wait until it has sent what it holds, then take this.
+            let now = Instant::now();
+            let d = &mut self.devs[dev];
+            if d.link_free.is_some_and(|t| t > now) {
+                return false;
+            }
+            let busy = Duration::from_secs_f64(sge.len as f64 / rate);
+            d.link_free = Some(d.link_free.map_or(now, |t| t.max(now)) + busy);
+        }
         let down = |d: &FakeDev| d.down_at.is_some_and(|a| d.processed >= a);
         if down(&self.devs[dev]) || remote.is_some_and(|(rd, _)| down(&self.devs[rd])) {
             self.devs[dev].processed += 1;
@@ -597,7 +644,15 @@ impl VerbsContext for FakeContext {
         let key = f.next_key;
         let d = &mut f.devs[self.dev];
         d.pinned += len;
-        d.mrs.insert(key, FakeMr { addr, len, access });
+        d.mrs.insert(
+            key,
+            FakeMr {
+                addr,
+                len,
+                access,
+                pinned: true,
+            },
+        );
         Ok(Mr {
             id: key as u64,
             lkey: key,
@@ -607,10 +662,63 @@ impl VerbsContext for FakeContext {
         })
     }
 
+    /// FAKE: there is no device memory behind the descriptor. The region is the `len` bytes
+    /// at `iova` in this process (tests stand host memory in for a GPU's), checked like any
+    /// other; the descriptor must be open, and the device must allow dma-bufs
+    /// ([`FakeFabric::set_dmabuf`]). It is not pinned (a dma-buf's memory is the exporter's).
+    fn reg_dmabuf_mr(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        len: usize,
+        iova: u64,
+        access: Access,
+    ) -> Result<Mr> {
+        let mut f = self.fabric.lock();
+        let d = &f.devs[self.dev];
+        if !d.dmabuf {
+            return Err(Error::usage(format!(
+                "ibv_reg_dmabuf_mr on {}: FAKE device without dma-buf support",
+                d.name
+            )));
+        }
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(Error::errno(
+                format!("ibv_reg_dmabuf_mr of {len} bytes at offset {offset}: fd {fd}"),
+                libc::EBADF,
+            ));
+        }
+        f.next_key += 1;
+        let key = f.next_key;
+        let d = &mut f.devs[self.dev];
+        d.dmabuf_regs += 1;
+        d.mrs.insert(
+            key,
+            FakeMr {
+                addr: iova,
+                len,
+                access,
+                pinned: false,
+            },
+        );
+        Ok(Mr {
+            id: key as u64,
+            lkey: key,
+            rkey: key,
+            addr: iova,
+            len,
+        })
+    }
+
+    fn supports_dmabuf(&self) -> bool {
+        self.fabric.lock().devs[self.dev].dmabuf
+    }
+
     fn dereg_mr(&mut self, mr: Mr) {
         let mut f = self.fabric.lock();
         let d = &mut f.devs[self.dev];
-        if let Some(m) = d.mrs.remove(&mr.lkey) {
+        if let Some(m) = d.mrs.remove(&mr.lkey).filter(|m| m.pinned) {
             d.pinned -= m.len;
         }
     }

@@ -12,6 +12,8 @@
 //! - [`options`]: every `DMSC_IB_*` setting;
 //! - [`wire`]: the connection card and the messages that travel as SENDs;
 //! - [`pool`]: registered slot arenas;
+//! - [`dmabuf_export`]: device memory as dma-bufs, for registering GPU memory (with the
+//!   `cuda` feature over the CUDA driver: `cuda_dmabuf`, src/cuda/dmabuf.rs);
 //! - [`transport`]: the [`dmsc_core::engine::Transport`] implementation;
 //! - [`connect`](mod@connect): setup over the bootstrap exchange;
 //! - [`fallback`]: use RDMA where a device is found, else say why once and let TCP serve.
@@ -24,6 +26,10 @@
 //! write-with-immediate, several queue pairs per connection, `NCCL_IB_HCA`).
 
 pub mod connect;
+#[cfg(feature = "cuda")]
+#[path = "../cuda/dmabuf.rs"]
+pub mod cuda_dmabuf;
+pub mod dmabuf_export;
 pub mod fake;
 pub mod fallback;
 pub mod hca;

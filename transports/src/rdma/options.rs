@@ -3,6 +3,7 @@
 use super::hca::{parse_gid_index, HcaFilter};
 use super::qp_state::QpAttrs;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::spray::Mode;
 
 /// How the RDMA transport connects and moves data.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +26,9 @@ pub struct RdmaOptions {
     /// Staging slots for sends, and as many for receives, used when user memory cannot be
     /// registered (`DMSC_IB_STAGING_SLOTS`, default 8).
     pub staging_slots: usize,
+    /// How frames are sprayed over the queue pairs (`DMSC_SPRAY`: adaptive, roundrobin,
+    /// single; as over TCP).
+    pub spray: Mode,
 }
 
 impl Default for RdmaOptions {
@@ -38,6 +42,7 @@ impl Default for RdmaOptions {
             window: 16,
             staging_slot: 512 << 10,
             staging_slots: 8,
+            spray: Mode::Adaptive,
         }
     }
 }
@@ -79,6 +84,7 @@ impl RdmaOptions {
             attrs,
             staging_slot: chunk_bytes.max(1),
             staging_slots: (num("DMSC_IB_STAGING_SLOTS", 8, 1024)? as usize).max(1),
+            spray: Mode::parse(get("DMSC_SPRAY").as_deref().unwrap_or("").trim())?,
             ..RdmaOptions::default()
         })
     }
@@ -111,6 +117,13 @@ mod tests {
         assert_eq!((o.gid_index, o.paths, o.attrs.timeout), (3, 4, 18));
         assert_eq!(o.attrs.retry_cnt, 7);
         assert!(o.filter.exact && o.staging_slot == 1 << 20);
+        assert_eq!(o.spray, Mode::Adaptive);
+        let o = RdmaOptions::from_env(&env(&[("DMSC_SPRAY", "rr")]), 1).unwrap();
+        assert_eq!(o.spray, Mode::RoundRobin);
+        let e = RdmaOptions::from_env(&env(&[("DMSC_SPRAY", "fastest")]), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DMSC_SPRAY=fastest"), "{e}");
         let e = RdmaOptions::from_env(&env(&[("DMSC_IB_RETRY_CNT", "9")]), 1)
             .unwrap_err()
             .to_string();

@@ -463,6 +463,59 @@ impl VerbsContext for SysContext {
         })
     }
 
+    fn reg_dmabuf_mr(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+        iova: u64,
+        access: Access,
+    ) -> Result<Mr> {
+        let Some(reg) = self.lib.reg_dmabuf_mr else {
+            return Err(Error::usage(format!(
+                "this libibverbs has no ibv_reg_dmabuf_mr (IBVERBS_1.12, rdma-core 34 or \
+                 later), so {} cannot register device memory as a dma-buf",
+                self.name
+            )));
+        };
+        let mut flags = 0;
+        if access.local_write || access.remote_write {
+            flags |= IBV_ACCESS_LOCAL_WRITE; // remote write requires local write
+        }
+        if access.remote_write {
+            flags |= IBV_ACCESS_REMOTE_WRITE;
+        }
+        // SAFETY: `pd` is live; the kernel checks the descriptor, and the range against the
+        // dma-buf's size, itself (EBADF, EINVAL).
+        let mr = unsafe { reg(self.pd, offset, len, iova, fd, flags) };
+        if mr.is_null() {
+            let e = last_errno();
+            return Err(Error::errno(
+                format!(
+                    "ibv_reg_dmabuf_mr of {len} bytes at offset {offset} of dma-buf fd {fd} \
+                     on {}",
+                    self.name
+                ),
+                e,
+            ));
+        }
+        // SAFETY: `mr` is the region just registered.
+        let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
+        let id = mr as u64;
+        self.mrs.insert(id, mr);
+        Ok(Mr {
+            id,
+            lkey,
+            rkey,
+            addr: iova,
+            len,
+        })
+    }
+
+    fn supports_dmabuf(&self) -> bool {
+        self.lib.reg_dmabuf_mr.is_some()
+    }
+
     fn dereg_mr(&mut self, mr: Mr) {
         let Some(p) = self.mrs.remove(&mr.id) else {
             return;

@@ -5,17 +5,20 @@
 //! communicator's connect path choosing RDMA or falling back to TCP.
 
 use super::connect;
+use super::dmabuf_export::{DmabufExporter, DmabufRange};
 use super::fake::FakeFabric;
 use super::options::RdmaOptions;
 use super::transport::{RdmaStats, RdmaTransport};
+use dmsc_core::engine::MemKind;
 use dmsc_core::engine::{
     Completion, Engine, EngineConfig, OpMemory, RegCacheConfig, RegStats, Region, Transport,
 };
 use dmsc_core::error::{Error, Result};
 use dmsc_core::plan::{buffer_elems, plan, PlanConfig};
 use dmsc_core::sim::{run_collective, SendMode};
+use dmsc_core::spray::{Mode, PathState};
 use dmsc_core::types::{CollDesc, CollKind, DataType, ReduceOp};
-use dmsc_core::wire::{FrameHeader, FrameKind};
+use dmsc_core::wire::{FrameHeader, FrameKind, HEADER_LEN};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,13 +150,39 @@ fn run_nics(
     reg: RegCacheConfig,
     tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
 ) -> Result<Run> {
+    run_opts(
+        fabric,
+        n,
+        nics,
+        desc,
+        chunk,
+        repeat,
+        reg,
+        opts(chunk),
+        tweak,
+    )
+}
+
+/// [`run_nics`] with the transport's options `o`.
+#[allow(clippy::too_many_arguments)]
+fn run_opts(
+    fabric: &FakeFabric,
+    n: usize,
+    nics: usize,
+    desc: CollDesc,
+    chunk: usize,
+    repeat: usize,
+    reg: RegCacheConfig,
+    o: RdmaOptions,
+    tweak: impl Fn(usize, &FakeFabric) + Send + Sync + 'static,
+) -> Result<Run> {
     let board = Board::new(n);
     let tweak = Arc::new(tweak);
     let hs: Vec<_> = (0..n)
         .map(|rank| {
-            let (f, b, tw) = (fabric.clone(), board.clone(), tweak.clone());
+            let (f, b, tw, o) = (fabric.clone(), board.clone(), tweak.clone(), o.clone());
             std::thread::spawn(move || -> Result<(Vec<u8>, RdmaStats, RegStats, _)> {
-                let t = connect_rank_nics(&f, &b, rank, n, &opts(chunk), nics)?;
+                let t = connect_rank_nics(&f, &b, rank, n, &o, nics)?;
                 let stats = t.stats_handle();
                 let metrics = t
                     .path_metrics()
@@ -382,9 +411,11 @@ fn two_nics_per_rank_carry_frames_and_one_dying_mid_transfer_gives_the_exact_res
         assert!(fabric.requests(1) >= after, "fake1 failed before its time");
         moved += r.stats[0].frames_rewritten + r.stats[0].messages_resent;
         assert_eq!(r.paths[0].len(), n - 1, "after {after}: {:?}", r.paths[0]);
-        // Queue pair 1 of rank 0 to each peer (on fake1) failed with the error and was
-        // rebuilt at most 3 times (then left down: the link stays dead); queue pair 0 (on
-        // fake0) never failed, not even at close.
+        // Queue pair 1 of rank 0 to each peer (on fake1) failed, with the error or (where
+        // the peer saw it first and asked for the rebuild, which waits for the spraying
+        // core's backoff) as reported by the peer, and was rebuilt at most 3 times (then
+        // left down: the link stays dead); queue pair 0 (on fake0) never failed, not even
+        // at close.
         for pp in &r.paths[0] {
             let (m0, m1) = (&pp.paths[0], &pp.paths[1]);
             assert_eq!(
@@ -393,7 +424,9 @@ fn two_nics_per_rank_carry_frames_and_one_dying_mid_transfer_gives_the_exact_res
             );
             assert!(m1.epoch <= 4, "after {after}: {pp:?}");
             assert!(
-                m1.failures >= 1 && m1.last_failure == "IBV_WC_RETRY_EXC_ERR",
+                m1.failures >= 1
+                    && (m1.last_failure == "IBV_WC_RETRY_EXC_ERR"
+                        || m1.last_failure.starts_with("the peer reported it failed")),
                 "after {after}: {pp:?}"
             );
         }
@@ -766,15 +799,16 @@ fn the_connect_path_falls_back_to_tcp_when_a_rank_has_no_rdma_device() {
 /// Move `frames` frames of `len` bytes from `a` (rank 0) to `b` (rank 1) one at a time,
 /// each with its own byte pattern, checking every one lands whole.
 fn ping(a: &mut RdmaTransport, b: &mut RdmaTransport, frames: u32, first: u32) {
+    ping_kind(a, b, frames, first, MemKind::Host);
+}
+
+/// [`ping`] with both buffers registered as memory of `kind`.
+fn ping_kind(a: &mut RdmaTransport, b: &mut RdmaTransport, frames: u32, first: u32, kind: MemKind) {
     let len = 3000usize;
     let mut src = vec![0u8; len];
     let mut dst = vec![0u8; len];
-    let ra = a
-        .register(src.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
-        .unwrap();
-    let rb = b
-        .register(dst.as_mut_ptr(), len, dmsc_core::engine::MemKind::Host)
-        .unwrap();
+    let ra = a.register(src.as_mut_ptr(), len, kind).unwrap();
+    let rb = b.register(dst.as_mut_ptr(), len, kind).unwrap();
     let mut out = Vec::new();
     for i in first..first + frames {
         src.iter_mut()
@@ -859,6 +893,16 @@ fn a_failed_queue_pair_is_rebuilt_and_carries_frames_again() {
         "{:?}",
         v[0].paths
     );
+    // It was readmitted after the spraying core's backoff (100 ms at the first failure).
+    let p = v[0].paths.iter().find(|p| p.epoch == 2).expect("rebuilt");
+    let down = p.changes.iter().position(|c| c.1 == PathState::Down);
+    let down = down.expect("a change to down");
+    let (t_down, t_up) = (p.changes[down].0, p.changes[down + 1].0);
+    assert!(
+        t_up - t_down >= Duration::from_millis(100),
+        "readmitted {:?} after failing: {p:?}",
+        t_up - t_down
+    );
 }
 
 /// Rank 1 waits for a frame that rank 0 sends only after `delay`; returns how many times
@@ -928,4 +972,226 @@ fn with_a_completion_channel_an_idle_wait_sleeps_instead_of_polling() {
         slept <= 60,
         "with a completion channel the wait still polled {slept} times (without: {spin})"
     );
+}
+
+/// Rank 0 sends `frames` frames of `len` bytes to rank 1, `window` at a time, over two
+/// queue pairs on two NICs per rank (queue pair `k` on NIC `k`), rank 0's NIC 0 at
+/// `fast` and NIC 1 at `slow` bytes per second (FAKE link rates), spraying by `mode`.
+/// Returns the bytes each queue pair carried, by the published path metrics.
+fn spray_over_two_nics(mode: Mode, fast: f64, slow: f64, frames: u32) -> [u64; 2] {
+    let (len, window) = (256usize << 10, 8u32);
+    let fabric = FakeFabric::new(4);
+    let o = RdmaOptions {
+        spray: mode,
+        ..opts(len)
+    };
+    let board = Board::new(2);
+    let hs: Vec<_> = (0..2)
+        .map(|r| {
+            let (f, b, o) = (fabric.clone(), board.clone(), o.clone());
+            std::thread::spawn(move || connect_rank_nics(&f, &b, r, 2, &o, 2).unwrap())
+        })
+        .collect();
+    let mut ts: Vec<RdmaTransport> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let (mut b, mut a) = (ts.pop().unwrap(), ts.pop().unwrap());
+    fabric.set_link_rate(0, Some(fast));
+    fabric.set_link_rate(1, Some(slow));
+    let total = len * frames as usize;
+    let mut src: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4099) as u8).collect();
+    let mut dst = vec![0u8; total];
+    let ra = a.register(src.as_mut_ptr(), total, MemKind::Host).unwrap();
+    let rb = b.register(dst.as_mut_ptr(), total, MemKind::Host).unwrap();
+    let (mut posted, mut sent, mut received) = (0u32, 0u32, 0u32);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent < frames || received < frames {
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?}: {sent} sent, {received} received"
+        );
+        while posted < frames && posted < sent + window {
+            let h = FrameHeader {
+                chunk: posted,
+                offset: (posted as usize * len) as u64,
+                ..header(0, len as u32)
+            };
+            let at = posted as usize * len;
+            // SAFETY: `src` and `dst` outlive every frame, which all complete before the
+            // buffers are read or dropped.
+            unsafe {
+                b.post_recv_registered(0, &h, dst.as_mut_ptr().add(at), rb, 2)
+                    .unwrap();
+                a.post_send_registered(1, &h, src.as_ptr().add(at), ra, 1)
+                    .unwrap();
+            }
+            posted += 1;
+        }
+        out.clear();
+        a.poll(&mut out, Duration::ZERO).unwrap();
+        b.poll(&mut out, Duration::from_micros(50)).unwrap();
+        for c in &out {
+            match c {
+                Completion::Sent { .. } => sent += 1,
+                Completion::Received { .. } => received += 1,
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
+    }
+    assert!(dst == src, "{mode:?}: the frames landed wrong");
+    // Publish now.
+    std::thread::sleep(Duration::from_millis(25));
+    a.poll(&mut out, Duration::ZERO).unwrap();
+    let m = a.path_metrics().unwrap();
+    let v = m.lock().unwrap();
+    assert!(v[0].paths.iter().all(|p| p.failures == 0), "{:?}", v[0]);
+    [v[0].paths[0].bytes_sent, v[0].paths[1].bytes_sent]
+}
+
+#[test]
+fn adaptive_spraying_gives_a_slow_nic_proportionally_fewer_bytes() {
+    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes. (Rates
+    // low enough that the links, not the CPU driving both ranks, are the bottleneck on a
+    // loaded machine.)
+    let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 100e6, 25e6, 128);
+    let share = slow as f64 / (fast + slow) as f64;
+    assert!(share > 0.1 && share < 0.3, "fast {fast} slow {slow}");
+}
+
+#[test]
+fn roundrobin_spraying_alternates_and_single_keeps_one_queue_pair() {
+    let frame = (256u64 << 10) + HEADER_LEN as u64;
+    let [a, b] = spray_over_two_nics(Mode::RoundRobin, 400e6, 100e6, 32);
+    assert!(a.abs_diff(b) <= frame, "{a} {b}");
+    let [a, b] = spray_over_two_nics(Mode::Single, 400e6, 400e6, 32);
+    assert_eq!((a, b), (32 * frame, 0));
+}
+
+#[test]
+fn a_queue_pair_failing_mid_transfer_is_exact_under_every_spray_mode() {
+    let n = 3;
+    let d = desc(CollKind::AllReduce, 30_000);
+    let want = expected(&d, n);
+    for mode in [Mode::Adaptive, Mode::RoundRobin, Mode::Single] {
+        for nth in [41, 90] {
+            let fabric = FakeFabric::new(n);
+            let o = RdmaOptions {
+                spray: mode,
+                ..opts(2048)
+            };
+            let r = run_opts(
+                &fabric,
+                n,
+                1,
+                d,
+                2048,
+                1,
+                RegCacheConfig::default(),
+                o,
+                move |rank, f| {
+                    if rank == 0 {
+                        f.inject_retry_exceeded(0, nth);
+                    }
+                },
+            )
+            .unwrap_or_else(|e| panic!("{mode:?}, fault at {nth}: {e}"));
+            assert_eq!(r.outputs, want, "{mode:?}, fault at {nth}");
+            assert!(r.stats[0].paths_failed >= 1, "{mode:?}: {:?}", r.stats[0]);
+        }
+    }
+}
+
+/// FAKE dma-buf exporter: a memfd stands for the GPU driver's dma-buf (the FAKE verbs
+/// register the range at its address, where tests put host memory in for a GPU's).
+struct FakeDmabufExporter {
+    /// Refuse every export, naming the device.
+    refuse: bool,
+}
+
+impl DmabufExporter for FakeDmabufExporter {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn export(&self, ptr: u64, _len: usize, device: u32) -> Result<DmabufRange> {
+        if self.refuse {
+            return Err(Error::usage(format!(
+                "FAKE exporter: CUDA device {device} does not export dma-bufs"
+            )));
+        }
+        // SAFETY: a NUL-terminated name and no flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"fake-dmabuf".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: a descriptor just opened that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(DmabufRange {
+            fd,
+            offset: ptr & 0xfff,
+        })
+    }
+}
+
+fn fake_exporter(refuse: bool) -> Result<Box<dyn DmabufExporter>> {
+    Ok(Box::new(FakeDmabufExporter { refuse }))
+}
+
+const GPU: MemKind = MemKind::Cuda { device: 0 };
+
+#[test]
+fn gpu_memory_is_registered_as_a_dmabuf_and_frames_land_exactly() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut b = ts.pop().unwrap();
+    let mut a = ts.pop().unwrap();
+    for t in [&mut a, &mut b] {
+        t.use_dmabuf(fake_exporter(false));
+        assert!(t.registers_gpu_memory());
+        assert!(t.accepts(GPU));
+    }
+    assert!(a.needs_registration(1, GPU) && !a.needs_registration(0, GPU));
+    let pinned = (fabric.pinned(0), fabric.pinned(1));
+    ping_kind(&mut a, &mut b, 20, 0, GPU);
+    assert_eq!(fabric.dmabuf_registrations(0), 1);
+    assert_eq!(fabric.dmabuf_registrations(1), 1);
+    // Nothing was pinned for it (the exporter owns a dma-buf's memory), and frames were
+    // written straight from and to it, not staged.
+    assert_eq!((fabric.pinned(0), fabric.pinned(1)), pinned);
+    let s = *a.stats_handle().lock().unwrap();
+    assert_eq!((s.frames_staged, s.registrations_staged), (0, 0), "{s:?}");
+}
+
+#[test]
+fn without_dmabuf_gpu_memory_is_left_to_the_communicator_to_stage_with_the_reason() {
+    let fabric = FakeFabric::new(2);
+    let mut ts = connect_all(&fabric, 2, &opts(4096));
+    let mut a = ts.remove(0);
+    let mut buf = vec![0u8; 4096];
+    let reg_err = |t: &mut RdmaTransport, buf: &mut Vec<u8>| {
+        t.register(buf.as_mut_ptr(), buf.len(), GPU)
+            .unwrap_err()
+            .to_string()
+    };
+    // As connected on this machine: no dma-buf exporter (no cuda feature, or no GPU that
+    // exports), so GPU memory is not accepted and the communicator stages it.
+    assert!(!a.registers_gpu_memory() && !a.accepts(GPU) && !a.needs_registration(1, GPU));
+    assert!(a.accepts(MemKind::Host));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("stages it through host memory"), "{e}");
+    // The exporter is missing, with its reason.
+    a.use_dmabuf(Err(Error::usage("no NVIDIA driver (test)")));
+    assert!(!a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("no NVIDIA driver (test)"), "{e}");
+    // An exporter, but a port whose library cannot register dma-bufs.
+    fabric.set_dmabuf(0, false);
+    a.use_dmabuf(fake_exporter(false));
+    assert!(!a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("ibv_reg_dmabuf_mr"), "{e}");
+    // Accepted, but the exporter refuses a buffer: a clear error, nothing left registered.
+    fabric.set_dmabuf(0, true);
+    a.use_dmabuf(fake_exporter(true));
+    assert!(a.accepts(GPU));
+    let e = reg_err(&mut a, &mut buf);
+    assert!(e.contains("CUDA device 0 does not export"), "{e}");
+    assert_eq!(fabric.dmabuf_registrations(0), 0);
 }

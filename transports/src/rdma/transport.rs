@@ -30,14 +30,22 @@
 //! receiver that is not ready. Send work requests per queue pair are bounded likewise, and
 //! the receives out per peer by the mailbox window.
 //!
-//! **Spraying and failover.** Each frame goes on the healthy queue pair with the fewest bytes
-//! in flight; messages go round-robin. A work request that fails (`IBV_WC_RETRY_EXC_ERR` and
+//! **Spraying and failover.** The queue pairs to a peer, on one port or several, are the
+//! paths of the spraying core: its [`PathScheduler`] (core/src/spray/scheduler.rs) picks the
+//! queue pair of every frame by `DMSC_SPRAY` (adaptive: earliest expected completion by the
+//! rate measured from write completions; roundrobin; single) among those with credits and
+//! send slots, measures each one's delivery rate and round trip from the completions of its
+//! writes-with-immediate, suspects one that falls silent while another completes, and its
+//! metrics are what [`Transport::path_metrics`] reports, as over TCP. Messages go
+//! round-robin. A work request that fails (`IBV_WC_RETRY_EXC_ERR` and
 //! the `IBV_WC_WR_FLUSH_ERR`s after it) takes its queue pair out of service: its frames whose
 //! write-with-immediate was not acknowledged are written again on a healthy one (same
 //! destination and mailbox, so a repeat is harmless), and its unacknowledged messages are sent
 //! again. When no queue pair to a peer is left, the peer fails ([`Completion::PeerFailed`]),
 //! naming each queue pair and why it failed. A failed queue pair is then rebuilt and
-//! re-admitted (at most [`MAX_REBUILDS`] times): the lower rank of the pair drains it (every
+//! re-admitted (at most [`MAX_REBUILDS`] times), after the spraying core's backoff
+//! ([`PathScheduler::redial_delay`], longer for a queue pair that flaps) and with its
+//! probation window that grows with completions: the lower rank of the pair drains it (every
 //! completion due taken, so that what succeeded completes and only what flushed is sent
 //! again), resets it to INIT and sends [`Msg::Rebuild`] on a healthy queue pair; the higher
 //! rank drains and resets its end, connects it to the new one and answers [`Msg::Ready`],
@@ -59,8 +67,13 @@
 //! **Registration.** User memory is registered through the engine's cache
 //! ([`Transport::register`]). When `ibv_reg_mr` refuses with `ENOMEM` (the pinned-memory limit,
 //! `RLIMIT_MEMLOCK`), the transport says so once and hands out a staged handle: frames in that
-//! memory are copied through registered staging slots instead.
+//! memory are copied through registered staging slots instead. GPU memory
+//! ([`MemKind::Cuda`]) is accepted only where a [`DmabufExporter`] is set and every port has
+//! `ibv_reg_dmabuf_mr` ([`RdmaTransport::use_dmabuf`]); it is then registered as a dma-buf
+//! and never staged here (the staging copies use the CPU, which cannot read it). Otherwise it
+//! is refused, with the reason logged once, and left to the communicator to stage.
 
+use super::dmabuf_export::DmabufExporter;
 use super::pool::SlotPool;
 use super::qp_state::{QpAttrs, QpState};
 use super::verbs::{
@@ -72,7 +85,7 @@ use dmsc_core::engine::{
     Completion, MemKind, PathMetricsHandle, PeerPaths, RegHandle, Token, Transport, Waker,
 };
 use dmsc_core::error::{Error, Result};
-use dmsc_core::spray::{PathMetrics, PathState};
+use dmsc_core::spray::{Mode, PathScheduler};
 use dmsc_core::types::Rank;
 use dmsc_core::wire::{FrameHeader, HEADER_LEN};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -112,6 +125,13 @@ fn split_wr_id(id: u64) -> (u64, usize, usize, u8, u64) {
         ((id >> 32) & 0xf) as u8,
         id & IDX_MASK,
     )
+}
+
+/// Bytes a frame of `len` payload bytes puts on its queue pair, as the path scheduler counts
+/// them: the payload and the trailer written with immediate (so a frame without payload, a
+/// mismatch report, still counts).
+fn wire_len(len: u32) -> u64 {
+    len as u64 + HEADER_LEN as u64
 }
 
 /// What the transport did, readable from any thread (tests, reports).
@@ -158,22 +178,20 @@ pub(super) struct Path {
     pub(super) returned: u32,
     /// Our send work requests outstanding.
     pub(super) wrs: u32,
-    /// Payload bytes of frames in flight on it.
-    pub(super) bytes: u64,
     /// Control fragments received so far.
     pub(super) reasm: Vec<u8>,
-    /// Payload bytes written on it, acknowledged, and moved to others when it failed.
-    sent: u64,
-    acked: u64,
-    requeued: u64,
-    /// When it failed, since the transport was made.
-    down_at: Option<Duration>,
+    /// Not reset for a rebuild before this (the spraying core's backoff after a failure,
+    /// [`PathScheduler::redial_delay`]).
+    redial_at: Option<Instant>,
     /// Incarnation (low 4 bits go into work request ids).
     pub(super) epoch: u8,
     /// The peer's queue pair, to connect to again when rebuilt.
     pub(super) remote: Option<RemoteQp>,
     /// Being rebuilt (draining, or reset).
     rebuilding: bool,
+    /// Put in ERROR here while in service because the peer reported it failed (its flushes
+    /// are then named so, not as a failure of their own).
+    told: bool,
     /// Reset here (the lower rank) and waiting for the peer's [`Msg::Ready`].
     awaiting_ready: bool,
     /// Times rebuilt.
@@ -195,15 +213,12 @@ impl Path {
             credits: RECV_DEPTH,
             returned: 0,
             wrs: 0,
-            bytes: 0,
             reasm: Vec::new(),
-            sent: 0,
-            acked: 0,
-            requeued: 0,
-            down_at: None,
+            redial_at: None,
             epoch: 0,
             remote: None,
             rebuilding: false,
+            told: false,
             awaiting_ready: false,
             rebuilds: 0,
             recv_flushed: 0,
@@ -264,7 +279,8 @@ pub(super) struct Peer {
     /// The peer said goodbye ([`Msg::Bye`]).
     closed: bool,
     next_path: usize,
-    next_write: usize,
+    /// Which queue pair carries each frame: the spraying core's scheduling and metrics.
+    sched: PathScheduler,
     // Receive side.
     recv_seq: u64,
     recvs: BTreeMap<u64, InFrame>,
@@ -282,15 +298,22 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    pub(super) fn new(paths: Vec<Path>, mbox: SlotPool, trailers: SlotPool) -> Peer {
+    /// `mode` and `seg` (the largest frame, bytes) for the path scheduler.
+    pub(super) fn new(
+        paths: Vec<Path>,
+        mbox: SlotPool,
+        trailers: SlotPool,
+        mode: Mode,
+        seg: u64,
+    ) -> Peer {
         Peer {
+            sched: PathScheduler::new(paths.len(), mode, seg, Instant::now()),
             paths,
             mbox,
             trailers,
             failed: false,
             closed: false,
             next_path: 0,
-            next_write: 0,
             recv_seq: 0,
             recvs: BTreeMap::new(),
             cts_due: VecDeque::new(),
@@ -411,6 +434,11 @@ pub struct RdmaTransport {
     reg_mrs: HashMap<u64, Vec<Mr>>,
     next_reg: u64,
     memlock_warned: bool,
+    /// Where GPU memory gets its dma-buf for registration; `None`: GPU memory is not
+    /// accepted (the communicator stages it through host memory), for the reason in
+    /// `dmabuf_off`.
+    dmabuf: Option<Box<dyn DmabufExporter>>,
+    dmabuf_off: String,
     wake: Arc<Wake>,
     stats: Arc<Mutex<RdmaStats>>,
     wcs: Vec<WorkCompletion>,
@@ -419,7 +447,6 @@ pub struct RdmaTransport {
     pub(super) connected: bool,
     /// Per-queue-pair metrics, published at most every [`PUBLISH_EVERY`] and at each failure.
     metrics: PathMetricsHandle,
-    created: Instant,
     published: Instant,
 }
 
@@ -460,15 +487,83 @@ impl RdmaTransport {
             reg_mrs: HashMap::new(),
             next_reg: 0,
             memlock_warned: false,
+            dmabuf: None,
+            dmabuf_off: "dmsc was built without the cuda feature".into(),
             wake: Arc::new(Wake::new()),
             stats: Arc::new(Mutex::new(RdmaStats::default())),
             wcs: Vec::new(),
             npaths,
             connected: false,
             metrics: Arc::new(Mutex::new(Vec::new())),
-            created: Instant::now(),
             published: Instant::now(),
         }
+    }
+
+    /// Register GPU memory ([`MemKind::Cuda`]) through `exporter`'s dma-bufs
+    /// (`ibv_reg_dmabuf_mr`), so that frames move between GPU memory and the adapter
+    /// directly, where every port can. Otherwise (an `Err` says why the exporter is not
+    /// there) GPU memory is not accepted and the communicator stages it through host
+    /// memory; the reason is logged once.
+    pub fn use_dmabuf(&mut self, exporter: Result<Box<dyn DmabufExporter>>) {
+        let why_not = match exporter {
+            Ok(x) => match self.ctxs.iter().position(|c| !c.supports_dmabuf()) {
+                None => {
+                    log::info!(
+                        target: dmsc_core::subsys::NET,
+                        "rank {}: RDMA registers GPU memory as dma-bufs ({})",
+                        self.rank,
+                        x.name()
+                    );
+                    self.dmabuf = Some(x);
+                    self.dmabuf_off.clear();
+                    return;
+                }
+                Some(i) => format!(
+                    "port {i} cannot register dma-bufs (libibverbs without \
+                     ibv_reg_dmabuf_mr, rdma-core 34 or later)"
+                ),
+            },
+            Err(e) => e.to_string(),
+        };
+        log::info!(
+            target: dmsc_core::subsys::NET,
+            "rank {}: GPU memory over RDMA is staged through host memory: {why_not}",
+            self.rank
+        );
+        self.dmabuf = None;
+        self.dmabuf_off = why_not;
+    }
+
+    /// Whether GPU memory is registered as dma-bufs (else staged by the communicator).
+    pub fn registers_gpu_memory(&self) -> bool {
+        self.dmabuf.is_some()
+    }
+
+    /// Register GPU memory of `device` on every port through a dma-buf.
+    fn register_dmabuf(&mut self, ptr: u64, len: usize, device: u32) -> Result<Vec<Mr>> {
+        let Some(x) = &self.dmabuf else {
+            return Err(Error::usage(format!(
+                "the RDMA transport cannot register GPU memory here ({}); the communicator \
+                 stages it through host memory",
+                self.dmabuf_off
+            )));
+        };
+        let range = x.export(ptr, len, device)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&range.fd);
+        let mut mrs = Vec::with_capacity(self.ctxs.len());
+        for ctx in &mut self.ctxs {
+            match ctx.reg_dmabuf_mr(fd, range.offset, len, ptr, Access::REMOTE_WRITE) {
+                Ok(m) => mrs.push(m),
+                Err(e) => {
+                    for (ctx, m) in self.ctxs.iter_mut().zip(mrs) {
+                        ctx.dereg_mr(m);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // The registrations hold the memory; the descriptor closes here (as NCCL does).
+        Ok(mrs)
     }
 
     /// What the transport did so far, shared (read it after the engine took the transport).
@@ -663,17 +758,15 @@ impl RdmaTransport {
             let w = &p.writing[&seq];
             let len = if w.mismatch { 0 } else { w.frame.header.len };
             let wrs = if len > 0 { 2 } else { 1 };
-            // Fewest bytes in flight; ties go round-robin, so that frames one at a time
-            // still use every queue pair.
-            let np = p.paths.len();
-            let Some(path) = (0..np)
-                .map(|k| (p.next_write + k) % np)
-                .filter(|&i| p.paths[i].fits(1, wrs))
-                .min_by_key(|&i| p.paths[i].bytes)
+            // The spraying core picks the queue pair ([`PathScheduler::choose`], by
+            // `DMSC_SPRAY`) among those with credits and send slots.
+            let paths = &p.paths;
+            let Some(path) = p
+                .sched
+                .choose(wire_len(len), Instant::now(), |i| paths[i].fits(1, wrs))
             else {
                 break;
             };
-            p.next_write = (path + 1) % np;
             p.ready.pop_front();
             self.post_write(peer, seq, path, len)?;
         }
@@ -738,8 +831,7 @@ impl RdmaTransport {
         let pa = &mut p.paths[path];
         pa.credits -= 1;
         pa.wrs += if len > 0 { 2 } else { 1 };
-        pa.bytes += len as u64;
-        pa.sent += len as u64;
+        p.sched.on_post(path, seq, wire_len(len), Instant::now());
         if len > 0 {
             let (addr, lkey) = src.ok_or_else(|| {
                 Error::internal(format!(
@@ -861,9 +953,7 @@ impl RdmaTransport {
                     return Ok(()); // a late completion of a copy on a failed queue pair
                 }
                 let w = p.writing.remove(&seq).expect("present");
-                let len = if w.mismatch { 0 } else { w.frame.header.len };
-                p.paths[path].bytes -= len as u64;
-                p.paths[path].acked += len as u64;
+                p.sched.on_complete(path, seq, Instant::now());
                 p.trailers.release(w.trailer);
                 if let Some(s) = w.stage {
                     self.stage_tx.release(s);
@@ -998,7 +1088,15 @@ impl RdmaTransport {
         };
         if pa.up {
             pa.up = false;
-            pa.why = Some(status.name().to_string());
+            // A flush after we put it in ERROR at the peer's report is the peer's failure;
+            // an error of its own (the report crossed it) is named as itself.
+            let told = std::mem::take(&mut pa.told);
+            let why = if told && status == WcStatus::Flushed {
+                format!("the peer reported it failed ({} here)", status.name())
+            } else {
+                status.name().to_string()
+            };
+            pa.why = Some(why.clone());
             pa.reasm.clear();
             let qpn = pa.qp.qpn;
             log::warn!(
@@ -1008,24 +1106,23 @@ impl RdmaTransport {
                 self.rank,
                 status.name()
             );
-            let mut again: Vec<u64> = p
+            // The frames whose write-with-immediate did not complete, in the order they
+            // were posted: the spraying core's flights of the path (the same set as the
+            // frames being written on it).
+            let now = Instant::now();
+            let mut again = p.sched.on_failed(path, now, &why);
+            again.retain(|s| p.writing.get(s).is_some_and(|w| w.path == Some(path)));
+            let mut rest: Vec<u64> = p
                 .writing
                 .iter()
-                .filter(|(_, w)| w.path == Some(path))
+                .filter(|(s, w)| w.path == Some(path) && !again.contains(s))
                 .map(|(s, _)| *s)
                 .collect();
-            again.sort_unstable();
+            rest.sort_unstable();
+            again.extend(rest);
             let n = again.len() as u64;
-            let moved: u64 = again
-                .iter()
-                .map(|s| &p.writing[s])
-                .filter(|w| !w.mismatch)
-                .map(|w| w.frame.header.len as u64)
-                .sum();
-            let pa = &mut p.paths[path];
-            pa.requeued += moved;
-            pa.bytes = 0;
-            pa.down_at = Some(self.created.elapsed());
+            let delay = p.sched.redial_delay(path, p.paths[path].rebuilds);
+            p.paths[path].redial_at = Some(now + delay);
             for s in again.into_iter().rev() {
                 p.writing.get_mut(&s).expect("present").path = None;
                 p.ready.push_front(s);
@@ -1091,6 +1188,7 @@ impl RdmaTransport {
         let pa = &mut self.peers[peer].as_mut().expect("peer").paths[path];
         pa.rebuilding = true;
         if pa.up {
+            pa.told = true;
             let (qp, nic) = (pa.qp, pa.nic);
             if let Err(e) = self.ctxs[nic].modify_qp(qp, QpState::Error, &self.attrs, None) {
                 self.fail_peer(peer, e, out);
@@ -1114,7 +1212,6 @@ impl RdmaTransport {
         pa.credits = RECV_DEPTH;
         pa.returned = 0;
         pa.wrs = 0;
-        pa.bytes = 0;
         pa.recv_flushed = 0;
         pa.reasm.clear();
         for i in 0..RECV_DEPTH {
@@ -1144,6 +1241,10 @@ impl RdmaTransport {
         pa.rebuilding = false;
         pa.awaiting_ready = false;
         pa.reconnected = Some(Instant::now());
+        pa.redial_at = None;
+        let epoch = 1 + pa.rebuilds;
+        let p = self.peers[peer].as_mut().expect("peer");
+        p.sched.readmit(path, Instant::now(), epoch);
         log::info!(
             target: dmsc_core::subsys::NET,
             "rank {}: RDMA queue pair {path} to rank {peer} rebuilt and back in service",
@@ -1174,6 +1275,11 @@ impl RdmaTransport {
         let pa = &p.paths[path];
         let quiet = !pa.up && pa.recv_flushed >= RECV_DEPTH && pa.wrs == 0;
         if !pa.rebuilding || pa.awaiting_ready || !quiet || p.failed || p.closed {
+            return;
+        }
+        // The lower rank starts the rebuild once the spraying core's backoff has passed
+        // ([`RdmaTransport::progress`] comes back to it); the higher one follows at once.
+        if self.rank < peer && pa.redial_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let r = self.reset_path(peer, path).and_then(|()| {
@@ -1239,59 +1345,59 @@ impl RdmaTransport {
         out.push(Completion::PeerFailed { peer, error });
     }
 
-    /// Publish every queue pair's metrics ([`Transport::path_metrics`]).
+    /// Publish every queue pair's metrics ([`Transport::path_metrics`]): the spraying
+    /// core's, as over TCP.
     fn publish(&mut self) {
         self.published = Instant::now();
         let taken = std::time::SystemTime::now();
-        let age = self.created.elapsed().as_secs_f64().max(1e-9);
         let v: Vec<PeerPaths> = self
             .peers
             .iter()
             .enumerate()
             .filter_map(|(peer, p)| p.as_ref().map(|p| (peer, p)))
-            .map(|(peer, p)| PeerPaths {
-                peer,
-                paths: p
-                    .paths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, pa)| PathMetrics {
-                        path: i,
-                        state: if pa.up {
-                            PathState::Up
-                        } else {
-                            PathState::Down
-                        },
-                        epoch: 1 + pa.rebuilds,
-                        // Mean over the transport's life: no per-path rate estimator yet.
-                        rate_bps: pa.acked as f64 / age,
-                        srtt: Duration::ZERO,
-                        inflight: pa.bytes,
-                        bytes_sent: pa.sent,
-                        bytes_acked: pa.acked,
-                        bytes_requeued: pa.requeued,
-                        bytes_duplicated: 0,
-                        failures: pa.rebuilds + u32::from(!pa.up),
-                        suspicions: 0,
-                        last_failure: pa.why.clone().unwrap_or_default(),
-                        changes: pa
-                            .down_at
-                            .map(|t| vec![(Duration::ZERO, PathState::Up), (t, PathState::Down)])
-                            .unwrap_or_else(|| vec![(Duration::ZERO, PathState::Up)]),
-                    })
-                    .collect(),
-                bytes_duplicated: 0,
-                bytes_sent: p.paths.iter().map(|pa| pa.sent).sum(),
-                taken,
+            .map(|(peer, p)| {
+                let paths: Vec<_> = (0..p.sched.len())
+                    .map(|i| p.sched.metrics(i).clone())
+                    .collect();
+                PeerPaths {
+                    peer,
+                    bytes_duplicated: 0,
+                    bytes_sent: paths.iter().map(|m| m.bytes_sent).sum(),
+                    paths,
+                    taken,
+                }
             })
             .collect();
         *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Queue pairs to a peer whose rebuild waits for its backoff and whose time has come.
+    fn rebuilds_due(&mut self, out: &mut Vec<Completion>) {
+        let now = Instant::now();
+        for peer in 0..self.peers.len() {
+            let Some(p) = self.peers[peer].as_ref() else {
+                continue;
+            };
+            let due: Vec<usize> = (0..p.paths.len())
+                .filter(|&i| {
+                    let pa = &p.paths[i];
+                    pa.rebuilding
+                        && !pa.up
+                        && !pa.awaiting_ready
+                        && pa.redial_at.is_some_and(|t| now >= t)
+                })
+                .collect();
+            for path in due {
+                self.rebuild_step(peer, path, out);
+            }
+        }
     }
 
     fn progress(&mut self, out: &mut Vec<Completion>) -> Result<()> {
         if self.published.elapsed() >= PUBLISH_EVERY {
             self.publish();
         }
+        self.rebuilds_due(out);
         self.pump(out)?;
         loop {
             let mut wcs = std::mem::take(&mut self.wcs);
@@ -1339,15 +1445,31 @@ impl Transport for RdmaTransport {
         "rdma"
     }
 
+    fn accepts(&self, kind: MemKind) -> bool {
+        match kind {
+            MemKind::Host => true,
+            MemKind::Cuda { .. } => self.dmabuf.is_some(),
+        }
+    }
+
     fn needs_registration(&self, peer: Rank, kind: MemKind) -> bool {
-        kind == MemKind::Host && peer != self.rank
+        self.accepts(kind) && peer != self.rank
     }
 
     fn register(&mut self, ptr: *mut u8, len: usize, kind: MemKind) -> Result<RegHandle> {
-        if kind != MemKind::Host {
-            return Err(Error::usage(format!(
-                "the RDMA transport registers host memory only, not {kind}"
-            )));
+        if let MemKind::Cuda { device } = kind {
+            // Never staged here: the transport's staging copies with the CPU, which cannot
+            // read GPU memory; without dma-bufs the communicator stages it instead.
+            let mrs = self.register_dmabuf(ptr as u64, len, device)?;
+            let (mut lkeys, mut rkeys) = ([0; MAX_NICS], [0; MAX_NICS]);
+            for (i, m) in mrs.iter().enumerate() {
+                lkeys[i] = m.lkey;
+                rkeys[i] = m.rkey;
+            }
+            self.next_reg += 1;
+            self.regs.insert(self.next_reg, Reg::Mr { lkeys, rkeys });
+            self.reg_mrs.insert(self.next_reg, mrs);
+            return Ok(RegHandle { key: self.next_reg });
         }
         let mut mrs = Vec::with_capacity(self.ctxs.len());
         let mut refused = None;

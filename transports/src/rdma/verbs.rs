@@ -299,6 +299,23 @@ pub trait VerbsContext: Send {
     /// `System` with errno `ENOMEM` means the pinned-memory limit (`RLIMIT_MEMLOCK`) refused it.
     fn reg_mr(&mut self, addr: u64, len: usize, access: Access) -> Result<Mr>;
 
+    /// Register `len` bytes of the dma-buf `fd` from byte `offset`, addressed in work
+    /// requests from `iova` (`ibv_reg_dmabuf_mr`, rdma-core 34 and later): how device memory
+    /// that its driver exports as a dma-buf (a GPU's, `cuMemGetHandleForAddressRange`) is
+    /// registered without being mapped into the process. An error of kind `Usage` means the
+    /// library or device cannot do it at all. Deregistered with [`VerbsContext::dereg_mr`].
+    fn reg_dmabuf_mr(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+        iova: u64,
+        access: Access,
+    ) -> Result<Mr>;
+
+    /// Whether [`VerbsContext::reg_dmabuf_mr`] can work here at all (the library has it).
+    fn supports_dmabuf(&self) -> bool;
+
     /// Deregister (`ibv_dereg_mr`).
     fn dereg_mr(&mut self, mr: Mr);
 
