@@ -30,6 +30,7 @@
 //! ranks of one host. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
 //! network proxy's staging through host buffers, read for design only.
 
+pub(crate) mod ipc_call;
 mod on_stream;
 pub(crate) mod pieces;
 pub mod pointer;

@@ -9,7 +9,7 @@ use crate::request::Request;
 use dmsc_core::engine::executor::JobSlot;
 use dmsc_core::engine::MemKind;
 use dmsc_core::{Error, Result};
-use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::ipc_memory::IpcMemory;
 use std::sync::Arc;
 
 /// Bytes per staging copy when the driver serves the device calls.
@@ -20,13 +20,14 @@ const SLOTS: usize = 4;
 
 impl Communicator {
     /// Serve this communicator's calls on CUDA device `ordinal`'s buffers with `dev`, staged
-    /// through pinned host memory in copies of `chunk` bytes. Without this, the first device
+    /// through pinned host memory in copies of `chunk` bytes, or device to device over CUDA IPC
+    /// where every rank is on this host (see the `device_call` module's documentation). Without this, the first device
     /// call opens the device through the CUDA driver (with the `cuda` feature). Tests attach
     /// `dmsc_transports::cuda::fake_device::FakeDeviceMemory` here. Errors if device calls
     /// are served already, or `chunk` is 0.
     pub fn use_device_memory<D>(&self, ordinal: u32, dev: D, chunk: usize) -> Result<()>
     where
-        D: DeviceMemory + 'static,
+        D: IpcMemory + 'static,
         D::Stream: Send,
         D::Event: Send,
         D::Gate: Send,
@@ -49,7 +50,7 @@ impl Communicator {
 
     fn start_stager<D>(&self, dev: D, ordinal: u32, chunk: usize) -> Result<Arc<dyn DeviceCalls>>
     where
-        D: DeviceMemory + 'static,
+        D: IpcMemory + 'static,
         D::Stream: Send,
         D::Event: Send,
         D::Gate: Send,
@@ -66,8 +67,16 @@ impl Communicator {
             self.failure.clone(),
             settings,
             self.rank(),
+            self.ipc_shape(),
         )?;
         Ok(Arc::new(stager))
+    }
+
+    /// This rank and the number of ranks when device calls may run over CUDA IPC: every peer
+    /// is on this host (served by shared memory) and `DMSC_CUDA_IPC` is not `0`.
+    fn ipc_shape(&self) -> Option<(usize, usize)> {
+        (super::ipc_call::ipc_allowed() && super::ipc_call::all_on_this_host(self.peer_transports()))
+            .then(|| (self.rank(), self.size()))
     }
 
     /// The device calls of device `ordinal`, opened through the driver on first use.

@@ -10,12 +10,14 @@
 //! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
 //! up to a millisecond, and every wait has the communicator's deadline.
 
+use super::ipc_call::{IpcCall, Moves};
 use super::pieces::{part, pieces};
 use super::staged::{stage, SelfCopy, Staged, Twin};
 use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
 use dmsc_core::{Error, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::ipc_memory::IpcMemory;
 use dmsc_transports::cuda::staging::{Staging, Step};
 use dmsc_transports::cuda::stream_order::{StreamOrder, Ticket};
 use std::collections::VecDeque;
@@ -70,10 +72,18 @@ pub(crate) struct StagingSettings {
 
 struct Work<D: DeviceMemory> {
     ticket: Ticket<D::Event>,
-    staged: Staged<D::Pinned>,
-    self_copies: Vec<SelfCopy>,
-    parts: Parts,
+    what: What<D>,
     slot: Arc<JobSlot>,
+}
+
+/// How a call runs: staged through host twins, or device to device over CUDA IPC.
+enum What<D: DeviceMemory> {
+    Staged {
+        staged: Staged<D::Pinned>,
+        self_copies: Vec<SelfCopy>,
+        parts: Parts,
+    },
+    Ipc(Box<IpcCall>),
 }
 
 /// What the submitting threads and the staging thread share.
@@ -99,6 +109,9 @@ impl<D: DeviceMemory> Shared<D> {
 /// The staging thread over device `D`.
 pub(crate) struct Stager<D: DeviceMemory> {
     ordinal: u32,
+    /// This rank and the number of ranks, when calls may run over CUDA IPC (every rank on
+    /// this host, `DMSC_CUDA_IPC` not 0).
+    ipc: Option<(usize, usize)>,
     shared: Arc<Shared<D>>,
     tx: Mutex<Option<mpsc::Sender<Work<D>>>>,
     worker: Option<JoinHandle<()>>,
@@ -106,7 +119,7 @@ pub(crate) struct Stager<D: DeviceMemory> {
 
 impl<D> Stager<D>
 where
-    D: DeviceMemory + 'static,
+    D: IpcMemory + 'static,
     D::Stream: Send,
     D::Event: Send,
     D::Gate: Send,
@@ -119,6 +132,7 @@ where
         failure: Arc<Mutex<Option<Error>>>,
         settings: StagingSettings,
         rank: usize,
+        ipc: Option<(usize, usize)>,
     ) -> Result<Stager<D>> {
         dev.bind()?;
         let own = dev.create_stream()?;
@@ -145,6 +159,7 @@ where
             .map_err(|e| Error::io("starting the communicator's staging thread", &e))?;
         Ok(Stager {
             ordinal,
+            ipc,
             shared,
             tx: Mutex::new(Some(tx)),
             worker: Some(worker),
@@ -154,7 +169,7 @@ where
 
 impl<D> DeviceCalls for Stager<D>
 where
-    D: DeviceMemory + 'static,
+    D: IpcMemory + 'static,
     D::Stream: Send,
     D::Event: Send,
     D::Gate: Send,
@@ -177,14 +192,30 @@ where
         let mut g = lock(&self.shared.order);
         let order = &mut g.0;
         order.ops().bind()?;
-        let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
-        let mut self_copies = Vec::new();
-        let mut parts = Vec::new();
-        for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
-            let (copies, job) = build(&p.call)?;
-            self_copies.extend(copies);
-            parts.push((p.bytes, job));
-        }
+        let moves = self
+            .ipc
+            .and_then(|(me, n)| Some((me, n, Moves::of(call, me, n)?)));
+        let what = match moves {
+            Some((me, n, moves)) => {
+                let jobs = |c: &Call| build(c).map(|(_, j)| j);
+                What::Ipc(Box::new(IpcCall::new(moves, me, n, &jobs)?))
+            }
+            None => {
+                let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
+                let mut self_copies = Vec::new();
+                let mut parts = Vec::new();
+                for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
+                    let (copies, job) = build(&p.call)?;
+                    self_copies.extend(copies);
+                    parts.push((p.bytes, job));
+                }
+                What::Staged {
+                    staged,
+                    self_copies,
+                    parts,
+                }
+            }
+        };
         // SAFETY: the caller's contract: 0 or a live stream of this device.
         let caller = unsafe { order.ops().caller_stream(stream) };
         let ticket = order.submit(caller)?;
@@ -192,9 +223,7 @@ where
         *lock(&self.shared.pending) += 1;
         let work = Work {
             ticket,
-            staged,
-            self_copies,
-            parts,
+            what,
             slot: slot.clone(),
         };
         let sent = match lock(&self.tx).as_ref() {
@@ -455,27 +484,143 @@ fn quiesce<D: DeviceMemory>(shared: &Shared<D>) -> bool {
     }
 }
 
+/// Wait (bounded by the communicator's deadline) until dmsc's stream has run what is queued
+/// on it now.
+fn wait_own_stream<D: DeviceMemory>(shared: &Shared<D>, what: &str) -> Result<()> {
+    let e = {
+        let mut g = lock(&shared.order);
+        let own = g.1;
+        let e = g.0.ops().create_event()?;
+        g.0.ops().record(&e, own)?;
+        e
+    };
+    let mut backoff = Backoff::new(shared.settings.timeout);
+    while !lock(&shared.order).0.ops().query(&e)? {
+        backoff.snooze(what)?;
+    }
+    Ok(())
+}
+
+/// Hand `job` (if any) to the executor and wait for it, within the deadline; `running` gets
+/// its slot, so a failure waits for it before its buffers are freed.
+fn run_job(
+    shared: &Shared<impl DeviceMemory>,
+    exec: &Executor,
+    job: Option<Job>,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    let Some(job) = job else { return Ok(()) };
+    // SAFETY: the job's memory is the IPC call's boxes, alive until its slot holds a result
+    // (waited for here, or after a failure in `run`).
+    let slot = unsafe { exec.submit(job) };
+    running.push(slot.clone());
+    let deadline = Instant::now() + shared.settings.timeout;
+    slot.wait_until(Some(deadline)).unwrap_or_else(|| {
+        Err(Error::Timeout {
+            op: "the host exchange of a CUDA IPC call".into(),
+            waited_s: shared.settings.timeout.as_secs_f64(),
+            missing: vec![],
+            detail: "a peer did not join the exchange in time".into(),
+        })
+    })
+}
+
+/// A call over CUDA IPC (see `ipc_call`): wait for the caller's earlier work, exchange the
+/// exports, copy device to device from the peers' buffers, and exchange the statuses (the
+/// barrier after which no peer reads this rank's buffers).
+fn ipc_and_run<D: IpcMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    ticket: &mut Ticket<D::Event>,
+    c: &mut IpcCall,
+    handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    lock(&shared.order).0.poll_start(ticket)?;
+    // This rank's buffers hold the caller's data once dmsc's stream has passed the start.
+    wait_own_stream(shared, "waiting for the caller's stream before a CUDA IPC call")?;
+    let export = match c.moves.export(c.me) {
+        Some((ptr, len)) => lock(&shared.order).0.ops().export(ptr, len).map(Some),
+        None => Ok(None),
+    };
+    c.set_export(&export);
+    let [first, second] = std::mem::take(&mut c.jobs);
+    run_job(shared, exec, first, running)?;
+    export?;
+    let exports = c.peer_exports()?;
+    // Open the peers' buffers and queue the copies; a failure here is told to the peers in
+    // the second exchange, which every rank runs once the first has succeeded everywhere.
+    let mut mapped = Vec::new();
+    let copied = (|| {
+        let mut g = lock(&shared.order);
+        let own = g.1;
+        let ops = g.0.ops();
+        let mut addr = vec![0usize; c.ranks];
+        for (r, e) in &exports {
+            let m = ops.open_peer(e).map_err(|err| {
+                Error::usage(format!(
+                    "CUDA IPC {}: opening rank {r}'s buffer failed: {err}",
+                    c.kind
+                ))
+            })?;
+            addr[*r] = dmsc_transports::cuda::ipc_memory::MappedPeer::addr(&m);
+            mapped.push(m);
+        }
+        for (dst, src, len) in c.moves.copies(c.me, c.ranks, |r| addr[r]) {
+            // SAFETY: `dst` is this rank's output and `src` this rank's input or a peer's
+            // exported buffer mapped above (alive until the second exchange, which the peers
+            // reach only after this rank's copies have run); the caller's contract keeps
+            // this rank's buffers alive until the call completes.
+            unsafe { ops.copy_device_to_device(own, dst, src, len)? };
+        }
+        drop(g);
+        wait_own_stream(shared, "copying device to device over CUDA IPC")
+    })();
+    c.status[0] = u8::from(copied.is_err());
+    let exchanged = run_job(shared, exec, second, running);
+    *handed = true;
+    shared.done_pending();
+    if copied.is_err() && !quiesce(shared) {
+        log::error!("the staging stream did not drain after a failed CUDA IPC copy; leaking");
+        std::mem::forget(mapped);
+    }
+    copied?;
+    exchanged?;
+    c.peers_failed()
+}
+
 /// Run one call on the staging thread and deliver its result.
-fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
+fn run<D: IpcMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
     let Work {
         mut ticket,
-        mut staged,
-        self_copies,
-        parts,
+        what,
         slot,
     } = w;
     let mut handed = false;
     let mut running = Vec::new();
-    let r = stage_and_run(
-        shared,
-        exec,
-        &mut ticket,
-        &staged,
-        &self_copies,
-        parts,
-        &mut handed,
-        &mut running,
-    );
+    let (r, mut keep) = match what {
+        What::Staged {
+            staged,
+            self_copies,
+            parts,
+        } => {
+            let r = stage_and_run(
+                shared,
+                exec,
+                &mut ticket,
+                &staged,
+                &self_copies,
+                parts,
+                &mut handed,
+                &mut running,
+            );
+            (r, Keep::Staged(staged))
+        }
+        What::Ipc(mut c) => {
+            let r = ipc_and_run(shared, exec, &mut ticket, &mut c, &mut handed, &mut running);
+            (r, Keep::Ipc(c))
+        }
+    };
     if !handed {
         shared.done_pending();
     }
@@ -493,8 +638,8 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
             *f = Some(e.clone());
         }
         drop(f);
-        // Jobs handed to the executor may still use the twins, and copies may still be
-        // queued on them: free them only once both are done.
+        // Jobs handed to the executor may still use the host buffers, and copies may still
+        // be queued on them: free them only once both are done.
         let deadline = Instant::now() + shared.settings.timeout;
         let jobs_done = running
             .iter()
@@ -504,9 +649,26 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
                 "the staging stream or the host jobs did not drain after a failure; the call's \
                  host buffers are leaked"
             );
-            std::mem::forget(std::mem::take(&mut staged.pinned));
+            keep = match keep {
+                Keep::Staged(mut s) => {
+                    std::mem::forget(std::mem::take(&mut s.pinned));
+                    Keep::Staged(s)
+                }
+                Keep::Ipc(c) => {
+                    std::mem::forget(c);
+                    Keep::Nothing
+                }
+                Keep::Nothing => Keep::Nothing,
+            };
         }
     }
-    drop(staged);
+    drop(keep);
     slot.finish(r);
+}
+
+/// The host memory of a call, kept until its jobs and copies are done.
+enum Keep<P> {
+    Staged(Staged<P>),
+    Ipc(Box<IpcCall>),
+    Nothing,
 }
