@@ -106,6 +106,25 @@ fn run_case(
 /// Rank `r` of `n` on loopback, with a fake device attached.
 fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ranks_locked(n, body);
+}
+
+/// As [`ranks`], with `DMSC_CUDA_IPC` set to `ipc` while the communicators start.
+fn ranks_with_ipc(
+    n: usize,
+    ipc: &str,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("DMSC_CUDA_IPC", ipc);
+    ranks_locked(n, body);
+    std::env::remove_var("DMSC_CUDA_IPC");
+}
+
+fn ranks_locked(
+    n: usize,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
     std::env::set_var("DMSC_SOCKET_IFNAME", "lo");
     let id = new_unique_id().expect("unique id");
     let body = Arc::new(body);
@@ -556,4 +575,170 @@ fn fake_cuda_ipc_refuses_bad_exchanges_naming_the_rank() {
     );
     let e = IpcPeers::open(&mut dev, 2, &[good]).err().unwrap();
     assert!(e.to_string().contains("rank 2 is not among 1"), "{e}");
+}
+
+/// Every all-gather and broadcast case (several types, in place and not), on 2 and 4 ranks,
+/// exact; with `ipc` "1" the FAKE device ran only device-to-device copies (CUDA IPC: no
+/// payload through host memory), with "0" the staged path's device-to-host and host-to-device
+/// copies.
+fn ipc_cases(n: usize, ipc: &str) {
+    let ipc_on = ipc == "1";
+    ranks_with_ipc(n, ipc, move |c, dev| {
+        assert!(
+            c.peer_transports()
+                .iter()
+                .all(|t| *t == "self" || t.starts_with("shm")),
+            "{:?}",
+            c.peer_transports()
+        );
+        let stream = dev.create_stream().unwrap();
+        for dt in [
+            DataType::Float32,
+            DataType::Int32,
+            DataType::Float64,
+            DataType::Float16,
+            DataType::Bfloat16,
+        ] {
+            for kind in [CollKind::AllGather, CollKind::Broadcast] {
+                let case = collective(c, kind, dt, ReduceOp::Sum, &mut DevBuf::new);
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                run_case(c, dev, stream, case, &format!("{kind} {dt:?} on {n} ranks"));
+                let copies = dev.copies().split_off(seen);
+                let d2d = copies.iter().filter(|k| k.to_device && k.from_device);
+                if ipc_on {
+                    assert!(
+                        !copies.is_empty() && d2d.count() == copies.len(),
+                        "{kind} {dt:?}: not device to device only: {copies:?}"
+                    );
+                } else {
+                    assert!(
+                        d2d.count() == 0 && !copies.is_empty(),
+                        "{kind} {dt:?}: DMSC_CUDA_IPC=0 did not stage: {copies:?}"
+                    );
+                }
+            }
+        }
+        // In place, with a count of 5 (odd, not a power of two): the rank's own block is
+        // not copied, only the peers'.
+        let (r, size) = (c.rank(), c.size());
+        let out = DevBuf::new(size * 5 * 4);
+        let want: Vec<u8> = (0..size * 5)
+            .flat_map(|j| (j as u32 * 3 + 1).to_le_bytes())
+            .collect();
+        let mut before = vec![0xEEu8; size * 20];
+        before[r * 20..(r + 1) * 20].copy_from_slice(&want[r * 20..(r + 1) * 20]);
+        let args = CollArgs {
+            kind: CollKind::AllGather,
+            dtype: DataType::Int32,
+            op: ReduceOp::Sum,
+            root: 0,
+            input: Some(Span::in_memory((out.addr() + r * 20) as *const u8, 20, DEV)),
+            output: out.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        let case = Case {
+            call,
+            inputs: vec![(out.clone(), before)],
+            outputs: vec![(out.clone(), want)],
+        };
+        let seen = dev.copies().len();
+        run_case(
+            c,
+            dev,
+            stream,
+            case,
+            &format!("in-place all_gather on {n} ranks"),
+        );
+        if ipc_on {
+            let copies = dev.copies().split_off(seen);
+            assert_eq!(copies.len(), size - 1, "{copies:?}");
+            assert!(copies
+                .iter()
+                .all(|k| k.to_device && k.from_device && k.len == 20));
+        }
+    });
+}
+
+#[test]
+fn all_gather_and_broadcast_run_device_to_device_over_fake_cuda_ipc_on_2_and_4_ranks() {
+    ipc_cases(2, "1");
+    ipc_cases(4, "1");
+}
+
+#[test]
+fn dmsc_cuda_ipc_0_stages_all_gather_and_broadcast_through_host_memory() {
+    ipc_cases(2, "0");
+}
+
+/// Wait (bounded) for the communicator's asynchronous error.
+fn async_error_soon(c: &Communicator) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(e) = c.async_error() {
+            return e.to_string();
+        }
+        assert!(t0.elapsed() < T, "rank {}: no error reported", c.rank());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn mismatched_calls_over_fake_cuda_ipc_fail_on_every_rank_and_never_hang() {
+    // Rank 0 gathers 8 elements per rank, rank 1 only 4: rank 0 would read past rank 1's
+    // export, refuses, and both ranks learn it from the status exchange.
+    ranks_with_ipc(2, "1", |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let count = if c.rank() == 0 { 8 } else { 4 };
+        let (input, output) = (DevBuf::new(count * 4), DevBuf::new(2 * count * 4));
+        let args = CollArgs {
+            kind: CollKind::AllGather,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+            input: Some(input.span()),
+            output: output.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        // SAFETY: the buffers live until the stream is synchronized below.
+        unsafe { c.run_call_on_stream(&call, stream) }.unwrap();
+        dev.synchronize(stream, T)
+            .expect("the stream was left waiting on a failed call");
+        let e = async_error_soon(c);
+        if c.rank() == 0 {
+            assert!(e.contains("rank 1") && e.contains("16 bytes"), "{e}");
+        } else {
+            assert!(e.contains("rank(s) [0]"), "{e}");
+        }
+    });
+    // Ranks that disagree on a broadcast's root: each waits for the other's export, which
+    // never comes; both fail naming the rank.
+    ranks_with_ipc(2, "1", |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let buf = DevBuf::new(64);
+        let args = CollArgs {
+            kind: CollKind::Broadcast,
+            dtype: DataType::Uint8,
+            op: ReduceOp::Sum,
+            root: 1 - c.rank(),
+            input: Some(buf.span()),
+            output: buf.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        // SAFETY: as above.
+        unsafe { c.run_call_on_stream(&call, stream) }.unwrap();
+        dev.synchronize(stream, T)
+            .expect("the stream was left waiting on a failed call");
+        let e = async_error_soon(c);
+        assert!(
+            e.contains(&format!("rank {} sent no export", 1 - c.rank())),
+            "{e}"
+        );
+    });
 }

@@ -133,6 +133,14 @@ impl Moves {
         }
     }
 
+    /// The bytes this rank reads of each peer's export.
+    pub(crate) fn read_len(&self) -> usize {
+        match *self {
+            Moves::AllGather { blk, .. } => blk,
+            Moves::Broadcast { len, .. } => len,
+        }
+    }
+
     /// The ranks whose exports this rank maps.
     pub(crate) fn reads(&self, me: usize, ranks: usize) -> Vec<usize> {
         match *self {
@@ -286,9 +294,7 @@ impl IpcCall {
 
     /// After the second exchange: an error naming the ranks that failed, if any did.
     pub(crate) fn peers_failed(&self) -> Result<()> {
-        let failed: Vec<usize> = (0..self.ranks)
-            .filter(|&r| self.statuses[r] != 0)
-            .collect();
+        let failed: Vec<usize> = (0..self.ranks).filter(|&r| self.statuses[r] != 0).collect();
         if failed.is_empty() {
             return Ok(());
         }

@@ -75,8 +75,9 @@ impl Communicator {
     /// This rank and the number of ranks when device calls may run over CUDA IPC: every peer
     /// is on this host (served by shared memory) and `DMSC_CUDA_IPC` is not `0`.
     fn ipc_shape(&self) -> Option<(usize, usize)> {
-        (super::ipc_call::ipc_allowed() && super::ipc_call::all_on_this_host(self.peer_transports()))
-            .then(|| (self.rank(), self.size()))
+        (super::ipc_call::ipc_allowed()
+            && super::ipc_call::all_on_this_host(self.peer_transports()))
+        .then(|| (self.rank(), self.size()))
     }
 
     /// The device calls of device `ordinal`, opened through the driver on first use.

@@ -17,7 +17,7 @@ use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
 use dmsc_core::{Error, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
-use dmsc_transports::cuda::ipc_memory::IpcMemory;
+use dmsc_transports::cuda::ipc_memory::{IpcMemory, MappedPeer};
 use dmsc_transports::cuda::staging::{Staging, Step};
 use dmsc_transports::cuda::stream_order::{StreamOrder, Ticket};
 use std::collections::VecDeque;
@@ -538,7 +538,10 @@ fn ipc_and_run<D: IpcMemory>(
 ) -> Result<()> {
     lock(&shared.order).0.poll_start(ticket)?;
     // This rank's buffers hold the caller's data once dmsc's stream has passed the start.
-    wait_own_stream(shared, "waiting for the caller's stream before a CUDA IPC call")?;
+    wait_own_stream(
+        shared,
+        "waiting for the caller's stream before a CUDA IPC call",
+    )?;
     let export = match c.moves.export(c.me) {
         Some((ptr, len)) => lock(&shared.order).0.ops().export(ptr, len).map(Some),
         None => Ok(None),
@@ -556,6 +559,7 @@ fn ipc_and_run<D: IpcMemory>(
         let own = g.1;
         let ops = g.0.ops();
         let mut addr = vec![0usize; c.ranks];
+        let mut held = vec![0usize; c.ranks];
         for (r, e) in &exports {
             let m = ops.open_peer(e).map_err(|err| {
                 Error::usage(format!(
@@ -563,10 +567,23 @@ fn ipc_and_run<D: IpcMemory>(
                     c.kind
                 ))
             })?;
-            addr[*r] = dmsc_transports::cuda::ipc_memory::MappedPeer::addr(&m);
+            addr[*r] = MappedPeer::addr(&m);
+            held[*r] = MappedPeer::len(&m);
             mapped.push(m);
         }
-        for (dst, src, len) in c.moves.copies(c.me, c.ranks, |r| addr[r]) {
+        // Every read is checked before any copy is queued: a refused call queued nothing.
+        let copies = c.moves.copies(c.me, c.ranks, |r| addr[r]);
+        for (r, _) in &exports {
+            let want = c.moves.read_len();
+            if want > held[*r] {
+                return Err(Error::usage(format!(
+                    "CUDA IPC {}: this rank reads {want} bytes of rank {r}'s buffer, which \
+                     holds {} bytes (do all ranks pass the same count?)",
+                    c.kind, held[*r]
+                )));
+            }
+        }
+        for (dst, src, len) in copies {
             // SAFETY: `dst` is this rank's output and `src` this rank's input or a peer's
             // exported buffer mapped above (alive until the second exchange, which the peers
             // reach only after this rank's copies have run); the caller's contract keeps
