@@ -150,8 +150,10 @@ fn ranks_locked(
     }
 }
 
-fn every_collective(n: usize) {
-    ranks(n, move |c, dev| {
+/// Every case on `n` ranks, with `DMSC_CUDA_IPC` set to `ipc` ("1": the kinds it covers run
+/// over the fake CUDA IPC, as all ranks are on this host; "0": everything is staged).
+fn every_collective(n: usize, ipc: &str) {
+    ranks_with_ipc(n, ipc, move |c, dev| {
         let stream = dev.create_stream().unwrap();
         let cases = every_case(c, &mut DevBuf::new);
         let count = cases.len();
@@ -166,12 +168,18 @@ fn every_collective(n: usize) {
 
 #[test]
 fn every_collective_on_fake_device_buffers_on_2_ranks() {
-    every_collective(2);
+    every_collective(2, "1");
+}
+
+#[test]
+fn every_collective_staged_through_host_memory_on_2_and_4_ranks() {
+    every_collective(2, "0");
+    every_collective(4, "0");
 }
 
 #[test]
 fn every_collective_on_fake_device_buffers_on_4_ranks() {
-    every_collective(4);
+    every_collective(4, "1");
 }
 
 #[test]
@@ -336,7 +344,7 @@ fn a_call_on_another_device_than_the_one_served_names_both() {
 
 #[test]
 fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this_one() {
-    ranks(2, |c, dev| {
+    ranks_with_ipc(2, "0", |c, dev| {
         let stream = dev.create_stream().unwrap();
         // A slow fake copy engine, so each copy takes longer than the loopback transfer.
         dev.log_copies(Duration::from_millis(3));
@@ -386,7 +394,7 @@ fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this
 #[test]
 fn in_place_calls_cut_into_pieces_are_exact_on_3_ranks() {
     use cases::{enc, reduce, val, C};
-    ranks(3, |c, dev| {
+    ranks_with_ipc(3, "0", |c, dev| {
         let stream = dev.create_stream().unwrap();
         let (r, n) = (c.rank(), c.size());
         for kind in [CollKind::AllReduce, CollKind::Broadcast] {
@@ -455,7 +463,7 @@ impl dmsc::perf::device::PerfDeviceBuf for FakePerfBuf {
 #[test]
 fn dmsc_perf_measures_and_checks_collectives_on_fake_device_buffers() {
     use dmsc::perf::{args::Options, run::benchmark_on, PerfOp};
-    ranks(2, |c, dev| {
+    ranks_with_ipc(2, "0", |c, dev| {
         dev.log_copies(Duration::ZERO);
         for op in [PerfOp::AllReduce, PerfOp::AllGather, PerfOp::Broadcast] {
             for blocking in [false, true] {
@@ -592,23 +600,40 @@ fn ipc_cases(n: usize, ipc: &str) {
             c.peer_transports()
         );
         let stream = dev.create_stream().unwrap();
-        for dt in [
-            DataType::Float32,
-            DataType::Int32,
-            DataType::Float64,
-            DataType::Float16,
-            DataType::Bfloat16,
-        ] {
-            for kind in [CollKind::AllGather, CollKind::Broadcast] {
-                let case = collective(c, kind, dt, ReduceOp::Sum, &mut DevBuf::new);
+        for (dt, ops) in cases::types_and_ops() {
+            let mut kinds: Vec<(CollKind, ReduceOp)> = vec![
+                (CollKind::AllGather, ReduceOp::Sum),
+                (CollKind::Broadcast, ReduceOp::Sum),
+            ];
+            for kind in [
+                CollKind::AllReduce,
+                CollKind::ReduceScatter,
+                CollKind::Reduce,
+            ] {
+                kinds.extend(ops.iter().map(|&op| (kind, op)));
+            }
+            for (kind, op) in kinds {
+                let case = collective(c, kind, dt, op, &mut DevBuf::new);
                 dev.log_copies(Duration::ZERO);
                 let seen = dev.copies().len();
-                run_case(c, dev, stream, case, &format!("{kind} {dt:?} on {n} ranks"));
+                run_case(
+                    c,
+                    dev,
+                    stream,
+                    case,
+                    &format!("{kind} {dt:?} {op:?} on {n} ranks"),
+                );
                 let copies = dev.copies().split_off(seen);
                 let d2d = copies.iter().filter(|k| k.to_device && k.from_device);
+                // A reduce-scatter or reduce over IPC copies nothing: its kernels read the
+                // peers' inputs where they are.
+                let copying = matches!(
+                    kind,
+                    CollKind::AllGather | CollKind::Broadcast | CollKind::AllReduce
+                );
                 if ipc_on {
                     assert!(
-                        !copies.is_empty() && d2d.count() == copies.len(),
+                        copying != copies.is_empty() && d2d.count() == copies.len(),
                         "{kind} {dt:?}: not device to device only: {copies:?}"
                     );
                 } else {

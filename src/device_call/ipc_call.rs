@@ -36,8 +36,10 @@ use dmsc_core::engine::executor::Job;
 use dmsc_core::{CollDesc, CollKind, DataType, Error, ReduceOp, Result};
 use dmsc_transports::cuda::ipc_handle::{IpcExport, ENCODED_LEN};
 
-/// Bytes of one rank's message in the exchange: status, whether an export follows, export.
-pub(crate) const MSG: usize = 2 + ENCODED_LEN;
+/// Exports per rank at most (an all-reduce's input and output).
+const EXPORTS: usize = 2;
+/// Bytes of one rank's message in the exchange: status, number of exports, the exports.
+pub(crate) const MSG: usize = 2 + EXPORTS * ENCODED_LEN;
 
 /// Whether the environment allows CUDA IPC (`DMSC_CUDA_IPC=0` forces staging).
 pub(crate) fn ipc_allowed() -> bool {
@@ -51,6 +53,38 @@ pub(crate) fn all_on_this_host(transports: &[&str]) -> bool {
         && transports
             .iter()
             .all(|t| *t == "self" || t.starts_with("shm"))
+}
+
+/// Where an operand of a device operation lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// This rank's device address.
+    Own(usize),
+    /// Byte `offset` of export number `export` of rank `rank`.
+    Peer {
+        /// The rank.
+        rank: usize,
+        /// Which of its exports.
+        export: usize,
+        /// Bytes into it.
+        offset: usize,
+    },
+}
+
+/// One device operation queued on dmsc's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Copy `len` bytes.
+    Copy { dst: usize, src: Src, len: usize },
+    /// `dst = a ⊕ b` over `len` bytes.
+    Reduce {
+        dst: usize,
+        a: Src,
+        b: Src,
+        len: usize,
+    },
+    /// Divide every element of `len` bytes at `dst` by the number of ranks (average).
+    Divide { dst: usize, len: usize },
 }
 
 /// The data movement of a call over IPC.
@@ -77,16 +111,37 @@ pub(crate) enum Moves {
         /// Bytes.
         len: usize,
     },
+    /// All-reduce, reduce-scatter or reduce: each rank reduces its part over every rank's
+    /// input, reading the peers' inputs where they are; an all-reduce's rank `r` reduces
+    /// its `1/ranks` slice of the elements, and after a barrier copies the peers' slices
+    /// from their outputs.
+    Reduce {
+        /// The collective.
+        kind: CollKind,
+        /// Element type.
+        dtype: DataType,
+        /// Operator.
+        op: ReduceOp,
+        /// Root (reduce).
+        root: usize,
+        /// This rank's input (its output for an all-reduce in place).
+        input: usize,
+        /// This rank's output.
+        out: usize,
+        /// Elements of the output (per rank for a reduce-scatter).
+        count: usize,
+    },
 }
 
 impl Moves {
-    /// The IPC moves of `call` on rank `me` of `ranks`, or none when it takes the staged path.
-    pub(crate) fn of(call: &Call, me: usize, ranks: usize) -> Option<Moves> {
+    /// The IPC moves of `call` on rank `me` of `ranks`, or none when it takes the staged path
+    /// (`reduces`: whether the device reduces on a stream).
+    pub(crate) fn of(call: &Call, me: usize, ranks: usize, reduces: bool) -> Option<Moves> {
         let Call::Collective {
             desc,
             input,
             output,
-            ..
+            factor,
         } = call
         else {
             return None;
@@ -113,6 +168,25 @@ impl Moves {
                 out: output.addr(),
                 len: bytes,
             }),
+            CollKind::AllReduce | CollKind::ReduceScatter | CollKind::Reduce
+                if reduces && factor.is_none() && desc.op != ReduceOp::PreMulSum =>
+            {
+                // In place only for an all-reduce (the others' in-place layouts stay staged).
+                let input = match (input, desc.kind) {
+                    (Some(i), _) => i.addr(),
+                    (None, CollKind::AllReduce) => output.addr(),
+                    (None, _) => return None,
+                };
+                Some(Moves::Reduce {
+                    kind: desc.kind,
+                    dtype: desc.dtype,
+                    op: desc.op,
+                    root: desc.root,
+                    input,
+                    out: output.addr(),
+                    count: desc.count,
+                })
+            }
             _ => None,
         }
     }
@@ -122,75 +196,188 @@ impl Moves {
         match self {
             Moves::AllGather { .. } => CollKind::AllGather,
             Moves::Broadcast { .. } => CollKind::Broadcast,
+            Moves::Reduce { kind, .. } => *kind,
         }
     }
 
-    /// The device range this rank exports for its peers (none: nobody reads this rank).
-    pub(crate) fn export(&self, me: usize) -> Option<(usize, usize)> {
+    /// The device ranges this rank exports for its peers, in export order.
+    pub(crate) fn exports(&self, me: usize, ranks: usize) -> Vec<(usize, usize)> {
         match *self {
-            Moves::AllGather { own, blk, .. } => Some((own, blk)),
-            Moves::Broadcast { root, src, len, .. } => (me == root).then_some((src, len)),
+            Moves::AllGather { own, blk, .. } => vec![(own, blk)],
+            Moves::Broadcast { root, src, len, .. } => {
+                if me == root {
+                    vec![(src, len)]
+                } else {
+                    vec![]
+                }
+            }
+            Moves::Reduce {
+                kind,
+                dtype,
+                input,
+                out,
+                count,
+                ..
+            } => {
+                let bytes = count * dtype.size();
+                match kind {
+                    CollKind::AllReduce => vec![(input, bytes), (out, bytes)],
+                    CollKind::ReduceScatter => vec![(input, ranks * bytes)],
+                    _ => vec![(input, bytes)],
+                }
+            }
         }
     }
 
-    /// The bytes this rank reads of each peer's export.
-    pub(crate) fn read_len(&self) -> usize {
+    /// The phases of device operations of this rank, a barrier after each.
+    pub(crate) fn phases(&self, me: usize, ranks: usize) -> Vec<Vec<Op>> {
+        let peer = |rank: usize, export: usize, offset: usize| Src::Peer {
+            rank,
+            export,
+            offset,
+        };
         match *self {
-            Moves::AllGather { blk, .. } => blk,
-            Moves::Broadcast { len, .. } => len,
-        }
-    }
-
-    /// The ranks whose exports this rank maps.
-    pub(crate) fn reads(&self, me: usize, ranks: usize) -> Vec<usize> {
-        match *self {
-            Moves::AllGather { .. } => (0..ranks).filter(|&r| r != me).collect(),
-            Moves::Broadcast { root, .. } if root != me => vec![root],
-            Moves::Broadcast { .. } => vec![],
-        }
-    }
-
-    /// The copies `(dst, src, len)` this rank queues, with `peer(r)` rank `r`'s mapped
-    /// address (only asked for the ranks of [`Moves::reads`]).
-    pub(crate) fn copies(
-        &self,
-        me: usize,
-        ranks: usize,
-        peer: impl Fn(usize) -> usize,
-    ) -> Vec<(usize, usize, usize)> {
-        match *self {
-            Moves::AllGather { out, blk, own } => (0..ranks)
+            Moves::AllGather { out, blk, own } => vec![(0..ranks)
                 .filter_map(|r| {
                     let dst = out + r * blk;
                     match r == me {
                         true if own == dst => None,
-                        true => Some((dst, own, blk)),
-                        false => Some((dst, peer(r), blk)),
+                        true => Some(Op::Copy {
+                            dst,
+                            src: Src::Own(own),
+                            len: blk,
+                        }),
+                        false => Some(Op::Copy {
+                            dst,
+                            src: peer(r, 0, 0),
+                            len: blk,
+                        }),
                     }
                 })
-                .collect(),
+                .collect()],
             Moves::Broadcast {
                 root,
                 src,
                 out,
                 len,
-            } => match root == me {
+            } => vec![match root == me {
                 true if src == out => vec![],
-                true => vec![(out, src, len)],
-                false => vec![(out, peer(root), len)],
-            },
+                true => vec![Op::Copy {
+                    dst: out,
+                    src: Src::Own(src),
+                    len,
+                }],
+                false => vec![Op::Copy {
+                    dst: out,
+                    src: peer(root, 0, 0),
+                    len,
+                }],
+            }],
+            Moves::Reduce {
+                kind,
+                dtype,
+                op,
+                root,
+                input,
+                out,
+                count,
+            } => {
+                let es = dtype.size();
+                // (elements reduced here, first element, where in the inputs)
+                let (lo, hi, at) = match kind {
+                    CollKind::AllReduce => {
+                        let (lo, hi) = (me * count / ranks, (me + 1) * count / ranks);
+                        (lo, hi, lo * es)
+                    }
+                    CollKind::ReduceScatter => (0, count, me * count * es),
+                    _ if me == root => (0, count, 0),
+                    _ => (0, 0, 0),
+                };
+                let (dst, len) = (out + lo * es, (hi - lo) * es);
+                let src = |q: usize| {
+                    if q == me {
+                        Src::Own(input + at)
+                    } else {
+                        peer(q, 0, at)
+                    }
+                };
+                let mut reduce = Vec::new();
+                if len > 0 {
+                    reduce.push(Op::Reduce {
+                        dst,
+                        a: src(0),
+                        b: src(1),
+                        len,
+                    });
+                    for q in 2..ranks {
+                        reduce.push(Op::Reduce {
+                            dst,
+                            a: Src::Own(dst),
+                            b: src(q),
+                            len,
+                        });
+                    }
+                    if op == ReduceOp::Avg {
+                        reduce.push(Op::Divide { dst, len });
+                    }
+                }
+                if kind != CollKind::AllReduce {
+                    return vec![reduce];
+                }
+                let gather = (0..ranks)
+                    .filter(|&q| q != me)
+                    .filter_map(|q| {
+                        let (lo, hi) = (q * count / ranks, (q + 1) * count / ranks);
+                        (hi > lo).then(|| Op::Copy {
+                            dst: out + lo * es,
+                            src: peer(q, 1, lo * es),
+                            len: (hi - lo) * es,
+                        })
+                    })
+                    .collect();
+                vec![reduce, gather]
+            }
         }
     }
 }
 
-/// A call prepared for the IPC path: its moves, the host buffers of its two exchanges and
-/// their engine jobs (built at submission, so they take their place among this rank's jobs).
+/// The peer operands of `phases`: `(rank, export, bytes read up to)`.
+pub(crate) fn peer_reads(phases: &[Vec<Op>]) -> Vec<(usize, usize, usize)> {
+    let mut v: Vec<(usize, usize, usize)> = Vec::new();
+    let mut note = |s: &Src, len: usize| {
+        if let Src::Peer {
+            rank,
+            export,
+            offset,
+        } = *s
+        {
+            match v.iter_mut().find(|(r, e, _)| (*r, *e) == (rank, export)) {
+                Some(x) => x.2 = x.2.max(offset + len),
+                None => v.push((rank, export, offset + len)),
+            }
+        }
+    };
+    for op in phases.iter().flatten() {
+        match op {
+            Op::Copy { src, len, .. } => note(src, *len),
+            Op::Reduce { a, b, len, .. } => {
+                note(a, *len);
+                note(b, *len);
+            }
+            Op::Divide { .. } => {}
+        }
+    }
+    v
+}
+
+/// A call prepared for the IPC path: its moves, the host buffers of its exchanges and their
+/// engine jobs (built at submission, so they take their place among this rank's jobs).
 pub(crate) struct IpcCall {
     /// The call's kind (for messages).
     pub kind: CollKind,
     /// The data movement.
     pub moves: Moves,
-    /// This rank and the number of ranks.
+    /// This rank.
     pub me: usize,
     /// The number of ranks.
     pub ranks: usize,
@@ -198,19 +385,18 @@ pub(crate) struct IpcCall {
     pub msg: Box<[u8]>,
     /// Every rank's message, in rank order.
     pub all: Box<[u8]>,
-    /// This rank's status of the second exchange (0: ok).
-    pub status: Box<[u8]>,
-    /// Every rank's status.
-    pub statuses: Box<[u8]>,
-    /// The jobs of the two exchanges (none on a communicator where they have nothing to do).
-    pub jobs: [Option<Job>; 2],
+    /// Per phase: this rank's status (0: ok) and every rank's, exchanged after the phase.
+    pub statuses: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// The job of the first exchange, then of each phase's status exchange (none on a
+    /// communicator where they have nothing to do).
+    pub jobs: Vec<Option<Job>>,
 }
 
 // SAFETY: the jobs address the boxes above, owned by this value and moved with it (a box's
 // heap memory does not move); nothing else shares them.
 unsafe impl Send for IpcCall {}
 
-/// A host all-gather of `blk` bytes per rank from `input` into `output`.
+/// A host all-gather of `input.len()` bytes per rank from `input` into `output`.
 fn host_all_gather(input: &mut [u8], output: &mut [u8]) -> Call {
     Call::Collective {
         desc: CollDesc {
@@ -227,14 +413,15 @@ fn host_all_gather(input: &mut [u8], output: &mut [u8]) -> Call {
 }
 
 impl IpcCall {
-    /// Prepare `moves` of a call on rank `me` of `ranks`, its exchanges' jobs built
-    /// with `build`.
+    /// Prepare `moves` of a call on rank `me` of `ranks`, its exchanges' jobs built with
+    /// `build`.
     pub(crate) fn new(
         moves: Moves,
         me: usize,
         ranks: usize,
         build: &dyn Fn(&Call) -> Result<Option<Job>>,
     ) -> Result<IpcCall> {
+        let phases = moves.phases(me, ranks).len();
         let mut c = IpcCall {
             kind: moves.kind(),
             moves,
@@ -242,64 +429,78 @@ impl IpcCall {
             ranks,
             msg: vec![0; MSG].into(),
             all: vec![0; MSG * ranks].into(),
-            status: vec![0; 1].into(),
-            statuses: vec![0; ranks].into(),
-            jobs: [None, None],
+            statuses: (0..phases)
+                .map(|_| (vec![0u8; 1].into(), vec![0u8; ranks].into()))
+                .collect(),
+            jobs: Vec::new(),
         };
-        let first = build(&host_all_gather(&mut c.msg, &mut c.all))?;
-        let second = build(&host_all_gather(&mut c.status, &mut c.statuses))?;
-        c.jobs = [first, second];
+        let mut jobs = vec![build(&host_all_gather(&mut c.msg, &mut c.all))?];
+        for (mine, all) in &mut c.statuses {
+            jobs.push(build(&host_all_gather(mine, all))?);
+        }
+        c.jobs = jobs;
         Ok(c)
     }
 
-    /// Write this rank's message: its export, or that it failed.
-    pub(crate) fn set_export(&mut self, e: &Result<Option<IpcExport>>) {
+    /// Write this rank's message: its exports, or that it failed.
+    pub(crate) fn set_exports(&mut self, e: &Result<Vec<IpcExport>>) {
         self.msg.fill(0);
         match e {
             Err(_) => self.msg[0] = 1,
-            Ok(None) => {}
-            Ok(Some(e)) => {
-                self.msg[1] = 1;
-                self.msg[2..].copy_from_slice(&e.to_bytes());
+            Ok(v) => {
+                self.msg[1] = v.len() as u8;
+                for (k, e) in v.iter().take(EXPORTS).enumerate() {
+                    self.msg[2 + k * ENCODED_LEN..2 + (k + 1) * ENCODED_LEN]
+                        .copy_from_slice(&e.to_bytes());
+                }
             }
         }
     }
 
-    /// The exports of the ranks this rank reads, from the exchanged messages; an error
-    /// naming every rank that failed its export, or sent none where one was needed.
-    pub(crate) fn peer_exports(&self) -> Result<Vec<(usize, IpcExport)>> {
+    /// The exports this rank reads (`reads` from [`peer_reads`]), from the exchanged
+    /// messages; an error naming a rank that sent none where one was needed.
+    pub(crate) fn peer_exports(&self, reads: &[(usize, usize, usize)]) -> Result<Vec<IpcExport>> {
         let msgs: Vec<&[u8]> = self.all.chunks(MSG).collect();
-        let failed: Vec<usize> = (0..self.ranks).filter(|&r| msgs[r][0] != 0).collect();
-        if !failed.is_empty() {
-            return Err(Error::usage(format!(
-                "CUDA IPC {}: rank(s) {failed:?} could not export their device buffer",
-                self.kind
-            )));
-        }
-        self.moves
-            .reads(self.me, self.ranks)
-            .into_iter()
-            .map(|r| {
-                if msgs[r][1] != 1 {
+        reads
+            .iter()
+            .map(|&(r, k, _)| {
+                if usize::from(msgs[r][1]) <= k {
                     return Err(Error::protocol(format!(
                         "CUDA IPC {}: rank {r} sent no export of its buffer (do all ranks \
                          pass the same call, with the same root?)",
                         self.kind
                     )));
                 }
-                Ok((r, IpcExport::from_bytes(&msgs[r][2..])?))
+                IpcExport::from_bytes(&msgs[r][2 + k * ENCODED_LEN..2 + (k + 1) * ENCODED_LEN])
             })
             .collect()
     }
 
-    /// After the second exchange: an error naming the ranks that failed, if any did.
-    pub(crate) fn peers_failed(&self) -> Result<()> {
-        let failed: Vec<usize> = (0..self.ranks).filter(|&r| self.statuses[r] != 0).collect();
+    /// After the first exchange: an error naming every rank that could not export (the same
+    /// on every rank).
+    pub(crate) fn exports_failed(&self) -> Result<()> {
+        let failed: Vec<usize> = (0..self.ranks)
+            .filter(|&r| self.all[r * MSG] != 0)
+            .collect();
         if failed.is_empty() {
             return Ok(());
         }
         Err(Error::usage(format!(
-            "CUDA IPC {}: rank(s) {failed:?} failed to copy from their peers' device buffers",
+            "CUDA IPC {}: rank(s) {failed:?} could not export their device buffers",
+            self.kind
+        )))
+    }
+
+    /// After phase `p`'s status exchange: an error naming the ranks that failed, if any did.
+    pub(crate) fn peers_failed(&self, p: usize) -> Result<()> {
+        let all = &self.statuses[p].1;
+        let failed: Vec<usize> = (0..self.ranks).filter(|&r| all[r] != 0).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::usage(format!(
+            "CUDA IPC {}: rank(s) {failed:?} failed to run their device operations on their \
+             peers' buffers",
             self.kind
         )))
     }
@@ -334,54 +535,111 @@ mod tests {
         Call::collective(Shape { rank, size: 3 }, args, &Names::RUST).unwrap()
     }
 
+    fn own(a: usize, len: usize) -> Op {
+        Op::Copy {
+            dst: a,
+            src: Src::Own(0x1000),
+            len,
+        }
+    }
+
+    fn from(dst: usize, rank: usize, export: usize, offset: usize, len: usize) -> Op {
+        Op::Copy {
+            dst,
+            src: Src::Peer {
+                rank,
+                export,
+                offset,
+            },
+            len,
+        }
+    }
+
     #[test]
     fn an_all_gather_copies_every_peer_block_and_its_own_unless_in_place() {
-        let peer = |r: usize| 0xA000 + r;
-        let m = Moves::of(&call(CollKind::AllGather, 1, false), 1, 3).unwrap();
-        assert_eq!(m.export(1), Some((0x1000, 16)));
-        assert_eq!(m.reads(1, 3), [0, 2]);
+        let m = Moves::of(&call(CollKind::AllGather, 1, false), 1, 3, true).unwrap();
+        assert_eq!(m.exports(1, 3), [(0x1000, 16)]);
+        let p = m.phases(1, 3);
         assert_eq!(
-            m.copies(1, 3, peer),
-            [
-                (0x10_000, 0xA000, 16),
-                (0x10_010, 0x1000, 16),
-                (0x10_020, 0xA002, 16)
-            ]
+            p,
+            [vec![
+                from(0x10_000, 0, 0, 0, 16),
+                own(0x10_010, 16),
+                from(0x10_020, 2, 0, 0, 16)
+            ]]
         );
-        let m = Moves::of(&call(CollKind::AllGather, 2, true), 2, 3).unwrap();
-        assert_eq!(m.export(2), Some((0x10_020, 16)));
+        assert_eq!(peer_reads(&p), [(0, 0, 16), (2, 0, 16)]);
+        let m = Moves::of(&call(CollKind::AllGather, 2, true), 2, 3, true).unwrap();
+        assert_eq!(m.exports(2, 3), [(0x10_020, 16)]);
         assert_eq!(
-            m.copies(2, 3, peer),
-            [(0x10_000, 0xA000, 16), (0x10_010, 0xA001, 16)]
+            m.phases(2, 3),
+            [vec![
+                from(0x10_000, 0, 0, 0, 16),
+                from(0x10_010, 1, 0, 0, 16)
+            ]]
         );
     }
 
     #[test]
     fn a_broadcast_reads_the_root_only_and_the_root_copies_only_out_of_place() {
-        let peer = |r: usize| 0xA000 + r;
         for in_place in [false, true] {
-            let m = Moves::of(&call(CollKind::Broadcast, 0, in_place), 0, 3).unwrap();
-            assert_eq!(m.export(0), None);
-            assert_eq!(m.reads(0, 3), [1]);
-            assert_eq!(m.copies(0, 3, peer), [(0x10_000, 0xA001, 16)]);
-            let m = Moves::of(&call(CollKind::Broadcast, 1, in_place), 1, 3).unwrap();
-            assert!(m.reads(1, 3).is_empty());
+            let m = Moves::of(&call(CollKind::Broadcast, 0, in_place), 0, 3, true).unwrap();
+            assert!(m.exports(0, 3).is_empty());
+            assert_eq!(m.phases(0, 3), [vec![from(0x10_000, 1, 0, 0, 16)]]);
+            let m = Moves::of(&call(CollKind::Broadcast, 1, in_place), 1, 3, true).unwrap();
             let want_src = if in_place { 0x10_000 } else { 0x1000 };
-            assert_eq!(m.export(1), Some((want_src, 16)));
-            let want: Vec<_> = (!in_place)
-                .then_some((0x10_000, 0x1000, 16))
-                .into_iter()
-                .collect();
-            assert_eq!(m.copies(1, 3, peer), want);
+            assert_eq!(m.exports(1, 3), [(want_src, 16)]);
+            let want: Vec<_> = (!in_place).then(|| own(0x10_000, 16)).into_iter().collect();
+            assert_eq!(m.phases(1, 3), [want]);
         }
     }
 
     #[test]
-    fn reductions_and_one_rank_take_the_staged_path() {
+    fn an_all_reduce_reduces_its_slice_over_every_input_then_gathers_the_peers_slices() {
+        // 4 elements over 3 ranks: slices [0, 1), [1, 2), [2, 4).
+        let m = Moves::of(&call(CollKind::AllReduce, 2, false), 2, 3, true).unwrap();
+        assert_eq!(m.exports(2, 3), [(0x1000, 16), (0x10_000, 16)]);
+        let p = m.phases(2, 3);
+        let peer = |rank, export, offset| Src::Peer {
+            rank,
+            export,
+            offset,
+        };
+        let (dst, len) = (0x10_008, 8);
+        assert_eq!(
+            p[0],
+            [
+                Op::Reduce {
+                    dst,
+                    a: peer(0, 0, 8),
+                    b: peer(1, 0, 8),
+                    len
+                },
+                Op::Reduce {
+                    dst,
+                    a: Src::Own(dst),
+                    b: Src::Own(0x1008),
+                    len
+                },
+            ]
+        );
+        assert_eq!(
+            p[1],
+            [from(0x10_000, 0, 1, 0, 4), from(0x10_004, 1, 1, 4, 4)]
+        );
+        assert_eq!(
+            peer_reads(&p),
+            [(0, 0, 16), (1, 0, 16), (0, 1, 4), (1, 1, 8)]
+        );
+    }
+
+    #[test]
+    fn reductions_stage_without_a_stream_reduction_and_premul_sum_and_one_rank_always() {
         let c = call(CollKind::AllReduce, 0, false);
-        assert_eq!(Moves::of(&c, 0, 3), None);
+        assert_eq!(Moves::of(&c, 0, 3, false), None);
+        assert!(Moves::of(&c, 0, 3, true).is_some());
         let c = call(CollKind::AllGather, 0, false);
-        assert_eq!(Moves::of(&c, 0, 1), None);
+        assert_eq!(Moves::of(&c, 0, 1, true), None);
         assert!(all_on_this_host(&["self", "shm", "shm+cma"]));
         assert!(!all_on_this_host(&["self", "shm", "tcp-socket"]));
         assert!(!all_on_this_host(&["self"]));
@@ -389,15 +647,16 @@ mod tests {
 
     #[test]
     fn exchanged_failures_and_missing_exports_name_the_ranks() {
-        let m = Moves::of(&call(CollKind::Broadcast, 0, false), 0, 3).unwrap();
+        let m = Moves::of(&call(CollKind::Broadcast, 0, false), 0, 3, true).unwrap();
         let mut c = IpcCall::new(m, 0, 3, &|_| Ok(None)).unwrap();
-        let e = c.peer_exports().unwrap_err().to_string();
+        let reads = peer_reads(&m.phases(0, 3));
+        let e = c.peer_exports(&reads).unwrap_err().to_string();
         assert!(e.contains("rank 1 sent no export"), "{e}");
         c.all[2 * MSG] = 1;
-        let e = c.peer_exports().unwrap_err().to_string();
+        let e = c.exports_failed().unwrap_err().to_string();
         assert!(e.contains("[2]") && e.contains("could not export"), "{e}");
-        c.statuses[1] = 1;
-        let e = c.peers_failed().unwrap_err().to_string();
+        c.statuses[0].1[1] = 1;
+        let e = c.peers_failed(0).unwrap_err().to_string();
         assert!(e.contains("[1]"), "{e}");
     }
 }

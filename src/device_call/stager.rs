@@ -10,12 +10,12 @@
 //! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
 //! up to a millisecond, and every wait has the communicator's deadline.
 
-use super::ipc_call::{IpcCall, Moves};
+use super::ipc_call::{peer_reads, IpcCall, Moves, Op, Src};
 use super::pieces::{part, pieces};
 use super::staged::{stage, SelfCopy, Staged, Twin};
 use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
-use dmsc_core::{Error, Result};
+use dmsc_core::{DataType, Error, ReduceOp, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
 use dmsc_transports::cuda::ipc_memory::{IpcMemory, MappedPeer};
 use dmsc_transports::cuda::staging::{Staging, Step};
@@ -192,9 +192,13 @@ where
         let mut g = lock(&self.shared.order);
         let order = &mut g.0;
         order.ops().bind()?;
-        let moves = self
-            .ipc
-            .and_then(|(me, n)| Some((me, n, Moves::of(call, me, n)?)));
+        let moves = self.ipc.and_then(|(me, n)| {
+            Some((
+                me,
+                n,
+                Moves::of(call, me, n, order.ops().reduces_on_stream())?,
+            ))
+        });
         let what = match moves {
             Some((me, n, moves)) => {
                 let jobs = |c: &Call| build(c).map(|(_, j)| j);
@@ -526,8 +530,8 @@ fn run_job(
 }
 
 /// A call over CUDA IPC (see `ipc_call`): wait for the caller's earlier work, exchange the
-/// exports, copy device to device from the peers' buffers, and exchange the statuses (the
-/// barrier after which no peer reads this rank's buffers).
+/// exports, then per phase run the device operations on this rank's and the peers' buffers
+/// and exchange the statuses (the barrier after which no peer reads what the phase read).
 fn ipc_and_run<D: IpcMemory>(
     shared: &Shared<D>,
     exec: &Executor,
@@ -542,68 +546,161 @@ fn ipc_and_run<D: IpcMemory>(
         shared,
         "waiting for the caller's stream before a CUDA IPC call",
     )?;
-    let export = match c.moves.export(c.me) {
-        Some((ptr, len)) => lock(&shared.order).0.ops().export(ptr, len).map(Some),
-        None => Ok(None),
-    };
-    c.set_export(&export);
-    let [first, second] = std::mem::take(&mut c.jobs);
-    run_job(shared, exec, first, running)?;
-    export?;
-    let exports = c.peer_exports()?;
-    // Open the peers' buffers and queue the copies; a failure here is told to the peers in
-    // the second exchange, which every rank runs once the first has succeeded everywhere.
-    let mut mapped = Vec::new();
-    let copied = (|| {
+    let exports = {
         let mut g = lock(&shared.order);
-        let own = g.1;
         let ops = g.0.ops();
-        let mut addr = vec![0usize; c.ranks];
-        let mut held = vec![0usize; c.ranks];
-        for (r, e) in &exports {
+        c.moves
+            .exports(c.me, c.ranks)
+            .into_iter()
+            .map(|(ptr, len)| ops.export(ptr, len))
+            .collect::<Result<Vec<_>>>()
+    };
+    c.set_exports(&exports);
+    let mut jobs = std::mem::take(&mut c.jobs).into_iter();
+    run_job(shared, exec, jobs.next().flatten(), running)?;
+    exports?;
+    // Every rank sees the same messages: all stop here alike.
+    c.exports_failed()?;
+    let phases = c.moves.phases(c.me, c.ranks);
+    let reads = peer_reads(&phases);
+    // A failure from here on is this rank's: it is told to the peers in the status
+    // exchanges, which every rank runs once the first exchange has succeeded everywhere.
+    let mut mapped = Vec::new();
+    let mut failed: Option<Error> = None;
+    let wanted = c.peer_exports(&reads).unwrap_or_else(|e| {
+        failed = Some(e);
+        Vec::new()
+    });
+    let opened = (|| {
+        let mut g = lock(&shared.order);
+        let ops = g.0.ops();
+        let mut at = Vec::new();
+        for (&(r, k, need), e) in reads.iter().zip(&wanted) {
             let m = ops.open_peer(e).map_err(|err| {
                 Error::usage(format!(
                     "CUDA IPC {}: opening rank {r}'s buffer failed: {err}",
                     c.kind
                 ))
             })?;
-            addr[*r] = MappedPeer::addr(&m);
-            held[*r] = MappedPeer::len(&m);
-            mapped.push(m);
-        }
-        // Every read is checked before any copy is queued: a refused call queued nothing.
-        let copies = c.moves.copies(c.me, c.ranks, |r| addr[r]);
-        for (r, _) in &exports {
-            let want = c.moves.read_len();
-            if want > held[*r] {
+            if need > MappedPeer::len(&m) {
                 return Err(Error::usage(format!(
-                    "CUDA IPC {}: this rank reads {want} bytes of rank {r}'s buffer, which \
+                    "CUDA IPC {}: this rank reads {need} bytes of rank {r}'s buffer, which \
                      holds {} bytes (do all ranks pass the same count?)",
-                    c.kind, held[*r]
+                    c.kind,
+                    MappedPeer::len(&m)
                 )));
             }
+            at.push(((r, k), MappedPeer::addr(&m)));
+            mapped.push(m);
         }
-        for (dst, src, len) in copies {
-            // SAFETY: `dst` is this rank's output and `src` this rank's input or a peer's
-            // exported buffer mapped above (alive until the second exchange, which the peers
-            // reach only after this rank's copies have run); the caller's contract keeps
-            // this rank's buffers alive until the call completes.
-            unsafe { ops.copy_device_to_device(own, dst, src, len)? };
-        }
-        drop(g);
-        wait_own_stream(shared, "copying device to device over CUDA IPC")
+        Ok(at)
     })();
-    c.status[0] = u8::from(copied.is_err());
-    let exchanged = run_job(shared, exec, second, running);
-    *handed = true;
-    shared.done_pending();
-    if copied.is_err() && !quiesce(shared) {
-        log::error!("the staging stream did not drain after a failed CUDA IPC copy; leaking");
+    let at = match opened {
+        Ok(at) => at,
+        Err(e) => {
+            failed.get_or_insert(e);
+            Vec::new()
+        }
+    };
+    let addr = |s: Src| -> usize {
+        match s {
+            Src::Own(a) => a,
+            Src::Peer {
+                rank,
+                export,
+                offset,
+            } => at
+                .iter()
+                .find(|(k, _)| *k == (rank, export))
+                .map_or(0, |(_, a)| a + offset),
+        }
+    };
+    let reduce = match c.moves {
+        Moves::Reduce { dtype, op, .. } => Some((dtype, op)),
+        _ => None,
+    };
+    run_phases(
+        shared, exec, c, &phases, &addr, reduce, jobs, failed, mapped, handed, running,
+    )
+}
+
+/// The phases of an IPC call after its exchange: each phase's operations queued on dmsc's
+/// stream (skipped once anything failed) and waited for, then its status exchange.
+#[allow(clippy::too_many_arguments)]
+fn run_phases<D: IpcMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    c: &mut IpcCall,
+    phases: &[Vec<Op>],
+    addr: &dyn Fn(Src) -> usize,
+    reduce: Option<(DataType, ReduceOp)>,
+    mut jobs: impl Iterator<Item = Option<Job>>,
+    mut failed: Option<Error>,
+    mapped: Vec<D::Mapped>,
+    handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    let mut queued_any = false;
+    for (p, ops_of_phase) in phases.iter().enumerate() {
+        if failed.is_none() {
+            queued_any |= !ops_of_phase.is_empty();
+            let r = (|| {
+                let mut g = lock(&shared.order);
+                let own = g.1;
+                let dev = g.0.ops();
+                for op in ops_of_phase {
+                    // SAFETY: every address is this rank's buffer of the call (valid until
+                    // it completes, the caller's contract) or a peer's exported buffer mapped
+                    // above and checked to hold the bytes read; the peers keep theirs until
+                    // this phase's status exchange, which they reach only after this rank's
+                    // operations have run.
+                    unsafe {
+                        match *op {
+                            Op::Copy { dst, src, len } => {
+                                dev.copy_device_to_device(own, dst, addr(src), len)?
+                            }
+                            Op::Reduce { dst, a, b, len } => {
+                                let (dtype, o) = reduce.ok_or_else(|| {
+                                    Error::internal("a CUDA IPC reduction without operator")
+                                })?;
+                                dev.reduce_on_stream(own, dtype, o, dst, addr(a), addr(b), len)?
+                            }
+                            Op::Divide { dst, len } => {
+                                let (dtype, _) = reduce.ok_or_else(|| {
+                                    Error::internal("a CUDA IPC average without type")
+                                })?;
+                                dev.divide_on_stream(own, dtype, dst, len, c.ranks)?
+                            }
+                        }
+                    }
+                }
+                drop(g);
+                wait_own_stream(shared, "running device operations over CUDA IPC")
+            })();
+            failed = r.err();
+        }
+        c.statuses[p].0[0] = u8::from(failed.is_some());
+        let exchanged = run_job(shared, exec, jobs.next().flatten(), running);
+        if p + 1 == phases.len() {
+            *handed = true;
+            shared.done_pending();
+        }
+        if let Err(e) = exchanged {
+            failed.get_or_insert(e);
+            break;
+        }
+        if failed.is_none() {
+            failed = c.peers_failed(p).err();
+        }
+    }
+    if failed.is_some() && queued_any && !quiesce(shared) {
+        log::error!("the staging stream did not drain after a failed CUDA IPC call; leaking");
         std::mem::forget(mapped);
     }
-    copied?;
-    exchanged?;
-    c.peers_failed()
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Run one call on the staging thread and deliver its result.

@@ -15,6 +15,7 @@ use super::ipc_handle::IpcExport;
 use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::{DataType, ReduceOp};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -471,6 +472,69 @@ impl IpcMemory for FakeDeviceMemory {
                 from_device: true,
                 queued: Instant::now(),
             },
+        );
+        Ok(())
+    }
+
+    fn reduces_on_stream(&self) -> bool {
+        true
+    }
+
+    /// A fake kernel running dmsc-core's host reduction on the "device" bytes.
+    unsafe fn reduce_on_stream(
+        &mut self,
+        stream: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: usize,
+        a: usize,
+        b: usize,
+        len: usize,
+    ) -> Result<()> {
+        op.check_dtype(dtype)?;
+        let op = op.combiner();
+        self.push(
+            stream,
+            Cmd::Run(Box::new(move || {
+                // SAFETY: the caller's contract: the three ranges are valid until this runs;
+                // the operands are copied first, so `dst` may be one of them.
+                let (x, y) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a as *const u8, len).to_vec(),
+                        std::slice::from_raw_parts(b as *const u8, len).to_vec(),
+                    )
+                };
+                let mut out = vec![0u8; len];
+                match dmsc_core::reduce::reduce_into(dtype, op, &mut out, &x, &y) {
+                    // SAFETY: as above.
+                    Ok(()) => unsafe {
+                        std::ptr::copy_nonoverlapping(out.as_ptr(), dst as *mut u8, len)
+                    },
+                    Err(e) => log::error!("fake GPU: a reduction kernel failed: {e}"),
+                }
+            })),
+        );
+        Ok(())
+    }
+
+    /// A fake kernel running dmsc-core's host division on the "device" bytes.
+    unsafe fn divide_on_stream(
+        &mut self,
+        stream: usize,
+        dtype: DataType,
+        dst: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Run(Box::new(move || {
+                // SAFETY: the caller's contract: `dst` holds `len` bytes until this runs.
+                let d = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
+                if let Err(e) = dmsc_core::reduce::scale_div(dtype, d, n) {
+                    log::error!("fake GPU: a division kernel failed: {e}");
+                }
+            })),
         );
         Ok(())
     }

@@ -17,6 +17,7 @@
 use super::device_memory::DeviceMemory;
 use super::ipc_handle::{IpcExport, ENCODED_LEN};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::{DataType, ReduceOp};
 
 /// A peer's buffer mapped into this process; unmapped when dropped.
 pub trait MappedPeer: Send {
@@ -51,6 +52,58 @@ pub trait IpcMemory: DeviceMemory {
         src: usize,
         len: usize,
     ) -> Result<()>;
+
+    /// Whether [`IpcMemory::reduce_on_stream`] and [`IpcMemory::divide_on_stream`] queue
+    /// kernels on this device; when not, the communicator stages reductions through host
+    /// memory. The FAKE device does; the driver (`cuda_memory::CudaMemory`) does not yet (its
+    /// reduction kernels run through `device::CudaDevice`, not on a caller-ordered stream).
+    fn reduces_on_stream(&self) -> bool {
+        false
+    }
+
+    /// Queue on `stream` the kernel `dst[i] = a[i] ⊕ b[i]` over `len` bytes of `dtype`
+    /// elements, `⊕` being `op`'s pairwise combiner ([`ReduceOp::combiner`]); `dst` may be
+    /// `a` or `b` (elementwise). Errors where [`IpcMemory::reduces_on_stream`] is false.
+    ///
+    /// # Safety
+    /// The three ranges are valid device memory (mapped peer buffers included) until the
+    /// kernel has run on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn reduce_on_stream(
+        &mut self,
+        stream: Self::Stream,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: usize,
+        a: usize,
+        b: usize,
+        len: usize,
+    ) -> Result<()> {
+        let _ = (stream, dst, a, b, len);
+        Err(Error::usage(format!(
+            "this device queues no {op} reduction of {dtype} on a stream"
+        )))
+    }
+
+    /// Queue on `stream` the division of every `dtype` element of the `len` bytes at `dst` by
+    /// `n` (the last step of [`ReduceOp::Avg`]). Errors where
+    /// [`IpcMemory::reduces_on_stream`] is false.
+    ///
+    /// # Safety
+    /// As [`IpcMemory::reduce_on_stream`].
+    unsafe fn divide_on_stream(
+        &mut self,
+        stream: Self::Stream,
+        dtype: DataType,
+        dst: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<()> {
+        let _ = (stream, dst, len, n);
+        Err(Error::usage(format!(
+            "this device queues no division of {dtype} on a stream"
+        )))
+    }
 }
 
 /// The peers' buffers of one exchange, mapped: entry `r` is rank `r`'s (none for this rank).
