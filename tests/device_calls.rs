@@ -688,13 +688,13 @@ fn ipc_cases(n: usize, ipc: &str) {
 }
 
 #[test]
-fn all_gather_and_broadcast_run_device_to_device_over_fake_cuda_ipc_on_2_and_4_ranks() {
+fn covered_collectives_run_device_to_device_over_fake_cuda_ipc_on_2_and_4_ranks() {
     ipc_cases(2, "1");
     ipc_cases(4, "1");
 }
 
 #[test]
-fn dmsc_cuda_ipc_0_stages_all_gather_and_broadcast_through_host_memory() {
+fn dmsc_cuda_ipc_0_stages_every_collective_through_host_memory() {
     ipc_cases(2, "0");
 }
 
@@ -766,4 +766,67 @@ fn mismatched_calls_over_fake_cuda_ipc_fail_on_every_rank_and_never_hang() {
             "{e}"
         );
     });
+}
+
+/// In-place all-reduces over the fake CUDA IPC, 37 elements (slices of unequal length on 3 and
+/// 4 ranks), every operator including average: exact, and only the peers' slices are copied
+/// (device to device), the rest being reduction kernels on the peers' inputs.
+fn ipc_all_reduce_in_place(n: usize) {
+    use cases::{enc, reduce, val};
+    ranks_with_ipc(n, "1", move |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let count = 37;
+        for dt in [DataType::Float32, DataType::Int32, DataType::Float64] {
+            for op in [
+                ReduceOp::Sum,
+                ReduceOp::Avg,
+                ReduceOp::Prod,
+                ReduceOp::Max,
+                ReduceOp::Min,
+            ] {
+                let buf = DevBuf::new(count * dt.size());
+                let mine: Vec<f64> = (0..count).map(|i| val(r, i)).collect();
+                let want: Vec<f64> = (0..count)
+                    .map(|i| match op {
+                        ReduceOp::Avg => (0..n).map(|q| val(q, i)).sum::<f64>() / n as f64,
+                        op => reduce(op, (0..n).map(|q| val(q, i))),
+                    })
+                    .collect();
+                let args = CollArgs {
+                    kind: CollKind::AllReduce,
+                    dtype: dt,
+                    op,
+                    root: 0,
+                    input: None,
+                    output: buf.span(),
+                    count: None,
+                    factor: None,
+                };
+                let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+                let case = Case {
+                    call,
+                    inputs: vec![(buf.clone(), enc(dt, &mine))],
+                    outputs: vec![(buf.clone(), enc(dt, &want))],
+                };
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                let what = format!("in-place all_reduce {dt:?} {op:?} on {n} ranks");
+                run_case(c, dev, stream, case, &what);
+                let copies = dev.copies().split_off(seen);
+                assert_eq!(copies.len(), n - 1, "{what}: {copies:?}");
+                assert!(
+                    copies.iter().all(|k| k.to_device && k.from_device),
+                    "{what}: {copies:?}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn in_place_all_reduces_over_fake_cuda_ipc_with_every_operator_on_2_3_and_4_ranks() {
+    ipc_all_reduce_in_place(2);
+    ipc_all_reduce_in_place(3);
+    ipc_all_reduce_in_place(4);
 }

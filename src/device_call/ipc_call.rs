@@ -301,15 +301,19 @@ impl Moves {
                         peer(q, 0, at)
                     }
                 };
+                // This rank's own input first: in place it is `dst`, read before written.
+                let order: Vec<usize> = std::iter::once(me)
+                    .chain((0..ranks).filter(|&q| q != me))
+                    .collect();
                 let mut reduce = Vec::new();
                 if len > 0 {
                     reduce.push(Op::Reduce {
                         dst,
-                        a: src(0),
-                        b: src(1),
+                        a: src(order[0]),
+                        b: src(order[1]),
                         len,
                     });
-                    for q in 2..ranks {
+                    for &q in &order[2..] {
                         reduce.push(Op::Reduce {
                             dst,
                             a: Src::Own(dst),
@@ -611,14 +615,14 @@ mod tests {
             [
                 Op::Reduce {
                     dst,
-                    a: peer(0, 0, 8),
-                    b: peer(1, 0, 8),
+                    a: Src::Own(0x1008),
+                    b: peer(0, 0, 8),
                     len
                 },
                 Op::Reduce {
                     dst,
                     a: Src::Own(dst),
-                    b: Src::Own(0x1008),
+                    b: peer(1, 0, 8),
                     len
                 },
             ]
