@@ -1,35 +1,46 @@
 //! A call on device buffers run device to device over CUDA IPC, for ranks that all share one
 //! host (NCCL's P2P transport role): no staging through host memory for the payload.
 //!
-//! Covered: all-gather and broadcast (data movement only). Reductions (all-reduce,
-//! reduce-scatter, reduce) need a reduction kernel queued on a stream over device memory,
-//! which the device-memory trait does not offer yet, so they keep the staged path, as do
-//! all-to-all(-v), gather, scatter and send/receive groups.
+//! Covered: all-gather, broadcast, and where the device queues reductions on a stream
+//! ([`IpcMemory::reduces_on_stream`](dmsc_transports::cuda::ipc_memory::IpcMemory::reduces_on_stream):
+//! the FAKE device; not the driver yet) all-reduce (in place too), reduce-scatter and reduce
+//! (out of place) with every operator but `PreMulSum`. Everything else (those kinds
+//! otherwise, all-to-all(-v), gather, scatter, send/receive groups) keeps the staged path.
 //!
 //! When: every peer of the communicator is served by shared memory (`shm`, so every rank is
 //! a process or thread of this host), the communicator has more than one rank, the call moves
 //! bytes, and `DMSC_CUDA_IPC` is not `0`. The choice depends only on what every rank sees
-//! alike (the call's kind and count, the communicator's transports, the environment of the
-//! job), so all ranks take the same path and their host jobs match.
+//! alike (the call's kind, count and operator, the communicator's transports, the device
+//! kind, the job's environment), so all ranks take the same path and their host jobs match.
 //!
 //! How (on the communicator's staging thread, in call order, see `stager`):
 //! 1. dmsc's stream waits for the caller's earlier work, and the staging thread waits until
-//!    it has run: this rank's input is then ready to be read by its peers;
-//! 2. this rank exports the buffer its peers read (an all-gather's input block, a
-//!    broadcast root's source) and all ranks exchange their messages with a host all-gather
-//!    through the engine ([`MSG`] bytes: a status byte, whether an export follows, the
-//!    export); the exchange is also the barrier "every input is ready";
-//! 3. each rank maps the peers' buffers it reads and queues device-to-device copies on
-//!    dmsc's stream into its own output, and waits until they have run;
-//! 4. a second host all-gather of one status byte per rank is the barrier "nobody reads a
-//!    peer's buffer any more" (so the caller may reuse or free its buffers once its stream
-//!    passes the call), and tells every rank whether a peer failed: a failure anywhere fails
-//!    the call on every rank, naming the ranks, and never hangs a peer.
+//!    it has run: this rank's buffers are then ready to be read by its peers;
+//! 2. this rank exports the buffers its peers read ([`Moves::exports`]: an all-gather's
+//!    input block, a broadcast root's source, a reduction's input, and an all-reduce's
+//!    output) and all ranks exchange their messages ([`MSG`] bytes: a status byte, the
+//!    number of exports, the exports) with a host all-gather through the engine; the
+//!    exchange is also the barrier "every input is ready";
+//! 3. each rank maps the peers' buffers it reads (checking they hold the bytes read) and runs
+//!    its phases ([`Moves::phases`]) on dmsc's stream, waiting for each:
+//!    - all-gather: copy every peer's block into its slot of the output;
+//!    - broadcast: non-root ranks copy the root's buffer;
+//!    - reduce-scatter, reduce: reduce this rank's part (the root's whole output) over every
+//!      rank's input, the reduction kernels reading the peers' inputs where they are
+//!      (own input first, so in place it is read before it is written), then divide for
+//!      `Avg`;
+//!    - all-reduce: the same on this rank's `1/ranks` slice of the elements, then, after a
+//!      barrier, copy every peer's slice from its output;
+//! 4. after each phase a host all-gather of one status byte per rank is the barrier "nobody
+//!    reads what this phase read any more" (after the last, the caller may reuse or free its
+//!    buffers once its stream passes the call), and tells every rank whether a peer failed:
+//!    a failure anywhere fails the call on every rank, naming the ranks, and never hangs a
+//!    peer (a mismatched count or root included).
 //!
 //! Exports are made per call and mappings dropped after it (no cache yet): the driver's
 //! `cuIpcOpenMemHandle` per call is a cost NCCL avoids by registering buffers once. Sources:
-//! NCCL's P2P transport and its proxy-free copy-engine path (design only); CUDA Driver API
-//! reference, "Interprocess Communication".
+//! NCCL's P2P transport (design only); CUDA Driver API reference, "Interprocess
+//! Communication".
 
 use crate::call::{Call, Span};
 use dmsc_core::engine::executor::Job;
