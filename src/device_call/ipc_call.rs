@@ -385,6 +385,9 @@ pub(crate) fn peer_reads(phases: &[Vec<Op>]) -> Vec<(usize, usize, usize)> {
     v
 }
 
+/// One status exchange's host buffers: this rank's byte, and every rank's.
+pub(crate) type Statuses = (Box<[u8]>, Box<[u8]>);
+
 /// A call prepared for the IPC path: its moves, the host buffers of its exchanges and their
 /// engine jobs (built at submission, so they take their place among this rank's jobs).
 pub(crate) struct IpcCall {
@@ -401,7 +404,7 @@ pub(crate) struct IpcCall {
     /// Every rank's message, in rank order.
     pub all: Box<[u8]>,
     /// Per phase: this rank's status (0: ok) and every rank's, exchanged after the phase.
-    pub statuses: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub statuses: Vec<Statuses>,
     /// The job of the first exchange, then of each phase's status exchange (none on a
     /// communicator where they have nothing to do).
     pub jobs: Vec<Option<Job>>,
