@@ -3,7 +3,7 @@
 //!
 //! Covered: all-gather, broadcast, and where the device queues reductions on a stream
 //! ([`IpcMemory::reduces_on_stream`](dmsc_transports::cuda::ipc_memory::IpcMemory::reduces_on_stream):
-//! the FAKE device; not the driver yet) all-reduce (in place too), reduce-scatter and reduce
+//! the driver and the FAKE device do) all-reduce (in place too), reduce-scatter and reduce
 //! (out of place) with every operator but `PreMulSum`. Everything else (those kinds
 //! otherwise, all-to-all(-v), gather, scatter, send/receive groups) keeps the staged path.
 //!

@@ -31,8 +31,8 @@
 //! Every rank of a call passes device buffers (as in NCCL), and every rank's staging chunk is
 //! the same, so all ranks cut a call into the same pieces. Not done yet: pipelining the kinds
 //! with one block per rank (all-gather, reduce-scatter, all-to-all(-v), gather, scatter,
-//! send/receive groups are staged whole before their collective runs); reductions over CUDA
-//! IPC on the driver (no stream-ordered reduction kernel in `CudaMemory` yet). Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
+//! send/receive groups are staged whole before their collective runs); caching CUDA IPC
+//! exports and mappings across calls. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
 //! network proxy's staging through host buffers, read for design only.
 
 pub(crate) mod ipc_call;

@@ -55,8 +55,8 @@ pub trait IpcMemory: DeviceMemory {
 
     /// Whether [`IpcMemory::reduce_on_stream`] and [`IpcMemory::divide_on_stream`] queue
     /// kernels on this device; when not, the communicator stages reductions through host
-    /// memory. The FAKE device does; the driver (`cuda_memory::CudaMemory`) does not yet (its
-    /// reduction kernels run through `device::CudaDevice`, not on a caller-ordered stream).
+    /// memory. The FAKE device and the driver (`cuda_memory::CudaMemory`, through
+    /// `stream_kernels`) do.
     fn reduces_on_stream(&self) -> bool {
         false
     }
