@@ -547,6 +547,37 @@ mod tests {
     const T: Duration = Duration::from_secs(10);
 
     #[test]
+    fn stream_reductions_run_in_order_in_place_and_averages_divide() {
+        let mut d = FakeDeviceMemory::new();
+        assert!(d.reduces_on_stream());
+        let s = d.create_stream().unwrap();
+        let enc = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut a = enc(&[1.0, 2.0, 3.0]);
+        let b = enc(&[4.0, 5.0, 6.0]);
+        let c = enc(&[2.0, 9.0, 0.5]);
+        let (pa, pb, pc) = (
+            a.as_mut_ptr() as usize,
+            b.as_ptr() as usize,
+            c.as_ptr() as usize,
+        );
+        // SAFETY: the buffers live until the synchronize below.
+        unsafe {
+            // a = a + b, then a = a max c (in place, after the sum), then a /= 2.
+            d.reduce_on_stream(s, DataType::Float32, ReduceOp::Sum, pa, pa, pb, 12)
+                .unwrap();
+            d.reduce_on_stream(s, DataType::Float32, ReduceOp::Max, pa, pc, pa, 12)
+                .unwrap();
+            d.divide_on_stream(s, DataType::Float32, pa, 12, 2).unwrap();
+        }
+        d.synchronize(s, T).unwrap();
+        assert_eq!(a, enc(&[2.5, 4.5, 4.5]));
+        // An operator the type has not is refused before anything is queued.
+        // SAFETY: nothing is queued.
+        let e = unsafe { d.reduce_on_stream(s, DataType::Float32, ReduceOp::BAnd, pa, pa, pb, 12) };
+        assert!(e.is_err());
+    }
+
+    #[test]
     fn copies_and_kernels_run_in_stream_order_and_events_follow_them() {
         let mut d = FakeDeviceMemory::new();
         let s = d.create_stream().unwrap();
