@@ -830,3 +830,104 @@ fn in_place_all_reduces_over_fake_cuda_ipc_with_every_operator_on_2_3_and_4_rank
     ipc_all_reduce_in_place(3);
     ipc_all_reduce_in_place(4);
 }
+
+/// In-place reduce-scatters (the result in this rank's block of the one buffer) and reduces
+/// (the root in place, the others not: each rank's own choice) over the fake CUDA IPC on 3
+/// ranks: exact, and nothing staged through host memory.
+#[test]
+fn in_place_reduce_scatter_and_reduce_over_fake_cuda_ipc_on_3_ranks() {
+    use cases::{enc, reduce, val};
+    ranks_with_ipc(3, "1", |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let (count, dt) = (11, DataType::Float32);
+        for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max] {
+            dev.log_copies(Duration::ZERO);
+            let seen = dev.copies().len();
+            // Reduce-scatter in place: rank r's result lands in block r of its buffer; the
+            // other blocks keep its input.
+            let buf = DevBuf::new(n * count * 4);
+            let mine: Vec<f64> = (0..n * count).map(|i| val(r, i)).collect();
+            let mut want = mine.clone();
+            for i in 0..count {
+                want[r * count + i] = reduce(op, (0..n).map(|q| val(q, r * count + i)));
+            }
+            let args = CollArgs {
+                kind: CollKind::ReduceScatter,
+                dtype: dt,
+                op,
+                root: 0,
+                input: Some(Span::in_memory(
+                    (buf.addr() + r * count * 4) as *const u8,
+                    count * 4,
+                    DEV,
+                )),
+                output: buf.span(),
+                count: Some(count),
+                factor: None,
+            };
+            // NCCL's in-place layout: the output is the input's block of this rank.
+            let args = CollArgs {
+                input: Some(buf.span()),
+                output: args.input.unwrap(),
+                ..args
+            };
+            let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+            let case = Case {
+                call,
+                inputs: vec![(buf.clone(), enc(dt, &mine))],
+                outputs: vec![(buf.clone(), enc(dt, &want))],
+            };
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("in-place reduce_scatter {op:?}"),
+            );
+            // Reduce to root 1, in place there, out of place elsewhere.
+            let buf = DevBuf::new(count * 4);
+            let out = DevBuf::new(count * 4);
+            let mine: Vec<f64> = (0..count).map(|i| val(r, i)).collect();
+            let root = 1;
+            let args = CollArgs {
+                kind: CollKind::Reduce,
+                dtype: dt,
+                op,
+                root,
+                input: Some(buf.span()),
+                output: if r == root { buf.span() } else { out.span() },
+                count: Some(count),
+                factor: None,
+            };
+            let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+            let want = if r == root {
+                enc(
+                    dt,
+                    &(0..count)
+                        .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                enc(dt, &mine)
+            };
+            let case = Case {
+                call,
+                inputs: vec![(buf.clone(), enc(dt, &mine))],
+                outputs: vec![(buf.clone(), want)],
+            };
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("reduce {op:?}, root in place"),
+            );
+            let copies = dev.copies().split_off(seen);
+            assert!(
+                copies.iter().all(|k| k.to_device && k.from_device),
+                "staged: {copies:?}"
+            );
+        }
+    });
+}

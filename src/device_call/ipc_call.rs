@@ -3,13 +3,13 @@
 //!
 //! Covered: all-gather, broadcast, and where the device queues reductions on a stream
 //! ([`IpcMemory::reduces_on_stream`](dmsc_transports::cuda::ipc_memory::IpcMemory::reduces_on_stream):
-//! the driver and the FAKE device do) all-reduce (in place too), reduce-scatter and reduce
-//! (out of place) with every operator but `PreMulSum`. Everything else (those kinds
+//! the driver and the FAKE device do) all-reduce, reduce-scatter and reduce, in place or
+//! not, with every operator but `PreMulSum`. Everything else (those kinds
 //! otherwise, all-to-all(-v), gather, scatter, send/receive groups) keeps the staged path.
 //!
 //! When: every peer of the communicator is served by shared memory (`shm`, so every rank is
 //! a process or thread of this host), the communicator has more than one rank, the call moves
-//! bytes, and `DMSC_CUDA_IPC` is not `0`. The choice depends only on what every rank sees
+//! bytes, and `DMSC_CUDA_IPC` is not `0`; never whether this rank's call is in place. The choice depends only on what every rank sees
 //! alike (the call's kind, count and operator, the communicator's transports, the device
 //! kind, the job's environment), so all ranks take the same path and their host jobs match.
 //!
@@ -182,11 +182,13 @@ impl Moves {
             CollKind::AllReduce | CollKind::ReduceScatter | CollKind::Reduce
                 if reduces && factor.is_none() && desc.op != ReduceOp::PreMulSum =>
             {
-                // In place only for an all-reduce (the others' in-place layouts stay staged).
-                let input = match (input, desc.kind) {
-                    (Some(i), _) => i.addr(),
-                    (None, CollKind::AllReduce) => output.addr(),
-                    (None, _) => return None,
+                // In place (a rank's own choice, so it must not change the path): the one
+                // buffer is the input, and a reduce-scatter's result goes to this rank's
+                // block of it (NCCL's layout, `recvbuff = sendbuff + rank * recvcount`).
+                let (input, out) = match (input, desc.kind) {
+                    (Some(i), _) => (i.addr(), output.addr()),
+                    (None, CollKind::ReduceScatter) => (output.addr(), output.addr() + me * bytes),
+                    (None, _) => (output.addr(), output.addr()),
                 };
                 Some(Moves::Reduce {
                     kind: desc.kind,
@@ -194,7 +196,7 @@ impl Moves {
                     op: desc.op,
                     root: desc.root,
                     input,
-                    out: output.addr(),
+                    out,
                     count: desc.count,
                 })
             }
