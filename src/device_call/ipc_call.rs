@@ -9,7 +9,11 @@
 //!
 //! When: every peer of the communicator is served by shared memory (`shm`, so every rank is
 //! a process or thread of this host), the communicator has more than one rank, the call moves
-//! bytes, and `DMSC_CUDA_IPC` is not `0`; never whether this rank's call is in place. The choice depends only on what every rank sees
+//! bytes, `DMSC_CUDA_IPC` is not `0`, and, agreed once when the device is attached (a host
+//! all-gather of each rank's GPU UUID and process id, [`ipc_agreed`]), every rank's buffers
+//! are on one GPU (IPC between GPUs needs peer access: not supported yet, those stage) and
+//! no two ranks share a process (CUDA cannot open a process's own exports; the FAKE device
+//! can). Never whether this rank's call is in place. The choice depends only on what every rank sees
 //! alike (the call's kind, count and operator, the communicator's transports, the device
 //! kind, the job's environment), so all ranks take the same path and their host jobs match.
 //!
@@ -64,6 +68,36 @@ pub(crate) fn all_on_this_host(transports: &[&str]) -> bool {
         && transports
             .iter()
             .all(|t| *t == "self" || t.starts_with("shm"))
+}
+
+/// Bytes of one rank's part of the agreement at attach ([`ipc_agreed`]): whether it has a
+/// GPU UUID, the UUID, its process id.
+pub(crate) const AGREE: usize = 1 + 16 + 4;
+
+/// This rank's part of the agreement: its device's UUID (none if it could not say) and its
+/// process id.
+pub(crate) fn agreement(uuid: Option<[u8; 16]>) -> [u8; AGREE] {
+    let mut b = [0u8; AGREE];
+    if let Some(u) = uuid {
+        b[0] = 1;
+        b[1..17].copy_from_slice(&u);
+    }
+    b[17..].copy_from_slice(&std::process::id().to_le_bytes());
+    b
+}
+
+/// Whether CUDA IPC serves the communicator's device calls, from every rank's
+/// [`agreement`] (the same answer on every rank): every rank's buffers are on one GPU, and
+/// no two ranks share a process unless the device opens its own exports.
+pub(crate) fn ipc_agreed(all: &[u8], opens_own_exports: bool) -> bool {
+    let parts: Vec<&[u8]> = all.chunks(AGREE).collect();
+    let one_gpu = parts
+        .iter()
+        .all(|p| p[0] == 1 && p[1..17] == parts[0][1..17]);
+    let mut pids: Vec<&[u8]> = parts.iter().map(|p| &p[17..]).collect();
+    pids.sort();
+    pids.dedup();
+    one_gpu && (opens_own_exports || pids.len() == parts.len())
 }
 
 /// Where an operand of a device operation lives.
@@ -417,7 +451,7 @@ pub(crate) struct IpcCall {
 unsafe impl Send for IpcCall {}
 
 /// A host all-gather of `input.len()` bytes per rank from `input` into `output`.
-fn host_all_gather(input: &mut [u8], output: &mut [u8]) -> Call {
+pub(crate) fn host_all_gather(input: &mut [u8], output: &mut [u8]) -> Call {
     Call::Collective {
         desc: CollDesc {
             kind: CollKind::AllGather,
@@ -663,6 +697,23 @@ mod tests {
         assert!(all_on_this_host(&["self", "shm", "shm+cma"]));
         assert!(!all_on_this_host(&["self", "shm", "tcp-socket"]));
         assert!(!all_on_this_host(&["self"]));
+    }
+
+    #[test]
+    fn ipc_needs_one_gpu_and_one_process_per_rank_unless_the_device_opens_its_own() {
+        let gpu = |u: u8, pid: u32| {
+            let mut b = agreement(Some([u; 16]));
+            b[17..].copy_from_slice(&pid.to_le_bytes());
+            b
+        };
+        let all = |v: &[[u8; AGREE]]| v.concat();
+        assert!(ipc_agreed(&all(&[gpu(1, 10), gpu(1, 11)]), false));
+        assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(2, 11)]), true));
+        assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), false));
+        assert!(ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), true));
+        let mut none = agreement(None);
+        none[17..].copy_from_slice(&11u32.to_le_bytes());
+        assert!(!ipc_agreed(&all(&[gpu(0, 10), none]), true));
     }
 
     #[test]

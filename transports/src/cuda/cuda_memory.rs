@@ -252,6 +252,12 @@ impl super::ipc_memory::IpcMemory for CudaMemory {
         .map_err(|e| driver::error(format!("cuMemcpyDtoDAsync({len} B)"), e))
     }
 
+    fn device_uuid(&mut self) -> Result<[u8; 16]> {
+        let uuid =
+            result::device::get_uuid(self.dev).map_err(|e| driver::error("cuDeviceGetUuid", e))?;
+        Ok(uuid.bytes.map(|c| c as u8))
+    }
+
     fn reduces_on_stream(&self) -> bool {
         true
     }

@@ -476,6 +476,14 @@ impl IpcMemory for FakeDeviceMemory {
         Ok(())
     }
 
+    fn device_uuid(&mut self) -> Result<[u8; 16]> {
+        Ok(FAKE_UUID)
+    }
+
+    fn opens_own_exports(&self) -> bool {
+        true
+    }
+
     fn reduces_on_stream(&self) -> bool {
         true
     }

@@ -53,6 +53,17 @@ pub trait IpcMemory: DeviceMemory {
         len: usize,
     ) -> Result<()>;
 
+    /// The UUID of this device's GPU (ranks whose buffers are on one GPU share it; CUDA IPC
+    /// between different GPUs needs peer access, not supported yet).
+    fn device_uuid(&mut self) -> Result<[u8; 16]>;
+
+    /// Whether this process can open its own exports. CUDA cannot (`cuIpcOpenMemHandle` on a
+    /// handle of the calling process fails), so ranks that are threads of one process stage
+    /// through host memory on a GPU; the FAKE device's registry can.
+    fn opens_own_exports(&self) -> bool {
+        false
+    }
+
     /// Whether [`IpcMemory::reduce_on_stream`] and [`IpcMemory::divide_on_stream`] queue
     /// kernels on this device; when not, the communicator stages reductions through host
     /// memory. The FAKE device and the driver (`cuda_memory::CudaMemory`, through
