@@ -125,12 +125,24 @@ fn ranks_locked(
     n: usize,
     body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
 ) {
+    ranks_prepared(n, |_, _| {}, body);
+}
+
+/// As [`ranks`] (the caller holds `SERIAL`), with `prepare` run on each rank's fake device
+/// before it is attached.
+fn ranks_prepared(
+    n: usize,
+    prepare: impl Fn(usize, &FakeDeviceMemory) + Send + Sync + 'static,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    let prepare = Arc::new(prepare);
     std::env::set_var("DMSC_SOCKET_IFNAME", "lo");
     let id = new_unique_id().expect("unique id");
     let body = Arc::new(body);
     let hs: Vec<_> = (0..n)
         .map(|r| {
             let body = body.clone();
+            let prepare = prepare.clone();
             std::thread::spawn(move || {
                 let mut cfg = Config {
                     socket_ifname: Some("lo".into()),
@@ -139,6 +151,7 @@ fn ranks_locked(
                 cfg.engine.timeout = T;
                 let c = Communicator::init_with_id(&id, r, n, cfg).expect("init");
                 let mut dev = FakeDeviceMemory::new();
+                prepare(r, &dev);
                 c.use_device_memory(0, dev.clone(), CHUNK)
                     .expect("attach the fake device");
                 body(&c, &mut dev);
@@ -930,4 +943,29 @@ fn in_place_reduce_scatter_and_reduce_over_fake_cuda_ipc_on_3_ranks() {
             );
         }
     });
+}
+
+/// Ranks whose buffers are on different GPUs (FAKE devices claiming two UUIDs) agree at
+/// attach not to use CUDA IPC: their calls stage through host memory, exactly.
+#[test]
+fn ranks_on_different_gpus_stage_instead_of_cuda_ipc() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ranks_prepared(
+        2,
+        |r, dev| dev.claim_gpu([r as u8 + 1; 16]),
+        |c, dev| {
+            let stream = dev.create_stream().unwrap();
+            for kind in [CollKind::AllGather, CollKind::AllReduce] {
+                let case = collective(c, kind, DataType::Float32, ReduceOp::Sum, &mut DevBuf::new);
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                run_case(c, dev, stream, case, &format!("{kind} on two GPUs"));
+                let copies = dev.copies().split_off(seen);
+                assert!(
+                    !copies.is_empty() && copies.iter().all(|k| !(k.to_device && k.from_device)),
+                    "{kind}: not staged: {copies:?}"
+                );
+            }
+        },
+    );
 }

@@ -59,6 +59,8 @@ struct State {
     copies: Option<Vec<CopyRecord>>,
     /// How long each copy takes (a fake copy engine's speed).
     copy_time: Duration,
+    /// The GPU this fake claims to be (none: [`FAKE_UUID`], every fake's default).
+    uuid: Option<[u8; 16]>,
 }
 
 /// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
@@ -149,6 +151,17 @@ impl FakeDeviceMemory {
     /// Queue fake kernel `k` on `stream`.
     pub fn launch(&self, stream: usize, k: impl FnOnce() + Send + 'static) {
         self.push(stream, Cmd::Run(Box::new(k)));
+    }
+
+    /// Claim to be the GPU with `uuid` (every fake is the same GPU otherwise): its exports
+    /// say so, and it refuses to open exports of another GPU, as CUDA IPC without peer access
+    /// would. For tests of ranks on different GPUs.
+    pub fn claim_gpu(&self, uuid: [u8; 16]) {
+        lock(&self.inner().state).uuid = Some(uuid);
+    }
+
+    fn uuid(&self) -> [u8; 16] {
+        lock(&self.inner().state).uuid.unwrap_or(FAKE_UUID)
     }
 
     /// From now on, make every copy take `copy_time` (a slow fake copy engine) and log the
@@ -387,7 +400,7 @@ impl DeviceMemory for FakeDeviceMemory {
 static FAKE_IPC: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 /// The first bytes of a FAKE IPC handle (a real one is the driver's opaque bytes).
 const FAKE_IPC_MAGIC: &[u8; 16] = b"dmsc FAKE ipc\0\0\0";
-/// The UUID every fake device claims.
+/// The UUID every fake device claims unless told otherwise ([`FakeDeviceMemory::claim_gpu`]).
 const FAKE_UUID: [u8; 16] = [0xFA; 16];
 
 /// A peer buffer "mapped" by the FAKE IPC: the exporter's own address (ranks of a test are
@@ -411,6 +424,7 @@ impl IpcMemory for FakeDeviceMemory {
     type Mapped = FakeMapped;
 
     fn export(&mut self, ptr: usize, len: usize) -> Result<IpcExport> {
+        let device_uuid = self.uuid();
         let mut reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
         reg.push((ptr, len));
         let mut handle = [0u8; 64];
@@ -420,7 +434,7 @@ impl IpcMemory for FakeDeviceMemory {
             handle,
             offset: 0,
             len: len as u64,
-            device_uuid: FAKE_UUID,
+            device_uuid,
         })
     }
 
@@ -430,7 +444,7 @@ impl IpcMemory for FakeDeviceMemory {
                 "fake GPU: a CUDA IPC handle that the fake device did not export",
             ));
         }
-        if e.device_uuid != FAKE_UUID {
+        if e.device_uuid != self.uuid() {
             return Err(Error::usage(
                 "fake GPU: the export is of another GPU than this one",
             ));
@@ -477,7 +491,7 @@ impl IpcMemory for FakeDeviceMemory {
     }
 
     fn device_uuid(&mut self) -> Result<[u8; 16]> {
-        Ok(FAKE_UUID)
+        Ok(self.uuid())
     }
 
     fn opens_own_exports(&self) -> bool {
