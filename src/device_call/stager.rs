@@ -2,7 +2,9 @@
 //! ([`StreamOrder`]) over a [`DeviceMemory`], and the pipeline of a call's pieces
 //! ([`Staging`]): each piece's copy from the device buffers to their pinned twins, its host
 //! collective run through the engine's executor as any host job, and its copy back (see the
-//! module documentation of `device_call`).
+//! module documentation of `device_call`). Where every rank agreed to use CUDA IPC, the
+//! calls it covers run device to device instead (`ipc_and_run`, see `ipc_call`), on the same
+//! thread and in the same order, with their host exchanges as the executor's jobs.
 //!
 //! One thread per communicator runs the device calls in the order they were submitted, so
 //! they finish in order, as [`StreamOrder`] requires. Host calls wait until every device call
