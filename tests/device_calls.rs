@@ -106,12 +106,43 @@ fn run_case(
 /// Rank `r` of `n` on loopback, with a fake device attached.
 fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ranks_locked(n, body);
+}
+
+/// As [`ranks`], with `DMSC_CUDA_IPC` set to `ipc` while the communicators start.
+fn ranks_with_ipc(
+    n: usize,
+    ipc: &str,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("DMSC_CUDA_IPC", ipc);
+    ranks_locked(n, body);
+    std::env::remove_var("DMSC_CUDA_IPC");
+}
+
+fn ranks_locked(
+    n: usize,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    ranks_prepared(n, |_, _| {}, body);
+}
+
+/// As [`ranks`] (the caller holds `SERIAL`), with `prepare` run on each rank's fake device
+/// before it is attached.
+fn ranks_prepared(
+    n: usize,
+    prepare: impl Fn(usize, &FakeDeviceMemory) + Send + Sync + 'static,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    let prepare = Arc::new(prepare);
     std::env::set_var("DMSC_SOCKET_IFNAME", "lo");
     let id = new_unique_id().expect("unique id");
     let body = Arc::new(body);
     let hs: Vec<_> = (0..n)
         .map(|r| {
             let body = body.clone();
+            let prepare = prepare.clone();
             std::thread::spawn(move || {
                 let mut cfg = Config {
                     socket_ifname: Some("lo".into()),
@@ -120,6 +151,7 @@ fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + 
                 cfg.engine.timeout = T;
                 let c = Communicator::init_with_id(&id, r, n, cfg).expect("init");
                 let mut dev = FakeDeviceMemory::new();
+                prepare(r, &dev);
                 c.use_device_memory(0, dev.clone(), CHUNK)
                     .expect("attach the fake device");
                 body(&c, &mut dev);
@@ -131,8 +163,10 @@ fn ranks(n: usize, body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + 
     }
 }
 
-fn every_collective(n: usize) {
-    ranks(n, move |c, dev| {
+/// Every case on `n` ranks, with `DMSC_CUDA_IPC` set to `ipc` ("1": the kinds it covers run
+/// over the fake CUDA IPC, as all ranks are on this host; "0": everything is staged).
+fn every_collective(n: usize, ipc: &str) {
+    ranks_with_ipc(n, ipc, move |c, dev| {
         let stream = dev.create_stream().unwrap();
         let cases = every_case(c, &mut DevBuf::new);
         let count = cases.len();
@@ -147,12 +181,18 @@ fn every_collective(n: usize) {
 
 #[test]
 fn every_collective_on_fake_device_buffers_on_2_ranks() {
-    every_collective(2);
+    every_collective(2, "1");
+}
+
+#[test]
+fn every_collective_staged_through_host_memory_on_2_and_4_ranks() {
+    every_collective(2, "0");
+    every_collective(4, "0");
 }
 
 #[test]
 fn every_collective_on_fake_device_buffers_on_4_ranks() {
-    every_collective(4);
+    every_collective(4, "1");
 }
 
 #[test]
@@ -317,7 +357,7 @@ fn a_call_on_another_device_than_the_one_served_names_both() {
 
 #[test]
 fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this_one() {
-    ranks(2, |c, dev| {
+    ranks_with_ipc(2, "0", |c, dev| {
         let stream = dev.create_stream().unwrap();
         // A slow fake copy engine, so each copy takes longer than the loopback transfer.
         dev.log_copies(Duration::from_millis(3));
@@ -367,7 +407,7 @@ fn staging_is_pipelined_the_copy_of_the_next_piece_overlaps_the_transfer_of_this
 #[test]
 fn in_place_calls_cut_into_pieces_are_exact_on_3_ranks() {
     use cases::{enc, reduce, val, C};
-    ranks(3, |c, dev| {
+    ranks_with_ipc(3, "0", |c, dev| {
         let stream = dev.create_stream().unwrap();
         let (r, n) = (c.rank(), c.size());
         for kind in [CollKind::AllReduce, CollKind::Broadcast] {
@@ -436,7 +476,7 @@ impl dmsc::perf::device::PerfDeviceBuf for FakePerfBuf {
 #[test]
 fn dmsc_perf_measures_and_checks_collectives_on_fake_device_buffers() {
     use dmsc::perf::{args::Options, run::benchmark_on, PerfOp};
-    ranks(2, |c, dev| {
+    ranks_with_ipc(2, "0", |c, dev| {
         dev.log_copies(Duration::ZERO);
         for op in [PerfOp::AllReduce, PerfOp::AllGather, PerfOp::Broadcast] {
             for blocking in [false, true] {
@@ -556,4 +596,376 @@ fn fake_cuda_ipc_refuses_bad_exchanges_naming_the_rank() {
     );
     let e = IpcPeers::open(&mut dev, 2, &[good]).err().unwrap();
     assert!(e.to_string().contains("rank 2 is not among 1"), "{e}");
+}
+
+/// Every all-gather and broadcast case (several types, in place and not), on 2 and 4 ranks,
+/// exact; with `ipc` "1" the FAKE device ran only device-to-device copies (CUDA IPC: no
+/// payload through host memory), with "0" the staged path's device-to-host and host-to-device
+/// copies.
+fn ipc_cases(n: usize, ipc: &str) {
+    let ipc_on = ipc == "1";
+    ranks_with_ipc(n, ipc, move |c, dev| {
+        assert!(
+            c.peer_transports()
+                .iter()
+                .all(|t| *t == "self" || t.starts_with("shm")),
+            "{:?}",
+            c.peer_transports()
+        );
+        let stream = dev.create_stream().unwrap();
+        for (dt, ops) in cases::types_and_ops() {
+            let mut kinds: Vec<(CollKind, ReduceOp)> = vec![
+                (CollKind::AllGather, ReduceOp::Sum),
+                (CollKind::Broadcast, ReduceOp::Sum),
+            ];
+            for kind in [
+                CollKind::AllReduce,
+                CollKind::ReduceScatter,
+                CollKind::Reduce,
+            ] {
+                kinds.extend(ops.iter().map(|&op| (kind, op)));
+            }
+            for (kind, op) in kinds {
+                let case = collective(c, kind, dt, op, &mut DevBuf::new);
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                run_case(
+                    c,
+                    dev,
+                    stream,
+                    case,
+                    &format!("{kind} {dt:?} {op:?} on {n} ranks"),
+                );
+                let copies = dev.copies().split_off(seen);
+                let d2d = copies.iter().filter(|k| k.to_device && k.from_device);
+                // A reduce-scatter or reduce over IPC copies nothing: its kernels read the
+                // peers' inputs where they are.
+                let copying = matches!(
+                    kind,
+                    CollKind::AllGather | CollKind::Broadcast | CollKind::AllReduce
+                );
+                if ipc_on {
+                    assert!(
+                        copying != copies.is_empty() && d2d.count() == copies.len(),
+                        "{kind} {dt:?}: not device to device only: {copies:?}"
+                    );
+                } else {
+                    assert!(
+                        d2d.count() == 0 && !copies.is_empty(),
+                        "{kind} {dt:?}: DMSC_CUDA_IPC=0 did not stage: {copies:?}"
+                    );
+                }
+            }
+        }
+        // In place, with a count of 5 (odd, not a power of two): the rank's own block is
+        // not copied, only the peers'.
+        let (r, size) = (c.rank(), c.size());
+        let out = DevBuf::new(size * 5 * 4);
+        let want: Vec<u8> = (0..size * 5)
+            .flat_map(|j| (j as u32 * 3 + 1).to_le_bytes())
+            .collect();
+        let mut before = vec![0xEEu8; size * 20];
+        before[r * 20..(r + 1) * 20].copy_from_slice(&want[r * 20..(r + 1) * 20]);
+        let args = CollArgs {
+            kind: CollKind::AllGather,
+            dtype: DataType::Int32,
+            op: ReduceOp::Sum,
+            root: 0,
+            input: Some(Span::in_memory((out.addr() + r * 20) as *const u8, 20, DEV)),
+            output: out.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        let case = Case {
+            call,
+            inputs: vec![(out.clone(), before)],
+            outputs: vec![(out.clone(), want)],
+        };
+        let seen = dev.copies().len();
+        run_case(
+            c,
+            dev,
+            stream,
+            case,
+            &format!("in-place all_gather on {n} ranks"),
+        );
+        if ipc_on {
+            let copies = dev.copies().split_off(seen);
+            assert_eq!(copies.len(), size - 1, "{copies:?}");
+            assert!(copies
+                .iter()
+                .all(|k| k.to_device && k.from_device && k.len == 20));
+        }
+    });
+}
+
+#[test]
+fn covered_collectives_run_device_to_device_over_fake_cuda_ipc_on_2_and_4_ranks() {
+    ipc_cases(2, "1");
+    ipc_cases(4, "1");
+}
+
+#[test]
+fn dmsc_cuda_ipc_0_stages_every_collective_through_host_memory() {
+    ipc_cases(2, "0");
+}
+
+/// Wait (bounded) for the communicator's asynchronous error.
+fn async_error_soon(c: &Communicator) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(e) = c.async_error() {
+            return e.to_string();
+        }
+        assert!(t0.elapsed() < T, "rank {}: no error reported", c.rank());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn mismatched_calls_over_fake_cuda_ipc_fail_on_every_rank_and_never_hang() {
+    // Rank 0 gathers 8 elements per rank, rank 1 only 4: rank 0 would read past rank 1's
+    // export, refuses, and both ranks learn it from the status exchange.
+    ranks_with_ipc(2, "1", |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let count = if c.rank() == 0 { 8 } else { 4 };
+        let (input, output) = (DevBuf::new(count * 4), DevBuf::new(2 * count * 4));
+        let args = CollArgs {
+            kind: CollKind::AllGather,
+            dtype: DataType::Float32,
+            op: ReduceOp::Sum,
+            root: 0,
+            input: Some(input.span()),
+            output: output.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        // SAFETY: the buffers live until the stream is synchronized below.
+        unsafe { c.run_call_on_stream(&call, stream) }.unwrap();
+        dev.synchronize(stream, T)
+            .expect("the stream was left waiting on a failed call");
+        let e = async_error_soon(c);
+        if c.rank() == 0 {
+            assert!(e.contains("rank 1") && e.contains("16 bytes"), "{e}");
+        } else {
+            assert!(e.contains("rank(s) [0]"), "{e}");
+        }
+    });
+    // Ranks that disagree on a broadcast's root: each waits for the other's export, which
+    // never comes; both fail naming the rank.
+    ranks_with_ipc(2, "1", |c, dev| {
+        let stream = dev.create_stream().unwrap();
+        let buf = DevBuf::new(64);
+        let args = CollArgs {
+            kind: CollKind::Broadcast,
+            dtype: DataType::Uint8,
+            op: ReduceOp::Sum,
+            root: 1 - c.rank(),
+            input: Some(buf.span()),
+            output: buf.span(),
+            count: None,
+            factor: None,
+        };
+        let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+        // SAFETY: as above.
+        unsafe { c.run_call_on_stream(&call, stream) }.unwrap();
+        dev.synchronize(stream, T)
+            .expect("the stream was left waiting on a failed call");
+        let e = async_error_soon(c);
+        assert!(
+            e.contains(&format!("rank {} sent no export", 1 - c.rank())),
+            "{e}"
+        );
+    });
+}
+
+/// In-place all-reduces over the fake CUDA IPC, 37 elements (slices of unequal length on 3 and
+/// 4 ranks), every operator including average: exact, and only the peers' slices are copied
+/// (device to device), the rest being reduction kernels on the peers' inputs.
+fn ipc_all_reduce_in_place(n: usize) {
+    use cases::{enc, reduce, val};
+    ranks_with_ipc(n, "1", move |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let count = 37;
+        for dt in [DataType::Float32, DataType::Int32, DataType::Float64] {
+            for op in [
+                ReduceOp::Sum,
+                ReduceOp::Avg,
+                ReduceOp::Prod,
+                ReduceOp::Max,
+                ReduceOp::Min,
+            ] {
+                let buf = DevBuf::new(count * dt.size());
+                let mine: Vec<f64> = (0..count).map(|i| val(r, i)).collect();
+                let want: Vec<f64> = (0..count)
+                    .map(|i| match op {
+                        ReduceOp::Avg => (0..n).map(|q| val(q, i)).sum::<f64>() / n as f64,
+                        op => reduce(op, (0..n).map(|q| val(q, i))),
+                    })
+                    .collect();
+                let args = CollArgs {
+                    kind: CollKind::AllReduce,
+                    dtype: dt,
+                    op,
+                    root: 0,
+                    input: None,
+                    output: buf.span(),
+                    count: None,
+                    factor: None,
+                };
+                let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+                let case = Case {
+                    call,
+                    inputs: vec![(buf.clone(), enc(dt, &mine))],
+                    outputs: vec![(buf.clone(), enc(dt, &want))],
+                };
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                let what = format!("in-place all_reduce {dt:?} {op:?} on {n} ranks");
+                run_case(c, dev, stream, case, &what);
+                let copies = dev.copies().split_off(seen);
+                assert_eq!(copies.len(), n - 1, "{what}: {copies:?}");
+                assert!(
+                    copies.iter().all(|k| k.to_device && k.from_device),
+                    "{what}: {copies:?}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn in_place_all_reduces_over_fake_cuda_ipc_with_every_operator_on_2_3_and_4_ranks() {
+    ipc_all_reduce_in_place(2);
+    ipc_all_reduce_in_place(3);
+    ipc_all_reduce_in_place(4);
+}
+
+/// In-place reduce-scatters (the result in this rank's block of the one buffer) and reduces
+/// (the root in place, the others not: each rank's own choice) over the fake CUDA IPC on 3
+/// ranks: exact, and nothing staged through host memory.
+#[test]
+fn in_place_reduce_scatter_and_reduce_over_fake_cuda_ipc_on_3_ranks() {
+    use cases::{enc, reduce, val};
+    ranks_with_ipc(3, "1", |c, dev| {
+        let (r, n) = (c.rank(), c.size());
+        let stream = dev.create_stream().unwrap();
+        let (count, dt) = (11, DataType::Float32);
+        for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max] {
+            dev.log_copies(Duration::ZERO);
+            let seen = dev.copies().len();
+            // Reduce-scatter in place: rank r's result lands in block r of its buffer; the
+            // other blocks keep its input.
+            let buf = DevBuf::new(n * count * 4);
+            let mine: Vec<f64> = (0..n * count).map(|i| val(r, i)).collect();
+            let mut want = mine.clone();
+            for i in 0..count {
+                want[r * count + i] = reduce(op, (0..n).map(|q| val(q, r * count + i)));
+            }
+            let args = CollArgs {
+                kind: CollKind::ReduceScatter,
+                dtype: dt,
+                op,
+                root: 0,
+                input: Some(Span::in_memory(
+                    (buf.addr() + r * count * 4) as *const u8,
+                    count * 4,
+                    DEV,
+                )),
+                output: buf.span(),
+                count: Some(count),
+                factor: None,
+            };
+            // NCCL's in-place layout: the output is the input's block of this rank.
+            let args = CollArgs {
+                input: Some(buf.span()),
+                output: args.input.unwrap(),
+                ..args
+            };
+            let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+            let case = Case {
+                call,
+                inputs: vec![(buf.clone(), enc(dt, &mine))],
+                outputs: vec![(buf.clone(), enc(dt, &want))],
+            };
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("in-place reduce_scatter {op:?}"),
+            );
+            // Reduce to root 1, in place there, out of place elsewhere.
+            let buf = DevBuf::new(count * 4);
+            let out = DevBuf::new(count * 4);
+            let mine: Vec<f64> = (0..count).map(|i| val(r, i)).collect();
+            let root = 1;
+            let args = CollArgs {
+                kind: CollKind::Reduce,
+                dtype: dt,
+                op,
+                root,
+                input: Some(buf.span()),
+                output: if r == root { buf.span() } else { out.span() },
+                count: Some(count),
+                factor: None,
+            };
+            let call = Call::collective(c.shape(), args, &Names::RUST).unwrap();
+            let want = if r == root {
+                enc(
+                    dt,
+                    &(0..count)
+                        .map(|i| reduce(op, (0..n).map(|q| val(q, i))))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                enc(dt, &mine)
+            };
+            let case = Case {
+                call,
+                inputs: vec![(buf.clone(), enc(dt, &mine))],
+                outputs: vec![(buf.clone(), want)],
+            };
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("reduce {op:?}, root in place"),
+            );
+            let copies = dev.copies().split_off(seen);
+            assert!(
+                copies.iter().all(|k| k.to_device && k.from_device),
+                "staged: {copies:?}"
+            );
+        }
+    });
+}
+
+/// Ranks whose buffers are on different GPUs (FAKE devices claiming two UUIDs) agree at
+/// attach not to use CUDA IPC: their calls stage through host memory, exactly.
+#[test]
+fn ranks_on_different_gpus_stage_instead_of_cuda_ipc() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ranks_prepared(
+        2,
+        |r, dev| dev.claim_gpu([r as u8 + 1; 16]),
+        |c, dev| {
+            let stream = dev.create_stream().unwrap();
+            for kind in [CollKind::AllGather, CollKind::AllReduce] {
+                let case = collective(c, kind, DataType::Float32, ReduceOp::Sum, &mut DevBuf::new);
+                dev.log_copies(Duration::ZERO);
+                let seen = dev.copies().len();
+                run_case(c, dev, stream, case, &format!("{kind} on two GPUs"));
+                let copies = dev.copies().split_off(seen);
+                assert!(
+                    !copies.is_empty() && copies.iter().all(|k| !(k.to_device && k.from_device)),
+                    "{kind}: not staged: {copies:?}"
+                );
+            }
+        },
+    );
 }

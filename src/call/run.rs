@@ -71,7 +71,7 @@ impl Communicator {
     ///
     /// # Safety
     /// As [`Communicator::run_call`]: sends to this rank itself are copied now.
-    unsafe fn job(&self, call: &Call) -> Result<Option<Job>> {
+    pub(crate) unsafe fn job(&self, call: &Call) -> Result<Option<Job>> {
         let (copies, job) = self.job_parts(call)?;
         for c in copies {
             // SAFETY: the caller's contract covers both buffers; the builder checked that a

@@ -23,13 +23,19 @@
 //! driver with the `cuda` feature, or the FAKE device the tests attach
 //! ([`Communicator::use_device_memory`](crate::Communicator::use_device_memory)).
 //!
+//! When every rank is on this host (every peer served by shared memory) and `DMSC_CUDA_IPC`
+//! is not `0`, all-gather and broadcast (and, on a device that reduces on a stream, the
+//! reductions) run device to device over CUDA IPC instead ([`ipc_call`], on the same
+//! staging thread and with the same stream ordering).
+//!
 //! Every rank of a call passes device buffers (as in NCCL), and every rank's staging chunk is
 //! the same, so all ranks cut a call into the same pieces. Not done yet: pipelining the kinds
 //! with one block per rank (all-gather, reduce-scatter, all-to-all(-v), gather, scatter,
-//! send/receive groups are staged whole before their collective runs); CUDA IPC between
-//! ranks of one host. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
+//! send/receive groups are staged whole before their collective runs); caching CUDA IPC
+//! exports and mappings across calls. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
 //! network proxy's staging through host buffers, read for design only.
 
+pub(crate) mod ipc_call;
 mod on_stream;
 pub(crate) mod pieces;
 pub mod pointer;

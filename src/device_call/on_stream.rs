@@ -9,7 +9,7 @@ use crate::request::Request;
 use dmsc_core::engine::executor::JobSlot;
 use dmsc_core::engine::MemKind;
 use dmsc_core::{Error, Result};
-use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::ipc_memory::IpcMemory;
 use std::sync::Arc;
 
 /// Bytes per staging copy when the driver serves the device calls.
@@ -20,13 +20,16 @@ const SLOTS: usize = 4;
 
 impl Communicator {
     /// Serve this communicator's calls on CUDA device `ordinal`'s buffers with `dev`, staged
-    /// through pinned host memory in copies of `chunk` bytes. Without this, the first device
+    /// through pinned host memory in copies of `chunk` bytes, or device to device over CUDA IPC
+    /// where every rank is on this host (see the `device_call` module's documentation). Where
+    /// every rank is on this host, every rank attaches its device at the same point of its
+    /// calls (a host all-gather agrees whether CUDA IPC serves them). Without this, the first device
     /// call opens the device through the CUDA driver (with the `cuda` feature). Tests attach
     /// `dmsc_transports::cuda::fake_device::FakeDeviceMemory` here. Errors if device calls
     /// are served already, or `chunk` is 0.
     pub fn use_device_memory<D>(&self, ordinal: u32, dev: D, chunk: usize) -> Result<()>
     where
-        D: DeviceMemory + 'static,
+        D: IpcMemory + 'static,
         D::Stream: Send,
         D::Event: Send,
         D::Gate: Send,
@@ -47,13 +50,22 @@ impl Communicator {
         Ok(())
     }
 
-    fn start_stager<D>(&self, dev: D, ordinal: u32, chunk: usize) -> Result<Arc<dyn DeviceCalls>>
+    fn start_stager<D>(
+        &self,
+        mut dev: D,
+        ordinal: u32,
+        chunk: usize,
+    ) -> Result<Arc<dyn DeviceCalls>>
     where
-        D: DeviceMemory + 'static,
+        D: IpcMemory + 'static,
         D::Stream: Send,
         D::Event: Send,
         D::Gate: Send,
     {
+        let ipc = match self.ipc_shape() {
+            Some(shape) => self.ipc_agreed(&mut dev)?.then_some(shape),
+            None => None,
+        };
         let settings = StagingSettings {
             chunk,
             slots: SLOTS,
@@ -66,8 +78,32 @@ impl Communicator {
             self.failure.clone(),
             settings,
             self.rank(),
+            ipc,
         )?;
         Ok(Arc::new(stager))
+    }
+
+    /// This rank and the number of ranks when device calls may run over CUDA IPC: every peer
+    /// is on this host (served by shared memory) and `DMSC_CUDA_IPC` is not `0`.
+    fn ipc_shape(&self) -> Option<(usize, usize)> {
+        (super::ipc_call::ipc_allowed()
+            && super::ipc_call::all_on_this_host(self.peer_transports()))
+        .then(|| (self.rank(), self.size()))
+    }
+
+    /// Whether every rank's device supports CUDA IPC with every other's: a host all-gather of
+    /// each rank's GPU UUID and process id (`ipc_call::ipc_agreed`), so every rank decides
+    /// alike. Runs while the device calls are being attached (none is in flight).
+    fn ipc_agreed<D: IpcMemory>(&self, dev: &mut D) -> Result<bool> {
+        use super::ipc_call::{agreement, host_all_gather, ipc_agreed, AGREE};
+        let mut mine = agreement(dev.device_uuid().ok());
+        let mut all = vec![0u8; AGREE * self.size()];
+        let call = host_all_gather(&mut mine, &mut all);
+        // SAFETY: both buffers are this function's, alive until the job has run (blocking).
+        if let Some(job) = unsafe { self.job(&call) }? {
+            self.run_blocking(job)?;
+        }
+        Ok(ipc_agreed(&all, dev.opens_own_exports()))
     }
 
     /// The device calls of device `ordinal`, opened through the driver on first use.

@@ -2,7 +2,9 @@
 //! ([`StreamOrder`]) over a [`DeviceMemory`], and the pipeline of a call's pieces
 //! ([`Staging`]): each piece's copy from the device buffers to their pinned twins, its host
 //! collective run through the engine's executor as any host job, and its copy back (see the
-//! module documentation of `device_call`).
+//! module documentation of `device_call`). Where every rank agreed to use CUDA IPC, the
+//! calls it covers run device to device instead (`ipc_and_run`, see `ipc_call`), on the same
+//! thread and in the same order, with their host exchanges as the executor's jobs.
 //!
 //! One thread per communicator runs the device calls in the order they were submitted, so
 //! they finish in order, as [`StreamOrder`] requires. Host calls wait until every device call
@@ -10,12 +12,14 @@
 //! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
 //! up to a millisecond, and every wait has the communicator's deadline.
 
+use super::ipc_call::{peer_reads, IpcCall, Moves, Op, Src};
 use super::pieces::{part, pieces};
 use super::staged::{stage, SelfCopy, Staged, Twin};
 use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
-use dmsc_core::{Error, Result};
+use dmsc_core::{DataType, Error, ReduceOp, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
+use dmsc_transports::cuda::ipc_memory::{IpcMemory, MappedPeer};
 use dmsc_transports::cuda::staging::{Staging, Step};
 use dmsc_transports::cuda::stream_order::{StreamOrder, Ticket};
 use std::collections::VecDeque;
@@ -70,10 +74,18 @@ pub(crate) struct StagingSettings {
 
 struct Work<D: DeviceMemory> {
     ticket: Ticket<D::Event>,
-    staged: Staged<D::Pinned>,
-    self_copies: Vec<SelfCopy>,
-    parts: Parts,
+    what: What<D>,
     slot: Arc<JobSlot>,
+}
+
+/// How a call runs: staged through host twins, or device to device over CUDA IPC.
+enum What<D: DeviceMemory> {
+    Staged {
+        staged: Staged<D::Pinned>,
+        self_copies: Vec<SelfCopy>,
+        parts: Parts,
+    },
+    Ipc(Box<IpcCall>),
 }
 
 /// What the submitting threads and the staging thread share.
@@ -99,6 +111,9 @@ impl<D: DeviceMemory> Shared<D> {
 /// The staging thread over device `D`.
 pub(crate) struct Stager<D: DeviceMemory> {
     ordinal: u32,
+    /// This rank and the number of ranks, when calls may run over CUDA IPC (every rank on
+    /// this host, `DMSC_CUDA_IPC` not 0).
+    ipc: Option<(usize, usize)>,
     shared: Arc<Shared<D>>,
     tx: Mutex<Option<mpsc::Sender<Work<D>>>>,
     worker: Option<JoinHandle<()>>,
@@ -106,7 +121,7 @@ pub(crate) struct Stager<D: DeviceMemory> {
 
 impl<D> Stager<D>
 where
-    D: DeviceMemory + 'static,
+    D: IpcMemory + 'static,
     D::Stream: Send,
     D::Event: Send,
     D::Gate: Send,
@@ -119,6 +134,7 @@ where
         failure: Arc<Mutex<Option<Error>>>,
         settings: StagingSettings,
         rank: usize,
+        ipc: Option<(usize, usize)>,
     ) -> Result<Stager<D>> {
         dev.bind()?;
         let own = dev.create_stream()?;
@@ -145,6 +161,7 @@ where
             .map_err(|e| Error::io("starting the communicator's staging thread", &e))?;
         Ok(Stager {
             ordinal,
+            ipc,
             shared,
             tx: Mutex::new(Some(tx)),
             worker: Some(worker),
@@ -154,7 +171,7 @@ where
 
 impl<D> DeviceCalls for Stager<D>
 where
-    D: DeviceMemory + 'static,
+    D: IpcMemory + 'static,
     D::Stream: Send,
     D::Event: Send,
     D::Gate: Send,
@@ -177,14 +194,34 @@ where
         let mut g = lock(&self.shared.order);
         let order = &mut g.0;
         order.ops().bind()?;
-        let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
-        let mut self_copies = Vec::new();
-        let mut parts = Vec::new();
-        for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
-            let (copies, job) = build(&p.call)?;
-            self_copies.extend(copies);
-            parts.push((p.bytes, job));
-        }
+        let moves = self.ipc.and_then(|(me, n)| {
+            Some((
+                me,
+                n,
+                Moves::of(call, me, n, order.ops().reduces_on_stream())?,
+            ))
+        });
+        let what = match moves {
+            Some((me, n, moves)) => {
+                let jobs = |c: &Call| build(c).map(|(_, j)| j);
+                What::Ipc(Box::new(IpcCall::new(moves, me, n, &jobs)?))
+            }
+            None => {
+                let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
+                let mut self_copies = Vec::new();
+                let mut parts = Vec::new();
+                for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
+                    let (copies, job) = build(&p.call)?;
+                    self_copies.extend(copies);
+                    parts.push((p.bytes, job));
+                }
+                What::Staged {
+                    staged,
+                    self_copies,
+                    parts,
+                }
+            }
+        };
         // SAFETY: the caller's contract: 0 or a live stream of this device.
         let caller = unsafe { order.ops().caller_stream(stream) };
         let ticket = order.submit(caller)?;
@@ -192,9 +229,7 @@ where
         *lock(&self.shared.pending) += 1;
         let work = Work {
             ticket,
-            staged,
-            self_copies,
-            parts,
+            what,
             slot: slot.clone(),
         };
         let sent = match lock(&self.tx).as_ref() {
@@ -455,27 +490,253 @@ fn quiesce<D: DeviceMemory>(shared: &Shared<D>) -> bool {
     }
 }
 
+/// Wait (bounded by the communicator's deadline) until dmsc's stream has run what is queued
+/// on it now.
+fn wait_own_stream<D: DeviceMemory>(shared: &Shared<D>, what: &str) -> Result<()> {
+    let e = {
+        let mut g = lock(&shared.order);
+        let own = g.1;
+        let e = g.0.ops().create_event()?;
+        g.0.ops().record(&e, own)?;
+        e
+    };
+    let mut backoff = Backoff::new(shared.settings.timeout);
+    while !lock(&shared.order).0.ops().query(&e)? {
+        backoff.snooze(what)?;
+    }
+    Ok(())
+}
+
+/// Hand `job` (if any) to the executor and wait for it, within the deadline; `running` gets
+/// its slot, so a failure waits for it before its buffers are freed.
+fn run_job(
+    shared: &Shared<impl DeviceMemory>,
+    exec: &Executor,
+    job: Option<Job>,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    let Some(job) = job else { return Ok(()) };
+    // SAFETY: the job's memory is the IPC call's boxes, alive until its slot holds a result
+    // (waited for here, or after a failure in `run`).
+    let slot = unsafe { exec.submit(job) };
+    running.push(slot.clone());
+    let deadline = Instant::now() + shared.settings.timeout;
+    slot.wait_until(Some(deadline)).unwrap_or_else(|| {
+        Err(Error::Timeout {
+            op: "the host exchange of a CUDA IPC call".into(),
+            waited_s: shared.settings.timeout.as_secs_f64(),
+            missing: vec![],
+            detail: "a peer did not join the exchange in time".into(),
+        })
+    })
+}
+
+/// A call over CUDA IPC (see `ipc_call`): wait for the caller's earlier work, exchange the
+/// exports, then per phase run the device operations on this rank's and the peers' buffers
+/// and exchange the statuses (the barrier after which no peer reads what the phase read).
+fn ipc_and_run<D: IpcMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    ticket: &mut Ticket<D::Event>,
+    c: &mut IpcCall,
+    handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    lock(&shared.order).0.poll_start(ticket)?;
+    // This rank's buffers hold the caller's data once dmsc's stream has passed the start.
+    wait_own_stream(
+        shared,
+        "waiting for the caller's stream before a CUDA IPC call",
+    )?;
+    let exports = {
+        let mut g = lock(&shared.order);
+        let ops = g.0.ops();
+        c.moves
+            .exports(c.me, c.ranks)
+            .into_iter()
+            .map(|(ptr, len)| ops.export(ptr, len))
+            .collect::<Result<Vec<_>>>()
+    };
+    c.set_exports(&exports);
+    let mut jobs = std::mem::take(&mut c.jobs).into_iter();
+    run_job(shared, exec, jobs.next().flatten(), running)?;
+    exports?;
+    // Every rank sees the same messages: all stop here alike.
+    c.exports_failed()?;
+    let phases = c.moves.phases(c.me, c.ranks);
+    let reads = peer_reads(&phases);
+    // A failure from here on is this rank's: it is told to the peers in the status
+    // exchanges, which every rank runs once the first exchange has succeeded everywhere.
+    let mut mapped = Vec::new();
+    let mut failed: Option<Error> = None;
+    let wanted = c.peer_exports(&reads).unwrap_or_else(|e| {
+        failed = Some(e);
+        Vec::new()
+    });
+    let opened = (|| {
+        let mut g = lock(&shared.order);
+        let ops = g.0.ops();
+        let mut at = Vec::new();
+        for (&(r, k, need), e) in reads.iter().zip(&wanted) {
+            let m = ops.open_peer(e).map_err(|err| {
+                Error::usage(format!(
+                    "CUDA IPC {}: opening rank {r}'s buffer failed: {err}",
+                    c.kind
+                ))
+            })?;
+            if need > MappedPeer::len(&m) {
+                return Err(Error::usage(format!(
+                    "CUDA IPC {}: this rank reads {need} bytes of rank {r}'s buffer, which \
+                     holds {} bytes (do all ranks pass the same count?)",
+                    c.kind,
+                    MappedPeer::len(&m)
+                )));
+            }
+            at.push(((r, k), MappedPeer::addr(&m)));
+            mapped.push(m);
+        }
+        Ok(at)
+    })();
+    let at = match opened {
+        Ok(at) => at,
+        Err(e) => {
+            failed.get_or_insert(e);
+            Vec::new()
+        }
+    };
+    let addr = |s: Src| -> usize {
+        match s {
+            Src::Own(a) => a,
+            Src::Peer {
+                rank,
+                export,
+                offset,
+            } => at
+                .iter()
+                .find(|(k, _)| *k == (rank, export))
+                .map_or(0, |(_, a)| a + offset),
+        }
+    };
+    let reduce = match c.moves {
+        Moves::Reduce { dtype, op, .. } => Some((dtype, op)),
+        _ => None,
+    };
+    run_phases(
+        shared, exec, c, &phases, &addr, reduce, jobs, failed, mapped, handed, running,
+    )
+}
+
+/// The phases of an IPC call after its exchange: each phase's operations queued on dmsc's
+/// stream (skipped once anything failed) and waited for, then its status exchange.
+#[allow(clippy::too_many_arguments)]
+fn run_phases<D: IpcMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    c: &mut IpcCall,
+    phases: &[Vec<Op>],
+    addr: &dyn Fn(Src) -> usize,
+    reduce: Option<(DataType, ReduceOp)>,
+    mut jobs: impl Iterator<Item = Option<Job>>,
+    mut failed: Option<Error>,
+    mapped: Vec<D::Mapped>,
+    handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    let mut queued_any = false;
+    for (p, ops_of_phase) in phases.iter().enumerate() {
+        if failed.is_none() {
+            queued_any |= !ops_of_phase.is_empty();
+            let r = (|| {
+                let mut g = lock(&shared.order);
+                let own = g.1;
+                let dev = g.0.ops();
+                for op in ops_of_phase {
+                    // SAFETY: every address is this rank's buffer of the call (valid until
+                    // it completes, the caller's contract) or a peer's exported buffer mapped
+                    // above and checked to hold the bytes read; the peers keep theirs until
+                    // this phase's status exchange, which they reach only after this rank's
+                    // operations have run.
+                    unsafe {
+                        match *op {
+                            Op::Copy { dst, src, len } => {
+                                dev.copy_device_to_device(own, dst, addr(src), len)?
+                            }
+                            Op::Reduce { dst, a, b, len } => {
+                                let (dtype, o) = reduce.ok_or_else(|| {
+                                    Error::internal("a CUDA IPC reduction without operator")
+                                })?;
+                                dev.reduce_on_stream(own, dtype, o, dst, addr(a), addr(b), len)?
+                            }
+                            Op::Divide { dst, len } => {
+                                let (dtype, _) = reduce.ok_or_else(|| {
+                                    Error::internal("a CUDA IPC average without type")
+                                })?;
+                                dev.divide_on_stream(own, dtype, dst, len, c.ranks)?
+                            }
+                        }
+                    }
+                }
+                drop(g);
+                wait_own_stream(shared, "running device operations over CUDA IPC")
+            })();
+            failed = r.err();
+        }
+        c.statuses[p].0[0] = u8::from(failed.is_some());
+        let exchanged = run_job(shared, exec, jobs.next().flatten(), running);
+        if p + 1 == phases.len() {
+            *handed = true;
+            shared.done_pending();
+        }
+        if let Err(e) = exchanged {
+            failed.get_or_insert(e);
+            break;
+        }
+        if failed.is_none() {
+            failed = c.peers_failed(p).err();
+        }
+    }
+    if failed.is_some() && queued_any && !quiesce(shared) {
+        log::error!("the staging stream did not drain after a failed CUDA IPC call; leaking");
+        std::mem::forget(mapped);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Run one call on the staging thread and deliver its result.
-fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
+fn run<D: IpcMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
     let Work {
         mut ticket,
-        mut staged,
-        self_copies,
-        parts,
+        what,
         slot,
     } = w;
     let mut handed = false;
     let mut running = Vec::new();
-    let r = stage_and_run(
-        shared,
-        exec,
-        &mut ticket,
-        &staged,
-        &self_copies,
-        parts,
-        &mut handed,
-        &mut running,
-    );
+    let (r, mut keep) = match what {
+        What::Staged {
+            staged,
+            self_copies,
+            parts,
+        } => {
+            let r = stage_and_run(
+                shared,
+                exec,
+                &mut ticket,
+                &staged,
+                &self_copies,
+                parts,
+                &mut handed,
+                &mut running,
+            );
+            (r, Keep::Staged(staged))
+        }
+        What::Ipc(mut c) => {
+            let r = ipc_and_run(shared, exec, &mut ticket, &mut c, &mut handed, &mut running);
+            (r, Keep::Ipc(c))
+        }
+    };
     if !handed {
         shared.done_pending();
     }
@@ -493,8 +754,8 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
             *f = Some(e.clone());
         }
         drop(f);
-        // Jobs handed to the executor may still use the twins, and copies may still be
-        // queued on them: free them only once both are done.
+        // Jobs handed to the executor may still use the host buffers, and copies may still
+        // be queued on them: free them only once both are done.
         let deadline = Instant::now() + shared.settings.timeout;
         let jobs_done = running
             .iter()
@@ -504,9 +765,26 @@ fn run<D: DeviceMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
                 "the staging stream or the host jobs did not drain after a failure; the call's \
                  host buffers are leaked"
             );
-            std::mem::forget(std::mem::take(&mut staged.pinned));
+            keep = match keep {
+                Keep::Staged(mut s) => {
+                    std::mem::forget(std::mem::take(&mut s.pinned));
+                    Keep::Staged(s)
+                }
+                Keep::Ipc(c) => {
+                    std::mem::forget(c);
+                    Keep::Nothing
+                }
+                Keep::Nothing => Keep::Nothing,
+            };
         }
     }
-    drop(staged);
+    drop(keep);
     slot.finish(r);
+}
+
+/// The host memory of a call, kept until its jobs and copies are done.
+enum Keep<P> {
+    Staged(Staged<P>),
+    Ipc(Box<IpcCall>),
+    Nothing,
 }

@@ -11,9 +11,11 @@
 use super::cuda_streams::{CudaEvent, CudaGate, CudaStreams, StreamHandle};
 use super::device_memory::{DeviceMemory, PinnedBuffer};
 use super::driver;
+use super::stream_kernels::StreamKernels;
 use super::stream_order::StreamOps;
 use cudarc::driver::{result, sys};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::{DataType, ReduceOp};
 use std::ffi::c_void;
 
 /// One GPU's memory operations in its primary context (retained while this lives).
@@ -23,6 +25,7 @@ pub struct CudaMemory {
     dev: sys::CUdevice,
     ctx: sys::CUcontext,
     streams: CudaStreams,
+    kernels: StreamKernels,
 }
 
 // SAFETY: the handles are the driver's, usable from any thread once the context is current
@@ -66,6 +69,7 @@ impl CudaMemory {
             dev,
             ctx,
             streams: CudaStreams,
+            kernels: StreamKernels::default(),
         })
     }
 }
@@ -246,5 +250,49 @@ impl super::ipc_memory::IpcMemory for CudaMemory {
             )
         }
         .map_err(|e| driver::error(format!("cuMemcpyDtoDAsync({len} B)"), e))
+    }
+
+    fn device_uuid(&mut self) -> Result<[u8; 16]> {
+        let uuid =
+            result::device::get_uuid(self.dev).map_err(|e| driver::error("cuDeviceGetUuid", e))?;
+        Ok(uuid.bytes.map(|c| c as u8))
+    }
+
+    fn reduces_on_stream(&self) -> bool {
+        true
+    }
+
+    unsafe fn reduce_on_stream(
+        &mut self,
+        stream: StreamHandle,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: usize,
+        a: usize,
+        b: usize,
+        len: usize,
+    ) -> Result<()> {
+        op.check_dtype(dtype)?;
+        // SAFETY: the caller's contract (ranges valid until the kernel has run; the context
+        // is current on this thread, `bind`).
+        unsafe {
+            self.kernels
+                .reduce(self.dev, stream.as_raw(), dtype, op, dst, a, b, len)
+        }
+    }
+
+    unsafe fn divide_on_stream(
+        &mut self,
+        stream: StreamHandle,
+        dtype: DataType,
+        dst: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<()> {
+        // SAFETY: as in reduce_on_stream.
+        unsafe {
+            self.kernels
+                .divide(self.dev, stream.as_raw(), dtype, dst, len, n)
+        }
     }
 }

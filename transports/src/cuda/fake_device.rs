@@ -15,6 +15,7 @@ use super::ipc_handle::IpcExport;
 use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
 use dmsc_core::error::{Error, Result};
+use dmsc_core::{DataType, ReduceOp};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -58,6 +59,8 @@ struct State {
     copies: Option<Vec<CopyRecord>>,
     /// How long each copy takes (a fake copy engine's speed).
     copy_time: Duration,
+    /// The GPU this fake claims to be (none: [`FAKE_UUID`], every fake's default).
+    uuid: Option<[u8; 16]>,
 }
 
 /// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
@@ -148,6 +151,17 @@ impl FakeDeviceMemory {
     /// Queue fake kernel `k` on `stream`.
     pub fn launch(&self, stream: usize, k: impl FnOnce() + Send + 'static) {
         self.push(stream, Cmd::Run(Box::new(k)));
+    }
+
+    /// Claim to be the GPU with `uuid` (every fake is the same GPU otherwise): its exports
+    /// say so, and it refuses to open exports of another GPU, as CUDA IPC without peer access
+    /// would. For tests of ranks on different GPUs.
+    pub fn claim_gpu(&self, uuid: [u8; 16]) {
+        lock(&self.inner().state).uuid = Some(uuid);
+    }
+
+    fn uuid(&self) -> [u8; 16] {
+        lock(&self.inner().state).uuid.unwrap_or(FAKE_UUID)
     }
 
     /// From now on, make every copy take `copy_time` (a slow fake copy engine) and log the
@@ -386,7 +400,7 @@ impl DeviceMemory for FakeDeviceMemory {
 static FAKE_IPC: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 /// The first bytes of a FAKE IPC handle (a real one is the driver's opaque bytes).
 const FAKE_IPC_MAGIC: &[u8; 16] = b"dmsc FAKE ipc\0\0\0";
-/// The UUID every fake device claims.
+/// The UUID every fake device claims unless told otherwise ([`FakeDeviceMemory::claim_gpu`]).
 const FAKE_UUID: [u8; 16] = [0xFA; 16];
 
 /// A peer buffer "mapped" by the FAKE IPC: the exporter's own address (ranks of a test are
@@ -410,6 +424,7 @@ impl IpcMemory for FakeDeviceMemory {
     type Mapped = FakeMapped;
 
     fn export(&mut self, ptr: usize, len: usize) -> Result<IpcExport> {
+        let device_uuid = self.uuid();
         let mut reg = FAKE_IPC.lock().unwrap_or_else(|p| p.into_inner());
         reg.push((ptr, len));
         let mut handle = [0u8; 64];
@@ -419,7 +434,7 @@ impl IpcMemory for FakeDeviceMemory {
             handle,
             offset: 0,
             len: len as u64,
-            device_uuid: FAKE_UUID,
+            device_uuid,
         })
     }
 
@@ -429,7 +444,7 @@ impl IpcMemory for FakeDeviceMemory {
                 "fake GPU: a CUDA IPC handle that the fake device did not export",
             ));
         }
-        if e.device_uuid != FAKE_UUID {
+        if e.device_uuid != self.uuid() {
             return Err(Error::usage(
                 "fake GPU: the export is of another GPU than this one",
             ));
@@ -474,6 +489,77 @@ impl IpcMemory for FakeDeviceMemory {
         );
         Ok(())
     }
+
+    fn device_uuid(&mut self) -> Result<[u8; 16]> {
+        Ok(self.uuid())
+    }
+
+    fn opens_own_exports(&self) -> bool {
+        true
+    }
+
+    fn reduces_on_stream(&self) -> bool {
+        true
+    }
+
+    /// A fake kernel running dmsc-core's host reduction on the "device" bytes.
+    unsafe fn reduce_on_stream(
+        &mut self,
+        stream: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: usize,
+        a: usize,
+        b: usize,
+        len: usize,
+    ) -> Result<()> {
+        op.check_dtype(dtype)?;
+        let op = op.combiner();
+        self.push(
+            stream,
+            Cmd::Run(Box::new(move || {
+                // SAFETY: the caller's contract: the three ranges are valid until this runs;
+                // the operands are copied first, so `dst` may be one of them.
+                let (x, y) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a as *const u8, len).to_vec(),
+                        std::slice::from_raw_parts(b as *const u8, len).to_vec(),
+                    )
+                };
+                let mut out = vec![0u8; len];
+                match dmsc_core::reduce::reduce_into(dtype, op, &mut out, &x, &y) {
+                    // SAFETY: as above.
+                    Ok(()) => unsafe {
+                        std::ptr::copy_nonoverlapping(out.as_ptr(), dst as *mut u8, len)
+                    },
+                    Err(e) => log::error!("fake GPU: a reduction kernel failed: {e}"),
+                }
+            })),
+        );
+        Ok(())
+    }
+
+    /// A fake kernel running dmsc-core's host division on the "device" bytes.
+    unsafe fn divide_on_stream(
+        &mut self,
+        stream: usize,
+        dtype: DataType,
+        dst: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.push(
+            stream,
+            Cmd::Run(Box::new(move || {
+                // SAFETY: the caller's contract: `dst` holds `len` bytes until this runs.
+                let d = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
+                if let Err(e) = dmsc_core::reduce::scale_div(dtype, d, n) {
+                    log::error!("fake GPU: a division kernel failed: {e}");
+                }
+            })),
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +567,37 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn stream_reductions_run_in_order_in_place_and_averages_divide() {
+        let mut d = FakeDeviceMemory::new();
+        assert!(d.reduces_on_stream());
+        let s = d.create_stream().unwrap();
+        let enc = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut a = enc(&[1.0, 2.0, 3.0]);
+        let b = enc(&[4.0, 5.0, 6.0]);
+        let c = enc(&[2.0, 9.0, 0.5]);
+        let (pa, pb, pc) = (
+            a.as_mut_ptr() as usize,
+            b.as_ptr() as usize,
+            c.as_ptr() as usize,
+        );
+        // SAFETY: the buffers live until the synchronize below.
+        unsafe {
+            // a = a + b, then a = a max c (in place, after the sum), then a /= 2.
+            d.reduce_on_stream(s, DataType::Float32, ReduceOp::Sum, pa, pa, pb, 12)
+                .unwrap();
+            d.reduce_on_stream(s, DataType::Float32, ReduceOp::Max, pa, pc, pa, 12)
+                .unwrap();
+            d.divide_on_stream(s, DataType::Float32, pa, 12, 2).unwrap();
+        }
+        d.synchronize(s, T).unwrap();
+        assert_eq!(a, enc(&[2.5, 4.5, 4.5]));
+        // An operator the type has not is refused before anything is queued.
+        // SAFETY: nothing is queued.
+        let e = unsafe { d.reduce_on_stream(s, DataType::Float32, ReduceOp::BAnd, pa, pa, pb, 12) };
+        assert!(e.is_err());
+    }
 
     #[test]
     fn copies_and_kernels_run_in_stream_order_and_events_follow_them() {

@@ -10,13 +10,14 @@
 //! GPU was available) and by the FAKE device ([`super::fake_device::FakeDeviceMemory`]), whose
 //! "IPC" maps nothing: an export names a buffer in a process-wide registry of the fake, so
 //! ranks that are threads of one test process run the exchange and the copies without a GPU.
-//! Not yet used by the communicator's collectives (they stage device buffers through host
-//! memory over TCP). Sources: CUDA Driver API reference, "Interprocess Communication" and
+//! The communicator's all-gather and broadcast on device buffers use it when every rank is on
+//! one host (`dmsc`'s `device_call::ipc_call`). Sources: CUDA Driver API reference, "Interprocess Communication" and
 //! "Memory Management"; NCCL's P2P transport design (read for design only).
 
 use super::device_memory::DeviceMemory;
 use super::ipc_handle::{IpcExport, ENCODED_LEN};
 use dmsc_core::error::{Error, Result};
+use dmsc_core::{DataType, ReduceOp};
 
 /// A peer's buffer mapped into this process; unmapped when dropped.
 pub trait MappedPeer: Send {
@@ -51,6 +52,69 @@ pub trait IpcMemory: DeviceMemory {
         src: usize,
         len: usize,
     ) -> Result<()>;
+
+    /// The UUID of this device's GPU (ranks whose buffers are on one GPU share it; CUDA IPC
+    /// between different GPUs needs peer access, not supported yet).
+    fn device_uuid(&mut self) -> Result<[u8; 16]>;
+
+    /// Whether this process can open its own exports. CUDA cannot (`cuIpcOpenMemHandle` on a
+    /// handle of the calling process fails), so ranks that are threads of one process stage
+    /// through host memory on a GPU; the FAKE device's registry can.
+    fn opens_own_exports(&self) -> bool {
+        false
+    }
+
+    /// Whether [`IpcMemory::reduce_on_stream`] and [`IpcMemory::divide_on_stream`] queue
+    /// kernels on this device; when not, the communicator stages reductions through host
+    /// memory. The FAKE device and the driver (`cuda_memory::CudaMemory`, through
+    /// `stream_kernels`) do.
+    fn reduces_on_stream(&self) -> bool {
+        false
+    }
+
+    /// Queue on `stream` the kernel `dst[i] = a[i] ⊕ b[i]` over `len` bytes of `dtype`
+    /// elements, `⊕` being `op`'s pairwise combiner ([`ReduceOp::combiner`]); `dst` may be
+    /// `a` or `b` (elementwise). Errors where [`IpcMemory::reduces_on_stream`] is false.
+    ///
+    /// # Safety
+    /// The three ranges are valid device memory (mapped peer buffers included) until the
+    /// kernel has run on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn reduce_on_stream(
+        &mut self,
+        stream: Self::Stream,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: usize,
+        a: usize,
+        b: usize,
+        len: usize,
+    ) -> Result<()> {
+        let _ = (stream, dst, a, b, len);
+        Err(Error::usage(format!(
+            "this device queues no {op} reduction of {dtype} on a stream"
+        )))
+    }
+
+    /// Queue on `stream` the division of every `dtype` element of the `len` bytes at `dst` by
+    /// `n` (the last step of [`ReduceOp::Avg`]). Errors where
+    /// [`IpcMemory::reduces_on_stream`] is false.
+    ///
+    /// # Safety
+    /// As [`IpcMemory::reduce_on_stream`].
+    unsafe fn divide_on_stream(
+        &mut self,
+        stream: Self::Stream,
+        dtype: DataType,
+        dst: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<()> {
+        let _ = (stream, dst, len, n);
+        Err(Error::usage(format!(
+            "this device queues no division of {dtype} on a stream"
+        )))
+    }
 }
 
 /// The peers' buffers of one exchange, mapped: entry `r` is rank `r`'s (none for this rank).

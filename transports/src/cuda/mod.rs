@@ -26,6 +26,8 @@
 //! - `cuda_streams`: [`stream_order::StreamOps`] on the driver (events, stream memory ops);
 //! - `cuda_memory`: [`device_memory::DeviceMemory`] on the driver (pinned host memory,
 //!   asynchronous copies); `device_buffer`: device memory of dmsc's own (tools, tests);
+//! - `stream_kernels`: the reduction kernels launched on a chosen stream without waiting
+//!   (reductions over CUDA IPC);
 //! - `pointer`: whether a raw pointer is host or device memory (the driver's attributes);
 //! - `nvrtc`: compiling [`kernels::SOURCE`] to PTX for an architecture, cached per device
 //!   and architecture.
@@ -62,6 +64,8 @@ pub mod driver;
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod pointer;
+#[cfg(feature = "cuda")]
+pub mod stream_kernels;
 
 /// A test that cannot run here says why on stderr and returns; with
 /// `DMSC_CUDA_CHECKS_REQUIRED=1` (set by scripts/cuda-check.sh in CI) it fails instead.
