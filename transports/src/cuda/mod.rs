@@ -59,6 +59,8 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod device_buffer;
 #[cfg(feature = "cuda")]
+pub mod dmabuf;
+#[cfg(feature = "cuda")]
 pub mod driver;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;

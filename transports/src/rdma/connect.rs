@@ -167,7 +167,7 @@ pub fn prepare(
     );
     #[cfg(feature = "cuda")]
     t.use_dmabuf(
-        super::cuda_dmabuf::CudaDmabuf::probe()
+        crate::cuda::dmabuf::CudaDmabuf::probe()
             .map(|x| Box::new(x) as Box<dyn super::dmabuf_export::DmabufExporter>),
     );
     Ok(Prepared {

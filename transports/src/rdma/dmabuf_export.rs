@@ -1,6 +1,6 @@
 //! Where the RDMA transport gets a dma-buf for device memory: the narrow interface it
 //! registers GPU memory through (`ibv_reg_dmabuf_mr`), implemented over the CUDA driver with
-//! the `cuda` feature (`crate::rdma::cuda_dmabuf`, in src/cuda/dmabuf.rs) and by a FAKE in
+//! the `cuda` feature (`crate::cuda::dmabuf`) and by a FAKE in
 //! the tests.
 //!
 //! A dma-buf (Linux's `Documentation/driver-api/dma-buf.rst`) is a file descriptor through

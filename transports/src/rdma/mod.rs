@@ -13,7 +13,7 @@
 //! - [`wire`]: the connection card and the messages that travel as SENDs;
 //! - [`pool`]: registered slot arenas;
 //! - [`dmabuf_export`]: device memory as dma-bufs, for registering GPU memory (with the
-//!   `cuda` feature over the CUDA driver: `cuda_dmabuf`, src/cuda/dmabuf.rs);
+//!   `cuda` feature over the CUDA driver: `crate::cuda::dmabuf`);
 //! - [`transport`]: the [`dmsc_core::engine::Transport`] implementation;
 //! - [`connect`](mod@connect): setup over the bootstrap exchange;
 //! - [`fallback`]: use RDMA where a device is found, else say why once and let TCP serve.
@@ -26,9 +26,6 @@
 //! write-with-immediate, several queue pairs per connection, `NCCL_IB_HCA`).
 
 pub mod connect;
-#[cfg(feature = "cuda")]
-#[path = "../cuda/dmabuf.rs"]
-pub mod cuda_dmabuf;
 pub mod dmabuf_export;
 pub mod fake;
 pub mod fallback;
