@@ -1049,12 +1049,22 @@ fn spray_over_two_nics(mode: Mode, fast: f64, slow: f64, frames: u32) -> [u64; 2
 
 #[test]
 fn adaptive_spraying_gives_a_slow_nic_proportionally_fewer_bytes() {
-    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes. (Rates
-    // low enough that the links, not the CPU driving both ranks, are the bottleneck on a
-    // loaded machine.)
-    let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 100e6, 25e6, 128);
-    let share = slow as f64 / (fast + slow) as f64;
-    assert!(share > 0.1 && share < 0.3, "fast {fast} slow {slow}");
+    // NIC 1 at a quarter of NIC 0's speed: its fair share is a fifth of the bytes. The fake
+    // links keep wall-clock time, so rates are low enough that the links, not the CPU
+    // driving both ranks, set the pace (a 256 KiB frame takes 6.5 ms on the fast one); a
+    // machine so loaded that the test thread starves for longer blurs the measured rates,
+    // so a run whose share misses is repeated, at most twice (seen once in 15 runs beside a
+    // full build: 42%, when 19-21% is the rule).
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let [fast, slow] = spray_over_two_nics(Mode::Adaptive, 40e6, 10e6, 128);
+        let share = slow as f64 / (fast + slow) as f64;
+        shares.push(share);
+        if share > 0.1 && share < 0.3 {
+            return;
+        }
+    }
+    panic!("the slow NIC's share of the bytes in three runs: {shares:?} (expected 0.1 to 0.3)");
 }
 
 #[test]
