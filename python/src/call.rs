@@ -83,7 +83,7 @@ impl Call {
         if async_op {
             return Ok(Py::new(py, work)?.into_any());
         }
-        py.detach(|| work.wait_done()).map_err(to_py)?;
+        py.detach(|| no_panic(|| work.wait_done())).map_err(to_py)?;
         Ok(py.None())
     }
 }

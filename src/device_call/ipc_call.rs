@@ -70,17 +70,26 @@ pub(crate) fn all_on_this_host(transports: &[&str]) -> bool {
             .all(|t| *t == "self" || t.starts_with("shm"))
 }
 
-/// Bytes of one rank's part of the agreement at attach ([`ipc_agreed`]): whether it has a
-/// GPU UUID, the UUID, its process id.
+/// Bytes of one rank's part of the agreement at attach ([`ipc_agreed`]): a flags byte
+/// ([`HAS_UUID`], [`WILLING`]), the GPU UUID, its process id.
 pub(crate) const AGREE: usize = 1 + 16 + 4;
+/// Flag of [`agreement`]: the rank's device has a UUID.
+const HAS_UUID: u8 = 1;
+/// Flag of [`agreement`]: the rank would use CUDA IPC (`DMSC_CUDA_IPC` is not `0` and every
+/// peer is on this host). Exchanged rather than assumed, so that ranks that see it differently
+/// still run the same exchange and reach the same answer.
+const WILLING: u8 = 2;
 
 /// This rank's part of the agreement: its device's UUID (none if it could not say) and its
 /// process id.
-pub(crate) fn agreement(uuid: Option<[u8; 16]>) -> [u8; AGREE] {
+pub(crate) fn agreement(uuid: Option<[u8; 16]>, willing: bool) -> [u8; AGREE] {
     let mut b = [0u8; AGREE];
     if let Some(u) = uuid {
-        b[0] = 1;
+        b[0] |= HAS_UUID;
         b[1..17].copy_from_slice(&u);
+    }
+    if willing {
+        b[0] |= WILLING;
     }
     b[17..].copy_from_slice(&std::process::id().to_le_bytes());
     b
@@ -93,7 +102,7 @@ pub(crate) fn ipc_agreed(all: &[u8], opens_own_exports: bool) -> bool {
     let parts: Vec<&[u8]> = all.chunks(AGREE).collect();
     let one_gpu = parts
         .iter()
-        .all(|p| p[0] == 1 && p[1..17] == parts[0][1..17]);
+        .all(|p| p[0] == HAS_UUID | WILLING && p[1..17] == parts[0][1..17]);
     let mut pids: Vec<&[u8]> = parts.iter().map(|p| &p[17..]).collect();
     pids.sort();
     pids.dedup();
@@ -702,7 +711,7 @@ mod tests {
     #[test]
     fn ipc_needs_one_gpu_and_one_process_per_rank_unless_the_device_opens_its_own() {
         let gpu = |u: u8, pid: u32| {
-            let mut b = agreement(Some([u; 16]));
+            let mut b = agreement(Some([u; 16]), true);
             b[17..].copy_from_slice(&pid.to_le_bytes());
             b
         };
@@ -711,9 +720,13 @@ mod tests {
         assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(2, 11)]), true));
         assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), false));
         assert!(ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), true));
-        let mut none = agreement(None);
+        let mut none = agreement(None, true);
         none[17..].copy_from_slice(&11u32.to_le_bytes());
         assert!(!ipc_agreed(&all(&[gpu(0, 10), none]), true));
+        // One rank unwilling (DMSC_CUDA_IPC=0 there, or a peer off shared memory): nobody.
+        let mut unwilling = agreement(Some([1; 16]), false);
+        unwilling[17..].copy_from_slice(&11u32.to_le_bytes());
+        assert!(!ipc_agreed(&all(&[gpu(1, 10), unwilling]), true));
     }
 
     #[test]

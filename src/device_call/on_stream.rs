@@ -21,9 +21,10 @@ const SLOTS: usize = 4;
 impl Communicator {
     /// Serve this communicator's calls on CUDA device `ordinal`'s buffers with `dev`, staged
     /// through pinned host memory in copies of `chunk` bytes, or device to device over CUDA IPC
-    /// where every rank is on this host (see the `device_call` module's documentation). Where
-    /// every rank is on this host, every rank attaches its device at the same point of its
-    /// calls (a host all-gather agrees whether CUDA IPC serves them). Without this, the first device
+    /// where every rank is on this host (see the `device_call` module's documentation). Every
+    /// rank attaches its device at the same point of its calls (a host all-gather agrees
+    /// whether CUDA IPC serves them, on every communicator of more than one rank, so that
+    /// ranks that judge it differently still run the same jobs). Without this, the first device
     /// call opens the device through the CUDA driver (with the `cuda` feature). Tests attach
     /// `dmsc_transports::cuda::fake_device::FakeDeviceMemory` here. Errors if device calls
     /// are served already, or `chunk` is 0.
@@ -62,9 +63,12 @@ impl Communicator {
         D::Event: Send,
         D::Gate: Send,
     {
-        let ipc = match self.ipc_shape() {
-            Some(shape) => self.ipc_agreed(&mut dev)?.then_some(shape),
-            None => None,
+        // Every rank of more than one runs the agreement, whatever it sees itself, so that
+        // the ranks' jobs stay matched and they all decide alike.
+        let ipc = if self.size() > 1 && self.ipc_agreed(&mut dev, self.ipc_willing())? {
+            Some((self.rank(), self.size()))
+        } else {
+            None
         };
         let settings = StagingSettings {
             chunk,
@@ -83,20 +87,18 @@ impl Communicator {
         Ok(Arc::new(stager))
     }
 
-    /// This rank and the number of ranks when device calls may run over CUDA IPC: every peer
-    /// is on this host (served by shared memory) and `DMSC_CUDA_IPC` is not `0`.
-    fn ipc_shape(&self) -> Option<(usize, usize)> {
-        (super::ipc_call::ipc_allowed()
-            && super::ipc_call::all_on_this_host(self.peer_transports()))
-        .then(|| (self.rank(), self.size()))
+    /// Whether this rank would run device calls over CUDA IPC: every peer is on this host
+    /// (served by shared memory) and `DMSC_CUDA_IPC` is not `0`.
+    fn ipc_willing(&self) -> bool {
+        super::ipc_call::ipc_allowed() && super::ipc_call::all_on_this_host(self.peer_transports())
     }
 
     /// Whether every rank's device supports CUDA IPC with every other's: a host all-gather of
     /// each rank's GPU UUID and process id (`ipc_call::ipc_agreed`), so every rank decides
     /// alike. Runs while the device calls are being attached (none is in flight).
-    fn ipc_agreed<D: IpcMemory>(&self, dev: &mut D) -> Result<bool> {
+    fn ipc_agreed<D: IpcMemory>(&self, dev: &mut D, willing: bool) -> Result<bool> {
         use super::ipc_call::{agreement, host_all_gather, ipc_agreed, AGREE};
-        let mut mine = agreement(dev.device_uuid().ok());
+        let mut mine = agreement(dev.device_uuid().ok(), willing);
         let mut all = vec![0u8; AGREE * self.size()];
         let call = host_all_gather(&mut mine, &mut all);
         // SAFETY: both buffers are this function's, alive until the job has run (blocking).

@@ -56,10 +56,12 @@ pub(crate) fn pieces(call: &Call, twins: &[Twin], chunk: usize) -> Vec<Piece> {
     }
     let es = desc.dtype.size();
     let total = desc.count * es;
-    // Every buffer with data holds the whole count (the call's builder checked it); anything
-    // else is not cut.
+    // Every buffer with data holds at least the whole count (the call's builder checked
+    // it); a longer one is cut like the others, so that every rank cuts the call into the same
+    // pieces whatever the lengths of its own buffers (a reduce root with an oversized
+    // output and ranks without one).
     let spans = input.iter().chain([output]);
-    if es == 0 || spans.clone().any(|s| s.len != 0 && s.len != total) {
+    if es == 0 || spans.clone().any(|s| s.len != 0 && s.len < total) {
         return whole();
     }
     let per = (chunk / es).max(1);

@@ -642,6 +642,7 @@ fn run_phases<D: IpcMemory>(
     handed: &mut bool,
     running: &mut Vec<Arc<JobSlot>>,
 ) -> Result<()> {
+    let mut mapped = Some(mapped);
     let mut queued_any = false;
     for (p, ops_of_phase) in phases.iter().enumerate() {
         if failed.is_none() {
@@ -682,6 +683,12 @@ fn run_phases<D: IpcMemory>(
             failed = r.err();
         }
         c.statuses[p].0[0] = u8::from(failed.is_some());
+        if p + 1 == phases.len() {
+            // The last exchange releases the peers, whose users may then free the buffers
+            // this rank mapped: unmap them first (CUDA: an exported region must not be freed
+            // while an importer still has it open), once nothing queued reads them.
+            release_mappings(shared, &mut mapped, failed.is_some() && queued_any);
+        }
         let exchanged = run_job(shared, exec, jobs.next().flatten(), running);
         if p + 1 == phases.len() {
             *handed = true;
@@ -695,13 +702,28 @@ fn run_phases<D: IpcMemory>(
             failed = c.peers_failed(p).err();
         }
     }
-    if failed.is_some() && queued_any && !quiesce(shared) {
-        log::error!("the staging stream did not drain after a failed CUDA IPC call; leaking");
-        std::mem::forget(mapped);
-    }
+    release_mappings(shared, &mut mapped, failed.is_some() && queued_any);
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Unmap the peers' buffers, once nothing queued on dmsc's stream reads them: at once when
+/// the stream drained (`must_drain` false: every queued operation ran), else after draining
+/// it; a stream that does not drain keeps them mapped for good (leaked, never unmapped under
+/// a running copy). Does nothing the second time.
+fn release_mappings<D: IpcMemory>(
+    shared: &Shared<D>,
+    mapped: &mut Option<Vec<D::Mapped>>,
+    must_drain: bool,
+) {
+    let Some(m) = mapped.take() else {
+        return;
+    };
+    if must_drain && !quiesce(shared) {
+        log::error!("the staging stream did not drain after a failed CUDA IPC call; leaking");
+        std::mem::forget(m);
     }
 }
 
