@@ -85,7 +85,9 @@ pub(crate) fn connect_engine(
     let transport = connected.transport;
     config.engine.spin_yield = oversubscribed(transport.name(), nranks);
     if transport.name().starts_with("shm") {
-        if config.engine.spin_yield {
+        // The plan must be the same on every rank, so it follows the host's online CPUs, which
+        // every rank of the host reads alike, not this process's affinity mask.
+        if nranks > host_cpus() {
             // With more ranks than cores a step costs a context switch, not a ring hand-off:
             // the default (TCP) model's larger alpha fits that better, and fewer steps win
             // up to a few MiB.
@@ -120,6 +122,14 @@ const OVERSUBSCRIBED_HALVING_DOUBLING_MAX: usize = 2 << 20;
 
 /// How long a rank spins (yielding its core when ranks outnumber cores) before blocking.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The CPUs online on this host (`sysconf(_SC_NPROCESSORS_ONLN)`), the same for every process
+/// of the host whatever its affinity mask or cgroup.
+fn host_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
 
 /// Whether this host runs more ranks of the communicator than it has cores for this process:
 /// all of them when they meet in shared memory, else as many as the launcher says
