@@ -240,6 +240,10 @@ fn dtype_of(name: &str, t: DlDataType) -> PyResult<DataType> {
 /// (the stream dmsc orders its call on: the producer orders its work on the tensor before it).
 fn export<'py>(obj: &Bound<'py, PyAny>, stream: Option<usize>) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
+    // The DLPack protocol forbids `stream=0` for CUDA (it is ambiguous); the legacy default
+    // stream, whose driver handle is 0 (torch's default stream reports `cuda_stream == 0`),
+    // is 1 there, as `torch.utils.dlpack.from_dlpack` maps it.
+    let stream = stream.map(|s| if s == 0 { 1 } else { s });
     let kwargs = PyDict::new(py);
     if let Some(s) = stream {
         kwargs.set_item("stream", s)?;

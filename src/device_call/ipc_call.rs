@@ -511,7 +511,7 @@ impl IpcCall {
         match e {
             Err(_) => self.msg[0] = 1,
             Ok(v) => {
-                self.msg[1] = v.len() as u8;
+                self.msg[1] = v.len().min(EXPORTS) as u8;
                 for (k, e) in v.iter().take(EXPORTS).enumerate() {
                     self.msg[2 + k * ENCODED_LEN..2 + (k + 1) * ENCODED_LEN]
                         .copy_from_slice(&e.to_bytes());
@@ -549,7 +549,9 @@ impl IpcCall {
             return Ok(());
         }
         Err(Error::usage(format!(
-            "CUDA IPC {}: rank(s) {failed:?} could not export their device buffers",
+            "CUDA IPC {}: rank(s) {failed:?} could not export their device buffers (memory \
+             from cuMemCreate or a cudaMallocAsync pool cannot be exported with \
+             cuIpcGetMemHandle; DMSC_CUDA_IPC=0 on every rank stages such calls instead)",
             self.kind
         )))
     }

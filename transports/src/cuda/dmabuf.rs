@@ -8,10 +8,8 @@
 //! The driver exports whole host pages only, so the range is widened to page boundaries and
 //! the caller's offset into it is returned with the descriptor. Where the driver or device
 //! cannot do it, every call says why ([`CudaDmabuf::probe`]), and the communicator stages
-//! GPU memory through host buffers instead.
-//!
-//! (Compiled as part of `crate::rdma`, its only user, through a `#[path]` in
-//! src/rdma/mod.rs; it belongs with the CUDA modules once src/cuda/mod.rs names it.)
+//! GPU memory through host buffers instead. Its user is the RDMA transport
+//! (`crate::rdma::connect`).
 
 use crate::cuda::driver;
 use crate::rdma::dmabuf_export::{DmabufExporter, DmabufRange};

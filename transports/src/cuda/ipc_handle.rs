@@ -5,8 +5,8 @@
 //! encoding ([`IpcExport::to_bytes`], [`IpcExport::from_bytes`]) is fixed-size little-endian
 //! and tested here; exporting and opening ([`export`], [`ImportedBuffer::open`], `cuda`
 //! feature) are compile-checked only: no GPU was available when they were written. The
-//! exchange itself ([`super::ipc_memory::IpcPeers`]) is tested on the FAKE device; the
-//! communicator's collectives do not use it yet.
+//! exchange itself ([`super::ipc_memory::IpcPeers`]) is tested on the FAKE device, as are
+//! the communicator's collectives over it (`dmsc`'s `device_call::ipc_call`).
 //!
 //! Two ranks that are threads of one process cannot open each other's handles (the driver
 //! refuses a handle of its own process); they share the address space and use the pointer

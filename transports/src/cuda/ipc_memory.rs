@@ -10,8 +10,8 @@
 //! GPU was available) and by the FAKE device ([`super::fake_device::FakeDeviceMemory`]), whose
 //! "IPC" maps nothing: an export names a buffer in a process-wide registry of the fake, so
 //! ranks that are threads of one test process run the exchange and the copies without a GPU.
-//! The communicator's all-gather and broadcast on device buffers use it when every rank is on
-//! one host (`dmsc`'s `device_call::ipc_call`). Sources: CUDA Driver API reference, "Interprocess Communication" and
+//! The communicator's all-gather, broadcast, all-reduce, reduce-scatter and reduce on device
+//! buffers use it when every rank is on one host (`dmsc`'s `device_call::ipc_call`). Sources: CUDA Driver API reference, "Interprocess Communication" and
 //! "Memory Management"; NCCL's P2P transport design (read for design only).
 
 use super::device_memory::DeviceMemory;

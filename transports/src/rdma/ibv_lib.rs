@@ -13,10 +13,12 @@
 //! ([`super::ibv_abi::IbvContextOps`]).
 
 use super::ibv_abi::*;
-use super::sys::LIBIBVERBS;
 use libc::{c_char, c_int, c_void};
 use std::ffi::{CStr, CString};
 use std::sync::OnceLock;
+
+/// The shared object loaded at run time.
+pub const LIBIBVERBS: &str = "libibverbs.so.1";
 
 /// The resolved functions.
 #[allow(missing_docs)]

@@ -34,8 +34,7 @@ use std::path::Path;
 /// The sysfs directory of RDMA devices.
 pub const SYSFS_IB: &str = "/sys/class/infiniband";
 
-/// The shared object loaded at run time.
-pub const LIBIBVERBS: &str = "libibverbs.so.1";
+pub use super::ibv_lib::LIBIBVERBS;
 
 /// Whether `libibverbs.so.1` can be loaded here with every function dmsc uses (and why not).
 pub fn probe_library() -> std::result::Result<(), String> {
