@@ -189,16 +189,6 @@ impl CudaDevice {
     }
 }
 
-/// The element count of `n` bytes of `dtype`, or an error when `n` is not whole elements.
-fn elements(dtype: DataType, n: usize) -> Result<u64> {
-    if !n.is_multiple_of(dtype.size()) {
-        return Err(Error::invalid(format!(
-            "{n} bytes is not a whole number of {dtype} elements"
-        )));
-    }
-    Ok((n / dtype.size()) as u64)
-}
-
 /// The operands of an element-wise reduction over `n` bytes, as the host device allows them:
 /// `dst` is `a` (in place) or overlaps neither operand.
 fn check_operands(dst: *const u8, a: *const u8, b: *const u8, n: usize) -> Result<()> {
@@ -287,7 +277,7 @@ impl Device for CudaDevice {
     ) -> Result<()> {
         op.check_dtype(dtype)?;
         check_operands(dst, a, b, n)?;
-        let elems = elements(dtype, n)?;
+        let elems = kernels::elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -313,9 +303,9 @@ impl Device for CudaDevice {
         divisor: usize,
     ) -> Result<()> {
         if divisor == 0 {
-            return Err(Error::invalid("average over 0 ranks"));
+            return Err(kernels::zero_divisor());
         }
-        let elems = elements(dtype, n)?;
+        let elems = kernels::elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -338,7 +328,7 @@ impl Device for CudaDevice {
         factor: f64,
     ) -> Result<()> {
         let mut whole = factor_as_int(dtype, factor)?;
-        let elems = elements(dtype, n)?;
+        let elems = kernels::elements(dtype, n)?;
         if elems == 0 {
             return Ok(());
         }
@@ -396,8 +386,10 @@ mod tests {
         assert!(check_operands(p(0x1000), p(0x1000), p(0x1000), 64).is_err());
         assert!(check_operands(p(0x1010), p(0x1000), p(0x2000), 64).is_err());
         assert!(check_operands(p(0x2010), p(0x1000), p(0x2000), 64).is_err());
-        assert_eq!(elements(DataType::Float16, 6).unwrap(), 3);
-        let e = elements(DataType::Float32, 6).unwrap_err().to_string();
+        assert_eq!(kernels::elements(DataType::Float16, 6).unwrap(), 3);
+        let e = kernels::elements(DataType::Float32, 6)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("6 bytes is not a whole number of float elements"),
             "{e}"

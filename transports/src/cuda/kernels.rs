@@ -8,6 +8,7 @@
 //! and a final scaling follows NCCL's device reduction functions (src/device/reduce_kernel.h
 //! in NCCL, read for design only).
 
+use dmsc_core::error::{Error, Result};
 use dmsc_core::{DataType, ReduceOp};
 
 /// The CUDA C source of every kernel (no `#include`s; see its header comment).
@@ -78,6 +79,22 @@ pub fn all_kernels() -> Vec<String> {
     }
     names.push(CRC32C_CHUNKS.to_string());
     names
+}
+
+/// The element count of `n` bytes of `dtype` for a kernel launch, or an error when `n` is not
+/// whole elements.
+pub fn elements(dtype: DataType, n: usize) -> Result<u64> {
+    if !n.is_multiple_of(dtype.size()) {
+        return Err(Error::invalid(format!(
+            "{n} bytes is not a whole number of {dtype} elements"
+        )));
+    }
+    Ok((n / dtype.size()) as u64)
+}
+
+/// The error of an average (`scale_div`) over 0 ranks.
+pub fn zero_divisor() -> Error {
+    Error::invalid("average over 0 ranks")
 }
 
 #[cfg(test)]

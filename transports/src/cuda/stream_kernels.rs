@@ -104,7 +104,7 @@ impl StreamKernels {
         b: usize,
         len: usize,
     ) -> Result<()> {
-        let elems = elements(dtype, len)?;
+        let elems = kernels::elements(dtype, len)?;
         if elems == 0 {
             return Ok(());
         }
@@ -136,9 +136,9 @@ impl StreamKernels {
         n: usize,
     ) -> Result<()> {
         if n == 0 {
-            return Err(Error::invalid("average over 0 ranks"));
+            return Err(kernels::zero_divisor());
         }
-        let elems = elements(dtype, len)?;
+        let elems = kernels::elements(dtype, len)?;
         if elems == 0 {
             return Ok(());
         }
@@ -159,14 +159,4 @@ impl StreamKernels {
             )
         }
     }
-}
-
-/// The element count of `n` bytes of `dtype`, or an error when `n` is not whole elements.
-fn elements(dtype: DataType, n: usize) -> Result<u64> {
-    if !n.is_multiple_of(dtype.size()) {
-        return Err(Error::invalid(format!(
-            "{n} bytes is not a whole number of {dtype} elements"
-        )));
-    }
-    Ok((n / dtype.size()) as u64)
 }
