@@ -67,7 +67,10 @@ pub struct SysContext {
     channel: *mut IbvCompChannel,
     cq: *mut IbvCq,
     qps: HashMap<u32, *mut IbvQp>,
+    /// Registrations by id: a counter, never reused, so a stale [`Mr`] cannot name a later
+    /// registration that `ibv_reg_mr` placed at the same address.
     mrs: HashMap<u64, *mut IbvMr>,
+    last_mr: u64,
     wc: Vec<IbvWc>,
 }
 
@@ -166,6 +169,7 @@ impl SysContext {
             cq: null_mut(),
             qps: HashMap::new(),
             mrs: HashMap::new(),
+            last_mr: 0,
             wc: vec![IbvWc::default(); POLL_BATCH],
         };
         // From here on, Drop releases whatever was made.
@@ -452,7 +456,8 @@ impl VerbsContext for SysContext {
         }
         // SAFETY: `mr` is the region just registered.
         let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
-        let id = mr as u64;
+        self.last_mr += 1;
+        let id = self.last_mr;
         self.mrs.insert(id, mr);
         Ok(Mr {
             id,
@@ -501,7 +506,8 @@ impl VerbsContext for SysContext {
         }
         // SAFETY: `mr` is the region just registered.
         let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
-        let id = mr as u64;
+        self.last_mr += 1;
+        let id = self.last_mr;
         self.mrs.insert(id, mr);
         Ok(Mr {
             id,
