@@ -40,6 +40,14 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// `Ok` for a verb's zero return, else the error naming `what` with the verb's errno.
+fn verb_result(rc: c_int, what: impl FnOnce() -> String) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    Err(Error::errno(what(), rc_errno(rc)))
+}
+
 /// An errno from a verb that returns it (or -1 with `errno` set, as some providers do).
 fn rc_errno(rc: c_int) -> i32 {
     if rc > 0 {
@@ -222,12 +230,7 @@ impl SysContext {
         // SAFETY: `ctx` is open; `pa` is a full `struct ibv_port_attr`, at least as large as
         // the `_compat_ibv_port_attr` the exported function fills.
         let rc = unsafe { (self.lib.query_port)(self.ctx, self.port, &mut pa) };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!("ibv_query_port({})", self.name),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || format!("ibv_query_port({})", self.name))?;
         if pa.state != IBV_PORT_ACTIVE {
             return Err(Error::usage(format!(
                 "RDMA port {} is not active (state {})",
@@ -240,15 +243,12 @@ impl SysContext {
         let rc = unsafe {
             (self.lib.query_gid)(self.ctx, self.port, c_int::from(self.gid_index), &mut gid)
         };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!(
-                    "ibv_query_gid({}, DMSC_IB_GID_INDEX={})",
-                    self.name, self.gid_index
-                ),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || {
+            format!(
+                "ibv_query_gid({}, DMSC_IB_GID_INDEX={})",
+                self.name, self.gid_index
+            )
+        })?;
         if self.ethernet && gid.raw == [0; 16] {
             return Err(Error::invalid(format!(
                 "RDMA port {} is RoCE and its GID at DMSC_IB_GID_INDEX={} is empty; pick a \
@@ -590,17 +590,14 @@ impl VerbsContext for SysContext {
         // SAFETY: `p` is a live queue pair of this context; `a` is a valid attribute set
         // whose `mask` names the members filled.
         let rc = unsafe { (self.lib.modify_qp)(p, &mut a, mask) };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!(
-                    "ibv_modify_qp(queue pair {} on {} to {})",
-                    qp.qpn,
-                    self.name,
-                    to.name()
-                ),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || {
+            format!(
+                "ibv_modify_qp(queue pair {} on {} to {})",
+                qp.qpn,
+                self.name,
+                to.name()
+            )
+        })?;
         Ok(())
     }
 
@@ -611,12 +608,9 @@ impl VerbsContext for SysContext {
         let mut init: IbvQpInitAttr = unsafe { std::mem::zeroed() };
         // SAFETY: `p` is live; both out-parameters are valid.
         let rc = unsafe { (self.lib.query_qp)(p, &mut a, IBV_QP_STATE, &mut init) };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!("ibv_query_qp(queue pair {} on {})", qp.qpn, self.name),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || {
+            format!("ibv_query_qp(queue pair {} on {})", qp.qpn, self.name)
+        })?;
         match a.qp_state {
             IBV_QPS_RESET => Ok(QpState::Reset),
             IBV_QPS_INIT => Ok(QpState::Init),
@@ -657,12 +651,9 @@ impl VerbsContext for SysContext {
                 None => libc::EOPNOTSUPP,
             }
         };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!("ibv_post_send on queue pair {} of {}", qp.qpn, self.name),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || {
+            format!("ibv_post_send on queue pair {} of {}", qp.qpn, self.name)
+        })?;
         Ok(())
     }
 
@@ -687,12 +678,9 @@ impl VerbsContext for SysContext {
                 None => libc::EOPNOTSUPP,
             }
         };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!("ibv_post_recv on queue pair {} of {}", qp.qpn, self.name),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || {
+            format!("ibv_post_recv on queue pair {} of {}", qp.qpn, self.name)
+        })?;
         Ok(())
     }
 
@@ -740,12 +728,7 @@ impl VerbsContext for SysContext {
                 None => libc::EOPNOTSUPP,
             }
         };
-        if rc != 0 {
-            return Err(Error::errno(
-                format!("ibv_req_notify_cq on {}", self.name),
-                rc_errno(rc),
-            ));
-        }
+        verb_result(rc, || format!("ibv_req_notify_cq on {}", self.name))?;
         Ok(())
     }
 }
