@@ -92,6 +92,7 @@ pub(crate) fn connect_engine(
             // the default (TCP) model's larger alpha fits that better, and fewer steps win
             // up to a few MiB.
             config.plan.halving_doubling_max_bytes = OVERSUBSCRIBED_HALVING_DOUBLING_MAX;
+            config.plan.halving_doubling_min_bytes = OVERSUBSCRIBED_HALVING_DOUBLING_MIN;
         } else {
             config.plan.model = dmsc_core::model::CostModel::shared_memory();
         }
@@ -119,6 +120,15 @@ pub(crate) fn connect_engine(
 /// against 46-70 us, 256 KiB 97-116 us against 172-255 us, 1 MiB 365-385 us against
 /// 385-430 us; at 4 MiB the model's choice wins (1.24-1.32 ms against 1.35-2.03 ms).
 const OVERSUBSCRIBED_HALVING_DOUBLING_MAX: usize = 2 << 20;
+
+/// All-reduces up to this size keep the model's recursive doubling on a host with more
+/// ranks than cores ([`dmsc_core::plan::PlanConfig::halving_doubling_min_bytes`]): two
+/// whole-vector exchanges at 4 ranks against halving-doubling's four steps. Measured on the
+/// development VM, 4 ranks on 2 cores, interleaved runs on 2026-12-07 (four rounds, the
+/// vCPUs in both placements): 8 B 10.2-17.6 us against 15.3-17.4 us, 256 B 10.5-18.4 against
+/// 18.8-20.1, 2 KiB 11.7-20.0 against 15.2-21.7; 8 and 16 KiB alike (14-23 us either way);
+/// from 32 KiB halving-doubling wins (64 KiB 20.4-23.1 us against 25.9-27.2).
+const OVERSUBSCRIBED_HALVING_DOUBLING_MIN: usize = 8 << 10;
 
 /// How long a rank spins (yielding its core when ranks outnumber cores) before blocking.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(2);

@@ -346,6 +346,21 @@ mod tests {
         assert_eq!(ar(16, 4, &forced), Algo::Ring);
         // Off by default.
         assert_ne!(ar(1 << 10, 4, &PlanConfig::default()), Algo::Rabenseifner);
+        // Up to the lower threshold the model decides (recursive doubling, small vectors).
+        let above = PlanConfig {
+            halving_doubling_min_bytes: 8 << 10,
+            ..cfg
+        };
+        for p in [4usize, 8] {
+            for count in [1usize, 2, (8 << 10) / 4] {
+                assert_eq!(
+                    ar(count, p, &above),
+                    Algo::RecursiveDoubling,
+                    "{count} x {p}"
+                );
+            }
+            assert_eq!(ar((8 << 10) / 4 + 1, p, &above), Algo::Rabenseifner);
+        }
     }
 
     #[test]

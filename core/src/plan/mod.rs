@@ -108,6 +108,12 @@ pub struct PlanConfig {
     /// costs a context switch rather than a ring hand-off and the α–β model misjudges the
     /// schedules: a measured threshold, as Open MPI's tuned decision rules are.
     pub halving_doubling_max_bytes: usize,
+    /// All-reduces of up to this many bytes per rank are left to the cost model even within
+    /// [`PlanConfig::halving_doubling_max_bytes`] (0, the default: none). On a host with
+    /// more ranks than cores, where the model (with the larger alpha it is given there)
+    /// takes recursive doubling for small vectors, `log2 p` whole-vector exchanges beat
+    /// halving-doubling's `2·log2 p` steps until the bytes matter.
+    pub halving_doubling_min_bytes: usize,
 }
 
 impl PlanConfig {
@@ -131,6 +137,7 @@ impl Default for PlanConfig {
             model: CostModel::default(),
             inter: CostModel::default(),
             halving_doubling_max_bytes: 0,
+            halving_doubling_min_bytes: 0,
         }
     }
 }
@@ -234,7 +241,8 @@ fn plan_flat(
 /// [`Algo::Ring`] stands for the pipelined chain, [`Algo::Tree`] (and a forced
 /// [`Algo::RecursiveDoubling`] or [`Algo::Rabenseifner`]) for the
 /// binomial tree. Every other collective has one algorithm and reports [`Algo::Ring`]. A forced
-/// [`PlanConfig::algo`] wins where it applies; then an all-reduce within
+/// [`PlanConfig::algo`] wins where it applies; then an all-reduce above
+/// [`PlanConfig::halving_doubling_min_bytes`] and within
 /// [`PlanConfig::halving_doubling_max_bytes`] takes [`Algo::Rabenseifner`]; otherwise the
 /// cheaper prediction of [`PlanConfig::model`] does (ring on ties). This is the choice on one host: a forced
 /// host-aware algorithm ([`Algo::Hierarchical`], [`Algo::HostRing`]) leaves it to the cost
@@ -261,6 +269,7 @@ pub fn choose_algo(desc: &CollDesc, nranks: usize, cfg: &PlanConfig) -> Algo {
         && nranks >= 4
         && nranks.is_power_of_two()
         && bytes <= cfg.halving_doubling_max_bytes
+        && bytes > cfg.halving_doubling_min_bytes
     {
         return Algo::Rabenseifner;
     }
