@@ -7,9 +7,11 @@ use dmsc_core::engine::EngineConfig;
 use dmsc_core::plan::PlanConfig;
 use dmsc_core::spray::{Mode, SprayConfig};
 use dmsc_core::{Algo, Error, Result};
-use dmsc_transports::connect::Choice;
+use dmsc_transports::connect::{Choice, DmabufSource};
+use dmsc_transports::rdma::verbs::VerbsProvider;
 use dmsc_transports::shm::ShmOptions;
 use dmsc_transports::tcp::Backend;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything a communicator can be tuned with.
@@ -54,6 +56,28 @@ pub struct Config {
     /// Measure the links within and between hosts when a communicator spans several hosts
     /// (`DMSC_TOPO_PROBE`, default on; `0` leaves the cost model's defaults in place).
     pub topo_probe: bool,
+    /// The verbs of the RDMA transport, and how it exports GPU memory as dma-bufs, instead of
+    /// the system's libibverbs and the CUDA driver (`None`, the default). For tests over the
+    /// FAKE fabric (`dmsc_transports::rdma::fake`), or a provider of one's own.
+    pub verbs: Option<VerbsSetup>,
+}
+
+/// Verbs and a dma-buf exporter given to the RDMA transport ([`Config::verbs`]).
+#[derive(Clone)]
+pub struct VerbsSetup {
+    /// The verbs (devices, contexts, queue pairs).
+    pub provider: Arc<dyn VerbsProvider>,
+    /// How GPU memory becomes dma-bufs; `None`: the CUDA driver's export.
+    pub dmabuf: Option<DmabufSource>,
+}
+
+impl std::fmt::Debug for VerbsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerbsSetup")
+            .field("provider", &self.provider.name())
+            .field("dmabuf", &self.dmabuf.as_ref().map(|_| "given"))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -74,6 +98,7 @@ impl Default for Config {
             window_set: false,
             spin_set: false,
             topo_probe: true,
+            verbs: None,
         }
     }
 }

@@ -60,7 +60,11 @@ fn options(
                 &|k: &str| std::env::var(k).ok(),
                 config.engine.chunk_bytes,
             )?,
-            provider: std::sync::Arc::new(SysVerbs),
+            provider: config.verbs.as_ref().map_or_else(
+                || std::sync::Arc::new(SysVerbs) as _,
+                |v| v.provider.clone(),
+            ),
+            dmabuf: config.verbs.as_ref().and_then(|v| v.dmabuf.clone()),
         }),
     };
     Ok((opts, config))

@@ -38,7 +38,7 @@ mod topology_probe;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use comm::{new_local_unique_id, new_unique_id, release_unique_id, Communicator, InitOptions};
-pub use config::Config;
+pub use config::{Config, VerbsSetup};
 pub use device_call::pointer::cuda_device_of;
 pub use dmsc_core::auth::Secret;
 pub use dmsc_core::bootstrap::UniqueId;

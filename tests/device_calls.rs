@@ -135,6 +135,17 @@ fn ranks_prepared(
     prepare: impl Fn(usize, &FakeDeviceMemory) + Send + Sync + 'static,
     body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
 ) {
+    ranks_configured(n, |_, _| {}, prepare, body);
+}
+
+/// As [`ranks_prepared`], with `configure` applied to each rank's configuration first.
+fn ranks_configured(
+    n: usize,
+    configure: impl Fn(usize, &mut Config) + Send + Sync + 'static,
+    prepare: impl Fn(usize, &FakeDeviceMemory) + Send + Sync + 'static,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    let configure = Arc::new(configure);
     let prepare = Arc::new(prepare);
     std::env::set_var("DMSC_SOCKET_IFNAME", "lo");
     let id = new_unique_id().expect("unique id");
@@ -143,12 +154,14 @@ fn ranks_prepared(
         .map(|r| {
             let body = body.clone();
             let prepare = prepare.clone();
+            let configure = configure.clone();
             std::thread::spawn(move || {
                 let mut cfg = Config {
                     socket_ifname: Some("lo".into()),
                     ..Config::default()
                 };
                 cfg.engine.timeout = T;
+                configure(r, &mut cfg);
                 let c = Communicator::init_with_id(&id, r, n, cfg).expect("init");
                 let mut dev = FakeDeviceMemory::new();
                 prepare(r, &dev);
@@ -968,4 +981,105 @@ fn ranks_on_different_gpus_stage_instead_of_cuda_ipc() {
             }
         },
     );
+}
+
+/// Ranks as threads over RDMA on the FAKE fabric, whose FAKE dma-buf exporter lets it carry
+/// the FAKE device's "GPU memory" (host memory), with `DMSC_CUDA_DIRECT` set to `direct`
+/// while the devices are attached and every copy of the fake logged.
+fn ranks_over_fake_rdma(
+    n: usize,
+    direct: &str,
+    body: impl Fn(&Communicator, &mut FakeDeviceMemory) + Send + Sync + 'static,
+) {
+    use dmsc_transports::rdma::fake::FakeFabric;
+    use dmsc_transports::rdma::fake_dmabuf::FakeDmabuf;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("DMSC_CUDA_DIRECT", direct);
+    let fabric = FakeFabric::new(n);
+    let configure = move |r: usize, cfg: &mut Config| {
+        cfg.transport = dmsc_transports::connect::Choice::Rdma;
+        cfg.shm = false;
+        cfg.cma = false;
+        cfg.verbs = Some(dmsc::VerbsSetup {
+            provider: Arc::new(fabric.provider(&[r])),
+            dmabuf: Some(Arc::new(|| Ok(Box::new(FakeDmabuf { refuse: false }) as _))),
+        });
+    };
+    ranks_configured(n, configure, |_, dev| dev.log_copies(Duration::ZERO), body);
+    std::env::remove_var("DMSC_CUDA_DIRECT");
+}
+
+/// Copies between the fake device's memory and host memory (staging's), as opposed to
+/// copies within the device.
+fn host_copies(dev: &FakeDeviceMemory) -> usize {
+    dev.copies()
+        .iter()
+        .filter(|c| c.to_device != c.from_device)
+        .count()
+}
+
+/// Every case on `n` ranks over the FAKE RDMA transport; with `direct` the collectives run
+/// on the device buffers themselves (the fake's kernels, no copy through host memory) and
+/// send/recv groups with sends to the rank itself stage; without, everything stages.
+fn over_fake_rdma(n: usize, direct: bool) {
+    ranks_over_fake_rdma(n, if direct { "1" } else { "0" }, move |c, dev| {
+        assert_eq!(c.peer_transports()[(c.rank() + 1) % n], "rdma");
+        let stream = dev.create_stream().unwrap();
+        let (p2p, collectives): (Vec<_>, Vec<_>) = every_case(c, &mut DevBuf::new)
+            .into_iter()
+            .partition(|(what, _)| what.starts_with("send/recv"));
+        assert!(!collectives.is_empty() && !p2p.is_empty());
+        for (what, case) in collectives {
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("{what} on {n} ranks over fake RDMA"),
+            );
+        }
+        let (copies, kernels) = (host_copies(dev), dev.kernel_ops());
+        if direct {
+            assert_eq!(copies, 0, "rank {}: a collective was staged", c.rank());
+            assert!(
+                kernels > 0,
+                "rank {}: the engine never used the kernels",
+                c.rank()
+            );
+        } else {
+            assert!(copies > 0, "rank {}: nothing was staged", c.rank());
+            assert_eq!(
+                kernels,
+                0,
+                "rank {}: DMSC_CUDA_DIRECT=0 ran kernels",
+                c.rank()
+            );
+        }
+        for (what, case) in p2p {
+            run_case(
+                c,
+                dev,
+                stream,
+                case,
+                &format!("{what} on {n} ranks over fake RDMA"),
+            );
+        }
+        // Sends to this rank itself are copied by the host: the group stages.
+        assert!(
+            host_copies(dev) > copies,
+            "rank {}: the group did not stage",
+            c.rank()
+        );
+    });
+}
+
+#[test]
+fn collectives_run_on_device_buffers_unstaged_where_the_transport_carries_them() {
+    over_fake_rdma(2, true);
+    over_fake_rdma(3, true);
+}
+
+#[test]
+fn dmsc_cuda_direct_0_stages_what_the_transport_could_carry() {
+    over_fake_rdma(2, false);
 }

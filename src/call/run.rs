@@ -10,7 +10,10 @@ use dmsc_core::plan::{self, P2p};
 use dmsc_core::{CollDesc, CollKind, DataType, Error, Result};
 
 fn region(s: Span) -> Region {
-    Region::host(s.ptr, s.len)
+    Region {
+        kind: s.kind,
+        ..Region::host(s.ptr, s.len)
+    }
 }
 
 impl Communicator {
@@ -85,10 +88,21 @@ impl Communicator {
     /// itself, not yet done (a staged device call does them once its host twins hold the
     /// data).
     pub(crate) fn job_parts(&self, call: &Call) -> Result<(Vec<SelfCopy>, Option<Job>)> {
+        self.job_parts_on(call, MemKind::Host)
+    }
+
+    /// [`Communicator::job_parts`] of a call on memory of kind `on`: host memory (a host call,
+    /// or a staged device call's twins), or device memory where the engine runs on it (the
+    /// direct path of `device_call::stager`).
+    pub(crate) fn job_parts_on(
+        &self,
+        call: &Call,
+        on: MemKind,
+    ) -> Result<(Vec<SelfCopy>, Option<Job>)> {
         let memory = call.memory();
-        if memory != MemKind::Host {
+        if memory != on {
             return Err(Error::internal(format!(
-                "a call on {memory} reached the host job builder unstaged"
+                "a call on {memory} reached the job builder for {on} (unstaged?)"
             )));
         }
         match call {

@@ -10,7 +10,7 @@
 //! When: every peer of the communicator is served by shared memory (`shm`, so every rank is
 //! a process or thread of this host), the communicator has more than one rank, the call moves
 //! bytes, `DMSC_CUDA_IPC` is not `0`, and, agreed once when the device is attached (a host
-//! all-gather of each rank's GPU UUID and process id, [`ipc_agreed`]), every rank's buffers
+//! all-gather of each rank's GPU UUID and process id, `agreement::agreed`), every rank's buffers
 //! are on one GPU (IPC between GPUs needs peer access: not supported yet, those stage) and
 //! no two ranks share a process (CUDA cannot open a process's own exports; the FAKE device
 //! can). Never whether this rank's call is in place. The choice depends only on what every rank sees
@@ -68,45 +68,6 @@ pub(crate) fn all_on_this_host(transports: &[&str]) -> bool {
         && transports
             .iter()
             .all(|t| *t == "self" || t.starts_with("shm"))
-}
-
-/// Bytes of one rank's part of the agreement at attach ([`ipc_agreed`]): a flags byte
-/// ([`HAS_UUID`], [`WILLING`]), the GPU UUID, its process id.
-pub(crate) const AGREE: usize = 1 + 16 + 4;
-/// Flag of [`agreement`]: the rank's device has a UUID.
-const HAS_UUID: u8 = 1;
-/// Flag of [`agreement`]: the rank would use CUDA IPC (`DMSC_CUDA_IPC` is not `0` and every
-/// peer is on this host). Exchanged rather than assumed, so that ranks that see it differently
-/// still run the same exchange and reach the same answer.
-const WILLING: u8 = 2;
-
-/// This rank's part of the agreement: its device's UUID (none if it could not say) and its
-/// process id.
-pub(crate) fn agreement(uuid: Option<[u8; 16]>, willing: bool) -> [u8; AGREE] {
-    let mut b = [0u8; AGREE];
-    if let Some(u) = uuid {
-        b[0] |= HAS_UUID;
-        b[1..17].copy_from_slice(&u);
-    }
-    if willing {
-        b[0] |= WILLING;
-    }
-    b[17..].copy_from_slice(&std::process::id().to_le_bytes());
-    b
-}
-
-/// Whether CUDA IPC serves the communicator's device calls, from every rank's
-/// [`agreement`] (the same answer on every rank): every rank's buffers are on one GPU, and
-/// no two ranks share a process unless the device opens its own exports.
-pub(crate) fn ipc_agreed(all: &[u8], opens_own_exports: bool) -> bool {
-    let parts: Vec<&[u8]> = all.chunks(AGREE).collect();
-    let one_gpu = parts
-        .iter()
-        .all(|p| p[0] == HAS_UUID | WILLING && p[1..17] == parts[0][1..17]);
-    let mut pids: Vec<&[u8]> = parts.iter().map(|p| &p[17..]).collect();
-    pids.sort();
-    pids.dedup();
-    one_gpu && (opens_own_exports || pids.len() == parts.len())
 }
 
 /// Where an operand of a device operation lives.
@@ -708,27 +669,6 @@ mod tests {
         assert!(all_on_this_host(&["self", "shm", "shm+cma"]));
         assert!(!all_on_this_host(&["self", "shm", "tcp-socket"]));
         assert!(!all_on_this_host(&["self"]));
-    }
-
-    #[test]
-    fn ipc_needs_one_gpu_and_one_process_per_rank_unless_the_device_opens_its_own() {
-        let gpu = |u: u8, pid: u32| {
-            let mut b = agreement(Some([u; 16]), true);
-            b[17..].copy_from_slice(&pid.to_le_bytes());
-            b
-        };
-        let all = |v: &[[u8; AGREE]]| v.concat();
-        assert!(ipc_agreed(&all(&[gpu(1, 10), gpu(1, 11)]), false));
-        assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(2, 11)]), true));
-        assert!(!ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), false));
-        assert!(ipc_agreed(&all(&[gpu(1, 10), gpu(1, 10)]), true));
-        let mut none = agreement(None, true);
-        none[17..].copy_from_slice(&11u32.to_le_bytes());
-        assert!(!ipc_agreed(&all(&[gpu(0, 10), none]), true));
-        // One rank unwilling (DMSC_CUDA_IPC=0 there, or a peer off shared memory): nobody.
-        let mut unwilling = agreement(Some([1; 16]), false);
-        unwilling[17..].copy_from_slice(&11u32.to_le_bytes());
-        assert!(!ipc_agreed(&all(&[gpu(1, 10), unwilling]), true));
     }
 
     #[test]

@@ -26,7 +26,11 @@
 //! When every rank is on this host (every peer served by shared memory) and `DMSC_CUDA_IPC`
 //! is not `0`, all-gather and broadcast (and, on a device that reduces on a stream, the
 //! reductions) run device to device over CUDA IPC instead ([`ipc_call`], on the same
-//! staging thread and with the same stream ordering).
+//! staging thread and with the same stream ordering). When every rank's transport carries
+//! the device's memory (RDMA with dma-bufs) and its engine has the device's kernels, and
+//! `DMSC_CUDA_DIRECT` is not `0`, a call is one engine job on the device buffers themselves
+//! (`stager`'s direct path). The ranks agree on the path once, when the device is attached
+//! (`agreement`).
 //!
 //! Every rank of a call passes device buffers (as in NCCL), and every rank's staging chunk is
 //! the same, so all ranks cut a call into the same pieces. Not done yet: pipelining the kinds
@@ -35,6 +39,7 @@
 //! exports and mappings across calls. Sources: NCCL's stream semantics (ncclGroupEnd, enqueue) and its
 //! network proxy's staging through host buffers, read for design only.
 
+mod agreement;
 pub(crate) mod ipc_call;
 mod on_stream;
 pub(crate) mod pieces;

@@ -2,6 +2,7 @@
 //! them ([`Communicator::use_device_memory`], or the CUDA driver with the `cuda` feature),
 //! and running a call ordered on the caller's stream ([`Communicator::run_call_on_stream`]).
 
+use super::agreement::{agreed, agreement, direct_allowed, Path, Willing, AGREE};
 use super::stager::{DeviceCalls, Stager, StagingSettings};
 use crate::call::Call;
 use crate::comm::Communicator;
@@ -9,6 +10,7 @@ use crate::request::Request;
 use dmsc_core::engine::executor::JobSlot;
 use dmsc_core::engine::MemKind;
 use dmsc_core::{Error, Result};
+use dmsc_transports::cuda::device_memory::DeviceMemory;
 use dmsc_transports::cuda::ipc_memory::IpcMemory;
 use std::sync::Arc;
 
@@ -65,11 +67,20 @@ impl Communicator {
     {
         // Every rank of more than one runs the agreement, whatever it sees itself, so that
         // the ranks' jobs stay matched and they all decide alike.
-        let ipc = if self.size() > 1 && self.ipc_agreed(&mut dev, self.ipc_willing())? {
-            Some((self.rank(), self.size()))
+        let path = if self.size() > 1 {
+            let willing = Willing {
+                ipc: self.ipc_willing(),
+                direct: self.direct_willing(&mut dev, ordinal),
+            };
+            self.agree(&mut dev, willing)?
         } else {
-            None
+            Path::Staged
         };
+        log::info!(
+            target: dmsc_core::subsys::INIT,
+            "rank {}: device calls on CUDA device {ordinal} take the {path:?} path",
+            self.rank()
+        );
         let settings = StagingSettings {
             chunk,
             slots: SLOTS,
@@ -82,7 +93,8 @@ impl Communicator {
             self.failure.clone(),
             settings,
             self.rank(),
-            ipc,
+            self.size(),
+            path,
         )?;
         Ok(Arc::new(stager))
     }
@@ -93,11 +105,35 @@ impl Communicator {
         super::ipc_call::ipc_allowed() && super::ipc_call::all_on_this_host(self.peer_transports())
     }
 
-    /// Whether every rank's device supports CUDA IPC with every other's: a host all-gather of
-    /// each rank's GPU UUID and process id (`ipc_call::ipc_agreed`), so every rank decides
-    /// alike. Runs while the device calls are being attached (none is in flight).
-    fn ipc_agreed<D: IpcMemory>(&self, dev: &mut D, willing: bool) -> Result<bool> {
-        use super::ipc_call::{agreement, host_all_gather, ipc_agreed, AGREE};
+    /// Whether this rank's engine can run device calls on the buffers of device `ordinal`
+    /// themselves: `DMSC_CUDA_DIRECT` is not `0`, the transport carries that memory to every
+    /// peer, and the engine takes the device's kernels (attached here; they stay attached if
+    /// the ranks then agree otherwise, unused).
+    fn direct_willing<D: DeviceMemory>(&self, dev: &mut D, ordinal: u32) -> bool {
+        let kind = MemKind::Cuda { device: ordinal };
+        if !direct_allowed() || !self.exec.with_engine(|e| e.transport_accepts(kind)) {
+            return false;
+        }
+        let attached = dev.kernels(ordinal).and_then(|k| {
+            self.exec
+                .with_engine(|e| e.add_device(k).map(|()| e.runs_on(kind)))
+        });
+        attached.unwrap_or_else(|e| {
+            log::warn!(
+                target: dmsc_core::subsys::INIT,
+                "rank {}: the engine cannot run calls on CUDA device {ordinal} memory, they \
+                 stage through host memory: {e}",
+                self.rank()
+            );
+            false
+        })
+    }
+
+    /// The path of this communicator's device calls (`agreement::agreed`): a host
+    /// all-gather of each rank's GPU UUID, process id and what it would do, so every rank
+    /// decides alike. Runs while the device calls are being attached (none is in flight).
+    fn agree<D: IpcMemory>(&self, dev: &mut D, willing: Willing) -> Result<Path> {
+        use super::ipc_call::host_all_gather;
         let mut mine = agreement(dev.device_uuid().ok(), willing);
         let mut all = vec![0u8; AGREE * self.size()];
         let call = host_all_gather(&mut mine, &mut all);
@@ -105,7 +141,7 @@ impl Communicator {
         if let Some(job) = unsafe { self.job(&call) }? {
             self.run_blocking(job)?;
         }
-        Ok(ipc_agreed(&all, dev.opens_own_exports()))
+        Ok(agreed(&all, dev.opens_own_exports()))
     }
 
     /// The device calls of device `ordinal`, opened through the driver on first use.
@@ -155,7 +191,7 @@ impl Communicator {
             }
         };
         let calls = self.device_calls(ordinal)?;
-        let build = |c: &Call| self.job_parts(c);
+        let build = |c: &Call, on: MemKind| self.job_parts_on(c, on);
         // SAFETY: forwarded contract.
         unsafe { calls.submit(call, stream, &build) }
     }

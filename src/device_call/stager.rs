@@ -4,7 +4,10 @@
 //! collective run through the engine's executor as any host job, and its copy back (see the
 //! module documentation of `device_call`). Where every rank agreed to use CUDA IPC, the
 //! calls it covers run device to device instead (`ipc_and_run`, see `ipc_call`), on the same
-//! thread and in the same order, with their host exchanges as the executor's jobs.
+//! thread and in the same order, with their host exchanges as the executor's jobs. Where every
+//! rank agreed that its engine runs on the device memory itself (`agreement`: the transport
+//! carries it, as RDMA with dma-bufs does, and the engine has the device's kernels), a call
+//! is one engine job on the device buffers (`direct_and_run`), ordered the same way.
 //!
 //! One thread per communicator runs the device calls in the order they were submitted, so
 //! they finish in order, as [`StreamOrder`] requires. Host calls wait until every device call
@@ -12,11 +15,13 @@
 //! ranks see the same order of jobs. Waits never spin forever: a few yields, then sleeps of
 //! up to a millisecond, and every wait has the communicator's deadline.
 
+use super::agreement::Path;
 use super::ipc_call::{peer_reads, IpcCall, Moves, Op, Src};
 use super::pieces::{part, pieces};
 use super::staged::{stage, SelfCopy, Staged, Twin};
 use crate::call::Call;
 use dmsc_core::engine::executor::{Executor, Job, JobSlot};
+use dmsc_core::engine::MemKind;
 use dmsc_core::{DataType, Error, ReduceOp, Result};
 use dmsc_transports::cuda::device_memory::DeviceMemory;
 use dmsc_transports::cuda::ipc_memory::{IpcMemory, MappedPeer};
@@ -33,9 +38,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How the host job of a staged call is built: from the call on host twins, the sends to
-/// this rank itself (copied here once the twins hold the data) and the engine job, if any.
-pub(crate) type BuildJob<'a> = &'a dyn Fn(&Call) -> Result<(Vec<SelfCopy>, Option<Job>)>;
+/// How the engine job of a call is built: from the call on memory of the given kind (host
+/// twins of a staged call, or the device buffers themselves on the direct path), the sends
+/// to this rank itself (copied here once the twins hold the data) and the engine job, if any.
+pub(crate) type BuildJob<'a> = &'a dyn Fn(&Call, MemKind) -> Result<(Vec<SelfCopy>, Option<Job>)>;
 
 /// A communicator's device calls, whatever the device.
 pub(crate) trait DeviceCalls: Send + Sync {
@@ -78,7 +84,8 @@ struct Work<D: DeviceMemory> {
     slot: Arc<JobSlot>,
 }
 
-/// How a call runs: staged through host twins, or device to device over CUDA IPC.
+/// How a call runs: staged through host twins, device to device over CUDA IPC, or by the
+/// engine on the device buffers.
 enum What<D: DeviceMemory> {
     Staged {
         staged: Staged<D::Pinned>,
@@ -86,6 +93,7 @@ enum What<D: DeviceMemory> {
         parts: Parts,
     },
     Ipc(Box<IpcCall>),
+    Direct(Option<Job>),
 }
 
 /// What the submitting threads and the staging thread share.
@@ -111,9 +119,11 @@ impl<D: DeviceMemory> Shared<D> {
 /// The staging thread over device `D`.
 pub(crate) struct Stager<D: DeviceMemory> {
     ordinal: u32,
-    /// This rank and the number of ranks, when calls may run over CUDA IPC (every rank on
-    /// this host, `DMSC_CUDA_IPC` not 0).
-    ipc: Option<(usize, usize)>,
+    /// The path every rank agreed on when the device was attached (see `agreement`).
+    path: Path,
+    /// This rank and the number of ranks.
+    me: usize,
+    ranks: usize,
     shared: Arc<Shared<D>>,
     tx: Mutex<Option<mpsc::Sender<Work<D>>>>,
     worker: Option<JoinHandle<()>>,
@@ -126,7 +136,9 @@ where
     D::Event: Send,
     D::Gate: Send,
 {
-    /// Start the staging thread of device `ordinal` over `dev`, with jobs run by `exec`.
+    /// Start the staging thread of device `ordinal` over `dev`, with jobs run by `exec`, for
+    /// rank `rank` of `ranks`, whose device calls take `path`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         mut dev: D,
         ordinal: u32,
@@ -134,7 +146,8 @@ where
         failure: Arc<Mutex<Option<Error>>>,
         settings: StagingSettings,
         rank: usize,
-        ipc: Option<(usize, usize)>,
+        ranks: usize,
+        path: Path,
     ) -> Result<Stager<D>> {
         dev.bind()?;
         let own = dev.create_stream()?;
@@ -161,7 +174,9 @@ where
             .map_err(|e| Error::io("starting the communicator's staging thread", &e))?;
         Ok(Stager {
             ordinal,
-            ipc,
+            path,
+            me: rank,
+            ranks,
             shared,
             tx: Mutex::new(Some(tx)),
             worker: Some(worker),
@@ -194,24 +209,33 @@ where
         let mut g = lock(&self.shared.order);
         let order = &mut g.0;
         order.ops().bind()?;
-        let moves = self.ipc.and_then(|(me, n)| {
-            Some((
-                me,
-                n,
-                Moves::of(call, me, n, order.ops().reduces_on_stream())?,
-            ))
-        });
-        let what = match moves {
-            Some((me, n, moves)) => {
-                let jobs = |c: &Call| build(c).map(|(_, j)| j);
+        let (me, n) = (self.me, self.ranks);
+        let moves = match self.path {
+            Path::Ipc => Moves::of(call, me, n, order.ops().reduces_on_stream()),
+            Path::Direct | Path::Staged => None,
+        };
+        // The direct path takes every call without sends to this rank itself (those are
+        // copied by the host, so they stage; a group is one job on either path, so the ranks'
+        // jobs still match).
+        let direct = match self.path {
+            Path::Direct => match build(call, call.memory())? {
+                (copies, job) if copies.is_empty() => Some(job),
+                _ => None,
+            },
+            Path::Ipc | Path::Staged => None,
+        };
+        let what = match (moves, direct) {
+            (Some(moves), _) => {
+                let jobs = |c: &Call| build(c, MemKind::Host).map(|(_, j)| j);
                 What::Ipc(Box::new(IpcCall::new(moves, me, n, &jobs)?))
             }
-            None => {
+            (None, Some(job)) => What::Direct(job),
+            (None, None) => {
                 let staged = stage(call, |n| order.ops().alloc_pinned(n))?;
                 let mut self_copies = Vec::new();
                 let mut parts = Vec::new();
                 for p in pieces(&staged.call, &staged.twins, self.shared.settings.chunk) {
-                    let (copies, job) = build(&p.call)?;
+                    let (copies, job) = build(&p.call, MemKind::Host)?;
                     self_copies.extend(copies);
                     parts.push((p.bytes, job));
                 }
@@ -531,6 +555,42 @@ fn run_job(
     })
 }
 
+/// A call the engine runs on the device buffers themselves (the transport carries device
+/// memory, the engine has the device's kernels): once dmsc's stream has passed the caller's
+/// earlier work, the job goes to the executor as any host job, and the call is done when it
+/// is (the device's kernels wait for their own work before they return, and the transport
+/// completes a frame only once its bytes have landed).
+fn direct_and_run<D: DeviceMemory>(
+    shared: &Shared<D>,
+    exec: &Executor,
+    ticket: &mut Ticket<D::Event>,
+    job: Option<Job>,
+    handed: &mut bool,
+    running: &mut Vec<Arc<JobSlot>>,
+) -> Result<()> {
+    lock(&shared.order).0.poll_start(ticket)?;
+    wait_own_stream(
+        shared,
+        "waiting for the caller's stream before a call on device buffers",
+    )?;
+    let Some(job) = job else {
+        return Ok(());
+    };
+    // SAFETY: the job's memory is the caller's device buffers, which the caller keeps until
+    // the call's slot holds a result, given only after this job's (here, or in `run`).
+    let slot = unsafe { exec.submit(job) };
+    running.push(slot.clone());
+    *handed = true;
+    shared.done_pending();
+    let mut backoff = Backoff::new(shared.settings.timeout);
+    loop {
+        if let Some(r) = slot.peek() {
+            return r;
+        }
+        backoff.snooze("running a call on device buffers")?;
+    }
+}
+
 /// A call over CUDA IPC (see `ipc_call`): wait for the caller's earlier work, exchange the
 /// exports, then per phase run the device operations on this rank's and the peers' buffers
 /// and exchange the statuses (the barrier after which no peer reads what the phase read).
@@ -757,6 +817,10 @@ fn run<D: IpcMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
         What::Ipc(mut c) => {
             let r = ipc_and_run(shared, exec, &mut ticket, &mut c, &mut handed, &mut running);
             (r, Keep::Ipc(c))
+        }
+        What::Direct(job) => {
+            let r = direct_and_run(shared, exec, &mut ticket, job, &mut handed, &mut running);
+            (r, Keep::Nothing)
         }
     };
     if !handed {

@@ -87,13 +87,21 @@ pub struct RdmaSetup {
     pub options: RdmaOptions,
     /// The system's verbs ([`rdma::sys::SysVerbs`]) or, in tests, a fake fabric.
     pub provider: std::sync::Arc<dyn rdma::verbs::VerbsProvider>,
+    /// How GPU memory is exported as dma-bufs for registration: `None` for the CUDA
+    /// driver's ([`rdma::connect::default_dmabuf`]); tests give the FAKE exporter.
+    pub dmabuf: Option<DmabufSource>,
 }
+
+/// A maker of dma-buf exporters (one per transport).
+pub type DmabufSource =
+    std::sync::Arc<dyn Fn() -> Result<Box<dyn rdma::dmabuf_export::DmabufExporter>> + Send + Sync>;
 
 impl std::fmt::Debug for RdmaSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RdmaSetup")
             .field("options", &self.options)
             .field("provider", &self.provider.name())
+            .field("dmabuf", &self.dmabuf.as_ref().map(|_| "given"))
             .finish()
     }
 }
@@ -188,7 +196,13 @@ fn prepare_rdma(opts: &ConnectOptions) -> (Option<Prepared>, Option<String>) {
         return (None, None);
     };
     match rdma::prepare(&*setup.provider, &setup.options, m.rank, m.nranks) {
-        Ok(p) => (Some(p), None),
+        Ok(mut p) => {
+            p.use_dmabuf(match &setup.dmabuf {
+                Some(make) => make(),
+                None => rdma::connect::default_dmabuf(),
+            });
+            (Some(p), None)
+        }
         Err(e) => (None, Some(e.to_string())),
     }
 }

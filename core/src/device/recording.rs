@@ -18,12 +18,22 @@ pub(crate) enum Call {
     Crc(usize),
 }
 
-/// The fake device; `log` is shared with the test.
+/// The fake device; `log` is shared with the test. It claims memory of `kind` (a test may
+/// pass host memory off as a GPU's, to run an engine's second device).
 pub(crate) struct RecordingDevice {
     pub(crate) log: Arc<Mutex<Vec<Call>>>,
+    pub(crate) kind: MemKind,
 }
 
 impl RecordingDevice {
+    /// A recording device of host memory.
+    pub(crate) fn host(log: Arc<Mutex<Vec<Call>>>) -> RecordingDevice {
+        RecordingDevice {
+            log,
+            kind: MemKind::Host,
+        }
+    }
+
     fn note(&self, c: Call) {
         self.log.lock().unwrap().push(c);
     }
@@ -35,12 +45,16 @@ impl Device for RecordingDevice {
     }
 
     fn kind(&self) -> MemKind {
-        MemKind::Host
+        self.kind
     }
 
     fn alloc(&mut self, len: usize) -> Result<DeviceBuffer> {
         self.note(Call::Alloc(len));
-        HostDevice.alloc(len)
+        let b = HostDevice.alloc(len)?;
+        let (ptr, len) = (b.ptr(), b.len());
+        // SAFETY: `b`'s memory, valid for `len` bytes and aligned to 8 while `b` (the owner)
+        // lives, used by nobody else.
+        Ok(unsafe { DeviceBuffer::from_raw(ptr, len, self.kind, Box::new(b)) })
     }
 
     unsafe fn copy(&mut self, dst: *mut u8, src: *const u8, n: usize) -> Result<()> {

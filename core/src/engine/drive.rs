@@ -14,22 +14,29 @@ impl Engine {
         mut mem: OpMemory,
     ) -> Result<()> {
         let started_at = Instant::now();
-        self.check_memory(&mem)?;
+        let dev = self.device_for(&mem)?;
         let need = sched.scratch_elems.saturating_mul(desc.dtype.size());
-        if self.scratch.as_ref().is_none_or(|b| b.len() < need) {
-            let new = self.device.alloc(need)?;
-            self.replace_scratch(new);
+        if self.devices[dev]
+            .scratch
+            .as_ref()
+            .is_none_or(|b| b.len() < need)
+        {
+            let new = self.devices[dev].device.alloc(need)?;
+            self.replace_scratch(dev, new);
         }
-        let mut scratch = self.scratch.as_ref().map_or(Region::EMPTY, |b| Region {
-            kind: b.kind(),
-            ..Region::host(b.ptr(), b.len())
-        });
+        let mut scratch = self.devices[dev]
+            .scratch
+            .as_ref()
+            .map_or(Region::EMPTY, |b| Region {
+                kind: b.kind(),
+                ..Region::host(b.ptr(), b.len())
+            });
         log::info!(target: crate::subsys::COLL, "rank {} start {} {desc}", self.rank, labels.short());
         self.current = Some(desc);
         // Registered memory (transports that need it only): leased before anything is
         // posted, given back once nothing posted uses it.
         let mut leases = Vec::new();
-        let registered = self.lease_memory(&mut mem, &mut scratch, &mut leases);
+        let registered = self.lease_memory(dev, &mut mem, &mut scratch, &mut leases);
         let mut ex = Exec::new(
             labels,
             desc,
@@ -41,14 +48,14 @@ impl Engine {
             self.cfg.window,
             self.cfg.checksum,
             self.epoch,
-            self.reg.peers(),
+            &self.devices[dev].reg_peers,
             std::mem::take(&mut self.exec_bufs),
         );
         // A panic must not unwind past posted operations: the transport would keep pointers
         // into memory the caller frees. Treat it as a failure like any other.
         let r = registered.and_then(|()| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.drive(&mut ex, started_at)
+                self.drive(dev, &mut ex, started_at)
             }))
             .unwrap_or_else(|p| {
                 let what = p
@@ -70,7 +77,7 @@ impl Engine {
                 started_at.elapsed().as_secs_f64() * 1e6
             );
             self.transport.cancel_all();
-            ex.release(&mut self.pool);
+            ex.release(&mut self.devices[dev].pool);
             self.release_memory(leases);
             self.fail(e.clone(), &ex.labels);
         } else {
@@ -88,12 +95,13 @@ impl Engine {
         r
     }
 
-    pub(super) fn drive(&mut self, ex: &mut Exec, started_at: Instant) -> Result<()> {
+    pub(super) fn drive(&mut self, dev: usize, ex: &mut Exec, started_at: Instant) -> Result<()> {
         let deadline = started_at + self.cfg.timeout;
+        let d = &mut self.devices[dev];
         ex.start(
             &mut *self.transport,
-            &mut self.pool,
-            &mut *self.device,
+            &mut d.pool,
+            &mut *d.device,
             &mut self.reg.cache,
         )?;
         let mut last_progress = started_at;
@@ -131,7 +139,8 @@ impl Engine {
                     }
                     continue;
                 }
-                match ex.complete(&c, &mut self.pool, &mut *self.device) {
+                let d = &mut self.devices[dev];
+                match ex.complete(&c, &mut d.pool, &mut *d.device) {
                     Ok(true) => progressed = true,
                     Ok(false) => {
                         if let Completion::PeerFailed { peer, .. } = &c {
@@ -153,10 +162,11 @@ impl Engine {
             result?;
             self.check_peers_at(Some(&*ex), now)?;
             if progressed {
+                let d = &mut self.devices[dev];
                 ex.pump(
                     &mut *self.transport,
-                    &mut self.pool,
-                    &mut *self.device,
+                    &mut d.pool,
+                    &mut *d.device,
                     &mut self.reg.cache,
                 )?;
                 last_progress = if wait.is_zero() { now } else { Instant::now() };

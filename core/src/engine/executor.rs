@@ -226,6 +226,13 @@ impl Executor {
         slot.wait_until(None).unwrap_or(Ok(()))
     }
 
+    /// Run `f` on the engine between two jobs: it waits for the job running, if any, but is
+    /// not ordered with the jobs queued. For what no job depends on, such as attaching a
+    /// device for a kind of memory that no queued job uses ([`Engine::add_device`]).
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        f(&mut lock(&self.shared.engine))
+    }
+
     /// Queue `job` for the progress thread; its result arrives in the slot.
     ///
     /// # Safety

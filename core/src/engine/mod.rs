@@ -22,6 +22,7 @@
 
 mod config;
 pub mod control;
+mod devices;
 mod diagnose;
 mod drive;
 mod exec;
@@ -46,16 +47,16 @@ pub use memory::{MemKind, OpMemory, RegHandle, Region};
 pub use regcache::{RegCache, RegCacheConfig, RegLease, RegStats, Registrar};
 pub use transport::{Completion, PathMetricsHandle, PeerPaths, Token, Transport, Waker};
 
-use crate::device::{Device, DeviceBuffer, HostDevice};
+use crate::device::{Device, HostDevice};
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
 use crate::sync::{AtomicBool, Ordering};
 use crate::types::{CollDesc, CollKind, DataType, Rank, ReduceOp};
+use devices::DeviceSlot;
 use exec::Labels;
 use liveness::{Liveness, State};
 use registration::Registration;
-use staging::StagingPool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,12 +97,11 @@ pub struct Engine {
     /// A copy of `failed` readable from other threads without the engine's lock.
     published: Arc<Mutex<Option<Error>>>,
     abort: Arc<AbortHandle>,
-    /// What copies, reduces and checksums payload bytes, and allocates staging and scratch.
-    device: Box<dyn Device>,
-    pool: StagingPool,
-    scratch: Option<DeviceBuffer>,
-    /// The registration cache and which peers need registered memory (see
-    /// `registration.rs`).
+    /// What copies, reduces and checksums payload bytes, and allocates staging and scratch:
+    /// one device per kind of memory, the first the one the engine was built with (see
+    /// `devices.rs`).
+    devices: Vec<DeviceSlot>,
+    /// The registration cache (see `registration.rs`).
     reg: Registration,
     epoch: u32,
     completions: Vec<Completion>,
@@ -139,13 +139,12 @@ impl Engine {
             aborted: AtomicBool::new(false),
             waker: transport.waker(),
         });
-        let slots = (cfg.window * nranks.max(2)).max(4);
+        let slots = devices::staging_slots(&cfg, nranks);
         let live = Liveness::new(rank, nranks, cfg.heartbeat_timeout, Instant::now());
-        let reg = Registration::new(&*transport, rank, nranks, device.kind(), cfg.registration);
+        let first = DeviceSlot::new(device, &*transport, rank, nranks, cfg.chunk_bytes, slots);
         Engine {
-            reg,
-            pool: StagingPool::new(cfg.chunk_bytes, slots),
-            device,
+            reg: Registration::new(cfg.registration),
+            devices: vec![first],
             transport,
             rank,
             nranks,
@@ -157,7 +156,6 @@ impl Engine {
             failed: None,
             published: Arc::new(Mutex::new(None)),
             abort,
-            scratch: None,
             epoch: 0,
             completions: Vec::new(),
             exec_bufs: exec::ExecBufs::default(),
@@ -265,14 +263,14 @@ impl Engine {
     ) -> Result<()> {
         self.check_usable()?;
         let n = mem.input.len;
-        let scaled = self.device.alloc(n)?;
+        let dev = self.device_for(&mem)?;
+        let device = &mut self.devices[dev].device;
+        let scaled = device.alloc(n)?;
         if n > 0 {
-            // SAFETY: the caller guarantees that `mem.input` is readable for `n` bytes in this
-            // device's memory; `scaled` is fresh memory of `n` bytes, aligned to 8.
-            unsafe {
-                self.device
-                    .scale_mul(desc.dtype, scaled.ptr(), mem.input.ptr, n, factor)?
-            };
+            // SAFETY: the caller guarantees that `mem.input` is readable for `n` bytes, in the
+            // memory of the device `device_for` chose by its kind; `scaled` is fresh memory of
+            // that device, `n` bytes, aligned to 8.
+            unsafe { device.scale_mul(desc.dtype, scaled.ptr(), mem.input.ptr, n, factor)? };
         }
         mem.input = Region {
             kind: scaled.kind(),
@@ -344,34 +342,6 @@ impl Engine {
             root: 0,
         };
         self.execute(Labels::P2p { per_action }, desc, sched, mem)
-    }
-
-    /// Every buffer of the operation must be memory this engine's device works on and its
-    /// transport accepts.
-    fn check_memory(&self, mem: &OpMemory) -> Result<()> {
-        let named = [("input", &mem.input), ("output", &mem.output)];
-        let groups = mem.group.iter().map(|r| ("group buffer", r));
-        for (what, r) in named.into_iter().chain(groups) {
-            if r.len == 0 {
-                continue;
-            }
-            if r.kind != self.device.kind() {
-                return Err(Error::invalid(format!(
-                    "the {what} is {} but this communicator's device ({}) works on {}",
-                    r.kind,
-                    self.device.name(),
-                    self.device.kind()
-                )));
-            }
-            if !self.transport.accepts(r.kind) {
-                return Err(Error::invalid(format!(
-                    "the {what} is {}, which the {} transport does not accept",
-                    r.kind,
-                    self.transport.name()
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Serve control traffic while no operation runs: answer status queries, send

@@ -1,8 +1,8 @@
 //! How the engine registers the memory it posts, for transports that need it
 //! ([`Transport::needs_registration`]).
 //!
-//! The engine asks its transport once, when it is created, which peers need registered
-//! memory. When none does (TCP, shared memory, CMA), nothing here runs: no lookup, no lease,
+//! The engine asks its transport once per device, when the device is attached, which peers
+//! need its kind of memory registered. When none does (TCP, shared memory, CMA), nothing here runs: no lookup, no lease,
 //! and frames are posted with [`Transport::post_send`] and [`Transport::post_recv`] as
 //! always. Otherwise, for each operation:
 //! - every non-empty buffer of the operation (input, output, group buffers, scratch) is
@@ -45,40 +45,34 @@ impl<T: Transport + ?Sized> Registrar for TransportRegistrar<'_, T> {
     }
 }
 
-/// The engine's registration state.
+/// The engine's registration state: the cache of registrations, for every device's memory.
 pub(crate) struct Registration {
     pub(crate) cache: RegCache,
-    /// Per rank: frames to and from it are posted registered. Empty when no peer needs it.
-    peers: Vec<bool>,
 }
 
 impl Registration {
-    /// Ask `t` which peers of `rank` (of `nranks`) need memory of `kind` registered.
-    pub(crate) fn new(
-        t: &dyn Transport,
-        rank: Rank,
-        nranks: usize,
-        kind: MemKind,
-        cfg: RegCacheConfig,
-    ) -> Registration {
-        let peers: Vec<bool> = (0..nranks)
-            .map(|p| p != rank && t.needs_registration(p, kind))
-            .collect();
-        let any = peers.iter().any(|&b| b);
+    pub(crate) fn new(cfg: RegCacheConfig) -> Registration {
         Registration {
             cache: RegCache::new(cfg),
-            peers: if any { peers } else { Vec::new() },
         }
     }
+}
 
-    /// True when some peer needs registered memory.
-    pub(crate) fn active(&self) -> bool {
-        !self.peers.is_empty()
-    }
-
-    /// Per rank, whether its frames are posted registered (empty: none is).
-    pub(crate) fn peers(&self) -> &[bool] {
-        &self.peers
+/// Per rank of `nranks`, whether `t` needs memory of `kind` registered for frames to and from
+/// it (never for `rank` itself); empty when no peer does.
+pub(crate) fn registered_peers(
+    t: &dyn Transport,
+    rank: Rank,
+    nranks: usize,
+    kind: MemKind,
+) -> Vec<bool> {
+    let peers: Vec<bool> = (0..nranks)
+        .map(|p| p != rank && t.needs_registration(p, kind))
+        .collect();
+    if peers.iter().any(|&b| b) {
+        peers
+    } else {
+        Vec::new()
     }
 }
 
@@ -88,11 +82,12 @@ impl Engine {
     /// in `leases` too, for [`Engine::release_memory`].
     pub(super) fn lease_memory(
         &mut self,
+        dev: usize,
         mem: &mut OpMemory,
         scratch: &mut Region,
         leases: &mut Vec<RegLease>,
     ) -> Result<()> {
-        if !self.reg.active() {
+        if self.devices[dev].reg_peers.is_empty() {
             return Ok(());
         }
         let mut r = TransportRegistrar(&mut *self.transport);
@@ -122,13 +117,15 @@ impl Engine {
         for l in leases {
             self.reg.cache.release(&mut r, l);
         }
-        self.pool.retire(&mut self.reg.cache, &mut r);
+        for d in &mut self.devices {
+            d.pool.retire(&mut self.reg.cache, &mut r);
+        }
     }
 
-    /// Replace the scratch buffer by `new`, forgetting the old one's registrations before it
-    /// is freed.
-    pub(super) fn replace_scratch(&mut self, new: DeviceBuffer) {
-        if let Some(old) = self.scratch.replace(new) {
+    /// Replace the scratch buffer of device `dev` by `new`, forgetting the old one's
+    /// registrations before it is freed.
+    pub(super) fn replace_scratch(&mut self, dev: usize, new: DeviceBuffer) {
+        if let Some(old) = self.devices[dev].scratch.replace(new) {
             let mut r = TransportRegistrar(&mut *self.transport);
             self.reg.cache.invalidate(&mut r, old.ptr(), old.len());
         }

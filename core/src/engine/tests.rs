@@ -45,6 +45,8 @@ pub(super) struct MemTransport {
     recvs: Vec<VecDeque<(FrameHeader, *mut u8, Token)>>,
     /// Sends copied into the network, to complete at the next poll.
     sent: Vec<Token>,
+    /// Also carries memory of this kind (host memory a test passes off as a GPU's).
+    pub(super) device_kind: Option<MemKind>,
 }
 
 // SAFETY: the raw destinations are lent by the engine under the `Transport` contract and only
@@ -59,6 +61,7 @@ impl MemTransport {
             net,
             recvs: (0..n).map(|_| VecDeque::new()).collect(),
             sent: Vec::new(),
+            device_kind: None,
         }
     }
 }
@@ -71,6 +74,10 @@ impl Waker for NoWake {
 impl Transport for MemTransport {
     fn name(&self) -> &'static str {
         "mem"
+    }
+
+    fn accepts(&self, kind: MemKind) -> bool {
+        kind == MemKind::Host || Some(kind) == self.device_kind
     }
 
     unsafe fn post_send(
@@ -298,7 +305,7 @@ fn every_payload_byte_goes_through_the_device() {
                 };
                 std::thread::spawn(move || {
                     let log = Arc::new(Mutex::new(Vec::new()));
-                    let dev = RecordingDevice { log: log.clone() };
+                    let dev = RecordingDevice::host(log.clone());
                     let mut e = Engine::with_device(Box::new(t), Box::new(dev), rank, n, cfg);
                     let desc = CollDesc {
                         kind: CollKind::AllReduce,

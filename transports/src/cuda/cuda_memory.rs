@@ -9,11 +9,13 @@
 //! ([`super::fake_device::FakeDeviceMemory`]).
 
 use super::cuda_streams::{CudaEvent, CudaGate, CudaStreams, StreamHandle};
+use super::device::CudaDevice;
 use super::device_memory::{DeviceMemory, PinnedBuffer};
 use super::driver;
 use super::stream_kernels::StreamKernels;
 use super::stream_order::StreamOps;
 use cudarc::driver::{result, sys};
+use dmsc_core::device::Device;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::{DataType, ReduceOp};
 use std::ffi::c_void;
@@ -152,6 +154,10 @@ impl DeviceMemory for CudaMemory {
     unsafe fn caller_stream(&mut self, raw: usize) -> StreamHandle {
         // SAFETY: the caller's contract: 0 or a live stream of this device.
         unsafe { StreamHandle::from_raw(raw as sys::CUstream) }
+    }
+
+    fn kernels(&mut self, ordinal: u32) -> Result<Box<dyn Device>> {
+        Ok(Box::new(CudaDevice::open(ordinal)?))
     }
 
     fn alloc_pinned(&mut self, len: usize) -> Result<CudaPinned> {

@@ -10,6 +10,7 @@
 //! Driver API reference, "Memory Management".
 
 use super::stream_order::StreamOps;
+use dmsc_core::device::Device;
 use dmsc_core::error::Result;
 
 /// A pinned (page-locked) host buffer, freed when dropped.
@@ -37,6 +38,11 @@ pub trait DeviceMemory: StreamOps + Send {
     unsafe fn caller_stream(&mut self, raw: usize) -> Self::Stream;
     /// `len` bytes of pinned host memory.
     fn alloc_pinned(&mut self, len: usize) -> Result<Self::Pinned>;
+    /// This device's kernels as an engine [`Device`] for the memory of CUDA device
+    /// `ordinal`, for calls the engine runs on the device buffers themselves (where the
+    /// transport carries device memory): the driver's [`CudaDevice`](super::device::CudaDevice)
+    /// with the `cuda` feature, FAKE kernels on the fake.
+    fn kernels(&mut self, ordinal: u32) -> Result<Box<dyn Device>>;
     /// Queue on `stream` a copy of `len` bytes from device address `src` to host `dst`.
     ///
     /// # Safety

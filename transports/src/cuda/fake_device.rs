@@ -11,12 +11,15 @@
 //! Nothing here touches CUDA. "Device addresses" are plain host addresses the test owns.
 
 use super::device_memory::{DeviceMemory, PinnedBuffer};
+use super::fake_kernels::FakeKernels;
 use super::ipc_handle::IpcExport;
 use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
+use dmsc_core::device::Device;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::{DataType, ReduceOp};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,6 +64,8 @@ struct State {
     copy_time: Duration,
     /// The GPU this fake claims to be (none: [`FAKE_UUID`], every fake's default).
     uuid: Option<[u8; 16]>,
+    /// Operations of the engine's kernels on this fake ([`DeviceMemory::kernels`]).
+    kernel_ops: Arc<AtomicUsize>,
 }
 
 /// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
@@ -162,6 +167,12 @@ impl FakeDeviceMemory {
 
     fn uuid(&self) -> [u8; 16] {
         lock(&self.inner().state).uuid.unwrap_or(FAKE_UUID)
+    }
+
+    /// How many operations the engine's FAKE kernels on this fake ran
+    /// ([`DeviceMemory::kernels`]): above 0 once the engine ran a call on its buffers.
+    pub fn kernel_ops(&self) -> usize {
+        lock(&self.inner().state).kernel_ops.load(Ordering::Relaxed)
     }
 
     /// From now on, make every copy take `copy_time` (a slow fake copy engine) and log the
@@ -350,6 +361,11 @@ impl DeviceMemory for FakeDeviceMemory {
 
     fn alloc_pinned(&mut self, len: usize) -> Result<FakePinned> {
         Ok(FakePinned(vec![0; len]))
+    }
+
+    fn kernels(&mut self, ordinal: u32) -> Result<Box<dyn Device>> {
+        let ops = lock(&self.inner().state).kernel_ops.clone();
+        Ok(Box::new(FakeKernels::new(ordinal, ops)))
     }
 
     unsafe fn copy_to_host(

@@ -39,6 +39,7 @@
 
 pub mod device_memory;
 pub mod fake_device;
+pub mod fake_kernels;
 pub mod ipc_handle;
 pub mod ipc_memory;
 pub mod kernels;

@@ -12,6 +12,7 @@
 //! paths of the same peer: frames are spread over them and a failed one's work moves to the
 //! others, on whichever port they are.
 
+use super::dmabuf_export::DmabufExporter;
 use super::options::RdmaOptions;
 use super::pool::SlotPool;
 use super::qp_state::{QpAttrs, QpState};
@@ -34,9 +35,23 @@ pub fn connect(
     nranks: usize,
     exchange: Exchange<'_>,
 ) -> Result<RdmaTransport> {
-    let p = prepare(provider, opts, rank, nranks)?;
+    let mut p = prepare(provider, opts, rank, nranks)?;
+    p.use_dmabuf(default_dmabuf());
     let all = exchange(p.card())?;
     p.finish(&all)
+}
+
+/// How GPU memory becomes dma-bufs unless told otherwise: the CUDA driver's export
+/// (`cuMemGetHandleForAddressRange`, with the `cuda` feature), else an error saying why not.
+pub fn default_dmabuf() -> Result<Box<dyn DmabufExporter>> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda::dmabuf::CudaDmabuf::probe().map(|x| Box::new(x) as Box<dyn DmabufExporter>)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(Error::usage("dmsc was built without the cuda feature"))
+    }
 }
 
 /// A transport whose queue pairs exist (in INIT) and whose card is ready to publish.
@@ -152,8 +167,7 @@ pub fn prepare(
             opts.staging_slot as u64,
         )));
     }
-    #[allow(unused_mut)] // set only with the `cuda` feature
-    let mut t = RdmaTransport::from_parts(
+    let t = RdmaTransport::from_parts(
         rank,
         ctxs,
         provider.name(),
@@ -165,11 +179,6 @@ pub fn prepare(
         stage_rx,
         np,
     );
-    #[cfg(feature = "cuda")]
-    t.use_dmabuf(
-        crate::cuda::dmabuf::CudaDmabuf::probe()
-            .map(|x| Box::new(x) as Box<dyn super::dmabuf_export::DmabufExporter>),
-    );
     Ok(Prepared {
         transport: t,
         card: card.encode(),
@@ -179,6 +188,12 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Register GPU memory through `exporter`'s dma-bufs, or say why GPU memory is refused
+    /// ([`RdmaTransport::use_dmabuf`]).
+    pub fn use_dmabuf(&mut self, exporter: Result<Box<dyn DmabufExporter>>) {
+        self.transport.use_dmabuf(exporter);
+    }
+
     /// The bytes to publish.
     pub fn card(&self) -> &[u8] {
         &self.card

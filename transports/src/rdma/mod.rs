@@ -28,6 +28,7 @@
 pub mod connect;
 pub mod dmabuf_export;
 pub mod fake;
+pub mod fake_dmabuf;
 pub mod fallback;
 pub mod hca;
 pub mod ibv_abi;

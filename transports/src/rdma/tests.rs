@@ -5,7 +5,7 @@
 //! communicator's connect path choosing RDMA or falling back to TCP.
 
 use super::connect;
-use super::dmabuf_export::{DmabufExporter, DmabufRange};
+use super::dmabuf_export::DmabufExporter;
 use super::fake::FakeFabric;
 use super::options::RdmaOptions;
 use super::transport::{RdmaStats, RdmaTransport};
@@ -745,6 +745,7 @@ fn through_connect(
                     rdma: Some(RdmaSetup {
                         options: opts(4096),
                         provider,
+                        dmabuf: None,
                     }),
                 };
                 let c = connect_comm(&o, &mut |b: &[u8]| board.exchange(rank, b)).unwrap();
@@ -1110,38 +1111,8 @@ fn a_queue_pair_failing_mid_transfer_is_exact_under_every_spray_mode() {
     }
 }
 
-/// FAKE dma-buf exporter: a memfd stands for the GPU driver's dma-buf (the FAKE verbs
-/// register the range at its address, where tests put host memory in for a GPU's).
-struct FakeDmabufExporter {
-    /// Refuse every export, naming the device.
-    refuse: bool,
-}
-
-impl DmabufExporter for FakeDmabufExporter {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-
-    fn export(&self, ptr: u64, _len: usize, device: u32) -> Result<DmabufRange> {
-        if self.refuse {
-            return Err(Error::usage(format!(
-                "FAKE exporter: CUDA device {device} does not export dma-bufs"
-            )));
-        }
-        // SAFETY: a NUL-terminated name and no flags; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"fake-dmabuf".as_ptr(), 0) };
-        assert!(fd >= 0, "memfd_create failed");
-        // SAFETY: a descriptor just opened that nothing else owns.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(DmabufRange {
-            fd,
-            offset: ptr & 0xfff,
-        })
-    }
-}
-
 fn fake_exporter(refuse: bool) -> Result<Box<dyn DmabufExporter>> {
-    Ok(Box::new(FakeDmabufExporter { refuse }))
+    Ok(Box::new(super::fake_dmabuf::FakeDmabuf { refuse }))
 }
 
 const GPU: MemKind = MemKind::Cuda { device: 0 };
