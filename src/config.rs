@@ -53,6 +53,9 @@ pub struct Config {
     pub window_set: bool,
     /// `DMSC_SPIN_US` was given (else the facade picks the spin when it connects).
     pub spin_set: bool,
+    /// `DMSC_CHUNK_BYTES` was given (else shared memory takes its own chunk size when it
+    /// connects).
+    pub chunk_set: bool,
     /// Measure the links within and between hosts when a communicator spans several hosts
     /// (`DMSC_TOPO_PROBE`, default on; `0` leaves the cost model's defaults in place).
     pub topo_probe: bool,
@@ -97,6 +100,7 @@ impl Default for Config {
             spray: SprayConfig::default(),
             window_set: false,
             spin_set: false,
+            chunk_set: false,
             topo_probe: true,
             verbs: None,
         }
@@ -284,6 +288,7 @@ impl Config {
             .min(dmsc_core::wire::MAX_CHUNK as usize);
         c.window_set = var("DMSC_WINDOW").is_some();
         c.spin_set = var("DMSC_SPIN_US").is_some();
+        c.chunk_set = var("DMSC_CHUNK_BYTES").is_some();
         Ok(c)
     }
 }

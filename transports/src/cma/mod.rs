@@ -62,9 +62,15 @@ const _: () = assert!(ACK_TAG >= dmsc_core::engine::control::FIRST_TRANSPORT_TAG
 /// sender's memory (a transport frame kind, [`dmsc_core::wire::TRANSPORT_KINDS`]).
 pub(crate) const DATA_REF: FrameKind = FrameKind::Transport(0x81);
 
-/// One posted operation of the wrapped transport.
+/// The bit of the tokens this layer gives the inner transport for its own postings (chunks by
+/// reference), so that every other completion passes back without a lookup: the engine's
+/// tokens (an epoch in the high half, a slot index in the low) have it clear until their
+/// epoch reaches 2^31, and one that has it is remembered in `ops` like the others.
+const OWN: Token = 1 << 63;
+
+/// One posted operation of the wrapped transport that is not passed through.
 enum Op {
-    /// Passed through unchanged.
+    /// An engine posting whose token has the [`OWN`] bit, under an id of this layer's.
     Plain { token: Token },
     /// A chunk sent by reference: complete once the descriptor left and the peer acked.
     RefSend {
@@ -151,9 +157,22 @@ impl CmaTransport {
             && self.peers.get(peer).is_some_and(|p| p.is_some())
     }
 
+    /// A token of this layer's own (its [`OWN`] bit set, never reused).
     fn id(&mut self) -> u64 {
         self.next += 1;
-        self.next
+        self.next | OWN
+    }
+
+    /// The inner transport's token for a plain posting of the engine's `token`: the same
+    /// token (nothing to remember, completions pass back as they come), unless it has the
+    /// [`OWN`] bit, which then goes through `ops` under an id of this layer's.
+    fn plain(&mut self, token: Token) -> Token {
+        if token & OWN == 0 {
+            return token;
+        }
+        let id = self.id();
+        self.ops.insert(id, Op::Plain { token });
+        id
     }
 
     /// Copy a chunk announced by `desc` from `peer` to `dst`, then acknowledge it.
@@ -200,6 +219,16 @@ impl CmaTransport {
     }
 
     fn on_completion(&mut self, c: Completion, out: &mut Vec<Completion>) {
+        let passes = match &c {
+            Completion::Sent { token }
+            | Completion::Received { token, .. }
+            | Completion::BadHeader { token, .. } => token & OWN == 0,
+            _ => false,
+        };
+        if passes {
+            out.push(c);
+            return;
+        }
         match c {
             Completion::Sent { token: t } => match self.ops.remove(&t) {
                 Some(Op::Plain { token }) => out.push(Completion::Sent { token }),
@@ -346,12 +375,12 @@ impl Transport for CmaTransport {
         data: *const u8,
         token: Token,
     ) -> Result<()> {
-        let id = self.id();
         if !self.by_ref(peer, header) {
-            self.ops.insert(id, Op::Plain { token });
+            let t = self.plain(token);
             // SAFETY: forwarded under the caller's contract.
-            return unsafe { self.inner.post_send(peer, header, data, id) };
+            return unsafe { self.inner.post_send(peer, header, data, t) };
         }
+        let id = self.id();
         let mut desc = Box::new([0u8; DESC_LEN]);
         desc[0..8].copy_from_slice(&(data as u64).to_le_bytes());
         desc[8..16].copy_from_slice(&u64::from(header.len).to_le_bytes());
@@ -382,12 +411,12 @@ impl Transport for CmaTransport {
         dst: *mut u8,
         token: Token,
     ) -> Result<()> {
-        let id = self.id();
         if !self.by_ref(peer, expect) {
-            self.ops.insert(id, Op::Plain { token });
+            let t = self.plain(token);
             // SAFETY: forwarded under the caller's contract.
-            return unsafe { self.inner.post_recv(peer, expect, dst, id) };
+            return unsafe { self.inner.post_recv(peer, expect, dst, t) };
         }
+        let id = self.id();
         let mut desc = Box::new([0u8; DESC_LEN]);
         let ptr = desc.as_mut_ptr();
         let mut h = *expect;
@@ -429,10 +458,9 @@ impl Transport for CmaTransport {
         reg: RegHandle,
         token: Token,
     ) -> Result<()> {
-        let id = self.id();
-        self.ops.insert(id, Op::Plain { token });
+        let t = self.plain(token);
         // SAFETY: forwarded under the caller's contract; `reg` is the wrapped transport's.
-        unsafe { self.inner.post_send_registered(peer, header, data, reg, id) }
+        unsafe { self.inner.post_send_registered(peer, header, data, reg, t) }
     }
 
     unsafe fn post_recv_registered(
@@ -443,10 +471,9 @@ impl Transport for CmaTransport {
         reg: RegHandle,
         token: Token,
     ) -> Result<()> {
-        let id = self.id();
-        self.ops.insert(id, Op::Plain { token });
+        let t = self.plain(token);
         // SAFETY: forwarded under the caller's contract; `reg` is the wrapped transport's.
-        unsafe { self.inner.post_recv_registered(peer, expect, dst, reg, id) }
+        unsafe { self.inner.post_recv_registered(peer, expect, dst, reg, t) }
     }
 
     fn send_control(&mut self, peer: Rank, payload: &[u8]) {
@@ -697,6 +724,43 @@ mod tests {
             got[..],
             [Completion::Sent { token: 8 }, Completion::Sent { token: 7 }]
         ));
+    }
+
+    #[test]
+    fn plain_postings_keep_the_engines_token_unless_it_has_this_layers_bit() {
+        let (mut t, seen) = setup();
+        let buf = vec![0u8; 64];
+        let high = OWN | 5;
+        // SAFETY: buf outlives the transport's use of it in this test.
+        unsafe {
+            t.post_send(1, &header(64), buf.as_ptr(), 7).unwrap();
+            t.post_recv(1, &header(64), buf.as_ptr() as *mut u8, high)
+                .unwrap();
+        }
+        let sent = seen.lock().unwrap().sends[0].3;
+        let posted = seen.lock().unwrap().recvs[0].3;
+        assert_eq!(sent, 7, "a plain send's token passes through unchanged");
+        assert_ne!(
+            posted, high,
+            "a token with the OWN bit is remembered under an id"
+        );
+        assert!(t.ops.len() == 1);
+        seen.lock().unwrap().next = vec![
+            Completion::Received {
+                token: posted,
+                crc: None,
+            },
+            Completion::Sent { token: sent },
+        ];
+        let got = poll(&mut t);
+        assert!(matches!(
+            got[..],
+            [
+                Completion::Received { token, crc: None },
+                Completion::Sent { token: 7 }
+            ] if token == high
+        ));
+        assert!(t.ops.is_empty());
     }
 
     #[test]
