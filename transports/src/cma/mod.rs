@@ -729,13 +729,12 @@ mod tests {
     #[test]
     fn plain_postings_keep_the_engines_token_unless_it_has_this_layers_bit() {
         let (mut t, seen) = setup();
-        let buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let high = OWN | 5;
         // SAFETY: buf outlives the transport's use of it in this test.
         unsafe {
             t.post_send(1, &header(64), buf.as_ptr(), 7).unwrap();
-            t.post_recv(1, &header(64), buf.as_ptr() as *mut u8, high)
-                .unwrap();
+            t.post_recv(1, &header(64), buf.as_mut_ptr(), high).unwrap();
         }
         let sent = seen.lock().unwrap().sends[0].3;
         let posted = seen.lock().unwrap().recvs[0].3;
