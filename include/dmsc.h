@@ -371,8 +371,8 @@ typedef struct {
      */
     int nPaths;
     /**
-     * Largest chunk on the wire in bytes, 1 ... 64 MiB (`DMSC_CHUNK_BYTES`, default 512 KiB).
-     * Must be the same on every rank.
+     * Largest chunk on the wire in bytes, 1 ... 64 MiB (`DMSC_CHUNK_BYTES`, default 512 KiB,
+     * 128 KiB over shared memory). Must be the same on every rank.
      */
     int chunkBytes;
     /**

@@ -53,8 +53,9 @@ pub struct Config {
     pub window_set: bool,
     /// `DMSC_SPIN_US` was given (else the facade picks the spin when it connects).
     pub spin_set: bool,
-    /// `DMSC_CHUNK_BYTES` was given (else shared memory takes its own chunk size when it
-    /// connects).
+    /// The chunk size was chosen (`DMSC_CHUNK_BYTES`, the C ABI's `chunkBytes`; set it when
+    /// choosing `engine.chunk_bytes` in code, unless the value differs from the default):
+    /// else shared memory takes its own chunk size when it connects.
     pub chunk_set: bool,
     /// Measure the links within and between hosts when a communicator spans several hosts
     /// (`DMSC_TOPO_PROBE`, default on; `0` leaves the cost model's defaults in place).

@@ -100,7 +100,10 @@ pub(crate) fn connect_engine(
         } else {
             config.plan.model = dmsc_core::model::CostModel::shared_memory();
         }
-        if !config.chunk_set {
+        // A chunk size the user chose stays: through DMSC_CHUNK_BYTES or the C ABI
+        // (`chunk_set`), or set in code to anything but the default.
+        let default = dmsc_core::engine::EngineConfig::default().chunk_bytes;
+        if !config.chunk_set && config.engine.chunk_bytes == default {
             config.engine.chunk_bytes = SHM_CHUNK;
         }
     }

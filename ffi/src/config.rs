@@ -43,8 +43,8 @@ pub struct dmscConfig_t {
     /// interface `DMSC_SOCKET_IFNAME` names. More than one sprays chunks over the paths.
     /// Must be the same on every rank.
     pub nPaths: c_int,
-    /// Largest chunk on the wire in bytes, 1 ... 64 MiB (`DMSC_CHUNK_BYTES`, default 512 KiB).
-    /// Must be the same on every rank.
+    /// Largest chunk on the wire in bytes, 1 ... 64 MiB (`DMSC_CHUNK_BYTES`, default 512 KiB,
+    /// 128 KiB over shared memory). Must be the same on every rank.
     pub chunkBytes: c_int,
     /// Chunks in flight per peer and direction, 1 ... 64 (`DMSC_WINDOW`, default 4).
     pub window: c_int,
@@ -193,6 +193,7 @@ fn apply_numbers(f: &str, cfg: &dmscConfig_t, c: &mut Config) -> Res<()> {
             ));
         }
         c.engine.chunk_bytes = cfg.chunkBytes as usize;
+        c.chunk_set = true;
     }
     if cfg.window != UNDEF_INT {
         if !(1..=64).contains(&cfg.window) {

@@ -1,7 +1,8 @@
-//! Calls on CUDA device buffers, staged through pinned host memory and ordered on the
-//! caller's stream (issue 12, the TCP staging path).
+//! Calls on CUDA device buffers, ordered on the caller's stream: staged through pinned host
+//! memory, device to device over CUDA IPC, or run by the engine on the buffers themselves
+//! where the transport carries device memory (the three paths are below).
 //!
-//! A call whose buffers are device memory runs so ([`stager`]):
+//! A staged call (the default path) runs so ([`stager`]):
 //! 1. on the calling thread: its buffers get pinned host twins and the call is rewritten onto
 //!    them ([`staged`]); the operation is ordered on the caller's stream
 //!    (`dmsc_transports::cuda::stream_order::StreamOrder::submit`: a start event, and a wait

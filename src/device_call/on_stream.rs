@@ -114,6 +114,10 @@ impl Communicator {
         if !direct_allowed() || !self.exec.with_engine(|e| e.transport_accepts(kind)) {
             return false;
         }
+        // Attached by an earlier attempt that failed later on.
+        if self.exec.with_engine(|e| e.runs_on(kind)) {
+            return true;
+        }
         let attached = dev.kernels(ordinal).and_then(|k| {
             self.exec
                 .with_engine(|e| e.add_device(k).map(|()| e.runs_on(kind)))

@@ -566,7 +566,6 @@ fn direct_and_run<D: DeviceMemory>(
     ticket: &mut Ticket<D::Event>,
     job: Option<Job>,
     handed: &mut bool,
-    running: &mut Vec<Arc<JobSlot>>,
 ) -> Result<()> {
     lock(&shared.order).0.poll_start(ticket)?;
     wait_own_stream(
@@ -577,18 +576,15 @@ fn direct_and_run<D: DeviceMemory>(
         return Ok(());
     };
     // SAFETY: the job's memory is the caller's device buffers, which the caller keeps until
-    // the call's slot holds a result, given only after this job's (here, or in `run`).
+    // the call's slot holds a result; that result is given only after this job's, waited
+    // for below without a deadline of its own (the engine bounds the job by the
+    // communicator's deadline, and the executor always fills the slot), so neither the
+    // caller's stream nor the buffers are released while the engine may still use them.
     let slot = unsafe { exec.submit(job) };
-    running.push(slot.clone());
     *handed = true;
     shared.done_pending();
-    let mut backoff = Backoff::new(shared.settings.timeout);
-    loop {
-        if let Some(r) = slot.peek() {
-            return r;
-        }
-        backoff.snooze("running a call on device buffers")?;
-    }
+    slot.wait_until(None)
+        .unwrap_or_else(|| Err(Error::internal("a device call's engine job never finished")))
 }
 
 /// A call over CUDA IPC (see `ipc_call`): wait for the caller's earlier work, exchange the
@@ -819,7 +815,7 @@ fn run<D: IpcMemory>(shared: &Shared<D>, exec: &Executor, w: Work<D>) {
             (r, Keep::Ipc(c))
         }
         What::Direct(job) => {
-            let r = direct_and_run(shared, exec, &mut ticket, job, &mut handed, &mut running);
+            let r = direct_and_run(shared, exec, &mut ticket, job, &mut handed);
             (r, Keep::Nothing)
         }
     };

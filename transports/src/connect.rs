@@ -197,10 +197,12 @@ fn prepare_rdma(opts: &ConnectOptions) -> (Option<Prepared>, Option<String>) {
     };
     match rdma::prepare(&*setup.provider, &setup.options, m.rank, m.nranks) {
         Ok(mut p) => {
-            p.use_dmabuf(match &setup.dmabuf {
-                Some(make) => make(),
-                None => rdma::connect::default_dmabuf(),
-            });
+            match &setup.dmabuf {
+                Some(make) => p.use_dmabuf(make()),
+                // Without the `cuda` feature there is no GPU memory to take: nothing to say.
+                None if cfg!(feature = "cuda") => p.use_dmabuf(rdma::connect::default_dmabuf()),
+                None => {}
+            }
             (Some(p), None)
         }
         Err(e) => (None, Some(e.to_string())),

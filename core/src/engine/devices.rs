@@ -20,13 +20,24 @@ use crate::error::{Error, Result};
 use crate::types::Rank;
 
 /// One device of an engine and what it allocated for the engine's operations.
+///
+/// Memory other than the host's is never freed while the engine runs: freeing GPU memory
+/// (`cuMemFree`) synchronizes the device, and so would wait for a caller's stream that waits
+/// for the operation in progress. Such buffers, once replaced by larger ones, are parked and
+/// freed with the slot, and they grow by doubling, so that little is parked.
+///
+/// The fields drop in order: the buffers before the device that allocated them.
 pub(crate) struct DeviceSlot {
-    /// What copies, reduces and checksums payload bytes in this memory.
-    pub(crate) device: Box<dyn Device>,
     pub(crate) pool: StagingPool,
     pub(crate) scratch: Option<DeviceBuffer>,
+    /// The premultiplied input of a `PreMulSum` ([`Engine::run_collective_premul`]).
+    pub(crate) premul: Option<DeviceBuffer>,
+    /// Replaced buffers of a device other than the host's, freed with the slot.
+    parked: Vec<DeviceBuffer>,
     /// Per rank: frames in this device's memory are posted registered (empty: none is).
     pub(crate) reg_peers: Vec<bool>,
+    /// What copies, reduces and checksums payload bytes in this memory.
+    pub(crate) device: Box<dyn Device>,
 }
 
 impl DeviceSlot {
@@ -42,10 +53,30 @@ impl DeviceSlot {
     ) -> DeviceSlot {
         let reg_peers = registered_peers(t, rank, nranks, device.kind());
         DeviceSlot {
-            device,
             pool: StagingPool::new(slot_bytes, max_slots),
             scratch: None,
+            premul: None,
+            parked: Vec::new(),
             reg_peers,
+            device,
+        }
+    }
+
+    /// Let go of `b`, whose registrations are forgotten already: freed now if it is host
+    /// memory, parked until the slot goes otherwise.
+    pub(crate) fn discard(&mut self, b: DeviceBuffer) {
+        if b.kind() != MemKind::Host {
+            self.parked.push(b);
+        }
+    }
+
+    /// The size to allocate for at least `need` bytes replacing a buffer of `old` bytes:
+    /// `need` for host memory, at least twice `old` otherwise (see the type's docs).
+    pub(crate) fn grown(&self, need: usize, old: usize) -> usize {
+        if self.device.kind() == MemKind::Host {
+            need
+        } else {
+            need.max(old.saturating_mul(2))
         }
     }
 }

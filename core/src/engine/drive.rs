@@ -16,14 +16,29 @@ impl Engine {
         let started_at = Instant::now();
         let dev = self.device_for(&mem)?;
         let need = sched.scratch_elems.saturating_mul(desc.dtype.size());
-        if self.devices[dev]
+        let have = self.devices[dev]
             .scratch
             .as_ref()
-            .is_none_or(|b| b.len() < need)
-        {
-            let new = self.devices[dev].device.alloc(need)?;
-            self.replace_scratch(dev, new);
+            .map_or(0, DeviceBuffer::len);
+        if self.devices[dev].scratch.is_none() || have < need {
+            let d = &mut self.devices[dev];
+            let new = d.device.alloc(d.grown(need, have))?;
+            if let Some(old) = d.scratch.replace(new) {
+                self.forget_buffer(dev, old);
+            }
         }
+        // The caller's device memory is registered for this call only.
+        let device_buffers: Vec<(usize, usize)> =
+            if self.devices[dev].device.kind() == MemKind::Host {
+                Vec::new()
+            } else {
+                [&mem.input, &mem.output]
+                    .into_iter()
+                    .chain(mem.group.iter())
+                    .filter(|r| r.len > 0)
+                    .map(|r| (r.ptr as usize, r.len))
+                    .collect()
+            };
         let mut scratch = self.devices[dev]
             .scratch
             .as_ref()
@@ -79,9 +94,11 @@ impl Engine {
             self.transport.cancel_all();
             ex.release(&mut self.devices[dev].pool);
             self.release_memory(leases);
+            self.forget_device_buffers(&device_buffers);
             self.fail(e.clone(), &ex.labels);
         } else {
             self.release_memory(leases);
+            self.forget_device_buffers(&device_buffers);
             log::info!(
                 target: crate::subsys::COLL,
                 "rank {} end {} in {:.1} us",

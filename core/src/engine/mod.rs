@@ -47,7 +47,7 @@ pub use memory::{MemKind, OpMemory, RegHandle, Region};
 pub use regcache::{RegCache, RegCacheConfig, RegLease, RegStats, Registrar};
 pub use transport::{Completion, PathMetricsHandle, PeerPaths, Token, Transport, Waker};
 
-use crate::device::{Device, HostDevice};
+use crate::device::{Device, DeviceBuffer, HostDevice};
 use crate::error::{Error, Result};
 use crate::plan::P2p;
 use crate::schedule::Schedule;
@@ -247,7 +247,7 @@ impl Engine {
     }
 
     /// [`Engine::run_collective`] of a `PreMulSum`: `mem.input` is first multiplied by this
-    /// rank's `factor` into scratch memory of this engine's device, and the collective runs
+    /// rank's `factor` into a buffer of the device of its memory, and the collective runs
     /// out of place from there (`sched` must be an out-of-place schedule), so the caller's
     /// input is only read. Done here, when the operation's turn comes, so that the input is
     /// read in issue order, after every operation queued before it.
@@ -264,22 +264,39 @@ impl Engine {
         self.check_usable()?;
         let n = mem.input.len;
         let dev = self.device_for(&mem)?;
-        let device = &mut self.devices[dev].device;
-        let scaled = device.alloc(n)?;
+        let have = self.devices[dev]
+            .premul
+            .as_ref()
+            .map_or(0, DeviceBuffer::len);
+        if self.devices[dev].premul.is_none() || have < n {
+            let d = &mut self.devices[dev];
+            let new = d.device.alloc(d.grown(n, have))?;
+            if let Some(old) = d.premul.replace(new) {
+                self.forget_buffer(dev, old);
+            }
+        }
+        let d = &mut self.devices[dev];
+        let scaled = d
+            .premul
+            .as_ref()
+            .map_or(std::ptr::null_mut(), DeviceBuffer::ptr);
         if n > 0 {
             // SAFETY: the caller guarantees that `mem.input` is readable for `n` bytes, in the
-            // memory of the device `device_for` chose by its kind; `scaled` is fresh memory of
-            // that device, `n` bytes, aligned to 8.
-            unsafe { device.scale_mul(desc.dtype, scaled.ptr(), mem.input.ptr, n, factor)? };
+            // memory of the device `device_for` chose by its kind; `scaled` is that device's
+            // premultiplication buffer, at least `n` bytes, aligned to 8, used by nothing else
+            // while this operation runs.
+            unsafe {
+                d.device
+                    .scale_mul(desc.dtype, scaled, mem.input.ptr, n, factor)?
+            };
         }
         mem.input = Region {
-            kind: scaled.kind(),
-            ..Region::host(scaled.ptr(), n)
+            kind: d.device.kind(),
+            ..Region::host(scaled, n)
         };
-        // SAFETY: forwarded contract; `scaled` lives until the collective has returned.
-        let r = unsafe { self.run_collective(desc, sched, mem) };
-        drop(scaled);
-        r
+        // SAFETY: forwarded contract; the premultiplication buffer stays until the engine
+        // goes (or a larger one replaces it, between operations).
+        unsafe { self.run_collective(desc, sched, mem) }
     }
 
     /// Run one collective to completion.

@@ -2,9 +2,9 @@
 //! ([`Transport::needs_registration`]).
 //!
 //! The engine asks its transport once per device, when the device is attached, which peers
-//! need its kind of memory registered. When none does (TCP, shared memory, CMA), nothing here runs: no lookup, no lease,
-//! and frames are posted with [`Transport::post_send`] and [`Transport::post_recv`] as
-//! always. Otherwise, for each operation:
+//! need its kind of memory registered. When none does (TCP, shared memory, CMA), nothing here
+//! runs: no lookup, no lease, and frames are posted with [`Transport::post_send`] and
+//! [`Transport::post_recv`] as always. Otherwise, for each operation:
 //! - every non-empty buffer of the operation (input, output, group buffers, scratch) is
 //!   leased from the engine's [`RegCache`] before anything is posted (a miss registers it
 //!   through the transport), and its [`Region::reg`] carries the handle; a handle the caller
@@ -118,16 +118,29 @@ impl Engine {
             self.reg.cache.release(&mut r, l);
         }
         for d in &mut self.devices {
-            d.pool.retire(&mut self.reg.cache, &mut r);
+            for b in d.pool.retire(&mut self.reg.cache, &mut r) {
+                d.discard(b);
+            }
         }
     }
 
-    /// Replace the scratch buffer of device `dev` by `new`, forgetting the old one's
-    /// registrations before it is freed.
-    pub(super) fn replace_scratch(&mut self, dev: usize, new: DeviceBuffer) {
-        if let Some(old) = self.devices[dev].scratch.replace(new) {
-            let mut r = TransportRegistrar(&mut *self.transport);
-            self.reg.cache.invalidate(&mut r, old.ptr(), old.len());
+    /// Forget the registrations of `old`, a buffer of device `dev` replaced by a larger one,
+    /// and let it go ([`DeviceSlot::discard`](super::devices::DeviceSlot::discard)).
+    pub(super) fn forget_buffer(&mut self, dev: usize, old: DeviceBuffer) {
+        let mut r = TransportRegistrar(&mut *self.transport);
+        self.reg.cache.invalidate(&mut r, old.ptr(), old.len());
+        self.devices[dev].discard(old);
+    }
+
+    /// Forget the registrations of the caller's buffers of an operation on device memory, so
+    /// that none outlives the call: the caller may free such memory and allocate other memory
+    /// at the same address (a GPU allocator reuses addresses), which a cached registration
+    /// would still reach through the old pages. Host memory registrations stay cached (see
+    /// [`Engine::invalidate_registrations`] for their rule).
+    pub(super) fn forget_device_buffers(&mut self, mem: &[(usize, usize)]) {
+        let mut r = TransportRegistrar(&mut *self.transport);
+        for &(ptr, len) in mem {
+            self.reg.cache.invalidate(&mut r, ptr as *const u8, len);
         }
     }
 

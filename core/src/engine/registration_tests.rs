@@ -28,7 +28,12 @@ struct RegisteringFake {
     inner: MemTransport,
     log: Arc<Mutex<RegLog>>,
     next: u64,
+    /// Also carries (and registers) [`GPU`] memory: host memory the tests pass off as a GPU's.
+    gpu: bool,
 }
+
+/// The memory kind of the FAKE GPU of these tests.
+const GPU: MemKind = MemKind::Cuda { device: 0 };
 
 impl RegisteringFake {
     fn check(&self, what: &str, peer: Rank, ptr: usize, len: u32, reg: Option<RegHandle>) {
@@ -57,8 +62,12 @@ impl Transport for RegisteringFake {
         "registering fake"
     }
 
+    fn accepts(&self, kind: MemKind) -> bool {
+        kind == MemKind::Host || (self.gpu && kind == GPU)
+    }
+
     fn needs_registration(&self, _peer: Rank, kind: MemKind) -> bool {
-        kind == MemKind::Host
+        self.accepts(kind)
     }
 
     fn register(&mut self, ptr: *mut u8, len: usize, _kind: MemKind) -> Result<RegHandle> {
@@ -155,6 +164,15 @@ fn on_ranks<R: Send + 'static>(
     n: usize,
     body: impl Fn(&mut Engine, Rank) -> R + Send + Sync + 'static,
 ) -> Vec<(RegLog, R)> {
+    on_ranks_with(n, false, body)
+}
+
+/// As [`on_ranks`]; with `gpu` the fakes carry [`GPU`] memory too.
+fn on_ranks_with<R: Send + 'static>(
+    n: usize,
+    gpu: bool,
+    body: impl Fn(&mut Engine, Rank) -> R + Send + Sync + 'static,
+) -> Vec<(RegLog, R)> {
     let net = MemNet::new(n, None);
     let body = Arc::new(body);
     let threads: Vec<_> = (0..n)
@@ -164,6 +182,7 @@ fn on_ranks<R: Send + 'static>(
                 inner: MemTransport::new(rank, n, net.clone()),
                 log: log.clone(),
                 next: 0,
+                gpu,
             };
             let body = body.clone();
             std::thread::spawn(move || {
@@ -362,4 +381,58 @@ fn a_transport_that_does_not_register_sees_no_registration() {
     );
     assert!(e.devices.iter().all(|d| d.reg_peers.is_empty()));
     assert_eq!(e.registration_stats(), RegStats::default());
+}
+
+/// The caller's device buffers are registered for one call only (a GPU allocator reuses
+/// addresses), while host buffers and the engine's own staging stay cached.
+#[test]
+fn the_callers_device_buffers_are_registered_for_one_call_only() {
+    use crate::device::recording::RecordingDevice;
+    let count = 5000usize;
+    let results = on_ranks_with(2, true, move |e, rank| {
+        let gpu = RecordingDevice {
+            log: Arc::default(),
+            kind: GPU,
+        };
+        e.add_device(Box::new(gpu)).unwrap();
+        let mut input: Vec<f32> = (0..count).map(|i| (rank + i) as f32).collect();
+        let mut output = vec![0f32; count];
+        let mut run = |e: &mut Engine, kind: MemKind| {
+            let desc = all_reduce_desc(count);
+            let pc = PlanConfig {
+                algo: Some(Algo::Ring),
+                ..PlanConfig::default()
+            };
+            let sched = plan::plan(&desc, e.rank(), e.nranks(), false, &pc).unwrap();
+            let region = |p: *mut f32| Region {
+                kind,
+                ..Region::host(p as *mut u8, count * 4)
+            };
+            let mem = OpMemory {
+                input: region(input.as_mut_ptr()),
+                output: region(output.as_mut_ptr()),
+                group: vec![],
+            };
+            // SAFETY: both buffers are borrowed mutably for the whole call.
+            unsafe { e.run_collective(desc, sched, mem) }.unwrap();
+            e.registration_stats().misses
+        };
+        let gpu = [run(e, GPU), run(e, GPU)];
+        let host = [
+            run(e, MemKind::Host),
+            run(e, MemKind::Host),
+            run(e, MemKind::Host),
+        ];
+        (gpu, host, output)
+    });
+    for (log, (gpu, host, out)) in results {
+        assert!(log.violations.is_empty(), "{:?}", log.violations);
+        assert!(
+            gpu[1] > gpu[0],
+            "the second device call re-registers: {gpu:?}"
+        );
+        assert_eq!(host[2], host[1], "host calls hit the cache: {host:?}");
+        let want: Vec<f32> = (0..count).map(|i| (2 * i + 1) as f32).collect();
+        assert_eq!(out, want);
+    }
 }

@@ -95,14 +95,22 @@ impl StagingPool {
         Ok(h)
     }
 
-    /// Free the retired slots: give back their leases and invalidate their ranges first.
-    pub(crate) fn retire(&mut self, cache: &mut RegCache, r: &mut dyn Registrar) {
+    /// Hand back the retired slots' buffers, their leases given back and their ranges
+    /// invalidated (the caller frees them, or keeps device memory until it may).
+    pub(crate) fn retire(
+        &mut self,
+        cache: &mut RegCache,
+        r: &mut dyn Registrar,
+    ) -> Vec<DeviceBuffer> {
+        let mut bufs = Vec::new();
         for slot in self.retired.drain(..) {
             if let Some(l) = slot.reg {
                 cache.release(r, l);
             }
             cache.invalidate(r, slot.buf.ptr(), slot.buf.len());
+            bufs.push(slot.buf);
         }
+        bufs
     }
 
     /// Return slot `i`.
