@@ -12,8 +12,7 @@
 //! [`Region`]s; each method's `# Safety` says what the caller guarantees.
 
 mod host;
-#[cfg(test)]
-pub(crate) mod recording;
+pub mod recording;
 
 pub use host::HostDevice;
 

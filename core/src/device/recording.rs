@@ -1,6 +1,9 @@
 //! A FAKE device for tests: it performs every operation with the host kernels and records
 //! each call, so a test can check that the engine handed it every copy, reduction, division
-//! and checksum (and touched no payload byte itself).
+//! and checksum (and touched no payload byte itself). It may claim another kind of memory
+//! than the host's (host memory passed off as a GPU's): the engine's tests run a second
+//! device with it, and `dmsc_transports::cuda::fake_device` gives it to the engine as the
+//! FAKE kernels of its FAKE GPU.
 
 use super::{Device, DeviceBuffer, HostDevice};
 use crate::engine::memory::MemKind;
@@ -10,24 +13,30 @@ use std::sync::{Arc, Mutex};
 
 /// One recorded call: what it was and how many bytes it covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Call {
+pub enum Call {
+    /// An allocation of this many bytes.
     Alloc(usize),
+    /// A copy.
     Copy(usize),
+    /// A reduction.
     Reduce(usize),
+    /// A division or a multiplication.
     Scale(usize),
+    /// A checksum.
     Crc(usize),
 }
 
-/// The fake device; `log` is shared with the test. It claims memory of `kind` (a test may
-/// pass host memory off as a GPU's, to run an engine's second device).
-pub(crate) struct RecordingDevice {
-    pub(crate) log: Arc<Mutex<Vec<Call>>>,
-    pub(crate) kind: MemKind,
+/// The FAKE device; `log` is shared with the test. It claims memory of `kind`.
+pub struct RecordingDevice {
+    /// Every call, in order.
+    pub log: Arc<Mutex<Vec<Call>>>,
+    /// The memory it claims to work on.
+    pub kind: MemKind,
 }
 
 impl RecordingDevice {
     /// A recording device of host memory.
-    pub(crate) fn host(log: Arc<Mutex<Vec<Call>>>) -> RecordingDevice {
+    pub fn host(log: Arc<Mutex<Vec<Call>>>) -> RecordingDevice {
         RecordingDevice {
             log,
             kind: MemKind::Host,
@@ -35,7 +44,7 @@ impl RecordingDevice {
     }
 
     fn note(&self, c: Call) {
-        self.log.lock().unwrap().push(c);
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(c);
     }
 }
 

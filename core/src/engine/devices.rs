@@ -113,6 +113,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Make `pick(slot)` of device `dev` hold at least `need` bytes: a larger buffer replaces
+    /// a smaller one (sized by [`DeviceSlot::grown`]), the old one's registrations forgotten
+    /// ([`Engine::forget_buffer`]).
+    pub(super) fn ensure_buffer(
+        &mut self,
+        dev: usize,
+        need: usize,
+        pick: fn(&mut DeviceSlot) -> &mut Option<DeviceBuffer>,
+    ) -> Result<()> {
+        let d = &mut self.devices[dev];
+        let have = pick(d).as_ref().map(DeviceBuffer::len);
+        if have.is_some_and(|h| h >= need) {
+            return Ok(());
+        }
+        let new = d.device.alloc(d.grown(need, have.unwrap_or(0)))?;
+        if let Some(old) = pick(d).replace(new) {
+            self.forget_buffer(dev, old);
+        }
+        Ok(())
+    }
+
     /// True when the transport carries `kind` memory to every peer (whether or not a device
     /// of the engine works on it yet).
     pub fn transport_accepts(&self, kind: MemKind) -> bool {

@@ -16,17 +16,7 @@ impl Engine {
         let started_at = Instant::now();
         let dev = self.device_for(&mem)?;
         let need = sched.scratch_elems.saturating_mul(desc.dtype.size());
-        let have = self.devices[dev]
-            .scratch
-            .as_ref()
-            .map_or(0, DeviceBuffer::len);
-        if self.devices[dev].scratch.is_none() || have < need {
-            let d = &mut self.devices[dev];
-            let new = d.device.alloc(d.grown(need, have))?;
-            if let Some(old) = d.scratch.replace(new) {
-                self.forget_buffer(dev, old);
-            }
-        }
+        self.ensure_buffer(dev, need, |d| &mut d.scratch)?;
         // The caller's device memory is registered for this call only.
         let device_buffers: Vec<(usize, usize)> =
             if self.devices[dev].device.kind() == MemKind::Host {

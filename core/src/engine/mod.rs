@@ -264,17 +264,7 @@ impl Engine {
         self.check_usable()?;
         let n = mem.input.len;
         let dev = self.device_for(&mem)?;
-        let have = self.devices[dev]
-            .premul
-            .as_ref()
-            .map_or(0, DeviceBuffer::len);
-        if self.devices[dev].premul.is_none() || have < n {
-            let d = &mut self.devices[dev];
-            let new = d.device.alloc(d.grown(n, have))?;
-            if let Some(old) = d.premul.replace(new) {
-                self.forget_buffer(dev, old);
-            }
-        }
+        self.ensure_buffer(dev, n, |d| &mut d.premul)?;
         let d = &mut self.devices[dev];
         let scaled = d
             .premul

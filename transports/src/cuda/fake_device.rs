@@ -11,15 +11,15 @@
 //! Nothing here touches CUDA. "Device addresses" are plain host addresses the test owns.
 
 use super::device_memory::{DeviceMemory, PinnedBuffer};
-use super::fake_kernels::FakeKernels;
 use super::ipc_handle::IpcExport;
 use super::ipc_memory::{IpcMemory, MappedPeer};
 use super::stream_order::StreamOps;
+use dmsc_core::device::recording::{Call as KernelCall, RecordingDevice};
 use dmsc_core::device::Device;
+use dmsc_core::engine::MemKind;
 use dmsc_core::error::{Error, Result};
 use dmsc_core::{DataType, ReduceOp};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,8 @@ struct State {
     copy_time: Duration,
     /// The GPU this fake claims to be (none: [`FAKE_UUID`], every fake's default).
     uuid: Option<[u8; 16]>,
-    /// Operations of the engine's kernels on this fake ([`DeviceMemory::kernels`]).
-    kernel_ops: Arc<AtomicUsize>,
+    /// What the engine's FAKE kernels on this fake did ([`DeviceMemory::kernels`]).
+    kernel_log: Arc<Mutex<Vec<KernelCall>>>,
 }
 
 /// A copy the FAKE device ran (see [`FakeDeviceMemory::log_copies`]).
@@ -172,7 +172,9 @@ impl FakeDeviceMemory {
     /// How many operations the engine's FAKE kernels on this fake ran
     /// ([`DeviceMemory::kernels`]): above 0 once the engine ran a call on its buffers.
     pub fn kernel_ops(&self) -> usize {
-        lock(&self.inner().state).kernel_ops.load(Ordering::Relaxed)
+        let log = lock(&self.inner().state).kernel_log.clone();
+        let n = log.lock().unwrap_or_else(|p| p.into_inner()).len();
+        n
     }
 
     /// From now on, make every copy take `copy_time` (a slow fake copy engine) and log the
@@ -363,9 +365,13 @@ impl DeviceMemory for FakeDeviceMemory {
         Ok(FakePinned(vec![0; len]))
     }
 
+    /// FAKE kernels: dmsc-core's recording device, running the host kernels on this fake's
+    /// "device memory" (host memory) under the memory kind of CUDA device `ordinal`.
     fn kernels(&mut self, ordinal: u32) -> Result<Box<dyn Device>> {
-        let ops = lock(&self.inner().state).kernel_ops.clone();
-        Ok(Box::new(FakeKernels::new(ordinal, ops)))
+        Ok(Box::new(RecordingDevice {
+            log: lock(&self.inner().state).kernel_log.clone(),
+            kind: MemKind::Cuda { device: ordinal },
+        }))
     }
 
     unsafe fn copy_to_host(

@@ -39,7 +39,6 @@
 
 pub mod device_memory;
 pub mod fake_device;
-pub mod fake_kernels;
 pub mod ipc_handle;
 pub mod ipc_memory;
 pub mod kernels;
