@@ -555,6 +555,20 @@ fn run_job(
     })
 }
 
+/// Order dmsc's stream after the caller's earlier work (the ticket's start) and wait until it
+/// has passed it: this rank's buffers then hold the caller's data, for `what` to read.
+fn after_callers_work<D: DeviceMemory>(
+    shared: &Shared<D>,
+    ticket: &mut Ticket<D::Event>,
+    what: &str,
+) -> Result<()> {
+    lock(&shared.order).0.poll_start(ticket)?;
+    wait_own_stream(
+        shared,
+        &format!("waiting for the caller's stream before {what}"),
+    )
+}
+
 /// A call the engine runs on the device buffers themselves (the transport carries device
 /// memory, the engine has the device's kernels): once dmsc's stream has passed the caller's
 /// earlier work, the job goes to the executor as any host job, and the call is done when it
@@ -567,11 +581,7 @@ fn direct_and_run<D: DeviceMemory>(
     job: Option<Job>,
     handed: &mut bool,
 ) -> Result<()> {
-    lock(&shared.order).0.poll_start(ticket)?;
-    wait_own_stream(
-        shared,
-        "waiting for the caller's stream before a call on device buffers",
-    )?;
+    after_callers_work(shared, ticket, "a call on device buffers")?;
     let Some(job) = job else {
         return Ok(());
     };
@@ -598,12 +608,7 @@ fn ipc_and_run<D: IpcMemory>(
     handed: &mut bool,
     running: &mut Vec<Arc<JobSlot>>,
 ) -> Result<()> {
-    lock(&shared.order).0.poll_start(ticket)?;
-    // This rank's buffers hold the caller's data once dmsc's stream has passed the start.
-    wait_own_stream(
-        shared,
-        "waiting for the caller's stream before a CUDA IPC call",
-    )?;
+    after_callers_work(shared, ticket, "a CUDA IPC call")?;
     let exports = {
         let mut g = lock(&shared.order);
         let ops = g.0.ops();
